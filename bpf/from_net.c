@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* from_net: tcx ingress of the uplink: traffic for local workloads goes straight into them. */
+
+#include <linux/if_packet.h>
+
+#include "include/counters.h"
+#include "include/forward.h"
+
+static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *reason)
+{
+	struct packet pkt;
+	struct route_value *rt;
+
+	/* Broadcast, multicast and frames for other hosts (promiscuous uplink) are the kernel's. */
+	if (skb->pkt_type != PACKET_HOST) {
+		*reason = REASON_PASS_NOT_HOST;
+		return TC_ACT_OK;
+	}
+
+	tc_pull_headers(skb);
+	switch (tc_parse(skb, &pkt)) {
+	case PARSE_IPV4:
+		break;
+	case PARSE_NOT_IPV4:
+		*reason = REASON_PASS_NOT_IPV4;
+		return TC_ACT_OK;
+	default:
+		*reason = REASON_DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+
+	*reason = forwardable(pkt.ip);
+	if (*reason != REASON_UNSPEC)
+		return TC_ACT_OK;
+
+	rt = route_lookup(pkt.ip->daddr);
+	if (!rt) {
+		*reason = REASON_PASS_NO_ROUTE;
+		return TC_ACT_OK;
+	}
+	if (rt->flags & ROUTE_LOCAL_WEP)
+		return redirect_local(skb, &pkt, rt, reason);
+
+	*reason = REASON_PASS_KERNEL;
+	return TC_ACT_OK;
+}
+
+SEC("tcx/ingress")
+int from_net(struct __sk_buff *skb)
+{
+	enum reason reason = REASON_UNSPEC;
+	__u32 ifindex = skb->ifindex;
+	__u64 len = skb->len;
+	int verdict = from_net_handle(skb, &reason);
+
+	count_packet(ifindex, HOOK_FROM_NET, reason, len);
+	return verdict;
+}

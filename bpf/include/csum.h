@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* csum.h: incremental IPv4 header checksum updates (RFC 1624). */
+#ifndef MARGAY_CSUM_H
+#define MARGAY_CSUM_H
+
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+
+/*
+ * Decrement the TTL and patch the checksum in place, as the kernel's ip_decrease_ttl() does: the
+ * TTL is the high byte of its 16-bit word, so the sum grows by 0x0100 with end-around carry.
+ */
+static __always_inline void ipv4_decrease_ttl(struct iphdr *ip)
+{
+	__u32 check = (__u32)ip->check;
+
+	check += (__u32)bpf_htons(0x0100);
+	ip->check = (__sum16)(check + (check >= 0xFFFF));
+	ip->ttl--;
+}
+
+#endif /* MARGAY_CSUM_H */

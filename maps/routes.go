@@ -1,0 +1,182 @@
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/margaynet/margay/loader"
+)
+
+// ErrNotFound is returned by lookups of keys the map does not hold.
+var ErrNotFound = errors.New("not found")
+
+// Route is one entry of the routes LPM trie.
+type Route struct {
+	Prefix  netip.Prefix `json:"prefix"`
+	Flags   RouteFlags   `json:"-"`
+	Ifindex uint32       `json:"ifindex"`
+	// NextHop is the host to hand packets to on remote routes; invalid means "the destination".
+	NextHop netip.Addr `json:"nextHop,omitzero"`
+}
+
+// Kind is the route's kind flag without markers such as IN_POOL.
+func (r Route) Kind() RouteFlags { return r.Flags & kinds }
+
+func (r Route) validate() error {
+	if !r.Prefix.IsValid() || !r.Prefix.Addr().Is4() {
+		return fmt.Errorf("route %v: not an IPv4 prefix", r.Prefix)
+	}
+	if r.Prefix.Masked() != r.Prefix {
+		return fmt.Errorf("route %v: host bits set (want %v)", r.Prefix, r.Prefix.Masked())
+	}
+	kind := r.Kind()
+	if kind == 0 || kind&(kind-1) != 0 {
+		return fmt.Errorf("route %v: want exactly one kind flag, have %v", r.Prefix, r.Flags)
+	}
+	if r.Flags&^(kinds|InPool) != 0 {
+		return fmt.Errorf("route %v: unknown flags %v", r.Prefix, r.Flags)
+	}
+	if kind&(LocalWorkload|RemoteBlock|RemoteWorkload) != 0 && r.Ifindex == 0 {
+		return fmt.Errorf("route %v: %v needs an interface", r.Prefix, kind)
+	}
+	if r.NextHop.IsValid() && !r.NextHop.Is4() {
+		return fmt.Errorf("route %v: next hop %v is not IPv4", r.Prefix, r.NextHop)
+	}
+	return nil
+}
+
+// Routes is the routes map.
+type Routes struct{ m *ebpf.Map }
+
+// NewRoutes wraps a loaded routes map.
+func NewRoutes(m *ebpf.Map) *Routes { return &Routes{m: m} }
+
+func routeKey(p netip.Prefix) loader.MargayRouteKey {
+	return loader.MargayRouteKey{Prefixlen: uint32(p.Bits()), Addr: be32(p.Addr())}
+}
+
+// be32 stores an IPv4 address as the kernel's __be32 does: its bytes in network order.
+func be32(a netip.Addr) uint32 {
+	if !a.IsValid() {
+		return 0
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func addrFromBE32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// Put adds or replaces the route for r.Prefix.
+func (r *Routes) Put(rt Route) error {
+	if err := rt.validate(); err != nil {
+		return fmt.Errorf("put route: %w", err)
+	}
+	k := routeKey(rt.Prefix)
+	v := loader.MargayRouteValue{
+		Flags:   loader.MargayRouteFlags(rt.Flags),
+		Ifindex: rt.Ifindex,
+		NextHop: be32(rt.NextHop),
+	}
+	if err := r.m.Put(&k, &v); err != nil {
+		return fmt.Errorf("put route %v: %w", rt.Prefix, err)
+	}
+	return nil
+}
+
+// Delete removes the route for exactly p; a missing route is not an error.
+func (r *Routes) Delete(p netip.Prefix) error {
+	k := routeKey(p)
+	if err := r.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete route %v: %w", p, err)
+	}
+	return nil
+}
+
+// Get returns the route for exactly p. An LPM trie has no exact lookup, so this walks the map:
+// for tools and tests, not for hot paths.
+func (r *Routes) Get(p netip.Prefix) (Route, error) {
+	want := routeKey(p)
+	var (
+		k loader.MargayRouteKey
+		v loader.MargayRouteValue
+	)
+	it := r.m.Iterate()
+	for it.Next(&k, &v) {
+		if k == want {
+			return decodeRoute(k, v), nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return Route{}, fmt.Errorf("get route %v: %w", p, err)
+	}
+	return Route{}, fmt.Errorf("route %v: %w", p, ErrNotFound)
+}
+
+// Match returns the route the dataplane uses for addr: the kernel's longest-prefix match. The
+// kernel does not say which prefix matched; Prefix is the longest listed one that holds addr.
+func (r *Routes) Match(addr netip.Addr) (Route, error) {
+	k := loader.MargayRouteKey{Prefixlen: 32, Addr: be32(addr)}
+	var v loader.MargayRouteValue
+	if err := r.m.Lookup(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Route{}, fmt.Errorf("route for %v: %w", addr, ErrNotFound)
+		}
+		return Route{}, fmt.Errorf("match route for %v: %w", addr, err)
+	}
+	rt := decodeRoute(k, v)
+	rt.Prefix = netip.Prefix{}
+	all, err := r.List()
+	if err != nil {
+		return Route{}, err
+	}
+	for _, c := range all {
+		if c.Prefix.Contains(addr) && (!rt.Prefix.IsValid() || c.Prefix.Bits() > rt.Prefix.Bits()) {
+			rt.Prefix = c.Prefix
+		}
+	}
+	return rt, nil
+}
+
+func decodeRoute(k loader.MargayRouteKey, v loader.MargayRouteValue) Route {
+	rt := Route{
+		Prefix:  netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen)),
+		Flags:   RouteFlags(v.Flags),
+		Ifindex: v.Ifindex,
+	}
+	if v.NextHop != 0 {
+		rt.NextHop = addrFromBE32(v.NextHop)
+	}
+	return rt
+}
+
+// List returns every route, sorted by address then prefix length.
+func (r *Routes) List() ([]Route, error) {
+	var (
+		k   loader.MargayRouteKey
+		v   loader.MargayRouteValue
+		out []Route
+	)
+	it := r.m.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, decodeRoute(k, v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Prefix.Addr().Compare(out[j].Prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		return out[i].Prefix.Bits() < out[j].Prefix.Bits()
+	})
+	return out, nil
+}

@@ -1,0 +1,59 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/margaynet/margay/loader"
+)
+
+// Set is the dataplane's maps, typed.
+type Set struct {
+	Routes    *Routes
+	Endpoints *Endpoints
+	Counters  *Counters
+
+	owned []*ebpf.Map // closed by Close when OpenPinned opened them
+}
+
+// FromDataplane wraps the maps of a loaded dataplane; the Dataplane keeps owning them.
+func FromDataplane(d *loader.Dataplane) *Set {
+	m := d.Maps()
+	return &Set{Routes: NewRoutes(m.Routes), Endpoints: NewEndpoints(m.Endpoints), Counters: NewCounters(m.Counters)}
+}
+
+// OpenPinned opens the maps pinned under a bpffs root, as margayctl does on a running host.
+func OpenPinned(root string) (*Set, error) {
+	s := &Set{}
+	var errs []error
+	open := func(name string) *ebpf.Map {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(root, name), nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open pinned map %s: %w", name, err))
+			return nil
+		}
+		s.owned = append(s.owned, m)
+		return m
+	}
+	s.Routes = NewRoutes(open("routes"))
+	s.Endpoints = NewEndpoints(open("endpoints"))
+	s.Counters = NewCounters(open("counters"))
+	if err := errors.Join(errs...); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close releases maps that OpenPinned opened; it leaves a dataplane's maps alone.
+func (s *Set) Close() error {
+	var errs []error
+	for _, m := range s.owned {
+		errs = append(errs, m.Close())
+	}
+	s.owned = nil
+	return errors.Join(errs...)
+}

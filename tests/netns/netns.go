@@ -1,0 +1,208 @@
+package netns
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NS is a named network namespace that lives as long as the test.
+type NS struct {
+	Name   string
+	Path   string
+	handle vnetns.NsHandle
+	nl     *netlink.Handle
+}
+
+// UniqueName returns prefix plus a random suffix, so parallel test packages never collide.
+func UniqueName(prefix string) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// New creates a network namespace named prefix+random, with lo up, and deletes it at cleanup.
+func New(tb testing.TB, prefix string) *NS {
+	tb.Helper()
+	name := UniqueName(prefix)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := vnetns.Get()
+	if err != nil {
+		tb.Fatalf("get current netns: %v", err)
+	}
+	defer orig.Close()
+	h, err := vnetns.NewNamed(name) // switches this thread into it
+	if err != nil {
+		tb.Fatalf("create netns %s: %v", name, err)
+	}
+	if err := vnetns.Set(orig); err != nil {
+		tb.Fatalf("return to original netns: %v", err)
+	}
+	ns := &NS{Name: name, Path: filepath.Join("/var/run/netns", name), handle: h}
+	tb.Cleanup(func() { ns.remove() })
+	ns.nl, err = netlink.NewHandleAt(h)
+	if err != nil {
+		tb.Fatalf("netlink handle in %s: %v", name, err)
+	}
+	lo, err := ns.nl.LinkByName("lo")
+	if err == nil {
+		err = ns.nl.LinkSetUp(lo)
+	}
+	if err != nil {
+		tb.Fatalf("set lo up in %s: %v", name, err)
+	}
+	return ns
+}
+
+func (n *NS) remove() {
+	if n.nl != nil {
+		n.nl.Close()
+	}
+	n.handle.Close()
+	_ = vnetns.DeleteNamed(n.Name)
+}
+
+// Netlink is a netlink handle working inside the namespace.
+func (n *NS) Netlink() *netlink.Handle { return n.nl }
+
+// Handle is the namespace's file handle.
+func (n *NS) Handle() vnetns.NsHandle { return n.handle }
+
+// Do runs fn on an OS thread switched into the namespace. Sockets fn creates stay in the
+// namespace after Do returns.
+func (n *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is discarded when the goroutine ends locked, so a failed switch back can
+		// never leak the namespace into other goroutines.
+		runtime.LockOSThread()
+		orig, err := vnetns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := vnetns.Set(n.handle); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
+			return
+		}
+		err = fn()
+		if serr := vnetns.Set(orig); serr == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// Command prepares a command that runs inside the namespace. nsenter keeps the mount namespace,
+// so /sys/fs/bpf stays visible (ip netns exec would remount /sys).
+func (n *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + n.Path, "--", name}, args...)...)
+}
+
+// Run runs a command inside the namespace and returns its combined output.
+func (n *NS) Run(name string, args ...string) (string, error) {
+	out, err := n.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s in %s: %w: %s", name, strings.Join(args, " "), n.Name, err, out)
+	}
+	return string(out), nil
+}
+
+// MustRun is Run that fails the test on error.
+func (n *NS) MustRun(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := n.Run(name, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// Sysctl writes a value under /proc/sys/net in the namespace, e.g. "ipv4/ip_forward".
+func (n *NS) Sysctl(key, value string) error {
+	return n.Do(func() error {
+		return os.WriteFile(filepath.Join("/proc/sys/net", key), []byte(value), 0o644)
+	})
+}
+
+// Link returns the namespace's interface by name.
+func (n *NS) Link(tb testing.TB, name string) netlink.Link {
+	tb.Helper()
+	l, err := n.nl.LinkByName(name)
+	if err != nil {
+		tb.Fatalf("link %s in %s: %v", name, n.Name, err)
+	}
+	return l
+}
+
+// Veth creates a veth pair with aName in a and bName in b, both up. Deleting the namespaces
+// deletes the pair.
+func Veth(tb testing.TB, a *NS, aName string, b *NS, bName string) (netlink.Link, netlink.Link) {
+	tb.Helper()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: aName},
+		PeerName:      bName,
+		PeerNamespace: netlink.NsFd(int(b.handle)),
+	}
+	if err := a.nl.LinkAdd(veth); err != nil {
+		tb.Fatalf("add veth %s/%s: %v", aName, bName, err)
+	}
+	la, lb := a.Link(tb, aName), b.Link(tb, bName)
+	if err := a.nl.LinkSetUp(la); err != nil {
+		tb.Fatalf("set %s up: %v", aName, err)
+	}
+	if err := b.nl.LinkSetUp(lb); err != nil {
+		tb.Fatalf("set %s up: %v", bName, err)
+	}
+	return a.Link(tb, aName), b.Link(tb, bName)
+}
+
+// SetMAC sets an interface's hardware address.
+func (n *NS) SetMAC(tb testing.TB, ifname string, mac string) {
+	tb.Helper()
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := n.nl.LinkSetHardwareAddr(n.Link(tb, ifname), hw); err != nil {
+		tb.Fatalf("set MAC of %s: %v", ifname, err)
+	}
+}
+
+// AddAddr adds an address in CIDR form to an interface.
+func (n *NS) AddAddr(tb testing.TB, ifname, cidr string) {
+	tb.Helper()
+	addr, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := n.nl.AddrAdd(n.Link(tb, ifname), addr); err != nil {
+		tb.Fatalf("add %s to %s: %v", cidr, ifname, err)
+	}
+}
+
+// BPFFS mounts a private bpf filesystem for one test and unmounts it at cleanup; the returned
+// root is a directory inside it, as the agent's --bpffs-root would be.
+func BPFFS(tb testing.TB) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
+		tb.Fatalf("mount bpffs: %v", err)
+	}
+	tb.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	return filepath.Join(dir, "margay")
+}
