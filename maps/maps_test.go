@@ -1,0 +1,264 @@
+package maps_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+func loadSet(tb testing.TB) (*maps.Set, string) {
+	tb.Helper()
+	root := netns.BPFFS(tb)
+	d, err := loader.Load(loader.WithRoot(root))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { d.Close() })
+	return maps.FromDataplane(d), root
+}
+
+func TestRoutes(t *testing.T) {
+	set, _ := loadSet(t)
+	routes := []maps.Route{
+		{Prefix: netip.MustParsePrefix("198.19.0.0/26"), Flags: maps.LocalBlock | maps.InPool},
+		{Prefix: netip.MustParsePrefix("198.19.0.1/32"), Flags: maps.LocalWorkload | maps.InPool, Ifindex: 11},
+		{Prefix: netip.MustParsePrefix("198.19.0.64/26"), Flags: maps.RemoteBlock | maps.InPool, Ifindex: 2,
+			NextHop: netip.MustParseAddr("198.18.0.2")},
+		{Prefix: netip.MustParsePrefix("198.19.0.70/32"), Flags: maps.RemoteWorkload | maps.InPool, Ifindex: 2,
+			NextHop: netip.MustParseAddr("198.18.0.3")},
+	}
+	for _, r := range routes {
+		if err := set.Routes.Put(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := set.Routes.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, routes) {
+		t.Fatalf("List() = %+v\nwant %+v", got, routes)
+	}
+
+	for _, tc := range []struct {
+		addr string
+		want maps.Route
+	}{
+		{"198.19.0.1", routes[1]},
+		{"198.19.0.2", routes[0]},
+		{"198.19.0.70", routes[3]},
+		{"198.19.0.71", routes[2]},
+	} {
+		m, err := set.Routes.Match(netip.MustParseAddr(tc.addr))
+		if err != nil || m != tc.want {
+			t.Errorf("Match(%s) = %+v, %v; want %+v", tc.addr, m, err, tc.want)
+		}
+	}
+	if _, err := set.Routes.Match(netip.MustParseAddr("198.18.5.5")); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("Match outside every prefix: %v, want ErrNotFound", err)
+	}
+
+	if err := set.Routes.Delete(routes[1].Prefix); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := set.Routes.Get(routes[1].Prefix); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
+	}
+	if err := set.Routes.Delete(routes[1].Prefix); err != nil {
+		t.Errorf("deleting a missing route: %v, want nil", err)
+	}
+	if r, err := set.Routes.Get(routes[2].Prefix); err != nil || r != routes[2] {
+		t.Errorf("Get(%v) = %+v, %v", routes[2].Prefix, r, err)
+	}
+}
+
+func TestRouteValidation(t *testing.T) {
+	set, _ := loadSet(t)
+	for _, r := range []maps.Route{
+		{},
+		{Prefix: netip.MustParsePrefix("2001:db8::/64"), Flags: maps.RemoteBlock, Ifindex: 1},
+		{Prefix: netip.MustParsePrefix("198.19.0.1/26"), Flags: maps.LocalBlock},
+		{Prefix: netip.MustParsePrefix("198.19.0.0/26"), Flags: maps.InPool},
+		{Prefix: netip.MustParsePrefix("198.19.0.0/26"), Flags: maps.LocalBlock | maps.RemoteBlock, Ifindex: 1},
+		{Prefix: netip.MustParsePrefix("198.19.0.1/32"), Flags: maps.LocalWorkload},
+		{Prefix: netip.MustParsePrefix("198.19.0.64/26"), Flags: maps.RemoteBlock, Ifindex: 2, NextHop: netip.MustParseAddr("2001:db8::1")},
+		{Prefix: netip.MustParsePrefix("198.19.0.64/26"), Flags: maps.RemoteBlock | 1<<20, Ifindex: 2},
+	} {
+		if err := set.Routes.Put(r); err == nil {
+			t.Errorf("Put(%+v) accepted an invalid route", r)
+		}
+	}
+	if got, _ := set.Routes.List(); len(got) != 0 {
+		t.Errorf("invalid routes reached the map: %+v", got)
+	}
+}
+
+func TestEndpoints(t *testing.T) {
+	set, _ := loadSet(t)
+	mac, _ := net.ParseMAC("0a:58:c6:13:00:01")
+	ep := maps.Endpoint{Ifindex: 42, IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}
+	if err := set.Endpoints.Put(ep); err != nil {
+		t.Fatal(err)
+	}
+	got, err := set.Endpoints.Get(42)
+	if err != nil || got.IPv4 != ep.IPv4 || got.MAC.String() != ep.MAC.String() || got.Ifindex != 42 {
+		t.Fatalf("Get(42) = %+v, %v; want %+v", got, err, ep)
+	}
+	for _, bad := range []maps.Endpoint{
+		{IPv4: ep.IPv4, MAC: mac},
+		{Ifindex: 1, IPv4: netip.MustParseAddr("::1"), MAC: mac},
+		{Ifindex: 1, IPv4: ep.IPv4, MAC: mac[:4]},
+	} {
+		if err := set.Endpoints.Put(bad); err == nil {
+			t.Errorf("Put(%+v) accepted an invalid endpoint", bad)
+		}
+	}
+	if err := set.Endpoints.Delete(42); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := set.Endpoints.Get(42); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
+	}
+	if l, _ := set.Endpoints.List(); len(l) != 0 {
+		t.Errorf("List after Delete = %+v", l)
+	}
+}
+
+func TestNames(t *testing.T) {
+	for _, tc := range []struct {
+		got, want string
+	}{
+		{maps.Reason(loader.MargayReasonREASON_FWD_LOCAL).String(), "FWD_LOCAL"},
+		{maps.Reason(loader.MargayReasonREASON_DROP_SPOOFED).String(), "DROP_SPOOFED"},
+		{maps.Reason(999).String(), "reason(999)"},
+		{maps.HookFromWep.String(), "from_wep"},
+		{maps.HookXDPFromNet.String(), "xdp_from_net"},
+		{(maps.LocalWorkload | maps.InPool).String(), "LOCAL_WEP|IN_POOL"},
+		{maps.RouteFlags(0).String(), "NONE"},
+		{(maps.RemoteBlock | 1<<30).String(), "REMOTE_BLOCK|0x40000000"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+	if !maps.Reason(loader.MargayReasonREASON_DROP_MALFORMED).Drop() || maps.Reason(loader.MargayReasonREASON_PASS_TTL).Drop() {
+		t.Error("Drop() misclassifies")
+	}
+	f, err := maps.ParseRouteFlags("remote_block|IN_POOL")
+	if err != nil || f != maps.RemoteBlock|maps.InPool {
+		t.Errorf("ParseRouteFlags = %v, %v", f, err)
+	}
+	if _, err := maps.ParseRouteFlags("LOCAL_WEP|BOGUS"); err == nil {
+		t.Error("ParseRouteFlags accepted an unknown flag")
+	}
+	// Every reason has a name of its own.
+	seen := map[string]bool{}
+	for _, r := range maps.Reasons() {
+		if seen[r.String()] || strings.HasPrefix(r.String(), "reason(") {
+			t.Errorf("reason %d has name %q", r, r)
+		}
+		seen[r.String()] = true
+	}
+}
+
+// Operators inspect the pinned maps with bpftool: BTF must give it the field names.
+func TestBPFToolShowsFieldNames(t *testing.T) {
+	bpftool, err := exec.LookPath("bpftool")
+	if err != nil {
+		t.Fatal("bpftool is not installed: run make deps")
+	}
+	set, root := loadSet(t)
+	if err := set.Routes.Put(maps.Route{Prefix: netip.MustParsePrefix("198.19.0.64/26"), Flags: maps.RemoteBlock,
+		Ifindex: 2, NextHop: netip.MustParseAddr("198.18.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := net.ParseMAC("0a:58:c6:13:00:01")
+	if err := set.Endpoints.Put(maps.Endpoint{Ifindex: 9, IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		m      string
+		fields []string
+	}{
+		{"routes", []string{"prefixlen", "addr", "flags", "ifindex", "next_hop", "ROUTE_REMOTE_BLOCK"}},
+		{"endpoints", []string{"ipv4", "mac"}},
+	} {
+		out, err := exec.Command(bpftool, "-j", "map", "dump", "pinned", filepath.Join(root, tc.m)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool map dump %s: %v\n%s", tc.m, err, out)
+		}
+		var entries []map[string]json.RawMessage
+		if err := json.Unmarshal(out, &entries); err != nil || len(entries) != 1 {
+			t.Fatalf("bpftool output of %s: %v\n%s", tc.m, err, out)
+		}
+		if _, ok := entries[0]["formatted"]; !ok {
+			t.Fatalf("bpftool shows %s without BTF formatting:\n%s", tc.m, out)
+		}
+		for _, f := range tc.fields {
+			if !strings.Contains(string(entries[0]["formatted"]), `"`+f+`"`) {
+				t.Errorf("bpftool dump of %s lacks %q:\n%s", tc.m, f, out)
+			}
+		}
+	}
+}
+
+func TestCounters(t *testing.T) {
+	root := netns.BPFFS(t)
+	d, err := loader.Load(loader.WithRoot(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	set := maps.FromDataplane(d)
+
+	// to_wep counts every packet under PASS_DELIVER on the interface it runs on; without a
+	// context, test runs use lo (ifindex 1).
+	frame := make([]byte, 64)
+	for range 3 {
+		if _, err := d.Programs().ToWep.Run(&ebpf.RunOptions{Data: frame}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver := maps.Reason(loader.MargayReasonREASON_PASS_DELIVER)
+	c, err := set.Counters.Get(1, maps.HookToWep, deliver)
+	if err != nil || c.Packets != 3 || c.Bytes != 3*64 {
+		t.Fatalf("Get = %+v, %v; want 3 packets, 192 bytes", c, err)
+	}
+	if l, err := set.Counters.List(); err != nil || len(l) != 1 || l[0] != c {
+		t.Fatalf("List = %+v, %v", l, err)
+	}
+	if err := set.Counters.DeleteInterface(1); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := set.Counters.List(); len(l) != 0 {
+		t.Errorf("counters left after DeleteInterface: %+v", l)
+	}
+
+	// margayctl and the agent open the same maps by their pins.
+	pinned, err := maps.OpenPinned(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	if _, err := d.Programs().ToWep.Run(&ebpf.RunOptions{Data: frame}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := pinned.Counters.Get(1, maps.HookToWep, deliver); c.Packets != 1 {
+		t.Errorf("through the pin: %+v, want 1 packet", c)
+	}
+	if _, err := maps.OpenPinned(filepath.Join(root, "missing")); err == nil {
+		t.Error("OpenPinned of an empty root succeeded")
+	}
+}
