@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// The agent attaches the uplink, leaves forwarding in place when it stops, and --cleanup removes
+// everything.
+func TestAgentLifecycle(t *testing.T) {
+	host := netns.New(t, "mgyag-")
+	peer := netns.New(t, "mgyagp-")
+	netns.Veth(t, host, "ens32", peer, "ens32")
+	root := netns.BPFFS(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ifindex := host.Link(t, "ens32").Attrs().Index
+
+	ingress := func() []link.AttachedProgram {
+		var res *link.QueryResult
+		if err := host.Do(func() (err error) {
+			res, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return res.Programs
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- host.Do(func() error {
+			return run(ctx, options{root: root, uplink: "ens32", xdp: true, tcMode: "auto"}, log)
+		})
+	}()
+	pin := filepath.Join(root, "links", "ens32_from_net")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(pin); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("agent exited early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent did not attach the uplink within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	if progs := ingress(); len(progs) != 1 {
+		t.Fatalf("after the agent stopped, the uplink runs %d programs, want from_net still attached", len(progs))
+	}
+
+	if err := host.Do(func() error { return run(context.Background(), options{root: root, cleanup: true}, log) }); err != nil {
+		t.Fatal(err)
+	}
+	if progs := ingress(); len(progs) != 0 {
+		t.Errorf("after --cleanup, the uplink runs %d programs", len(progs))
+	}
+	if _, err := os.Stat(root); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins left after --cleanup: %v", err)
+	}
+}
+
+func TestAgentRejectsBadFlags(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := run(context.Background(), options{root: netns.BPFFS(t), tcMode: "bogus"}, log); err == nil {
+		t.Error("run accepted --tc-mode bogus")
+	}
+	if _, err := newLogger("loud"); err == nil {
+		t.Error("newLogger accepted level loud")
+	}
+}
