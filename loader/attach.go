@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 )
 
 const linksDir = "links"
@@ -117,6 +118,52 @@ func (d *Dataplane) Attach(ifname string, hook Hook) (Attachment, error) {
 		return AttachedTCX, nil
 	}
 	return AttachedXDP, nil
+}
+
+// Ensure attaches the hook's program unless exactly this program is attached already, and
+// reports whether it changed anything. Reconcilers call it on every pass.
+func (d *Dataplane) Ensure(ifname string, hook Hook) (bool, error) {
+	prog, err := d.program(hook)
+	if err != nil {
+		return false, err
+	}
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return false, fmt.Errorf("attach %s to %s: %w", hook, ifname, err)
+	}
+	want, err := progID(prog)
+	if err != nil {
+		return false, err
+	}
+	if l, err := link.LoadPinnedLink(d.linkPath(ifname, hook), nil); err == nil {
+		info, ierr := l.Info()
+		onIface := linkIfindex(l) == iface.Index
+		l.Close()
+		if ierr == nil && info.Program == want && onIface {
+			return false, nil
+		}
+	} else if hook != HookXDPFromNet {
+		fs, err := legacyFilters(iface.Index, hook)
+		if err == nil && len(fs) == 1 && fs[0].(*netlink.BpfFilter).Id == int(want) {
+			return false, nil
+		}
+	}
+	if _, err := d.Attach(ifname, hook); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func progID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, fmt.Errorf("program info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("program info: kernel reports no ID")
+	}
+	return id, nil
 }
 
 // adopt updates a link pinned at path to prog when it still belongs to the interface with index

@@ -63,7 +63,7 @@ func (h *host) tcxPrograms(tb testing.TB, ifname string, at ebpf.AttachType) []l
 	return res.Programs
 }
 
-func progID(tb testing.TB, p *ebpf.Program) ebpf.ProgramID {
+func testProgID(tb testing.TB, p *ebpf.Program) ebpf.ProgramID {
 	tb.Helper()
 	info, err := p.Info()
 	if err != nil {
@@ -115,7 +115,7 @@ func TestAttachDetach(t *testing.T) {
 			// The kernel runs exactly one of our programs per hook.
 			if tc.want == AttachedTCX {
 				progs := h.tcxPrograms(t, h.wep, ebpf.AttachTCXIngress)
-				if len(progs) != 1 || progs[0].ID != progID(t, d.Programs().FromWep) {
+				if len(progs) != 1 || progs[0].ID != testProgID(t, d.Programs().FromWep) {
 					t.Errorf("tcx ingress of %s runs %+v, want only from_wep", h.wep, progs)
 				}
 				if _, err := os.Stat(filepath.Join(h.root, "links", h.wep+"_from_wep")); err != nil {
@@ -164,7 +164,7 @@ func TestAdoptPinnedLinks(t *testing.T) {
 		return first.AttachUplink(h.uplink, true)
 	})
 	before := h.tcxPrograms(t, h.wep, ebpf.AttachTCXIngress)
-	firstID := progID(t, first.Programs().FromWep)
+	firstID := testProgID(t, first.Programs().FromWep)
 	first.Close() // the agent exits; its pinned links keep the programs attached
 
 	if got := h.tcxPrograms(t, h.wep, ebpf.AttachTCXIngress); len(got) != 1 || got[0].ID != firstID {
@@ -179,7 +179,7 @@ func TestAdoptPinnedLinks(t *testing.T) {
 		return second.AttachUplink(h.uplink, true)
 	})
 	after := h.tcxPrograms(t, h.wep, ebpf.AttachTCXIngress)
-	if len(after) != 1 || after[0].ID != progID(t, second.Programs().FromWep) {
+	if len(after) != 1 || after[0].ID != testProgID(t, second.Programs().FromWep) {
 		t.Fatalf("after adoption, tcx ingress runs %+v, want only the new from_wep", after)
 	}
 	// Same link, new program: the link ID did not change.
@@ -199,7 +199,7 @@ func TestAdoptPinnedLinks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Program != progID(t, second.Programs().XdpFromNet) {
+	if info.Program != testProgID(t, second.Programs().XdpFromNet) {
 		t.Errorf("xdp link runs program %d, want the new xdp_from_net", info.Program)
 	}
 }
@@ -219,7 +219,7 @@ func TestStaleLinkPin(t *testing.T) {
 
 	h.do(t, func() error { return d.AttachUplink(h.uplink, false) })
 	progs := h.tcxPrograms(t, h.uplink, ebpf.AttachTCXIngress)
-	if len(progs) != 1 || progs[0].ID != progID(t, d.Programs().FromNet) {
+	if len(progs) != 1 || progs[0].ID != testProgID(t, d.Programs().FromNet) {
 		t.Fatalf("re-created uplink runs %+v, want from_net", progs)
 	}
 }
@@ -259,6 +259,44 @@ func TestCleanup(t *testing.T) {
 			})
 			if xdp := h.ns.Link(t, h.uplink).Attrs().Xdp; xdp != nil && xdp.Attached {
 				t.Errorf("XDP still attached to %s after cleanup", h.uplink)
+			}
+		})
+	}
+}
+
+// Ensure changes nothing when the program is in place, and repairs a hook emptied behind its back.
+func TestEnsure(t *testing.T) {
+	for _, mode := range []TCMode{TCX, TCLegacy} {
+		t.Run(mode.String(), func(t *testing.T) {
+			h := newHost(t)
+			d := h.load(t, mode)
+			ensure := func(hook Hook) bool {
+				t.Helper()
+				var changed bool
+				h.do(t, func() (err error) { changed, err = d.Ensure(h.wep, hook); return err })
+				return changed
+			}
+			if !ensure(HookFromWep) {
+				t.Error("first Ensure reported no change")
+			}
+			if ensure(HookFromWep) {
+				t.Error("second Ensure changed something")
+			}
+			h.do(t, func() error { return d.Detach(h.wep, HookFromWep) })
+			if !ensure(HookFromWep) {
+				t.Error("Ensure after a detach reported no change")
+			}
+			var got Attachment
+			h.do(t, func() (err error) { got, err = d.Attached(h.wep, HookFromWep); return err })
+			if want := map[TCMode]Attachment{TCX: AttachedTCX, TCLegacy: AttachedClsact}[mode]; got != want {
+				t.Errorf("attached as %q, want %q", got, want)
+			}
+			// A newer agent's programs replace the old ones.
+			d2 := h.load(t, mode)
+			var changed bool
+			h.do(t, func() (err error) { changed, err = d2.Ensure(h.wep, HookFromWep); return err })
+			if !changed {
+				t.Error("Ensure with new programs reported no change")
 			}
 		})
 	}
