@@ -1,0 +1,258 @@
+package dataplane
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+type testHost struct {
+	ns   *netns.NS
+	peer *netns.NS
+	dp   *loader.Dataplane
+	r    *Reconciler
+	set  *maps.Set
+}
+
+func newTestHost(t *testing.T) *testHost {
+	t.Helper()
+	h := &testHost{ns: netns.New(t, "mgyrc-"), peer: netns.New(t, "mgyrcp-")}
+	netns.Veth(t, h.ns, "ens32", h.peer, "ens32")
+	h.ns.AddAddr(t, "ens32", "198.18.0.1/24")
+	dp, err := loader.Load(loader.WithRoot(netns.BPFFS(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	h.dp, h.set = dp, maps.FromDataplane(dp)
+	h.do(t, func() (err error) { h.r, err = New(dp); return err })
+	t.Cleanup(h.r.Close)
+	return h
+}
+
+func (h *testHost) do(t *testing.T, fn func() error) {
+	t.Helper()
+	if err := h.ns.Do(fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (h *testHost) apply(t *testing.T, s State) Result {
+	t.Helper()
+	var res Result
+	h.do(t, func() (err error) { res, err = h.r.Apply(s); return err })
+	return res
+}
+
+// addWorkloadVeth creates the veth pair the CNI plugin would: cali… here, eth0 in a workload.
+func (h *testHost) addWorkloadVeth(t *testing.T, cali string) net.HardwareAddr {
+	t.Helper()
+	w := netns.New(t, "mgyrcw-")
+	_, eth0 := netns.Veth(t, h.ns, cali, w, "eth0")
+	return eth0.Attrs().HardwareAddr
+}
+
+func (h *testHost) sysctl(t *testing.T, key string) string {
+	t.Helper()
+	var v []byte
+	h.do(t, func() (err error) { v, err = os.ReadFile(filepath.Join("/proc/sys/net", key)); return err })
+	return strings.TrimSpace(string(v))
+}
+
+func (h *testHost) kernelRoutes(t *testing.T) map[netip.Prefix]netlink.Route {
+	t.Helper()
+	rs, err := h.ns.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol},
+		netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Prefix]netlink.Route{}
+	for _, r := range rs {
+		out[prefixOf(r.Dst)] = r
+	}
+	return out
+}
+
+func TestReconcile(t *testing.T) {
+	h := newTestHost(t)
+	mac1 := h.addWorkloadVeth(t, "cali00000000001")
+	mac2 := h.addWorkloadVeth(t, "cali00000000002")
+	pool := netip.MustParsePrefix("198.19.0.0/16")
+	s := State{
+		Uplink: "ens32",
+		Workloads: []Workload{
+			{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac1},
+			{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.2"), MAC: mac2},
+			{IfName: "cali0000000000f", IPv4: netip.MustParseAddr("198.19.0.3"), MAC: mac2}, // veth not there yet
+		},
+		Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")},
+		Remote: []RemoteRoute{
+			{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")},
+			{Prefix: netip.MustParsePrefix("198.19.0.10/32"), NextHop: netip.MustParseAddr("198.18.0.3"), Workload: true},
+		},
+		Pools: []netip.Prefix{pool},
+	}
+
+	res := h.apply(t, s)
+	if res.Changes == 0 || !slices.Equal(res.Pending, []string{"cali0000000000f"}) {
+		t.Fatalf("first apply: %+v", res)
+	}
+	check := func() {
+		t.Helper()
+		cali1 := uint32(h.ns.Link(t, "cali00000000001").Attrs().Index)
+		uplink := uint32(h.ns.Link(t, "ens32").Attrs().Index)
+		routes, err := h.set.Routes.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []maps.Route{
+			{Prefix: netip.MustParsePrefix("198.19.0.0/26"), Flags: maps.LocalBlock | maps.InPool},
+			{Prefix: netip.MustParsePrefix("198.19.0.1/32"), Flags: maps.LocalWorkload | maps.InPool, Ifindex: cali1},
+			{Prefix: netip.MustParsePrefix("198.19.0.2/32"), Flags: maps.LocalWorkload | maps.InPool,
+				Ifindex: uint32(h.ns.Link(t, "cali00000000002").Attrs().Index)},
+			{Prefix: netip.MustParsePrefix("198.19.0.10/32"), Flags: maps.RemoteWorkload | maps.InPool, Ifindex: uplink,
+				NextHop: netip.MustParseAddr("198.18.0.3")},
+			{Prefix: netip.MustParsePrefix("198.19.0.64/26"), Flags: maps.RemoteBlock | maps.InPool, Ifindex: uplink,
+				NextHop: netip.MustParseAddr("198.18.0.2")},
+		}
+		if !slices.Equal(routes, want) {
+			t.Errorf("routes map:\n got %+v\nwant %+v", routes, want)
+		}
+		ep, err := h.set.Endpoints.Get(cali1)
+		if err != nil || ep.IPv4 != netip.MustParseAddr("198.19.0.1") || ep.MAC.String() != mac1.String() {
+			t.Errorf("endpoint of cali1 = %+v, %v", ep, err)
+		}
+		kr := h.kernelRoutes(t)
+		if len(kr) != 5 {
+			t.Errorf("kernel routes of proto margay: %d, want 5: %+v", len(kr), kr)
+		}
+		if r := kr[netip.MustParsePrefix("198.19.0.1/32")]; r.LinkIndex != int(cali1) || r.Scope != netlink.SCOPE_LINK {
+			t.Errorf("workload route: %+v", r)
+		}
+		if r := kr[netip.MustParsePrefix("198.19.0.0/26")]; r.Type != unix.RTN_BLACKHOLE {
+			t.Errorf("block route is not a blackhole: %+v", r)
+		}
+		if r := kr[netip.MustParsePrefix("198.19.0.64/26")]; !r.Gw.Equal(net.ParseIP("198.18.0.2")) || r.LinkIndex != int(uplink) {
+			t.Errorf("remote block route: %+v", r)
+		}
+		for _, kv := range [][2]string{
+			{"ipv4/conf/cali00000000001/proxy_arp", "1"},
+			{"ipv4/neigh/cali00000000001/proxy_delay", "0"},
+			{"ipv4/conf/cali00000000001/forwarding", "1"},
+			{"ipv4/ip_forward", "1"},
+		} {
+			if got := h.sysctl(t, kv[0]); got != kv[1] {
+				t.Errorf("%s = %s, want %s", kv[0], got, kv[1])
+			}
+		}
+		if got := h.ns.Link(t, "cali00000000001").Attrs().HardwareAddr.String(); got != "ee:ee:ee:ee:ee:ee" {
+			t.Errorf("cali MAC %s", got)
+		}
+		for _, hk := range []struct {
+			ifname string
+			hook   loader.Hook
+		}{{"cali00000000001", loader.HookFromWep}, {"cali00000000002", loader.HookToWep}, {"ens32", loader.HookFromNet}, {"ens32", loader.HookXDPFromNet}} {
+			h.do(t, func() error {
+				_, err := h.dp.Attached(hk.ifname, hk.hook)
+				return err
+			})
+		}
+	}
+	check()
+
+	if res := h.apply(t, s); res.Changes != 0 {
+		t.Errorf("second apply changed %d things, want none", res.Changes)
+	}
+
+	// Hand-made damage and leftovers are repaired.
+	nl := h.ns.Netlink()
+	if err := nl.RouteDel(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("198.19.0.64/26")), Protocol: RouteProtocol}); err != nil {
+		t.Fatal(err)
+	}
+	stale := &netlink.Route{LinkIndex: h.ns.Link(t, "ens32").Attrs().Index, Dst: ipNet(netip.MustParsePrefix("198.19.9.0/26")),
+		Gw: net.ParseIP("198.18.0.9"), Protocol: RouteProtocol}
+	if err := nl.RouteAdd(stale); err != nil {
+		t.Fatal(err)
+	}
+	foreign := &netlink.Route{LinkIndex: h.ns.Link(t, "ens32").Attrs().Index, Dst: ipNet(netip.MustParsePrefix("198.19.8.0/26")),
+		Gw: net.ParseIP("198.18.0.9"), Protocol: unix.RTPROT_STATIC}
+	if err := nl.RouteAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+	h.do(t, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/conf/cali00000000001/proxy_arp", []byte("0"), 0o644)
+	})
+	if err := h.set.Routes.Delete(netip.MustParsePrefix("198.19.0.1/32")); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.set.Routes.Put(maps.Route{Prefix: netip.MustParsePrefix("198.19.7.0/26"), Flags: maps.RemoteBlock, Ifindex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.set.Endpoints.Put(maps.Endpoint{Ifindex: 4242, IPv4: netip.MustParseAddr("198.19.0.99"), MAC: mac1}); err != nil {
+		t.Fatal(err)
+	}
+	h.do(t, func() error { return h.dp.Detach("cali00000000001", loader.HookFromWep) })
+
+	if res := h.apply(t, s); res.Changes < 6 {
+		t.Errorf("repair apply reported %d changes, want at least 6", res.Changes)
+	}
+	check()
+	if _, err := h.set.Endpoints.Get(4242); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("stale endpoint survived: %v", err)
+	}
+	// Routes of other protocols are not ours to remove.
+	if rs, _ := nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: unix.RTPROT_STATIC}, netlink.RT_FILTER_PROTOCOL); len(rs) != 1 {
+		t.Errorf("a static route was touched: %+v", rs)
+	}
+
+	// A removed workload loses its programs, routes and endpoint.
+	cali2 := uint32(h.ns.Link(t, "cali00000000002").Attrs().Index)
+	s.Workloads = s.Workloads[:1]
+	h.apply(t, s)
+	if _, err := h.set.Routes.Get(netip.MustParsePrefix("198.19.0.2/32")); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("route of the removed workload survived: %v", err)
+	}
+	if _, err := h.set.Endpoints.Get(cali2); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("endpoint of the removed workload survived: %v", err)
+	}
+	if _, ok := h.kernelRoutes(t)[netip.MustParsePrefix("198.19.0.2/32")]; ok {
+		t.Error("kernel route of the removed workload survived")
+	}
+	h.do(t, func() error {
+		if _, err := h.dp.Attached("cali00000000002", loader.HookFromWep); !errors.Is(err, loader.ErrNotAttached) {
+			t.Errorf("from_wep still on the removed workload's veth: %v", err)
+		}
+		return nil
+	})
+}
+
+func TestValidateState(t *testing.T) {
+	mac := net.HardwareAddr{0, 1, 2, 3, 4, 5}
+	for _, s := range []State{
+		{},
+		{Uplink: "ens32", Workloads: []Workload{{IfName: "eth0", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}}},
+		{Uplink: "ens32", Workloads: []Workload{{IfName: "cali00000000001", IPv4: netip.MustParseAddr("::1"), MAC: mac}}},
+		{Uplink: "ens32", Workloads: []Workload{{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1")}}},
+		{Uplink: "ens32", Workloads: []Workload{
+			{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac},
+			{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}}},
+		{Uplink: "ens32", Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.1/26")}},
+		{Uplink: "ens32", Remote: []RemoteRoute{{Prefix: netip.MustParsePrefix("198.19.0.64/26")}}},
+	} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("Validate accepted %+v", s)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"slices"
+
+	"github.com/margaynet/margay/maps"
+)
+
+// RouteProtocol marks the kernel routes Margay owns (`proto margay` once named in
+// /etc/iproute2/rt_protos.d); routes of any other protocol are never touched.
+const RouteProtocol = 77
+
+// Workload is a local workload as the dataplane needs it.
+type Workload struct {
+	IfName string           // host-side veth, cali + 11 hex digits
+	IPv4   netip.Addr       // its /32
+	MAC    net.HardwareAddr // workload-side MAC
+}
+
+// RemoteRoute is a prefix reached through another host.
+type RemoteRoute struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	// Workload marks a single borrowed /32 rather than a whole block.
+	Workload bool
+}
+
+// State is what the host should look like.
+type State struct {
+	Uplink    string         // interface towards the other hosts
+	Workloads []Workload     // on this host
+	Blocks    []netip.Prefix // blocks this host owns: blackholed, LOCAL_BLOCK
+	Remote    []RemoteRoute  // learned from the other hosts
+	Pools     []netip.Prefix // IP pools, for the IN_POOL flag
+}
+
+var caliName = regexp.MustCompile(`^cali[0-9a-f]{11}$`)
+
+// Validate refuses a state the reconciler could only half apply.
+func (s State) Validate() error {
+	if s.Uplink == "" {
+		return fmt.Errorf("validate state: no uplink")
+	}
+	seenIf := map[string]bool{}
+	seenIP := map[netip.Addr]bool{}
+	for _, w := range s.Workloads {
+		if !caliName.MatchString(w.IfName) {
+			return fmt.Errorf("validate state: workload interface %q is not cali + 11 hex digits", w.IfName)
+		}
+		if !w.IPv4.Is4() {
+			return fmt.Errorf("validate state: workload %s address %v is not IPv4", w.IfName, w.IPv4)
+		}
+		if len(w.MAC) != 6 {
+			return fmt.Errorf("validate state: workload %s MAC %v is not 6 bytes", w.IfName, w.MAC)
+		}
+		if seenIf[w.IfName] || seenIP[w.IPv4] {
+			return fmt.Errorf("validate state: workload %s (%v) listed twice", w.IfName, w.IPv4)
+		}
+		seenIf[w.IfName], seenIP[w.IPv4] = true, true
+	}
+	for _, p := range slices.Concat(s.Blocks, s.Pools) {
+		if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
+			return fmt.Errorf("validate state: %v is not an IPv4 network prefix", p)
+		}
+	}
+	for _, r := range s.Remote {
+		if !r.Prefix.IsValid() || !r.Prefix.Addr().Is4() || r.Prefix.Masked() != r.Prefix {
+			return fmt.Errorf("validate state: remote route %v is not an IPv4 network prefix", r.Prefix)
+		}
+		if !r.NextHop.Is4() {
+			return fmt.Errorf("validate state: remote route %v has next hop %v", r.Prefix, r.NextHop)
+		}
+	}
+	return nil
+}
+
+func (s State) inPool(p netip.Prefix) maps.RouteFlags {
+	for _, pool := range s.Pools {
+		if pool.Bits() <= p.Bits() && pool.Contains(p.Addr()) {
+			return maps.InPool
+		}
+	}
+	return 0
+}
