@@ -1,0 +1,290 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+
+	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/loader"
+)
+
+// Config is what an agent needs to know about its host.
+type Config struct {
+	NodeName          string
+	Uplink            string // "" = the interface of the default route
+	BPFFSRoot         string
+	XDP               bool
+	TCMode            loader.TCMode
+	HTTPAddr          string        // health and metrics, "" = none
+	ReconcileInterval time.Duration // full pass even without events
+	DefaultPool       netip.Prefix  // created when no pool exists; invalid = never
+}
+
+// Agent runs one host. Run owns all state: watchers feed it through a channel.
+type Agent struct {
+	cfg  Config
+	ds   *datastore.Client
+	ipam *ipam.IPAM
+	log  *slog.Logger
+	reg  *prometheus.Registry
+	m    *metrics
+
+	ready   atomic.Bool
+	healthy atomic.Int64 // unix nanos of the owner loop's last turn
+	httpLn  net.Listener
+}
+
+// Option configures an Agent.
+type Option func(*Agent)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
+
+// WithRegistry serves the metrics of reg (where the datastore client registered its own, say)
+// and registers the agent's there.
+func WithRegistry(reg *prometheus.Registry) Option { return func(a *Agent) { a.reg = reg } }
+
+// New checks the configuration and returns an agent; nothing runs until Run.
+func New(cfg Config, ds *datastore.Client, opts ...Option) (*Agent, error) {
+	if err := datastore.ValidateName(cfg.NodeName); err != nil {
+		return nil, fmt.Errorf("agent: node name %q: %w", cfg.NodeName, err)
+	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = 10 * time.Second
+	}
+	if cfg.BPFFSRoot == "" {
+		cfg.BPFFSRoot = loader.DefaultRoot
+	}
+	a := &Agent{cfg: cfg, ds: ds, log: slog.Default(), reg: prometheus.NewRegistry()}
+	for _, o := range opts {
+		o(a)
+	}
+	a.ipam = ipam.New(ds, ipam.WithLogger(a.log))
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.m = newMetrics(a.reg)
+	return a, nil
+}
+
+// Registry is where the agent's metrics live; other components register theirs here too.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Ready reports whether the dataplane matched the datastore once.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// HTTPAddr is the address the health and metrics server listens on, once Run started it.
+func (a *Agent) HTTPAddr() string {
+	if a.httpLn == nil {
+		return ""
+	}
+	return a.httpLn.Addr().String()
+}
+
+// Run registers the node, loads the dataplane and reconciles until ctx ends. It must be called on
+// a goroutine in the host's network namespace: it locks its OS thread and does every netlink,
+// sysctl and attach call from there.
+func (a *Agent) Run(ctx context.Context) error {
+	runtime.LockOSThread() // netns and /proc/sys/net are per thread: stay on this one
+
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("agent: open netlink: %w", err)
+	}
+	defer nl.Close()
+	uplink, addr, err := detectUplink(nl, a.cfg.Uplink)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.log.Info("uplink", "interface", uplink, "address", addr)
+
+	if err := a.register(ctx, uplink, addr); err != nil {
+		return err
+	}
+	if a.cfg.DefaultPool.IsValid() {
+		pool := datastore.DefaultPool()
+		pool.CIDR = a.cfg.DefaultPool
+		if created, err := a.ipam.EnsureDefaultPool(ctx, pool); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		} else if created {
+			a.log.Info("created default pool", "cidr", pool.CIDR)
+		}
+	}
+	if blocks, err := a.ipam.EnsureBlock(ctx, a.cfg.NodeName); err != nil {
+		// Not fatal: workloads can still borrow, and a pool may be added later.
+		a.log.Warn("no block claimed", "error", err)
+	} else {
+		a.log.Info("blocks", "cidrs", blocks)
+	}
+
+	dp, err := loader.Load(loader.WithRoot(a.cfg.BPFFSRoot), loader.WithLogger(a.log), loader.WithTCMode(a.cfg.TCMode))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer dp.Close() // pins stay: forwarding goes on without us
+	rec, err := dataplane.New(dp, dataplane.WithLogger(a.log), dataplane.WithXDP(a.cfg.XDP))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer rec.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := a.serveHTTP(ctx); err != nil {
+		return err
+	}
+
+	updates := make(chan func(*view), 64)
+	w := &watchers{ds: a.ds, log: a.log, updates: updates}
+	w.start(ctx)
+
+	return a.loop(ctx, rec, uplink, updates, w)
+}
+
+// register writes this node's record, keeping what operators set on it (labels, AS, reflector).
+func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) error {
+	for range 10 {
+		cur, err := a.ds.Nodes().Get(ctx, a.cfg.NodeName)
+		n := datastore.Node{Version: datastore.CurrentVersion, Name: a.cfg.NodeName}
+		if err == nil {
+			n = cur.Value
+		} else if !errors.Is(err, datastore.ErrNotFound) {
+			return fmt.Errorf("agent: register node: %w", err)
+		}
+		if err == nil && n.AddressV4 == addr && n.Uplink == uplink {
+			return nil
+		}
+		n.AddressV4, n.Uplink = addr, uplink
+		if err == nil {
+			_, err = a.ds.Nodes().Update(ctx, a.cfg.NodeName, n, cur.ModRevision)
+		} else {
+			_, err = a.ds.Nodes().Create(ctx, a.cfg.NodeName, n)
+		}
+		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrExists) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("agent: register node: %w", err)
+		}
+		a.log.Info("registered node", "node", a.cfg.NodeName, "address", addr, "uplink", uplink)
+		return nil
+	}
+	return fmt.Errorf("agent: register node %s: %w", a.cfg.NodeName, datastore.ErrConflict)
+}
+
+// loop is the owner goroutine: it applies updates to the view and reconciles when something
+// changed (batched), when interfaces are still pending, and every ReconcileInterval.
+func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink string, updates <-chan func(*view), w *watchers) error {
+	v := newView(a.cfg.NodeName)
+	tick := time.NewTicker(a.cfg.ReconcileInterval)
+	defer tick.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	dirty := false
+	for {
+		a.healthy.Store(time.Now().UnixNano())
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping; the dataplane keeps forwarding")
+			return nil
+		case u := <-updates:
+			u(v)
+			dirty = true
+			// Take whatever else is queued before the pass: one pass for a burst of events.
+			for drained := false; !drained; {
+				select {
+				case u := <-updates:
+					u(v)
+				default:
+					drained = true
+				}
+			}
+		case <-tick.C:
+			dirty = true
+		case <-retry.C:
+			dirty = true
+		}
+		if !dirty || !w.synced(v) {
+			continue
+		}
+		dirty = false
+		pending := a.reconcile(rec, v.state(uplink))
+		if pending {
+			retry.Reset(100 * time.Millisecond) // the CNI plugin is creating the interface
+		}
+	}
+}
+
+func (a *Agent) reconcile(rec *dataplane.Reconciler, s dataplane.State) (pending bool) {
+	start := time.Now()
+	res, err := rec.Apply(s)
+	a.m.reconcileDuration.Observe(time.Since(start).Seconds())
+	a.m.changes.Add(float64(res.Changes))
+	a.m.endpoints.Set(float64(len(s.Workloads)))
+	a.m.pending.Set(float64(len(res.Pending)))
+	if err != nil {
+		a.m.reconciles.WithLabelValues("error").Inc()
+		a.log.Error("reconcile", "error", err, "changes", res.Changes)
+		return true
+	}
+	a.m.reconciles.WithLabelValues("ok").Inc()
+	if res.Changes > 0 {
+		a.log.Info("reconciled", "changes", res.Changes, "workloads", len(s.Workloads), "pending", res.Pending,
+			"took", time.Since(start).Round(time.Microsecond))
+	}
+	if !a.ready.Load() {
+		a.ready.Store(true)
+		a.log.Info("ready")
+	}
+	return len(res.Pending) > 0
+}
+
+func (a *Agent) serveHTTP(ctx context.Context) error {
+	if a.cfg.HTTPAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("agent: listen on %s: %w", a.cfg.HTTPAddr, err)
+	}
+	a.httpLn = ln
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// Healthy while the owner loop turns: a pass never takes this long.
+		if time.Since(time.Unix(0, a.healthy.Load())) > a.cfg.ReconcileInterval+time.Minute {
+			http.Error(w, "owner loop stuck", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return nil
+}

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within 15s: %v", what, err)
+}
+
+type agentHost struct {
+	ns     *netns.NS
+	root   string
+	agent  *Agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (h *agentHost) routes(t *testing.T) map[netip.Prefix]netlink.Route {
+	t.Helper()
+	rs, err := h.ns.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: dataplane.RouteProtocol},
+		netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Prefix]netlink.Route{}
+	for _, r := range rs {
+		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+		bits, _ := r.Dst.Mask.Size()
+		out[netip.PrefixFrom(a, bits)] = r
+	}
+	return out
+}
+
+// get fetches a URL of the agent's HTTP server, dialling from inside its namespace.
+func (h *agentHost) get(path string) (int, string, error) {
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := h.ns.Do(func() (err error) { c, err = net.Dial(network, addr); return err })
+		return c, err
+	}}, Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + h.agent.HTTPAddr() + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
+
+func TestAgent(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	ds := datastoretest.New(t, datastore.WithRegisterer(reg))
+	if _, err := ds.Pools().Create(ctx, "lab", datastore.Pool{Version: 1, Name: "lab",
+		CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}); err != nil {
+		t.Fatal(err)
+	}
+	// vm101 is another host known to the datastore, with a block of its own.
+	if _, err := ds.Nodes().Create(ctx, "vm101", datastore.Node{Version: 1, Name: "vm101",
+		AddressV4: netip.MustParsePrefix("198.18.0.101/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ipam.New(ds).EnsureBlock(ctx, "vm101"); err != nil {
+		t.Fatal(err)
+	}
+
+	h := &agentHost{ns: netns.New(t, "mgyagt-"), root: netns.BPFFS(t), done: make(chan error, 1)}
+	peer := netns.New(t, "mgyagtp-")
+	netns.Veth(t, h.ns, "ens32", peer, "ens32")
+	h.ns.AddAddr(t, "ens32", "198.18.0.100/24")
+
+	a, err := New(Config{NodeName: "vm100", Uplink: "ens32", BPFFSRoot: h.root, XDP: true, TCMode: loader.TCAuto,
+		HTTPAddr: "127.0.0.1:0", ReconcileInterval: 300 * time.Millisecond}, ds, WithLogger(datastoretest.Logger(t)), WithRegistry(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.agent = a
+	runCtx, cancel := context.WithCancel(ctx)
+	h.cancel = cancel
+	go func() { h.done <- h.ns.Do(func() error { return a.Run(runCtx) }) }()
+	t.Cleanup(func() { cancel(); <-h.done })
+
+	set, err := maps.OpenPinned(h.root)
+	for deadline := time.Now().Add(15 * time.Second); err != nil && time.Now().Before(deadline); {
+		time.Sleep(25 * time.Millisecond)
+		set, err = maps.OpenPinned(h.root)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+
+	// vm101 claimed first: it has the pool's first block, we get the second.
+	own := netip.MustParsePrefix("198.19.0.64/26")
+	remote := netip.MustParsePrefix("198.19.0.0/26")
+	eventually(t, "node registered, block claimed, block routes programmed", func() error {
+		n, err := ds.Nodes().Get(ctx, "vm100")
+		if err != nil || n.Value.AddressV4 != netip.MustParsePrefix("198.18.0.100/24") || n.Value.Uplink != "ens32" {
+			return fmt.Errorf("node record %+v, %v", n, err)
+		}
+		rs := h.routes(t)
+		if r, ok := rs[own]; !ok || r.Type != 6 /* RTN_BLACKHOLE */ {
+			return fmt.Errorf("no blackhole for %v: %+v", own, rs)
+		}
+		if r, ok := rs[remote]; !ok || !r.Gw.Equal(net.ParseIP("198.18.0.101")) {
+			return fmt.Errorf("no route to %v via vm101: %+v", remote, rs)
+		}
+		rt, err := set.Routes.Get(remote)
+		if err != nil || rt.Kind() != maps.RemoteBlock || rt.NextHop != netip.MustParseAddr("198.18.0.101") {
+			return fmt.Errorf("routes map entry of %v: %+v, %v", remote, rt, err)
+		}
+		return nil
+	})
+	eventually(t, "readyz", func() error {
+		code, body, err := h.get("/readyz")
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("readyz %d %q %v", code, body, err)
+		}
+		return nil
+	})
+
+	// A workload as the CNI plugin leaves it: veth pair, record in etcd.
+	wns := netns.New(t, "mgyagtw-")
+	cali := "cali0123456789a"
+	_, eth0 := netns.Veth(t, h.ns, cali, wns, "eth0")
+	wl := datastore.Workload{Version: 1, ID: "w1", Name: "w1", Node: "vm100", IfName: cali,
+		MAC: eth0.Attrs().HardwareAddr.String(), IPv4: []netip.Prefix{netip.MustParsePrefix("198.19.0.69/32")}}
+	if _, err := ds.Workloads("vm100").Create(ctx, "w1", wl); err != nil {
+		t.Fatal(err)
+	}
+	wip := netip.MustParsePrefix("198.19.0.69/32")
+	caliIndex := uint32(h.ns.Link(t, cali).Attrs().Index)
+	eventually(t, "workload programmed", func() error {
+		if r, ok := h.routes(t)[wip]; !ok || r.LinkIndex != int(caliIndex) {
+			return fmt.Errorf("no /32 route to %s", cali)
+		}
+		if ep, err := set.Endpoints.Get(caliIndex); err != nil || ep.IPv4 != wip.Addr() {
+			return fmt.Errorf("endpoint %+v, %v", ep, err)
+		}
+		return h.ns.Do(func() error { _, err := loaderAttached(h.root, cali); return err })
+	})
+
+	// Hand-made damage is repaired within the reconcile interval.
+	victim := h.routes(t)[wip]
+	if err := h.ns.Netlink().RouteDel(&victim); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Endpoints.Delete(caliIndex); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "repair", func() error {
+		if _, ok := h.routes(t)[wip]; !ok {
+			return errors.New("route not restored")
+		}
+		if _, err := set.Endpoints.Get(caliIndex); err != nil {
+			return err
+		}
+		return nil
+	})
+
+	// A malformed value is skipped; the agent goes on.
+	if _, err := ds.Raw().Put(ctx, ds.Workloads("vm100").Key("junk"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	// A workload on vm101 that borrowed an address of our block: a /32 via vm101.
+	borrowed := netip.MustParsePrefix("198.19.0.73/32")
+	if _, err := ds.Workloads("vm101").Create(ctx, "b1", datastore.Workload{Version: 1, ID: "b1", Name: "b1", Node: "vm101",
+		IfName: "cali0000000000b", MAC: "0a:58:00:00:00:01", IPv4: []netip.Prefix{borrowed}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "borrowed /32 routed", func() error {
+		rt, err := set.Routes.Get(borrowed)
+		if err != nil || rt.Kind() != maps.RemoteWorkload || rt.NextHop != netip.MustParseAddr("198.18.0.101") {
+			return fmt.Errorf("%+v, %v", rt, err)
+		}
+		if _, ok := h.routes(t)[borrowed]; !ok {
+			return errors.New("no kernel route")
+		}
+		return nil
+	})
+
+	// Removal undoes everything.
+	if err := ds.Workloads("vm100").Delete(ctx, "w1", 0); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "workload removed", func() error {
+		if _, ok := h.routes(t)[wip]; ok {
+			return errors.New("route still there")
+		}
+		if _, err := set.Endpoints.Get(caliIndex); !errors.Is(err, maps.ErrNotFound) {
+			return fmt.Errorf("endpoint still there: %v", err)
+		}
+		if _, err := set.Routes.Get(wip); !errors.Is(err, maps.ErrNotFound) {
+			return fmt.Errorf("map route still there: %v", err)
+		}
+		return h.ns.Do(func() error {
+			if _, err := loaderAttached(h.root, cali); !errors.Is(err, loader.ErrNotAttached) {
+				return fmt.Errorf("programs still attached: %v", err)
+			}
+			return nil
+		})
+	})
+
+	code, body, err := h.get("/metrics")
+	if err != nil || code != http.StatusOK || !strings.Contains(body, `margay_agent_reconciles_total{result="ok"}`) ||
+		!strings.Contains(body, `margay_datastore_malformed_values_total`) {
+		t.Errorf("metrics: %d %v\n%s", code, err, body)
+	}
+	if code, _, _ := h.get("/healthz"); code != http.StatusOK {
+		t.Errorf("healthz %d", code)
+	}
+
+	// Stopping leaves forwarding in place.
+	cancel()
+	if err := <-h.done; err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	h.done <- nil // for the cleanup
+	if err := h.ns.Do(func() error { _, err := loaderAttachedHook(h.root, "ens32", loader.HookFromNet); return err }); err != nil {
+		t.Errorf("uplink program gone after the agent stopped: %v", err)
+	}
+}
+
+// loaderAttached checks from_wep on ifname through a throwaway dataplane handle on the same pins.
+func loaderAttached(root, ifname string) (loader.Attachment, error) {
+	return loaderAttachedHook(root, ifname, loader.HookFromWep)
+}
+
+func loaderAttachedHook(root, ifname string, hook loader.Hook) (loader.Attachment, error) {
+	d, err := loader.Load(loader.WithRoot(root))
+	if err != nil {
+		return "", err
+	}
+	defer d.Close()
+	return d.Attached(ifname, hook)
+}

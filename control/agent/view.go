@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/datastore"
+)
+
+// view is the owner goroutine's copy of the datastore: replaced on every snapshot, patched by
+// every event.
+type view struct {
+	node      string
+	workloads map[string]datastore.Workload // "<node>/<id>"
+	blocks    map[string]datastore.Block
+	nodes     map[string]datastore.Node
+	pools     map[string]datastore.Pool
+	synced    map[string]bool
+}
+
+func newView(node string) *view {
+	return &view{node: node, workloads: map[string]datastore.Workload{}, blocks: map[string]datastore.Block{},
+		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, synced: map[string]bool{}}
+}
+
+// state derives what this host should look like. Remote routes come from the datastore: every
+// block another node owns is reached through that node, and a workload that borrowed an address
+// from someone else's block gets a /32 of its own. Only next hops on the uplink's subnet are used.
+func (v *view) state(uplink string) dataplane.State {
+	s := dataplane.State{Uplink: uplink}
+	self := v.nodes[v.node].AddressV4
+	reachable := func(node string) (netip.Addr, bool) {
+		n, ok := v.nodes[node]
+		if !ok || node == v.node || !self.IsValid() {
+			return netip.Addr{}, false
+		}
+		a := n.AddressV4.Addr()
+		return a, self.Masked().Contains(a) && a != self.Addr()
+	}
+
+	for _, p := range v.pools {
+		s.Pools = append(s.Pools, p.CIDR)
+	}
+	blockOf := func(ip netip.Addr) (datastore.Block, bool) {
+		for _, b := range v.blocks {
+			if b.CIDR.Contains(ip) {
+				return b, true
+			}
+		}
+		return datastore.Block{}, false
+	}
+	for _, b := range v.blocks {
+		switch owner := b.Node(); {
+		case owner == v.node:
+			s.Blocks = append(s.Blocks, b.CIDR)
+		default:
+			if nh, ok := reachable(owner); ok {
+				s.Remote = append(s.Remote, dataplane.RemoteRoute{Prefix: b.CIDR, NextHop: nh})
+			}
+		}
+	}
+	seenIP := map[netip.Addr]bool{}
+	for _, key := range sortedKeys(v.workloads) {
+		w := v.workloads[key]
+		if len(w.IPv4) == 0 {
+			continue
+		}
+		ip := w.IPv4[0].Addr()
+		if seenIP[ip] {
+			continue // two records claim one address: the first (by key) wins until IPAM sorts it out
+		}
+		seenIP[ip] = true
+		if w.Node == v.node {
+			mac, err := net.ParseMAC(w.MAC)
+			if err != nil {
+				continue // validated on read; cannot happen
+			}
+			s.Workloads = append(s.Workloads, dataplane.Workload{IfName: w.IfName, IPv4: ip, MAC: mac})
+			continue
+		}
+		if b, ok := blockOf(ip); ok && b.Node() != w.Node {
+			if nh, ok := reachable(w.Node); ok {
+				s.Remote = append(s.Remote, dataplane.RemoteRoute{Prefix: netip.PrefixFrom(ip, 32), NextHop: nh, Workload: true})
+			}
+		}
+	}
+	slices.SortFunc(s.Remote, func(a, b dataplane.RemoteRoute) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	return s
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// watchers turn datastore watches into updates of the view, run by the owner goroutine.
+type watchers struct {
+	ds      *datastore.Client
+	log     *slog.Logger
+	updates chan<- func(*view)
+}
+
+const (
+	kindWorkloads = "workloads"
+	kindBlocks    = "blocks"
+	kindNodes     = "nodes"
+	kindPools     = "pools"
+)
+
+func (w *watchers) start(ctx context.Context) {
+	go follow(ctx, w, kindWorkloads, w.ds.AllWorkloads(), func(v *view) map[string]datastore.Workload { return v.workloads })
+	go follow(ctx, w, kindBlocks, w.ds.Blocks(), func(v *view) map[string]datastore.Block { return v.blocks })
+	go follow(ctx, w, kindNodes, w.ds.Nodes(), func(v *view) map[string]datastore.Node { return v.nodes })
+	go follow(ctx, w, kindPools, w.ds.Pools(), func(v *view) map[string]datastore.Pool { return v.pools })
+}
+
+// synced reports whether every kind delivered its first snapshot: reconciling earlier would
+// remove what the missing kinds still want.
+func (w *watchers) synced(v *view) bool {
+	return v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools]
+}
+
+func follow[T any](ctx context.Context, w *watchers, kind string, store datastore.Store[T], cache func(*view) map[string]T) {
+	err := store.Watch(ctx, func(ev datastore.Event[T]) {
+		var u func(*view)
+		switch ev.Type {
+		case datastore.EventSnapshot:
+			items := ev.Items
+			u = func(v *view) {
+				m := cache(v)
+				clear(m)
+				for _, it := range items {
+					m[it.Name] = it.Value
+				}
+				v.synced[kind] = true
+			}
+		case datastore.EventPut:
+			it := ev.Item
+			u = func(v *view) { cache(v)[it.Name] = it.Value }
+		case datastore.EventDelete:
+			name := ev.Name
+			u = func(v *view) { delete(cache(v), name) }
+		default:
+			return
+		}
+		select {
+		case w.updates <- u:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		w.log.Error("watch ended", "kind", kind, "error", err)
+	}
+}

@@ -1,0 +1,82 @@
+package datastoretest
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/margaynet/margay/control/datastore"
+)
+
+// Start starts an embedded etcd on a free loopback port with its data in tb.TempDir() and stops
+// it on cleanup. Every call gets its own etcd, so tests and packages can run in parallel.
+func Start(tb testing.TB, opts ...datastore.EmbedOption) *datastore.Embedded {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts = append([]datastore.EmbedOption{
+		datastore.WithClientURL("http://127.0.0.1:0"),
+		datastore.WithUnsafeNoFsync(),
+	}, opts...)
+	e, err := datastore.StartEmbedded(ctx, tb.TempDir(), opts...)
+	if err != nil {
+		tb.Fatalf("start embedded etcd: %v", err)
+	}
+	tb.Cleanup(e.Close)
+	return e
+}
+
+// New starts an embedded etcd (see Start) and returns a Client connected to it that logs to tb.
+// Both are closed on cleanup. opts go to datastore.New after the test logger, so they may
+// replace it.
+func New(tb testing.TB, opts ...datastore.Option) *datastore.Client {
+	tb.Helper()
+	e := Start(tb)
+	return Connect(tb, datastore.Config{Endpoints: e.Endpoints()}, opts...)
+}
+
+// Connect returns a Client for cfg that logs to tb and is closed on cleanup.
+func Connect(tb testing.TB, cfg datastore.Config, opts ...datastore.Option) *datastore.Client {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts = append([]datastore.Option{datastore.WithLogger(Logger(tb))}, opts...)
+	c, err := datastore.New(ctx, cfg, opts...)
+	if err != nil {
+		tb.Fatalf("connect to embedded etcd: %v", err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Logger returns a logger that writes to tb.Log and goes quiet once the test's cleanup has
+// started, so that goroutines still running then cannot log after the test ended.
+func Logger(tb testing.TB) *slog.Logger {
+	w := &tbWriter{tb: tb}
+	tb.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tbWriter struct {
+	mu      sync.Mutex
+	tb      testing.TB
+	stopped bool
+}
+
+func (w *tbWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *tbWriter) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+}

@@ -1,0 +1,77 @@
+package datastore
+
+import (
+	"bytes"
+	"reflect"
+	"testing"
+)
+
+// decoders runs the round-trip check for each kind; FuzzDecode picks one by index.
+var decoders = []func(t *testing.T, name string, data []byte){
+	func(t *testing.T, name string, data []byte) { roundTrip(t, poolKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, bgpConfigKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, bgpPeerKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, nodeKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, blockKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, handleKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, allWorkloadsKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, nodeWorkloadsKind("host1"), name, data) },
+}
+
+// roundTrip checks that whatever decode accepts passes Validate, encodes, and decodes to the same
+// value and the same bytes again.
+func roundTrip[T any](t *testing.T, k *kind[T], name string, data []byte) {
+	v, err := k.decode(name, data)
+	if err != nil {
+		return
+	}
+	if err := k.validate(&v); err != nil {
+		t.Fatalf("decode(%q, %q) accepted %+v, which fails Validate: %v", name, data, v, err)
+	}
+	enc, err := k.encode(name, v)
+	if err != nil {
+		t.Fatalf("encode(%+v) after decode(%q): %v", v, data, err)
+	}
+	v2, err := k.decode(name, enc)
+	if err != nil {
+		t.Fatalf("decode(%q) of encoded %+v: %v", enc, v, err)
+	}
+	if !reflect.DeepEqual(v, v2) {
+		t.Fatalf("round trip of %q changed the value:\n got %+v\nwant %+v", data, v2, v)
+	}
+	if enc2, err := k.encode(name, v2); err != nil || !bytes.Equal(enc, enc2) {
+		t.Fatalf("re-encoding changed the bytes: %q then %q (%v)", enc, enc2, err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	seeds := []struct {
+		kind uint8
+		name string
+		data string
+	}{
+		{0, "p", `{"version":1,"name":"p","cidr":"198.19.0.0/16","blockSize":26}`},
+		{0, "p", `{"version":1,"cidr":"198.19.0.0/16","disabled":true}`},
+		{0, "p", `{"version":2,"cidr":"198.19.0.0/16"}`},
+		{1, "bgp", `{"version":1,"asn":64512,"nodeToNodeMesh":false}`},
+		{1, "bgp", `{"version":1}`},
+		{2, "gw", `{"version":1,"peerIP":"198.18.0.254","asn":64513,"node":"host1","password":"s"}`},
+		{3, "host1", `{"version":1,"name":"host1","addressV4":"198.18.0.1/24","uplink":"ens32","labels":{"rack":"a"}}`},
+		{3, "host1", `{"version":1,"addressV4":"198.18.0.1/24","labels":{}}`},
+		{4, "198.19.0.0-26", `{"version":1,"cidr":"198.19.0.0/26","affinity":"host:host1","allocations":[{"ip":"198.19.0.1","handle":"h1"}],"seq":3}`},
+		{4, "198.19.0.0-26", `{"version":1,"allocations":[]}`},
+		{5, "h1", `{"version":1,"id":"h1","node":"host1","ips":["198.19.0.1"],"workload":"host1/w1"}`},
+		{6, "host1/w1", `{"version":1,"id":"w1","name":"web","node":"host1","ifName":"cali0b7f49da20a","mac":"02:42:c6:13:00:01","ipv4":["198.19.0.1/32"]}`},
+		{7, "w1", `{"version":1,"name":"web","ifName":"cali0b7f49da20a","mac":"02:42:c6:13:00:01","labels":{"app":"web"}}`},
+		{0, "p", `null`},
+		{0, "p", `{"version":1.5}`},
+		{4, "198.19.0.0-26", `{"version":1,"cidr":"198.19.0.0/26","allocations":[{"ip":"198.19.0.1","handle":"h"},{"ip":"198.19.0.1","handle":"h"}]}`},
+		{0, "../p", `{"version":1,"cidr":"198.19.0.0/16"}`},
+	}
+	for _, s := range seeds {
+		f.Add(s.kind, s.name, []byte(s.data))
+	}
+	f.Fuzz(func(t *testing.T, kind uint8, name string, data []byte) {
+		decoders[int(kind)%len(decoders)](t, name, data)
+	})
+}

@@ -1,0 +1,384 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"github.com/margaynet/margay/control/datastore"
+)
+
+var (
+	// ErrPoolExhausted: every enabled pool is full.
+	ErrPoolExhausted = errors.New("ip pools exhausted")
+	// ErrNoPool: there is no enabled pool to allocate from.
+	ErrNoPool = errors.New("no enabled ip pool")
+	// ErrContention: compare-and-swap kept losing; the caller may retry.
+	ErrContention = errors.New("too much contention on ipam blocks")
+)
+
+// maxAttempts bounds the compare-and-swap retries of one operation.
+const maxAttempts = 100
+
+// IPAM allocates and releases workload addresses. It keeps no state of its own: etcd is the truth.
+type IPAM struct {
+	ds  *datastore.Client
+	log *slog.Logger
+}
+
+// Option configures an IPAM.
+type Option func(*IPAM)
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(i *IPAM) { i.log = l } }
+
+// New returns an IPAM working on ds.
+func New(ds *datastore.Client, opts ...Option) *IPAM {
+	i := &IPAM{ds: ds, log: slog.Default()}
+	for _, o := range opts {
+		o(i)
+	}
+	return i
+}
+
+// Request asks for one address.
+type Request struct {
+	Handle   string // who holds the address: freed by ReleaseHandle(Handle)
+	Node     string // the host the workload runs on
+	Workload string // "<node>/<id>" of the workload, for garbage collection
+}
+
+// Assignment is an allocated address.
+type Assignment struct {
+	IP    netip.Addr
+	Block netip.Prefix
+	// Borrowed: the block belongs to another host because the pools had no free block; the
+	// address must be routed as a /32 of its own.
+	Borrowed bool
+}
+
+// Assign allocates one address for req.Handle on req.Node: from a block the node owns, else from a
+// block it claims, else — only when no pool has a free block — borrowed from another host's block.
+// Asking again for a handle that holds an address returns that address.
+func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
+	if err := datastore.ValidateName(req.Handle); err != nil {
+		return Assignment{}, fmt.Errorf("assign address: handle: %w", err)
+	}
+	if err := datastore.ValidateName(req.Node); err != nil {
+		return Assignment{}, fmt.Errorf("assign address: node: %w", err)
+	}
+	// The handle exists before any allocation names it, so a crash never leaves an allocation
+	// that nothing can release.
+	h, err := i.ds.Handles().Get(ctx, req.Handle)
+	switch {
+	case err == nil && len(h.Value.IPs) > 0:
+		return i.existing(ctx, h.Value)
+	case errors.Is(err, datastore.ErrNotFound):
+		_, err = i.ds.Handles().Create(ctx, req.Handle, datastore.Handle{
+			Version: datastore.CurrentVersion, ID: req.Handle, Node: req.Node, Workload: req.Workload})
+		if err != nil && !errors.Is(err, datastore.ErrExists) {
+			return Assignment{}, fmt.Errorf("assign address: create handle: %w", err)
+		}
+	case err != nil:
+		return Assignment{}, fmt.Errorf("assign address: read handle: %w", err)
+	}
+
+	a, err := i.allocate(ctx, req)
+	if err != nil {
+		// Nothing was allocated: drop the empty handle again.
+		_ = i.deleteHandleIfEmpty(ctx, req.Handle)
+		return Assignment{}, err
+	}
+	if err := i.recordInHandle(ctx, req, a.IP); err != nil {
+		return Assignment{}, err
+	}
+	i.log.Debug("assigned", "ip", a.IP, "block", a.Block, "handle", req.Handle, "node", req.Node, "borrowed", a.Borrowed)
+	return a, nil
+}
+
+func (i *IPAM) existing(ctx context.Context, h datastore.Handle) (Assignment, error) {
+	ip := h.IPs[0]
+	blocks, _, err := i.ds.Blocks().List(ctx)
+	if err != nil {
+		return Assignment{}, fmt.Errorf("assign address: list blocks: %w", err)
+	}
+	for _, b := range blocks {
+		if b.Value.CIDR.Contains(ip) {
+			return Assignment{IP: ip, Block: b.Value.CIDR, Borrowed: b.Value.Node() != h.Node}, nil
+		}
+	}
+	return Assignment{}, fmt.Errorf("assign address: handle %s holds %s, which no block contains", h.ID, ip)
+}
+
+func (i *IPAM) allocate(ctx context.Context, req Request) (Assignment, error) {
+	for range maxAttempts {
+		pools, err := i.enabledPools(ctx)
+		if err != nil {
+			return Assignment{}, err
+		}
+		blocks, _, err := i.ds.Blocks().List(ctx)
+		if err != nil {
+			return Assignment{}, fmt.Errorf("assign address: list blocks: %w", err)
+		}
+		affinity := datastore.AffinityForNode(req.Node)
+
+		// 1. A block of our own with room.
+		var own []datastore.Item[datastore.Block]
+		for _, b := range blocks {
+			if b.Value.Affinity == affinity && inPools(pools, b.Value.CIDR) {
+				own = append(own, b)
+			}
+		}
+		if a, done, err := i.tryBlocks(ctx, own, req, false); done || err != nil {
+			return a, err
+		}
+		if anyFree(own) {
+			continue // lost a race for one of our addresses: read again
+		}
+
+		// 2. Claim a free block.
+		claimed, stale, err := i.claim(ctx, pools, blocks, req.Node)
+		if err != nil {
+			return Assignment{}, err
+		}
+		if claimed || stale {
+			continue // allocate from it, or from what another host claimed, on the next pass
+		}
+
+		// 3. Borrow from any block with room.
+		var others []datastore.Item[datastore.Block]
+		for _, b := range blocks {
+			if b.Value.Affinity != affinity && inPools(pools, b.Value.CIDR) {
+				others = append(others, b)
+			}
+		}
+		if a, done, err := i.tryBlocks(ctx, others, req, true); done || err != nil {
+			return a, err
+		}
+		if !anyFree(others) {
+			return Assignment{}, fmt.Errorf("assign address for %s: %w", req.Handle, ErrPoolExhausted)
+		}
+		// Lost every race for the addresses we saw: look again.
+	}
+	return Assignment{}, fmt.Errorf("assign address for %s: %w", req.Handle, ErrContention)
+}
+
+// tryBlocks allocates in the first block with room. done is true when it allocated; a lost
+// compare-and-swap returns done false so the caller re-reads.
+func (i *IPAM) tryBlocks(ctx context.Context, blocks []datastore.Item[datastore.Block], req Request, borrowed bool) (Assignment, bool, error) {
+	slices.SortFunc(blocks, func(a, b datastore.Item[datastore.Block]) int {
+		return a.Value.CIDR.Addr().Compare(b.Value.CIDR.Addr())
+	})
+	for _, b := range blocks {
+		ip, ok := firstFree(b.Value)
+		if !ok {
+			continue
+		}
+		nb := b.Value
+		nb.Allocations = append(slices.Clone(nb.Allocations), datastore.Allocation{IP: ip, Handle: req.Handle})
+		nb.Seq++
+		_, err := i.ds.Blocks().Update(ctx, b.Name, nb, b.ModRevision)
+		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
+			return Assignment{}, false, nil
+		}
+		if err != nil {
+			return Assignment{}, false, fmt.Errorf("assign address: update block %s: %w", b.Value.CIDR, err)
+		}
+		return Assignment{IP: ip, Block: nb.CIDR, Borrowed: borrowed}, true, nil
+	}
+	return Assignment{}, false, nil
+}
+
+// claim creates the first block of an enabled pool that does not exist yet, with node affinity.
+// stale reports that another host claimed a block our list did not show: the list is out of date,
+// so the pools may not be as full as it says.
+func (i *IPAM) claim(ctx context.Context, pools []datastore.Pool, blocks []datastore.Item[datastore.Block], node string) (claimed, stale bool, err error) {
+	exists := make(map[netip.Prefix]bool, len(blocks))
+	for _, b := range blocks {
+		exists[b.Value.CIDR] = true
+	}
+	for _, p := range pools {
+		for cidr := range blocksOf(p) {
+			if exists[cidr] || overlapsAny(blocks, cidr) {
+				continue
+			}
+			_, err := i.ds.Blocks().Create(ctx, datastore.BlockKeyName(cidr), datastore.Block{
+				Version: datastore.CurrentVersion, CIDR: cidr, Affinity: datastore.AffinityForNode(node)})
+			if errors.Is(err, datastore.ErrExists) {
+				exists[cidr] = true // another host was faster: try the next
+				stale = true
+				continue
+			}
+			if err != nil {
+				return false, stale, fmt.Errorf("claim block %s: %w", cidr, err)
+			}
+			i.log.Info("claimed block", "block", cidr, "node", node, "pool", p.Name)
+			return true, stale, nil
+		}
+	}
+	return false, stale, nil
+}
+
+func (i *IPAM) recordInHandle(ctx context.Context, req Request, ip netip.Addr) error {
+	for range maxAttempts {
+		h, err := i.ds.Handles().Get(ctx, req.Handle)
+		if errors.Is(err, datastore.ErrNotFound) {
+			_, err = i.ds.Handles().Create(ctx, req.Handle, datastore.Handle{Version: datastore.CurrentVersion,
+				ID: req.Handle, Node: req.Node, Workload: req.Workload, IPs: []netip.Addr{ip}})
+			if errors.Is(err, datastore.ErrExists) {
+				continue
+			}
+		} else if err == nil {
+			nh := h.Value
+			if !slices.Contains(nh.IPs, ip) {
+				nh.IPs = append(slices.Clone(nh.IPs), ip)
+			}
+			_, err = i.ds.Handles().Update(ctx, req.Handle, nh, h.ModRevision)
+			if errors.Is(err, datastore.ErrConflict) {
+				continue
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("assign address: record %s in handle %s: %w", ip, req.Handle, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("assign address: record in handle %s: %w", req.Handle, ErrContention)
+}
+
+func (i *IPAM) deleteHandleIfEmpty(ctx context.Context, id string) error {
+	h, err := i.ds.Handles().Get(ctx, id)
+	if err != nil || len(h.Value.IPs) > 0 {
+		return err
+	}
+	return i.ds.Handles().Delete(ctx, id, h.ModRevision)
+}
+
+func (i *IPAM) enabledPools(ctx context.Context) ([]datastore.Pool, error) {
+	items, _, err := i.ds.Pools().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list pools: %w", err)
+	}
+	var pools []datastore.Pool
+	for _, it := range items {
+		if !it.Value.Disabled {
+			pools = append(pools, it.Value)
+		}
+	}
+	if len(pools) == 0 {
+		return nil, ErrNoPool
+	}
+	slices.SortFunc(pools, func(a, b datastore.Pool) int { return a.CIDR.Addr().Compare(b.CIDR.Addr()) })
+	return pools, nil
+}
+
+func inPools(pools []datastore.Pool, block netip.Prefix) bool {
+	for _, p := range pools {
+		if p.CIDR.Bits() <= block.Bits() && p.CIDR.Contains(block.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+func overlapsAny(blocks []datastore.Item[datastore.Block], cidr netip.Prefix) bool {
+	for _, b := range blocks {
+		if b.Value.CIDR.Overlaps(cidr) {
+			return true
+		}
+	}
+	return false
+}
+
+// blocksOf yields the pool's blocks in address order.
+func blocksOf(p datastore.Pool) func(func(netip.Prefix) bool) {
+	return func(yield func(netip.Prefix) bool) {
+		size := p.BlockSize
+		if size == 0 {
+			size = datastore.DefaultBlockSize
+		}
+		step := uint32(1) << (32 - size)
+		start := u32(p.CIDR.Masked().Addr())
+		count := uint64(1) << (size - p.CIDR.Bits())
+		for n := range count {
+			if !yield(netip.PrefixFrom(addr(start+uint32(n)*step), size)) {
+				return
+			}
+		}
+	}
+}
+
+// firstFree is the lowest address of the block that nobody holds. Calico routes /32s, so the
+// block's first and last addresses are as usable as any other.
+func firstFree(b datastore.Block) (netip.Addr, bool) {
+	used := make(map[netip.Addr]bool, len(b.Allocations))
+	for _, a := range b.Allocations {
+		used[a.IP] = true
+	}
+	size := uint64(1) << (32 - b.CIDR.Bits())
+	if uint64(len(used)) >= size {
+		return netip.Addr{}, false
+	}
+	base := u32(b.CIDR.Addr())
+	for n := range size {
+		ip := addr(base + uint32(n))
+		if !used[ip] {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func anyFree(blocks []datastore.Item[datastore.Block]) bool {
+	for _, b := range blocks {
+		if _, ok := firstFree(b.Value); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func addr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// EnsureBlock claims a block for node when it owns none yet, so the host can advertise and route
+// its block before its first workload starts. It returns the node's blocks.
+func (i *IPAM) EnsureBlock(ctx context.Context, node string) ([]netip.Prefix, error) {
+	for range maxAttempts {
+		blocks, _, err := i.ds.Blocks().List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("ensure block: list blocks: %w", err)
+		}
+		var own []netip.Prefix
+		for _, b := range blocks {
+			if b.Value.Node() == node {
+				own = append(own, b.Value.CIDR)
+			}
+		}
+		if len(own) > 0 {
+			slices.SortFunc(own, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+			return own, nil
+		}
+		pools, err := i.enabledPools(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("ensure block: %w", err)
+		}
+		claimed, stale, err := i.claim(ctx, pools, blocks, node)
+		if err != nil {
+			return nil, fmt.Errorf("ensure block: %w", err)
+		}
+		if !claimed && !stale {
+			return nil, fmt.Errorf("ensure block for %s: no free block: %w", node, ErrPoolExhausted)
+		}
+	}
+	return nil, fmt.Errorf("ensure block for %s: %w", node, ErrContention)
+}

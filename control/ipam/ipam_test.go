@@ -1,0 +1,302 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
+)
+
+func newIPAM(t *testing.T, pools ...datastore.Pool) (*IPAM, *datastore.Client) {
+	t.Helper()
+	ds := datastoretest.New(t)
+	for _, p := range pools {
+		if _, err := ds.Pools().Create(context.Background(), p.Name, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return New(ds, WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))), ds
+}
+
+func pool(name, cidr string, blockSize int) datastore.Pool {
+	return datastore.Pool{Version: datastore.CurrentVersion, Name: name, CIDR: netip.MustParsePrefix(cidr), BlockSize: blockSize}
+}
+
+func assign(t *testing.T, i *IPAM, handle, node string) Assignment {
+	t.Helper()
+	a, err := i.Assign(context.Background(), Request{Handle: handle, Node: node, Workload: node + "/" + handle})
+	if err != nil {
+		t.Fatalf("assign %s on %s: %v", handle, node, err)
+	}
+	return a
+}
+
+func noProblems(t *testing.T, i *IPAM) {
+	t.Helper()
+	ps, err := i.Check(context.Background())
+	if err != nil || len(ps) != 0 {
+		t.Errorf("check: %v %+v", err, ps)
+	}
+}
+
+func TestAssignAndRelease(t *testing.T) {
+	i, ds := newIPAM(t, pool("test", "198.19.0.0/16", 26))
+	ctx := context.Background()
+
+	a1 := assign(t, i, "h1", "vm100")
+	a2 := assign(t, i, "h2", "vm100")
+	b1 := assign(t, i, "h3", "vm101")
+	for _, tc := range []struct {
+		got       Assignment
+		ip, block string
+	}{
+		{a1, "198.19.0.0", "198.19.0.0/26"},
+		{a2, "198.19.0.1", "198.19.0.0/26"},
+		{b1, "198.19.0.64", "198.19.0.64/26"},
+	} {
+		if tc.got.IP != netip.MustParseAddr(tc.ip) || tc.got.Block != netip.MustParsePrefix(tc.block) || tc.got.Borrowed {
+			t.Errorf("got %+v, want %s in %s", tc.got, tc.ip, tc.block)
+		}
+	}
+	blk, err := ds.Blocks().Get(ctx, datastore.BlockKeyName(netip.MustParsePrefix("198.19.0.64/26")))
+	if err != nil || blk.Value.Affinity != "host:vm101" {
+		t.Errorf("block of vm101: %+v, %v", blk, err)
+	}
+
+	// A retried ADD gets the same address.
+	if again := assign(t, i, "h1", "vm100"); again.IP != a1.IP {
+		t.Errorf("same handle again: %v, want %v", again.IP, a1.IP)
+	}
+	h, err := ds.Handles().Get(ctx, "h1")
+	if err != nil || len(h.Value.IPs) != 1 || h.Value.IPs[0] != a1.IP || h.Value.Workload != "vm100/h1" {
+		t.Errorf("handle h1: %+v, %v", h, err)
+	}
+	noProblems(t, i)
+
+	ips, err := i.ReleaseHandle(ctx, "h1")
+	if err != nil || len(ips) != 1 || ips[0] != a1.IP {
+		t.Fatalf("release h1: %v, %v", ips, err)
+	}
+	if _, err := ds.Handles().Get(ctx, "h1"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("handle h1 survived its release: %v", err)
+	}
+	// Idempotent, also for handles never seen.
+	if ips, err := i.ReleaseHandle(ctx, "h1"); err != nil || len(ips) != 0 {
+		t.Errorf("second release: %v, %v", ips, err)
+	}
+	if _, err := i.ReleaseHandle(ctx, "never"); err != nil {
+		t.Errorf("release of an unknown handle: %v", err)
+	}
+	// The lowest free address is handed out next.
+	if a := assign(t, i, "h4", "vm100"); a.IP != a1.IP {
+		t.Errorf("after release got %v, want %v again", a.IP, a1.IP)
+	}
+	noProblems(t, i)
+
+	holder, err := i.ReleaseIP(ctx, a2.IP)
+	if err != nil || holder != "h2" {
+		t.Errorf("release ip: %q, %v", holder, err)
+	}
+	if _, err := i.ReleaseIP(ctx, a2.IP); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("releasing a free address: %v, want ErrNotFound", err)
+	}
+	noProblems(t, i)
+
+	if _, err := i.Assign(ctx, Request{Handle: "bad/handle", Node: "vm100"}); err == nil {
+		t.Error("assign accepted a handle with a slash")
+	}
+}
+
+// A host borrows from another host's block only when no pool has a free block left, and the pool
+// running dry is a clear error.
+func TestBorrowAndExhaustion(t *testing.T) {
+	// Two blocks of four addresses.
+	i, _ := newIPAM(t, pool("tiny", "198.19.0.0/29", 30))
+	a := assign(t, i, "a1", "vm100")
+	b := assign(t, i, "b1", "vm101")
+	if a.Block == b.Block || a.Borrowed || b.Borrowed {
+		t.Fatalf("two hosts share a block: %+v %+v", a, b)
+	}
+	c := assign(t, i, "c1", "vm102")
+	if !c.Borrowed || c.Block != a.Block {
+		t.Fatalf("third host: %+v, want an address borrowed from %v", c, a.Block)
+	}
+	// Use up the remaining five addresses.
+	for n := range 5 {
+		assign(t, i, fmt.Sprintf("x%d", n), "vm100")
+	}
+	_, err := i.Assign(context.Background(), Request{Handle: "late", Node: "vm103"})
+	if !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("assign from a full pool: %v, want ErrPoolExhausted", err)
+	}
+	// The failed ADD leaves no handle behind.
+	if _, err := i.ds.Handles().Get(context.Background(), "late"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("failed assign left its handle: %v", err)
+	}
+	noProblems(t, i)
+}
+
+func TestPoolsDisabledAndMissing(t *testing.T) {
+	p := pool("off", "198.19.0.0/24", 26)
+	p.Disabled = true
+	i, ds := newIPAM(t, p)
+	if _, err := i.Assign(context.Background(), Request{Handle: "h", Node: "n"}); !errors.Is(err, ErrNoPool) {
+		t.Fatalf("assign with only a disabled pool: %v, want ErrNoPool", err)
+	}
+	if _, err := ds.Pools().Put(context.Background(), "on", pool("on", "198.19.1.0/24", 26)); err != nil {
+		t.Fatal(err)
+	}
+	if a := assign(t, i, "h", "n"); a.Block != netip.MustParsePrefix("198.19.1.0/26") {
+		t.Errorf("got %+v, want the enabled pool", a)
+	}
+}
+
+// A malformed block in etcd is skipped, never fatal: allocation goes on around it.
+func TestMalformedBlockIsSkipped(t *testing.T) {
+	i, ds := newIPAM(t, pool("test", "198.19.0.0/24", 26))
+	ctx := context.Background()
+	if _, err := ds.Raw().Put(ctx, ds.Blocks().Key("198.19.0.0-26"), `{"version":1,"cidr":"not a cidr"`); err != nil {
+		t.Fatal(err)
+	}
+	a := assign(t, i, "h", "vm100")
+	if a.Block != netip.MustParsePrefix("198.19.0.64/26") {
+		t.Errorf("got %+v, want the block after the malformed one", a)
+	}
+}
+
+// Many hosts allocating at once against one etcd never get the same address.
+func TestConcurrentAssignUnique(t *testing.T) {
+	ds := datastoretest.Start(t)
+	cfg := datastore.Config{Endpoints: ds.Endpoints()}
+	setup := datastoretest.Connect(t, cfg)
+	// 16 blocks of 16: 256 addresses for 256 requests.
+	if _, err := setup.Pools().Create(context.Background(), "test", pool("test", "198.19.0.0/24", 28)); err != nil {
+		t.Fatal(err)
+	}
+	const hosts, workers, perWorker = 4, 4, 16
+	var (
+		mu   sync.Mutex
+		seen = map[netip.Addr]string{}
+		wg   sync.WaitGroup
+		errs = make(chan error, hosts*workers)
+	)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for h := range hosts {
+		node := fmt.Sprintf("vm%d", 100+h)
+		i := New(datastoretest.Connect(t, cfg, datastore.WithLogger(quiet)), WithLogger(quiet))
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := range perWorker {
+					handle := fmt.Sprintf("%s-w%d-%d", node, w, n)
+					a, err := i.Assign(context.Background(), Request{Handle: handle, Node: node})
+					if err != nil {
+						errs <- fmt.Errorf("%s: %w", handle, err)
+						return
+					}
+					mu.Lock()
+					if prev, dup := seen[a.IP]; dup {
+						errs <- fmt.Errorf("%v handed to %s and %s", a.IP, prev, handle)
+					}
+					seen[a.IP] = handle
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if len(seen) != hosts*workers*perWorker {
+		t.Errorf("%d distinct addresses, want %d", len(seen), hosts*workers*perWorker)
+	}
+	i := New(setup, WithLogger(quiet))
+	if _, err := i.Assign(context.Background(), Request{Handle: "one-more", Node: "vm100"}); !errors.Is(err, ErrPoolExhausted) {
+		t.Errorf("257th address: %v, want ErrPoolExhausted", err)
+	}
+	noProblems(t, i)
+}
+
+func TestReleaseEmptyBlocksAndGC(t *testing.T) {
+	i, ds := newIPAM(t, pool("test", "198.19.0.0/24", 30))
+	ctx := context.Background()
+	var handles []string
+	for n := range 9 { // three blocks of four
+		handles = append(handles, fmt.Sprintf("h%d", n))
+		assign(t, i, handles[n], "vm100")
+	}
+	for _, h := range handles {
+		if _, err := i.ReleaseHandle(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	released, err := i.ReleaseEmptyBlocks(ctx, "vm100", 1)
+	if err != nil || len(released) != 2 {
+		t.Fatalf("released %v, %v; want two of three empty blocks", released, err)
+	}
+	usage, _ := i.Usage(ctx)
+	if len(usage) != 1 || usage[0].CIDR != netip.MustParsePrefix("198.19.0.0/30") || usage[0].Capacity != 4 {
+		t.Errorf("usage after release: %+v", usage)
+	}
+
+	live := assign(t, i, "live", "vm100")
+	dead := assign(t, i, "dead", "vm100")
+	// An allocation whose handle vanished out of band.
+	orphan := assign(t, i, "orphan", "vm100")
+	if err := ds.Handles().Delete(ctx, "orphan", 0); err != nil {
+		t.Fatal(err)
+	}
+	freed, err := i.GC(ctx, func(w string) bool { return w == "vm100/live" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]bool{dead.IP: true, orphan.IP: true}
+	if len(freed) != 2 || !want[freed[0]] || !want[freed[1]] {
+		t.Errorf("gc freed %v, want %v and %v", freed, dead.IP, orphan.IP)
+	}
+	if again := assign(t, i, "live", "vm100"); again.IP != live.IP {
+		t.Errorf("gc touched the live workload: %v", again)
+	}
+	noProblems(t, i)
+}
+
+func TestEnsureDefaultPool(t *testing.T) {
+	i, ds := newIPAM(t)
+	created, err := i.EnsureDefaultPool(context.Background(), datastore.DefaultPool())
+	if err != nil || !created {
+		t.Fatalf("first ensure: %v %v", created, err)
+	}
+	if created, _ := i.EnsureDefaultPool(context.Background(), datastore.DefaultPool()); created {
+		t.Error("second ensure created again")
+	}
+	ps, _, _ := ds.Pools().List(context.Background())
+	if len(ps) != 1 || ps[0].Value.CIDR != netip.MustParsePrefix("192.168.0.0/16") {
+		t.Errorf("pools: %+v", ps)
+	}
+}
+
+func TestEnsureBlock(t *testing.T) {
+	i, _ := newIPAM(t, pool("test", "198.19.0.0/25", 26))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		node, want string
+	}{{"vm100", "198.19.0.0/26"}, {"vm100", "198.19.0.0/26"}, {"vm101", "198.19.0.64/26"}} {
+		got, err := i.EnsureBlock(ctx, tc.node)
+		if err != nil || len(got) != 1 || got[0] != netip.MustParsePrefix(tc.want) {
+			t.Errorf("EnsureBlock(%s) = %v, %v; want [%s]", tc.node, got, err, tc.want)
+		}
+	}
+	if _, err := i.EnsureBlock(ctx, "vm102"); !errors.Is(err, ErrPoolExhausted) {
+		t.Errorf("EnsureBlock with every block taken: %v, want ErrPoolExhausted", err)
+	}
+}
