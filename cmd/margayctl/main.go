@@ -1,18 +1,45 @@
-// Command margayctl is the operator's tool: it decodes a host's dataplane maps (routes,
-// endpoints, counters) from their pins.
+// Command margayctl is the operator's tool: it manages pools, IPAM, nodes and workloads in the
+// datastore and decodes a host's dataplane maps (routes, endpoints, counters) from their pins.
 package main
 
 import (
+	"context"
+	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
 )
 
 type globals struct {
-	root   string
-	output string
+	root       string
+	output     string
+	ds         datastore.Config
+	configFile string
+}
+
+// client connects to the datastore: flags first, then MARGAY_* variables, then --config.
+func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
+	cfg := g.ds
+	if err := cfg.ApplyEnv(os.Getenv); err != nil {
+		return nil, err
+	}
+	if g.configFile != "" {
+		fileCfg, err := datastore.LoadConfigFile(g.configFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.FillFrom(fileCfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return datastore.New(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 }
 
 func main() {
@@ -30,6 +57,8 @@ func newRoot() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&g.root, "bpffs-root", loader.DefaultRoot, "bpffs directory of the host's pinned maps")
 	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
+	g.ds.BindFlags(cmd.PersistentFlags())
 	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g))
 	return cmd
 }
