@@ -1,30 +1,41 @@
-// Command margay-agent runs on every host: it loads Margay's eBPF dataplane, pins its maps and
-// attaches the programs. Stopping it leaves forwarding running; the next agent adopts what it
-// finds. `margay-agent --cleanup` removes the whole dataplane from the host.
+// Command margay-agent runs on every host: it registers the node, claims its IPAM block, loads
+// Margay's eBPF dataplane and keeps routes, maps and attachments equal to what etcd says. Stopping
+// it leaves forwarding running; the next agent adopts what it finds. `margay-agent --cleanup`
+// removes the whole dataplane from the host.
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/margaynet/margay/control/agent"
+	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
 )
 
 type options struct {
-	root     string
-	uplink   string
-	xdp      bool
-	tcMode   string
-	cleanup  bool
-	logLevel string
+	node        string
+	root        string
+	uplink      string
+	xdp         bool
+	tcMode      string
+	httpAddr    string
+	interval    time.Duration
+	defaultPool string
+	cleanup     bool
+	logLevel    string
+	ds          datastore.Config
+	configFile  string
 }
 
 func main() {
@@ -37,7 +48,7 @@ func newCommand() *cobra.Command {
 	var o options
 	cmd := &cobra.Command{
 		Use:          "margay-agent",
-		Short:        "Margay host agent: loads and attaches the eBPF dataplane",
+		Short:        "Margay host agent: programs the eBPF dataplane from the datastore",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -54,13 +65,20 @@ func newCommand() *cobra.Command {
 			return nil
 		},
 	}
+	host, _ := os.Hostname()
 	f := cmd.Flags()
+	f.StringVar(&o.node, "node-name", host, "this node's name in the datastore")
 	f.StringVar(&o.root, "bpffs-root", loader.DefaultRoot, "bpffs directory for pinned maps and links")
-	f.StringVar(&o.uplink, "uplink", "", "uplink interface to attach from_net (and XDP) to, e.g. ens32")
+	f.StringVar(&o.uplink, "uplink", "", "uplink interface, e.g. ens32 (default: the interface of the default route)")
 	f.BoolVar(&o.xdp, "xdp", true, "attach the XDP prefilter to the uplink")
 	f.StringVar(&o.tcMode, "tc-mode", "auto", "how to attach TC programs: auto, tcx or legacy (clsact)")
+	f.StringVar(&o.httpAddr, "http-addr", ":9091", "address of /metrics, /healthz and /readyz (empty: off)")
+	f.DurationVar(&o.interval, "reconcile-interval", 10*time.Second, "full reconcile pass at least this often")
+	f.StringVar(&o.defaultPool, "default-pool", datastore.DefaultPoolCIDR.String(), "pool created when none exists (empty: none)")
 	f.BoolVar(&o.cleanup, "cleanup", false, "detach every Margay program, remove all pins and exit")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
+	o.ds.BindFlags(f)
 	return cmd
 }
 
@@ -84,6 +102,38 @@ func parseTCMode(s string) (loader.TCMode, error) {
 	return 0, fmt.Errorf("parse --tc-mode: %q is not auto, tcx or legacy", s)
 }
 
+func (o options) agentConfig() (agent.Config, error) {
+	mode, err := parseTCMode(o.tcMode)
+	if err != nil {
+		return agent.Config{}, err
+	}
+	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: o.xdp, TCMode: mode,
+		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval}
+	if o.defaultPool != "" {
+		p, err := netip.ParsePrefix(o.defaultPool)
+		if err != nil || !p.Addr().Is4() || p.Masked() != p {
+			return agent.Config{}, fmt.Errorf("parse --default-pool %q: want an IPv4 network such as 192.168.0.0/16", o.defaultPool)
+		}
+		cfg.DefaultPool = p
+	}
+	return cfg, nil
+}
+
+func (o options) datastoreConfig() (datastore.Config, error) {
+	cfg := o.ds
+	if err := cfg.ApplyEnv(os.Getenv); err != nil {
+		return cfg, err
+	}
+	if o.configFile != "" {
+		fileCfg, err := datastore.LoadConfigFile(o.configFile)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.FillFrom(fileCfg)
+	}
+	return cfg, cfg.Validate()
+}
+
 func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.cleanup {
 		if err := loader.Cleanup(o.root, log); err != nil {
@@ -92,27 +142,25 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		log.Info("dataplane removed", "root", o.root)
 		return nil
 	}
-	mode, err := parseTCMode(o.tcMode)
+	cfg, err := o.agentConfig()
 	if err != nil {
 		return err
 	}
-	dp, err := loader.Load(loader.WithRoot(o.root), loader.WithLogger(log), loader.WithTCMode(mode))
+	dsCfg, err := o.datastoreConfig()
 	if err != nil {
 		return err
 	}
-	defer dp.Close()
-	log.Info("dataplane loaded", "root", o.root)
-
-	if o.uplink != "" {
-		if err := dp.AttachUplink(o.uplink, o.xdp); err != nil {
-			return err
-		}
-		log.Info("uplink attached", "interface", o.uplink, "xdp", o.xdp)
+	reg := prometheus.NewRegistry()
+	connectCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ds, err := datastore.New(connectCtx, dsCfg, datastore.WithLogger(log), datastore.WithRegisterer(reg))
+	cancel()
+	if err != nil {
+		return err
 	}
-
-	<-ctx.Done()
-	if errors.Is(context.Cause(ctx), context.Canceled) {
-		log.Info("stopping; the dataplane keeps forwarding", "root", o.root)
+	defer ds.Close()
+	a, err := agent.New(cfg, ds, agent.WithLogger(log), agent.WithRegistry(reg))
+	if err != nil {
+		return err
 	}
-	return nil
+	return a.Run(ctx)
 }

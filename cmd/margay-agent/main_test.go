@@ -7,21 +7,26 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/tests/netns"
 )
 
-// The agent attaches the uplink, leaves forwarding in place when it stops, and --cleanup removes
-// everything.
+// The agent registers its node and attaches the uplink, leaves forwarding in place when it
+// stops, and --cleanup removes everything.
 func TestAgentLifecycle(t *testing.T) {
+	etcd := datastoretest.Start(t)
 	host := netns.New(t, "mgyag-")
 	peer := netns.New(t, "mgyagp-")
 	netns.Veth(t, host, "ens32", peer, "ens32")
+	host.AddAddr(t, "ens32", "198.18.0.100/24")
 	root := netns.BPFFS(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ifindex := host.Link(t, "ens32").Attrs().Index
@@ -37,15 +42,13 @@ func TestAgentLifecycle(t *testing.T) {
 		return res.Programs
 	}
 
+	o := options{node: "vm100", root: root, uplink: "ens32", xdp: true, tcMode: "auto", interval: time.Second,
+		defaultPool: "198.19.0.0/16", ds: datastore.Config{Endpoints: etcd.Endpoints()}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- host.Do(func() error {
-			return run(ctx, options{root: root, uplink: "ens32", xdp: true, tcMode: "auto"}, log)
-		})
-	}()
+	go func() { done <- host.Do(func() error { return run(ctx, o, log) }) }()
 	pin := filepath.Join(root, "links", "ens32_from_net")
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, err := os.Stat(pin); err == nil {
 			break
@@ -56,7 +59,7 @@ func TestAgentLifecycle(t *testing.T) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("agent did not attach the uplink within 10s")
+			t.Fatal("agent did not attach the uplink within 20s")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -79,10 +82,20 @@ func TestAgentLifecycle(t *testing.T) {
 	}
 }
 
-func TestAgentRejectsBadFlags(t *testing.T) {
+func TestAgentRejectsBadConfig(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := run(context.Background(), options{root: netns.BPFFS(t), tcMode: "bogus"}, log); err == nil {
-		t.Error("run accepted --tc-mode bogus")
+	for _, tc := range []struct {
+		o    options
+		want string
+	}{
+		{options{node: "n", tcMode: "bogus"}, "tc-mode"},
+		{options{node: "n", tcMode: "auto", defaultPool: "198.19.0.1/16"}, "default-pool"},
+		{options{node: "n", tcMode: "auto", ds: datastore.Config{Endpoints: []string{"not a url"}}}, "endpoint"},
+	} {
+		err := run(context.Background(), tc.o, log)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("run(%+v) = %v, want an error about %s", tc.o, err, tc.want)
+		}
 	}
 	if _, err := newLogger("loud"); err == nil {
 		t.Error("newLogger accepted level loud")
