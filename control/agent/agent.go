@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,7 @@ type Config struct {
 	TCMode            loader.TCMode
 	HTTPAddr          string        // health and metrics, "" = none
 	ReconcileInterval time.Duration // full pass even without events
+	GCInterval        time.Duration // IPAM garbage collection of this node's handles, 0 = 1 minute
 	DefaultPool       netip.Prefix  // created when no pool exists; invalid = never
 }
 
@@ -43,6 +45,11 @@ type Agent struct {
 	log  *slog.Logger
 	reg  *prometheus.Registry
 	m    *metrics
+
+	// gcSuspects are workloads ("<node>/<id>") that held addresses without a record at the last
+	// collection: released only if still so at the next one, so an ADD in flight (handle written,
+	// record not yet) is never collected. Owned by the loop goroutine.
+	gcSuspects map[string]bool
 
 	ready   atomic.Bool
 	healthy atomic.Int64 // unix nanos of the owner loop's last turn
@@ -66,6 +73,9 @@ func New(cfg Config, ds *datastore.Client, opts ...Option) (*Agent, error) {
 	}
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = 10 * time.Second
+	}
+	if cfg.GCInterval <= 0 {
+		cfg.GCInterval = time.Minute
 	}
 	if cfg.BPFFSRoot == "" {
 		cfg.BPFFSRoot = loader.DefaultRoot
@@ -191,6 +201,8 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 	v := newView(a.cfg.NodeName)
 	tick := time.NewTicker(a.cfg.ReconcileInterval)
 	defer tick.Stop()
+	gc := time.NewTicker(a.cfg.GCInterval)
+	defer gc.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	dirty := false
@@ -216,6 +228,11 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 			dirty = true
 		case <-retry.C:
 			dirty = true
+		case <-gc.C:
+			if w.synced(v) {
+				a.collectGarbage(ctx, v)
+			}
+			continue
 		}
 		if !dirty || !w.synced(v) {
 			continue
@@ -225,6 +242,36 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 		if pending {
 			retry.Reset(100 * time.Millisecond) // the CNI plugin is creating the interface
 		}
+	}
+}
+
+// collectGarbage frees the addresses of this node's workloads whose record is gone (a runtime that
+// never called CNI DEL), and gives up empty blocks beyond the first.
+func (a *Agent) collectGarbage(ctx context.Context, v *view) {
+	prefix := a.cfg.NodeName + "/"
+	suspects := map[string]bool{}
+	freed, err := a.ipam.GC(ctx, func(w string) bool {
+		if _, ok := v.workloads[w]; ok || !strings.HasPrefix(w, prefix) {
+			return true // alive, or another node's to collect
+		}
+		if a.gcSuspects[w] {
+			return false
+		}
+		suspects[w] = true
+		return true
+	})
+	a.gcSuspects = suspects
+	if err != nil {
+		a.log.Warn("ipam garbage collection", "error", err)
+		return
+	}
+	if len(freed) > 0 {
+		a.log.Info("ipam garbage collection freed addresses", "ips", freed)
+	}
+	if released, err := a.ipam.ReleaseEmptyBlocks(ctx, a.cfg.NodeName, 1); err != nil {
+		a.log.Warn("release empty blocks", "error", err)
+	} else if len(released) > 0 {
+		a.log.Info("released empty blocks", "blocks", released)
 	}
 }
 

@@ -101,7 +101,7 @@ func TestAgent(t *testing.T) {
 	h.ns.AddAddr(t, "ens32", "198.18.0.100/24")
 
 	a, err := New(Config{NodeName: "vm100", Uplink: "ens32", BPFFSRoot: h.root, XDP: true, TCMode: loader.TCAuto,
-		HTTPAddr: "127.0.0.1:0", ReconcileInterval: 300 * time.Millisecond}, ds, WithLogger(datastoretest.Logger(t)), WithRegistry(reg))
+		HTTPAddr: "127.0.0.1:0", ReconcileInterval: 300 * time.Millisecond, GCInterval: 200 * time.Millisecond}, ds, WithLogger(datastoretest.Logger(t)), WithRegistry(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +232,19 @@ func TestAgent(t *testing.T) {
 		})
 	})
 
+	// An address whose workload never got a record (a runtime that died mid-ADD, or never called
+	// DEL) is collected after two passes.
+	ghost, err := ipam.New(ds).Assign(ctx, ipam.Request{Handle: "ghost", Node: "vm100", Workload: "vm100/ghost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ghost address collected", func() error {
+		if _, err := ds.Handles().Get(ctx, "ghost"); !errors.Is(err, datastore.ErrNotFound) {
+			return fmt.Errorf("handle of %v still there: %v", ghost.IP, err)
+		}
+		return nil
+	})
+
 	code, body, err := h.get("/metrics")
 	if err != nil || code != http.StatusOK || !strings.Contains(body, `margay_agent_reconciles_total{result="ok"}`) ||
 		!strings.Contains(body, `margay_datastore_malformed_values_total`) {
@@ -249,6 +262,37 @@ func TestAgent(t *testing.T) {
 	h.done <- nil // for the cleanup
 	if err := h.ns.Do(func() error { _, err := loaderAttachedHook(h.root, "ens32", loader.HookFromNet); return err }); err != nil {
 		t.Errorf("uplink program gone after the agent stopped: %v", err)
+	}
+}
+
+func TestDetectUplink(t *testing.T) {
+	ns := netns.New(t, "mgyup-")
+	peer := netns.New(t, "mgyupp-")
+	netns.Veth(t, ns, "ens32", peer, "ens32")
+	ns.AddAddr(t, "ens32", "198.18.0.7/24")
+	err := ns.Do(func() error {
+		nl, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer nl.Close()
+		if _, _, err := detectUplink(nl, ""); err == nil {
+			return errors.New("found an uplink without a default route")
+		}
+		if err := nl.RouteAdd(&netlink.Route{LinkIndex: ns.Link(t, "ens32").Attrs().Index, Gw: net.ParseIP("198.18.0.1")}); err != nil {
+			return err
+		}
+		name, addr, err := detectUplink(nl, "")
+		if err != nil || name != "ens32" || addr != netip.MustParsePrefix("198.18.0.7/24") {
+			return fmt.Errorf("detectUplink = %s %v %v", name, addr, err)
+		}
+		if _, _, err := detectUplink(nl, "lo"); err == nil {
+			return errors.New("lo has no global address but was accepted")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
