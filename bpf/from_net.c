@@ -30,6 +30,8 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 	}
 
 	*reason = forwardable(pkt.ip);
+	if (*reason == REASON_DROP_MALFORMED)
+		return TC_ACT_SHOT;
 	if (*reason != REASON_UNSPEC)
 		return TC_ACT_OK;
 

@@ -37,6 +37,8 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	/* Policy and conntrack: the sender's egress policy is checked here. */
 
 	*reason = forwardable(pkt.ip);
+	if (*reason == REASON_DROP_MALFORMED)
+		return TC_ACT_SHOT;
 	if (*reason != REASON_UNSPEC)
 		return TC_ACT_OK;
 

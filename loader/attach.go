@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,13 +70,13 @@ func (d *Dataplane) Attach(ifname string, hook Hook) (Attachment, error) {
 	if err != nil {
 		return "", err
 	}
-	iface, err := net.InterfaceByName(ifname)
+	idx, err := ifindexOf(ifname)
 	if err != nil {
 		return "", fmt.Errorf("attach %s to %s: %w", hook, ifname, err)
 	}
 	path := d.linkPath(ifname, hook)
 
-	adopted, err := d.adopt(path, iface.Index, prog)
+	adopted, err := d.adopt(path, idx, prog)
 	if err != nil {
 		return "", fmt.Errorf("attach %s to %s: %w", hook, ifname, err)
 	}
@@ -92,15 +91,15 @@ func (d *Dataplane) Attach(ifname string, hook Hook) (Attachment, error) {
 	var l link.Link
 	switch hook {
 	case HookXDPFromNet:
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index})
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: idx})
 	default:
 		if d.tcMode == TCLegacy {
-			return d.attachLegacy(iface, hook, prog)
+			return d.attachLegacy(idx, ifname, hook, prog)
 		}
-		l, err = link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: prog, Attach: tcxAttachType(hook)})
+		l, err = link.AttachTCX(link.TCXOptions{Interface: idx, Program: prog, Attach: tcxAttachType(hook)})
 		if errors.Is(err, ebpf.ErrNotSupported) && d.tcMode == TCAuto {
 			d.log.Info("kernel lacks tcx, using a clsact qdisc", "interface", ifname, "hook", hook)
-			return d.attachLegacy(iface, hook, prog)
+			return d.attachLegacy(idx, ifname, hook, prog)
 		}
 	}
 	if err != nil {
@@ -112,7 +111,7 @@ func (d *Dataplane) Attach(ifname string, hook Hook) (Attachment, error) {
 	}
 	if hook != HookXDPFromNet {
 		// A clsact filter from an older agent or a kernel upgrade would run the program twice.
-		if err := deleteLegacy(iface.Index, hook); err != nil {
+		if err := deleteLegacy(idx, hook); err != nil {
 			d.log.Warn("could not remove clsact filter after tcx attach", "interface", ifname, "hook", hook, "error", err)
 		}
 		return AttachedTCX, nil
@@ -127,7 +126,7 @@ func (d *Dataplane) Ensure(ifname string, hook Hook) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	iface, err := net.InterfaceByName(ifname)
+	idx, err := ifindexOf(ifname)
 	if err != nil {
 		return false, fmt.Errorf("attach %s to %s: %w", hook, ifname, err)
 	}
@@ -137,13 +136,13 @@ func (d *Dataplane) Ensure(ifname string, hook Hook) (bool, error) {
 	}
 	if l, err := link.LoadPinnedLink(d.linkPath(ifname, hook), nil); err == nil {
 		info, ierr := l.Info()
-		onIface := linkIfindex(l) == iface.Index
+		onIface := linkIfindex(l) == idx
 		l.Close()
 		if ierr == nil && info.Program == want && onIface {
 			return false, nil
 		}
 	} else if hook != HookXDPFromNet {
-		fs, err := legacyFilters(iface.Index, hook)
+		fs, err := legacyFilters(idx, hook)
 		if err == nil && len(fs) == 1 && fs[0].(*netlink.BpfFilter).Id == int(want) {
 			return false, nil
 		}
@@ -237,23 +236,23 @@ func detach(root, ifname string, hook Hook) error {
 	if hook == HookXDPFromNet {
 		return nil
 	}
-	iface, err := net.InterfaceByName(ifname)
+	idx, err := ifindexOf(ifname)
 	if err != nil {
 		return nil // the interface is gone, and its filters with it
 	}
-	return deleteLegacy(iface.Index, hook)
+	return deleteLegacy(idx, hook)
 }
 
 // Attached reports how the hook's program is attached to the interface, or ErrNotAttached.
 func (d *Dataplane) Attached(ifname string, hook Hook) (Attachment, error) {
-	iface, err := net.InterfaceByName(ifname)
+	idx, err := ifindexOf(ifname)
 	if err != nil {
 		return "", fmt.Errorf("look up %s: %w", ifname, err)
 	}
 	l, err := link.LoadPinnedLink(d.linkPath(ifname, hook), nil)
 	if err == nil {
 		defer l.Close()
-		if linkIfindex(l) == iface.Index {
+		if linkIfindex(l) == idx {
 			if hook == HookXDPFromNet {
 				return AttachedXDP, nil
 			}
@@ -261,7 +260,7 @@ func (d *Dataplane) Attached(ifname string, hook Hook) (Attachment, error) {
 		}
 	}
 	if hook != HookXDPFromNet {
-		ok, err := hasLegacy(iface.Index, hook)
+		ok, err := hasLegacy(idx, hook)
 		if err != nil {
 			return "", err
 		}
@@ -346,6 +345,16 @@ func LinkPins(root string) (map[string][]Hook, error) {
 		}
 	}
 	return out, nil
+}
+
+// ifindexOf resolves an interface of the calling thread's network namespace with one netlink
+// request (net.InterfaceByName dumps every interface, which reconcilers cannot afford per call).
+func ifindexOf(name string) (int, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return l.Attrs().Index, nil
 }
 
 func removePin(path string) error {

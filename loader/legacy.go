@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -29,21 +28,21 @@ func legacyParent(hook Hook) uint32 {
 	return netlink.HANDLE_MIN_INGRESS
 }
 
-func (d *Dataplane) attachLegacy(iface *net.Interface, hook Hook, prog *ebpf.Program) (Attachment, error) {
+func (d *Dataplane) attachLegacy(ifindex int, ifname string, hook Hook, prog *ebpf.Program) (Attachment, error) {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: iface.Index,
+			LinkIndex: ifindex,
 			Handle:    netlink.MakeHandle(0xffff, 0),
 			Parent:    netlink.HANDLE_CLSACT,
 		},
 		QdiscType: "clsact",
 	}
 	if err := netlink.QdiscReplace(qdisc); err != nil {
-		return "", fmt.Errorf("add clsact qdisc to %s: %w", iface.Name, err)
+		return "", fmt.Errorf("add clsact qdisc to %s: %w", ifname, err)
 	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: iface.Index,
+			LinkIndex: ifindex,
 			Parent:    legacyParent(hook),
 			Handle:    legacyHandle,
 			Priority:  legacyPriority,
@@ -55,7 +54,7 @@ func (d *Dataplane) attachLegacy(iface *net.Interface, hook Hook, prog *ebpf.Pro
 	}
 	// Replace swaps the program of an existing filter in one step: no gap for traffic.
 	if err := netlink.FilterReplace(filter); err != nil {
-		return "", fmt.Errorf("attach %s to %s with clsact: %w", hook, iface.Name, err)
+		return "", fmt.Errorf("attach %s to %s with clsact: %w", hook, ifname, err)
 	}
 	return AttachedClsact, nil
 }

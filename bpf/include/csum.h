@@ -3,6 +3,7 @@
 #ifndef MARGAY_CSUM_H
 #define MARGAY_CSUM_H
 
+#include <stdbool.h>
 #include <linux/ip.h>
 #include <bpf/bpf_endian.h>
 
@@ -17,6 +18,23 @@ static __always_inline void ipv4_decrease_ttl(struct iphdr *ip)
 	check += (__u32)bpf_htons(0x0100);
 	ip->check = (__sum16)(check + (check >= 0xFFFF));
 	ip->ttl--;
+}
+
+/*
+ * Whether an option-less IPv4 header sums to 0xffff. The caller has checked that all 20 bytes
+ * lie within the packet (parse_ipv4) and that IHL is 5.
+ */
+static __always_inline bool ipv4_csum_ok(const struct iphdr *ip)
+{
+	const __u16 *word = (const __u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += word[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
 }
 
 #endif /* MARGAY_CSUM_H */

@@ -39,17 +39,22 @@ static __always_inline void tc_pull_headers(struct __sk_buff *skb)
 
 static __always_inline enum parse_result tc_parse(struct __sk_buff *skb, struct packet *pkt)
 {
-	return parse_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, true, pkt);
+	/* tot_len 0 is BIG TCP, which only a GSO skb can be; on anything else it is malformed. */
+	return parse_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+			  skb->gso_size != 0, pkt);
 }
 
 /*
- * Checks shared by every TC forwarding path: what the kernel must see as it is. Returns
- * REASON_UNSPEC when the packet may be forwarded by eBPF.
+ * Checks shared by every TC forwarding path: what the kernel must see as it is (PASS_*), or what
+ * it would drop (DROP_MALFORMED). Returns REASON_UNSPEC when the packet may be forwarded by eBPF.
  */
 static __always_inline enum reason forwardable(const struct iphdr *ip)
 {
 	if (ip->ihl != 5)
 		return REASON_PASS_IP_OPTIONS;
+	/* The kernel's ip_rcv() drops a bad header checksum; bypassing it must not forward one. */
+	if (!ipv4_csum_ok(ip))
+		return REASON_DROP_MALFORMED;
 	if (ipv4_is_fragment(ip))
 		return REASON_PASS_FRAGMENT;
 	if (ip->ttl <= 1)
@@ -95,8 +100,10 @@ static __always_inline int redirect_remote(struct __sk_buff *skb, struct packet 
 	long ret;
 
 	/* Too big for the uplink: the kernel fragments it or answers ICMP "fragmentation needed". */
-	if (bpf_check_mtu(skb, ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS) {
-		*reason = REASON_PASS_MTU;
+	ret = bpf_check_mtu(skb, ifindex, &mtu_len, 0, 0);
+	if (ret != BPF_MTU_CHK_RET_SUCCESS) {
+		/* A negative return means the route names no device here: the kernel's job too. */
+		*reason = ret > 0 ? REASON_PASS_MTU : REASON_PASS_KERNEL;
 		return TC_ACT_OK;
 	}
 

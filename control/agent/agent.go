@@ -205,7 +205,9 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 	defer gc.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
-	dirty := false
+	// dirty asks for a pass; full makes it an Apply that checks everything against the kernel,
+	// otherwise an Update of what changed since the last pass.
+	dirty, full := false, true
 	for {
 		a.healthy.Store(time.Now().UnixNano())
 		select {
@@ -225,7 +227,7 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 				}
 			}
 		case <-tick.C:
-			dirty = true
+			dirty, full = true, true
 		case <-retry.C:
 			dirty = true
 		case <-gc.C:
@@ -238,7 +240,8 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 			continue
 		}
 		dirty = false
-		pending := a.reconcile(rec, v.state(uplink))
+		pending, ok := a.reconcile(rec, v.state(uplink), full)
+		full = !ok
 		if pending {
 			retry.Reset(100 * time.Millisecond) // the CNI plugin is creating the interface
 		}
@@ -275,28 +278,32 @@ func (a *Agent) collectGarbage(ctx context.Context, v *view) {
 	}
 }
 
-func (a *Agent) reconcile(rec *dataplane.Reconciler, s dataplane.State) (pending bool) {
+func (a *Agent) reconcile(rec *dataplane.Reconciler, s dataplane.State, full bool) (pending, ok bool) {
 	start := time.Now()
-	res, err := rec.Apply(s)
+	apply, kind := rec.Update, "update"
+	if full {
+		apply, kind = rec.Apply, "full"
+	}
+	res, err := apply(s)
 	a.m.reconcileDuration.Observe(time.Since(start).Seconds())
 	a.m.changes.Add(float64(res.Changes))
 	a.m.endpoints.Set(float64(len(s.Workloads)))
 	a.m.pending.Set(float64(len(res.Pending)))
 	if err != nil {
-		a.m.reconciles.WithLabelValues("error").Inc()
-		a.log.Error("reconcile", "error", err, "changes", res.Changes)
-		return true
+		a.m.reconciles.WithLabelValues(kind, "error").Inc()
+		a.log.Error("reconcile", "kind", kind, "error", err, "changes", res.Changes)
+		return true, false
 	}
-	a.m.reconciles.WithLabelValues("ok").Inc()
+	a.m.reconciles.WithLabelValues(kind, "ok").Inc()
 	if res.Changes > 0 {
-		a.log.Info("reconciled", "changes", res.Changes, "workloads", len(s.Workloads), "pending", res.Pending,
+		a.log.Info("reconciled", "kind", kind, "changes", res.Changes, "workloads", len(s.Workloads), "pending", res.Pending,
 			"took", time.Since(start).Round(time.Microsecond))
 	}
 	if !a.ready.Load() {
 		a.ready.Store(true)
 		a.log.Info("ready")
 	}
-	return len(res.Pending) > 0
+	return len(res.Pending) > 0, true
 }
 
 func (a *Agent) serveHTTP(ctx context.Context) error {

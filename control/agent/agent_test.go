@@ -25,7 +25,7 @@ import (
 )
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() error) {
+func eventually(t testing.TB, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	var err error
@@ -78,15 +78,15 @@ func (h *agentHost) get(path string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
-func TestAgent(t *testing.T) {
+// startAgent runs an agent for vm100 in a namespace, with vm101 as a second host known to the
+// datastore (address and block, no agent), and returns once the pinned maps can be opened.
+func startAgent(t testing.TB, reg *prometheus.Registry, ds *datastore.Client, tune ...func(*Config)) (*agentHost, *maps.Set) {
+	t.Helper()
 	ctx := context.Background()
-	reg := prometheus.NewRegistry()
-	ds := datastoretest.New(t, datastore.WithRegisterer(reg))
 	if _, err := ds.Pools().Create(ctx, "lab", datastore.Pool{Version: 1, Name: "lab",
 		CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}); err != nil {
 		t.Fatal(err)
 	}
-	// vm101 is another host known to the datastore, with a block of its own.
 	if _, err := ds.Nodes().Create(ctx, "vm101", datastore.Node{Version: 1, Name: "vm101",
 		AddressV4: netip.MustParsePrefix("198.18.0.101/24")}); err != nil {
 		t.Fatal(err)
@@ -100,8 +100,12 @@ func TestAgent(t *testing.T) {
 	netns.Veth(t, h.ns, "ens32", peer, "ens32")
 	h.ns.AddAddr(t, "ens32", "198.18.0.100/24")
 
-	a, err := New(Config{NodeName: "vm100", Uplink: "ens32", BPFFSRoot: h.root, XDP: true, TCMode: loader.TCAuto,
-		HTTPAddr: "127.0.0.1:0", ReconcileInterval: 300 * time.Millisecond, GCInterval: 200 * time.Millisecond}, ds, WithLogger(datastoretest.Logger(t)), WithRegistry(reg))
+	cfg := Config{NodeName: "vm100", Uplink: "ens32", BPFFSRoot: h.root, XDP: true, TCMode: loader.TCAuto,
+		HTTPAddr: "127.0.0.1:0", ReconcileInterval: 300 * time.Millisecond, GCInterval: 200 * time.Millisecond}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	a, err := New(cfg, ds, WithLogger(datastoretest.Logger(t)), WithRegistry(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +123,16 @@ func TestAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer set.Close()
+	t.Cleanup(func() { set.Close() })
+	return h, set
+}
+
+func TestAgent(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	ds := datastoretest.New(t, datastore.WithRegisterer(reg))
+	h, set := startAgent(t, reg, ds)
+	cancel := h.cancel
 
 	// vm101 claimed first: it has the pool's first block, we get the second.
 	own := netip.MustParsePrefix("198.19.0.64/26")
@@ -246,7 +259,7 @@ func TestAgent(t *testing.T) {
 	})
 
 	code, body, err := h.get("/metrics")
-	if err != nil || code != http.StatusOK || !strings.Contains(body, `margay_agent_reconciles_total{result="ok"}`) ||
+	if err != nil || code != http.StatusOK || !strings.Contains(body, `margay_agent_reconciles_total{kind="full",result="ok"}`) ||
 		!strings.Contains(body, `margay_datastore_malformed_values_total`) {
 		t.Errorf("metrics: %d %v\n%s", code, err, body)
 	}

@@ -14,8 +14,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "margay", Subsystem: "agent", Name: "reconciles_total",
-			Help: "Reconcile passes of the dataplane, by result (ok, error).",
-		}, []string{"result"}),
+			Help: "Reconcile passes of the dataplane, by kind (full, update) and result (ok, error).",
+		}, []string{"kind", "result"}),
 		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "margay", Subsystem: "agent", Name: "reconcile_duration_seconds",
 			Help:    "Time of one reconcile pass.",

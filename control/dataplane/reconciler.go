@@ -30,6 +30,8 @@ type Reconciler struct {
 	log        *slog.Logger
 	sysctlRoot string
 	xdp        bool
+	// last is what the last successful pass left, the baseline of Update; nil forces Apply.
+	last *desired
 }
 
 // Option configures a Reconciler.
@@ -66,94 +68,243 @@ type Result struct {
 	Pending []string
 }
 
-// Apply changes whatever differs from s, in an order that never leaves traffic without a path:
-// endpoint, then route, then program for a new workload; the reverse for a removed one. It goes
-// on past individual failures and returns them joined.
-func (r *Reconciler) Apply(s State) (Result, error) {
-	var res Result
-	if err := s.Validate(); err != nil {
-		return res, err
+// desired is a State resolved against the kernel: the interfaces looked up, every map entry and
+// kernel route spelled out.
+type desired struct {
+	uplink      string
+	uplinkIndex uint32
+	routes      map[netip.Prefix]maps.Route
+	endpoints   map[uint32]maps.Endpoint
+	kernel      map[netip.Prefix]netlink.Route
+	ifaces      map[string]bool         // every wanted workload interface
+	present     map[string]netlink.Link // the wanted ones that exist
+	workloads   map[string]Workload     // what each present interface was resolved for
+	pending     []string                // the wanted ones that do not exist (yet)
+}
+
+// resolve looks up the interfaces of s. With a previous desired state, the interface of a workload
+// it resolved with the same record is taken from it: re-creating a veth (CNI DEL and ADD) gives
+// the workload side a new MAC, so a changed interface always comes with a changed record.
+func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
+	d := &desired{uplink: s.Uplink, routes: map[netip.Prefix]maps.Route{}, endpoints: map[uint32]maps.Endpoint{},
+		kernel: map[netip.Prefix]netlink.Route{}, ifaces: map[string]bool{}, present: map[string]netlink.Link{},
+		workloads: map[string]Workload{}}
+	if prev != nil && prev.uplink == s.Uplink {
+		d.uplinkIndex = prev.uplinkIndex
+	} else {
+		uplink, err := r.nl.LinkByName(s.Uplink)
+		if err != nil {
+			return nil, fmt.Errorf("look up uplink %s: %w", s.Uplink, err)
+		}
+		d.uplinkIndex = uint32(uplink.Attrs().Index)
 	}
 	var errs []error
-	note := func(changed bool, err error) {
-		if changed {
-
-			res.Changes++
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-
-	uplink, err := r.nl.LinkByName(s.Uplink)
-	if err != nil {
-		return res, fmt.Errorf("look up uplink %s: %w", s.Uplink, err)
-	}
-	uplinkIndex := uint32(uplink.Attrs().Index)
-	note(r.sysctl("ipv4/ip_forward", "1"))
-
-	wantRoutes := map[netip.Prefix]maps.Route{}
-	wantEndpoints := map[uint32]maps.Endpoint{}
-	wantKernel := map[netip.Prefix]netlink.Route{}
-	wantIfaces := map[string]bool{}
-	var present []string
-
 	for _, w := range s.Workloads {
-		wantIfaces[w.IfName] = true
-		link, err := r.nl.LinkByName(w.IfName)
-		if err != nil {
-			var nf netlink.LinkNotFoundError
-			if !errors.As(err, &nf) {
-				errs = append(errs, fmt.Errorf("look up %s: %w", w.IfName, err))
+		d.ifaces[w.IfName] = true
+		link, ok := prev.link(w)
+		if !ok {
+			var err error
+			link, err = r.nl.LinkByName(w.IfName)
+			if err != nil {
+				var nf netlink.LinkNotFoundError
+				if !errors.As(err, &nf) {
+					errs = append(errs, fmt.Errorf("look up %s: %w", w.IfName, err))
+				}
+				d.pending = append(d.pending, w.IfName)
+				continue
 			}
-			res.Pending = append(res.Pending, w.IfName)
-			continue
 		}
-		present = append(present, w.IfName)
-		note(r.configureInterface(link))
+		d.present[w.IfName] = link
+		d.workloads[w.IfName] = w
 		idx := uint32(link.Attrs().Index)
 		p := netip.PrefixFrom(w.IPv4, 32)
-		wantEndpoints[idx] = maps.Endpoint{Ifindex: idx, IPv4: w.IPv4, MAC: w.MAC}
-		wantRoutes[p] = maps.Route{Prefix: p, Flags: maps.LocalWorkload | s.inPool(p), Ifindex: idx}
-		wantKernel[p] = netlink.Route{LinkIndex: int(idx), Dst: ipNet(p), Scope: netlink.SCOPE_LINK,
+		d.endpoints[idx] = maps.Endpoint{Ifindex: idx, IPv4: w.IPv4, MAC: w.MAC}
+		d.routes[p] = maps.Route{Prefix: p, Flags: maps.LocalWorkload | s.inPool(p), Ifindex: idx}
+		d.kernel[p] = netlink.Route{LinkIndex: int(idx), Dst: ipNet(p), Scope: netlink.SCOPE_LINK,
 			Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
 	}
 	for _, b := range s.Blocks {
-		wantRoutes[b] = maps.Route{Prefix: b, Flags: maps.LocalBlock | s.inPool(b)}
-		wantKernel[b] = netlink.Route{Dst: ipNet(b), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
+		d.routes[b] = maps.Route{Prefix: b, Flags: maps.LocalBlock | s.inPool(b)}
+		d.kernel[b] = netlink.Route{Dst: ipNet(b), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
 	}
 	for _, rr := range s.Remote {
 		kind := maps.RemoteBlock
 		if rr.Workload {
 			kind = maps.RemoteWorkload
 		}
-		wantRoutes[rr.Prefix] = maps.Route{Prefix: rr.Prefix, Flags: kind | s.inPool(rr.Prefix), Ifindex: uplinkIndex, NextHop: rr.NextHop}
-		wantKernel[rr.Prefix] = netlink.Route{LinkIndex: int(uplinkIndex), Dst: ipNet(rr.Prefix),
+		d.routes[rr.Prefix] = maps.Route{Prefix: rr.Prefix, Flags: kind | s.inPool(rr.Prefix), Ifindex: d.uplinkIndex, NextHop: rr.NextHop}
+		d.kernel[rr.Prefix] = netlink.Route{LinkIndex: int(d.uplinkIndex), Dst: ipNet(rr.Prefix),
 			Gw: rr.NextHop.AsSlice(), Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
+	}
+	return d, errors.Join(errs...)
+}
+
+func (d *desired) link(w Workload) (netlink.Link, bool) {
+	if d == nil {
+		return nil, false
+	}
+	prev, ok := d.workloads[w.IfName]
+	if !ok || prev.IPv4 != w.IPv4 || !bytes.Equal(prev.MAC, w.MAC) {
+		return nil, false
+	}
+	return d.present[w.IfName], true
+}
+
+// changes collects the outcome of the steps of one pass.
+type changes struct {
+	res  Result
+	errs []error
+}
+
+func (c *changes) note(changed bool, err error) {
+	if changed {
+		c.res.Changes++
+	}
+	if err != nil {
+		c.errs = append(c.errs, err)
+	}
+}
+
+// Apply compares everything with the kernel and the maps and changes whatever differs from s, in
+// an order that never leaves traffic without a path: endpoint, then route, then program for a new
+// workload; the reverse for a removed one. It repairs hand-made changes and removes leftovers, and
+// goes on past individual failures, returning them joined. Run it at start and periodically;
+// Update is the cheap pass for events in between.
+func (r *Reconciler) Apply(s State) (Result, error) {
+	r.last = nil
+	if err := s.Validate(); err != nil {
+		return Result{}, err
+	}
+	d, err := r.resolve(s, nil)
+	if d == nil {
+		return Result{}, err
+	}
+	var c changes
+	c.note(false, err)
+	c.res.Pending = d.pending
+	c.note(r.sysctl("ipv4/ip_forward", "1"))
+	for _, link := range d.present {
+		c.note(r.configureInterface(link))
 	}
 
 	// Additions and repairs: endpoint before route before program.
-	note(r.syncEndpoints(wantEndpoints, false))
-	note(r.syncRoutes(wantRoutes, false))
-	for _, ifname := range present {
-		note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
+	c.note(r.syncEndpoints(d.endpoints, false))
+	c.note(r.syncRoutes(d.routes, false))
+	for ifname := range d.present {
+		c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
 	}
-	hooks := []loader.Hook{loader.HookFromNet}
-	if r.xdp {
-		hooks = append(hooks, loader.HookXDPFromNet)
-	} else {
-		note(r.detach(s.Uplink, loader.HookXDPFromNet))
-	}
-	note(r.attach(s.Uplink, hooks...))
-	note(r.syncKernelRoutes(wantKernel))
+	c.note(r.attachUplink(s.Uplink))
+	c.note(r.syncKernelRoutes(d.kernel))
 
 	// Removals: program, then route, then endpoint.
-	note(r.detachStale(wantIfaces, s.Uplink))
-	note(r.syncRoutes(wantRoutes, true))
-	note(r.syncEndpoints(wantEndpoints, true))
-	note(r.pruneCounters())
+	c.note(r.detachStale(d.ifaces, s.Uplink))
+	c.note(r.syncRoutes(d.routes, true))
+	c.note(r.syncEndpoints(d.endpoints, true))
+	c.note(r.pruneCounters())
 
-	return res, errors.Join(errs...)
+	if len(c.errs) == 0 {
+		r.last = d
+	}
+	return c.res, errors.Join(c.errs...)
+}
+
+// Update applies only what changed between the state of the last successful pass and s, trusting
+// the kernel and the maps to still hold what that pass left: the fast path for datastore events.
+// Without such a pass, or when the uplink changed, it is Apply.
+func (r *Reconciler) Update(s State) (Result, error) {
+	prev := r.last
+	if prev == nil || prev.uplink != s.Uplink {
+		return r.Apply(s)
+	}
+	r.last = nil
+	if err := s.Validate(); err != nil {
+		return Result{}, err
+	}
+	d, err := r.resolve(s, prev)
+	if d == nil {
+		return Result{}, err
+	}
+	var c changes
+	c.note(false, err)
+	c.res.Pending = d.pending
+
+	// Additions and changes: interface settings, endpoint, route, program, kernel route.
+	for ifname, link := range d.present {
+		if _, ok := prev.present[ifname]; !ok {
+			c.note(r.configureInterface(link))
+		}
+	}
+	for idx, ep := range d.endpoints {
+		if old, ok := prev.endpoints[idx]; !ok || old.IPv4 != ep.IPv4 || !bytes.Equal(old.MAC, ep.MAC) {
+			c.note(true, r.maps.Endpoints.Put(ep))
+		}
+	}
+	for p, rt := range d.routes {
+		if old, ok := prev.routes[p]; !ok || old != rt {
+			c.note(true, r.maps.Routes.Put(rt))
+		}
+	}
+	for ifname := range d.present {
+		if _, ok := prev.present[ifname]; !ok {
+			c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
+		}
+	}
+	for p, kr := range d.kernel {
+		if old, ok := prev.kernel[p]; !ok || !sameRoute(old, kr) {
+			kr := kr
+			err := r.nl.RouteReplace(&kr)
+			if err != nil {
+				err = fmt.Errorf("add route %v: %w", p, err)
+			}
+			c.note(true, err)
+		}
+	}
+
+	// Removals: program, kernel route, map route, endpoint.
+	for ifname := range prev.present {
+		if _, ok := d.present[ifname]; !ok {
+			c.note(true, r.dp.DetachInterface(ifname))
+		}
+	}
+	for p, kr := range prev.kernel {
+		if _, ok := d.kernel[p]; !ok {
+			kr := kr
+			err := r.nl.RouteDel(&kr)
+			if err != nil && !errors.Is(err, unix.ESRCH) {
+				c.note(true, fmt.Errorf("delete route %v: %w", p, err))
+			} else {
+				c.note(true, nil)
+			}
+		}
+	}
+	for p := range prev.routes {
+		if _, ok := d.routes[p]; !ok {
+			c.note(true, r.maps.Routes.Delete(p))
+		}
+	}
+	for idx := range prev.endpoints {
+		if _, ok := d.endpoints[idx]; !ok {
+			c.note(true, r.maps.Endpoints.Delete(idx))
+		}
+	}
+
+	if len(c.errs) == 0 {
+		r.last = d
+	}
+	return c.res, errors.Join(c.errs...)
+}
+
+// attachUplink puts from_net, and XDP unless it is off, on the uplink.
+func (r *Reconciler) attachUplink(uplink string) (bool, error) {
+	if !r.xdp {
+		changed, err := r.detach(uplink, loader.HookXDPFromNet)
+		if err != nil {
+			return changed, err
+		}
+		c2, err := r.attach(uplink, loader.HookFromNet)
+		return changed || c2, err
+	}
+	return r.attach(uplink, loader.HookFromNet, loader.HookXDPFromNet)
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

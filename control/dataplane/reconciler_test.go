@@ -256,3 +256,63 @@ func TestValidateState(t *testing.T) {
 		}
 	}
 }
+
+// Update applies just the difference to the last pass, with the same result as a full Apply.
+func TestUpdate(t *testing.T) {
+	h := newTestHost(t)
+	mac1 := h.addWorkloadVeth(t, "cali00000000001")
+	mac2 := h.addWorkloadVeth(t, "cali00000000002")
+	w1 := Workload{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac1}
+	w2 := Workload{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.2"), MAC: mac2}
+	base := State{Uplink: "ens32", Workloads: []Workload{w1}, Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")},
+		Remote: []RemoteRoute{{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")}}}
+
+	update := func(s State) Result {
+		t.Helper()
+		var res Result
+		h.do(t, func() (err error) { res, err = h.r.Update(s); return err })
+		return res
+	}
+	// Without a baseline Update is a full Apply.
+	if res := update(base); res.Changes == 0 {
+		t.Fatal("first Update did nothing")
+	}
+	if res := update(base); res.Changes != 0 {
+		t.Errorf("Update without change made %d changes", res.Changes)
+	}
+
+	more := base
+	more.Workloads = []Workload{w1, w2}
+	more.Remote = nil
+	if res := update(more); res.Changes == 0 {
+		t.Fatal("Update with a new workload did nothing")
+	}
+	// The result is what a full pass wants: a full Apply finds nothing to do.
+	if res := h.apply(t, more); res.Changes != 0 {
+		t.Errorf("Apply after Update made %d changes: Update left the host off", res.Changes)
+	}
+	cali2 := uint32(h.ns.Link(t, "cali00000000002").Attrs().Index)
+	if ep, err := h.set.Endpoints.Get(cali2); err != nil || ep.IPv4 != w2.IPv4 {
+		t.Errorf("endpoint of the new workload: %+v, %v", ep, err)
+	}
+	if _, err := h.set.Routes.Get(netip.MustParsePrefix("198.19.0.64/26")); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("removed remote route still in the map: %v", err)
+	}
+	if _, ok := h.kernelRoutes(t)[netip.MustParsePrefix("198.19.0.64/26")]; ok {
+		t.Error("removed remote route still in the kernel")
+	}
+
+	update(base)
+	if _, err := h.set.Endpoints.Get(cali2); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("endpoint of the removed workload: %v", err)
+	}
+	h.do(t, func() error {
+		if _, err := h.dp.Attached("cali00000000002", loader.HookFromWep); !errors.Is(err, loader.ErrNotAttached) {
+			t.Errorf("from_wep still on the removed workload: %v", err)
+		}
+		return nil
+	})
+	if res := h.apply(t, base); res.Changes != 0 {
+		t.Errorf("Apply after removing Update made %d changes", res.Changes)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -32,9 +33,33 @@ func UniqueName(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
+var sharedRunNetns sync.Once
+
+// makeRunNetnsShared does what `ip netns add` does the first time: make /var/run/netns a shared
+// mount of its own. Otherwise a later `ip netns add` anywhere on the machine mounts it over
+// itself, hides the namespace mounts made before, and they can no longer be removed.
+func makeRunNetnsShared() error {
+	const dir = "/var/run/netns"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err == nil {
+		return nil
+	}
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mount %s: %w", dir, err)
+	}
+	return unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+}
+
 // New creates a network namespace named prefix+random, with lo up, and deletes it at cleanup.
 func New(tb testing.TB, prefix string) *NS {
 	tb.Helper()
+	var err error
+	sharedRunNetns.Do(func() { err = makeRunNetnsShared() })
+	if err != nil {
+		tb.Fatalf("prepare /var/run/netns: %v", err)
+	}
 	name := UniqueName(prefix)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

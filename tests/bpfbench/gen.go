@@ -1,0 +1,3 @@
+package bpfbench
+
+//go:generate go tool bpf2go -tags linux -target bpfel Bench ../../bpf/bench/baseline.c
