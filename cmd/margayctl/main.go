@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -37,7 +36,12 @@ func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	// Bounded by the dial timeout: an unreachable etcd answers quickly with what is wrong.
+	wait := 3 * cfg.DialTimeout
+	if wait <= 0 {
+		wait = 3 * datastore.DefaultDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	return datastore.New(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 }
@@ -59,6 +63,6 @@ func newRoot() *cobra.Command {
 	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	g.ds.BindFlags(cmd.PersistentFlags())
-	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g))
+	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g))
 	return cmd
 }

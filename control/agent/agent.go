@@ -262,6 +262,15 @@ func (a *Agent) collectGarbage(ctx context.Context, v *view) {
 		}
 		suspects[w] = true
 		return true
+	}, func(ip netip.Addr) bool {
+		for _, w := range v.workloads {
+			for _, p := range w.IPv4 {
+				if p.Addr() == ip {
+					return true
+				}
+			}
+		}
+		return false
 	})
 	a.gcSuspects = suspects
 	if err != nil {

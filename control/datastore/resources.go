@@ -40,7 +40,7 @@ type Pool struct {
 	Name      string       `json:"name"`
 	CIDR      netip.Prefix `json:"cidr"`
 	BlockSize int          `json:"blockSize,omitempty"` // 0 means DefaultBlockSize
-	Disabled  bool         `json:"disabled,omitempty"`  // no new blocks are claimed from a disabled pool
+	Disabled  bool         `json:"disabled,omitempty"`  // IPAM assigns nothing more from a disabled pool, nor from its blocks
 }
 
 // DefaultPool returns the pool that a fresh cluster gets: 192.168.0.0/16 in /26 blocks.

@@ -256,7 +256,12 @@ func TestReleaseEmptyBlocksAndGC(t *testing.T) {
 	if err := ds.Handles().Delete(ctx, "orphan", 0); err != nil {
 		t.Fatal(err)
 	}
-	freed, err := i.GC(ctx, func(w string) bool { return w == "vm100/live" })
+	// An allocation without handle that a workload record still lists stays.
+	kept := assign(t, i, "kept", "vm100")
+	if err := ds.Handles().Delete(ctx, "kept", 0); err != nil {
+		t.Fatal(err)
+	}
+	freed, err := i.GC(ctx, func(w string) bool { return w == "vm100/live" }, func(ip netip.Addr) bool { return ip == kept.IP })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -128,14 +128,18 @@ func (i *IPAM) removeAllocations(ctx context.Context, match func(datastore.Alloc
 }
 
 // ReleaseEmptyBlocks gives up the node's blocks that hold no address, keeping the first keep of
-// them (in address order) so the next workload does not have to claim again. It returns the
-// released blocks.
+// them in enabled pools (in address order) so the next workload does not have to claim again;
+// empty blocks outside every enabled pool always go. It returns the released blocks.
 func (i *IPAM) ReleaseEmptyBlocks(ctx context.Context, node string, keep int) ([]netip.Prefix, error) {
 	blocks, _, err := i.ds.Blocks().List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("release empty blocks: %w", err)
 	}
 	affinity := datastore.AffinityForNode(node)
+	pools, err := i.enabledPools(ctx)
+	if err != nil && !errors.Is(err, ErrNoPool) {
+		return nil, fmt.Errorf("release empty blocks: %w", err)
+	}
 	var own []datastore.Item[datastore.Block]
 	for _, b := range blocks {
 		if b.Value.Affinity == affinity {
@@ -151,7 +155,8 @@ func (i *IPAM) ReleaseEmptyBlocks(ctx context.Context, node string, keep int) ([
 		if len(b.Value.Allocations) > 0 {
 			continue
 		}
-		if kept < keep {
+		// Only a block IPAM can still allocate from is worth keeping.
+		if kept < keep && inPools(pools, b.Value.CIDR) {
 			kept++
 			continue
 		}
@@ -170,9 +175,10 @@ func (i *IPAM) ReleaseEmptyBlocks(ctx context.Context, node string, keep int) ([
 }
 
 // GC releases the handles whose workload is gone (live reports whether a "<node>/<id>" workload
-// still exists) and the allocations whose handle is gone. Handles without a workload key are
-// left alone: only their owner knows them.
-func (i *IPAM) GC(ctx context.Context, live func(workload string) bool) ([]netip.Addr, error) {
+// still exists) and the allocations whose handle is gone unless a workload still uses the address
+// (inUse), which would hand it out twice. Handles without a workload key are left alone: only
+// their owner knows them.
+func (i *IPAM) GC(ctx context.Context, live func(workload string) bool, inUse func(netip.Addr) bool) ([]netip.Addr, error) {
 	handles, _, err := i.ds.Handles().List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("ipam gc: %w", err)
@@ -193,7 +199,9 @@ func (i *IPAM) GC(ctx context.Context, live func(workload string) bool) ([]netip
 	}
 	// The handle is written before its first allocation, so an allocation without a handle is a
 	// leftover of a hand edit or of a handle deleted out of band.
-	orphans, err := i.removeAllocations(ctx, func(a datastore.Allocation) bool { return !known[a.Handle] && !i.handleExists(ctx, a.Handle) })
+	orphans, err := i.removeAllocations(ctx, func(a datastore.Allocation) bool {
+		return !known[a.Handle] && !inUse(a.IP) && !i.handleExists(ctx, a.Handle)
+	})
 	if err != nil {
 		return released, fmt.Errorf("ipam gc: %w", err)
 	}

@@ -1,0 +1,630 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
+)
+
+// checkOutput rejects an unknown -o before a command changes anything, so that a typo never
+// leaves a change done and its report lost.
+func (g *globals) checkOutput(*cobra.Command, []string) error {
+	switch g.output {
+	case "table", "", "json":
+		return nil
+	}
+	return fmt.Errorf("unknown output format %q (want table or json)", g.output)
+}
+
+// result prints what a command changed: text for people, jsonValue with -o json.
+func (g *globals) result(w io.Writer, text string, jsonValue any) error {
+	if g.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(jsonValue)
+	}
+	_, err := fmt.Fprintln(w, text)
+	return err
+}
+
+// parseIPv4Flag parses the value of an address flag such as --ip.
+func parseIPv4Flag(flag, s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || !ip.Is4() {
+		return netip.Addr{}, fmt.Errorf("--%s %q: want an IPv4 address such as 198.19.0.5", flag, s)
+	}
+	return ip, nil
+}
+
+// inPool says whether block lies inside the pool's CIDR.
+func inPool(pool, block netip.Prefix) bool {
+	return pool.Bits() <= block.Bits() && pool.Contains(block.Addr())
+}
+
+// newIPAM returns an IPAM that logs only warnings: the commands report what it did themselves.
+func newIPAM(c *datastore.Client) *ipam.IPAM {
+	return ipam.New(c, ipam.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+}
+
+// count writes n and the noun, plural unless n is 1: "1 block", "3 addresses".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	if strings.HasSuffix(noun, "s") {
+		return fmt.Sprintf("%d %ses", n, noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func fraction(used, capacity int) string { return fmt.Sprintf("%d/%d", used, capacity) }
+
+// workloadsOf lists every workload record, keyed "<node>/<id>" as handles name them.
+func workloadsOf(ctx context.Context, c *datastore.Client) (map[string]datastore.Workload, error) {
+	items, _, err := c.AllWorkloads().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]datastore.Workload, len(items))
+	for _, it := range items {
+		m[it.Name] = it.Value
+	}
+	return m, nil
+}
+
+func newIPAMCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "ipam",
+		Short:             "Show, check and repair address allocations",
+		PersistentPreRunE: g.checkOutput,
+	}
+	cmd.AddCommand(newIPAMShowCmd(g), newIPAMCheckCmd(g), newIPAMReleaseCmd(g), newIPAMGCCmd(g))
+	return cmd
+}
+
+type blockUsageJSON struct {
+	CIDR     string `json:"cidr"`
+	Node     string `json:"node,omitempty"`
+	Used     int    `json:"used"`
+	Capacity int    `json:"capacity"`
+}
+
+type ipamTotalJSON struct {
+	Blocks   int `json:"blocks"`
+	Used     int `json:"used"`
+	Capacity int `json:"capacity"`
+}
+
+type ipamShowJSON struct {
+	Blocks []blockUsageJSON `json:"blocks"`
+	Total  ipamTotalJSON    `json:"total"`
+}
+
+// ipHolderJSON tells who holds an address, as `ipam show --ip` prints it.
+type ipHolderJSON struct {
+	IP        string `json:"ip"`
+	Allocated bool   `json:"allocated"`
+	Pool      string `json:"pool,omitempty"`
+	Block     string `json:"block,omitempty"`
+	BlockNode string `json:"blockNode,omitempty"`
+	Handle    string `json:"handle,omitempty"`
+	Workload  string `json:"workload,omitempty"` // "<node>/<id>"
+	Name      string `json:"name,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Node      string `json:"node,omitempty"`
+	// WorkloadGone: the handle names a workload whose record no longer exists (see ipam gc).
+	WorkloadGone bool `json:"workloadGone,omitempty"`
+}
+
+func newIPAMShowCmd(g *globals) *cobra.Command {
+	var ipFlag string
+	cmd := &cobra.Command{
+		Use:   "show [--ip ADDRESS]",
+		Short: "Show the blocks with their node and occupancy, or who holds one address",
+		Example: `  margayctl ipam show
+  margayctl ipam show --ip 198.19.0.5`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ip netip.Addr
+			if cmd.Flags().Changed("ip") {
+				var err error
+				if ip, err = parseIPv4Flag("ip", ipFlag); err != nil {
+					return err
+				}
+			}
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if ip.IsValid() {
+				return g.showIP(ctx, cmd.OutOrStdout(), c, ip)
+			}
+			usage, err := newIPAM(c).Usage(ctx)
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			js := ipamShowJSON{Blocks: []blockUsageJSON{}}
+			for _, u := range usage {
+				rows = append(rows, []string{u.CIDR.String(), orDash(u.Node), fraction(u.Used, u.Capacity)})
+				js.Blocks = append(js.Blocks, blockUsageJSON{u.CIDR.String(), u.Node, u.Used, u.Capacity})
+				js.Total.Blocks++
+				js.Total.Used += u.Used
+				js.Total.Capacity += u.Capacity
+			}
+			rows = append(rows, []string{"TOTAL", count(js.Total.Blocks, "block"), fraction(js.Total.Used, js.Total.Capacity)})
+			return g.render(cmd.OutOrStdout(), []string{"BLOCK", "NODE", "USED/CAPACITY"}, rows, js)
+		},
+	}
+	cmd.Flags().StringVar(&ipFlag, "ip", "", "tell who holds this address: handle, workload and node")
+	return cmd
+}
+
+func (g *globals) showIP(ctx context.Context, w io.Writer, c *datastore.Client, ip netip.Addr) error {
+	js := ipHolderJSON{IP: ip.String()}
+	pools, _, err := c.Pools().List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		if p.Value.CIDR.Contains(ip) {
+			js.Pool = p.Name
+		}
+	}
+	blocks, _, err := c.Blocks().List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, b := range blocks {
+		if !b.Value.CIDR.Contains(ip) {
+			continue
+		}
+		js.Block, js.BlockNode = b.Value.CIDR.String(), b.Value.Node()
+		for _, a := range b.Value.Allocations {
+			if a.IP == ip {
+				js.Allocated, js.Handle = true, a.Handle
+			}
+		}
+	}
+	if !js.Allocated {
+		var text string
+		switch {
+		case js.Block != "":
+			text = fmt.Sprintf("%s is free (block %s of node %s)", ip, js.Block, orDash(js.BlockNode))
+		case js.Pool != "":
+			text = fmt.Sprintf("%s is free (pool %s; no block claimed for it yet)", ip, js.Pool)
+		default:
+			text = fmt.Sprintf("%s is in no pool (margayctl pool list shows the pools)", ip)
+		}
+		return g.result(w, text, js)
+	}
+
+	h, err := c.Handles().Get(ctx, js.Handle)
+	switch {
+	case err == nil:
+		js.Node, js.Workload = h.Value.Node, h.Value.Workload
+	case !errors.Is(err, datastore.ErrNotFound):
+		return err
+	}
+	if js.Workload != "" {
+		wl, err := c.AllWorkloads().Get(ctx, js.Workload)
+		switch {
+		case err == nil:
+			js.Name, js.Namespace = wl.Value.Name, wl.Value.Namespace
+		case errors.Is(err, datastore.ErrNotFound):
+			js.WorkloadGone = true
+		default:
+			return err
+		}
+	}
+	name := js.Name
+	if js.Namespace != "" {
+		name = js.Namespace + "/" + js.Name
+	}
+	if js.WorkloadGone {
+		name = "(record gone)"
+	}
+	handle := js.Handle
+	if js.Node == "" {
+		handle += " (handle record missing)"
+	}
+	return g.render(w, []string{"IP", "BLOCK", "HANDLE", "WORKLOAD", "NAME", "NODE"},
+		[][]string{{js.IP, js.Block, handle, orDash(js.Workload), orDash(name), orDash(js.Node)}}, js)
+}
+
+type ipamCheckJSON struct {
+	Problems []string `json:"problems"`
+}
+
+// ipamProblems returns what ipam.Check finds, the handles whose workload record is gone, and the
+// workloads that use an address IPAM does not give them (which it may hand to someone else).
+func ipamProblems(ctx context.Context, c *datastore.Client) ([]string, error) {
+	problems, err := newIPAM(c).Check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range problems {
+		out = append(out, p.What)
+	}
+	blocks, _, err := c.Blocks().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	handles, _, err := c.Handles().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	workloads, err := workloadsOf(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	holder := map[netip.Addr]string{}
+	for _, b := range blocks {
+		for _, a := range b.Value.Allocations {
+			holder[a.IP] = a.Handle
+		}
+	}
+	byName := map[string]datastore.Handle{}
+	var more []string
+	for _, h := range handles {
+		byName[h.Name] = h.Value
+		if w := h.Value.Workload; w != "" {
+			if _, ok := workloads[w]; !ok {
+				more = append(more, fmt.Sprintf("handle %s holds %s for workload %s, whose record is gone", h.Name, addrList(h.Value.IPs), w))
+			}
+		}
+	}
+	for key, w := range workloads {
+		for _, p := range w.IPv4 {
+			ip := p.Addr()
+			h, ok := holder[ip]
+			switch {
+			case !ok:
+				more = append(more, fmt.Sprintf("workload %s uses %s, which is not allocated: IPAM may hand it out again", key, ip))
+			case byName[h].Workload != "" && byName[h].Workload != key:
+				more = append(more, fmt.Sprintf("workload %s uses %s, which is allocated to handle %s of workload %s", key, ip, h, byName[h].Workload))
+			}
+		}
+	}
+	slices.Sort(more)
+	return append(out, more...), nil
+}
+
+func addrList(ips []netip.Addr) string {
+	if len(ips) == 0 {
+		return "no address"
+	}
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func newIPAMCheckCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Find inconsistencies between blocks, handles and workloads; exit 1 if there are any",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			problems, err := ipamProblems(ctx, c)
+			if err != nil {
+				return err
+			}
+			text := "no problems found"
+			if len(problems) > 0 {
+				text = strings.Join(problems, "\n")
+			}
+			if err := g.result(cmd.OutOrStdout(), text, ipamCheckJSON{Problems: append([]string{}, problems...)}); err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				return fmt.Errorf("ipam check: %s; `margayctl ipam gc` frees what workloads that are gone still hold, `margayctl ipam release` frees single addresses", count(len(problems), "problem"))
+			}
+			return nil
+		},
+	}
+}
+
+type ipamReleaseJSON struct {
+	Handle   string   `json:"handle,omitempty"`
+	Released []string `json:"released"`
+}
+
+func newIPAMReleaseCmd(g *globals) *cobra.Command {
+	var (
+		ipFlag, handle string
+		force          bool
+	)
+	cmd := &cobra.Command{
+		Use:   "release --ip ADDRESS | --handle HANDLE",
+		Short: "Free one address, or every address of a handle",
+		Long: `Free one address, or every address of a handle.
+
+A workload whose record still exists keeps its addresses unless --force is given: IPAM would
+hand them to the next workload while the first still uses them.`,
+		Example: `  margayctl ipam release --ip 198.19.0.5
+  margayctl ipam release --handle k8s-pod-network.0123abcd`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			byIP, byHandle := cmd.Flags().Changed("ip"), cmd.Flags().Changed("handle")
+			if byIP == byHandle {
+				return errors.New("ipam release: give either --ip or --handle")
+			}
+			var ip netip.Addr
+			if byIP {
+				var err error
+				if ip, err = parseIPv4Flag("ip", ipFlag); err != nil {
+					return err
+				}
+			} else if err := datastore.ValidateName(handle); err != nil {
+				return fmt.Errorf("--handle: %w", err)
+			}
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if byIP {
+				if handle, err = holderOf(ctx, c, ip); err != nil {
+					return err
+				}
+			}
+			if err := checkNotLive(ctx, c, handle, force); err != nil {
+				return err
+			}
+			im := newIPAM(c)
+			js := ipamReleaseJSON{Handle: handle, Released: []string{}}
+			if byIP {
+				if handle, err = im.ReleaseIP(ctx, ip); err != nil {
+					if errors.Is(err, datastore.ErrNotFound) {
+						return fmt.Errorf("ipam release: %s is not allocated", ip)
+					}
+					return fmt.Errorf("ipam release: %w", err)
+				}
+				js.Handle, js.Released = handle, []string{ip.String()}
+				return g.result(cmd.OutOrStdout(), fmt.Sprintf("released %s (handle %s)", ip, handle), js)
+			}
+			_, getErr := c.Handles().Get(ctx, handle)
+			released, err := im.ReleaseHandle(ctx, handle)
+			if err != nil {
+				return fmt.Errorf("ipam release: %w", err)
+			}
+			if len(released) == 0 && errors.Is(getErr, datastore.ErrNotFound) {
+				return fmt.Errorf("ipam release: handle %s does not exist and holds no address", handle)
+			}
+			for _, a := range released {
+				js.Released = append(js.Released, a.String())
+			}
+			return g.result(cmd.OutOrStdout(), fmt.Sprintf("released handle %s: %s", handle, addrList(released)), js)
+		},
+	}
+	cmd.Flags().StringVar(&ipFlag, "ip", "", "address to free")
+	cmd.Flags().StringVar(&handle, "handle", "", "handle whose addresses to free; the handle is deleted")
+	cmd.Flags().BoolVar(&force, "force", false, "free also when the workload holding the address still exists")
+	return cmd
+}
+
+// holderOf returns the handle that holds ip.
+func holderOf(ctx context.Context, c *datastore.Client, ip netip.Addr) (string, error) {
+	blocks, _, err := c.Blocks().List(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, b := range blocks {
+		for _, a := range b.Value.Allocations {
+			if a.IP == ip {
+				return a.Handle, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
+}
+
+// checkNotLive refuses to free the addresses of a handle whose workload record still exists.
+func checkNotLive(ctx context.Context, c *datastore.Client, handle string, force bool) error {
+	if force {
+		return nil
+	}
+	h, err := c.Handles().Get(ctx, handle)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if h.Value.Workload == "" {
+		return nil
+	}
+	_, err = c.AllWorkloads().Get(ctx, h.Value.Workload)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("ipam release: handle %s belongs to workload %s, which still exists; delete the workload first, or pass --force if it no longer runs", handle, h.Value.Workload)
+}
+
+type ipamGCJSON struct {
+	Released      []string `json:"released"`
+	DeletedBlocks []string `json:"deletedBlocks"`
+}
+
+func newIPAMGCCmd(g *globals) *cobra.Command {
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Free the addresses of workloads whose record is gone, and allocations without a handle",
+		Long: `Free the addresses of workloads whose record is gone, and allocations without a handle; delete
+empty blocks that no node owns (left by node delete) or that lie outside every pool (left by
+pool delete --force). Agents give up their own empty blocks themselves.
+
+CNI ADD writes the handle and allocates before it writes the workload record. So that gc never
+frees the address of a workload being created, a workload counts as gone only when its record is
+missing at a first look and still missing --grace later.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if grace < 0 {
+				return fmt.Errorf("--grace %s: want zero or more", grace)
+			}
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			suspects, err := goneWorkloads(ctx, c)
+			if err != nil {
+				return err
+			}
+			if len(suspects) > 0 && grace > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s without a record; looking again in %s (--grace)\n", count(len(suspects), "workload"), grace)
+				select {
+				case <-time.After(grace):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			used, err := workloadAddrs(ctx, c)
+			if err != nil {
+				return err
+			}
+			var lookupErr error
+			released, err := newIPAM(c).GC(ctx, func(w string) bool {
+				if !suspects[w] {
+					return true
+				}
+				_, err := c.AllWorkloads().Get(ctx, w)
+				if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+					lookupErr = err
+					return true // when in doubt, keep
+				}
+				return err == nil
+			}, func(ip netip.Addr) bool { return used[ip] })
+			if err != nil {
+				if len(released) > 0 {
+					return fmt.Errorf("%w (released %s before that)", err, addrList(released))
+				}
+				return err
+			}
+			if lookupErr != nil {
+				return fmt.Errorf("ipam gc: look up workload: %w", lookupErr)
+			}
+			js := ipamGCJSON{Released: []string{}}
+			for _, a := range released {
+				js.Released = append(js.Released, a.String())
+			}
+			if js.DeletedBlocks, err = deleteStaleBlocks(ctx, c); err != nil {
+				return fmt.Errorf("ipam gc: %w (released %s before that)", err, addrList(released))
+			}
+			var parts []string
+			if len(released) > 0 {
+				parts = append(parts, fmt.Sprintf("released %s: %s", count(len(released), "address"), addrList(released)))
+			}
+			if len(js.DeletedBlocks) > 0 {
+				parts = append(parts, fmt.Sprintf("deleted %s without a node or outside every pool: %s",
+					count(len(js.DeletedBlocks), "empty block"), strings.Join(js.DeletedBlocks, ", ")))
+			}
+			text := "nothing to free"
+			if len(parts) > 0 {
+				text = strings.Join(parts, "\n")
+			}
+			return g.result(cmd.OutOrStdout(), text, js)
+		},
+	}
+	cmd.Flags().DurationVar(&grace, "grace", 5*time.Second, "how long a workload record must stay missing before its addresses are freed")
+	return cmd
+}
+
+// goneWorkloads returns the workloads that handles name but whose record does not exist.
+func goneWorkloads(ctx context.Context, c *datastore.Client) (map[string]bool, error) {
+	handles, _, err := c.Handles().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	workloads, err := workloadsOf(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	gone := map[string]bool{}
+	for _, h := range handles {
+		if w := h.Value.Workload; w != "" {
+			if _, ok := workloads[w]; !ok {
+				gone[w] = true
+			}
+		}
+	}
+	return gone, nil
+}
+
+// deleteStaleBlocks deletes the empty blocks that nothing else ever deletes: those without
+// affinity and those outside every pool. The delete is a compare-and-swap, so an address borrowed
+// from the block meanwhile keeps it.
+func deleteStaleBlocks(ctx context.Context, c *datastore.Client) ([]string, error) {
+	pools, _, err := c.Pools().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	blocks, _, err := c.Blocks().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	deleted := []string{}
+	for _, b := range blocks {
+		if len(b.Value.Allocations) > 0 {
+			continue
+		}
+		covered := slices.ContainsFunc(pools, func(p datastore.Item[datastore.Pool]) bool { return inPool(p.Value.CIDR, b.Value.CIDR) })
+		if b.Value.Affinity != "" && covered {
+			continue
+		}
+		err := c.Blocks().Delete(ctx, b.Name, b.ModRevision)
+		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return deleted, err
+		}
+		deleted = append(deleted, b.Value.CIDR.String())
+	}
+	return deleted, nil
+}
+
+// workloadAddrs is every address a workload record lists.
+func workloadAddrs(ctx context.Context, c *datastore.Client) (map[netip.Addr]bool, error) {
+	wls, _, err := c.AllWorkloads().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list workloads: %w", err)
+	}
+	used := map[netip.Addr]bool{}
+	for _, w := range wls {
+		for _, p := range w.Value.IPv4 {
+			used[p.Addr()] = true
+		}
+	}
+	return used, nil
+}

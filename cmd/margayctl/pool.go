@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/margaynet/margay/control/datastore"
+)
+
+func newPoolCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "pool",
+		Short:             "Manage the IP pools that workload addresses come from",
+		PersistentPreRunE: g.checkOutput,
+	}
+	cmd.AddCommand(newPoolAddCmd(g), newPoolListCmd(g), newPoolDeleteCmd(g),
+		newPoolSetDisabledCmd(g, true), newPoolSetDisabledCmd(g, false))
+	return cmd
+}
+
+// poolSpecJSON is a pool as stored.
+type poolSpecJSON struct {
+	Name      string `json:"name"`
+	CIDR      string `json:"cidr"`
+	BlockSize int    `json:"blockSize"`
+	Disabled  bool   `json:"disabled"`
+}
+
+func toPoolSpecJSON(p datastore.Pool) poolSpecJSON {
+	return poolSpecJSON{Name: p.Name, CIDR: p.CIDR.String(), BlockSize: p.BlockSize, Disabled: p.Disabled}
+}
+
+// poolJSON is a pool with its occupancy, as pool list prints it.
+type poolJSON struct {
+	poolSpecJSON
+	Blocks int    `json:"blocks"`
+	Used   int    `json:"ipsUsed"`
+	Size   uint64 `json:"ipsTotal"`
+}
+
+// parsePoolCIDR parses --cidr and says how to fix what is wrong with it.
+func parsePoolCIDR(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, errors.New("--cidr is required, e.g. --cidr 198.19.0.0/16")
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("--cidr %q: want an IPv4 CIDR such as 198.19.0.0/16", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("--cidr %s has host bits set: did you mean %s?", p, p.Masked())
+	}
+	return p, nil
+}
+
+// getPool reads a pool and turns "not found" into a message that says where to look.
+func getPool(ctx context.Context, c *datastore.Client, name string) (datastore.Item[datastore.Pool], error) {
+	it, err := c.Pools().Get(ctx, name)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return it, fmt.Errorf("pool %q not found (margayctl pool list shows the pools)", name)
+	}
+	return it, err
+}
+
+func newPoolAddCmd(g *globals) *cobra.Command {
+	var (
+		cidr      string
+		blockSize int
+		disabled  bool
+	)
+	cmd := &cobra.Command{
+		Use:     "add NAME --cidr CIDR",
+		Short:   "Create an IP pool",
+		Example: "  margayctl pool add lab --cidr 198.19.0.0/16 --block-size 26",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			prefix, err := parsePoolCIDR(cidr)
+			if err != nil {
+				return err
+			}
+			pool := datastore.Pool{Version: datastore.CurrentVersion, Name: name, CIDR: prefix, BlockSize: blockSize, Disabled: disabled}
+			if err := pool.Validate(); err != nil {
+				return fmt.Errorf("pool add %s: %w", name, err)
+			}
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			pools, _, err := c.Pools().List(ctx)
+			if err != nil {
+				return err
+			}
+			for _, p := range pools {
+				if p.Name == name {
+					return fmt.Errorf("pool add: pool %q already exists with %s (margayctl pool delete %s removes it)", name, p.Value.CIDR, name)
+				}
+				if p.Value.CIDR.Overlaps(prefix) {
+					return fmt.Errorf("pool add %s: %s overlaps pool %s (%s); pick a CIDR outside every pool", name, prefix, p.Name, p.Value.CIDR)
+				}
+			}
+			if _, err := c.Pools().Create(ctx, name, pool); err != nil {
+				if errors.Is(err, datastore.ErrExists) {
+					return fmt.Errorf("pool add: pool %q already exists", name)
+				}
+				return err
+			}
+			state := ""
+			if disabled {
+				state = ", disabled"
+			}
+			return g.result(cmd.OutOrStdout(), fmt.Sprintf("created pool %s: %s in /%d blocks%s", name, prefix, blockSize, state), toPoolSpecJSON(pool))
+		},
+	}
+	cmd.Flags().StringVar(&cidr, "cidr", "", "IPv4 CIDR of the pool, e.g. 198.19.0.0/16")
+	cmd.Flags().IntVar(&blockSize, "block-size", datastore.DefaultBlockSize,
+		fmt.Sprintf("prefix length of the blocks a node claims (%d..%d)", datastore.MinBlockSize, datastore.MaxBlockSize))
+	cmd.Flags().BoolVar(&disabled, "disabled", false, "create the pool disabled: IPAM assigns no address from it")
+	return cmd
+}
+
+func newPoolListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the IP pools with their blocks and the addresses in use",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			pools, _, err := c.Pools().List(ctx)
+			if err != nil {
+				return err
+			}
+			blocks, _, err := c.Blocks().List(ctx)
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			js := []poolJSON{}
+			for _, p := range pools {
+				pj := poolJSON{poolSpecJSON: toPoolSpecJSON(p.Value), Size: uint64(1) << (32 - p.Value.CIDR.Bits())}
+				for _, b := range blocks {
+					if inPool(p.Value.CIDR, b.Value.CIDR) {
+						pj.Blocks++
+						pj.Used += len(b.Value.Allocations)
+					}
+				}
+				rows = append(rows, []string{pj.Name, pj.CIDR, strconv.Itoa(pj.BlockSize), strconv.FormatBool(pj.Disabled),
+					strconv.Itoa(pj.Blocks), fmt.Sprintf("%d/%d", pj.Used, pj.Size)})
+				js = append(js, pj)
+			}
+			return g.render(cmd.OutOrStdout(), []string{"NAME", "CIDR", "BLOCK SIZE", "DISABLED", "BLOCKS", "IPS USED"}, rows, js)
+		},
+	}
+}
+
+type poolDeleteJSON struct {
+	Pool          string   `json:"pool"`
+	DeletedBlocks []string `json:"deletedBlocks"`
+	KeptBlocks    []string `json:"keptBlocks"` // still holding addresses (--force)
+}
+
+func newPoolDeleteCmd(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete an IP pool and its empty blocks",
+		Long: `Delete an IP pool and its empty blocks.
+
+A pool whose blocks still hold addresses is kept unless --force is given; with --force the pool
+goes, and the blocks in use stay until their workloads release the addresses. To drain a pool,
+disable it first (margayctl pool disable NAME) so that IPAM assigns no new address from it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			pool, err := getPool(ctx, c, name)
+			if err != nil {
+				return err
+			}
+			blocks, _, err := c.Blocks().List(ctx)
+			if err != nil {
+				return err
+			}
+			var used, usedBlocks int
+			var where []string
+			for _, b := range blocks {
+				if n := len(b.Value.Allocations); n > 0 && inPool(pool.Value.CIDR, b.Value.CIDR) {
+					used += n
+					usedBlocks++
+					where = append(where, fmt.Sprintf("%s on %s", b.Value.CIDR, orDash(b.Value.Node())))
+				}
+			}
+			if used > 0 && !force {
+				return fmt.Errorf("pool delete %s: in use: %s in %s (%s); delete those workloads first (margayctl pool disable %s stops new assignments), or pass --force to delete the pool anyway",
+					name, count(used, "address"), count(usedBlocks, "block"), strings.Join(where, ", "), name)
+			}
+			if err := c.Pools().Delete(ctx, name, pool.ModRevision); err != nil {
+				if errors.Is(err, datastore.ErrConflict) {
+					return fmt.Errorf("pool delete %s: the pool changed while deleting it; run the command again", name)
+				}
+				return err
+			}
+			js := poolDeleteJSON{Pool: name, DeletedBlocks: []string{}, KeptBlocks: []string{}}
+			// Read the blocks again: one may have been claimed or filled since.
+			if blocks, _, err = c.Blocks().List(ctx); err != nil {
+				return fmt.Errorf("pool %s deleted, but listing its blocks failed: %w", name, err)
+			}
+			for _, b := range blocks {
+				if !inPool(pool.Value.CIDR, b.Value.CIDR) {
+					continue
+				}
+				if len(b.Value.Allocations) > 0 {
+					js.KeptBlocks = append(js.KeptBlocks, b.Value.CIDR.String())
+					continue
+				}
+				// Compare-and-swap: an address allocated just now keeps the block.
+				err := c.Blocks().Delete(ctx, b.Name, b.ModRevision)
+				switch {
+				case err == nil:
+					js.DeletedBlocks = append(js.DeletedBlocks, b.Value.CIDR.String())
+				case errors.Is(err, datastore.ErrConflict):
+					js.KeptBlocks = append(js.KeptBlocks, b.Value.CIDR.String())
+				case errors.Is(err, datastore.ErrNotFound):
+				default:
+					return fmt.Errorf("pool %s deleted, but deleting block %s failed: %w", name, b.Value.CIDR, err)
+				}
+			}
+			text := fmt.Sprintf("deleted pool %s (%s) and %s", name, pool.Value.CIDR, count(len(js.DeletedBlocks), "empty block"))
+			if len(js.KeptBlocks) > 0 {
+				text += fmt.Sprintf("; kept %s with addresses in use (%s) until their workloads release them",
+					count(len(js.KeptBlocks), "block"), strings.Join(js.KeptBlocks, ", "))
+			}
+			return g.result(cmd.OutOrStdout(), text, js)
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete the pool even though its blocks hold addresses")
+	return cmd
+}
+
+func newPoolSetDisabledCmd(g *globals, disable bool) *cobra.Command {
+	verb, short := "enable", "Let IPAM assign addresses from a pool again"
+	if disable {
+		verb, short = "disable", "Stop IPAM assigning addresses from a pool (no new blocks either); addresses in use stay"
+	}
+	return &cobra.Command{
+		Use:   verb + " NAME",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			// Compare-and-swap, read again when someone else changed the pool meanwhile.
+			for range 10 {
+				pool, err := getPool(ctx, c, name)
+				if err != nil {
+					return err
+				}
+				p := pool.Value
+				if p.Disabled != disable {
+					p.Disabled = disable
+					_, err = c.Pools().Update(ctx, name, p, pool.ModRevision)
+					if errors.Is(err, datastore.ErrConflict) {
+						continue
+					}
+					if err != nil {
+						return err
+					}
+				}
+				return g.result(cmd.OutOrStdout(), fmt.Sprintf("pool %s (%s) %sd", name, p.CIDR, verb), toPoolSpecJSON(p))
+			}
+			return fmt.Errorf("pool %s %s: the pool kept changing; run the command again", name, verb)
+		},
+	}
+}
