@@ -16,7 +16,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 # Debian packages the build, the tests and the lab need.
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping
-BINARIES := margay-agent margayctl
+BINARIES := margay-agent margay-cni margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 15s
 
@@ -38,7 +38,7 @@ deps: ## Install missing Debian packages (clang-19, llvm-19, libbpf-dev, bpftool
 generate: deps ## Compile the C programs with the pinned clang and regenerate the Go bindings
 	$(GO) generate ./...
 
-build: ## Build bin/margay-agent and bin/margayctl
+build: ## Build bin/margay-agent, bin/margay-cni and bin/margayctl
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES))
 
@@ -47,8 +47,9 @@ test: deps ## Run every test (privileged: namespaces, BPF) and a short fuzz run 
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) --no-print-directory fuzz
 
-fuzz: ## Fuzz the BPF programs for FUZZTIME (default 15s)
+fuzz: ## Fuzz the BPF programs and the datastore decoders for FUZZTIME each (default 15s)
 	$(GO) test -run '^$$' -fuzz '^FuzzPrograms$$' -fuzztime $(FUZZTIME) ./tests/programs/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./control/datastore/
 
 lint: ## go vet, gofmt and staticcheck
 	$(GO) vet ./...
@@ -58,8 +59,9 @@ lint: ## go vet, gofmt and staticcheck
 format: ## gofmt the Go code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: deps ## Per-packet cost of the programs through BPF_PROG_TEST_RUN (medians, ratios)
-	$(GO) test -run '^$$' -bench . -count 1 -timeout 30m ./tests/bpfbench/
+bench: deps ## Per-packet cost of the programs, CNI ADD and event-to-map latencies (medians, ratios)
+	$(GO) test -run '^$$' -bench . -count 3 -timeout 30m ./tests/bpfbench/
+	$(GO) test -run '^$$' -bench . -benchtime 3x -count 3 -timeout 30m ./control/agent/ ./cmd/margay-cni/
 
 lab: deps build ## The multi-host lab (lands with the lab issue; prints a notice until then)
 	@echo "make lab: the multi-host lab (three hosts, BGP mesh, workloads) is not built yet."
