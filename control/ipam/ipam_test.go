@@ -272,6 +272,10 @@ func TestReleaseEmptyBlocksAndGC(t *testing.T) {
 	if again := assign(t, i, "live", "vm100"); again.IP != live.IP {
 		t.Errorf("gc touched the live workload: %v", again)
 	}
+	// The allocation kept for the workload that lost its handle is still there, now freed by hand.
+	if holder, err := i.ReleaseIP(ctx, kept.IP); err != nil || holder != "kept" {
+		t.Errorf("allocation of %v: holder %q, %v; want it kept for handle kept", kept.IP, holder, err)
+	}
 	noProblems(t, i)
 }
 
