@@ -10,6 +10,7 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 {
 	struct packet pkt;
 	struct route_value *rt;
+	int verdict;
 
 	/* Broadcast, multicast and frames for other hosts (promiscuous uplink) are the kernel's. */
 	if (skb->pkt_type != PACKET_HOST) {
@@ -17,23 +18,13 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 		return TC_ACT_OK;
 	}
 
-	tc_pull_headers(skb);
-	switch (tc_parse(skb, &pkt)) {
-	case PARSE_IPV4:
-		break;
-	case PARSE_NOT_IPV4:
-		*reason = REASON_PASS_NOT_IPV4;
-		return TC_ACT_OK;
-	default:
-		*reason = REASON_DROP_MALFORMED;
-		return TC_ACT_SHOT;
-	}
+	verdict = tc_parse(skb, &pkt, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
 
-	*reason = forwardable(pkt.ip);
-	if (*reason == REASON_DROP_MALFORMED)
-		return TC_ACT_SHOT;
-	if (*reason != REASON_UNSPEC)
-		return TC_ACT_OK;
+	verdict = tc_forwardable(pkt.ip, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
 
 	rt = route_lookup(pkt.ip->daddr);
 	if (!rt) {

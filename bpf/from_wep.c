@@ -9,19 +9,12 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	struct packet pkt;
 	struct endpoint *ep;
 	struct route_value *rt;
+	int verdict;
 	__u32 ifindex = skb->ifindex;
 
-	tc_pull_headers(skb);
-	switch (tc_parse(skb, &pkt)) {
-	case PARSE_IPV4:
-		break;
-	case PARSE_NOT_IPV4:
-		*reason = REASON_PASS_NOT_IPV4;
-		return TC_ACT_OK;
-	default:
-		*reason = REASON_DROP_MALFORMED;
-		return TC_ACT_SHOT;
-	}
+	verdict = tc_parse(skb, &pkt, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
 
 	/* Anti-spoofing comes first: a workload may only send from its own address. */
 	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
@@ -36,11 +29,9 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 
 	/* Policy and conntrack: the sender's egress policy is checked here. */
 
-	*reason = forwardable(pkt.ip);
-	if (*reason == REASON_DROP_MALFORMED)
-		return TC_ACT_SHOT;
-	if (*reason != REASON_UNSPEC)
-		return TC_ACT_OK;
+	verdict = tc_forwardable(pkt.ip, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
 
 	rt = route_lookup(pkt.ip->daddr);
 	if (!rt) {

@@ -26,40 +26,55 @@ static __always_inline struct route_value *route_lookup(__be32 addr)
 }
 
 /*
- * Make a TC skb's Ethernet and fixed IPv4 headers directly accessible. A veth hands over linear
- * headers almost always; pull only when they are not.
+ * Parse a TC skb. Returns TC_ACT_UNSPEC when pkt holds an IPv4 packet to go on with; otherwise
+ * the verdict, with *reason set: the kernel's for anything not IPv4, a drop for malformed IPv4.
  */
-static __always_inline void tc_pull_headers(struct __sk_buff *skb)
+static __always_inline int tc_parse(struct __sk_buff *skb, struct packet *pkt, enum reason *reason)
 {
 	const __u32 need = sizeof(struct ethhdr) + IPV4_MIN_HLEN;
 
+	/* A veth hands over linear headers almost always; pull only when they are not. */
 	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end && skb->len >= need)
 		bpf_skb_pull_data(skb, need);
-}
 
-static __always_inline enum parse_result tc_parse(struct __sk_buff *skb, struct packet *pkt)
-{
 	/* tot_len 0 is BIG TCP, which only a GSO skb can be; on anything else it is malformed. */
-	return parse_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
-			  skb->gso_size != 0, pkt);
+	switch (parse_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+			   skb->gso_size != 0, pkt)) {
+	case PARSE_IPV4:
+		return TC_ACT_UNSPEC;
+	case PARSE_NOT_IPV4:
+		*reason = REASON_PASS_NOT_IPV4;
+		return TC_ACT_OK;
+	default:
+		*reason = REASON_DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
 }
 
 /*
- * Checks shared by every TC forwarding path: what the kernel must see as it is (PASS_*), or what
- * it would drop (DROP_MALFORMED). Returns REASON_UNSPEC when the packet may be forwarded by eBPF.
+ * Checks shared by every TC forwarding path. Returns TC_ACT_UNSPEC when eBPF may forward the
+ * packet; otherwise the verdict, with *reason set: what the kernel must see as it is goes to the
+ * kernel unchanged, what its ip_rcv() would drop is dropped (bypassing it must not forward that).
  */
-static __always_inline enum reason forwardable(const struct iphdr *ip)
+static __always_inline int tc_forwardable(const struct iphdr *ip, enum reason *reason)
 {
-	if (ip->ihl != 5)
-		return REASON_PASS_IP_OPTIONS;
-	/* The kernel's ip_rcv() drops a bad header checksum; bypassing it must not forward one. */
-	if (!ipv4_csum_ok(ip))
-		return REASON_DROP_MALFORMED;
-	if (ipv4_is_fragment(ip))
-		return REASON_PASS_FRAGMENT;
-	if (ip->ttl <= 1)
-		return REASON_PASS_TTL;
-	return REASON_UNSPEC;
+	if (ip->ihl != 5) {
+		*reason = REASON_PASS_IP_OPTIONS;
+		return TC_ACT_OK;
+	}
+	if (!ipv4_csum_ok(ip)) {
+		*reason = REASON_DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+	if (ipv4_is_fragment(ip)) {
+		*reason = REASON_PASS_FRAGMENT;
+		return TC_ACT_OK;
+	}
+	if (ip->ttl <= 1) {
+		*reason = REASON_PASS_TTL;
+		return TC_ACT_OK;
+	}
+	return TC_ACT_UNSPEC;
 }
 
 /* Deliver to a workload on this host: into its namespace, past the host's stack. */

@@ -58,6 +58,34 @@ func (g *globals) render(w io.Writer, header []string, rows [][]string, jsonValu
 	return fmt.Errorf("unknown output format %q (want table or json)", g.output)
 }
 
+// mapCmd is a command that lists one pinned map: each entry becomes a table row and a JSON value.
+func mapCmd[E, J any](g *globals, use, short string, header []string, list func(*maps.Set) ([]E, error),
+	row func(E) []string, asJSON func(E) J) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			set, err := g.open()
+			if err != nil {
+				return err
+			}
+			defer set.Close()
+			entries, err := list(set)
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			js := []J{}
+			for _, e := range entries {
+				rows = append(rows, row(e))
+				js = append(js, asJSON(e))
+			}
+			return g.render(cmd.OutOrStdout(), header, rows, js)
+		},
+	}
+}
+
 type routeJSON struct {
 	Prefix    string `json:"prefix"`
 	Flags     string `json:"flags"`
@@ -67,33 +95,20 @@ type routeJSON struct {
 }
 
 func newRoutesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "routes",
-		Short: "Decode the routes map (LPM trie) of this host",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := g.open()
-			if err != nil {
-				return err
-			}
-			defer set.Close()
-			routes, err := set.Routes.List()
-			if err != nil {
-				return err
-			}
-			var rows [][]string
-			js := []routeJSON{}
-			for _, r := range routes {
-				nh := ""
-				if r.NextHop.IsValid() {
-					nh = r.NextHop.String()
-				}
-				rows = append(rows, []string{r.Prefix.String(), r.Flags.String(), ifName(r.Ifindex), orDash(nh)})
-				js = append(js, routeJSON{r.Prefix.String(), r.Flags.String(), ifName(r.Ifindex), r.Ifindex, nh})
-			}
-			return g.render(cmd.OutOrStdout(), []string{"PREFIX", "FLAGS", "INTERFACE", "NEXT HOP"}, rows, js)
-		},
+	toJSON := func(r maps.Route) routeJSON {
+		j := routeJSON{Prefix: r.Prefix.String(), Flags: r.Flags.String(), Interface: ifName(r.Ifindex), Ifindex: r.Ifindex}
+		if r.NextHop.IsValid() {
+			j.NextHop = r.NextHop.String()
+		}
+		return j
 	}
+	return mapCmd(g, "routes", "Decode the routes map (LPM trie) of this host",
+		[]string{"PREFIX", "FLAGS", "INTERFACE", "NEXT HOP"},
+		func(s *maps.Set) ([]maps.Route, error) { return s.Routes.List() },
+		func(r maps.Route) []string {
+			j := toJSON(r)
+			return []string{j.Prefix, j.Flags, j.Interface, orDash(j.NextHop)}
+		}, toJSON)
 }
 
 type endpointJSON struct {
@@ -104,29 +119,16 @@ type endpointJSON struct {
 }
 
 func newEndpointsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "endpoints",
-		Short: "Decode the endpoints map: the workloads behind each cali* interface",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := g.open()
-			if err != nil {
-				return err
-			}
-			defer set.Close()
-			eps, err := set.Endpoints.List()
-			if err != nil {
-				return err
-			}
-			var rows [][]string
-			js := []endpointJSON{}
-			for _, e := range eps {
-				rows = append(rows, []string{ifName(e.Ifindex), strconv.FormatUint(uint64(e.Ifindex), 10), e.IPv4.String(), e.MAC.String()})
-				js = append(js, endpointJSON{ifName(e.Ifindex), e.Ifindex, e.IPv4.String(), e.MAC.String()})
-			}
-			return g.render(cmd.OutOrStdout(), []string{"INTERFACE", "IFINDEX", "IPV4", "MAC"}, rows, js)
-		},
+	toJSON := func(e maps.Endpoint) endpointJSON {
+		return endpointJSON{ifName(e.Ifindex), e.Ifindex, e.IPv4.String(), e.MAC.String()}
 	}
+	return mapCmd(g, "endpoints", "Decode the endpoints map: the workloads behind each cali* interface",
+		[]string{"INTERFACE", "IFINDEX", "IPV4", "MAC"},
+		func(s *maps.Set) ([]maps.Endpoint, error) { return s.Endpoints.List() },
+		func(e maps.Endpoint) []string {
+			j := toJSON(e)
+			return []string{j.Interface, strconv.FormatUint(uint64(j.Ifindex), 10), j.IPv4, j.MAC}
+		}, toJSON)
 }
 
 type counterJSON struct {
@@ -139,30 +141,16 @@ type counterJSON struct {
 }
 
 func newCountersCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "counters",
-		Short: "Forwarding and drop counters by interface, hook and reason (summed over CPUs)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := g.open()
-			if err != nil {
-				return err
-			}
-			defer set.Close()
-			cs, err := set.Counters.List()
-			if err != nil {
-				return err
-			}
-			var rows [][]string
-			js := []counterJSON{}
-			for _, c := range cs {
-				rows = append(rows, []string{ifName(c.Ifindex), c.Hook.String(), c.Reason.String(),
-					strconv.FormatUint(c.Packets, 10), strconv.FormatUint(c.Bytes, 10)})
-				js = append(js, counterJSON{ifName(c.Ifindex), c.Ifindex, c.Hook.String(), c.Reason.String(), c.Packets, c.Bytes})
-			}
-			return g.render(cmd.OutOrStdout(), []string{"INTERFACE", "HOOK", "REASON", "PACKETS", "BYTES"}, rows, js)
-		},
+	toJSON := func(c maps.Counter) counterJSON {
+		return counterJSON{ifName(c.Ifindex), c.Ifindex, c.Hook.String(), c.Reason.String(), c.Packets, c.Bytes}
 	}
+	return mapCmd(g, "counters", "Forwarding and drop counters by interface, hook and reason (summed over CPUs)",
+		[]string{"INTERFACE", "HOOK", "REASON", "PACKETS", "BYTES"},
+		func(s *maps.Set) ([]maps.Counter, error) { return s.Counters.List() },
+		func(c maps.Counter) []string {
+			j := toJSON(c)
+			return []string{j.Interface, j.Hook, j.Reason, strconv.FormatUint(j.Packets, 10), strconv.FormatUint(j.Bytes, 10)}
+		}, toJSON)
 }
 
 func orDash(s string) string {
