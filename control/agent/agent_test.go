@@ -19,6 +19,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/control/workload"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
@@ -321,4 +322,42 @@ func loaderAttachedHook(root, ifname string, hook loader.Hook) (loader.Attachmen
 	}
 	defer d.Close()
 	return d.Attached(ifname, hook)
+}
+
+// A workload created by the CNI plugin's code path ends up programmed by the agent, its route
+// taken over by the agent's protocol; deleting it through the same path cleans everything.
+func TestAgentWithCNIWorkload(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	ds := datastoretest.New(t, datastore.WithRegisterer(reg))
+	h, set := startAgent(t, reg, ds)
+	wns := netns.New(t, "mgyagc-")
+	spec := workload.Spec{ID: "web", Name: "web", Node: "vm100", Netns: wns.Path}
+	ipm := ipam.New(ds)
+	var res workload.Result
+	if err := h.ns.Do(func() (err error) { res, err = workload.Add(ctx, ds, ipm, spec); return err }); err != nil {
+		t.Fatal(err)
+	}
+	idx := uint32(h.ns.Link(t, res.HostVeth).Attrs().Index)
+	eventually(t, "CNI workload programmed", func() error {
+		if r, ok := h.routes(t)[res.IPv4]; !ok || r.LinkIndex != int(idx) {
+			return fmt.Errorf("no proto %d route for %v", dataplane.RouteProtocol, res.IPv4)
+		}
+		if ep, err := set.Endpoints.Get(idx); err != nil || ep.IPv4 != res.IPv4.Addr() || ep.MAC.String() != res.MAC.String() {
+			return fmt.Errorf("endpoint %+v, %v", ep, err)
+		}
+		return nil
+	})
+	if err := h.ns.Do(func() error { return workload.Del(ctx, ds, ipm, spec) }); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "CNI workload removed", func() error {
+		if _, ok := h.routes(t)[res.IPv4]; ok {
+			return errors.New("route still there")
+		}
+		if eps, _ := set.Endpoints.List(); len(eps) != 0 {
+			return fmt.Errorf("endpoints left: %+v", eps)
+		}
+		return nil
+	})
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/datastore/etcdembed"
 )
 
 // testPKI holds PEM files of a CA, a server certificate for 127.0.0.1 and a client certificate.
@@ -106,8 +107,8 @@ func TestTLS(t *testing.T) {
 	t.Parallel()
 	pki := newTestPKI(t)
 	e := datastoretest.Start(t,
-		datastore.WithClientURL("https://127.0.0.1:0"),
-		datastore.WithServerTLS(pki.serverCert, pki.serverKey, pki.ca))
+		etcdembed.WithClientURL("https://127.0.0.1:0"),
+		etcdembed.WithServerTLS(pki.serverCert, pki.serverKey, pki.ca))
 	eps := e.Endpoints()
 	if !strings.HasPrefix(eps[0], "https://127.0.0.1:") {
 		t.Fatalf("Endpoints() = %v, want https://127.0.0.1:<port>", eps)

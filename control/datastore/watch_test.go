@@ -14,6 +14,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/datastore/etcdembed"
 )
 
 const eventTimeout = 10 * time.Second
@@ -268,7 +269,7 @@ func TestWatchSurvivesRestart(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	dir := t.TempDir()
-	e, err := datastore.StartEmbedded(ctx, dir, datastore.WithClientURL("http://127.0.0.1:0"), datastore.WithUnsafeNoFsync())
+	e, err := etcdembed.Start(ctx, dir, etcdembed.WithClientURL("http://127.0.0.1:0"), etcdembed.WithUnsafeNoFsync())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +297,7 @@ func TestWatchSurvivesRestart(t *testing.T) {
 	apply(w.next(t))
 
 	e.Close()
-	e2, err := datastore.StartEmbedded(ctx, dir, datastore.WithClientURL(e.Endpoints()[0]), datastore.WithUnsafeNoFsync())
+	e2, err := etcdembed.Start(ctx, dir, etcdembed.WithClientURL(e.Endpoints()[0]), etcdembed.WithUnsafeNoFsync())
 	if err != nil {
 		t.Fatalf("restart etcd on %s: %v", e.Endpoints()[0], err)
 	}

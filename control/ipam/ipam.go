@@ -16,6 +16,8 @@ var (
 	ErrPoolExhausted = errors.New("ip pools exhausted")
 	// ErrNoPool: there is no enabled pool to allocate from.
 	ErrNoPool = errors.New("no enabled ip pool")
+	// ErrHandleInUse: the handle is held by another node or workload.
+	ErrHandleInUse = errors.New("handle in use")
 	// ErrContention: compare-and-swap kept losing; the caller may retry.
 	ErrContention = errors.New("too much contention on ipam blocks")
 )
@@ -74,6 +76,10 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	// that nothing can release.
 	h, err := i.ds.Handles().Get(ctx, req.Handle)
 	switch {
+	case err == nil && (h.Value.Node != req.Node || h.Value.Workload != req.Workload):
+		// Handing this handle's address to someone else would put it on two hosts at once.
+		return Assignment{}, fmt.Errorf("assign address: handle %s belongs to workload %q on node %s: %w",
+			req.Handle, h.Value.Workload, h.Value.Node, ErrHandleInUse)
 	case err == nil && len(h.Value.IPs) > 0:
 		return i.existing(ctx, h.Value)
 	case errors.Is(err, datastore.ErrNotFound):

@@ -109,6 +109,10 @@ func TestAssignAndRelease(t *testing.T) {
 	}
 	noProblems(t, i)
 
+	// The same handle from another node must not get vm100's address.
+	if _, err := i.Assign(ctx, Request{Handle: "h4", Node: "vm101", Workload: "vm101/h4"}); !errors.Is(err, ErrHandleInUse) {
+		t.Errorf("assign of vm100's handle on vm101: %v, want ErrHandleInUse", err)
+	}
 	if _, err := i.Assign(ctx, Request{Handle: "bad/handle", Node: "vm100"}); err == nil {
 		t.Error("assign accepted a handle with a slash")
 	}

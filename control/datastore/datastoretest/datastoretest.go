@@ -9,19 +9,20 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/etcdembed"
 )
 
 // Start starts an embedded etcd on a free loopback port with its data in tb.TempDir() and stops
 // it on cleanup. Every call gets its own etcd, so tests and packages can run in parallel.
-func Start(tb testing.TB, opts ...datastore.EmbedOption) *datastore.Embedded {
+func Start(tb testing.TB, opts ...etcdembed.Option) *etcdembed.Etcd {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	opts = append([]datastore.EmbedOption{
-		datastore.WithClientURL("http://127.0.0.1:0"),
-		datastore.WithUnsafeNoFsync(),
+	opts = append([]etcdembed.Option{
+		etcdembed.WithClientURL("http://127.0.0.1:0"),
+		etcdembed.WithUnsafeNoFsync(),
 	}, opts...)
-	e, err := datastore.StartEmbedded(ctx, tb.TempDir(), opts...)
+	e, err := etcdembed.Start(ctx, tb.TempDir(), opts...)
 	if err != nil {
 		tb.Fatalf("start embedded etcd: %v", err)
 	}

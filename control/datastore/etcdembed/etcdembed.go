@@ -1,31 +1,34 @@
-package datastore
+package etcdembed
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/margaynet/margay/control/datastore"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// Embedded is a single-member etcd running in this process, for the lab and for tests.
-type Embedded struct {
+// Etcd is a single-member etcd running in this process, for the lab and for tests.
+type Etcd struct {
 	etcd      *embed.Etcd
 	endpoints []string
 	closing   *atomic.Bool // silences etcd's log while it shuts down: it reports every closed listener as an error
 	closeOnce sync.Once
 }
 
-// EmbedOption configures StartEmbedded.
-type EmbedOption func(*embedOptions)
+// Option configures Start.
+type Option func(*options)
 
-type embedOptions struct {
+type options struct {
 	clientURL    string
 	peerURL      string
 	certFile     string
@@ -38,34 +41,34 @@ type embedOptions struct {
 
 // WithClientURL sets the URL etcd serves clients on (default http://127.0.0.1:2379). Port 0
 // picks a free port; Endpoints then tells which. An https URL needs WithServerTLS.
-func WithClientURL(u string) EmbedOption { return func(o *embedOptions) { o.clientURL = u } }
+func WithClientURL(u string) Option { return func(o *options) { o.clientURL = u } }
 
 // WithPeerURL sets the URL for raft peers (default http://127.0.0.1:0, a free port: a
 // single-member cluster has no peers).
-func WithPeerURL(u string) EmbedOption { return func(o *embedOptions) { o.peerURL = u } }
+func WithPeerURL(u string) Option { return func(o *options) { o.peerURL = u } }
 
 // WithServerTLS serves clients over TLS with the given PEM certificate and key. If clientCAFile is
 // set, clients must present a certificate signed by it.
-func WithServerTLS(certFile, keyFile, clientCAFile string) EmbedOption {
-	return func(o *embedOptions) { o.certFile, o.keyFile, o.clientCAFile = certFile, keyFile, clientCAFile }
+func WithServerTLS(certFile, keyFile, clientCAFile string) Option {
+	return func(o *options) { o.certFile, o.keyFile, o.clientCAFile = certFile, keyFile, clientCAFile }
 }
 
 // WithReadyTimeout bounds the wait for etcd to serve (default 30s).
-func WithReadyTimeout(d time.Duration) EmbedOption {
-	return func(o *embedOptions) { o.readyTimeout = d }
+func WithReadyTimeout(d time.Duration) Option {
+	return func(o *options) { o.readyTimeout = d }
 }
 
 // WithUnsafeNoFsync turns off fsync: much faster, and loses data on a crash. For tests only.
-func WithUnsafeNoFsync() EmbedOption { return func(o *embedOptions) { o.noFsync = true } }
+func WithUnsafeNoFsync() Option { return func(o *options) { o.noFsync = true } }
 
 // WithEtcdLogger sets etcd's own logger; the default logs errors to stderr.
-func WithEtcdLogger(l *zap.Logger) EmbedOption { return func(o *embedOptions) { o.logger = l } }
+func WithEtcdLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l } }
 
-// StartEmbedded starts etcd with its data in dir and waits until it serves, bounded by ctx and the
+// Start starts etcd with its data in dir and waits until it serves, bounded by ctx and the
 // ready timeout. Restarting on the same dir keeps the data.
-func StartEmbedded(ctx context.Context, dir string, opts ...EmbedOption) (*Embedded, error) {
-	o := embedOptions{
-		clientURL:    DefaultEndpoint,
+func Start(ctx context.Context, dir string, opts ...Option) (*Etcd, error) {
+	o := options{
+		clientURL:    datastore.DefaultEndpoint,
 		peerURL:      "http://127.0.0.1:0",
 		readyTimeout: 30 * time.Second,
 	}
@@ -79,14 +82,14 @@ func StartEmbedded(ctx context.Context, dir string, opts ...EmbedOption) (*Embed
 	logger := o.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return mutableCore{c, closing} }))
 	cu, err := url.Parse(o.clientURL)
 	if err != nil {
-		return nil, fmt.Errorf("datastore: start etcd: client URL: %w", err)
+		return nil, fmt.Errorf("etcdembed: start etcd: client URL: %w", err)
 	}
 	pu, err := url.Parse(o.peerURL)
 	if err != nil {
-		return nil, fmt.Errorf("datastore: start etcd: peer URL: %w", err)
+		return nil, fmt.Errorf("etcdembed: start etcd: peer URL: %w", err)
 	}
 	if cu.Scheme == "https" && o.certFile == "" {
-		return nil, fmt.Errorf("datastore: start etcd: client URL %s is https but no certificate is given", o.clientURL)
+		return nil, fmt.Errorf("etcdembed: start etcd: client URL %s is https but no certificate is given", o.clientURL)
 	}
 
 	cfg := embed.NewConfig()
@@ -109,7 +112,7 @@ func StartEmbedded(ctx context.Context, dir string, opts ...EmbedOption) (*Embed
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("datastore: start etcd in %s: %w", dir, err)
+		return nil, fmt.Errorf("etcdembed: start etcd in %s: %w", dir, err)
 	}
 	timer := time.NewTimer(o.readyTimeout)
 	defer timer.Stop()
@@ -118,32 +121,32 @@ func StartEmbedded(ctx context.Context, dir string, opts ...EmbedOption) (*Embed
 	case err := <-e.Err():
 		closing.Store(true)
 		e.Close()
-		return nil, fmt.Errorf("datastore: start etcd in %s: %w", dir, err)
+		return nil, fmt.Errorf("etcdembed: start etcd in %s: %w", dir, err)
 	case <-timer.C:
 		closing.Store(true)
 		e.Close()
-		return nil, fmt.Errorf("datastore: start etcd in %s: not ready after %s", dir, o.readyTimeout)
+		return nil, fmt.Errorf("etcdembed: start etcd in %s: not ready after %s", dir, o.readyTimeout)
 	case <-ctx.Done():
 		closing.Store(true)
 		e.Close()
-		return nil, fmt.Errorf("datastore: start etcd in %s: %w", dir, ctx.Err())
+		return nil, fmt.Errorf("etcdembed: start etcd in %s: %w", dir, ctx.Err())
 	}
-	em := &Embedded{etcd: e, closing: closing}
+	em := &Etcd{etcd: e, closing: closing}
 	for _, l := range e.Clients {
 		em.endpoints = append(em.endpoints, cu.Scheme+"://"+l.Addr().String())
 	}
 	if len(em.endpoints) == 0 {
 		em.Close()
-		return nil, errors.New("datastore: start etcd: no client listener")
+		return nil, errors.New("etcdembed: start etcd: no client listener")
 	}
 	return em, nil
 }
 
 // Endpoints returns the client URLs with the ports actually bound.
-func (e *Embedded) Endpoints() []string { return append([]string(nil), e.endpoints...) }
+func (e *Etcd) Endpoints() []string { return append([]string(nil), e.endpoints...) }
 
 // Close stops etcd and waits until it has stopped. It is safe to call more than once.
-func (e *Embedded) Close() {
+func (e *Etcd) Close() {
 	e.closeOnce.Do(func() {
 		e.closing.Store(true)
 		e.etcd.Close()
@@ -166,4 +169,11 @@ func (c mutableCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.C
 		return ce
 	}
 	return c.Core.Check(e, ce)
+}
+
+// quietZap is the logger handed to etcd: errors only, on stderr.
+func quietZap() *zap.Logger {
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), zap.ErrorLevel))
 }

@@ -1,12 +1,12 @@
-package datastore_test
+package etcdembed_test
 
 import (
 	"net"
 	"strings"
 	"testing"
 
-	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/datastore/etcdembed"
 )
 
 func TestEmbeddedErrors(t *testing.T) {
@@ -19,21 +19,21 @@ func TestEmbeddedErrors(t *testing.T) {
 	busy := "http://" + l.Addr().String()
 	for _, tt := range []struct {
 		name string
-		opts []datastore.EmbedOption
+		opts []etcdembed.Option
 		want string
 	}{
-		{"port in use", []datastore.EmbedOption{datastore.WithClientURL(busy)}, "address already in use"},
-		{"https without certificate", []datastore.EmbedOption{datastore.WithClientURL("https://127.0.0.1:0")}, "no certificate"},
-		{"bad url", []datastore.EmbedOption{datastore.WithClientURL("http://[::1")}, "client URL"},
+		{"port in use", []etcdembed.Option{etcdembed.WithClientURL(busy)}, "address already in use"},
+		{"https without certificate", []etcdembed.Option{etcdembed.WithClientURL("https://127.0.0.1:0")}, "no certificate"},
+		{"bad url", []etcdembed.Option{etcdembed.WithClientURL("http://[::1")}, "client URL"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			e, err := datastore.StartEmbedded(t.Context(), t.TempDir(), tt.opts...)
+			e, err := etcdembed.Start(t.Context(), t.TempDir(), tt.opts...)
 			if err == nil {
 				e.Close()
-				t.Fatal("StartEmbedded succeeded")
+				t.Fatal("Start succeeded")
 			}
 			if !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("StartEmbedded = %v, want %q", err, tt.want)
+				t.Fatalf("Start = %v, want %q", err, tt.want)
 			}
 		})
 	}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/margaynet/margay/control/datastore"
+)
+
+// netConf is the network configuration margay-cni reads on stdin. Unknown fields are an error, so
+// a misspelt setting is reported instead of silently ignored.
+type netConf struct {
+	// Standard fields of the CNI specification, and what runtimes inject.
+	CNIVersion       string               `json:"cniVersion"`
+	Name             string               `json:"name"`
+	Type             string               `json:"type"`
+	Capabilities     map[string]bool      `json:"capabilities,omitempty"`
+	RuntimeConfig    json.RawMessage      `json:"runtimeConfig,omitempty"`
+	Args             json.RawMessage      `json:"args,omitempty"`
+	DNS              *types.DNS           `json:"dns,omitempty"`
+	IPAM             json.RawMessage      `json:"ipam,omitempty"`
+	RawPrevResult    json.RawMessage      `json:"prevResult,omitempty"`
+	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
+	Attachments      []types.GCAttachment `json:"cni.dev/attachments,omitempty"` // older name of the same list
+	NodeName         string               `json:"nodeName,omitempty"`
+	MTU              int                  `json:"mtu,omitempty"`
+	Datastore        *datastoreConf       `json:"datastore,omitempty"`
+	DatastoreConfig  string               `json:"datastoreConfig,omitempty"`
+	LogLevel         string               `json:"logLevel,omitempty"`
+	LogFile          string               `json:"logFile,omitempty"`
+	ds               datastore.Config     `json:"-"`
+	level            slog.Level           `json:"-"`
+}
+
+// datastoreConf is the "datastore" object: how to reach etcd.
+type datastoreConf struct {
+	Endpoints   []string `json:"endpoints,omitempty"`
+	CAFile      string   `json:"caFile,omitempty"`
+	CertFile    string   `json:"certFile,omitempty"`
+	KeyFile     string   `json:"keyFile,omitempty"`
+	Username    string   `json:"username,omitempty"`
+	Password    string   `json:"password,omitempty"`
+	Prefix      string   `json:"prefix,omitempty"`
+	DialTimeout string   `json:"dialTimeout,omitempty"` // Go duration, e.g. "2s"
+}
+
+func invalidConf(format string, args ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, "margay-cni: invalid network config: "+fmt.Sprintf(format, args...), "")
+}
+
+// parseConf decodes and checks the network configuration; every problem is a code-7 error that
+// says which field to fix.
+func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var c netConf
+	if err := dec.Decode(&c); err != nil {
+		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return nil, invalidConf("unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
+				"logFile and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout)", f)
+		}
+		return nil, invalidConf("%v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, invalidConf("data after the JSON object")
+	}
+	if len(c.IPAM) > 0 && string(c.IPAM) != "null" && string(c.IPAM) != "{}" {
+		return nil, invalidConf(`"ipam" is not used: margay-cni assigns addresses itself from Margay's IP pools (margayctl pool); remove it`)
+	}
+	if c.MTU != 0 && (c.MTU < 68 || c.MTU > 65535) {
+		return nil, invalidConf("mtu %d outside 68..65535 (0 or absent: the MTU of the host's default-route interface)", c.MTU)
+	}
+	if c.NodeName == "" {
+		h, err := hostname()
+		if err != nil {
+			return nil, invalidConf("nodeName is not set and the hostname is unknown: %v", err)
+		}
+		c.NodeName = h
+	}
+	if err := datastore.ValidateName(c.NodeName); err != nil {
+		return nil, invalidConf("nodeName: %v", err)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "", "info":
+		c.level = slog.LevelInfo
+	case "debug":
+		c.level = slog.LevelDebug
+	case "warn", "warning":
+		c.level = slog.LevelWarn
+	case "error":
+		c.level = slog.LevelError
+	default:
+		return nil, invalidConf("logLevel %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.Datastore == nil && c.DatastoreConfig == "" {
+		return nil, invalidConf(`no datastore: set "datastore": {"endpoints": ["https://<etcd>:2379"], ...} or "datastoreConfig": "/etc/margay/datastore.yaml"`)
+	}
+	if d := c.Datastore; d != nil {
+		c.ds = datastore.Config{Endpoints: d.Endpoints, CAFile: d.CAFile, CertFile: d.CertFile, KeyFile: d.KeyFile,
+			Username: d.Username, Password: d.Password, Prefix: d.Prefix}
+		if d.DialTimeout != "" {
+			t, err := time.ParseDuration(d.DialTimeout)
+			if err != nil || t <= 0 {
+				return nil, invalidConf("datastore.dialTimeout %q: want a positive Go duration such as \"2s\"", d.DialTimeout)
+			}
+			c.ds.DialTimeout = t
+		}
+	}
+	if c.DatastoreConfig != "" {
+		file, err := datastore.LoadConfigFile(c.DatastoreConfig)
+		if err != nil {
+			return nil, invalidConf("datastoreConfig: %v", err)
+		}
+		c.ds.FillFrom(file)
+	}
+	if err := c.ds.Validate(); err != nil {
+		return nil, invalidConf("%v", err) // "datastore: invalid config: …"
+	}
+	return &c, nil
+}
+
+// logger returns the plugin's logger: text to logFile (appended) or stderr, at logLevel.
+func (c *netConf) logger() (*slog.Logger, func(), error) {
+	w, closeFn := io.Writer(os.Stderr), func() {}
+	if c.LogFile != "" {
+		if err := os.MkdirAll(filepath.Dir(c.LogFile), 0o755); err != nil {
+			return nil, nil, invalidConf("logFile: %v", err)
+		}
+		f, err := os.OpenFile(c.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+		if err != nil {
+			return nil, nil, invalidConf("logFile: %v", err)
+		}
+		w, closeFn = f, func() { _ = f.Close() }
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: c.level})), closeFn, nil
+}
+
+// validAttachments returns the container IDs of the attachments GC must keep.
+func (c *netConf) validAttachments() map[string]bool {
+	keep := map[string]bool{}
+	for _, a := range append(c.ValidAttachments, c.Attachments...) {
+		keep[a.ContainerID] = true
+	}
+	return keep
+}
+
+// parseCNIArgs splits CNI_ARGS ("K1=V1;K2=V2"). Keys margay-cni does not use are ignored, as if
+// IgnoreUnknown were always set.
+func parseCNIArgs(s string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, kv := range strings.Split(s, ";") {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+				fmt.Sprintf("margay-cni: CNI_ARGS: %q is not KEY=VALUE", kv), "")
+		}
+		m[k] = v
+	}
+	return m, nil
+}

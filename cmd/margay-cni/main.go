@@ -1,0 +1,288 @@
+// Command margay-cni is Margay's CNI plugin (spec 0.4.0, 1.0.0 and 1.1.0): ADD gives a container a
+// veth pair and a /32 from Margay's IP pools and records the workload in etcd for the agent, DEL
+// undoes it, CHECK verifies it, GC removes what the runtime no longer knows and STATUS says
+// whether ADD can work.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/control/workload"
+)
+
+// opTimeout bounds one command, etcd connection included.
+const opTimeout = 60 * time.Second
+
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "margay-cni: Margay's CNI plugin (pure L3, eBPF dataplane)")
+}
+
+// session is what every command needs: the checked config, a logger and a datastore client.
+type session struct {
+	conf  *netConf
+	ws    workload.Spec // for ADD, DEL and CHECK
+	log   *slog.Logger
+	ds    *datastore.Client
+	close func()
+}
+
+// open parses the config and the arguments, sets up logging and connects to etcd within ctx.
+func open(ctx context.Context, cmd string, args *skel.CmdArgs) (*session, error) {
+	conf, err := parseConf(args.StdinData, os.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	var ws workload.Spec
+	if args.ContainerID != "" {
+		if ws, err = spec(args, conf); err != nil {
+			return nil, err
+		}
+	}
+	log, closeLog, err := conf.logger()
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("cmd", cmd, "network", conf.Name, "node", conf.NodeName)
+	if args.ContainerID != "" {
+		log = log.With("container", args.ContainerID)
+	}
+	slog.SetDefault(log)
+	ds, err := connect(ctx, conf, log)
+	if err != nil {
+		closeLog()
+		return nil, err
+	}
+	return &session{conf: conf, ws: ws, log: log, ds: ds, close: func() { _ = ds.Close(); closeLog() }}, nil
+}
+
+// connect waits for etcd at most twice the dial timeout: a runtime would rather retry than hang.
+func connect(ctx context.Context, conf *netConf, log *slog.Logger) (*datastore.Client, error) {
+	dial := conf.ds.DialTimeout
+	if dial == 0 {
+		dial = datastore.DefaultDialTimeout
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*dial)
+	defer cancel()
+	ds, err := datastore.New(cctx, conf.ds, datastore.WithLogger(log))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return nil, types.NewError(types.ErrTryAgainLater,
+				"margay-cni: etcd is unreachable; check that it runs and that \"datastore\" in the network config points at it", err.Error())
+		}
+		return nil, invalidConf("%v", err)
+	}
+	return ds, nil
+}
+
+// spec builds the workload spec of a CNI call. A Kubernetes pod (K8S_POD_NAMESPACE and
+// K8S_POD_NAME in CNI_ARGS) is the workload "<namespace>.<pod>", anything else the container ID.
+func spec(args *skel.CmdArgs, conf *netConf) (workload.Spec, error) {
+	kv, err := parseCNIArgs(args.Args)
+	if err != nil {
+		return workload.Spec{}, err
+	}
+	s := workload.Spec{Node: conf.NodeName, ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, MTU: conf.MTU}
+	ns, pod := kv["K8S_POD_NAMESPACE"], kv["K8S_POD_NAME"]
+	switch {
+	case ns == "" && pod == "":
+		s.ID, s.Name = args.ContainerID, args.ContainerID
+	case ns == "" || pod == "":
+		return workload.Spec{}, badEnv("CNI_ARGS has only one of K8S_POD_NAMESPACE and K8S_POD_NAME; give both or neither")
+	default:
+		if err := datastore.ValidateName(ns); err != nil || containsDot(ns) {
+			return workload.Spec{}, badEnv(fmt.Sprintf("CNI_ARGS: K8S_POD_NAMESPACE %q is not a Kubernetes namespace name", ns))
+		}
+		s.ID, s.Name, s.Namespace = workload.KubernetesID(ns, pod), pod, ns
+	}
+	if err := datastore.ValidateName(s.ID); err != nil {
+		return workload.Spec{}, badEnv(fmt.Sprintf("workload ID %q (from CNI_CONTAINERID or K8S_POD_NAME): %v", s.ID, err))
+	}
+	return s, nil
+}
+
+func containsDot(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '.' {
+			return true
+		}
+	}
+	return false
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	s, err := open(ctx, "ADD", args)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	ws := s.ws
+	start := time.Now()
+	res, err := workload.Add(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws)
+	if err != nil {
+		s.log.Error("add failed", "workload", ws.ID, "err", err)
+		return cniError(err)
+	}
+	s.log.Debug("add done", "workload", ws.ID, "took", time.Since(start))
+	return types.PrintResult(cniResult(res, s.conf), s.conf.CNIVersion)
+}
+
+// cniResult is the ADD result: the host veth, the container interface with its sandbox, the /32
+// with gateway 169.254.1.1 and the default route.
+func cniResult(res workload.Result, conf *netConf) *current.Result {
+	gw := net.IP(res.Gateway.AsSlice())
+	r := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: res.HostVeth, Mac: res.HostMAC.String()},
+			{Name: res.IfName, Mac: res.MAC.String(), Sandbox: res.Netns},
+		},
+		IPs: []*current.IPConfig{{
+			Interface: current.Int(1),
+			Address:   net.IPNet{IP: res.IPv4.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)},
+			Gateway:   gw,
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
+	}
+	if ok, _ := version.GreaterThanOrEqualTo(conf.CNIVersion, "1.1.0"); ok {
+		for _, i := range r.Interfaces {
+			i.Mtu = res.MTU // the mtu field is new in 1.1.0
+		}
+	}
+	if conf.DNS != nil {
+		r.DNS = *conf.DNS
+	}
+	return r
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	s, err := open(ctx, "DEL", args)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	ws := s.ws
+	if err := workload.Del(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws); err != nil {
+		s.log.Error("delete failed", "workload", ws.ID, "err", err)
+		return cniError(err)
+	}
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	s, err := open(ctx, "CHECK", args)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	ws := s.ws
+	if err := workload.Check(ctx, s.ds, ws); err != nil {
+		return cniError(err)
+	}
+	return checkPrevResult(ctx, s, ws)
+}
+
+// checkPrevResult compares the addresses the runtime remembers from ADD with the endpoint's.
+func checkPrevResult(ctx context.Context, s *session, ws workload.Spec) error {
+	if len(s.conf.RawPrevResult) == 0 {
+		return nil
+	}
+	prev, err := version.NewResult(s.conf.CNIVersion, s.conf.RawPrevResult)
+	if err != nil {
+		return invalidConf("prevResult: %v", err)
+	}
+	res, err := current.NewResultFromResult(prev)
+	if err != nil {
+		return invalidConf("prevResult: %v", err)
+	}
+	rec, err := s.ds.Workloads(ws.Node).Get(ctx, ws.ID)
+	if err != nil {
+		return cniError(err)
+	}
+	for _, ipc := range res.IPs {
+		if len(rec.Value.IPv4) == 0 || ipc.Address.String() != rec.Value.IPv4[0].String() {
+			return cniError(fmt.Errorf("prevResult has %s, the endpoint %v: %w", ipc.Address.String(), rec.Value.IPv4, workload.ErrMismatch))
+		}
+	}
+	return nil
+}
+
+// cmdGC deletes this node's CNI workloads whose container is not among the valid attachments.
+// Workloads created by margayctl (no container ID) are not the runtime's and stay.
+func cmdGC(args *skel.CmdArgs) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	s, err := open(ctx, "GC", args)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	items, _, err := s.ds.Workloads(s.conf.NodeName).List(ctx)
+	if err != nil {
+		return cniError(err)
+	}
+	keep := s.conf.validAttachments()
+	ipm := ipam.New(s.ds, ipam.WithLogger(s.log))
+	var errs []error
+	for _, it := range items {
+		w := it.Value
+		if w.ContainerID == "" || keep[w.ContainerID] {
+			continue
+		}
+		ws := workload.Spec{ID: it.Name, Node: s.conf.NodeName, ContainerID: w.ContainerID}
+		if err := workload.Del(ctx, s.ds, ipm, ws); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.log.Info("garbage-collected workload", "workload", it.Name, "container", w.ContainerID, "ips", w.IPv4)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cniError(err)
+	}
+	return nil
+}
+
+// cmdStatus reports whether ADD can work: etcd answers and an enabled pool exists.
+func cmdStatus(args *skel.CmdArgs) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	s, err := open(ctx, "STATUS", args)
+	if err != nil {
+		var te *types.Error
+		if errors.As(err, &te) && te.Code == types.ErrTryAgainLater {
+			return types.NewError(types.ErrPluginNotAvailable, te.Msg, te.Details)
+		}
+		return err
+	}
+	defer s.close()
+	pools, _, err := s.ds.Pools().List(ctx)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "margay-cni: cannot read the IP pools from etcd", err.Error())
+	}
+	for _, p := range pools {
+		if !p.Value.Disabled {
+			return nil
+		}
+	}
+	return types.NewError(types.ErrPluginNotAvailable,
+		"margay-cni: no enabled IP pool, so ADD cannot assign addresses; create one with margayctl pool add", "")
+}

@@ -1,0 +1,778 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/control/workload"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+const node = "node-1"
+
+// pluginBin is the margay-cni binary, built once by TestMain.
+var pluginBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "margay-cni-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go" // where make deps expects Go
+	}
+	pluginBin = filepath.Join(dir, "margay-cni")
+	build := exec.Command(goBin, "build", "-o", pluginBin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build margay-cni: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// world is one test's cluster of one: an embedded etcd, a host namespace with ip_forward for the
+// node, and a TCP relay inside the host namespace to etcd, because the plugin runs in the host
+// namespace (nsenter) while etcd listens on the root namespace's loopback.
+type world struct {
+	ds       *datastore.Client
+	host     *netns.NS
+	endpoint string // etcd as the plugin reaches it
+}
+
+func newWorld(t testing.TB, pools ...string) *world {
+	t.Helper()
+	e := datastoretest.Start(t)
+	ds := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	for i, p := range pools {
+		pool := datastore.Pool{Version: datastore.CurrentVersion, Name: fmt.Sprint("pool-", i), CIDR: netip.MustParsePrefix(p), BlockSize: 26}
+		if pool.CIDR.Bits() > 26 {
+			pool.BlockSize = pool.CIDR.Bits()
+		}
+		if _, err := ds.Pools().Create(t.Context(), pool.Name, pool); err != nil {
+			t.Fatal(err)
+		}
+	}
+	host := netns.New(t, "cnh")
+	if err := host.Sysctl("ipv4/ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	host.AddAddr(t, "lo", "198.18.0.1/32")
+	u, err := url.Parse(e.Endpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &world{ds: ds, host: host, endpoint: "http://" + relay(t, host, u.Host)}
+}
+
+// relay listens on 127.0.0.1 inside ns and forwards every connection to target in the root
+// namespace. It stops at cleanup.
+func relay(t testing.TB, in *netns.NS, target string) string {
+	t.Helper()
+	var l net.Listener
+	if err := in.Do(func() error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			wg.Go(func() {
+				d, err := net.Dial("tcp", target)
+				if err != nil {
+					_ = c.Close()
+					return
+				}
+				track(d)
+				go func() { _, _ = io.Copy(d, c); _ = d.Close() }()
+				_, _ = io.Copy(c, d)
+				_ = c.Close()
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}
+
+// conf returns a network config for the world; set adds or replaces fields (nil deletes).
+func (w *world) conf(version string, set map[string]any) []byte {
+	c := map[string]any{
+		"cniVersion": version,
+		"name":       "margay",
+		"type":       "margay-cni",
+		"nodeName":   node,
+		"logLevel":   "debug",
+		"datastore":  map[string]any{"endpoints": []string{w.endpoint}, "dialTimeout": "2s"},
+	}
+	for k, v := range set {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// call is one plugin invocation, exactly as a runtime makes it.
+type call struct {
+	cmd, containerID, netns, ifname, args string
+	conf                                  []byte
+	env                                   map[string]string // overrides; "" deletes
+}
+
+// outcome is what the plugin printed: the result on success, or its error.
+type outcome struct {
+	stdout []byte
+	stderr string
+	err    *types.Error
+}
+
+// run executes the plugin in the host namespace (nsenter) when host is set, else where the test
+// runs (only for calls that fail before touching the network).
+func run(t testing.TB, host *netns.NS, c call) outcome {
+	t.Helper()
+	var cmd *exec.Cmd
+	if host != nil {
+		cmd = exec.Command("nsenter", "--net="+host.Path, "--", pluginBin)
+	} else {
+		cmd = exec.Command(pluginBin)
+	}
+	if c.ifname == "" {
+		c.ifname = "eth0"
+	}
+	env := map[string]string{
+		"CNI_COMMAND":     c.cmd,
+		"CNI_CONTAINERID": c.containerID,
+		"CNI_NETNS":       c.netns,
+		"CNI_IFNAME":      c.ifname,
+		"CNI_ARGS":        c.args,
+		"CNI_PATH":        filepath.Dir(pluginBin),
+	}
+	for k, v := range c.env {
+		env[k] = v
+	}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	for k, v := range env {
+		if v != "" {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	cmd.Stdin = bytes.NewReader(c.conf)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	o := outcome{stdout: stdout.Bytes(), stderr: stderr.String()}
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("run margay-cni: %v", err)
+		}
+		o.err = &types.Error{}
+		if jerr := json.Unmarshal(o.stdout, o.err); jerr != nil || o.err.Code == 0 {
+			t.Fatalf("margay-cni %s failed (%v) without a CNI error on stdout: %q\nstderr: %s", c.cmd, err, o.stdout, o.stderr)
+		}
+	}
+	return o
+}
+
+// mustAdd runs ADD and returns the parsed result.
+func (w *world) mustAdd(t testing.TB, version, containerID, nsPath, args string) *current.Result {
+	t.Helper()
+	o := run(t, w.host, call{cmd: "ADD", containerID: containerID, netns: nsPath, args: args, conf: w.conf(version, nil)})
+	if o.err != nil {
+		t.Fatalf("ADD %s: %v\nstderr: %s", containerID, o.err, o.stderr)
+	}
+	t.Logf("ADD %s (cniVersion %s): %s", containerID, version, o.stdout)
+	r, err := create.CreateFromBytes(o.stdout)
+	if err != nil {
+		t.Fatalf("ADD result %s does not parse: %v", o.stdout, err)
+	}
+	if r.Version() != version {
+		t.Errorf("ADD printed a %s result for cniVersion %s: %s", r.Version(), version, o.stdout)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func (w *world) mustDel(t testing.TB, containerID, nsPath, args string) {
+	t.Helper()
+	o := run(t, w.host, call{cmd: "DEL", containerID: containerID, netns: nsPath, args: args, conf: w.conf("1.0.0", nil)})
+	if o.err != nil {
+		t.Fatalf("DEL %s: %v\nstderr: %s", containerID, o.err, o.stderr)
+	}
+}
+
+// workloadNS creates a named namespace that holds no open handle, so deleting it (the returned
+// func, also run at cleanup) destroys it as a runtime's netns removal does.
+func workloadNS(t testing.TB) (string, func()) {
+	t.Helper()
+	name := netns.UniqueName("cnw")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := vnetns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	h, err := vnetns.NewNamed(name)
+	if err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	if err := vnetns.Set(orig); err != nil {
+		t.Fatalf("return to original netns: %v", err)
+	}
+	h.Close()
+	remove := func() { _ = vnetns.DeleteNamed(name) }
+	t.Cleanup(remove)
+	return filepath.Join("/var/run/netns", name), remove
+}
+
+func inNS(t testing.TB, path string, fn func() error) {
+	t.Helper()
+	if err := ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (w *world) sysctl(t testing.TB, key string) string {
+	t.Helper()
+	var v []byte
+	if err := w.host.Do(func() error {
+		var err error
+		v, err = os.ReadFile(filepath.Join("/proc/sys/net", key))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(v))
+}
+
+// assertGone fails unless nothing of the workload with this ID is left.
+func (w *world) assertGone(t testing.TB, id string) {
+	t.Helper()
+	veth := workload.HostVethName(id)
+	if _, err := w.host.Netlink().LinkByName(veth); err == nil {
+		t.Errorf("host veth %s left behind", veth)
+	}
+	routes, err := w.host.Netlink().RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if l, err := w.host.Netlink().LinkByIndex(r.LinkIndex); err == nil && l.Attrs().Name == veth {
+			t.Errorf("route %s dev %s left behind", r.Dst, veth)
+		}
+	}
+	if _, err := w.ds.Workloads(node).Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("record %s: %v, want not found", id, err)
+	}
+	if _, err := w.ds.Handles().Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("IPAM handle %s: %v, want not found", id, err)
+	}
+}
+
+func TestAddDel(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	for _, version := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(version, func(t *testing.T) {
+			path, _ := workloadNS(t)
+			pod := "web-" + strings.ReplaceAll(version, ".", "")
+			id := "default." + pod
+			cid := "ctr" + strings.ReplaceAll(version, ".", "")
+			args := "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=" + pod + ";K8S_POD_INFRA_CONTAINER_ID=" + cid
+			res := w.mustAdd(t, version, cid, path, args)
+
+			// The printed result.
+			veth := workload.HostVethName(id)
+			if len(res.Interfaces) != 2 || res.Interfaces[0].Name != veth || res.Interfaces[0].Mac != "ee:ee:ee:ee:ee:ee" ||
+				res.Interfaces[1].Name != "eth0" || res.Interfaces[1].Sandbox != path {
+				t.Fatalf("interfaces %v", res.Interfaces)
+			}
+			if len(res.IPs) != 1 || res.IPs[0].Interface == nil || *res.IPs[0].Interface != 1 ||
+				!res.IPs[0].Gateway.Equal(net.ParseIP("169.254.1.1")) || res.IPs[0].Address.Mask.String() != "ffffffff" {
+				t.Fatalf("ips %v", res.IPs)
+			}
+			ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+			if !netip.MustParsePrefix("198.19.0.0/16").Contains(ip) {
+				t.Errorf("address %s outside the pool", ip)
+			}
+			if len(res.Routes) != 1 || res.Routes[0].Dst.String() != "0.0.0.0/0" || !res.Routes[0].GW.Equal(net.ParseIP("169.254.1.1")) {
+				t.Errorf("routes %v", res.Routes)
+			}
+
+			// The host side.
+			l := w.host.Link(t, veth)
+			if l.Attrs().HardwareAddr.String() != "ee:ee:ee:ee:ee:ee" || l.Attrs().Flags&net.FlagUp == 0 {
+				t.Errorf("host veth %s: MAC %s, flags %v", veth, l.Attrs().HardwareAddr, l.Attrs().Flags)
+			}
+			for key, want := range map[string]string{"ipv4/conf/" + veth + "/proxy_arp": "1", "ipv4/conf/" + veth + "/forwarding": "1",
+				"ipv4/neigh/" + veth + "/proxy_delay": "0"} {
+				if got := w.sysctl(t, key); got != want {
+					t.Errorf("%s = %s, want %s", key, got, want)
+				}
+			}
+			out := w.host.MustRun(t, "ip", "-4", "route", "show", "dev", veth)
+			// The kernel's default protocol (boot, which ip route does not print): the agent
+			// replaces it with its own once it sees the workload.
+			if want := ip.String() + " scope link"; !strings.Contains(out, want) {
+				t.Errorf("host route via %s: %q, want %q", veth, out, want)
+			}
+
+			// Inside the workload.
+			wl := &netns.NS{Name: "workload", Path: path}
+			out = wl.MustRun(t, "ip", "-4", "addr", "show", "dev", "eth0")
+			if !strings.Contains(out, "inet "+ip.String()+"/32") {
+				t.Errorf("eth0 lacks %s/32:\n%s", ip, out)
+			}
+			out = wl.MustRun(t, "ip", "-4", "route", "show")
+			for _, want := range []string{"default via 169.254.1.1 dev eth0", "169.254.1.1 dev eth0 scope link"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("workload routes lack %q:\n%s", want, out)
+				}
+			}
+			out = wl.MustRun(t, "ip", "neigh", "show", "169.254.1.1")
+			if !strings.Contains(out, "lladdr ee:ee:ee:ee:ee:ee PERMANENT") {
+				t.Errorf("workload neighbour 169.254.1.1: %q", out)
+			}
+			inNS(t, path, func() error {
+				l, err := netlink.LinkByName("eth0")
+				if err == nil && l.Attrs().HardwareAddr.String() != res.Interfaces[1].Mac {
+					t.Errorf("eth0 MAC %s, result says %s", l.Attrs().HardwareAddr, res.Interfaces[1].Mac)
+				}
+				return err
+			})
+
+			// The datastore.
+			rec, err := w.ds.Workloads(node).Get(t.Context(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := rec.Value; r.Name != pod || r.Namespace != "default" || r.IfName != veth || r.ContainerID != cid ||
+				r.Netns != path || r.MAC != res.Interfaces[1].Mac || !slices.Equal(r.IPv4, []netip.Prefix{netip.PrefixFrom(ip, 32)}) {
+				t.Errorf("record %+v", r)
+			}
+			h, err := w.ds.Handles().Get(t.Context(), id)
+			if err != nil || !slices.Equal(h.Value.IPs, []netip.Addr{ip}) || h.Value.Node != node {
+				t.Errorf("handle %+v: %v", h.Value, err)
+			}
+
+			w.mustDel(t, cid, path, args)
+			w.assertGone(t, id)
+			inNS(t, path, func() error {
+				if _, err := netlink.LinkByName("eth0"); err == nil {
+					t.Error("eth0 left in the workload after DEL")
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// ping polls until the workload at src reaches dst, within the deadline.
+func ping(t testing.TB, src, dst string) {
+	t.Helper()
+	wl := &netns.NS{Name: "workload", Path: src}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := wl.Run("ping", "-c", "1", "-W", "1", dst)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ping %s from %s: %v\n%s", dst, src, err, out)
+		}
+		time.Sleep(50 * time.Millisecond) // ping may fail at once (unreachable); poll, don't spin
+	}
+}
+
+func TestTwoWorkloadsPing(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	p1, _ := workloadNS(t)
+	p2, _ := workloadNS(t)
+	r1 := w.mustAdd(t, "1.0.0", "ping-a", p1, "")
+	r2 := w.mustAdd(t, "1.0.0", "ping-b", p2, "")
+	ip1, ip2 := r1.IPs[0].Address.IP.String(), r2.IPs[0].Address.IP.String()
+	ping(t, p1, ip2)
+	ping(t, p2, ip1)
+	w.mustDel(t, "ping-a", p1, "")
+	w.mustDel(t, "ping-b", p2, "")
+	w.assertGone(t, "ping-a")
+	w.assertGone(t, "ping-b")
+}
+
+func TestDelIdempotentAndDuplicateAdd(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	path, remove := workloadNS(t)
+	a := w.mustAdd(t, "1.0.0", "dup", path, "")
+	b := w.mustAdd(t, "1.0.0", "dup", path, "")
+	if a.IPs[0].Address.String() != b.IPs[0].Address.String() || a.Interfaces[1].Mac != b.Interfaces[1].Mac {
+		t.Errorf("duplicate ADD gave %s %s, first %s %s", b.IPs[0].Address.String(), b.Interfaces[1].Mac, a.IPs[0].Address.String(), a.Interfaces[1].Mac)
+	}
+	w.mustDel(t, "dup", path, "")
+	w.mustDel(t, "dup", path, "")
+	w.assertGone(t, "dup")
+
+	// DEL after the runtime removed the namespace, with and without CNI_NETNS.
+	w.mustAdd(t, "1.0.0", "gone", path, "")
+	remove()
+	w.mustDel(t, "gone", path, "")
+	w.mustDel(t, "gone", "", "")
+	w.assertGone(t, "gone")
+
+	// DEL of a container Margay never saw.
+	w.mustDel(t, "never-added", "", "")
+}
+
+func TestCheck(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	path, _ := workloadNS(t)
+	res := w.mustAdd(t, "1.1.0", "chk", path, "")
+	raw, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prev map[string]any
+	if err := json.Unmarshal(raw, &prev); err != nil {
+		t.Fatal(err)
+	}
+	conf := w.conf("1.1.0", map[string]any{"prevResult": prev})
+	if o := run(t, w.host, call{cmd: "CHECK", containerID: "chk", netns: path, conf: conf}); o.err != nil {
+		t.Fatalf("CHECK of a good workload: %v\n%s", o.err, o.stderr)
+	}
+
+	inNS(t, path, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Gw: net.ParseIP("169.254.1.1")})
+	})
+	o := run(t, w.host, call{cmd: "CHECK", containerID: "chk", netns: path, conf: conf})
+	if o.err == nil || o.err.Code != ErrCodeMismatch || !strings.Contains(o.err.Msg, "default via 169.254.1.1") {
+		t.Errorf("CHECK without the default route: %v, want code %d naming the route", o.err, ErrCodeMismatch)
+	}
+	o = run(t, w.host, call{cmd: "CHECK", containerID: "unknown", netns: path, conf: conf})
+	if o.err == nil || o.err.Code != types.ErrUnknownContainer {
+		t.Errorf("CHECK of an unknown container: %v, want code %d", o.err, types.ErrUnknownContainer)
+	}
+	w.mustDel(t, "chk", path, "")
+}
+
+func TestFailedAddLeavesNothing(t *testing.T) {
+	w := newWorld(t, "198.19.3.7/32")
+	p1, _ := workloadNS(t)
+	p2, _ := workloadNS(t)
+	w.mustAdd(t, "1.0.0", "first", p1, "")
+
+	o := run(t, w.host, call{cmd: "ADD", containerID: "second", netns: p2, conf: w.conf("1.0.0", nil)})
+	if o.err == nil || o.err.Code != ErrCodePoolExhausted || !strings.Contains(o.err.Msg, "exhausted") {
+		t.Errorf("ADD to a full pool: %v, want code %d", o.err, ErrCodePoolExhausted)
+	}
+	w.assertGone(t, "second")
+	inNS(t, p2, func() error {
+		if _, err := netlink.LinkByName("eth0"); err == nil {
+			t.Error("eth0 left in the workload namespace")
+		}
+		return nil
+	})
+
+	o = run(t, w.host, call{cmd: "ADD", containerID: "third", netns: "/var/run/netns/margay-no-such-ns", conf: w.conf("1.0.0", nil)})
+	if o.err == nil || o.err.Code != types.ErrUnknownContainer {
+		t.Errorf("ADD into a missing netns: %v, want code %d", o.err, types.ErrUnknownContainer)
+	}
+	w.assertGone(t, "third")
+	w.mustDel(t, "first", p1, "")
+}
+
+func TestBadRequests(t *testing.T) {
+	w := &world{endpoint: "http://127.0.0.1:2379"}
+	good := func(set map[string]any) []byte { return w.conf("1.0.0", set) }
+	closed := closedPort(t)
+	for _, c := range []struct {
+		name string
+		call call
+		code uint
+		msg  string
+	}{
+		{"bad json", call{conf: []byte(`{"cniVersion": "1.0.0", "name": `)}, types.ErrDecodingFailure, ""},
+		{"unknown field", call{conf: good(map[string]any{"mtuu": 1400})}, types.ErrInvalidNetworkConfig, `unknown field "mtuu"`},
+		{"unsupported cniVersion", call{conf: good(map[string]any{"cniVersion": "0.3.1"})}, types.ErrIncompatibleCNIVersion, ""},
+		{"garbage cniVersion", call{conf: good(map[string]any{"cniVersion": "one"})}, types.ErrIncompatibleCNIVersion, ""},
+		{"no datastore", call{conf: good(map[string]any{"datastore": nil})}, types.ErrInvalidNetworkConfig, "no datastore"},
+		{"datastore file missing", call{conf: good(map[string]any{"datastore": nil, "datastoreConfig": "/nonexistent/datastore.yaml"})}, types.ErrInvalidNetworkConfig, "datastoreConfig"},
+		{"bad endpoint", call{conf: good(map[string]any{"datastore": map[string]any{"endpoints": []string{"etcd:2379"}}})}, types.ErrInvalidNetworkConfig, "endpoint"},
+		{"unknown datastore field", call{conf: good(map[string]any{"datastore": map[string]any{"endpoint": "http://x:1"}})}, types.ErrInvalidNetworkConfig, `unknown field "endpoint"`},
+		{"ipam given", call{conf: good(map[string]any{"ipam": map[string]any{"type": "host-local"}})}, types.ErrInvalidNetworkConfig, "ipam"},
+		{"bad mtu", call{conf: good(map[string]any{"mtu": 10})}, types.ErrInvalidNetworkConfig, "mtu"},
+		{"bad log level", call{conf: good(map[string]any{"logLevel": "loud"})}, types.ErrInvalidNetworkConfig, "logLevel"},
+		{"missing CNI_NETNS", call{conf: good(nil), env: map[string]string{"CNI_NETNS": ""}}, types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
+		{"half k8s args", call{conf: good(nil), args: "K8S_POD_NAME=web"}, types.ErrInvalidEnvironmentVariables, "K8S_POD_NAMESPACE"},
+		{"malformed args", call{conf: good(nil), args: "K8S_POD_NAME"}, types.ErrInvalidEnvironmentVariables, "KEY=VALUE"},
+		{"etcd unreachable", call{conf: good(map[string]any{"datastore": map[string]any{"endpoints": []string{closed}, "dialTimeout": "300ms"}})}, types.ErrTryAgainLater, "etcd is unreachable"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl := c.call
+			cl.cmd, cl.containerID, cl.netns = "ADD", "bad-request", "/var/run/netns/margay-no-such-ns"
+			if c.call.env != nil {
+				cl.env = c.call.env
+			}
+			o := run(t, nil, cl)
+			t.Logf("%s: %s", c.name, o.stdout)
+			if o.err == nil || o.err.Code != c.code || !strings.Contains(o.err.Msg+o.err.Details, c.msg) {
+				t.Errorf("got %+v, want code %d with %q\nstderr: %s", o.err, c.code, c.msg, o.stderr)
+			}
+		})
+	}
+}
+
+// closedPort returns an http URL where nothing listens.
+func closedPort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return "http://" + addr
+}
+
+func TestGC(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	pa, _ := workloadNS(t)
+	pb, _ := workloadNS(t)
+	pm, _ := workloadNS(t)
+	w.mustAdd(t, "1.1.0", "keep", pa, "")
+	w.mustAdd(t, "1.1.0", "stale", pb, "")
+	// A workload of margayctl (no container): not the runtime's to collect.
+	ipm := ipam.New(w.ds)
+	if err := w.host.Do(func() error {
+		_, err := workload.Add(t.Context(), w.ds, ipm, workload.Spec{ID: "manual", Node: node, Netns: pm})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	conf := w.conf("1.1.0", map[string]any{"cni.dev/valid-attachments": []map[string]string{{"containerID": "keep", "ifname": "eth0"}}})
+	if o := run(t, w.host, call{cmd: "GC", conf: conf, env: map[string]string{"CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}}); o.err != nil {
+		t.Fatalf("GC: %v\n%s", o.err, o.stderr)
+	}
+	w.assertGone(t, "stale")
+	for _, id := range []string{"keep", "manual"} {
+		if _, err := w.ds.Workloads(node).Get(t.Context(), id); err != nil {
+			t.Errorf("GC removed %s: %v", id, err)
+		}
+	}
+	if o := run(t, w.host, call{cmd: "CHECK", containerID: "keep", netns: pa, conf: w.conf("1.1.0", nil)}); o.err != nil {
+		t.Errorf("kept workload after GC: %v", o.err)
+	}
+	w.mustDel(t, "keep", pa, "")
+	if err := w.host.Do(func() error {
+		return workload.Del(t.Context(), w.ds, ipm, workload.Spec{ID: "manual", Node: node})
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	status := func(conf []byte) *types.Error {
+		return run(t, w.host, call{cmd: "STATUS", conf: conf, env: map[string]string{"CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}}).err
+	}
+	if err := status(w.conf("1.1.0", nil)); err != nil {
+		t.Errorf("STATUS with etcd and a pool: %v", err)
+	}
+	it, err := w.ds.Pools().Get(t.Context(), "pool-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := it.Value
+	p.Disabled = true
+	if _, err := w.ds.Pools().Update(t.Context(), "pool-0", p, it.ModRevision); err != nil {
+		t.Fatal(err)
+	}
+	if err := status(w.conf("1.1.0", nil)); err == nil || err.Code != types.ErrPluginNotAvailable || !strings.Contains(err.Msg, "no enabled IP pool") {
+		t.Errorf("STATUS without an enabled pool: %v, want code %d", err, types.ErrPluginNotAvailable)
+	}
+	down := w.conf("1.1.0", map[string]any{"datastore": map[string]any{"endpoints": []string{closedPort(t)}, "dialTimeout": "300ms"}})
+	if err := status(down); err == nil || err.Code != types.ErrPluginNotAvailable {
+		t.Errorf("STATUS with etcd down: %v, want code %d", err, types.ErrPluginNotAvailable)
+	}
+	if err := status(w.conf("1.0.0", nil)); err == nil || err.Code != types.ErrIncompatibleCNIVersion {
+		t.Errorf("STATUS with cniVersion 1.0.0: %v, want code %d", err, types.ErrIncompatibleCNIVersion)
+	}
+}
+
+// BenchmarkCNIAdd measures the latency of ADD, the whole plugin invocation as a runtime sees it
+// (nsenter, process start, etcd connection, IPAM, veth and record), over 200 workloads.
+func BenchmarkCNIAdd(b *testing.B) {
+	const n = 200
+	w := newWorld(b, "198.19.0.0/16")
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i], _ = workloadNS(b)
+	}
+	conf := w.conf("1.0.0", map[string]any{"logLevel": "warn"})
+	var lat []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		for i := range n {
+			c := call{cmd: "ADD", containerID: fmt.Sprint("bench-", i), netns: paths[i], conf: conf}
+			start := time.Now()
+			o := run(b, w.host, c)
+			lat = append(lat, time.Since(start))
+			if o.err != nil {
+				b.Fatalf("ADD %d: %v\n%s", i, o.err, o.stderr)
+			}
+		}
+		b.StopTimer()
+		for i := range n {
+			w.mustDel(b, fmt.Sprint("bench-", i), paths[i], "")
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) float64 {
+		return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(pct(0.50), "ms-p50/add")
+	b.ReportMetric(pct(0.99), "ms-p99/add")
+	b.ReportMetric(0, "ns/op")
+}
+
+// TestShippedConflist drives the plugin through libcni, the library containerd and CRI-O use, with
+// deploy/cni/10-margay.conflist pointed at the test's etcd.
+func TestShippedConflist(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	raw, err := os.ReadFile("../../deploy/cni/10-margay.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	dsFile := filepath.Join(dir, "datastore.yaml")
+	if err := os.WriteFile(dsFile, []byte("endpoints: ["+w.endpoint+"]\ndialTimeout: 2s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "log", "cni.log")
+	plugin := doc["plugins"].([]any)[0].(map[string]any)
+	plugin["datastoreConfig"], plugin["logFile"], plugin["nodeName"] = dsFile, logFile, node
+	raw, err = json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.NetworkConfFromBytes(raw)
+	if err != nil {
+		t.Fatalf("parse the shipped conflist: %v", err)
+	}
+
+	path, _ := workloadNS(t)
+	cni := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(pluginBin)}, filepath.Join(dir, "cache"), nil)
+	rt := &libcni.RuntimeConf{ContainerID: "lib-1", NetNS: path, IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "lib"}}}
+	ctx := t.Context()
+	// libcni forks the plugin from the calling thread, which host.Do keeps in the host namespace.
+	err = w.host.Do(func() error {
+		if _, err := cni.ValidateNetworkList(ctx, list); err != nil {
+			return fmt.Errorf("validate: %w", err)
+		}
+		if err := cni.GetStatusNetworkList(ctx, list); err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+		res, err := cni.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			return fmt.Errorf("add: %w", err)
+		}
+		if res.Version() != "1.1.0" {
+			return fmt.Errorf("add returned a %s result", res.Version())
+		}
+		if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
+			return fmt.Errorf("check: %w", err)
+		}
+		keep := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: "lib-1", IfName: "eth0"}}}
+		if err := cni.GCNetworkList(ctx, list, keep); err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		if _, err := w.ds.Workloads(node).Get(ctx, "default.lib"); err != nil {
+			return fmt.Errorf("record after GC that keeps it: %w", err)
+		}
+		return cni.DelNetworkList(ctx, list, rt)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.assertGone(t, "default.lib")
+	if log, err := os.ReadFile(logFile); err != nil || !strings.Contains(string(log), "added workload") {
+		t.Errorf("log file %s: %v\n%s", logFile, err, log)
+	}
+}

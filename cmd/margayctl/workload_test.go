@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/workload"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// TestWorkloadCommands drives workload add, list and delete against an embedded etcd, with the
+// command running in a host namespace as an operator's shell would on the host.
+func TestWorkloadCommands(t *testing.T) {
+	e := datastoretest.Start(t)
+	c := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	pool := datastore.Pool{Version: datastore.CurrentVersion, Name: "lab", CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}
+	if _, err := c.Pools().Create(t.Context(), pool.Name, pool); err != nil {
+		t.Fatal(err)
+	}
+	host := netns.New(t, "mch")
+	wl := netns.New(t, "mcw")
+	endpoint := strings.Join(e.Endpoints(), ",")
+	ctl := func(args ...string) (string, error) {
+		var out string
+		err := host.Do(func() error {
+			var err error
+			out, err = margayctl(t, append([]string{"--etcd-endpoints", endpoint}, args...)...)
+			return err
+		})
+		return out, err
+	}
+
+	out, err := ctl("workload", "add", "web-1", "--netns", wl.Path, "--node", "host-1", "--label", "app=web", "--label", "tier=front")
+	if err != nil {
+		t.Fatalf("workload add: %v\n%s", err, out)
+	}
+	t.Logf("margayctl workload add:\n%s", out)
+	veth := workload.HostVethName("web-1")
+	for _, want := range []string{"NODE", "NAME", "INTERFACE", "IPV4", "MAC", "host-1", "web-1", veth, "198.19.0.0/32"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("workload add output lacks %q:\n%s", want, out)
+		}
+	}
+	host.Link(t, veth)
+	if out := wl.MustRun(t, "ip", "-4", "route", "show", "default"); !strings.Contains(out, "default via 169.254.1.1 dev eth0") {
+		t.Errorf("workload default route: %q", out)
+	}
+	rec, err := c.Workloads("host-1").Get(t.Context(), "web-1")
+	if err != nil || rec.Value.Labels["app"] != "web" || rec.Value.Labels["tier"] != "front" || rec.Value.ContainerID != "" {
+		t.Errorf("record %+v: %v", rec.Value, err)
+	}
+
+	out, err = ctl("workload", "list", "--node", "host-1", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []datastore.Workload
+	if err := json.Unmarshal([]byte(out), &listed); err != nil || len(listed) != 1 || listed[0].ID != "web-1" ||
+		listed[0].IfName != veth || len(listed[0].IPv4) != 1 || listed[0].MAC != rec.Value.MAC {
+		t.Errorf("workload list -o json = %s (%v)", out, err)
+	}
+	out, err = ctl("workload", "list", "--node", "host-2")
+	if err != nil || strings.Contains(out, "web-1") || !strings.Contains(out, "NODE") {
+		t.Errorf("workload list of another node = %q, %v", out, err)
+	}
+
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"workload", "add", "web-2", "--netns", wl.Path, "--label", "novalue"}, "key=value"},
+		{[]string{"workload", "add", "web-2", "--node", "host-1"}, `"netns" not set`},
+		{[]string{"workload", "add", "web/2", "--netns", wl.Path, "--node", "host-1"}, "invalid workload spec"},
+		{[]string{"workload", "add", "web-2", "--netns", "/var/run/netns/margay-none", "--node", "host-1"}, "network namespace not found"},
+		{[]string{"workload", "delete", "web-1", "--node", "host-2"}, "not found on node host-2"},
+	} {
+		if out, err := ctl(bad.args...); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("margayctl %s: %v, want an error with %q\n%s", strings.Join(bad.args, " "), err, bad.want, out)
+		}
+	}
+
+	out, err = ctl("workload", "delete", "web-1", "--node", "host-1")
+	if err != nil || !strings.Contains(out, "deleted workload web-1") {
+		t.Fatalf("workload delete: %v\n%s", err, out)
+	}
+	if _, err := host.Netlink().LinkByName(veth); err == nil {
+		t.Errorf("%s still exists after delete", veth)
+	}
+	if _, err := c.Workloads("host-1").Get(t.Context(), "web-1"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("record after delete: %v", err)
+	}
+	if _, err := c.Handles().Get(t.Context(), "web-1"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("IPAM handle after delete: %v", err)
+	}
+	out, err = ctl("workload", "list", "--node", "host-1", "-o", "json")
+	if err != nil || strings.TrimSpace(out) != "[]" {
+		t.Errorf("workload list after delete = %q, %v", out, err)
+	}
+}
