@@ -27,9 +27,9 @@ const rollbackTimeout = 30 * time.Second
 // Add gives the workload its network: an address from IPAM (the handle is the workload ID), a
 // veth pair with the host side (HostVeth, MAC ee:ee:ee:ee:ee:ee, up) in the calling thread's
 // namespace and the workload side (IfName) in spec.Netns holding the /32 with a default route via
-// 169.254.1.1 and a permanent neighbour entry for it; on the host the /32 route (protocol
-// dataplane.RouteProtocol) and the veth's sysctls, so the workload is reachable before the agent's
-// next pass; last the endpoint record in the datastore.
+// 169.254.1.1 and a permanent neighbour entry for it; on the host the /32 route (the kernel's
+// default protocol, which the agent replaces with its own) and the veth's sysctls, so the workload
+// is reachable before the agent's next pass; last the endpoint record in the datastore.
 //
 // Add is idempotent: repeating it for the same ID returns the same address and repairs what
 // differs. When it fails it undoes everything it did (veth, route, address, record), so nothing

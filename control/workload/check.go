@@ -19,7 +19,7 @@ import (
 
 // Check verifies that the workload is set up as Add left it: the endpoint record (container,
 // namespace, veth name, one /32 held by the workload's IPAM handle), the host-side veth (up, MAC
-// ee:ee:ee:ee:ee:ee, sysctls, the /32 route of protocol dataplane.RouteProtocol) and, inside the
+// ee:ee:ee:ee:ee:ee, sysctls, the /32 route through it) and, inside the
 // workload namespace, the interface (the veth's peer, up, the recorded MAC), its /32, the routes
 // to and via 169.254.1.1 and the gateway's permanent neighbour entry. The error names the first
 // difference and wraps ErrNotFound (no record), ErrNetnsNotFound or ErrMismatch.
