@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -26,7 +25,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types/create"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
@@ -268,29 +266,11 @@ func (w *world) mustDel(t testing.TB, containerID, nsPath, args string) {
 	}
 }
 
-// workloadNS creates a named namespace that holds no open handle, so deleting it (the returned
-// func, also run at cleanup) destroys it as a runtime's netns removal does.
+// workloadNS creates a namespace as a runtime does: deleting it (the returned func, also run at
+// cleanup) destroys it.
 func workloadNS(t testing.TB) (string, func()) {
 	t.Helper()
-	name := netns.UniqueName("cnw")
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := vnetns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	h, err := vnetns.NewNamed(name)
-	if err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	if err := vnetns.Set(orig); err != nil {
-		t.Fatalf("return to original netns: %v", err)
-	}
-	h.Close()
-	remove := func() { _ = vnetns.DeleteNamed(name) }
-	t.Cleanup(remove)
-	return filepath.Join("/var/run/netns", name), remove
+	return netns.Detached(t, "cnw")
 }
 
 func inNS(t testing.TB, path string, fn func() error) {

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/margaynet/margay/control/datastore"
@@ -71,29 +69,11 @@ func (e *env) check(spec workload.Spec) error {
 	return e.host.Do(func() error { return workload.Check(context.Background(), e.ds, spec) })
 }
 
-// workloadNS creates a named namespace that holds no open handle, so deleting it (the returned
-// func, also run at cleanup) destroys it as a runtime's netns removal does.
-func workloadNS(t *testing.T) (path string, remove func()) {
+// workloadNS creates a namespace as a runtime does: deleting it (the returned func, also run at
+// cleanup) destroys it.
+func workloadNS(t testing.TB) (string, func()) {
 	t.Helper()
-	name := netns.UniqueName("wlw")
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := vnetns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	h, err := vnetns.NewNamed(name)
-	if err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	if err := vnetns.Set(orig); err != nil {
-		t.Fatalf("return to original netns: %v", err)
-	}
-	h.Close()
-	remove = func() { _ = vnetns.DeleteNamed(name) }
-	t.Cleanup(remove)
-	return filepath.Join("/var/run/netns", name), remove
+	return netns.Detached(t, "wlw")
 }
 
 func inNS(t *testing.T, path string, fn func() error) {

@@ -231,3 +231,34 @@ func BPFFS(tb testing.TB) string {
 	tb.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
 	return filepath.Join(dir, "margay")
 }
+
+// Detached creates a named namespace that this process holds no handle on, as a container
+// runtime leaves it: removing its name (the returned func, also run at cleanup) destroys it. It
+// returns the namespace's path.
+func Detached(tb testing.TB, prefix string) (path string, remove func()) {
+	tb.Helper()
+	var err error
+	sharedRunNetns.Do(func() { err = makeRunNetnsShared() })
+	if err != nil {
+		tb.Fatalf("prepare /var/run/netns: %v", err)
+	}
+	name := UniqueName(prefix)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := vnetns.Get()
+	if err != nil {
+		tb.Fatalf("get current netns: %v", err)
+	}
+	defer orig.Close()
+	h, err := vnetns.NewNamed(name)
+	if err != nil {
+		tb.Fatalf("create netns %s: %v", name, err)
+	}
+	if err := vnetns.Set(orig); err != nil {
+		tb.Fatalf("return to original netns: %v", err)
+	}
+	h.Close()
+	remove = func() { _ = vnetns.DeleteNamed(name) }
+	tb.Cleanup(remove)
+	return filepath.Join("/var/run/netns", name), remove
+}
