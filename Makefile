@@ -15,7 +15,7 @@ export BPF2GO_STRIP := $(STRIP)
 export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 # Debian packages the build, the tests and the lab need.
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2
 BINARIES := margay-agent margay-cni margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 15s
