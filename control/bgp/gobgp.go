@@ -1,0 +1,658 @@
+package bgp
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// GoBGP is the Speaker backed by an embedded GoBGP v3 server.
+type GoBGP struct {
+	asn      uint32
+	routerID netip.Addr
+	opts     options
+	log      *slog.Logger
+
+	opMu       sync.Mutex // serialises Start, Stop, SetPeers and Advertise
+	srv        *server.BgpServer
+	cancel     context.CancelFunc
+	done       chan struct{}
+	listenPort int
+	peers      map[netip.Addr]Peer // configured in GoBGP
+	advertised map[netip.Prefix]bool
+
+	mu      sync.Mutex // guards the fields below, shared with the watch callback
+	started bool
+	best    map[netip.Prefix]learned // best path per prefix, before filtering
+	accept  map[netip.Addr][]netip.Prefix
+	known   map[netip.Addr]bool
+	own     map[netip.Prefix]bool
+	pools   []netip.Prefix
+	notify  chan struct{}
+}
+
+type learned struct {
+	nextHop netip.Addr
+	peer    netip.Addr
+}
+
+var _ Speaker = (*GoBGP)(nil)
+
+// New returns a stopped speaker for AS asn with routerID (the node's IPv4 address), which is
+// also the next hop of advertised prefixes and the default source of outgoing sessions.
+func New(asn uint32, routerID netip.Addr, opts ...Option) (*GoBGP, error) {
+	if asn == 0 {
+		return nil, fmt.Errorf("new speaker: AS 0: %w", ErrBadPeer)
+	}
+	if !routerID.Is4() {
+		return nil, fmt.Errorf("new speaker: router ID %s: want an IPv4 address", routerID)
+	}
+	o := options{
+		logger:          slog.Default(),
+		listenPort:      DefaultListenPort,
+		holdTime:        DefaultHoldTime,
+		keepalive:       DefaultKeepalive,
+		connectRetry:    DefaultConnectRetry,
+		gracefulRestart: true,
+		restartTime:     DefaultRestartTime,
+		routeDelay:      DefaultRouteDelay,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if !o.localAddress.IsValid() {
+		o.localAddress = routerID
+	}
+	return &GoBGP{
+		asn:        asn,
+		routerID:   routerID,
+		opts:       o,
+		log:        o.logger.With("component", "bgp"),
+		peers:      make(map[netip.Addr]Peer),
+		advertised: make(map[netip.Prefix]bool),
+		best:       make(map[netip.Prefix]learned),
+		accept:     make(map[netip.Addr][]netip.Prefix),
+		known:      make(map[netip.Addr]bool),
+		own:        make(map[netip.Prefix]bool),
+		notify:     make(chan struct{}, 1),
+	}, nil
+}
+
+// ListenPort returns the port the speaker listens on once started (useful with
+// WithListenPort(0)), or -1 if it does not listen.
+func (s *GoBGP) ListenPort() int {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	return s.listenPort
+}
+
+// Start implements Speaker.
+func (s *GoBGP) Start(ctx context.Context) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv != nil {
+		return fmt.Errorf("start speaker: %w", ErrAlreadyStarted)
+	}
+	listen := make([]string, 0, len(s.opts.listenAddresses))
+	for _, a := range s.opts.listenAddresses {
+		listen = append(listen, a.String())
+	}
+	port := s.opts.listenPort
+	if port == 0 {
+		p, err := freePort(ctx, s.opts.listenAddresses)
+		if err != nil {
+			return fmt.Errorf("start speaker: %w", err)
+		}
+		port = p
+	}
+	if port < 0 {
+		port = -1
+	}
+
+	srv := server.NewBgpServer(server.LoggerOption(newLogAdapter(s.log)))
+	go srv.Serve()
+	err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn:             s.asn,
+		RouterId:        s.routerID.String(),
+		ListenPort:      int32(port),
+		ListenAddresses: listen,
+	}})
+	if err != nil {
+		srv.Stop()
+		return fmt.Errorf("start speaker: %w", err)
+	}
+
+	wctx, cancel := context.WithCancel(context.Background())
+	err = srv.WatchEvent(wctx, &api.WatchEventRequest{Table: &api.WatchEventRequest_Table{
+		Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}},
+	}}, s.onWatch)
+	if err != nil {
+		cancel()
+		_ = srv.StopBgp(ctx, &api.StopBgpRequest{})
+		srv.Stop()
+		return fmt.Errorf("watch best paths: %w", err)
+	}
+
+	s.srv, s.cancel, s.listenPort = srv, cancel, port
+	s.done = make(chan struct{})
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
+	go s.deliver(wctx, s.done)
+	s.log.Info("bgp speaker started", "asn", s.asn, "routerID", s.routerID, "port", port)
+	return nil
+}
+
+// Stop implements Speaker. With graceful restart on (the default), sessions are closed with an
+// Administrative Reset, which RFC 8538 peers treat as a restart: they keep our routes for the
+// restart time, so an agent restart does not disturb traffic. Without it, neighbors drop our
+// routes at once. The speaker can be started again; peers and advertisements must then be set
+// again.
+func (s *GoBGP) Stop(ctx context.Context) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv == nil {
+		return nil
+	}
+	s.cancel()
+	if s.opts.gracefulRestart {
+		for addr := range s.peers {
+			// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes.
+			err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Communication: "restarting"})
+			if err != nil {
+				s.log.Warn("bgp graceful stop: reset peer", "peer", addr, "err", err)
+			}
+		}
+		s.waitSessionsDown(ctx, time.Second)
+	}
+	err := s.srv.StopBgp(ctx, &api.StopBgpRequest{})
+	s.srv.Stop()
+	<-s.done
+	s.srv, s.cancel, s.done = nil, nil, nil
+	clear(s.peers)
+	clear(s.advertised)
+	s.mu.Lock()
+	s.started = false
+	clear(s.best)
+	clear(s.accept)
+	clear(s.known)
+	clear(s.own)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("stop speaker: %w", err)
+	}
+	s.log.Info("bgp speaker stopped")
+	return nil
+}
+
+// waitSessionsDown waits (at most limit) until no session is Established, so that the reset
+// notifications are out before StopBgp would send its Hard Reset on the same sessions.
+func (s *GoBGP) waitSessionsDown(ctx context.Context, limit time.Duration) {
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		up := 0
+		err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+			if p.GetState().GetSessionState() == api.PeerState_ESTABLISHED {
+				up++
+			}
+		})
+		if err != nil || up == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			s.log.Warn("bgp graceful stop: sessions still up", "count", up)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// SetPeers implements Speaker. A peer whose settings change is deleted and added again, which
+// resets its session.
+func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
+	want := make(map[netip.Addr]Peer, len(peers))
+	for _, p := range peers {
+		if !p.Address.IsValid() || p.Address.Zone() != "" || p.ASN == 0 {
+			return fmt.Errorf("set peers: %s AS %d: %w", p.Address, p.ASN, ErrBadPeer)
+		}
+		if _, dup := want[p.Address]; dup {
+			return fmt.Errorf("set peers: %s listed twice: %w", p.Address, ErrBadPeer)
+		}
+		p.Accept = slices.Clone(p.Accept)
+		want[p.Address] = p
+	}
+
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv == nil {
+		return fmt.Errorf("set peers: %w", ErrNotStarted)
+	}
+	// Paths can arrive as soon as AddPeer returns: know the new peers (and their Accept lists)
+	// first, so that onWatch does not discard them.
+	s.mu.Lock()
+	for addr, p := range want {
+		s.known[addr] = true
+		s.accept[addr] = p.Accept
+	}
+	s.mu.Unlock()
+
+	var errs []error
+	for addr, have := range s.peers {
+		if w, ok := want[addr]; ok && samePeerSession(have, w) {
+			continue
+		}
+		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			errs = append(errs, fmt.Errorf("delete peer %s: %w", addr, err))
+			continue
+		}
+		delete(s.peers, addr)
+		s.log.Info("bgp peer removed", "peer", addr)
+	}
+	for addr, w := range want {
+		if _, ok := s.peers[addr]; ok {
+			s.peers[addr] = w // Type and Accept change without a reset
+			continue
+		}
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(w)}); err != nil {
+			errs = append(errs, fmt.Errorf("add peer %s: %w", addr, err))
+			continue
+		}
+		s.peers[addr] = w
+		s.log.Info("bgp peer added", "peer", addr, "asn", w.ASN, "type", w.Type)
+	}
+
+	s.mu.Lock()
+	clear(s.accept)
+	clear(s.known)
+	for addr, p := range s.peers {
+		s.known[addr] = true
+		s.accept[addr] = p.Accept
+	}
+	s.mu.Unlock()
+	s.kick()
+	return joinErrs("set peers", errs)
+}
+
+// samePeerSession says whether a and b need the same GoBGP neighbor configuration.
+func samePeerSession(a, b Peer) bool {
+	return a.ASN == b.ASN && a.Port == b.Port && a.Password == b.Password &&
+		a.RouteReflectorClient == b.RouteReflectorClient
+}
+
+func (s *GoBGP) apiPeer(p Peer) *api.Peer {
+	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
+	ap := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			AuthPassword:    p.Password,
+		},
+		Transport: &api.Transport{
+			LocalAddress: s.opts.localAddress.String(),
+			RemotePort:   uint32(cmp.Or(p.Port, 179)),
+			// Between two of our nodes only the lower address connects. When both sides dial,
+			// GoBGP's fixed 5 s Idle after a refused attempt can phase-lock the two so that
+			// each always dials while the other idles, and the session never comes up.
+			PassiveMode: p.Type == PeerMesh && s.opts.localAddress.Compare(p.Address) > 0,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          secs(s.opts.holdTime),
+			KeepaliveInterval: secs(s.opts.keepalive),
+			ConnectRetry:      secs(s.opts.connectRetry),
+			// GoBGP's default of 30 s in Idle after a session drops would delay a peer's
+			// return from a restart far beyond the connect retry.
+			IdleHoldTimeAfterReset: secs(s.opts.connectRetry),
+		}},
+		AfiSafis: []*api.AfiSafi{{
+			Config: &api.AfiSafiConfig{
+				Family:  &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST},
+				Enabled: true,
+			},
+			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{
+				Enabled: s.opts.gracefulRestart,
+			}},
+		}},
+	}
+	if s.opts.gracefulRestart {
+		ap.GracefulRestart = &api.GracefulRestart{
+			Enabled:     true,
+			RestartTime: uint32(s.opts.restartTime / time.Second),
+			// RFC 8538: a NOTIFICATION other than Hard Reset keeps the routes too.
+			NotificationEnabled: true,
+		}
+	}
+	if p.RouteReflectorClient {
+		id := s.routerID
+		if s.opts.clusterID.IsValid() {
+			id = s.opts.clusterID
+		}
+		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: id.String()}
+	}
+	return ap
+}
+
+// SetPools implements Speaker.
+func (s *GoBGP) SetPools(pools []netip.Prefix) {
+	s.mu.Lock()
+	s.pools = make([]netip.Prefix, 0, len(pools))
+	for _, p := range pools {
+		s.pools = append(s.pools, p.Masked())
+	}
+	s.mu.Unlock()
+	s.kick()
+}
+
+// Advertise implements Speaker.
+func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
+	want := make(map[netip.Prefix]bool, len(ads))
+	for _, a := range ads {
+		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {
+			return fmt.Errorf("advertise %s: want an IPv4 prefix: %w", a.Prefix, ErrBadPrefix)
+		}
+		want[a.Prefix.Masked()] = true
+	}
+
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv == nil {
+		return fmt.Errorf("advertise: %w", ErrNotStarted)
+	}
+	// Our own prefixes are filtered out of Learned before GoBGP withdraws or adds them.
+	s.mu.Lock()
+	for p := range want {
+		s.own[p] = true
+	}
+	s.mu.Unlock()
+
+	var errs []error
+	for p := range s.advertised {
+		if want[p] {
+			continue
+		}
+		path, err := s.apiPath(p, true)
+		if err == nil {
+			err = s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Path: path})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		delete(s.advertised, p)
+	}
+	for p := range want {
+		if s.advertised[p] {
+			continue
+		}
+		path, err := s.apiPath(p, false)
+		if err == nil {
+			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
+			continue
+		}
+		s.advertised[p] = true
+	}
+
+	s.mu.Lock()
+	clear(s.own)
+	for p := range s.advertised {
+		s.own[p] = true
+	}
+	s.mu.Unlock()
+	s.kick()
+	return joinErrs("advertise", errs)
+}
+
+func (s *GoBGP) apiPath(p netip.Prefix, withdraw bool) (*api.Path, error) {
+	nlri, err := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
+	if err != nil {
+		return nil, err
+	}
+	origin, err := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
+	if err != nil {
+		return nil, err
+	}
+	nh, err := anypb.New(&api.NextHopAttribute{NextHop: s.routerID.String()})
+	if err != nil {
+		return nil, err
+	}
+	return &api.Path{
+		Family:     &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST},
+		Nlri:       nlri,
+		Pattrs:     []*anypb.Any{origin, nh},
+		IsWithdraw: withdraw,
+	}, nil
+}
+
+// onWatch records best-path changes. GoBGP queues events without bound, so taking the lock
+// here never stalls its main loop.
+func (s *GoBGP) onWatch(r *api.WatchEventResponse) {
+	t := r.GetTable()
+	if t == nil {
+		return
+	}
+	changed := false
+	s.mu.Lock()
+	for _, p := range t.Paths {
+		prefix, ok := pathPrefix(p)
+		if !ok {
+			continue // an End-of-RIB marker, or not IPv4 unicast
+		}
+		peer, err := netip.ParseAddr(p.NeighborIp)
+		if p.IsWithdraw || err != nil || !s.known[peer] {
+			// Withdrawn, originated here (no neighbor), or from a peer being removed.
+			if _, had := s.best[prefix]; had {
+				delete(s.best, prefix)
+				changed = true
+			}
+			continue
+		}
+		nh, ok := pathNextHop(p)
+		if !ok {
+			continue
+		}
+		s.best[prefix] = learned{nextHop: nh, peer: peer}
+		changed = true
+	}
+	s.mu.Unlock()
+	if changed {
+		s.kick()
+	}
+}
+
+func (s *GoBGP) kick() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// deliver hands the accepted routes to the route handler after every change, coalescing
+// changes that arrive while the handler runs.
+func (s *GoBGP) deliver(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.notify:
+		}
+		// Let a burst (a peer's full table, a flood) land before handing out a snapshot: one
+		// delivery per UPDATE would cost O(n²) for n routes.
+		if s.opts.routeDelay > 0 {
+			t := time.NewTimer(s.opts.routeDelay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			select {
+			case <-s.notify:
+			default:
+			}
+		}
+		if s.opts.onRoutes != nil {
+			s.opts.onRoutes(s.Learned())
+		}
+	}
+}
+
+// Learned implements Speaker. Import policy: a prefix is handed out only if it is not one we
+// advertise and it lies inside a pool or is on the sending peer's Accept list.
+func (s *GoBGP) Learned() []Route {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Route, 0, len(s.best))
+	for prefix, l := range s.best {
+		if s.acceptable(prefix, l.peer) {
+			out = append(out, Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer})
+		}
+	}
+	slices.SortFunc(out, func(a, b Route) int {
+		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits())
+	})
+	return out
+}
+
+// acceptable applies the import policy; s.mu must be held.
+func (s *GoBGP) acceptable(prefix netip.Prefix, peer netip.Addr) bool {
+	if s.own[prefix] {
+		return false
+	}
+	if slices.Contains(s.accept[peer], prefix) {
+		return true
+	}
+	for _, pool := range s.pools {
+		if pool.Bits() <= prefix.Bits() && pool.Contains(prefix.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// Peers implements Speaker.
+func (s *GoBGP) Peers(ctx context.Context) ([]PeerStatus, error) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv == nil {
+		return nil, fmt.Errorf("list peers: %w", ErrNotStarted)
+	}
+	var out []PeerStatus
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err != nil {
+			return
+		}
+		st := PeerStatus{Address: addr, Type: s.peers[addr].Type}
+		if ss := p.GetState(); ss != nil {
+			st.State = State(ss.SessionState) // the API enum counts from Unknown = 0 as we do
+			if st.State < StateUnknown || st.State > Established {
+				st.State = StateUnknown
+			}
+		}
+		ts := p.GetTimers().GetState()
+		if st.State == Established && ts.GetUptime() != nil {
+			st.Since = ts.GetUptime().AsTime()
+		} else if ts.GetDowntime() != nil {
+			st.Since = ts.GetDowntime().AsTime()
+		}
+		st.Info = st.State.String()
+		if p.GetState().GetAdminState() == api.PeerState_DOWN {
+			st.Info = "Admin down"
+		}
+		out = append(out, st)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list peers: %w", err)
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return a.Address.Compare(b.Address) })
+	return out, nil
+}
+
+func pathPrefix(p *api.Path) (netip.Prefix, bool) {
+	if p.GetNlri() == nil || p.GetFamily().GetAfi() != api.Family_AFI_IP || p.GetFamily().GetSafi() != api.Family_SAFI_UNICAST {
+		return netip.Prefix{}, false
+	}
+	var n api.IPAddressPrefix
+	if err := p.Nlri.UnmarshalTo(&n); err != nil {
+		return netip.Prefix{}, false
+	}
+	a, err := netip.ParseAddr(n.Prefix)
+	if err != nil || !a.Is4() || n.PrefixLen > 32 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, int(n.PrefixLen)).Masked(), true
+}
+
+func pathNextHop(p *api.Path) (netip.Addr, bool) {
+	for _, a := range p.Pattrs {
+		switch {
+		case a.MessageIs(&api.NextHopAttribute{}):
+			var nh api.NextHopAttribute
+			if a.UnmarshalTo(&nh) == nil {
+				if addr, err := netip.ParseAddr(nh.NextHop); err == nil {
+					return addr, true
+				}
+			}
+		case a.MessageIs(&api.MpReachNLRIAttribute{}):
+			var mp api.MpReachNLRIAttribute
+			if a.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
+				if addr, err := netip.ParseAddr(mp.NextHops[0]); err == nil {
+					return addr, true
+				}
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// freePort finds a TCP port free on every address (or on all addresses when none is given).
+func freePort(ctx context.Context, addrs []netip.Addr) (int, error) {
+	host := ""
+	if len(addrs) > 0 {
+		host = addrs[0].String()
+	}
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("find free port: %w", err)
+	}
+	defer l.Close()
+	_, port, err := net.SplitHostPort(l.Addr().String())
+	if err != nil {
+		return 0, fmt.Errorf("find free port: %w", err)
+	}
+	return strconv.Atoi(port)
+}
+
+func joinErrs(op string, errs []error) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return fmt.Errorf("%s: %w", op, errs[0])
+	}
+	return fmt.Errorf("%s: %w (and %d more)", op, errs[0], len(errs)-1)
+}

@@ -1,0 +1,127 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Speaker is the node's BGP speaker. The rest of Margay talks BGP only through it, so GoBGP can be
+// replaced (or faked) without touching callers. Every method is safe for concurrent use; SetPeers,
+// SetPools and Advertise are declarative and idempotent.
+type Speaker interface {
+	// Start starts the BGP instance and its listener.
+	Start(ctx context.Context) error
+	// Stop closes every session and stops the instance.
+	Stop(ctx context.Context) error
+	// SetPeers adds, updates and removes neighbors so that they are exactly peers.
+	SetPeers(ctx context.Context, peers []Peer) error
+	// SetPools sets the prefixes learned routes must fall inside to be handed out.
+	SetPools(pools []netip.Prefix)
+	// Advertise makes ads exactly the set of prefixes this node originates, with the node's
+	// address as next hop.
+	Advertise(ctx context.Context, ads []Advertisement) error
+	// Learned returns the current accepted best paths learned from peers, sorted by prefix.
+	Learned() []Route
+	// Peers returns the state of every configured neighbor, sorted by address.
+	Peers(ctx context.Context) ([]PeerStatus, error)
+}
+
+// PeerType says why a peer exists, as `margayctl node status` prints it.
+type PeerType int
+
+// Peer types.
+const (
+	PeerMesh         PeerType = iota // node-to-node mesh or reflector ↔ client; the higher address waits passively
+	PeerGlobal                       // explicit peer of every node
+	PeerNodeSpecific                 // explicit peer of this node only
+)
+
+func (t PeerType) String() string {
+	switch t {
+	case PeerMesh:
+		return "node-to-node mesh"
+	case PeerGlobal:
+		return "global"
+	case PeerNodeSpecific:
+		return "node specific"
+	}
+	return "unknown"
+}
+
+// Peer is one desired BGP neighbor.
+type Peer struct {
+	Address netip.Addr
+	ASN     uint32
+	Type    PeerType
+	// Port is the neighbor's TCP port; 0 means 179.
+	Port     uint16
+	Password string // TCP MD5 secret; "" = none
+	// RouteReflectorClient makes this node reflect routes to the peer (this node is a reflector).
+	RouteReflectorClient bool
+	// Accept lists prefixes the peer may send even outside the pools (e.g. 0.0.0.0/0 from a
+	// gateway). Entries match exactly: 0.0.0.0/0 allows the default route, not everything.
+	Accept []netip.Prefix
+}
+
+// Advertisement is a prefix this node originates: an affine block or a borrowed /32.
+type Advertisement struct {
+	Prefix netip.Prefix
+}
+
+// Route is an accepted best path learned from a peer.
+type Route struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	Peer    netip.Addr // the neighbor it was learned from (a reflector for reflected routes)
+}
+
+// State is a BGP session state (RFC 4271 §8.2.2).
+type State int
+
+// Session states.
+const (
+	StateUnknown State = iota
+	Idle
+	Connect
+	Active
+	OpenSent
+	OpenConfirm
+	Established
+)
+
+func (s State) String() string {
+	switch s {
+	case Idle:
+		return "Idle"
+	case Connect:
+		return "Connect"
+	case Active:
+		return "Active"
+	case OpenSent:
+		return "OpenSent"
+	case OpenConfirm:
+		return "OpenConfirm"
+	case Established:
+		return "Established"
+	}
+	return "Unknown"
+}
+
+// PeerStatus is one row of `margayctl node status`.
+type PeerStatus struct {
+	Address netip.Addr
+	Type    PeerType
+	State   State
+	Since   time.Time // when the session entered or last left Established; zero if never
+	Info    string
+}
+
+// Errors returned by the speaker.
+var (
+	ErrNotStarted     = errors.New("speaker not started")
+	ErrAlreadyStarted = errors.New("speaker already started")
+	ErrBadPeer        = errors.New("invalid peer")
+	ErrBadPrefix      = errors.New("invalid prefix")
+)

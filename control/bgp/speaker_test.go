@@ -1,0 +1,592 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/margaynet/margay/control/datastore"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	pool   = netip.MustParsePrefix("198.19.0.0/16")
+	blocks = []netip.Prefix{
+		netip.MustParsePrefix("198.19.0.0/26"),
+		netip.MustParsePrefix("198.19.0.64/26"),
+		netip.MustParsePrefix("198.19.0.128/26"),
+	}
+)
+
+type testSpeaker struct {
+	*GoBGP
+	addr    netip.Addr
+	changed chan struct{}
+	observe atomic.Pointer[func([]Route)] // sees every delivery, if set
+}
+
+// startSpeaker runs a speaker on a loopback address and a free port, with timers short
+// enough for tests.
+func startSpeaker(tb testing.TB, addr string, opts ...Option) *testSpeaker {
+	tb.Helper()
+	a := netip.MustParseAddr(addr)
+	ts := &testSpeaker{addr: a, changed: make(chan struct{}, 1)}
+	level := slog.LevelWarn
+	if os.Getenv("BGP_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("speaker", addr)
+	opts = append([]Option{
+		WithLogger(logger),
+		WithListenAddresses(a),
+		WithListenPort(0),
+		WithTimers(9*time.Second, 3*time.Second, time.Second),
+		WithRouteHandler(func(routes []Route) {
+			if fn := ts.observe.Load(); fn != nil {
+				(*fn)(routes)
+			}
+			select {
+			case ts.changed <- struct{}{}:
+			default:
+			}
+		}),
+	}, opts...)
+	s, err := New(64512, a, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Stop(ctx); err != nil {
+			tb.Error(err)
+		}
+	})
+	s.SetPools([]netip.Prefix{pool})
+	ts.GoBGP = s
+	return ts
+}
+
+func (ts *testSpeaker) peer(accept ...netip.Prefix) Peer {
+	return Peer{Address: ts.addr, ASN: 64512, Type: PeerMesh, Port: uint16(ts.ListenPort()), Accept: accept}
+}
+
+func setPeers(tb testing.TB, s *testSpeaker, peers ...Peer) {
+	tb.Helper()
+	if err := s.SetPeers(context.Background(), peers); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func advertise(tb testing.TB, s *testSpeaker, prefixes ...netip.Prefix) {
+	tb.Helper()
+	ads := make([]Advertisement, 0, len(prefixes))
+	for _, p := range prefixes {
+		ads = append(ads, Advertisement{Prefix: p})
+	}
+	if err := s.Advertise(context.Background(), ads); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// waitRoutes waits until cond holds for the speaker's learned routes, waking on every route
+// change (and every 100 ms for conditions on other state).
+func waitRoutes(tb testing.TB, s *testSpeaker, timeout time.Duration, what string, cond func([]Route) bool) {
+	tb.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := s.Learned()
+		if cond(got) {
+			return
+		}
+		select {
+		case <-s.changed:
+		case <-tick.C:
+		case <-deadline.C:
+			if len(got) > 10 {
+				got = got[:10]
+			}
+			tb.Fatalf("%s: %s not reached within %s; learned (first 10) %v", s.addr, what, timeout, got)
+		}
+	}
+}
+
+func waitEstablished(tb testing.TB, s *testSpeaker, n int, timeout time.Duration) []PeerStatus {
+	tb.Helper()
+	var got []PeerStatus
+	var err error
+	waitRoutes(tb, s, timeout, fmt.Sprintf("%d sessions established", n), func([]Route) bool {
+		got, err = s.Peers(context.Background())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		up := 0
+		for _, p := range got {
+			if p.State == Established {
+				up++
+			}
+		}
+		return up == n && len(got) == n
+	})
+	return got
+}
+
+func routeSet(routes []Route) map[netip.Prefix]Route {
+	m := make(map[netip.Prefix]Route, len(routes))
+	for _, r := range routes {
+		m[r.Prefix] = r
+	}
+	return m
+}
+
+// hasExactly returns a condition: the learned routes are exactly want (prefix → next hop).
+func hasExactly(want map[netip.Prefix]netip.Addr) func([]Route) bool {
+	return func(got []Route) bool {
+		if len(got) != len(want) {
+			return false
+		}
+		for _, r := range got {
+			if want[r.Prefix] != r.NextHop {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func TestFullMesh(t *testing.T) {
+	s := []*testSpeaker{startSpeaker(t, "127.0.0.11"), startSpeaker(t, "127.0.0.12"), startSpeaker(t, "127.0.0.13")}
+	for i, me := range s {
+		var peers []Peer
+		for j, other := range s {
+			if j != i {
+				peers = append(peers, other.peer())
+			}
+		}
+		setPeers(t, me, peers...)
+		// Setting the same peers again changes nothing and must not reset sessions.
+		setPeers(t, me, peers...)
+	}
+	start := time.Now()
+	for _, me := range s {
+		st := waitEstablished(t, me, 2, 20*time.Second)
+		for _, p := range st {
+			if p.Type != PeerMesh || p.Since.IsZero() || p.Since.After(time.Now()) || p.Info != "Established" {
+				t.Errorf("%s: peer status %+v", me.addr, p)
+			}
+		}
+	}
+	t.Logf("full mesh of 3 established in %s", time.Since(start).Round(time.Millisecond))
+
+	for i, me := range s {
+		advertise(t, me, blocks[i])
+	}
+	others := func(i int, except ...int) map[netip.Prefix]netip.Addr {
+		m := map[netip.Prefix]netip.Addr{}
+		for j := range s {
+			if j != i && !slices.Contains(except, j) {
+				m[blocks[j]] = s[j].addr
+			}
+		}
+		return m
+	}
+	for i, me := range s {
+		waitRoutes(t, me, 10*time.Second, "the two other blocks", hasExactly(others(i)))
+		for _, r := range me.Learned() {
+			if r.Peer != r.NextHop {
+				t.Errorf("%s: route %+v: want it learned from its next hop", me.addr, r)
+			}
+		}
+	}
+
+	t.Run("withdraw", func(t *testing.T) {
+		advertise(t, s[0])
+		waitRoutes(t, s[1], 10*time.Second, "block 0 withdrawn", hasExactly(others(1, 0)))
+		waitRoutes(t, s[2], 10*time.Second, "block 0 withdrawn", hasExactly(others(2, 0)))
+		advertise(t, s[0], blocks[0])
+		waitRoutes(t, s[1], 10*time.Second, "block 0 back", hasExactly(others(1)))
+		waitRoutes(t, s[2], 10*time.Second, "block 0 back", hasExactly(others(2)))
+	})
+
+	t.Run("flood", func(t *testing.T) {
+		const n = 10000
+		flood := slices.Clone(blocks[1:2])
+		base := netip.MustParseAddr("198.19.100.0").As4()
+		first := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+		for i := range uint32(n) {
+			v := first + i
+			a := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+			flood = append(flood, netip.PrefixFrom(a, 32))
+		}
+		start := time.Now()
+		advertise(t, s[1], flood...)
+		sent := time.Since(start)
+		want := others(0)
+		for _, p := range flood[1:] {
+			want[p] = s[1].addr
+		}
+		waitRoutes(t, s[0], 30*time.Second, "10k flood learned", hasExactly(want))
+		took := time.Since(start)
+		t.Logf("flood: %d prefixes advertised in %s, learned by a peer in %s: %.0f routes/s",
+			n, sent.Round(time.Millisecond), took.Round(time.Millisecond), n/took.Seconds())
+		got := routeSet(s[0].Learned())
+		if got[blocks[2]].NextHop != s[2].addr {
+			t.Errorf("block of the third node lost during the flood: %+v", got[blocks[2]])
+		}
+		advertise(t, s[1], blocks[1])
+		waitRoutes(t, s[0], 30*time.Second, "flood withdrawn", hasExactly(others(0)))
+		t.Logf("flood withdrawn after %s", time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("remove peer", func(t *testing.T) {
+		// Node 0 leaves: the others drop it and its block.
+		setPeers(t, s[1], s[2].peer())
+		setPeers(t, s[2], s[1].peer())
+		waitRoutes(t, s[1], 10*time.Second, "node 0's routes dropped", hasExactly(others(1, 0)))
+		waitRoutes(t, s[2], 10*time.Second, "node 0's routes dropped", hasExactly(others(2, 0)))
+		st, err := s[1].Peers(context.Background())
+		if err != nil || len(st) != 1 || st[0].Address != s[2].addr {
+			t.Errorf("Peers() = %+v, %v; want only %s", st, err, s[2].addr)
+		}
+	})
+}
+
+func TestImportFilter(t *testing.T) {
+	node := startSpeaker(t, "127.0.0.21")
+	other := startSpeaker(t, "127.0.0.22") // another node: sends only what the pools allow
+	gw := startSpeaker(t, "127.0.0.23")    // a gateway allowed to send a default route
+	defaultRoute := netip.MustParsePrefix("0.0.0.0/0")
+	outside := netip.MustParsePrefix("10.0.0.0/24")
+	ownBlock, otherBlock := blocks[0], blocks[1]
+
+	setPeers(t, node, other.peer(), gw.peer(defaultRoute))
+	setPeers(t, other, node.peer())
+	setPeers(t, gw, node.peer())
+	waitEstablished(t, node, 2, 20*time.Second)
+	advertise(t, node, ownBlock)
+
+	// received reports whether GoBGP handed the prefix to us, accepted or not.
+	received := func(p netip.Prefix, from netip.Addr) func([]Route) bool {
+		return func([]Route) bool {
+			node.mu.Lock()
+			defer node.mu.Unlock()
+			l, ok := node.best[p]
+			return ok && l.peer == from
+		}
+	}
+
+	advertise(t, other, otherBlock, outside, defaultRoute)
+	waitRoutes(t, node, 10*time.Second, "the other block", hasExactly(map[netip.Prefix]netip.Addr{otherBlock: other.addr}))
+	waitRoutes(t, node, 10*time.Second, "the outside prefix received", received(outside, other.addr))
+	waitRoutes(t, node, 10*time.Second, "a default route from a node received", received(defaultRoute, other.addr))
+	if got := node.Learned(); len(got) != 1 {
+		t.Errorf("learned %v; want only %s", got, otherBlock)
+	}
+
+	// Our own block sent back by a peer (it may compete with ours; it must never come out).
+	advertise(t, other, otherBlock, outside, ownBlock)
+	waitRoutes(t, node, 10*time.Second, "the default route from a node withdrawn", func([]Route) bool {
+		return !received(defaultRoute, other.addr)(nil)
+	})
+
+	advertise(t, gw, defaultRoute, outside)
+	want := map[netip.Prefix]netip.Addr{otherBlock: other.addr, defaultRoute: gw.addr}
+	waitRoutes(t, node, 10*time.Second, "the gateway's default route", hasExactly(want))
+
+	// Pools narrowed: the other block is no longer handed out; restored: it is again.
+	node.SetPools([]netip.Prefix{netip.MustParsePrefix("198.19.1.0/24")})
+	waitRoutes(t, node, 5*time.Second, "only the default route", hasExactly(map[netip.Prefix]netip.Addr{defaultRoute: gw.addr}))
+	node.SetPools([]netip.Prefix{pool})
+	waitRoutes(t, node, 5*time.Second, "pools restored", hasExactly(want))
+
+	// Once we stop advertising our block, the copy a peer sends is an ordinary route.
+	advertise(t, node)
+	want[ownBlock] = other.addr
+	waitRoutes(t, node, 10*time.Second, "the former own block from the peer", hasExactly(want))
+}
+
+func TestAcceptable(t *testing.T) {
+	gw, peer := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	s := &GoBGP{
+		pools:  []netip.Prefix{pool},
+		own:    map[netip.Prefix]bool{blocks[0]: true},
+		accept: map[netip.Addr][]netip.Prefix{gw: {netip.MustParsePrefix("0.0.0.0/0")}},
+	}
+	tests := []struct {
+		prefix string
+		from   netip.Addr
+		want   bool
+	}{
+		{"198.19.0.64/26", peer, true},
+		{"198.19.7.1/32", peer, true},
+		{"198.19.0.0/16", peer, true},
+		{"198.18.0.0/15", peer, false}, // covers the pool but is wider
+		{"198.19.0.0/26", peer, false}, // ours
+		{"198.19.0.0/26", gw, false},   // ours, whoever sends it
+		{"10.0.0.0/8", peer, false},
+		{"0.0.0.0/0", peer, false},
+		{"0.0.0.0/0", gw, true},
+		{"10.0.0.0/8", gw, false}, // an Accept entry matches exactly
+	}
+	for _, tt := range tests {
+		t.Run(tt.prefix+" from "+tt.from.String(), func(t *testing.T) {
+			if got := s.acceptable(netip.MustParsePrefix(tt.prefix), tt.from); got != tt.want {
+				t.Errorf("acceptable = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSpeakerErrors(t *testing.T) {
+	if _, err := New(0, netip.MustParseAddr("127.0.0.1")); err == nil {
+		t.Error("New with AS 0: no error")
+	}
+	if _, err := New(64512, netip.MustParseAddr("::1")); err == nil {
+		t.Error("New with an IPv6 router ID: no error")
+	}
+	s, err := New(64512, netip.MustParseAddr("127.0.0.31"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.SetPeers(ctx, nil); err == nil {
+		t.Error("SetPeers before Start: no error")
+	}
+	if err := s.Advertise(ctx, nil); err == nil {
+		t.Error("Advertise before Start: no error")
+	}
+	ts := startSpeaker(t, "127.0.0.32")
+	if err := ts.Start(ctx); err == nil {
+		t.Error("second Start: no error")
+	}
+	p := Peer{Address: netip.MustParseAddr("127.0.0.33"), ASN: 64512}
+	if err := ts.SetPeers(ctx, []Peer{p, p}); err == nil {
+		t.Error("SetPeers with a duplicate: no error")
+	}
+	if err := ts.SetPeers(ctx, []Peer{{Address: p.Address}}); err == nil {
+		t.Error("SetPeers with AS 0: no error")
+	}
+	if err := ts.Advertise(ctx, []Advertisement{{Prefix: netip.MustParsePrefix("2001:db8::/64")}}); err == nil {
+		t.Error("Advertise IPv6: no error")
+	}
+}
+
+func TestGracefulRestart(t *testing.T) {
+	tests := []struct {
+		name        string
+		gr          bool
+		restartTime time.Duration
+		restart     bool // start the stopped speaker again
+		wantKept    bool // the route survives the stop
+	}{
+		// GoBGP waits 5 s in Idle after a session drops, so a restart takes 6-8 s to come back.
+		{name: "restart within restart time keeps routes", gr: true, restartTime: 30 * time.Second, restart: true, wantKept: true},
+		{name: "restart time expiry removes routes", gr: true, restartTime: 3 * time.Second, wantKept: true},
+		{name: "without graceful restart routes go at once", gr: false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			aAddr, bAddr := fmt.Sprintf("127.0.0.%d", 41+2*i), fmt.Sprintf("127.0.0.%d", 42+2*i)
+			port, err := freePort(context.Background(), []netip.Addr{netip.MustParseAddr(bAddr)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			gr := WithGracefulRestart(tt.gr, tt.restartTime)
+			a := startSpeaker(t, aAddr, gr)
+			b := startSpeaker(t, bAddr, gr, WithListenPort(port))
+			setPeers(t, a, b.peer())
+			setPeers(t, b, a.peer())
+			waitEstablished(t, a, 1, 20*time.Second)
+			advertise(t, b, blocks[1])
+			want := map[netip.Prefix]netip.Addr{blocks[1]: b.addr}
+			waitRoutes(t, a, 10*time.Second, "b's block", hasExactly(want))
+
+			var lost atomic.Bool
+			observe := func(routes []Route) {
+				if !hasExactly(want)(routes) {
+					lost.Store(true)
+				}
+			}
+			a.observe.Store(&observe)
+			stopped := time.Now()
+			if err := b.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if !tt.wantKept {
+				waitRoutes(t, a, 5*time.Second, "b's block removed", hasExactly(nil))
+				return
+			}
+			waitRoutes(t, a, 10*time.Second, "session down", func([]Route) bool {
+				st, err := a.Peers(context.Background())
+				return err == nil && len(st) == 1 && st[0].State != Established
+			})
+			if got := a.Learned(); !hasExactly(want)(got) {
+				t.Fatalf("after the peer went down: learned %v, want b's block kept", got)
+			}
+			if !tt.restart {
+				waitRoutes(t, a, 10*time.Second, "b's block removed after the restart time", hasExactly(nil))
+				if d := time.Since(stopped); d < tt.restartTime-time.Second {
+					t.Errorf("route removed %s after the stop; want about the restart time %s", d, tt.restartTime)
+				}
+				return
+			}
+			if err := b.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			setPeers(t, b, a.peer())
+			advertise(t, b, blocks[1])
+			waitEstablished(t, a, 1, 20*time.Second)
+			waitRoutes(t, a, 10*time.Second, "route refreshed", hasExactly(want))
+			if lost.Load() {
+				t.Error("b's block was withdrawn during the restart")
+			}
+			t.Logf("restarted peer back after %s, routes kept", time.Since(stopped).Round(time.Millisecond))
+		})
+	}
+}
+
+// TestRouteReflector runs the peers Mesh computes with the mesh off: two clients learn each
+// other's blocks through the reflector, with the originating client as next hop.
+func TestRouteReflector(t *testing.T) {
+	addrs := []string{"127.0.0.51", "127.0.0.52", "127.0.0.53"}
+	nodes := []datastore.Node{
+		{Name: "rr", AddressV4: netip.MustParsePrefix(addrs[0] + "/8"), RouteReflectorClusterID: "1.0.0.1"},
+		{Name: "a", AddressV4: netip.MustParsePrefix(addrs[1] + "/8")},
+		{Name: "b", AddressV4: netip.MustParsePrefix(addrs[2] + "/8")},
+	}
+	off := false
+	cfg := datastore.BGPConfig{ASN: 64512, NodeToNodeMesh: &off}
+	s := make([]*testSpeaker, len(nodes))
+	ports := map[netip.Addr]uint16{}
+	for i, n := range nodes {
+		var opts []Option
+		if n.RouteReflectorClusterID != "" {
+			opts = append(opts, WithRouteReflectorClusterID(netip.MustParseAddr(n.RouteReflectorClusterID)))
+		}
+		s[i] = startSpeaker(t, addrs[i], opts...)
+		ports[s[i].addr] = uint16(s[i].ListenPort())
+	}
+	for i, n := range nodes {
+		peers := Mesh(n, nodes, cfg, nil)
+		for j := range peers {
+			peers[j].Port = ports[peers[j].Address]
+		}
+		setPeers(t, s[i], peers...)
+	}
+	waitEstablished(t, s[0], 2, 20*time.Second)
+	advertise(t, s[1], blocks[1])
+	advertise(t, s[2], blocks[2])
+	waitRoutes(t, s[1], 10*time.Second, "b's block via the reflector", hasExactly(map[netip.Prefix]netip.Addr{blocks[2]: s[2].addr}))
+	waitRoutes(t, s[2], 10*time.Second, "a's block via the reflector", hasExactly(map[netip.Prefix]netip.Addr{blocks[1]: s[1].addr}))
+	if r := s[1].Learned()[0]; r.Peer != s[0].addr {
+		t.Errorf("route %+v: want it learned from the reflector %s", r, s[0].addr)
+	}
+	if st, err := s[1].Peers(context.Background()); err != nil || len(st) != 1 {
+		t.Errorf("client peers = %+v, %v; want only the reflector", st, err)
+	}
+}
+
+// md5Supported says whether this kernel lets a listening socket take a TCP MD5 key (RFC 2385),
+// which GoBGP needs to accept MD5 sessions. Some kernels (this VM's 6.18) refuse it with
+// ENOPROTOOPT while accepting it on unconnected sockets.
+func md5Supported(tb testing.TB) error {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.61:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	sc, err := l.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var serr error
+	err = sc.Control(func(fd uintptr) {
+		sig := unix.TCPMD5Sig{Keylen: 6}
+		sig.Addr.Family = unix.AF_INET
+		copy(sig.Addr.Data[2:], []byte{127, 0, 0, 62})
+		copy(sig.Key[:], "s3cret")
+		serr = unix.SetsockoptTCPMD5Sig(int(fd), unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return serr
+}
+
+func TestMD5(t *testing.T) {
+	if err := md5Supported(t); err != nil {
+		t.Skipf("kernel refuses TCP_MD5SIG on a listening socket: %v", err)
+	}
+	a := startSpeaker(t, "127.0.0.61")
+	b := startSpeaker(t, "127.0.0.62")
+	pa, pb := a.peer(), b.peer()
+	pa.Password, pb.Password = "s3cret", "s3cret"
+	setPeers(t, a, pb)
+	setPeers(t, b, pa)
+	waitEstablished(t, a, 1, 20*time.Second)
+
+	// A password change resets the session; with mismatched secrets it cannot come up.
+	pb.Password = "other"
+	setPeers(t, a, pb)
+	waitRoutes(t, a, 10*time.Second, "session down with a wrong secret", func([]Route) bool {
+		st, err := a.Peers(context.Background())
+		return err == nil && len(st) == 1 && st[0].State != Established
+	})
+	pa.Password = "other"
+	setPeers(t, b, pa)
+	waitEstablished(t, a, 1, 20*time.Second)
+}
+
+func TestSetPeersUpdate(t *testing.T) {
+	a := startSpeaker(t, "127.0.0.71")
+	b := startSpeaker(t, "127.0.0.72")
+	setPeers(t, b, a.peer())
+	pb := b.peer()
+	setPeers(t, a, pb)
+	before := waitEstablished(t, a, 1, 20*time.Second)[0]
+
+	// Type and Accept are ours: changing them keeps the session.
+	pb.Type, pb.Accept = PeerGlobal, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+	setPeers(t, a, pb)
+	st, err := a.Peers(context.Background())
+	if err != nil || len(st) != 1 || st[0].Type != PeerGlobal || st[0].State != Established || !st[0].Since.Equal(before.Since) {
+		t.Fatalf("after a Type change: %+v, %v; want the same session (since %s) as global", st, err, before.Since)
+	}
+	advertise(t, b, netip.MustParsePrefix("0.0.0.0/0"))
+	waitRoutes(t, a, 10*time.Second, "default route now accepted", hasExactly(map[netip.Prefix]netip.Addr{netip.MustParsePrefix("0.0.0.0/0"): b.addr}))
+
+	// A wrong AS is a session change: the peer is re-added and cannot come up.
+	pb.ASN = 65000
+	setPeers(t, a, pb)
+	waitRoutes(t, a, 10*time.Second, "session down with a wrong AS", func(routes []Route) bool {
+		st, err := a.Peers(context.Background())
+		return err == nil && len(st) == 1 && st[0].State != Established && len(routes) == 0
+	})
+	pb.ASN = 64512
+	setPeers(t, a, pb)
+	waitEstablished(t, a, 1, 20*time.Second)
+	waitRoutes(t, a, 10*time.Second, "default route back", hasExactly(map[netip.Prefix]netip.Addr{netip.MustParsePrefix("0.0.0.0/0"): b.addr}))
+
+	setPeers(t, a)
+	waitRoutes(t, a, 10*time.Second, "no peers, no routes", hasExactly(nil))
+	if st, err := a.Peers(context.Background()); err != nil || len(st) != 0 {
+		t.Errorf("Peers() = %+v, %v; want none", st, err)
+	}
+}
