@@ -36,6 +36,8 @@ type options struct {
 	logLevel    string
 	ds          datastore.Config
 	configFile  string
+	bgp         bool
+	bgpPort     int
 }
 
 func main() {
@@ -77,6 +79,8 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.defaultPool, "default-pool", datastore.DefaultPoolCIDR.String(), "pool created when none exists (empty: none)")
 	f.BoolVar(&o.cleanup, "cleanup", false, "detach every Margay program, remove all pins and exit")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&o.bgp, "bgp", false, "run the BGP speaker (mesh, reflectors, explicit peers) for remote routes; without it they come from the datastore")
+	f.IntVar(&o.bgpPort, "bgp-port", 179, "TCP port of the BGP speaker")
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	o.ds.BindFlags(f)
 	return cmd
@@ -108,7 +112,7 @@ func (o options) agentConfig() (agent.Config, error) {
 		return agent.Config{}, err
 	}
 	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: o.xdp, TCMode: mode,
-		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval}
+		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort}
 	if o.defaultPool != "" {
 		p, err := netip.ParsePrefix(o.defaultPool)
 		if err != nil || !p.Addr().Is4() || p.Masked() != p {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -15,7 +14,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -93,61 +91,7 @@ func newWorld(t testing.TB, pools ...string) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &world{ds: ds, host: host, endpoint: "http://" + relay(t, host, u.Host)}
-}
-
-// relay listens on 127.0.0.1 inside ns and forwards every connection to target in the root
-// namespace. It stops at cleanup.
-func relay(t testing.TB, in *netns.NS, target string) string {
-	t.Helper()
-	var l net.Listener
-	if err := in.Do(func() error {
-		var err error
-		l, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				d, err := net.Dial("tcp", target)
-				if err != nil {
-					_ = c.Close()
-					return
-				}
-				track(d)
-				go func() { _, _ = io.Copy(d, c); _ = d.Close() }()
-				_, _ = io.Copy(c, d)
-				_ = c.Close()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return l.Addr().String()
+	return &world{ds: ds, host: host, endpoint: "http://" + host.Relay(t, u.Host)}
 }
 
 // conf returns a network config for the world; set adds or replaces fields (nil deletes).

@@ -15,10 +15,10 @@ import (
 func newNodeCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:               "node",
-		Short:             "List and remove the nodes of the cluster",
+		Short:             "List and remove the nodes of the cluster; this node's BGP status",
 		PersistentPreRunE: g.checkOutput,
 	}
-	cmd.AddCommand(newNodeListCmd(g), newNodeDeleteCmd(g))
+	cmd.AddCommand(newNodeListCmd(g), newNodeDeleteCmd(g), newNodeStatusCmd(g))
 	return cmd
 }
 

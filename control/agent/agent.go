@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 
+	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/ipam"
@@ -35,6 +37,11 @@ type Config struct {
 	ReconcileInterval time.Duration // full pass even without events
 	GCInterval        time.Duration // IPAM garbage collection of this node's handles, 0 = 1 minute
 	DefaultPool       netip.Prefix  // created when no pool exists; invalid = never
+	// BGP runs the node's BGP speaker: peers from the mesh, reflector and explicit peer
+	// settings, remote routes learned from them. Without it remote routes come from the blocks
+	// and node addresses in the datastore.
+	BGP     bool
+	BGPPort int // 0 = 179
 }
 
 // Agent runs one host. Run owns all state: watchers feed it through a channel.
@@ -50,6 +57,9 @@ type Agent struct {
 	// collection: released only if still so at the next one, so an ADD in flight (handle written,
 	// record not yet) is never collected. Owned by the loop goroutine.
 	gcSuspects map[string]bool
+
+	speaker    atomic.Pointer[bgp.Speaker] // for the HTTP handlers and metrics, once the loop started it
+	advertised atomic.Int64                // prefixes the speaker originates, for metrics
 
 	ready   atomic.Bool
 	healthy atomic.Int64 // unix nanos of the owner loop's last turn
@@ -87,6 +97,9 @@ func New(cfg Config, ds *datastore.Client, opts ...Option) (*Agent, error) {
 	a.ipam = ipam.New(ds, ipam.WithLogger(a.log))
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.m = newMetrics(a.reg)
+	if cfg.BGP {
+		a.reg.MustRegister(newBGPCollector(a))
+	}
 	return a, nil
 }
 
@@ -159,9 +172,13 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	updates := make(chan func(*view), 64)
 	w := &watchers{ds: a.ds, log: a.log, updates: updates}
-	w.start(ctx)
-
-	return a.loop(ctx, rec, uplink, updates, w)
+	w.start(ctx, a.cfg.BGP)
+	var r *routing
+	if a.cfg.BGP {
+		r = a.newRouting(ctx, addr, updates)
+		defer r.stop()
+	}
+	return a.loop(ctx, rec, r, uplink, updates, w)
 }
 
 // register writes this node's record, keeping what operators set on it (labels, AS, reflector).
@@ -197,8 +214,8 @@ func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) 
 
 // loop is the owner goroutine: it applies updates to the view and reconciles when something
 // changed (batched), when interfaces are still pending, and every ReconcileInterval.
-func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink string, updates <-chan func(*view), w *watchers) error {
-	v := newView(a.cfg.NodeName)
+func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, r *routing, uplink string, updates <-chan func(*view), w *watchers) error {
+	v := newView(a.cfg.NodeName, r != nil)
 	tick := time.NewTicker(a.cfg.ReconcileInterval)
 	defer tick.Stop()
 	gc := time.NewTicker(a.cfg.GCInterval)
@@ -240,6 +257,14 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, uplink stri
 			continue
 		}
 		dirty = false
+		if r != nil {
+			if err := r.sync(ctx, a, v); err != nil {
+				a.log.Error("bgp", "error", err)
+			}
+			if r.speaker != nil {
+				a.speaker.Store(&r.speaker)
+			}
+		}
 		pending, ok := a.reconcile(rec, v.state(uplink), full)
 		full = !ok
 		if pending {
@@ -334,6 +359,7 @@ func (a *Agent) serveHTTP(ctx context.Context) error {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("/bgp/peers", a.serveBGPPeers)
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
@@ -350,4 +376,33 @@ func (a *Agent) serveHTTP(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	return nil
+}
+
+// PeerJSON is one BGP peer as /bgp/peers serves it and `margayctl node status` prints it.
+type PeerJSON struct {
+	Address string    `json:"address"`
+	Type    string    `json:"type"`
+	State   string    `json:"state"`
+	Since   time.Time `json:"since,omitzero"`
+	Info    string    `json:"info,omitempty"`
+}
+
+// serveBGPPeers answers with the sessions of the node's speaker, as calicoctl reads BIRD's.
+func (a *Agent) serveBGPPeers(w http.ResponseWriter, req *http.Request) {
+	sp := a.speaker.Load()
+	if sp == nil {
+		http.Error(w, "bgp is not running on this node", http.StatusServiceUnavailable)
+		return
+	}
+	peers, err := (*sp).Peers(req.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	out := []PeerJSON{}
+	for _, p := range peers {
+		out = append(out, PeerJSON{Address: p.Address.String(), Type: p.Type.String(), State: p.State.String(), Since: p.Since, Info: p.Info})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
 }

@@ -1,6 +1,10 @@
 package agent
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	reconciles        *prometheus.CounterVec
@@ -36,4 +40,48 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.reconciles, m.reconcileDuration, m.changes, m.endpoints, m.pending)
 	return m
+}
+
+// bgpCollector reads the speaker at scrape time: sessions by state, routes learned and advertised.
+type bgpCollector struct {
+	a          *Agent
+	peers      *prometheus.Desc
+	learned    *prometheus.Desc
+	advertised *prometheus.Desc
+}
+
+func newBGPCollector(a *Agent) *bgpCollector {
+	return &bgpCollector{
+		a: a,
+		peers: prometheus.NewDesc("margay_bgp_peers", "BGP peers of this node by session state and peer type.",
+			[]string{"state", "type"}, nil),
+		learned: prometheus.NewDesc("margay_bgp_routes_learned", "Accepted best paths learned from peers.", nil, nil),
+		advertised: prometheus.NewDesc("margay_bgp_routes_advertised",
+			"Prefixes this node originates: its blocks and borrowed /32s.", nil, nil),
+	}
+}
+
+func (c *bgpCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.peers
+	ch <- c.learned
+	ch <- c.advertised
+}
+
+func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
+	sp := c.a.speaker.Load()
+	if sp == nil {
+		return
+	}
+	if peers, err := (*sp).Peers(context.Background()); err == nil {
+		type key struct{ state, typ string }
+		counts := map[key]int{}
+		for _, p := range peers {
+			counts[key{p.State.String(), p.Type.String()}]++
+		}
+		for k, n := range counts {
+			ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(n), k.state, k.typ)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(len((*sp).Learned())))
+	ch <- prometheus.MustNewConstMetric(c.advertised, prometheus.GaugeValue, float64(c.a.advertised.Load()))
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
 )
@@ -20,19 +21,28 @@ type view struct {
 	blocks    map[string]datastore.Block
 	nodes     map[string]datastore.Node
 	pools     map[string]datastore.Pool
+	bgpConfig map[string]datastore.BGPConfig // the config/bgp singleton, when BGP is on
+	bgpPeers  map[string]datastore.BGPPeer
+	learned   []bgp.Route // best paths from the BGP speaker
+	bgp       bool        // remote routes come from BGP, not from the datastore's blocks
 	synced    map[string]bool
 }
 
-func newView(node string) *view {
+func newView(node string, withBGP bool) *view {
 	return &view{node: node, workloads: map[string]datastore.Workload{}, blocks: map[string]datastore.Block{},
-		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, synced: map[string]bool{}}
+		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, bgpConfig: map[string]datastore.BGPConfig{},
+		bgpPeers: map[string]datastore.BGPPeer{}, bgp: withBGP, synced: map[string]bool{}}
 }
 
-// state derives what this host should look like. Remote routes come from the datastore: every
-// block another node owns is reached through that node, and a workload that borrowed an address
-// from someone else's block gets a /32 of its own. Only next hops on the uplink's subnet are used.
+// state derives what this host should look like. Remote routes come from BGP, or without it from
+// the datastore: every block another node owns is reached through that node, and a workload that
+// borrowed an address from someone else's block gets a /32 of its own. Only next hops on the
+// uplink's subnet are used.
 func (v *view) state(uplink string) dataplane.State {
 	s := dataplane.State{Uplink: uplink}
+	if v.bgp {
+		s.Remote = v.learnedRoutes()
+	}
 	self := v.nodes[v.node].AddressV4
 	reachable := func(node string) (netip.Addr, bool) {
 		n, ok := v.nodes[node]
@@ -58,6 +68,7 @@ func (v *view) state(uplink string) dataplane.State {
 		switch owner := b.Node(); {
 		case owner == v.node:
 			s.Blocks = append(s.Blocks, b.CIDR)
+		case v.bgp:
 		default:
 			if nh, ok := reachable(owner); ok {
 				s.Remote = append(s.Remote, dataplane.RemoteRoute{Prefix: b.CIDR, NextHop: nh})
@@ -83,7 +94,7 @@ func (v *view) state(uplink string) dataplane.State {
 			s.Workloads = append(s.Workloads, dataplane.Workload{IfName: w.IfName, IPv4: ip, MAC: mac})
 			continue
 		}
-		if b, ok := blockOf(ip); ok && b.Node() != w.Node {
+		if b, ok := blockOf(ip); ok && b.Node() != w.Node && !v.bgp {
 			if nh, ok := reachable(w.Node); ok {
 				s.Remote = append(s.Remote, dataplane.RemoteRoute{Prefix: netip.PrefixFrom(ip, 32), NextHop: nh, Workload: true})
 			}
@@ -114,9 +125,17 @@ const (
 	kindBlocks    = "blocks"
 	kindNodes     = "nodes"
 	kindPools     = "pools"
+	kindBGPConfig = "bgpconfig"
+	kindBGPPeers  = "bgppeers"
+
+	bgpConfigName = "bgp" // the name of the config/bgp singleton's only item
 )
 
-func (w *watchers) start(ctx context.Context) {
+func (w *watchers) start(ctx context.Context, withBGP bool) {
+	if withBGP {
+		go follow(ctx, w, kindBGPConfig, w.ds.BGPConfig().Store(), func(v *view) map[string]datastore.BGPConfig { return v.bgpConfig })
+		go follow(ctx, w, kindBGPPeers, w.ds.BGPPeers(), func(v *view) map[string]datastore.BGPPeer { return v.bgpPeers })
+	}
 	go follow(ctx, w, kindWorkloads, w.ds.AllWorkloads(), func(v *view) map[string]datastore.Workload { return v.workloads })
 	go follow(ctx, w, kindBlocks, w.ds.Blocks(), func(v *view) map[string]datastore.Block { return v.blocks })
 	go follow(ctx, w, kindNodes, w.ds.Nodes(), func(v *view) map[string]datastore.Node { return v.nodes })
@@ -126,7 +145,8 @@ func (w *watchers) start(ctx context.Context) {
 // synced reports whether every kind delivered its first snapshot: reconciling earlier would
 // remove what the missing kinds still want.
 func (w *watchers) synced(v *view) bool {
-	return v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools]
+	base := v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools]
+	return base && (!v.bgp || v.synced[kindBGPConfig] && v.synced[kindBGPPeers])
 }
 
 func follow[T any](ctx context.Context, w *watchers, kind string, store datastore.Store[T], cache func(*view) map[string]T) {

@@ -123,6 +123,9 @@ type BGPPeer struct {
 	ASN      uint32     `json:"asn"`
 	Node     string     `json:"node,omitempty"`     // "" = every node peers with PeerIP
 	Password string     `json:"password,omitempty"` // TCP MD5 secret, "" = none
+	// Accept lists prefixes this peer may send besides those inside the pools, matched exactly:
+	// a gateway's 0.0.0.0/0, or the networks behind it.
+	Accept []netip.Prefix `json:"accept,omitempty"`
 }
 
 // Validate reports the first thing wrong with p.
@@ -150,11 +153,20 @@ func (p BGPPeer) Validate() error {
 	if len(p.Password) > 80 {
 		return fmt.Errorf("password is %d bytes, TCP MD5 allows 80", len(p.Password))
 	}
+	for i, a := range p.Accept {
+		if err := checkPrefix4(fmt.Sprintf("accept[%d]", i), a); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 func (p *BGPPeer) version() *int { return &p.Version }
-func (p *BGPPeer) setDefaults()  {}
+func (p *BGPPeer) setDefaults() {
+	if len(p.Accept) == 0 {
+		p.Accept = nil
+	}
+}
 
 // Node is a host of the cluster, registered by its agent, at nodes/<name>.
 type Node struct {

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/margaynet/margay/control/agent"
+)
+
+// newNodeStatusCmd prints what `calicoctl node status` prints, from this host's agent.
+func newNodeStatusCmd(g *globals) *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Is this host's agent running, and the state of its BGP sessions",
+		Long: `Ask this host's margay-agent (its health and metrics address, --agent) whether it runs and
+how its BGP sessions stand, in the form calicoctl node status prints.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client := &http.Client{Timeout: 5 * time.Second}
+			base := "http://" + addr
+			out := cmd.OutOrStdout()
+			if resp, err := client.Get(base + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+				if resp != nil {
+					resp.Body.Close()
+				}
+				fmt.Fprintln(out, "Margay process is not running.")
+				return fmt.Errorf("node status: no healthy agent at %s", addr)
+			} else {
+				resp.Body.Close()
+			}
+			peers := []agent.PeerJSON{}
+			resp, err := client.Get(base + "/bgp/peers")
+			if err != nil {
+				return fmt.Errorf("node status: %w", err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			bgpOff := resp.StatusCode == http.StatusServiceUnavailable
+			if !bgpOff {
+				if resp.StatusCode != http.StatusOK {
+					return fmt.Errorf("node status: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+				}
+				if err := json.Unmarshal(body, &peers); err != nil {
+					return fmt.Errorf("node status: decode peers: %w", err)
+				}
+			}
+			if g.output == "json" {
+				return g.render(out, nil, nil, peers)
+			}
+			fmt.Fprint(out, "Margay process is running.\n\n")
+			if bgpOff {
+				fmt.Fprint(out, "BGP is not running on this node (margay-agent --bgp); remote routes come from the datastore.\n")
+				return nil
+			}
+			fmt.Fprint(out, "IPv4 BGP status\n")
+			if len(peers) == 0 {
+				fmt.Fprint(out, "No IPv4 peers found.\n")
+			} else {
+				writeStatusTable(out, peers)
+			}
+			fmt.Fprint(out, "\nIPv6 BGP status\nNo IPv6 peers found.\n")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&addr, "agent", "127.0.0.1:9091", "health and metrics address of this host's margay-agent")
+	return cmd
+}
+
+// writeStatusTable draws the peers as calicoctl does: up/down, and the session state as info.
+func writeStatusTable(w io.Writer, peers []agent.PeerJSON) {
+	header := []string{"PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"}
+	rows := [][]string{}
+	for _, p := range peers {
+		state := "down"
+		if p.State == "Established" {
+			state = "up"
+		}
+		since := ""
+		if !p.Since.IsZero() {
+			since = p.Since.Local().Format("15:04:05")
+		}
+		info := p.State
+		if p.Info != "" && p.State != "Established" {
+			info += " " + p.Info
+		}
+		rows = append(rows, []string{p.Address, p.Type, state, since, info})
+	}
+	width := make([]int, len(header))
+	for i, h := range header {
+		width[i] = len(h)
+	}
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	line := "+"
+	for _, wd := range width {
+		line += strings.Repeat("-", wd+2) + "+"
+	}
+	row := func(cells []string) {
+		s := "|"
+		for i, c := range cells {
+			s += " " + c + strings.Repeat(" ", width[i]-len(c)) + " |"
+		}
+		fmt.Fprintln(w, s)
+	}
+	fmt.Fprintln(w, line)
+	row(header)
+	fmt.Fprintln(w, line)
+	for _, r := range rows {
+		row(r)
+	}
+	fmt.Fprintln(w, line)
+}

@@ -1,0 +1,172 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/margaynet/margay/control/bgp"
+	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/datastore"
+)
+
+// routing keeps the BGP speaker in line with the view: the peers the mesh, reflector and explicit
+// peer settings call for, the pools learned routes must fall in, and the prefixes this node
+// originates. It is owned by the loop goroutine; the speaker hands learned routes back through
+// the update channel.
+type routing struct {
+	opts    []bgp.Option
+	speaker bgp.Speaker // nil until the first sync, which knows the AS number
+	peers   []bgp.Peer
+	ads     []bgp.Advertisement
+	pools   []netip.Prefix
+}
+
+// newRouting prepares the speaker for this node: router ID and source address the node's IPv4;
+// learned routes go to the loop through updates.
+func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<- func(*view)) *routing {
+	opts := []bgp.Option{
+		bgp.WithLogger(a.log.With("component", "bgp")),
+		bgp.WithListenAddresses(self.Addr()),
+		bgp.WithLocalAddress(self.Addr()),
+		bgp.WithRouteHandler(func(routes []bgp.Route) {
+			select {
+			case updates <- func(v *view) { v.learned = routes }:
+			case <-ctx.Done():
+			}
+		}),
+	}
+	if a.cfg.BGPPort != 0 {
+		opts = append(opts, bgp.WithListenPort(a.cfg.BGPPort))
+	}
+	return &routing{opts: opts}
+}
+
+// sync pushes what changed in the view to the speaker, starting it on the first call. The AS
+// number (the node's own, else config/bgp's) is fixed when the speaker starts; changing it
+// resets every session anyway, so it takes an agent restart.
+func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
+	self, ok := v.nodes[v.node]
+	if !ok {
+		return nil
+	}
+	cfg := datastore.DefaultBGPConfig()
+	if c, ok := v.bgpConfig[bgpConfigName]; ok {
+		cfg = c
+	}
+	if r.speaker == nil {
+		asn := self.ASN
+		if asn == 0 {
+			asn = cfg.ASN
+		}
+		s, err := bgp.New(asn, self.AddressV4.Addr(), r.opts...)
+		if err != nil {
+			return fmt.Errorf("create bgp speaker: %w", err)
+		}
+		if err := s.Start(ctx); err != nil {
+			return fmt.Errorf("start bgp speaker: %w", err)
+		}
+		r.speaker = s
+	}
+	var errs []error
+	peers := bgp.Mesh(self, mapValues(v.nodes), cfg, mapValues(v.bgpPeers))
+	if !slices.EqualFunc(peers, r.peers, samePeer) {
+		if err := r.speaker.SetPeers(ctx, peers); err != nil {
+			errs = append(errs, fmt.Errorf("set bgp peers: %w", err))
+		} else {
+			r.peers = peers
+		}
+	}
+	var pools []netip.Prefix
+	for _, p := range v.pools {
+		pools = append(pools, p.CIDR)
+	}
+	slices.SortFunc(pools, comparePrefix)
+	if !slices.Equal(pools, r.pools) {
+		r.speaker.SetPools(pools)
+		r.pools = pools
+	}
+	ads := v.advertisements()
+	if !slices.Equal(ads, r.ads) {
+		if err := r.speaker.Advertise(ctx, ads); err != nil {
+			errs = append(errs, fmt.Errorf("advertise: %w", err))
+		} else {
+			r.ads = ads
+			a.advertised.Store(int64(len(ads)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stop closes the sessions. Peers with graceful restart keep our routes for the restart time.
+func (r *routing) stop() {
+	if r.speaker != nil {
+		_ = r.speaker.Stop(context.Background())
+	}
+}
+
+func samePeer(a, b bgp.Peer) bool {
+	return a.Address == b.Address && a.ASN == b.ASN && a.Type == b.Type && a.Port == b.Port &&
+		a.Password == b.Password && a.RouteReflectorClient == b.RouteReflectorClient && slices.Equal(a.Accept, b.Accept)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func mapValues[V any](m map[string]V) []V {
+	out := make([]V, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+// advertisements are the prefixes this node originates: its blocks, and the /32 of every local
+// workload whose address was borrowed from another node's block.
+func (v *view) advertisements() []bgp.Advertisement {
+	var ads []bgp.Advertisement
+	for _, b := range v.blocks {
+		if b.Node() == v.node {
+			ads = append(ads, bgp.Advertisement{Prefix: b.CIDR})
+		}
+	}
+	for _, w := range v.workloads {
+		if w.Node != v.node || len(w.IPv4) == 0 {
+			continue
+		}
+		ip := w.IPv4[0].Addr()
+		for _, b := range v.blocks {
+			if b.CIDR.Contains(ip) && b.Node() != v.node {
+				ads = append(ads, bgp.Advertisement{Prefix: netip.PrefixFrom(ip, 32)})
+			}
+		}
+	}
+	slices.SortFunc(ads, func(a, b bgp.Advertisement) int { return comparePrefix(a.Prefix, b.Prefix) })
+	return slices.Compact(ads)
+}
+
+// learnedRoutes are the BGP-learned routes the host can use: next hop on the uplink's subnet
+// (BGP between hosts of one segment, or a gateway on it) and not one of our own blocks.
+func (v *view) learnedRoutes() []dataplane.RemoteRoute {
+	self := v.nodes[v.node].AddressV4
+	own := map[netip.Prefix]bool{}
+	for _, b := range v.blocks {
+		if b.Node() == v.node {
+			own[b.CIDR] = true
+		}
+	}
+	var out []dataplane.RemoteRoute
+	for _, r := range v.learned {
+		if own[r.Prefix] || !r.Prefix.Addr().Is4() || !self.IsValid() || !self.Masked().Contains(r.NextHop) || r.NextHop == self.Addr() {
+			continue
+		}
+		out = append(out, dataplane.RemoteRoute{Prefix: r.Prefix, NextHop: r.NextHop, Workload: r.Prefix.Bits() == 32})
+	}
+	return out
+}
