@@ -62,6 +62,7 @@ format: ## gofmt the Go code
 bench: deps ## Per-packet cost of the programs, CNI ADD and event-to-map latencies (medians, ratios)
 	$(GO) test -run '^$$' -bench . -count 3 -timeout 30m ./tests/bpfbench/
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count 3 -timeout 30m ./control/agent/ ./cmd/margay-cni/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 3 -timeout 30m ./tests/cluster/
 
 lab: deps build ## The multi-host lab (lands with the lab issue; prints a notice until then)
 	@echo "make lab: the multi-host lab (three hosts, BGP mesh, workloads) is not built yet."

@@ -1,0 +1,199 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries builds margay-agent and margayctl once per test process and returns their directory.
+func Binaries(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "margay-bin-")
+		if buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", binDir, "github.com/margaynet/margay/cmd/margay-agent",
+			"github.com/margaynet/margay/cmd/margayctl").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// Cluster is an etcd and a segment that hosts join.
+type Cluster struct {
+	tb      testing.TB
+	DS      *datastore.Client
+	etcd    string // host:port of the embedded etcd, in the test's namespace
+	segment *netns.NS
+	hosts   []*Host
+	ports   int // veths attached to the segment by Attach
+}
+
+// New starts an etcd with the pool 198.19.0.0/16 in /26 blocks and a segment (a bridge in a
+// namespace of its own) for the hosts' uplinks.
+func New(tb testing.TB) *Cluster {
+	tb.Helper()
+	e := datastoretest.Start(tb)
+	ds := datastoretest.Connect(tb, datastore.Config{Endpoints: e.Endpoints()})
+	if _, err := ds.Pools().Create(context.Background(), "lab", datastore.Pool{Version: 1, Name: "lab",
+		CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}); err != nil {
+		tb.Fatal(err)
+	}
+	seg := netns.New(tb, "mgyseg-")
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := seg.Netlink().LinkAdd(br); err != nil {
+		tb.Fatalf("add bridge: %v", err)
+	}
+	if err := seg.Netlink().LinkSetUp(seg.Link(tb, "br0")); err != nil {
+		tb.Fatal(err)
+	}
+	return &Cluster{tb: tb, DS: ds, etcd: strings.TrimPrefix(e.Endpoints()[0], "http://"), segment: seg}
+}
+
+// Host is a namespace with an uplink ens32 on the segment and a margay-agent process.
+type Host struct {
+	Name string
+	NS   *netns.NS
+	Addr netip.Prefix
+	Root string // bpffs root of its agent
+	http string // agent's HTTP address inside NS
+	etcd string // etcd's address inside NS (a relay)
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// AddHost creates a host at addr (e.g. 198.18.0.100/24) and starts its agent with extra flags.
+func (c *Cluster) AddHost(name, addr string, flags ...string) *Host {
+	tb := c.tb
+	tb.Helper()
+	h := &Host{Name: name, NS: netns.New(tb, "mgy"+name+"-"), Addr: netip.MustParsePrefix(addr), Root: netns.BPFFS(tb),
+		http: "127.0.0.1:9091", done: make(chan error, 1)}
+	c.Attach(h.NS, "ens32", addr)
+	h.etcd = "http://" + h.NS.Relay(tb, c.etcd)
+	args := append([]string{"--node-name", name, "--uplink", "ens32", "--bpffs-root", h.Root,
+		"--etcd-endpoints", h.etcd, "--http-addr", h.http, "--reconcile-interval", "2s", "--default-pool", ""}, flags...)
+	h.cmd = h.NS.Command(filepath.Join(Binaries(tb), "margay-agent"), args...)
+	h.cmd.Stdout, h.cmd.Stderr = logWriter{tb, name + ": "}, logWriter{tb, name + ": "}
+	if err := h.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() { h.done <- h.cmd.Wait() }()
+	tb.Cleanup(func() {
+		h.Stop()
+		_ = exec.Command(filepath.Join(Binaries(tb), "margay-agent"), "--cleanup", "--bpffs-root", h.Root).Run()
+	})
+	c.hosts = append(c.hosts, h)
+	return h
+}
+
+// Endpoint is the etcd endpoint to use from inside host h, for margayctl run there.
+func (c *Cluster) Endpoint(h *Host) string { return h.etcd }
+
+// Stop ends the host's agent (SIGTERM) and waits for it.
+func (h *Host) Stop() {
+	if h.cmd.ProcessState != nil {
+		return
+	}
+	_ = h.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-h.done:
+	case <-time.After(10 * time.Second):
+		_ = h.cmd.Process.Kill()
+		<-h.done
+	}
+}
+
+// Get fetches a path of the agent's HTTP server from inside the host.
+func (h *Host) Get(path string) (int, string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := h.NS.Do(func() (err error) { c, err = net.Dial(network, addr); return err })
+			return c, err
+		}}}
+	resp, err := client.Get("http://" + h.http + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
+
+// Maps opens the host's pinned maps (closed at cleanup), waiting for its agent to pin them.
+func (h *Host) Maps(tb testing.TB) *maps.Set {
+	tb.Helper()
+	var set *maps.Set
+	Eventually(tb, h.Name+" pinned its maps", 20*time.Second, func() (err error) { set, err = maps.OpenPinned(h.Root); return err })
+	tb.Cleanup(func() { set.Close() })
+	return set
+}
+
+// Eventually polls cond until it holds or the time is up.
+func Eventually(tb testing.TB, what string, within time.Duration, cond func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tb.Fatalf("%s: not within %s: %v", what, within, err)
+}
+
+type logWriter struct {
+	tb     testing.TB
+	prefix string
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w.tb.Log(w.prefix + line)
+	}
+	return len(p), nil
+}
+
+// Attach puts a namespace on the segment with an interface ifname at addr, e.g. a gateway router.
+func (c *Cluster) Attach(ns *netns.NS, ifname, addr string) {
+	tb := c.tb
+	tb.Helper()
+	port := fmt.Sprintf("x%d", c.ports)
+	c.ports++
+	netns.Veth(tb, ns, ifname, c.segment, port)
+	if err := c.segment.Netlink().LinkSetMaster(c.segment.Link(tb, port), c.segment.Link(tb, "br0").(*netlink.Bridge)); err != nil {
+		tb.Fatal(err)
+	}
+	ns.AddAddr(tb, ifname, addr)
+}
