@@ -38,6 +38,11 @@ type options struct {
 	configFile  string
 	bgp         bool
 	bgpPort     int
+	bgpHold     time.Duration
+	bgpKeep     time.Duration
+	bgpRetry    time.Duration
+	bgpRestart  time.Duration
+	bgpNoGR     bool
 }
 
 func main() {
@@ -81,6 +86,11 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.bgp, "bgp", false, "run the BGP speaker (mesh, reflectors, explicit peers) for remote routes; without it they come from the datastore")
 	f.IntVar(&o.bgpPort, "bgp-port", 179, "TCP port of the BGP speaker")
+	f.DurationVar(&o.bgpHold, "bgp-hold-time", 90*time.Second, "BGP hold time: a silent peer is declared down after it")
+	f.DurationVar(&o.bgpKeep, "bgp-keepalive", 30*time.Second, "BGP keepalive interval")
+	f.DurationVar(&o.bgpRetry, "bgp-connect-retry", 5*time.Second, "BGP connect-retry interval")
+	f.DurationVar(&o.bgpRestart, "bgp-restart-time", 120*time.Second, "graceful restart: how long peers keep our routes while we restart")
+	f.BoolVar(&o.bgpNoGR, "bgp-no-graceful-restart", false, "do not negotiate graceful restart")
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	o.ds.BindFlags(f)
 	return cmd
@@ -112,7 +122,9 @@ func (o options) agentConfig() (agent.Config, error) {
 		return agent.Config{}, err
 	}
 	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: o.xdp, TCMode: mode,
-		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort}
+		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
+		BGPHold: o.bgpHold, BGPKeepalive: o.bgpKeep, BGPConnectRetry: o.bgpRetry, BGPRestartTime: o.bgpRestart,
+		BGPNoGracefulRestart: o.bgpNoGR}
 	if o.defaultPool != "" {
 		p, err := netip.ParsePrefix(o.defaultPool)
 		if err != nil || !p.Addr().Is4() || p.Masked() != p {

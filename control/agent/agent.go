@@ -42,6 +42,10 @@ type Config struct {
 	// and node addresses in the datastore.
 	BGP     bool
 	BGPPort int // 0 = 179
+	// BGP session timers and graceful restart; zero keeps the speaker's defaults (hold 90 s,
+	// keepalive 30 s, connect retry 5 s, restart time 120 s).
+	BGPHold, BGPKeepalive, BGPConnectRetry, BGPRestartTime time.Duration
+	BGPNoGracefulRestart                                   bool
 }
 
 // Agent runs one host. Run owns all state: watchers feed it through a channel.

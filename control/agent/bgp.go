@@ -41,6 +41,8 @@ func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<
 	if a.cfg.BGPPort != 0 {
 		opts = append(opts, bgp.WithListenPort(a.cfg.BGPPort))
 	}
+	opts = append(opts, bgp.WithTimers(a.cfg.BGPHold, a.cfg.BGPKeepalive, a.cfg.BGPConnectRetry),
+		bgp.WithGracefulRestart(!a.cfg.BGPNoGracefulRestart, a.cfg.BGPRestartTime))
 	return &routing{opts: opts}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/control/agent"
+	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 )
@@ -126,5 +127,37 @@ func TestBGPMesh(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// A Margay node with a cluster ID is a route reflector: with the mesh off, the other nodes peer
+// with it alone and learn each other's blocks through it, next hops untouched.
+func TestNodeRouteReflector(t *testing.T) {
+	c := cluster.New(t)
+	off := false
+	if _, err := c.DS.BGPConfig().Create(t.Context(), datastore.BGPConfig{Version: 1, NodeToNodeMesh: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DS.Nodes().Create(t.Context(), "vm100", datastore.Node{Version: 1, Name: "vm100",
+		AddressV4: netip.MustParsePrefix("198.18.0.100/24"), RouteReflectorClusterID: "198.18.0.100"}); err != nil {
+		t.Fatal(err)
+	}
+	rr := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
+	a := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
+	b := c.AddHost("vm102", "198.18.0.102/24", "--bgp")
+	for _, tc := range []struct{ from, to *cluster.Host }{{a, b}, {b, a}} {
+		set := tc.from.Maps(t)
+		block := blockOf(t, c, tc.to.Name)
+		cluster.Eventually(t, tc.from.Name+" learned "+tc.to.Name+"'s block via the reflector", 30*time.Second, func() error {
+			rt, err := set.Routes.Get(block)
+			if err != nil || rt.NextHop != tc.to.Addr.Addr() {
+				return fmt.Errorf("%+v, %v", rt, err)
+			}
+			return nil
+		})
+		code, body, err := tc.from.Get("/bgp/peers")
+		if err != nil || code != 200 || strings.Count(body, `"address"`) != 1 || !strings.Contains(body, rr.Addr.Addr().String()) {
+			t.Errorf("%s peers: %d %v %s", tc.from.Name, code, err, body)
+		}
 	}
 }

@@ -89,7 +89,11 @@ type Host struct {
 	http string // agent's HTTP address inside NS
 	etcd string // etcd's address inside NS (a relay)
 	cmd  *exec.Cmd
+	args []string
+	tb   testing.TB
 	done chan error
+	// stopped: the current process was stopped and waited for.
+	stopped bool
 }
 
 // AddHost creates a host at addr (e.g. 198.18.0.100/24) and starts its agent with extra flags.
@@ -97,17 +101,13 @@ func (c *Cluster) AddHost(name, addr string, flags ...string) *Host {
 	tb := c.tb
 	tb.Helper()
 	h := &Host{Name: name, NS: netns.New(tb, "mgy"+name+"-"), Addr: netip.MustParsePrefix(addr), Root: netns.BPFFS(tb),
-		http: "127.0.0.1:9091", done: make(chan error, 1)}
+		http: "127.0.0.1:9091"}
 	c.Attach(h.NS, "ens32", addr)
 	h.etcd = "http://" + h.NS.Relay(tb, c.etcd)
 	args := append([]string{"--node-name", name, "--uplink", "ens32", "--bpffs-root", h.Root,
 		"--etcd-endpoints", h.etcd, "--http-addr", h.http, "--reconcile-interval", "2s", "--default-pool", ""}, flags...)
-	h.cmd = h.NS.Command(filepath.Join(Binaries(tb), "margay-agent"), args...)
-	h.cmd.Stdout, h.cmd.Stderr = logWriter{tb, name + ": "}, logWriter{tb, name + ": "}
-	if err := h.cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	go func() { h.done <- h.cmd.Wait() }()
+	h.args, h.tb = args, tb
+	h.Start()
 	tb.Cleanup(func() {
 		h.Stop()
 		_ = exec.Command(filepath.Join(Binaries(tb), "margay-agent"), "--cleanup", "--bpffs-root", h.Root).Run()
@@ -119,11 +119,26 @@ func (c *Cluster) AddHost(name, addr string, flags ...string) *Host {
 // Endpoint is the etcd endpoint to use from inside host h, for margayctl run there.
 func (c *Cluster) Endpoint(h *Host) string { return h.etcd }
 
+// Start starts the host's agent process (again, after Stop).
+func (h *Host) Start() {
+	h.tb.Helper()
+	h.cmd = h.NS.Command(filepath.Join(Binaries(h.tb), "margay-agent"), h.args...)
+	h.cmd.Stdout, h.cmd.Stderr = logWriter{h.tb, h.Name + ": "}, logWriter{h.tb, h.Name + ": "}
+	if err := h.cmd.Start(); err != nil {
+		h.tb.Fatal(err)
+	}
+	done := make(chan error, 1)
+	h.done, h.stopped = done, false
+	cmd := h.cmd
+	go func() { err := cmd.Wait(); done <- err }()
+}
+
 // Stop ends the host's agent (SIGTERM) and waits for it.
 func (h *Host) Stop() {
-	if h.cmd.ProcessState != nil {
+	if h.stopped {
 		return
 	}
+	h.stopped = true
 	_ = h.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-h.done:

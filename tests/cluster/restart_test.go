@@ -1,0 +1,77 @@
+package cluster_test
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/cluster"
+)
+
+// Short timers, so that losing a peer shows within seconds.
+var fastBGP = []string{"--bgp", "--bgp-hold-time", "3s", "--bgp-keepalive", "1s", "--bgp-connect-retry", "1s"}
+
+func routed(set *maps.Set, p netip.Prefix, nh netip.Addr) error {
+	rt, err := set.Routes.Get(p)
+	if err != nil || rt.NextHop != nh {
+		return fmt.Errorf("route to %v: %+v, %v", p, rt, err)
+	}
+	return nil
+}
+
+// An agent restart (SIGTERM, start again) does not take its block out of the others' tables:
+// graceful restart keeps it until the restarted speaker sends it again.
+func TestBGPGracefulRestart(t *testing.T) {
+	c := cluster.New(t)
+	flags := append(fastBGP, "--bgp-restart-time", "30s")
+	h1 := c.AddHost("vm100", "198.18.0.100/24", flags...)
+	h2 := c.AddHost("vm101", "198.18.0.101/24", flags...)
+	set := h1.Maps(t)
+	block := blockOf(t, c, h2.Name)
+	cluster.Eventually(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
+
+	h2.Stop()
+	// Longer than the hold time: without graceful restart the route would be gone by now.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if err := routed(set, block, h2.Addr.Addr()); err != nil {
+			t.Fatalf("while vm101 restarts: %v", err)
+		}
+	}
+	h2.Start()
+	cluster.Eventually(t, "session back", 30*time.Second, func() error {
+		code, body, err := h1.Get("/bgp/peers")
+		if err != nil || code != 200 || !strings.Contains(body, `"state":"Established"`) {
+			return fmt.Errorf("%d %v %s", code, err, body)
+		}
+		return routed(set, block, h2.Addr.Addr())
+	})
+}
+
+// A peer that falls silent (its link goes down: no notification, no TCP reset) is declared down
+// after the hold time, and its routes are withdrawn once the restart time has passed too.
+func TestBGPPeerLoss(t *testing.T) {
+	c := cluster.New(t)
+	flags := append(fastBGP, "--bgp-restart-time", "2s")
+	h1 := c.AddHost("vm100", "198.18.0.100/24", flags...)
+	h2 := c.AddHost("vm101", "198.18.0.101/24", flags...)
+	set := h1.Maps(t)
+	block := blockOf(t, c, h2.Name)
+	cluster.Eventually(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
+
+	h2.NS.MustRun(t, "ip", "link", "set", "ens32", "down")
+	lost := time.Now()
+	cluster.Eventually(t, "vm101's block withdrawn", 30*time.Second, func() error {
+		if _, err := set.Routes.Get(block); err == nil {
+			return fmt.Errorf("%v still routed", block)
+		}
+		out, err := h1.NS.Run("ip", "-4", "route", "show", block.String())
+		if err != nil || out != "" {
+			return fmt.Errorf("kernel route %q, %v", out, err)
+		}
+		return nil
+	})
+	t.Logf("withdrawn %s after the peer fell silent (hold 3s, restart time 2s)", time.Since(lost).Round(100*time.Millisecond))
+}
