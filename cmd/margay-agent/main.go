@@ -43,6 +43,7 @@ type options struct {
 	bgpRetry    time.Duration
 	bgpRestart  time.Duration
 	bgpNoGR     bool
+	bgpListen   []string
 }
 
 func main() {
@@ -86,6 +87,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.bgp, "bgp", false, "run the BGP speaker (mesh, reflectors, explicit peers) for remote routes; without it they come from the datastore")
 	f.IntVar(&o.bgpPort, "bgp-port", 179, "TCP port of the BGP speaker")
+	f.StringSliceVar(&o.bgpListen, "bgp-listen-address", nil, "addresses the BGP speaker listens on (default: the node's address)")
 	f.DurationVar(&o.bgpHold, "bgp-hold-time", 90*time.Second, "BGP hold time: a silent peer is declared down after it")
 	f.DurationVar(&o.bgpKeep, "bgp-keepalive", 30*time.Second, "BGP keepalive interval")
 	f.DurationVar(&o.bgpRetry, "bgp-connect-retry", 5*time.Second, "BGP connect-retry interval")
@@ -125,6 +127,13 @@ func (o options) agentConfig() (agent.Config, error) {
 		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
 		BGPHold: o.bgpHold, BGPKeepalive: o.bgpKeep, BGPConnectRetry: o.bgpRetry, BGPRestartTime: o.bgpRestart,
 		BGPNoGracefulRestart: o.bgpNoGR}
+	for _, s := range o.bgpListen {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return agent.Config{}, fmt.Errorf("parse --bgp-listen-address %q: %w", s, err)
+		}
+		cfg.BGPListen = append(cfg.BGPListen, a)
+	}
 	if o.defaultPool != "" {
 		p, err := netip.ParsePrefix(o.defaultPool)
 		if err != nil || !p.Addr().Is4() || p.Masked() != p {

@@ -90,6 +90,7 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 	}{
 		{options{node: "n", tcMode: "bogus"}, "tc-mode"},
 		{options{node: "n", tcMode: "auto", defaultPool: "198.19.0.1/16"}, "default-pool"},
+		{options{node: "n", tcMode: "auto", bgpListen: []string{"not-an-ip"}}, "bgp-listen-address"},
 		{options{node: "n", tcMode: "auto", ds: datastore.Config{Endpoints: []string{"not a url"}}}, "endpoint"},
 	} {
 		err := run(context.Background(), tc.o, log)

@@ -42,6 +42,8 @@ type Config struct {
 	// and node addresses in the datastore.
 	BGP     bool
 	BGPPort int // 0 = 179
+	// BGPListen are the addresses the speaker accepts sessions on; none = the node's address.
+	BGPListen []netip.Addr
 	// BGP session timers and graceful restart; zero keeps the speaker's defaults (hold 90 s,
 	// keepalive 30 s, connect retry 5 s, restart time 120 s).
 	BGPHold, BGPKeepalive, BGPConnectRetry, BGPRestartTime time.Duration
@@ -271,6 +273,10 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, r *routing,
 		}
 		pending, ok := a.reconcile(rec, v.state(uplink), full)
 		full = !ok
+		if ok && !v.learnedAt.IsZero() {
+			a.m.routeProgramming.Observe(time.Since(v.learnedAt).Seconds())
+			v.learnedAt = time.Time{}
+		}
 		if pending {
 			retry.Reset(100 * time.Millisecond) // the CNI plugin is creating the interface
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
@@ -27,13 +28,23 @@ type routing struct {
 // newRouting prepares the speaker for this node: router ID and source address the node's IPv4;
 // learned routes go to the loop through updates.
 func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<- func(*view)) *routing {
+	listen := a.cfg.BGPListen
+	if len(listen) == 0 {
+		listen = []netip.Addr{self.Addr()}
+	}
 	opts := []bgp.Option{
 		bgp.WithLogger(a.log.With("component", "bgp")),
-		bgp.WithListenAddresses(self.Addr()),
+		bgp.WithListenAddresses(listen...),
 		bgp.WithLocalAddress(self.Addr()),
 		bgp.WithRouteHandler(func(routes []bgp.Route) {
+			at := time.Now()
 			select {
-			case updates <- func(v *view) { v.learned = routes }:
+			case updates <- func(v *view) {
+				v.learned = routes
+				if v.learnedAt.IsZero() {
+					v.learnedAt = at // the oldest change not yet programmed
+				}
+			}:
 			case <-ctx.Done():
 			}
 		}),

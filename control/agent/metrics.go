@@ -12,6 +12,7 @@ type metrics struct {
 	changes           prometheus.Counter
 	endpoints         prometheus.Gauge
 	pending           prometheus.Gauge
+	routeProgramming  prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,8 +38,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "margay", Subsystem: "agent", Name: "endpoints_pending",
 			Help: "Workloads of this node whose interface does not exist yet.",
 		}),
+		routeProgramming: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "margay", Subsystem: "bgp", Name: "route_programming_seconds",
+			Help:    "From a change of the BGP-learned routes to the routes map and kernel table holding it.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
 	}
-	reg.MustRegister(m.reconciles, m.reconcileDuration, m.changes, m.endpoints, m.pending)
+	reg.MustRegister(m.reconciles, m.reconcileDuration, m.changes, m.endpoints, m.pending, m.routeProgramming)
 	return m
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
@@ -24,6 +25,7 @@ type view struct {
 	bgpConfig map[string]datastore.BGPConfig // the config/bgp singleton, when BGP is on
 	bgpPeers  map[string]datastore.BGPPeer
 	learned   []bgp.Route // best paths from the BGP speaker
+	learnedAt time.Time   // when the oldest learned change not yet programmed arrived
 	bgp       bool        // remote routes come from BGP, not from the datastore's blocks
 	synced    map[string]bool
 }

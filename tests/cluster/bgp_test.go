@@ -49,6 +49,10 @@ func TestBGPMesh(t *testing.T) {
 				if err != nil || rt.Kind() != maps.RemoteBlock || rt.NextHop != nh {
 					return fmt.Errorf("route to %s's %v: %+v, %v", owner, b.Value.CIDR, rt, err)
 				}
+				out, err := h.NS.Run("ip", "-4", "route", "show", b.Value.CIDR.String())
+				if want := b.Value.CIDR.String() + " via " + nh.String() + " dev ens32 proto 77"; err != nil || !strings.Contains(out, want) {
+					return fmt.Errorf("kernel route %q, want %q (%v)", out, want, err)
+				}
 			}
 			return nil
 		})
@@ -73,7 +77,7 @@ func TestBGPMesh(t *testing.T) {
 		})
 		code, metrics, err := h.Get("/metrics")
 		for _, want := range []string{`margay_bgp_peers{state="Established",type="node-to-node mesh"} 2`,
-			"margay_bgp_routes_learned 2", "margay_bgp_routes_advertised 1"} {
+			"margay_bgp_routes_learned 2", "margay_bgp_routes_advertised 1", "margay_bgp_route_programming_seconds_count"} {
 			if err != nil || code != 200 || !strings.Contains(metrics, want) {
 				t.Errorf("%s metrics lack %q (%d %v)", h.Name, want, code, err)
 			}

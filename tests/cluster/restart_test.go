@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,9 +27,10 @@ func routed(set *maps.Set, p netip.Prefix, nh netip.Addr) error {
 // graceful restart keeps it until the restarted speaker sends it again.
 func TestBGPGracefulRestart(t *testing.T) {
 	c := cluster.New(t)
-	flags := append(fastBGP, "--bgp-restart-time", "30s")
-	h1 := c.AddHost("vm100", "198.18.0.100/24", flags...)
-	h2 := c.AddHost("vm101", "198.18.0.101/24", flags...)
+	// The listen address given explicitly, as operators with several addresses do.
+	flags := slices.Concat(fastBGP, []string{"--bgp-restart-time", "30s"})
+	h1 := c.AddHost("vm100", "198.18.0.100/24", slices.Concat(flags, []string{"--bgp-listen-address", "198.18.0.100"})...)
+	h2 := c.AddHost("vm101", "198.18.0.101/24", slices.Concat(flags, []string{"--bgp-listen-address", "198.18.0.101"})...)
 	set := h1.Maps(t)
 	block := blockOf(t, c, h2.Name)
 	cluster.Eventually(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
@@ -54,7 +56,7 @@ func TestBGPGracefulRestart(t *testing.T) {
 // after the hold time, and its routes are withdrawn once the restart time has passed too.
 func TestBGPPeerLoss(t *testing.T) {
 	c := cluster.New(t)
-	flags := append(fastBGP, "--bgp-restart-time", "2s")
+	flags := slices.Concat(fastBGP, []string{"--bgp-restart-time", "2s"})
 	h1 := c.AddHost("vm100", "198.18.0.100/24", flags...)
 	h2 := c.AddHost("vm101", "198.18.0.101/24", flags...)
 	set := h1.Maps(t)
