@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -29,7 +30,8 @@ var (
 	buildErr  error
 )
 
-// Binaries builds margay-agent and margayctl once per test process and returns their directory.
+// Binaries builds margay-agent, margay-cni and margayctl once per test process and returns their
+// directory.
 func Binaries(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
@@ -38,7 +40,7 @@ func Binaries(tb testing.TB) string {
 			return
 		}
 		out, err := exec.Command("go", "build", "-o", binDir, "github.com/margaynet/margay/cmd/margay-agent",
-			"github.com/margaynet/margay/cmd/margayctl").CombinedOutput()
+			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margayctl").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
@@ -211,4 +213,51 @@ func (c *Cluster) Attach(ns *netns.NS, ifname, addr string) {
 		tb.Fatal(err)
 	}
 	ns.AddAddr(tb, ifname, addr)
+}
+
+// Workload is a container on a host, connected by the real CNI plugin.
+type Workload struct {
+	Name string
+	NS   *netns.NS
+	IP   netip.Addr
+	Host *Host
+}
+
+// AddWorkload creates a namespace and runs margay-cni ADD for it on h, exactly as a container
+// runtime does (environment and stdin); DEL runs at cleanup.
+func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
+	tb := c.tb
+	tb.Helper()
+	ns := netns.New(tb, "mgyw"+name+"-")
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,`+
+		`"datastore":{"endpoints":[%q]}}`, h.Name, h.etcd)
+	cni := func(command string) ([]byte, error) {
+		cmd := h.NS.Command(filepath.Join(Binaries(tb), "margay-cni"))
+		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID=ctr-"+name, "CNI_NETNS="+ns.Path,
+			"CNI_IFNAME=eth0", "CNI_PATH="+Binaries(tb))
+		cmd.Stdin = strings.NewReader(conf)
+		return cmd.Output()
+	}
+	out, err := cni("ADD")
+	if err != nil {
+		tb.Fatalf("margay-cni ADD %s on %s: %v\n%s", name, h.Name, err, out)
+	}
+	tb.Cleanup(func() {
+		if out, err := cni("DEL"); err != nil {
+			tb.Errorf("margay-cni DEL %s: %v\n%s", name, err, out)
+		}
+	})
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) != 1 {
+		tb.Fatalf("margay-cni result: %v\n%s", err, out)
+	}
+	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Workload{Name: name, NS: ns, IP: p.Addr(), Host: h}
 }
