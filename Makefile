@@ -64,10 +64,9 @@ bench: deps ## Per-packet cost of the programs, CNI ADD and event-to-map latenci
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count 3 -timeout 30m ./control/agent/ ./cmd/margay-cni/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 3 -timeout 30m ./tests/cluster/
 
-lab: deps build ## The multi-host lab (lands with the lab issue; prints a notice until then)
-	@echo "make lab: the multi-host lab (three hosts, BGP mesh, workloads) is not built yet."
-	@echo "Today: make test runs the two-host forwarding test in network namespaces (tests/forwarding),"
-	@echo "and bin/margay-agent / bin/margayctl are built."
+LAB_FLAGS ?=
+lab: deps build ## Run the three-host lab (vm100–vm102, etcd, BGP mesh, workloads) until Ctrl-C
+	bin/margayctl lab up $(LAB_FLAGS)
 
 clean: ## Remove build output
 	rm -rf bin

@@ -1,0 +1,4 @@
+// Package lab builds the reference multi-host network on one machine — hosts vm100, vm101, … as
+// network namespaces on one segment, one etcd, a real margay-agent per host in a BGP mesh, one
+// workload per host through the real margay-cni — for `margayctl lab` and the end-to-end tests.
+package lab

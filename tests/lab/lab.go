@@ -1,0 +1,382 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config says what to build.
+type Config struct {
+	Hosts    int       // vm100 … ; default 3
+	BinDir   string    // margay-agent, margay-cni and margayctl
+	StateDir string    // pid files, logs, etcd data; default /run/margay-lab
+	Prefix   string    // prefixed to namespace names, so tests do not meet a running lab
+	BPFFS    string    // bpffs under which each agent pins; default /sys/fs/bpf
+	Out      io.Writer // progress; default os.Stdout
+}
+
+const (
+	etcdAddr = "198.18.0.2"
+	pool     = "198.19.0.0/16"
+)
+
+func (c *Config) defaults() {
+	if c.Hosts == 0 {
+		c.Hosts = 3
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/run/margay-lab"
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.BPFFS == "" {
+		c.BPFFS = "/sys/fs/bpf"
+	}
+}
+
+// Lab is a running lab.
+type Lab struct {
+	cfg       Config
+	Hosts     []Host
+	Workloads []Workload
+}
+
+// Host is one namespace host.
+type Host struct {
+	Name string // vm100
+	NS   string // its namespace name
+	Addr netip.Addr
+}
+
+// Workload is a container on a host.
+type Workload struct {
+	Name string
+	NS   string
+	Host Host
+	IP   netip.Addr
+}
+
+func (c Config) etcdEndpoint() string { return "http://" + etcdAddr + ":2379" }
+func (c Config) segNS() string        { return c.Prefix + "margay-seg" }
+func (c Config) etcdNS() string       { return c.Prefix + "margay-etcd" }
+func (c Config) hostName(i int) string {
+	return fmt.Sprintf("vm%d", 100+i)
+}
+func (c Config) bpffsRoot(host string) string {
+	return filepath.Join(c.BPFFS, c.Prefix+"margay-lab", host)
+}
+
+// run runs a command and returns its combined output, or an error carrying it.
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// In runs a command inside a namespace (nsenter keeps /sys/fs/bpf visible).
+func In(ns string, name string, args ...string) (string, error) {
+	return run("nsenter", append([]string{"--net=/run/netns/" + ns, "--", name}, args...)...)
+}
+
+func (l *Lab) say(format string, args ...any) { fmt.Fprintf(l.cfg.Out, format+"\n", args...) }
+
+// Up builds the lab, first removing what an earlier one left.
+func Up(ctx context.Context, cfg Config) (*Lab, error) {
+	cfg.defaults()
+	l := &Lab{cfg: cfg}
+	if err := Down(cfg); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return nil, err
+	}
+	l.say("▸ segment %s with a bridge", cfg.segNS())
+	steps := [][]string{
+		{"ip", "netns", "add", cfg.segNS()},
+		{"ip", "-n", cfg.segNS(), "link", "add", "br0", "type", "bridge"},
+		{"ip", "-n", cfg.segNS(), "link", "set", "br0", "up"},
+	}
+	for _, s := range steps {
+		if _, err := run(s[0], s[1:]...); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.attach(cfg.etcdNS(), "eth0", etcdAddr+"/24", 0); err != nil {
+		return nil, err
+	}
+	l.say("▸ etcd at %s", cfg.etcdEndpoint())
+	if err := l.start("etcd", cfg.etcdNS(), filepath.Join(cfg.BinDir, "margayctl"), "lab", "etcd",
+		"--listen", cfg.etcdEndpoint(), "--data-dir", filepath.Join(cfg.StateDir, "etcd")); err != nil {
+		return nil, err
+	}
+	if err := l.wait(ctx, "etcd answers", 30*time.Second, func() error {
+		_, err := In(cfg.etcdNS(), filepath.Join(cfg.BinDir, "margayctl"), "pool", "list", "--etcd-endpoints", cfg.etcdEndpoint())
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := In(cfg.etcdNS(), filepath.Join(cfg.BinDir, "margayctl"), "pool", "add", "lab", "--cidr", pool,
+		"--block-size", "26", "--etcd-endpoints", cfg.etcdEndpoint()); err != nil {
+		return nil, err
+	}
+	for i := range cfg.Hosts {
+		h := Host{Name: cfg.hostName(i), NS: cfg.Prefix + cfg.hostName(i), Addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(100 + i)})}
+		l.say("▸ host %s: ens32 %s/24, margay-agent", h.Name, h.Addr)
+		if err := l.attach(h.NS, "ens32", h.Addr.String()+"/24", i+1); err != nil {
+			return nil, err
+		}
+		if err := l.start(h.Name, h.NS, filepath.Join(cfg.BinDir, "margay-agent"), "--node-name", h.Name, "--uplink", "ens32",
+			"--bpffs-root", cfg.bpffsRoot(h.Name), "--etcd-endpoints", cfg.etcdEndpoint(), "--http-addr", "127.0.0.1:9091",
+			"--default-pool", "", "--bgp", "--bgp-connect-retry", "1s"); err != nil {
+			return nil, err
+		}
+		l.Hosts = append(l.Hosts, h)
+	}
+	for _, h := range l.Hosts {
+		if err := l.wait(ctx, h.Name+": BGP mesh Established", 60*time.Second, func() error {
+			out, err := In(h.NS, filepath.Join(cfg.BinDir, "margayctl"), "node", "status")
+			if err != nil {
+				return err
+			}
+			if n := strings.Count(out, "| up "); n != len(l.Hosts)-1 {
+				return fmt.Errorf("%d of %d peers up", n, len(l.Hosts)-1)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range l.Hosts {
+		w, err := l.addWorkload(h, "w"+strings.TrimPrefix(h.Name, "vm"))
+		if err != nil {
+			return nil, err
+		}
+		l.say("▸ workload %s on %s: %s", w.Name, h.Name, w.IP)
+		l.Workloads = append(l.Workloads, w)
+	}
+	return l, nil
+}
+
+// attach creates namespace ns (unless it exists) with an interface ifname on the segment.
+func (l *Lab) attach(ns, ifname, cidr string, port int) error {
+	cfg := l.cfg
+	seg := fmt.Sprintf("p%d", port)
+	for _, s := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", cfg.segNS(), "link", "add", seg, "type", "veth", "peer", "name", ifname, "netns", ns},
+		{"ip", "-n", cfg.segNS(), "link", "set", seg, "master", "br0", "up"},
+		{"ip", "-n", ns, "addr", "add", cidr, "dev", ifname},
+		{"ip", "-n", ns, "link", "set", ifname, "up"},
+	} {
+		if _, err := run(s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// start runs a process inside ns in its own process group, logging to <StateDir>/<name>.log,
+// and records its pid so that Down finds it even after a crash.
+func (l *Lab) start(name, ns, bin string, args ...string) error {
+	logf, err := os.Create(filepath.Join(l.cfg.StateDir, name+".log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, "--", bin}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { _ = cmd.Wait() }() // reap it if it dies while we run
+	return os.WriteFile(filepath.Join(l.cfg.StateDir, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+}
+
+func (l *Lab) wait(ctx context.Context, what string, within time.Duration, cond func() error) error {
+	deadline := time.Now().Add(within)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not within %s: %w", what, within, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// addWorkload creates a namespace and runs margay-cni ADD for it in the host, as a runtime does.
+func (l *Lab) addWorkload(h Host, name string) (Workload, error) {
+	ns := l.cfg.Prefix + name
+	if _, err := run("ip", "netns", "add", ns); err != nil {
+		return Workload{}, err
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"datastore":{"endpoints":[%q]}}`,
+		h.Name, l.cfg.etcdEndpoint())
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+h.NS, "--", filepath.Join(l.cfg.BinDir, "margay-cni"))
+	cmd.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID="+name, "CNI_NETNS=/run/netns/"+ns,
+		"CNI_IFNAME=eth0", "CNI_PATH="+l.cfg.BinDir)
+	cmd.Stdin = strings.NewReader(conf)
+	out, err := cmd.Output()
+	if err != nil {
+		return Workload{}, fmt.Errorf("margay-cni ADD %s: %w: %s", name, err, out)
+	}
+	var res struct {
+		IPs []struct{ Address string } `json:"ips"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+		return Workload{}, fmt.Errorf("margay-cni ADD %s: result %s: %v", name, out, err)
+	}
+	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		return Workload{}, err
+	}
+	return Workload{Name: name, NS: ns, Host: h, IP: p.Addr()}, nil
+}
+
+// Check pings between every pair of workloads and returns the failures.
+func (l *Lab) Check(ctx context.Context) error {
+	var errs []error
+	for _, from := range l.Workloads {
+		for _, to := range l.Workloads {
+			if from.Name == to.Name {
+				continue
+			}
+			err := l.wait(ctx, "ping "+from.Name+" → "+to.Name, 20*time.Second, func() error {
+				_, err := In(from.NS, "ping", "-c", "1", "-W", "2", to.IP.String())
+				return err
+			})
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Report prints what a Calico user looks at: node status, routes, the BPF routes map, a ping
+// matrix and the forwarding counters.
+func (l *Lab) Report(ctx context.Context, w io.Writer) {
+	ctl := filepath.Join(l.cfg.BinDir, "margayctl")
+	for _, h := range l.Hosts {
+		out, _ := In(h.NS, ctl, "node", "status")
+		fmt.Fprintf(w, "\n━━ %s: margayctl node status\n%s", h.Name, out)
+	}
+	for _, h := range l.Hosts {
+		out, _ := In(h.NS, "ip", "route")
+		fmt.Fprintf(w, "\n━━ %s: ip route\n%s", h.Name, out)
+	}
+	if len(l.Hosts) > 0 {
+		h := l.Hosts[0]
+		out, _ := In(h.NS, ctl, "routes", "--bpffs-root", l.cfg.bpffsRoot(h.Name))
+		fmt.Fprintf(w, "\n━━ %s: margayctl routes (the BPF routes map)\n%s", h.Name, out)
+	}
+	fmt.Fprintf(w, "\n━━ ping matrix (from row to column)\n%-8s", "")
+	for _, to := range l.Workloads {
+		fmt.Fprintf(w, "%-20s", to.Name+" "+to.IP.String())
+	}
+	fmt.Fprintln(w)
+	for _, from := range l.Workloads {
+		fmt.Fprintf(w, "%-8s", from.Name)
+		for _, to := range l.Workloads {
+			cell := "-"
+			if from.Name != to.Name {
+				cell = "ok"
+				if _, err := In(from.NS, "ping", "-c", "1", "-W", "2", to.IP.String()); err != nil {
+					cell = "FAIL"
+				}
+			}
+			fmt.Fprintf(w, "%-20s", cell)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, h := range l.Hosts {
+		out, _ := In(h.NS, ctl, "counters", "--bpffs-root", l.cfg.bpffsRoot(h.Name))
+		fmt.Fprintf(w, "\n━━ %s: margayctl counters\n%s", h.Name, out)
+	}
+}
+
+// Down removes everything a lab with this configuration left: processes, pins, namespaces,
+// state. It works after a crash or kill of `lab up`, and when nothing is there.
+func Down(cfg Config) error {
+	cfg.defaults()
+	var errs []error
+	pids, _ := filepath.Glob(filepath.Join(cfg.StateDir, "*.pid"))
+	for _, p := range pids {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			// The whole process group: nsenter and the program it runs.
+			_ = syscall.Kill(-pid, syscall.SIGTERM)
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && syscall.Kill(pid, 0) == nil; {
+				time.Sleep(50 * time.Millisecond)
+			}
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+	out, _ := run("ip", "netns", "list")
+	sc := bufio.NewScanner(strings.NewReader(out))
+	var nss []string
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], cfg.Prefix)
+		if !strings.HasPrefix(f[0], cfg.Prefix) {
+			continue
+		}
+		if name == "margay-seg" || name == "margay-etcd" || isLabName(name) {
+			nss = append(nss, f[0])
+		}
+	}
+	for _, ns := range nss {
+		if host := strings.TrimPrefix(ns, cfg.Prefix); strings.HasPrefix(host, "vm") && cfg.BinDir != "" {
+			_, _ = In(ns, filepath.Join(cfg.BinDir, "margay-agent"), "--cleanup", "--bpffs-root", cfg.bpffsRoot(host))
+		}
+	}
+	for _, ns := range nss {
+		if _, err := run("ip", "netns", "del", ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	_ = os.RemoveAll(filepath.Join(cfg.BPFFS, cfg.Prefix+"margay-lab"))
+	if err := os.RemoveAll(cfg.StateDir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// isLabName: vm100…vm199 (hosts) and w100…w199 (workloads).
+func isLabName(s string) bool {
+	for _, p := range []string{"vm", "w"} {
+		if rest, ok := strings.CutPrefix(s, p); ok && len(rest) == 3 {
+			if n, err := strconv.Atoi(rest); err == nil && n >= 100 && n <= 199 {
+				return true
+			}
+		}
+	}
+	return false
+}

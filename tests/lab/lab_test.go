@@ -1,0 +1,63 @@
+package lab_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/lab"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// The lab comes up as make lab brings it up (here with two hosts, under a prefix of its own so a
+// running lab is not touched), every workload reaches every other, and Down leaves nothing.
+func TestLabUpCheckDown(t *testing.T) {
+	prefix := netns.UniqueName("t") + "-"
+	var out bytes.Buffer
+	// A private bpffs: the test leaves no mount behind.
+	cfg := lab.Config{Hosts: 2, BinDir: cluster.Binaries(t), StateDir: filepath.Join(t.TempDir(), "state"), Prefix: prefix,
+		BPFFS: filepath.Dir(netns.BPFFS(t)), Out: &out}
+	t.Cleanup(func() { _ = lab.Down(cfg) })
+	l, err := lab.Up(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if err := l.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var report bytes.Buffer
+	l.Report(context.Background(), &report)
+	for _, want := range []string{"Margay process is running.", "node-to-node mesh | up", "blackhole 198.19.0.",
+		"via 198.18.0.101 dev ens32 proto 77", "REMOTE_BLOCK|IN_POOL", "FWD_REMOTE", "FWD_LOCAL"} {
+		if !strings.Contains(report.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(report.String(), "FAIL") {
+		t.Errorf("ping matrix has failures:\n%s", report.String())
+	}
+	t.Logf("report:\n%s", report.String())
+
+	if err := lab.Down(cfg); err != nil {
+		t.Fatal(err)
+	}
+	nss, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(nss), prefix) {
+		t.Errorf("namespaces left after Down:\n%s", nss)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.BPFFS, prefix+"margay-lab")); !os.IsNotExist(err) {
+		t.Errorf("pins left after Down: %v", err)
+	}
+	if _, err := os.Stat(cfg.StateDir); !os.IsNotExist(err) {
+		t.Errorf("state left after Down: %v", err)
+	}
+	// Down of nothing is fine.
+	if err := lab.Down(cfg); err != nil {
+		t.Errorf("second Down: %v", err)
+	}
+}
