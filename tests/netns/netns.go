@@ -52,8 +52,8 @@ func makeRunNetnsShared() error {
 	return unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
 }
 
-// New creates a network namespace named prefix+random, with lo up, and deletes it at cleanup.
-func New(tb testing.TB, prefix string) *NS {
+// create makes a named namespace, without entering it, and returns its name and a handle on it.
+func create(tb testing.TB, prefix string) (string, vnetns.NsHandle) {
 	tb.Helper()
 	var err error
 	sharedRunNetns.Do(func() { err = makeRunNetnsShared() })
@@ -75,8 +75,16 @@ func New(tb testing.TB, prefix string) *NS {
 	if err := vnetns.Set(orig); err != nil {
 		tb.Fatalf("return to original netns: %v", err)
 	}
+	return name, h
+}
+
+// New creates a network namespace named prefix+random, with lo up, and deletes it at cleanup.
+func New(tb testing.TB, prefix string) *NS {
+	tb.Helper()
+	name, h := create(tb, prefix)
 	ns := &NS{Name: name, Path: filepath.Join("/var/run/netns", name), handle: h}
 	tb.Cleanup(func() { ns.remove() })
+	var err error
 	ns.nl, err = netlink.NewHandleAt(h)
 	if err != nil {
 		tb.Fatalf("netlink handle in %s: %v", name, err)
@@ -237,26 +245,7 @@ func BPFFS(tb testing.TB) string {
 // returns the namespace's path.
 func Detached(tb testing.TB, prefix string) (path string, remove func()) {
 	tb.Helper()
-	var err error
-	sharedRunNetns.Do(func() { err = makeRunNetnsShared() })
-	if err != nil {
-		tb.Fatalf("prepare /var/run/netns: %v", err)
-	}
-	name := UniqueName(prefix)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := vnetns.Get()
-	if err != nil {
-		tb.Fatalf("get current netns: %v", err)
-	}
-	defer orig.Close()
-	h, err := vnetns.NewNamed(name)
-	if err != nil {
-		tb.Fatalf("create netns %s: %v", name, err)
-	}
-	if err := vnetns.Set(orig); err != nil {
-		tb.Fatalf("return to original netns: %v", err)
-	}
+	name, h := create(tb, prefix)
 	h.Close()
 	remove = func() { _ = vnetns.DeleteNamed(name) }
 	tb.Cleanup(remove)
