@@ -69,6 +69,7 @@ Logs are in %s. Ctrl-C takes the lab down (or: margayctl lab down).
 		},
 	}
 	up.Flags().IntVar(&cfg.Hosts, "hosts", 3, "number of hosts (vm100, vm101, …)")
+	up.Flags().BoolVar(&cfg.Gateway, "gateway", false, "add a gateway router (BIRD) peering with every host and an outside client behind it")
 	up.Flags().BoolVar(&check, "check", false, "verify (ping between every pair of workloads), take the lab down and exit non-zero on failure")
 
 	down := &cobra.Command{

@@ -25,11 +25,18 @@ type Config struct {
 	Prefix   string    // prefixed to namespace names, so tests do not meet a running lab
 	BPFFS    string    // bpffs under which each agent pins; default /sys/fs/bpf
 	Out      io.Writer // progress; default os.Stdout
+	// Gateway adds a gateway router (BIRD at 198.18.0.1, peering with every host) and an
+	// "outside" client behind it at 198.18.1.10 that reaches workload addresses directly.
+	Gateway bool
 }
 
 const (
-	etcdAddr = "198.18.0.2"
-	pool     = "198.19.0.0/16"
+	etcdAddr    = "198.18.0.2"
+	pool        = "198.19.0.0/16"
+	gatewayAddr = "198.18.0.1"
+	outsideNet  = "198.18.1.0/24"
+	// OutsideAddr is the outside client's address, seen unchanged by workloads (no NAT).
+	OutsideAddr = "198.18.1.10"
 )
 
 func (c *Config) defaults() {
@@ -72,6 +79,10 @@ type Workload struct {
 func (c Config) etcdEndpoint() string { return "http://" + etcdAddr + ":2379" }
 func (c Config) segNS() string        { return c.Prefix + "margay-seg" }
 func (c Config) etcdNS() string       { return c.Prefix + "margay-etcd" }
+func (c Config) gatewayNS() string    { return c.Prefix + "margay-gw" }
+
+// OutsideNS is the namespace of the outside client, with Gateway.
+func (c Config) OutsideNS() string { return c.Prefix + "margay-outside" }
 func (c Config) hostName(i int) string {
 	return fmt.Sprintf("vm%d", 100+i)
 }
@@ -134,6 +145,11 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		"--block-size", "26", "--etcd-endpoints", cfg.etcdEndpoint()); err != nil {
 		return nil, err
 	}
+	if cfg.Gateway {
+		if err := l.gatewayPeer(); err != nil {
+			return nil, err
+		}
+	}
 	for i := range cfg.Hosts {
 		h := Host{Name: cfg.hostName(i), NS: cfg.Prefix + cfg.hostName(i), Addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(100 + i)})}
 		l.say("▸ host %s: ens32 %s/24, margay-agent", h.Name, h.Addr)
@@ -147,14 +163,24 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}
 		l.Hosts = append(l.Hosts, h)
 	}
+	if cfg.Gateway {
+		l.say("▸ gateway router %s (BIRD) and outside client %s", gatewayAddr, OutsideAddr)
+		if err := l.startGateway(); err != nil {
+			return nil, err
+		}
+	}
+	peers := len(l.Hosts) - 1
+	if cfg.Gateway {
+		peers++
+	}
 	for _, h := range l.Hosts {
-		if err := l.wait(ctx, h.Name+": BGP mesh Established", 60*time.Second, func() error {
+		if err := l.wait(ctx, h.Name+": BGP sessions Established", 60*time.Second, func() error {
 			out, err := In(h.NS, filepath.Join(cfg.BinDir, "margayctl"), "node", "status")
 			if err != nil {
 				return err
 			}
-			if n := strings.Count(out, "| up "); n != len(l.Hosts)-1 {
-				return fmt.Errorf("%d of %d peers up", n, len(l.Hosts)-1)
+			if n := strings.Count(out, "| up "); n != peers {
+				return fmt.Errorf("%d of %d peers up", n, peers)
 			}
 			return nil
 		}); err != nil {
@@ -170,6 +196,53 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		l.Workloads = append(l.Workloads, w)
 	}
 	return l, nil
+}
+
+// gatewayPeer makes the gateway an explicit BGP peer of every node, allowed to send the outside
+// network.
+func (l *Lab) gatewayPeer() error {
+	_, err := In(l.cfg.etcdNS(), filepath.Join(l.cfg.BinDir, "margayctl"), "bgp", "peer", "add", "gateway",
+		"--peer-ip", gatewayAddr, "--asn", "64512", "--accept", outsideNet, "--etcd-endpoints", l.cfg.etcdEndpoint())
+	return err
+}
+
+// startGateway puts BIRD on the segment at 198.18.0.1, peering over iBGP with every host: it
+// installs the blocks it learns into its kernel and originates the outside network, where the
+// outside client lives.
+func (l *Lab) startGateway() error {
+	cfg := l.cfg
+	gw, out := cfg.gatewayNS(), cfg.OutsideNS()
+	if err := l.attach(gw, "ens32", gatewayAddr+"/24", 99); err != nil {
+		return err
+	}
+	for _, s := range [][]string{
+		{"ip", "netns", "add", out},
+		{"ip", "-n", out, "link", "set", "lo", "up"},
+		{"ip", "-n", gw, "link", "add", "outside", "type", "veth", "peer", "name", "eth0", "netns", out},
+		{"ip", "-n", gw, "addr", "add", "198.18.1.1/24", "dev", "outside"},
+		{"ip", "-n", gw, "link", "set", "outside", "up"},
+		{"ip", "-n", out, "addr", "add", OutsideAddr + "/24", "dev", "eth0"},
+		{"ip", "-n", out, "link", "set", "eth0", "up"},
+		{"ip", "-n", out, "route", "add", "default", "via", "198.18.1.1"},
+		{"ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		if _, err := run(s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; interface \"outside\"; }\n", gatewayAddr)
+	conf.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
+	fmt.Fprintf(&conf, "template bgp node { local %s as 64512; direct; connect retry time 1;\n"+
+		"\tipv4 { import all; export where source = RTS_DEVICE; next hop self; }; }\n", gatewayAddr)
+	for _, h := range l.Hosts {
+		fmt.Fprintf(&conf, "protocol bgp %s from node { neighbor %s as 64512; }\n", h.Name, h.Addr)
+	}
+	path := filepath.Join(cfg.StateDir, "bird.conf")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
+		return err
+	}
+	return l.start("bird", gw, "bird", "-f", "-c", path, "-s", filepath.Join(cfg.StateDir, "bird.ctl"))
 }
 
 // attach creates namespace ns (unless it exists) with an interface ifname on the segment.
@@ -256,9 +329,18 @@ func (l *Lab) addWorkload(h Host, name string) (Workload, error) {
 	return Workload{Name: name, NS: ns, Host: h, IP: p.Addr()}, nil
 }
 
-// Check pings between every pair of workloads and returns the failures.
+// Check pings between every pair of workloads, and from the outside client to every workload
+// with Gateway, and returns the failures.
 func (l *Lab) Check(ctx context.Context) error {
 	var errs []error
+	if l.cfg.Gateway {
+		for _, to := range l.Workloads {
+			errs = append(errs, l.wait(ctx, "ping outside → "+to.Name, 30*time.Second, func() error {
+				_, err := In(l.cfg.OutsideNS(), "ping", "-c", "1", "-W", "2", to.IP.String())
+				return err
+			}))
+		}
+	}
 	for _, from := range l.Workloads {
 		for _, to := range l.Workloads {
 			if from.Name == to.Name {
@@ -348,7 +430,7 @@ func Down(cfg Config) error {
 		if !strings.HasPrefix(f[0], cfg.Prefix) {
 			continue
 		}
-		if name == "margay-seg" || name == "margay-etcd" || isLabName(name) {
+		if name == "margay-seg" || name == "margay-etcd" || name == "margay-gw" || name == "margay-outside" || isLabName(name) {
 			nss = append(nss, f[0])
 		}
 	}

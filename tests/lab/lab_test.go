@@ -14,14 +14,15 @@ import (
 	"github.com/margaynet/margay/tests/netns"
 )
 
-// The lab comes up as make lab brings it up (here with two hosts, under a prefix of its own so a
-// running lab is not touched), every workload reaches every other, and Down leaves nothing.
+// The lab comes up as make lab brings it up (here with two hosts and the gateway, under a prefix
+// of its own so a running lab is not touched), every workload reaches every other and the outside
+// client reaches every workload through the BIRD gateway, and Down leaves nothing.
 func TestLabUpCheckDown(t *testing.T) {
 	prefix := netns.UniqueName("t") + "-"
 	var out bytes.Buffer
 	// A private bpffs: the test leaves no mount behind.
 	cfg := lab.Config{Hosts: 2, BinDir: cluster.Binaries(t), StateDir: filepath.Join(t.TempDir(), "state"), Prefix: prefix,
-		BPFFS: filepath.Dir(netns.BPFFS(t)), Out: &out}
+		BPFFS: filepath.Dir(netns.BPFFS(t)), Gateway: true, Out: &out}
 	t.Cleanup(func() { _ = lab.Down(cfg) })
 	l, err := lab.Up(context.Background(), cfg)
 	if err != nil {
@@ -33,7 +34,8 @@ func TestLabUpCheckDown(t *testing.T) {
 	var report bytes.Buffer
 	l.Report(context.Background(), &report)
 	for _, want := range []string{"Margay process is running.", "node-to-node mesh | up", "blackhole 198.19.0.",
-		"via 198.18.0.101 dev ens32 proto 77", "REMOTE_BLOCK|IN_POOL", "FWD_REMOTE", "FWD_LOCAL"} {
+		"via 198.18.0.101 dev ens32 proto 77", "REMOTE_BLOCK|IN_POOL", "FWD_REMOTE", "FWD_LOCAL",
+		"| 198.18.0.1   | global", "198.18.1.0/24 via 198.18.0.1 dev ens32 proto 77"} {
 		if !strings.Contains(report.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

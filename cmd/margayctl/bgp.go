@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/margaynet/margay/control/datastore"
+)
+
+func newBGPCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "bgp", Short: "Explicit BGP peers (gateways, route reflectors)", PersistentPreRunE: g.checkOutput}
+	peer := &cobra.Command{Use: "peer", Short: "Add, list and delete explicit BGP peers"}
+
+	var ip, node string
+	var asn uint32
+	var accept []string
+	add := &cobra.Command{
+		Use:   "add NAME --peer-ip IP --asn N [--node NODE] [--accept CIDR …]",
+		Short: "Peer every node (or --node) with a router; --accept lets it send prefixes outside the pools",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p := datastore.BGPPeer{Version: datastore.CurrentVersion, Name: args[0], ASN: asn, Node: node}
+			var err error
+			if p.PeerIP, err = netip.ParseAddr(ip); err != nil {
+				return fmt.Errorf("bgp peer add: --peer-ip %q: %w", ip, err)
+			}
+			for _, a := range accept {
+				pr, err := netip.ParsePrefix(a)
+				if err != nil {
+					return fmt.Errorf("bgp peer add: --accept %q: %w", a, err)
+				}
+				p.Accept = append(p.Accept, pr)
+			}
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := c.BGPPeers().Create(ctx, p.Name, p); err != nil {
+				return fmt.Errorf("bgp peer add: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added BGP peer %s: %s AS %d\n", p.Name, p.PeerIP, p.ASN)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&ip, "peer-ip", "", "the router's address")
+	add.Flags().Uint32Var(&asn, "asn", datastore.DefaultASN, "the router's AS number")
+	add.Flags().StringVar(&node, "node", "", "peer only this node (default: every node)")
+	add.Flags().StringSliceVar(&accept, "accept", nil, "prefixes the router may send besides the pools' (e.g. 0.0.0.0/0)")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the explicit BGP peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			peers, _, err := c.BGPPeers().List(ctx)
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			js := []datastore.BGPPeer{}
+			for _, p := range peers {
+				node := p.Value.Node
+				if node == "" {
+					node = "(every node)"
+				}
+				var acc []string
+				for _, a := range p.Value.Accept {
+					acc = append(acc, a.String())
+				}
+				rows = append(rows, []string{p.Name, p.Value.PeerIP.String(), strconv.FormatUint(uint64(p.Value.ASN), 10), node, orDash(strings.Join(acc, ","))})
+				js = append(js, p.Value)
+			}
+			return g.render(cmd.OutOrStdout(), []string{"NAME", "PEER IP", "ASN", "NODE", "ACCEPT"}, rows, js)
+		},
+	}
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Remove an explicit BGP peer",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := g.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.BGPPeers().Delete(ctx, args[0], 0); err != nil {
+				return fmt.Errorf("bgp peer delete: %w", err)
+			}
+			return nil
+		},
+	}
+	peer.AddCommand(add, list, del)
+	cmd.AddCommand(peer)
+	return cmd
+}
