@@ -7,10 +7,11 @@ import (
 
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/netns"
 )
 
-// The whole system: agents in a BGP mesh, workloads connected by the CNI plugin, traffic between
-// every pair carried by the eBPF paths — also with the hosts' FORWARD policy set to DROP.
+// The whole system: agents in a BGP mesh, workloads connected by the CNI plugin, ping, TCP and UDP
+// between every pair carried by the eBPF paths — also with the hosts' FORWARD policy set to DROP.
 func TestWorkloadTraffic(t *testing.T) {
 	c := cluster.New(t)
 	h1 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
@@ -57,6 +58,12 @@ func TestWorkloadTraffic(t *testing.T) {
 				if after := forwarded(); after < before+4 {
 					t.Errorf("FORWARD %s: %s → %s: eBPF forwarded %d packets, want at least the 2 requests and 2 replies",
 						policy, from.Name, to.Name, after-before)
+				}
+				before = forwarded()
+				netns.TCPEcho(t, from.NS, from.IP, to.NS, to.IP, 64<<10, 15*time.Second)
+				netns.UDPEcho(t, from.NS, from.IP, to.NS, to.IP, 1200, 15*time.Second)
+				if after := forwarded(); after < before+10 {
+					t.Errorf("FORWARD %s: %s → %s: eBPF forwarded %d packets of TCP and UDP", policy, from.Name, to.Name, after-before)
 				}
 			}
 		}

@@ -1,0 +1,154 @@
+package netns
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TCPEcho connects from src to an echo server in dst, sends size random bytes and requires them
+// back unchanged. Sockets belong to the namespace they are created in, so the listener is made in
+// dst and the dialer in src.
+func TCPEcho(tb testing.TB, src *NS, srcIP netip.Addr, dst *NS, dstIP netip.Addr, size int, timeout time.Duration) {
+	tb.Helper()
+	var ln *net.TCPListener
+	if err := dst.Do(func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(dstIP, 0)))
+		return err
+	}); err != nil {
+		tb.Fatalf("listen in %s: %v", dst.Name, err)
+	}
+	defer ln.Close()
+	deadline := time.Now().Add(timeout)
+	_ = ln.SetDeadline(deadline)
+
+	served := make(chan error, 1)
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			served <- fmt.Errorf("accept: %w", err)
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(deadline)
+		if _, err := io.Copy(c, c); err != nil {
+			served <- fmt.Errorf("echo: %w", err)
+			return
+		}
+		served <- c.CloseWrite()
+	}()
+
+	var c *net.TCPConn
+	if err := src.Do(func() (err error) {
+		d := net.Dialer{Deadline: deadline, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(srcIP, 0))}
+		conn, err := d.Dial("tcp4", ln.Addr().String())
+		if err == nil {
+			c = conn.(*net.TCPConn)
+		}
+		return err
+	}); err != nil {
+		tb.Fatalf("tcp %s → %s: %v", src.Name, dst.Name, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(deadline)
+
+	payload := randomBytes(tb, size)
+	// Write while reading: the echo would stall once both socket buffers are full.
+	written := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		written <- err
+	}()
+	got, rerr := io.ReadAll(c)
+	if err := errors.Join(rerr, <-written, <-served); err != nil {
+		tb.Fatalf("tcp %s → %s: %v", src.Name, dst.Name, err)
+	}
+	if !bytes.Equal(got, payload) {
+		tb.Fatalf("tcp %s → %s: echoed %d bytes that differ from the %d sent", src.Name, dst.Name, len(got), size)
+	}
+}
+
+// UDPEcho sends a few datagrams from src to an echo server in dst and requires each back. A
+// datagram may be lost while a neighbour entry resolves, so each is retried until the deadline.
+func UDPEcho(tb testing.TB, src *NS, srcIP netip.Addr, dst *NS, dstIP netip.Addr, size int, timeout time.Duration) {
+	tb.Helper()
+	var srv *net.UDPConn
+	if err := dst.Do(func() (err error) {
+		srv, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(dstIP, 0)))
+		return err
+	}); err != nil {
+		tb.Fatalf("listen in %s: %v", dst.Name, err)
+	}
+	served := make(chan struct{})
+	defer func() {
+		srv.Close()
+		<-served // the server goroutine has stopped
+	}()
+	go func() {
+		defer close(served)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return // closed
+			}
+			_, _ = srv.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+
+	var c *net.UDPConn
+	if err := src.Do(func() (err error) {
+		c, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(srcIP, 0)),
+			net.UDPAddrFromAddrPort(srv.LocalAddr().(*net.UDPAddr).AddrPort()))
+		return err
+	}); err != nil {
+		tb.Fatalf("udp %s → %s: %v", src.Name, dst.Name, err)
+	}
+	defer c.Close()
+
+	deadline := time.Now().Add(timeout)
+	buf := make([]byte, 65536)
+	for i := range 3 {
+		msg := randomBytes(tb, size)
+		echoed := false
+		for !echoed {
+			if time.Now().After(deadline) {
+				tb.Fatalf("udp %s → %s: datagram %d not echoed within %v", src.Name, dst.Name, i, timeout)
+			}
+			if _, err := c.Write(msg); err != nil {
+				tb.Fatalf("udp %s → %s: %v", src.Name, dst.Name, err)
+			}
+			// Read until the echo of this datagram or a short timeout; late echoes of earlier
+			// retries are skipped.
+			_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			for {
+				n, err := c.Read(buf)
+				if err != nil {
+					break // timeout (or an ICMP error while the path is not ready): send again
+				}
+				if bytes.Equal(buf[:n], msg) {
+					echoed = true
+					break
+				}
+			}
+		}
+	}
+}
+
+func randomBytes(tb testing.TB, n int) []byte {
+	tb.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
