@@ -221,6 +221,18 @@ type Workload struct {
 	NS   *netns.NS
 	IP   netip.Addr
 	Host *Host
+	cni  func(command string) ([]byte, error)
+	gone bool
+}
+
+// Del runs margay-cni DEL for the workload, as a runtime does when the container goes.
+func (w *Workload) Del() error {
+	out, err := w.cni("DEL")
+	if err != nil {
+		return fmt.Errorf("margay-cni DEL %s: %w\n%s", w.Name, err, out)
+	}
+	w.gone = true
+	return nil
 }
 
 // AddWorkload creates a namespace and runs margay-cni ADD for it on h, exactly as a container
@@ -229,7 +241,7 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	tb := c.tb
 	tb.Helper()
 	ns := netns.New(tb, "mgyw"+name+"-")
-	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,`+
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"mtu":1500,`+
 		`"datastore":{"endpoints":[%q]}}`, h.Name, h.etcd)
 	cni := func(command string) ([]byte, error) {
 		cmd := h.NS.Command(filepath.Join(Binaries(tb), "margay-cni"))
@@ -242,9 +254,12 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	if err != nil {
 		tb.Fatalf("margay-cni ADD %s on %s: %v\n%s", name, h.Name, err, out)
 	}
+	w := &Workload{Name: name, NS: ns, Host: h, cni: cni}
 	tb.Cleanup(func() {
-		if out, err := cni("DEL"); err != nil {
-			tb.Errorf("margay-cni DEL %s: %v\n%s", name, err, out)
+		if !w.gone {
+			if err := w.Del(); err != nil {
+				tb.Error(err)
+			}
 		}
 	})
 	var res struct {
@@ -259,5 +274,23 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Workload{Name: name, NS: ns, IP: p.Addr(), Host: h}
+	w.IP = p.Addr()
+	return w
+}
+
+// SetSegmentMTU sets the MTU of the segment's bridge and of every port on it.
+func (c *Cluster) SetSegmentMTU(tb testing.TB, mtu int) {
+	tb.Helper()
+	links, err := c.segment.Netlink().LinkList()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range links {
+		if l.Attrs().Name == "lo" {
+			continue
+		}
+		if err := c.segment.Netlink().LinkSetMTU(l, mtu); err != nil {
+			tb.Fatalf("set MTU of %s: %v", l.Attrs().Name, err)
+		}
+	}
 }
