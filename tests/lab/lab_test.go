@@ -3,11 +3,14 @@ package lab_test
 import (
 	"bytes"
 	"context"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/lab"
@@ -44,6 +47,45 @@ func TestLabUpCheckDown(t *testing.T) {
 		t.Errorf("ping matrix has failures:\n%s", report.String())
 	}
 	t.Logf("report:\n%s", report.String())
+
+	// No NAT: a workload sees the outside client's own address.
+	w := l.Workloads[0]
+	wns, outside := netns.Open(t, w.NS), netns.Open(t, cfg.OutsideNS())
+	var srv *net.UDPConn
+	if err := wns.Do(func() (err error) {
+		srv, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(w.IP, 7777)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var cl *net.UDPConn
+	if err := outside.Do(func() (err error) {
+		cl, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(w.IP, 7777)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	buf := make([]byte, 64)
+	var from netip.AddrPort
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := cl.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		_ = srv.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, ap, err := srv.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			from = ap
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no datagram from the outside client reached %s: %v", w.Name, err)
+		}
+	}
+	if from.Addr() != netip.MustParseAddr(lab.OutsideAddr) {
+		t.Errorf("%s saw the outside client as %v, want %s (no NAT)", w.Name, from.Addr(), lab.OutsideAddr)
+	}
 
 	if err := lab.Down(cfg); err != nil {
 		t.Fatal(err)

@@ -251,3 +251,21 @@ func Detached(tb testing.TB, prefix string) (path string, remove func()) {
 	tb.Cleanup(remove)
 	return filepath.Join("/var/run/netns", name), remove
 }
+
+// Open wraps an existing named namespace (one a lab or another tool created) for Do and Run. It
+// is not removed at cleanup; only the handle is closed.
+func Open(tb testing.TB, name string) *NS {
+	tb.Helper()
+	h, err := vnetns.GetFromName(name)
+	if err != nil {
+		tb.Fatalf("open netns %s: %v", name, err)
+	}
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		h.Close()
+		tb.Fatalf("netlink handle in %s: %v", name, err)
+	}
+	ns := &NS{Name: name, Path: filepath.Join("/var/run/netns", name), handle: h, nl: nl}
+	tb.Cleanup(func() { nl.Close(); h.Close() })
+	return ns
+}
