@@ -44,7 +44,9 @@ build: ## Build bin/margay-agent, bin/margay-cni and bin/margayctl
 
 test: deps ## Run every test (privileged: namespaces, BPF) and a short fuzz run of each target
 	$(GO) vet ./...
+	@tests/leftovers.sh snapshot /tmp/margay-before-test.txt
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	@tests/leftovers.sh check /tmp/margay-before-test.txt
 	$(MAKE) --no-print-directory fuzz
 
 fuzz: ## Fuzz the BPF programs and the datastore decoders for FUZZTIME each (default 15s)

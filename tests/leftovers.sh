@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# leftovers.sh snapshot FILE | check FILE — what the test suite creates it must remove, also when
+# a test fails: namespaces, links in the root namespace, BPF pins, processes. `snapshot` records
+# what exists before the suite (other tools' namespaces are not ours to judge); `check` fails on
+# anything new.
+set -euo pipefail
+state() {
+	ip netns list 2>/dev/null | awk '{print "netns " $1}'
+	ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//'
+	find /sys/fs/bpf -maxdepth 2 -name '*margay*' 2>/dev/null | sed 's/^/pin /'
+	pgrep -a -f 'margay-agent|margayctl lab|bird -f' 2>/dev/null | grep -v -e leftovers.sh -e pgrep | awk '{print "process " $2}' || true
+}
+case "${1:-}" in
+snapshot) state | sort >"$2" ;;
+check)
+	new=$(comm -13 "$2" <(state | sort))
+	if [ -n "$new" ]; then
+		echo "leftovers: the test suite left these behind:" >&2
+		echo "$new" >&2
+		exit 1
+	fi
+	echo "leftovers: none"
+	;;
+*) echo "usage: $0 snapshot FILE | check FILE" >&2; exit 2 ;;
+esac
