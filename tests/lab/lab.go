@@ -373,18 +373,25 @@ func (l *Lab) Report(ctx context.Context, w io.Writer) {
 		out, _ := In(h.NS, ctl, "routes", "--bpffs-root", l.cfg.bpffsRoot(h.Name))
 		fmt.Fprintf(w, "\n━━ %s: margayctl routes (the BPF routes map)\n%s", h.Name, out)
 	}
-	fmt.Fprintf(w, "\n━━ ping matrix (from row to column)\n%-8s", "")
+	fmt.Fprintf(w, "\n━━ ping matrix (from row to column; the outside client with --gateway)\n%-8s", "")
 	for _, to := range l.Workloads {
 		fmt.Fprintf(w, "%-20s", to.Name+" "+to.IP.String())
 	}
 	fmt.Fprintln(w)
+	rows := []struct{ name, ns string }{}
 	for _, from := range l.Workloads {
-		fmt.Fprintf(w, "%-8s", from.Name)
+		rows = append(rows, struct{ name, ns string }{from.Name, from.NS})
+	}
+	if l.cfg.Gateway {
+		rows = append(rows, struct{ name, ns string }{"outside", l.cfg.OutsideNS()})
+	}
+	for _, from := range rows {
+		fmt.Fprintf(w, "%-8s", from.name)
 		for _, to := range l.Workloads {
 			cell := "-"
-			if from.Name != to.Name {
+			if from.name != to.Name {
 				cell = "ok"
-				if _, err := In(from.NS, "ping", "-c", "1", "-W", "2", to.IP.String()); err != nil {
+				if _, err := In(from.ns, "ping", "-c", "1", "-W", "2", to.IP.String()); err != nil {
 					cell = "FAIL"
 				}
 			}

@@ -43,6 +43,9 @@ func TestLabUpCheckDown(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
+	if !strings.Contains(report.String(), "\noutside ") {
+		t.Errorf("ping matrix lacks the outside client's row")
+	}
 	if strings.Contains(report.String(), "FAIL") {
 		t.Errorf("ping matrix has failures:\n%s", report.String())
 	}
