@@ -34,6 +34,10 @@ deps: ## Install missing Debian packages (clang-19, llvm-19, libbpf-dev, bpftool
 		echo "deps: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# Name Margay's route protocol, so that ip route prints "proto margay" as Calico's shows "proto bird".
+	@if [ -d /etc/iproute2 ] && ! grep -qs '^77[[:space:]]' /etc/iproute2/rt_protos.d/*.conf; then \
+		mkdir -p /etc/iproute2/rt_protos.d && echo "77	margay" > /etc/iproute2/rt_protos.d/margay.conf; \
+	fi
 
 generate: deps ## Compile the C programs with the pinned clang and regenerate the Go bindings
 	$(GO) generate ./...

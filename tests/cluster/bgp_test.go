@@ -49,7 +49,7 @@ func TestBGPMesh(t *testing.T) {
 				if err != nil || rt.Kind() != maps.RemoteBlock || rt.NextHop != nh {
 					return fmt.Errorf("route to %s's %v: %+v, %v", owner, b.Value.CIDR, rt, err)
 				}
-				out, err := h.NS.Run("ip", "-4", "route", "show", b.Value.CIDR.String())
+				out, err := h.NS.Run("ip", "-N", "-4", "route", "show", b.Value.CIDR.String())
 				if want := b.Value.CIDR.String() + " via " + nh.String() + " dev ens32 proto 77"; err != nil || !strings.Contains(out, want) {
 					return fmt.Errorf("kernel route %q, want %q (%v)", out, want, err)
 				}
@@ -125,7 +125,7 @@ func TestBGPMesh(t *testing.T) {
 			if rt, err := set.Routes.Get(goneBlock); err == nil {
 				return fmt.Errorf("still routed: %+v", rt)
 			}
-			out, err := h.NS.Run("ip", "-4", "route", "show", goneBlock.String())
+			out, err := h.NS.Run("ip", "-N", "-4", "route", "show", goneBlock.String())
 			if err != nil || strings.TrimSpace(out) != "" {
 				return fmt.Errorf("kernel route %q, %v", out, err)
 			}

@@ -96,7 +96,7 @@ func TestBIRDGateway(t *testing.T) {
 			if err != nil || rt.NextHop != netip.MustParseAddr("198.18.0.1") || rt.Kind() != maps.RemoteBlock {
 				return fmt.Errorf("routes map: %+v, %v", rt, err)
 			}
-			out, err := h.NS.Run("ip", "-4", "route", "show", outside.String())
+			out, err := h.NS.Run("ip", "-N", "-4", "route", "show", outside.String())
 			if err != nil || !strings.Contains(out, "via 198.18.0.1 dev ens32 proto 77") {
 				return fmt.Errorf("kernel route: %q, %v", out, err)
 			}

@@ -29,17 +29,19 @@ func TestGrowAndShrink(t *testing.T) {
 	c := cluster.New(t)
 	h1 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
 	h2 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
+	h3 := c.AddHost("vm102", "198.18.0.102/24", "--bgp")
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 	cluster.Eventually(t, "a ↔ b", 30*time.Second, pingOK(a, b))
 
-	// A third host joins later, with a workload of its own.
-	h3 := c.AddHost("vm102", "198.18.0.102/24", "--bgp")
-	d := c.AddWorkload(h3, "d")
-	all := []*cluster.Workload{a, b, d}
+	// A workload on vm102 and then a fourth host, with a workload of its own, join later.
+	e := c.AddWorkload(h3, "e")
+	h4 := c.AddHost("vm103", "198.18.0.103/24", "--bgp")
+	d := c.AddWorkload(h4, "d")
+	all := []*cluster.Workload{a, b, d, e}
 	for _, from := range all {
 		for _, to := range all {
 			if from != to {
-				cluster.Eventually(t, "after vm102 joined", 60*time.Second, pingOK(from, to))
+				cluster.Eventually(t, "after vm103 joined", 60*time.Second, pingOK(from, to))
 			}
 		}
 	}
@@ -61,7 +63,7 @@ func TestGrowAndShrink(t *testing.T) {
 		if _, err := set.Endpoints.Get(rt.Ifindex); !errors.Is(err, maps.ErrNotFound) {
 			return fmt.Errorf("endpoint %d still there: %v", rt.Ifindex, err)
 		}
-		out, err := h2.NS.Run("ip", "-4", "route", "show", b.IP.String())
+		out, err := h2.NS.Run("ip", "-N", "-4", "route", "show", b.IP.String())
 		if err != nil || strings.TrimSpace(out) != "" {
 			return fmt.Errorf("kernel route %q, %v", out, err)
 		}
