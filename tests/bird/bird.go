@@ -44,7 +44,7 @@ func Start(tb testing.TB, ns *netns.NS, conf string) *Router {
 		tb.Fatalf("bird config %s: %v\n%s\n%s", confPath, err, out, conf)
 	}
 	r.cmd = ns.Command(bin, "-f", "-c", confPath, "-s", r.sock, "-P", filepath.Join(dir, "bird.pid"))
-	r.cmd.Stdout, r.cmd.Stderr = logWriter{tb, "bird: "}, logWriter{tb, "bird: "}
+	r.cmd.Stdout, r.cmd.Stderr = netns.LogWriter(tb, "bird: "), netns.LogWriter(tb, "bird: ")
 	if err := r.cmd.Start(); err != nil {
 		tb.Fatalf("start bird: %v", err)
 	}
@@ -162,17 +162,4 @@ func (r *Router) Established(proto string) (bool, error) {
 		}
 	}
 	return false, errors.New("no protocol " + proto + " in: " + out)
-}
-
-// logWriter sends BIRD's own output to the test log.
-type logWriter struct {
-	tb     testing.TB
-	prefix string
-}
-
-func (w logWriter) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		w.tb.Log(w.prefix + line)
-	}
-	return len(p), nil
 }

@@ -125,7 +125,7 @@ func (c *Cluster) Endpoint(h *Host) string { return h.etcd }
 func (h *Host) Start() {
 	h.tb.Helper()
 	h.cmd = h.NS.Command(filepath.Join(Binaries(h.tb), "margay-agent"), h.args...)
-	h.cmd.Stdout, h.cmd.Stderr = logWriter{h.tb, h.Name + ": "}, logWriter{h.tb, h.Name + ": "}
+	h.cmd.Stdout, h.cmd.Stderr = netns.LogWriter(h.tb, h.Name+": "), netns.LogWriter(h.tb, h.Name+": ")
 	if err := h.cmd.Start(); err != nil {
 		h.tb.Fatal(err)
 	}
@@ -188,18 +188,6 @@ func Eventually(tb testing.TB, what string, within time.Duration, cond func() er
 		time.Sleep(50 * time.Millisecond)
 	}
 	tb.Fatalf("%s: not within %s: %v", what, within, err)
-}
-
-type logWriter struct {
-	tb     testing.TB
-	prefix string
-}
-
-func (w logWriter) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		w.tb.Log(w.prefix + line)
-	}
-	return len(p), nil
 }
 
 // Attach puts a namespace on the segment with an interface ifname at addr, e.g. a gateway router.
