@@ -240,19 +240,7 @@ func (w *world) sysctl(t testing.TB, key string) string {
 // assertGone fails unless nothing of the workload with this ID is left.
 func (w *world) assertGone(t testing.TB, id string) {
 	t.Helper()
-	veth := workload.HostVethName(id)
-	if _, err := w.host.Netlink().LinkByName(veth); err == nil {
-		t.Errorf("host veth %s left behind", veth)
-	}
-	routes, err := w.host.Netlink().RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range routes {
-		if l, err := w.host.Netlink().LinkByIndex(r.LinkIndex); err == nil && l.Attrs().Name == veth {
-			t.Errorf("route %s dev %s left behind", r.Dst, veth)
-		}
-	}
+	w.host.AssertLinkGone(t, workload.HostVethName(id))
 	if _, err := w.ds.Workloads(node).Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("record %s: %v, want not found", id, err)
 	}

@@ -101,19 +101,7 @@ func TestHostVethName(t *testing.T) {
 // handle and allocations.
 func (e *env) assertAbsent(t *testing.T, id string) {
 	t.Helper()
-	name := workload.HostVethName(id)
-	if _, err := e.host.Netlink().LinkByName(name); err == nil {
-		t.Errorf("host veth %s still exists", name)
-	}
-	routes, err := e.host.Netlink().RouteList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range routes {
-		if l, err := e.host.Netlink().LinkByIndex(r.LinkIndex); err == nil && l.Attrs().Name == name {
-			t.Errorf("route %s dev %s still exists", r.Dst, name)
-		}
-	}
+	e.host.AssertLinkGone(t, workload.HostVethName(id))
 	ctx := t.Context()
 	if _, err := e.ds.Workloads(node).Get(ctx, id); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("record of %s: err %v, want ErrNotFound", id, err)

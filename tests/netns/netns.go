@@ -269,3 +269,21 @@ func Open(tb testing.TB, name string) *NS {
 	tb.Cleanup(func() { nl.Close(); h.Close() })
 	return ns
 }
+
+// AssertLinkGone fails the test unless the namespace has no interface named name and no route
+// through one: what deleting a veth must leave.
+func (n *NS) AssertLinkGone(tb testing.TB, name string) {
+	tb.Helper()
+	if _, err := n.nl.LinkByName(name); err == nil {
+		tb.Errorf("interface %s still exists in %s", name, n.Name)
+	}
+	routes, err := n.nl.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, r := range routes {
+		if l, err := n.nl.LinkByIndex(r.LinkIndex); err == nil && l.Attrs().Name == name {
+			tb.Errorf("route %s dev %s still exists in %s", r.Dst, name, n.Name)
+		}
+	}
+}
