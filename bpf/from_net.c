@@ -31,8 +31,13 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 		*reason = REASON_PASS_NO_ROUTE;
 		return TC_ACT_OK;
 	}
-	if (rt->flags & ROUTE_LOCAL_WEP)
+	if (rt->flags & ROUTE_LOCAL_WEP) {
+		/* The receiver's ingress policy; what goes to the kernel instead meets it in to_wep. */
+		verdict = tc_policy(skb, &pkt, reason);
+		if (verdict != TC_ACT_UNSPEC)
+			return verdict;
 		return redirect_local(skb, &pkt, rt, reason);
+	}
 
 	*reason = REASON_PASS_KERNEL;
 	return TC_ACT_OK;

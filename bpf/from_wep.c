@@ -27,7 +27,13 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		return TC_ACT_SHOT;
 	}
 
-	/* Policy and conntrack: the sender's egress policy is checked here. */
+	/*
+	 * Conntrack and policy: the sender's egress policy, and the receiver's ingress policy when it
+	 * is local, for everything the workload sends, also what goes on to the kernel below.
+	 */
+	verdict = tc_policy(skb, &pkt, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
 
 	verdict = tc_forwardable(pkt.ip, reason);
 	if (verdict != TC_ACT_UNSPEC)

@@ -6,11 +6,34 @@
  */
 
 #include "include/counters.h"
+#include "include/forward.h"
+
+static __always_inline int to_wep_handle(struct __sk_buff *skb, enum reason *reason)
+{
+	struct packet pkt;
+	int verdict;
+
+	verdict = tc_parse(skb, &pkt, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
+
+	/* The receiver's ingress policy; a flow eBPF already checked on this host finds its entry. */
+	verdict = tc_policy(skb, &pkt, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
+
+	*reason = REASON_PASS_DELIVER;
+	return TC_ACT_OK;
+}
 
 SEC("tcx/egress")
 int to_wep(struct __sk_buff *skb)
 {
-	/* Policy and conntrack: the receiver's ingress policy for kernel-delivered traffic goes here. */
-	count_packet(skb->ifindex, HOOK_TO_WEP, REASON_PASS_DELIVER, skb->len);
-	return TC_ACT_OK;
+	enum reason reason = REASON_UNSPEC;
+	__u32 ifindex = skb->ifindex;
+	__u64 len = skb->len;
+	int verdict = to_wep_handle(skb, &reason);
+
+	count_packet(ifindex, HOOK_TO_WEP, reason, len);
+	return verdict;
 }

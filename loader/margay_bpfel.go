@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type MargayConfigValue struct {
+	_                structs.HostLayout
+	PolicyGeneration uint32
+	CtTimeouts       MargayCtTimeouts
+}
+
 type MargayCounterKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -26,11 +32,103 @@ type MargayCounterValue struct {
 	Bytes   uint64
 }
 
+type MargayCtKey struct {
+	_        structs.HostLayout
+	AddrA    uint32
+	AddrB    uint32
+	PortA    uint16
+	PortB    uint16
+	Protocol uint8
+	Pad      [3]uint8
+}
+
+type MargayCtState uint8
+
+const (
+	MargayCtStateCT_NONE            MargayCtState = 0
+	MargayCtStateCT_TCP_SYN_SENT    MargayCtState = 1
+	MargayCtStateCT_TCP_SYN_ACKED   MargayCtState = 2
+	MargayCtStateCT_TCP_ESTABLISHED MargayCtState = 3
+	MargayCtStateCT_TCP_FIN_WAIT    MargayCtState = 4
+	MargayCtStateCT_TCP_CLOSED      MargayCtState = 5
+	MargayCtStateCT_UDP             MargayCtState = 6
+	MargayCtStateCT_ICMP            MargayCtState = 7
+	MargayCtStateCT_OTHER           MargayCtState = 8
+)
+
+type MargayCtTimeouts struct {
+	_              structs.HostLayout
+	TcpSyn         uint32
+	TcpEstablished uint32
+	TcpFin         uint32
+	TcpClosed      uint32
+	Udp            uint32
+	Icmp           uint32
+	Other          uint32
+}
+
+type MargayCtValue struct {
+	_            structs.HostLayout
+	Created      uint64
+	LastSeen     uint64
+	Packets      [2]uint64
+	Bytes        [2]uint64
+	Generation   uint32
+	RuleEgress   uint32
+	RuleIngress  uint32
+	PolicyPort   uint16
+	State        MargayCtState
+	Verdict      MargayCtVerdict
+	InitiatorIsA uint8
+	FinSeen      uint8
+	Pad          [6]uint8
+}
+
+type MargayCtVerdict uint8
+
+const (
+	MargayCtVerdictCT_VERDICT_NONE         MargayCtVerdict = 0
+	MargayCtVerdictCT_VERDICT_ALLOW        MargayCtVerdict = 1
+	MargayCtVerdictCT_VERDICT_DENY_EGRESS  MargayCtVerdict = 2
+	MargayCtVerdictCT_VERDICT_DENY_INGRESS MargayCtVerdict = 3
+)
+
 type MargayEndpoint struct {
-	_    structs.HostLayout
-	Ipv4 uint32
-	Mac  [6]uint8
-	Pad  [2]uint8
+	_              structs.HostLayout
+	Ipv4           uint32
+	Mac            [6]uint8
+	Pad            [2]uint8
+	IngressProgram uint32
+	EgressProgram  uint32
+}
+
+type MargayFailsafeFlags uint8
+
+const (
+	MargayFailsafeFlagsFAILSAFE_INBOUND  MargayFailsafeFlags = 1
+	MargayFailsafeFlagsFAILSAFE_OUTBOUND MargayFailsafeFlags = 2
+)
+
+type MargayFailsafeKey struct {
+	_        structs.HostLayout
+	Protocol uint8
+	Pad      uint8
+	Port     uint16
+}
+
+type MargayFragKey struct {
+	_        structs.HostLayout
+	Saddr    uint32
+	Daddr    uint32
+	Id       uint16
+	Protocol uint8
+	Pad      uint8
+}
+
+type MargayFragValue struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
 }
 
 type MargayHook uint16
@@ -42,28 +140,57 @@ const (
 	MargayHookHOOK_XDP_FROM_NET MargayHook = 3
 )
 
+type MargayPolicyAction uint8
+
+const (
+	MargayPolicyActionPOLICY_NONE  MargayPolicyAction = 0
+	MargayPolicyActionPOLICY_ALLOW MargayPolicyAction = 1
+	MargayPolicyActionPOLICY_DENY  MargayPolicyAction = 2
+	MargayPolicyActionPOLICY_SPORT MargayPolicyAction = 3
+)
+
+type MargayPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Program   uint32
+	Identity  uint32
+	Protocol  uint8
+	Pad       uint8
+	Port      uint16
+}
+
+type MargayPolicyValue struct {
+	_      structs.HostLayout
+	Rule   uint32
+	Action MargayPolicyAction
+	Pad    [3]uint8
+}
+
 type MargayReason uint16
 
 const (
-	MargayReasonREASON_UNSPEC           MargayReason = 0
-	MargayReasonREASON_FWD_LOCAL        MargayReason = 1
-	MargayReasonREASON_FWD_REMOTE       MargayReason = 2
-	MargayReasonREASON_PASS_NOT_IPV4    MargayReason = 10
-	MargayReasonREASON_PASS_NO_ROUTE    MargayReason = 11
-	MargayReasonREASON_PASS_KERNEL      MargayReason = 12
-	MargayReasonREASON_PASS_TTL         MargayReason = 13
-	MargayReasonREASON_PASS_IP_OPTIONS  MargayReason = 14
-	MargayReasonREASON_PASS_FRAGMENT    MargayReason = 15
-	MargayReasonREASON_PASS_MTU         MargayReason = 16
-	MargayReasonREASON_PASS_NOT_HOST    MargayReason = 17
-	MargayReasonREASON_PASS_NO_ENDPOINT MargayReason = 18
-	MargayReasonREASON_PASS_DELIVER     MargayReason = 19
-	MargayReasonREASON_PASS_PREFILTER   MargayReason = 20
-	MargayReasonREASON_DROP_MALFORMED   MargayReason = 30
-	MargayReasonREASON_DROP_SPOOFED     MargayReason = 31
-	MargayReasonREASON_DROP_NO_ENDPOINT MargayReason = 32
-	MargayReasonREASON_DROP_NO_WORKLOAD MargayReason = 33
-	MargayReasonREASON_DROP_REDIRECT    MargayReason = 34
+	MargayReasonREASON_UNSPEC              MargayReason = 0
+	MargayReasonREASON_FWD_LOCAL           MargayReason = 1
+	MargayReasonREASON_FWD_REMOTE          MargayReason = 2
+	MargayReasonREASON_PASS_NOT_IPV4       MargayReason = 10
+	MargayReasonREASON_PASS_NO_ROUTE       MargayReason = 11
+	MargayReasonREASON_PASS_KERNEL         MargayReason = 12
+	MargayReasonREASON_PASS_TTL            MargayReason = 13
+	MargayReasonREASON_PASS_IP_OPTIONS     MargayReason = 14
+	MargayReasonREASON_PASS_FRAGMENT       MargayReason = 15
+	MargayReasonREASON_PASS_MTU            MargayReason = 16
+	MargayReasonREASON_PASS_NOT_HOST       MargayReason = 17
+	MargayReasonREASON_PASS_NO_ENDPOINT    MargayReason = 18
+	MargayReasonREASON_PASS_DELIVER        MargayReason = 19
+	MargayReasonREASON_PASS_PREFILTER      MargayReason = 20
+	MargayReasonREASON_DROP_MALFORMED      MargayReason = 30
+	MargayReasonREASON_DROP_SPOOFED        MargayReason = 31
+	MargayReasonREASON_DROP_NO_ENDPOINT    MargayReason = 32
+	MargayReasonREASON_DROP_NO_WORKLOAD    MargayReason = 33
+	MargayReasonREASON_DROP_REDIRECT       MargayReason = 34
+	MargayReasonREASON_DROP_POLICY_EGRESS  MargayReason = 35
+	MargayReasonREASON_DROP_POLICY_INGRESS MargayReason = 36
+	MargayReasonREASON_DROP_FRAGMENT       MargayReason = 37
 )
 
 type MargayRouteFlags uint32
@@ -75,6 +202,7 @@ const (
 	MargayRouteFlagsROUTE_LOCAL_BLOCK  MargayRouteFlags = 8
 	MargayRouteFlagsROUTE_HOST         MargayRouteFlags = 16
 	MargayRouteFlagsROUTE_IN_POOL      MargayRouteFlags = 32
+	MargayRouteFlagsROUTE_LOCAL_HOST   MargayRouteFlags = 64
 )
 
 type MargayRouteKey struct {
@@ -94,9 +222,16 @@ type MargayRouteValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	MargayMapConfig      = "config"
+	MargayMapConntrack   = "conntrack"
 	MargayMapCounters    = "counters"
 	MargayMapEndpoints   = "endpoints"
+	MargayMapFailsafe    = "failsafe"
+	MargayMapFrags       = "frags"
+	MargayMapPolicy      = "policy"
+	MargayMapPolicyIps   = "policy_ips"
 	MargayMapRoutes      = "routes"
+	MargayMapRuleHits    = "rule_hits"
 	MargayProgFromNet    = "from_net"
 	MargayProgFromWep    = "from_wep"
 	MargayProgToWep      = "to_wep"
@@ -155,9 +290,16 @@ type MargayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MargayMapSpecs struct {
+	Config    *ebpf.MapSpec `ebpf:"config"`
+	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Failsafe  *ebpf.MapSpec `ebpf:"failsafe"`
+	Frags     *ebpf.MapSpec `ebpf:"frags"`
+	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	PolicyIps *ebpf.MapSpec `ebpf:"policy_ips"`
 	Routes    *ebpf.MapSpec `ebpf:"routes"`
+	RuleHits  *ebpf.MapSpec `ebpf:"rule_hits"`
 }
 
 // MargayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,16 +328,30 @@ func (o *MargayObjects) Close() error {
 //
 // It can be passed to LoadMargayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MargayMaps struct {
+	Config    *ebpf.Map `ebpf:"config"`
+	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Failsafe  *ebpf.Map `ebpf:"failsafe"`
+	Frags     *ebpf.Map `ebpf:"frags"`
+	Policy    *ebpf.Map `ebpf:"policy"`
+	PolicyIps *ebpf.Map `ebpf:"policy_ips"`
 	Routes    *ebpf.Map `ebpf:"routes"`
+	RuleHits  *ebpf.Map `ebpf:"rule_hits"`
 }
 
 func (m *MargayMaps) Close() error {
 	return _MargayClose(
+		m.Config,
+		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Failsafe,
+		m.Frags,
+		m.Policy,
+		m.PolicyIps,
 		m.Routes,
+		m.RuleHits,
 	)
 }
 

@@ -17,6 +17,16 @@ type Endpoint struct {
 	Ifindex uint32           `json:"ifindex"`
 	IPv4    netip.Addr       `json:"ipv4"`
 	MAC     net.HardwareAddr `json:"mac"`
+	// IngressProgram and EgressProgram name the compiled policy of each direction in the policy
+	// map; 0 means no policy selects the workload in that direction, which allows everything.
+	IngressProgram uint32 `json:"ingressProgram,omitempty"`
+	EgressProgram  uint32 `json:"egressProgram,omitempty"`
+}
+
+// Equal reports whether a and b are the same entry.
+func (ep Endpoint) Equal(o Endpoint) bool {
+	return ep.Ifindex == o.Ifindex && ep.IPv4 == o.IPv4 && string(ep.MAC) == string(o.MAC) &&
+		ep.IngressProgram == o.IngressProgram && ep.EgressProgram == o.EgressProgram
 }
 
 // Endpoints is the endpoints map.
@@ -36,7 +46,7 @@ func (e *Endpoints) Put(ep Endpoint) error {
 	if len(ep.MAC) != 6 {
 		return fmt.Errorf("put endpoint %d: MAC %v is not 6 bytes", ep.Ifindex, ep.MAC)
 	}
-	v := loader.MargayEndpoint{Ipv4: be32(ep.IPv4)}
+	v := loader.MargayEndpoint{Ipv4: be32(ep.IPv4), IngressProgram: ep.IngressProgram, EgressProgram: ep.EgressProgram}
 	copy(v.Mac[:], ep.MAC)
 	if err := e.m.Put(&ep.Ifindex, &v); err != nil {
 		return fmt.Errorf("put endpoint %d: %w", ep.Ifindex, err)
@@ -65,7 +75,8 @@ func (e *Endpoints) Get(ifindex uint32) (Endpoint, error) {
 }
 
 func decodeEndpoint(ifindex uint32, v loader.MargayEndpoint) Endpoint {
-	return Endpoint{Ifindex: ifindex, IPv4: addrFromBE32(v.Ipv4), MAC: net.HardwareAddr(v.Mac[:])}
+	return Endpoint{Ifindex: ifindex, IPv4: addrFromBE32(v.Ipv4), MAC: net.HardwareAddr(v.Mac[:]),
+		IngressProgram: v.IngressProgram, EgressProgram: v.EgressProgram}
 }
 
 // List returns every endpoint, sorted by ifindex.

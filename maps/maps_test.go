@@ -223,15 +223,15 @@ func TestCounters(t *testing.T) {
 	defer d.Close()
 	set := maps.FromDataplane(d)
 
-	// to_wep counts every packet under PASS_DELIVER on the interface it runs on; without a
-	// context, test runs use lo (ifindex 1).
+	// to_wep counts a frame that is not IPv4 (all zeroes) under PASS_NOT_IPV4 on the interface it
+	// runs on; without a context, test runs use lo (ifindex 1).
 	frame := make([]byte, 64)
 	for range 3 {
 		if _, err := d.Programs().ToWep.Run(&ebpf.RunOptions{Data: frame}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	deliver := maps.Reason(loader.MargayReasonREASON_PASS_DELIVER)
+	deliver := maps.Reason(loader.MargayReasonREASON_PASS_NOT_IPV4)
 	c, err := set.Counters.Get(1, maps.HookToWep, deliver)
 	if err != nil || c.Packets != 3 || c.Bytes != 3*64 {
 		t.Fatalf("Get = %+v, %v; want 3 packets, 192 bytes", c, err)

@@ -25,7 +25,8 @@ var enums = sync.OnceValue(func() map[string]*enumNames {
 	if err != nil {
 		panic(fmt.Sprintf("embedded BPF object is unreadable: %v", err)) // a build defect, not data
 	}
-	for name, prefix := range map[string]string{"reason": "REASON_", "hook": "HOOK_", "route_flags": "ROUTE_"} {
+	for name, prefix := range map[string]string{"reason": "REASON_", "hook": "HOOK_", "route_flags": "ROUTE_",
+		"ct_state": "CT_", "ct_verdict": "CT_VERDICT_"} {
 		var e *btf.Enum
 		if err := spec.Types.TypeByName(name, &e); err != nil {
 			panic(fmt.Sprintf("enum %s missing from BTF: %v", name, err))

@@ -15,6 +15,12 @@ type Set struct {
 	Routes    *Routes
 	Endpoints *Endpoints
 	Counters  *Counters
+	Conntrack *Conntrack
+	Policy    *Policy
+	PolicyIPs *PolicyIPs
+	RuleHits  *RuleHits
+	Config    *Config
+	Failsafe  *Failsafe
 
 	owned []*ebpf.Map // closed by Close when OpenPinned opened them
 }
@@ -22,7 +28,9 @@ type Set struct {
 // FromDataplane wraps the maps of a loaded dataplane; the Dataplane keeps owning them.
 func FromDataplane(d *loader.Dataplane) *Set {
 	m := d.Maps()
-	return &Set{Routes: NewRoutes(m.Routes), Endpoints: NewEndpoints(m.Endpoints), Counters: NewCounters(m.Counters)}
+	return &Set{Routes: NewRoutes(m.Routes), Endpoints: NewEndpoints(m.Endpoints), Counters: NewCounters(m.Counters),
+		Conntrack: NewConntrack(m.Conntrack), Policy: NewPolicy(m.Policy), PolicyIPs: NewPolicyIPs(m.PolicyIps),
+		RuleHits: NewRuleHits(m.RuleHits), Config: NewConfig(m.Config), Failsafe: NewFailsafe(m.Failsafe)}
 }
 
 // OpenPinned opens the maps pinned under a bpffs root, as margayctl does on a running host.
@@ -41,6 +49,12 @@ func OpenPinned(root string) (*Set, error) {
 	s.Routes = NewRoutes(open("routes"))
 	s.Endpoints = NewEndpoints(open("endpoints"))
 	s.Counters = NewCounters(open("counters"))
+	s.Conntrack = NewConntrack(open("conntrack"))
+	s.Policy = NewPolicy(open("policy"))
+	s.PolicyIPs = NewPolicyIPs(open("policy_ips"))
+	s.RuleHits = NewRuleHits(open("rule_hits"))
+	s.Config = NewConfig(open("config"))
+	s.Failsafe = NewFailsafe(open("failsafe"))
 	if err := errors.Join(errs...); err != nil {
 		s.Close()
 		return nil, err

@@ -10,6 +10,7 @@
 #include "csum.h"
 #include "maps.h"
 #include "parse.h"
+#include "policy.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -31,10 +32,12 @@ static __always_inline struct route_value *route_lookup(__be32 addr)
  */
 static __always_inline int tc_parse(struct __sk_buff *skb, struct packet *pkt, enum reason *reason)
 {
-	const __u32 need = sizeof(struct ethhdr) + IPV4_MIN_HLEN;
+	/* Ethernet, IPv4 with options, and what policy reads of L4 and of an ICMP error's payload. */
+	const __u32 want = sizeof(struct ethhdr) + 60 + 8 + IPV4_MIN_HLEN + 8;
+	__u32 need = skb->len < want ? skb->len : want;
 
 	/* A veth hands over linear headers almost always; pull only when they are not. */
-	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end && skb->len >= need)
+	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end)
 		bpf_skb_pull_data(skb, need);
 
 	/* tot_len 0 is BIG TCP, which only a GSO skb can be; on anything else it is malformed. */
@@ -77,6 +80,21 @@ static __always_inline int tc_forwardable(const struct iphdr *ip, enum reason *r
 	return TC_ACT_UNSPEC;
 }
 
+/*
+ * Conntrack and policy for the parsed packet. Returns TC_ACT_UNSPEC when it may go on; otherwise
+ * TC_ACT_SHOT with *reason set.
+ */
+static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet *pkt, enum reason *reason)
+{
+	struct flow f;
+
+	if (parse_flow(pkt->ip, (void *)(long)skb->data_end, &f) != FLOW_OK) {
+		*reason = REASON_DROP_FRAGMENT;
+		return TC_ACT_SHOT;
+	}
+	return ct_policy(&f, skb->len, reason);
+}
+
 /* Deliver to a workload on this host: into its namespace, past the host's stack. */
 static __always_inline int redirect_local(struct __sk_buff *skb, struct packet *pkt,
 					  const struct route_value *rt, enum reason *reason)
@@ -89,8 +107,6 @@ static __always_inline int redirect_local(struct __sk_buff *skb, struct packet *
 		*reason = REASON_PASS_NO_ENDPOINT;
 		return TC_ACT_OK;
 	}
-
-	/* Policy and conntrack: the receiver's ingress policy is checked here, before any change. */
 
 	__builtin_memcpy(pkt->eth->h_dest, ep->mac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, host_veth_mac, ETH_ALEN);

@@ -17,6 +17,18 @@
 #ifndef MAX_COUNTERS
 #define MAX_COUNTERS 32768
 #endif
+#ifndef MAX_CONNTRACK
+#define MAX_CONNTRACK 65536
+#endif
+#ifndef MAX_POLICY
+#define MAX_POLICY (1 << 20)
+#endif
+#ifndef MAX_POLICY_IPS
+#define MAX_POLICY_IPS (1 << 18)
+#endif
+#ifndef MAX_RULES
+#define MAX_RULES 65536
+#endif
 
 /* Destination prefix -> what to do with it: local workload, remote block or workload, host. */
 struct {
@@ -46,5 +58,70 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
+
+/* Flows in both directions -> state, verdict, counters. Least recently used flows make room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(max_entries, MAX_CONNTRACK);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+/* Compiled policy programs: {program, identity, protocol, port prefix} -> action and rule. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, MAX_POLICY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
+/* Address prefix -> the identity policy sees for it. 0.0.0.0/0 is always present. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct route_key);
+	__type(value, __u32);
+	__uint(max_entries, MAX_POLICY_IPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_ips SEC(".maps");
+
+/* Rule id -> packets and bytes of the flows it allowed, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter_value);
+	__uint(max_entries, MAX_RULES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_hits SEC(".maps");
+
+/* Settings the agent writes: the policy generation and conntrack timeouts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+/* {protocol, port} -> FAILSAFE_* for traffic between workloads and hosts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct failsafe_key);
+	__type(value, enum failsafe_flags);
+	__uint(max_entries, 256);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} failsafe SEC(".maps");
+
+/* First fragments leave their ports for the later ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} frags SEC(".maps");
 
 #endif /* MARGAY_MAPS_H */

@@ -42,6 +42,9 @@ enum reason : __u16 {
 	REASON_DROP_NO_ENDPOINT = 32,  /* from a cali* interface that has no endpoint entry */
 	REASON_DROP_NO_WORKLOAD = 33,  /* to an address of a local block that no workload holds */
 	REASON_DROP_REDIRECT = 34,     /* the redirect helper refused the packet */
+	REASON_DROP_POLICY_EGRESS = 35,  /* the sender's egress policy denies the flow */
+	REASON_DROP_POLICY_INGRESS = 36, /* the receiver's ingress policy denies the flow */
+	REASON_DROP_FRAGMENT = 37,       /* a later fragment of a flow whose first fragment was not seen */
 };
 
 /* Route kinds in the routes map; a route may carry IN_POOL beside its kind. */
@@ -52,6 +55,7 @@ enum route_flags {
 	ROUTE_LOCAL_BLOCK = 1 << 3,  /* a block this host owns (its unused addresses are blackholed) */
 	ROUTE_HOST = 1 << 4,         /* an address of a host (this one or another) */
 	ROUTE_IN_POOL = 1 << 5,      /* inside a configured IP pool */
+	ROUTE_LOCAL_HOST = 1 << 6,   /* an address of this host (beside ROUTE_HOST) */
 };
 
 /* LPM trie key: prefixlen counts the leading bits of addr that matter. */
@@ -71,6 +75,8 @@ struct endpoint {
 	__be32 ipv4;   /* the workload's own /32: the only source it may send from */
 	__u8 mac[6];   /* the workload-side MAC, destination of frames delivered to it */
 	__u8 _pad[2];
+	__u32 ingress_program; /* compiled ingress policy in the policy map; 0 = none selects it: allow */
+	__u32 egress_program;  /* compiled egress policy; 0 = allow */
 };
 
 struct counter_key {
@@ -82,6 +88,128 @@ struct counter_key {
 struct counter_value {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/*
+ * Policy. The agent compiles, for each local workload and direction, the ordered rules of the
+ * policies that select it into a program: an LPM table keyed by the peer's identity, the protocol
+ * and the destination port. A peer's identity comes from the policy_ips LPM map: the set of rule
+ * peer matches (CIDRs, selectors) its address satisfies. One lookup in each map decides the first
+ * packet of a flow, however many rules there are.
+ */
+enum policy_action : __u8 {
+	POLICY_NONE = 0,
+	POLICY_ALLOW = 1,
+	POLICY_DENY = 2,
+	POLICY_SPORT = 3, /* depends on the source port: look up the table named by rule */
+};
+
+/* LPM key: program, identity and protocol in full, then the leading bits of the port. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 program;  /* endpoint's program; or a source-port table, with the high bit set */
+	__u32 identity; /* the peer's identity; 0 in a source-port table */
+	__u8 protocol;  /* 0 in a source-port table */
+	__u8 _pad;
+	__be16 port;    /* destination port; ICMP: type << 8 | code; in a source-port table the source port */
+};
+
+struct policy_value {
+	__u32 rule;                 /* rule id for the hit counters (0: default deny); POLICY_SPORT: the table */
+	enum policy_action action;
+	__u8 _pad[3];
+};
+
+/* Conntrack. */
+enum ct_state : __u8 {
+	CT_NONE = 0,
+	CT_TCP_SYN_SENT = 1,    /* SYN from the initiator */
+	CT_TCP_SYN_ACKED = 2,   /* SYN-ACK from the responder */
+	CT_TCP_ESTABLISHED = 3,
+	CT_TCP_FIN_WAIT = 4,    /* one side sent FIN */
+	CT_TCP_CLOSED = 5,      /* both sent FIN, or a RST */
+	CT_UDP = 6,
+	CT_ICMP = 7,
+	CT_OTHER = 8,
+};
+
+/* Conntrack timeouts in seconds; 0 = the built-in default. */
+struct ct_timeouts {
+	__u32 tcp_syn;         /* until the handshake completes (60) */
+	__u32 tcp_established; /* idle established TCP (6 hours) */
+	__u32 tcp_fin;         /* after one side's FIN (30) */
+	__u32 tcp_closed;      /* after both FINs or a RST (10) */
+	__u32 udp;             /* (60) */
+	__u32 icmp;            /* (30) */
+	__u32 other;           /* any other protocol (60) */
+};
+
+/*
+ * A flow in either direction: the lower (address, port) pair first. ICMP echo carries its
+ * identifier in both ports.
+ */
+struct ct_key {
+	__be32 addr_a;
+	__be32 addr_b;
+	__be16 port_a;
+	__be16 port_b;
+	__u8 protocol;
+	__u8 _pad[3];
+};
+
+enum ct_verdict : __u8 {
+	CT_VERDICT_NONE = 0,
+	CT_VERDICT_ALLOW = 1,
+	CT_VERDICT_DENY_EGRESS = 2,  /* re-checked after a policy change: the sender's egress denies it */
+	CT_VERDICT_DENY_INGRESS = 3, /* ... the receiver's ingress denies it */
+};
+
+struct ct_value {
+	__u64 created;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet */
+	__u64 last_seen;    /* of the latest packet */
+	__u64 packets[2];   /* [0] initiator to responder, [1] the replies */
+	__u64 bytes[2];
+	__u32 generation;   /* the policy generation the verdict was taken under */
+	__u32 rule_egress;  /* rule of the initiator's egress policy that allowed it (0: none) */
+	__u32 rule_ingress; /* rule of the responder's ingress policy */
+	__be16 policy_port; /* the port policy matched: destination port, or ICMP type << 8 | code */
+	enum ct_state state;
+	enum ct_verdict verdict;
+	__u8 initiator_is_a; /* the initiator is (addr_a, port_a) */
+	__u8 fin_seen;       /* bit 0: the initiator sent FIN, bit 1: the responder did */
+	__u8 _pad[6];
+};
+
+/* Global settings, one entry at index 0, written by the agent. */
+struct config_value {
+	__u32 policy_generation; /* bumped on every policy change: flows are re-checked */
+	struct ct_timeouts ct_timeouts;
+};
+
+/* Failsafe ports: traffic between a workload and a host on these is never cut by policy. */
+enum failsafe_flags : __u8 {
+	FAILSAFE_INBOUND = 1 << 0,  /* to a host on this port: SSH, BGP, etcd, DHCP server */
+	FAILSAFE_OUTBOUND = 1 << 1, /* from a host to this port: DNS, DHCP, etcd, BGP */
+};
+
+struct failsafe_key {
+	__u8 protocol;
+	__u8 _pad;
+	__u16 port; /* host byte order */
+};
+
+/* Fragments after the first carry no ports: the first one leaves them here. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 protocol;
+	__u8 _pad;
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
 };
 
 #endif /* MARGAY_TYPES_H */

@@ -268,6 +268,9 @@ func (c *Client) BGPConfig() Singleton[BGPConfig] {
 // BGPPeers stores explicit BGP peers at bgp/peers/<name>.
 func (c *Client) BGPPeers() Store[BGPPeer] { return newStore(c, bgpPeerKind, "bgp/peers/", "") }
 
+// Policies stores the network policies at policies/<name>.
+func (c *Client) Policies() Store[Policy] { return newStore(c, policyKind, "policies/", "") }
+
 // Nodes stores nodes at nodes/<name>.
 func (c *Client) Nodes() Store[Node] { return newStore(c, nodeKind, "nodes/", "") }
 

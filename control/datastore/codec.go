@@ -106,6 +106,9 @@ var (
 	bgpPeerKind   = newKind("bgppeer", ValidateName, func(name string, v *BGPPeer) error {
 		return bindField(&v.Name, "name", name)
 	})
+	policyKind = newKind("policy", ValidateName, func(name string, v *Policy) error {
+		return bindField(&v.Name, "name", name)
+	})
 	nodeKind = newKind("node", ValidateName, func(name string, v *Node) error {
 		return bindField(&v.Name, "name", name)
 	})

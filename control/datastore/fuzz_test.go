@@ -16,6 +16,7 @@ var decoders = []func(t *testing.T, name string, data []byte){
 	func(t *testing.T, name string, data []byte) { roundTrip(t, handleKind, name, data) },
 	func(t *testing.T, name string, data []byte) { roundTrip(t, allWorkloadsKind, name, data) },
 	func(t *testing.T, name string, data []byte) { roundTrip(t, nodeWorkloadsKind("host1"), name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, policyKind, name, data) },
 }
 
 // roundTrip checks that whatever decode accepts passes Validate, encodes, and decodes to the same
@@ -63,6 +64,9 @@ func FuzzDecode(f *testing.F) {
 		{5, "h1", `{"version":1,"id":"h1","node":"host1","ips":["198.19.0.1"],"workload":"host1/w1"}`},
 		{6, "host1/w1", `{"version":1,"id":"w1","name":"web","node":"host1","ifName":"cali0b7f49da20a","mac":"02:42:c6:13:00:01","ipv4":["198.19.0.1/32"]}`},
 		{7, "w1", `{"version":1,"name":"web","ifName":"cali0b7f49da20a","mac":"02:42:c6:13:00:01","labels":{"app":"web"}}`},
+		{8, "allow-web", `{"version":1,"order":100,"selector":"app == 'web'","ingress":[{"action":"allow","protocol":"tcp","source":{"selector":"role in {'fe','lb'}","nets":["198.19.0.0/16"]},"destination":{"ports":[80,"8000:8080"]}}]}`},
+		{8, "deny", `{"version":1,"types":["Egress"],"egress":[{"action":"Deny","protocol":"icmp","icmp":{"type":8,"code":0},"destination":{"notNets":["198.18.0.0/15"],"notSelector":"has(x)"}}]}`},
+		{8, "bad", `{"version":1,"selector":"app ==","ingress":[{"action":"allow","destination":{"ports":[80]}}]}`},
 		{0, "p", `null`},
 		{0, "p", `{"version":1.5}`},
 		{4, "198.19.0.0-26", `{"version":1,"cidr":"198.19.0.0/26","allocations":[{"ip":"198.19.0.1","handle":"h"},{"ip":"198.19.0.1","handle":"h"}]}`},

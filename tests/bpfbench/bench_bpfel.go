@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type BenchConfigValue struct {
+	_                structs.HostLayout
+	PolicyGeneration uint32
+	CtTimeouts       struct {
+		_              structs.HostLayout
+		TcpSyn         uint32
+		TcpEstablished uint32
+		TcpFin         uint32
+		TcpClosed      uint32
+		Udp            uint32
+		Icmp           uint32
+		Other          uint32
+	}
+}
+
 type BenchCounterKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -26,11 +41,86 @@ type BenchCounterValue struct {
 	Bytes   uint64
 }
 
+type BenchCtKey struct {
+	_        structs.HostLayout
+	AddrA    uint32
+	AddrB    uint32
+	PortA    uint16
+	PortB    uint16
+	Protocol uint8
+	Pad      [3]uint8
+}
+
+type BenchCtValue struct {
+	_            structs.HostLayout
+	Created      uint64
+	LastSeen     uint64
+	Packets      [2]uint64
+	Bytes        [2]uint64
+	Generation   uint32
+	RuleEgress   uint32
+	RuleIngress  uint32
+	PolicyPort   uint16
+	State        uint8
+	Verdict      uint8
+	InitiatorIsA uint8
+	FinSeen      uint8
+	Pad          [6]uint8
+}
+
 type BenchEndpoint struct {
-	_    structs.HostLayout
-	Ipv4 uint32
-	Mac  [6]uint8
-	Pad  [2]uint8
+	_              structs.HostLayout
+	Ipv4           uint32
+	Mac            [6]uint8
+	Pad            [2]uint8
+	IngressProgram uint32
+	EgressProgram  uint32
+}
+
+type BenchFailsafeFlags uint8
+
+const (
+	BenchFailsafeFlagsFAILSAFE_INBOUND  BenchFailsafeFlags = 1
+	BenchFailsafeFlagsFAILSAFE_OUTBOUND BenchFailsafeFlags = 2
+)
+
+type BenchFailsafeKey struct {
+	_        structs.HostLayout
+	Protocol uint8
+	Pad      uint8
+	Port     uint16
+}
+
+type BenchFragKey struct {
+	_        structs.HostLayout
+	Saddr    uint32
+	Daddr    uint32
+	Id       uint16
+	Protocol uint8
+	Pad      uint8
+}
+
+type BenchFragValue struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
+type BenchPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Program   uint32
+	Identity  uint32
+	Protocol  uint8
+	Pad       uint8
+	Port      uint16
+}
+
+type BenchPolicyValue struct {
+	_      structs.HostLayout
+	Rule   uint32
+	Action uint8
+	Pad    [3]uint8
 }
 
 type BenchRouteKey struct {
@@ -50,9 +140,16 @@ type BenchRouteValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	BenchMapConfig     = "config"
+	BenchMapConntrack  = "conntrack"
 	BenchMapCounters   = "counters"
 	BenchMapEndpoints  = "endpoints"
+	BenchMapFailsafe   = "failsafe"
+	BenchMapFrags      = "frags"
+	BenchMapPolicy     = "policy"
+	BenchMapPolicyIps  = "policy_ips"
 	BenchMapRoutes     = "routes"
+	BenchMapRuleHits   = "rule_hits"
 	BenchProgEmpty     = "empty"
 	BenchProgLpmLookup = "lpm_lookup"
 )
@@ -107,9 +204,16 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
+	Config    *ebpf.MapSpec `ebpf:"config"`
+	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Failsafe  *ebpf.MapSpec `ebpf:"failsafe"`
+	Frags     *ebpf.MapSpec `ebpf:"frags"`
+	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	PolicyIps *ebpf.MapSpec `ebpf:"policy_ips"`
 	Routes    *ebpf.MapSpec `ebpf:"routes"`
+	RuleHits  *ebpf.MapSpec `ebpf:"rule_hits"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,16 +242,30 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
+	Config    *ebpf.Map `ebpf:"config"`
+	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Failsafe  *ebpf.Map `ebpf:"failsafe"`
+	Frags     *ebpf.Map `ebpf:"frags"`
+	Policy    *ebpf.Map `ebpf:"policy"`
+	PolicyIps *ebpf.Map `ebpf:"policy_ips"`
 	Routes    *ebpf.Map `ebpf:"routes"`
+	RuleHits  *ebpf.Map `ebpf:"rule_hits"`
 }
 
 func (m *BenchMaps) Close() error {
 	return _BenchClose(
+		m.Config,
+		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Failsafe,
+		m.Frags,
+		m.Policy,
+		m.PolicyIps,
 		m.Routes,
+		m.RuleHits,
 	)
 }
 

@@ -1,0 +1,455 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * policy.h: conntrack and policy. Every IPv4 packet a workload sends or receives passes ct_policy
+ * once per host: the first packet of a flow is checked against the sender's egress and the
+ * receiver's ingress policy (each only where that workload is local), and the verdict is kept in
+ * the conntrack entry for the rest of the flow and its replies. The agent bumps the policy
+ * generation on every policy change; an entry taken under another generation is checked again on
+ * its next packet, so a policy change reaches established flows too.
+ */
+#ifndef MARGAY_POLICY_H
+#define MARGAY_POLICY_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "maps.h"
+#include "parse.h"
+
+/* From linux/icmp.h, which drags in the C library's headers. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_SOURCE_QUENCH 4
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+#define NSEC_PER_SEC 1000000000ULL
+
+/* The 5-tuple of a packet as conntrack and policy see it. */
+struct flow {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;       /* ICMP echo: the identifier; other ICMP: 0 */
+	__be16 dport;       /* ICMP echo: the identifier */
+	__be16 policy_port; /* TCP, UDP, SCTP: the destination port; ICMP: type << 8 | code */
+	__u8 protocol;
+	__u8 tcp_flags;
+	/* An ICMP error: the tuple of the packet it is about, as that packet was sent. */
+	bool icmp_error;
+	__u8 _pad[3];
+	struct ct_key inner;
+};
+
+enum flow_result {
+	FLOW_OK = 0,
+	FLOW_FRAGMENT_UNKNOWN = 1, /* a later fragment whose first fragment left no ports */
+};
+
+static __always_inline bool proto_has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP || proto == IPPROTO_UDPLITE;
+}
+
+static __always_inline bool icmp_is_echo(__u8 type)
+{
+	return type == ICMP_ECHO || type == ICMP_ECHOREPLY;
+}
+
+static __always_inline bool icmp_is_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB ||
+	       type == ICMP_SOURCE_QUENCH;
+}
+
+/* Key of a flow in conntrack: the lower (address, port) first, so both directions share it. */
+static __always_inline bool ct_key_of(struct ct_key *key, __be32 saddr, __be32 daddr, __be16 sport, __be16 dport,
+				      __u8 proto)
+{
+	bool src_is_a = bpf_ntohl(saddr) < bpf_ntohl(daddr) ||
+			(saddr == daddr && bpf_ntohs(sport) <= bpf_ntohs(dport));
+
+	key->protocol = proto;
+	key->_pad[0] = key->_pad[1] = key->_pad[2] = 0;
+	if (src_is_a) {
+		key->addr_a = saddr;
+		key->addr_b = daddr;
+		key->port_a = sport;
+		key->port_b = dport;
+	} else {
+		key->addr_a = daddr;
+		key->addr_b = saddr;
+		key->port_a = dport;
+		key->port_b = sport;
+	}
+	return src_is_a;
+}
+
+/*
+ * The embedded packet of an ICMP error: its IPv4 header and the first 8 bytes of its payload, as
+ * RFC 792 requires them. Returns false when they are not all there or the header has options.
+ */
+static __always_inline bool parse_icmp_inner(void *inner, void *data_end, struct ct_key *key)
+{
+	struct iphdr *ip = inner;
+	__u8 *l4 = (void *)(ip + 1);
+	__be16 sport = 0, dport = 0;
+
+	if ((void *)(ip + 1) > data_end || l4 + 8 > (__u8 *)data_end)
+		return false;
+	if (ip->version != 4 || ip->ihl != 5)
+		return false;
+	if (proto_has_ports(ip->protocol)) {
+		sport = *(__be16 *)l4;
+		dport = *(__be16 *)(l4 + 2);
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		if (!icmp_is_echo(l4[0]))
+			return false;
+		sport = dport = *(__be16 *)(l4 + 4);
+	}
+	ct_key_of(key, ip->saddr, ip->daddr, sport, dport, ip->protocol);
+	return true;
+}
+
+/*
+ * Fill f from the IPv4 packet at ip. Ports that lie past data_end are taken as 0; the kernel
+ * drops such packets at the receiver anyway. Fragments: the first one records its ports for the
+ * later ones, which carry none.
+ */
+static __always_inline enum flow_result parse_flow(struct iphdr *ip, void *data_end, struct flow *f)
+{
+	__u8 *l4 = (__u8 *)ip + ip->ihl * 4;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->protocol = ip->protocol;
+
+	if (ip->frag_off & bpf_htons(IP_OFFSET)) {
+		struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol };
+		struct frag_value *fv;
+
+		if (!proto_has_ports(ip->protocol))
+			return FLOW_OK;
+		fv = bpf_map_lookup_elem(&frags, &fk);
+		if (!fv)
+			return FLOW_FRAGMENT_UNKNOWN;
+		f->sport = fv->sport;
+		f->dport = f->policy_port = fv->dport;
+		return FLOW_OK;
+	}
+
+	if (proto_has_ports(ip->protocol)) {
+		if (l4 + 4 > (__u8 *)data_end)
+			return FLOW_OK;
+		f->sport = *(__be16 *)l4;
+		f->dport = f->policy_port = *(__be16 *)(l4 + 2);
+		if (ip->protocol == IPPROTO_TCP && l4 + 14 <= (__u8 *)data_end)
+			f->tcp_flags = l4[13];
+		if (ip->frag_off & bpf_htons(IP_MF)) {
+			struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol };
+			struct frag_value fv = { .sport = f->sport, .dport = f->dport };
+
+			bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+		}
+		return FLOW_OK;
+	}
+
+	if (ip->protocol == IPPROTO_ICMP) {
+		if (l4 + 8 > (__u8 *)data_end)
+			return FLOW_OK;
+		f->policy_port = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
+		if (icmp_is_echo(l4[0]))
+			f->sport = f->dport = *(__be16 *)(l4 + 4);
+		else if (icmp_is_error(l4[0]))
+			f->icmp_error = parse_icmp_inner(l4 + 8, data_end, &f->inner);
+	}
+	return FLOW_OK;
+}
+
+static __always_inline __u64 ct_timeout_ns(const struct config_value *cfg, enum ct_state state)
+{
+	const struct ct_timeouts *t = cfg ? &cfg->ct_timeouts : NULL;
+	__u32 s, def;
+
+	switch (state) {
+	case CT_TCP_SYN_SENT:
+	case CT_TCP_SYN_ACKED:
+		s = t ? t->tcp_syn : 0;
+		def = 60;
+		break;
+	case CT_TCP_ESTABLISHED:
+		s = t ? t->tcp_established : 0;
+		def = 6 * 3600;
+		break;
+	case CT_TCP_FIN_WAIT:
+		s = t ? t->tcp_fin : 0;
+		def = 30;
+		break;
+	case CT_TCP_CLOSED:
+		s = t ? t->tcp_closed : 0;
+		def = 10;
+		break;
+	case CT_UDP:
+		s = t ? t->udp : 0;
+		def = 60;
+		break;
+	case CT_ICMP:
+		s = t ? t->icmp : 0;
+		def = 30;
+		break;
+	default:
+		s = t ? t->other : 0;
+		def = 60;
+		break;
+	}
+	return (__u64)(s ? s : def) * NSEC_PER_SEC;
+}
+
+static __always_inline bool ct_expired(const struct ct_value *ct, const struct config_value *cfg, __u64 now)
+{
+	return now > ct->last_seen && now - ct->last_seen > ct_timeout_ns(cfg, ct->state);
+}
+
+/*
+ * The action of a program for a peer: one lookup for the peer's identity, one in the program
+ * (and a second one when the answer depends on the source port).
+ */
+static __always_inline enum policy_action policy_lookup(__u32 program, __be32 peer, __u8 proto, __be16 port,
+							__be16 sport, __u32 *rule)
+{
+	struct route_key ik = { .prefixlen = 32, .addr = peer };
+	struct policy_key key = { .prefixlen = 96, .program = program, .protocol = proto, .port = port };
+	struct policy_value *v;
+	__u32 *identity;
+
+	identity = bpf_map_lookup_elem(&policy_ips, &ik);
+	key.identity = identity ? *identity : 0;
+	v = bpf_map_lookup_elem(&policy, &key);
+	if (v && v->action == POLICY_SPORT) {
+		struct policy_key sk = { .prefixlen = 96, .program = v->rule, .port = sport };
+
+		v = bpf_map_lookup_elem(&policy, &sk);
+	}
+	if (!v) {
+		*rule = 0;
+		return POLICY_DENY;
+	}
+	*rule = v->rule;
+	return v->action;
+}
+
+/* A host at the other end, on a failsafe port of the given direction. */
+static __always_inline bool failsafe_port(const struct route_value *host, __u8 proto, __be16 port, __u8 dir)
+{
+	struct failsafe_key k = { .protocol = proto, .port = bpf_ntohs(port) };
+	__u8 *v;
+
+	if (!host || !(host->flags & ROUTE_HOST) || !proto_has_ports(proto))
+		return false;
+	v = bpf_map_lookup_elem(&failsafe, &k);
+	return v && (*v & dir);
+}
+
+static __always_inline struct endpoint *local_endpoint(const struct route_value *rt)
+{
+	__u32 ifindex;
+
+	if (!rt || !(rt->flags & ROUTE_LOCAL_WEP))
+		return NULL;
+	ifindex = rt->ifindex;
+	return bpf_map_lookup_elem(&endpoints, &ifindex);
+}
+
+/*
+ * The verdict for a flow from its initiator (saddr, sport) to its responder: the initiator's
+ * egress policy where it is a local workload, then the responder's ingress policy where it is.
+ * This host's own address may always reach its workloads (as Kubernetes requires for probes), and
+ * failsafe ports between workloads and hosts are never cut.
+ */
+static __always_inline enum ct_verdict policy_check(__be32 saddr, __be32 daddr, __be16 sport, __be16 port, __u8 proto,
+						    __u32 *rule_egress, __u32 *rule_ingress)
+{
+	struct route_key sk = { .prefixlen = 32, .addr = saddr };
+	struct route_key dk = { .prefixlen = 32, .addr = daddr };
+	struct route_value *srt = bpf_map_lookup_elem(&routes, &sk);
+	struct route_value *drt = bpf_map_lookup_elem(&routes, &dk);
+	struct endpoint *sep = local_endpoint(srt);
+	struct endpoint *dep = local_endpoint(drt);
+
+	*rule_egress = 0;
+	*rule_ingress = 0;
+	if (sep && sep->egress_program && !failsafe_port(drt, proto, port, FAILSAFE_INBOUND) &&
+	    policy_lookup(sep->egress_program, daddr, proto, port, sport, rule_egress) != POLICY_ALLOW)
+		return CT_VERDICT_DENY_EGRESS;
+	if (dep && dep->ingress_program && !(srt && (srt->flags & ROUTE_LOCAL_HOST)) &&
+	    !failsafe_port(srt, proto, port, FAILSAFE_OUTBOUND) &&
+	    policy_lookup(dep->ingress_program, saddr, proto, port, sport, rule_ingress) != POLICY_ALLOW)
+		return CT_VERDICT_DENY_INGRESS;
+	return CT_VERDICT_ALLOW;
+}
+
+static __always_inline void count_rule(__u32 rule, __u64 len)
+{
+	struct counter_value *v;
+
+	if (!rule)
+		return;
+	v = bpf_map_lookup_elem(&rule_hits, &rule);
+	if (v) {
+		v->packets++;
+		v->bytes += len;
+	}
+}
+
+static __always_inline enum ct_state ct_initial_state(const struct flow *f)
+{
+	switch (f->protocol) {
+	case IPPROTO_TCP:
+		if (f->tcp_flags & TCP_FLAG_RST)
+			return CT_TCP_CLOSED;
+		if (f->tcp_flags & TCP_FLAG_FIN)
+			return CT_TCP_FIN_WAIT;
+		if ((f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			return CT_TCP_SYN_SENT;
+		return CT_TCP_ESTABLISHED; /* picked up in the middle */
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+		return CT_UDP;
+	case IPPROTO_ICMP:
+		return CT_ICMP;
+	}
+	return CT_OTHER;
+}
+
+/* TCP state after a packet in direction dir (0: from the initiator, 1: from the responder). */
+static __always_inline void ct_advance(struct ct_value *ct, const struct flow *f, int dir)
+{
+	__u8 flags = f->tcp_flags;
+
+	if (f->protocol != IPPROTO_TCP)
+		return;
+	if (flags & TCP_FLAG_RST) {
+		ct->state = CT_TCP_CLOSED;
+		return;
+	}
+	if (flags & TCP_FLAG_FIN) {
+		ct->fin_seen |= 1 << dir;
+		ct->state = ct->fin_seen == 3 ? CT_TCP_CLOSED : CT_TCP_FIN_WAIT;
+		return;
+	}
+	if (ct->state == CT_TCP_SYN_SENT && dir == 1 &&
+	    (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK))
+		ct->state = CT_TCP_SYN_ACKED;
+	else if (ct->state == CT_TCP_SYN_ACKED && dir == 0 && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK)
+		ct->state = CT_TCP_ESTABLISHED;
+}
+
+static __always_inline enum reason deny_reason(enum ct_verdict v)
+{
+	return v == CT_VERDICT_DENY_EGRESS ? REASON_DROP_POLICY_EGRESS : REASON_DROP_POLICY_INGRESS;
+}
+
+/*
+ * An ICMP error about a flow conntrack allows is allowed with it. Returns true when f is such an
+ * error.
+ */
+static __always_inline bool ct_related(const struct flow *f, const struct config_value *cfg, __u64 now)
+{
+	struct ct_value *ct;
+
+	if (!f->icmp_error)
+		return false;
+	ct = bpf_map_lookup_elem(&conntrack, &f->inner);
+	return ct && ct->verdict == CT_VERDICT_ALLOW && !ct_expired(ct, cfg, now);
+}
+
+/*
+ * Conntrack and policy for one packet. Returns TC_ACT_UNSPEC when the packet may go on, or
+ * TC_ACT_SHOT with *reason set.
+ */
+static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reason *reason)
+{
+	__u32 zero = 0;
+	struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
+	__u32 generation = cfg ? cfg->policy_generation : 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key key;
+	struct ct_value *ct;
+	bool src_is_a = ct_key_of(&key, f->saddr, f->daddr, f->sport, f->dport, f->protocol);
+	int dir;
+
+	ct = bpf_map_lookup_elem(&conntrack, &key);
+	if (ct && (ct_expired(ct, cfg, now) ||
+		   /* A new connection reusing the ports of a closed one starts afresh. */
+		   (ct->state == CT_TCP_CLOSED && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)))
+		ct = NULL;
+
+	if (!ct) {
+		struct ct_value fresh = {};
+		enum ct_verdict v;
+
+		if (ct_related(f, cfg, now))
+			return TC_ACT_UNSPEC;
+		v = policy_check(f->saddr, f->daddr, f->sport, f->policy_port, f->protocol, &fresh.rule_egress,
+				 &fresh.rule_ingress);
+		if (v == CT_VERDICT_ALLOW && f->icmp_error)
+			return TC_ACT_UNSPEC; /* an error about no known flow: allowed on its own, never a flow */
+		if (v != CT_VERDICT_ALLOW) {
+			/* Denied first packets leave no entry: a flood of them cannot fill the table. */
+			*reason = deny_reason(v);
+			return TC_ACT_SHOT;
+		}
+		fresh.created = now;
+		fresh.last_seen = now;
+		fresh.packets[0] = 1;
+		fresh.bytes[0] = len;
+		fresh.generation = generation;
+		fresh.policy_port = f->policy_port;
+		fresh.state = ct_initial_state(f);
+		fresh.verdict = CT_VERDICT_ALLOW;
+		fresh.initiator_is_a = src_is_a;
+		if (f->protocol == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_FIN) && !(f->tcp_flags & TCP_FLAG_RST))
+			fresh.fin_seen = 1;
+		bpf_map_update_elem(&conntrack, &key, &fresh, BPF_ANY);
+		count_rule(fresh.rule_egress, len);
+		count_rule(fresh.rule_ingress, len);
+		return TC_ACT_UNSPEC;
+	}
+
+	dir = src_is_a == (bool)ct->initiator_is_a ? 0 : 1;
+	if (ct->generation != generation) {
+		/* Policy changed since the verdict: check the flow again, as its initiator opened it. */
+		__be32 s = ct->initiator_is_a ? key.addr_a : key.addr_b;
+		__be32 d = ct->initiator_is_a ? key.addr_b : key.addr_a;
+		__be16 sport = ct->initiator_is_a ? key.port_a : key.port_b;
+		__u32 re, ri;
+
+		ct->verdict = policy_check(s, d, sport, ct->policy_port, key.protocol, &re, &ri);
+		ct->rule_egress = re;
+		ct->rule_ingress = ri;
+		ct->generation = generation;
+	}
+	if (ct->verdict != CT_VERDICT_ALLOW) {
+		*reason = deny_reason(ct->verdict);
+		return TC_ACT_SHOT;
+	}
+
+	ct_advance(ct, f, dir);
+	ct->last_seen = now;
+	__sync_fetch_and_add(&ct->packets[dir & 1], 1);
+	__sync_fetch_and_add(&ct->bytes[dir & 1], len);
+	count_rule(ct->rule_egress, len);
+	count_rule(ct->rule_ingress, len);
+	return TC_ACT_UNSPEC;
+}
+
+#endif /* MARGAY_POLICY_H */

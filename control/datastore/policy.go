@@ -1,0 +1,359 @@
+package datastore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/margaynet/margay/control/policy/selector"
+)
+
+// PolicyType is a direction a policy applies to.
+type PolicyType string
+
+// The directions, spelled as in Calico and Kubernetes.
+const (
+	PolicyIngress PolicyType = "Ingress"
+	PolicyEgress  PolicyType = "Egress"
+)
+
+// Policy is a network policy, at policies/<name>: Calico's (global) NetworkPolicy. It selects
+// workloads by label; in each direction listed in Types, a selected workload accepts only what
+// the rules of its policies allow, in order, the first match deciding.
+type Policy struct {
+	Version int    `json:"version"`
+	Name    string `json:"name"`
+	// Order ranks policies: lower first; policies without an order come last, then by name.
+	Order *float64 `json:"order,omitempty"`
+	// Selector picks the workloads the policy applies to; empty means all().
+	Selector string `json:"selector,omitempty"`
+	// Types lists the directions the policy governs. Left out: Ingress, plus Egress when there
+	// are egress rules, as Calico does.
+	Types   []PolicyType `json:"types,omitempty"`
+	Ingress []Rule       `json:"ingress,omitempty"`
+	Egress  []Rule       `json:"egress,omitempty"`
+}
+
+// Rule actions.
+const (
+	ActionAllow = "allow"
+	ActionDeny  = "deny"
+)
+
+// Rule matches packets and says what to do with them.
+type Rule struct {
+	Action string `json:"action"` // allow or deny
+	// Protocol, when set, must match; ports need tcp, udp, sctp or udplite, icmp needs icmp.
+	Protocol *Protocol  `json:"protocol,omitempty"`
+	ICMP     *ICMPMatch `json:"icmp,omitempty"`
+	// Source and Destination match the two ends; in an ingress rule the destination is the
+	// selected workload itself, in an egress rule the source is.
+	Source      EntityRule `json:"source,omitzero"`
+	Destination EntityRule `json:"destination,omitzero"`
+}
+
+// EntityRule matches one end of a flow; every field that is set must match.
+type EntityRule struct {
+	Nets        []netip.Prefix `json:"nets,omitempty"`        // the address is in one of them
+	NotNets     []netip.Prefix `json:"notNets,omitempty"`     // ... in none of them
+	Selector    string         `json:"selector,omitempty"`    // a workload whose labels match
+	NotSelector string         `json:"notSelector,omitempty"` // not a workload whose labels match
+	Ports       []PortRange    `json:"ports,omitempty"`       // the port is in one of them
+	NotPorts    []PortRange    `json:"notPorts,omitempty"`    // ... in none of them
+}
+
+// IsZero reports whether e matches everything.
+func (e EntityRule) IsZero() bool {
+	return len(e.Nets) == 0 && len(e.NotNets) == 0 && e.Selector == "" && e.NotSelector == "" &&
+		len(e.Ports) == 0 && len(e.NotPorts) == 0
+}
+
+// ICMPMatch matches an ICMP type, and a code of it.
+type ICMPMatch struct {
+	Type *uint8 `json:"type,omitempty"`
+	Code *uint8 `json:"code,omitempty"`
+}
+
+// Protocol is an IP protocol number; JSON takes a name (tcp, udp, icmp, sctp, udplite, in any
+// case) or a number.
+type Protocol uint8
+
+var protocolNames = map[string]Protocol{"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "udplite": 136}
+
+// ParseProtocol reads a protocol name or number 1-255.
+func ParseProtocol(s string) (Protocol, error) {
+	if p, ok := protocolNames[strings.ToLower(s)]; ok {
+		return p, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil || n == 0 || strconv.FormatUint(n, 10) != s {
+		return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, sctp, udplite or a number 1-255", s)
+	}
+	return Protocol(n), nil
+}
+
+func (p Protocol) String() string {
+	for name, v := range protocolNames {
+		if v == p {
+			return name
+		}
+	}
+	return strconv.Itoa(int(p))
+}
+
+// HasPorts reports whether the protocol carries ports.
+func (p Protocol) HasPorts() bool { return p == 6 || p == 17 || p == 132 || p == 136 }
+
+// MarshalJSON writes the name of a known protocol, else the number.
+func (p Protocol) MarshalJSON() ([]byte, error) {
+	if _, err := strconv.Atoi(p.String()); err == nil {
+		return []byte(p.String()), nil
+	}
+	return json.Marshal(p.String())
+}
+
+// UnmarshalJSON reads a name or a number.
+func (p *Protocol) UnmarshalJSON(b []byte) error {
+	var s string
+	if len(b) > 0 && b[0] == '"' {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+	} else {
+		s = string(b)
+	}
+	v, err := ParseProtocol(s)
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// PortRange is a port or an inclusive range; JSON takes 80, "80" or "8000:8080".
+type PortRange struct{ Lo, Hi uint16 }
+
+// ParsePortRange reads "80" or "8000:8080".
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, isRange := strings.Cut(s, ":")
+	l, err := strconv.ParseUint(lo, 10, 16)
+	if err != nil {
+		return PortRange{}, fmt.Errorf("port %q: want a port 0-65535 or a range lo:hi", s)
+	}
+	h := l
+	if isRange {
+		if h, err = strconv.ParseUint(hi, 10, 16); err != nil {
+			return PortRange{}, fmt.Errorf("port %q: want a port 0-65535 or a range lo:hi", s)
+		}
+	}
+	if h < l {
+		return PortRange{}, fmt.Errorf("port range %q: end before start", s)
+	}
+	return PortRange{Lo: uint16(l), Hi: uint16(h)}, nil
+}
+
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(int(r.Lo))
+	}
+	return fmt.Sprintf("%d:%d", r.Lo, r.Hi)
+}
+
+// MarshalJSON writes a number for a single port, "lo:hi" for a range.
+func (r PortRange) MarshalJSON() ([]byte, error) {
+	if r.Lo == r.Hi {
+		return []byte(r.String()), nil
+	}
+	return json.Marshal(r.String())
+}
+
+// UnmarshalJSON reads 80, "80" or "8000:8080".
+func (r *PortRange) UnmarshalJSON(b []byte) error {
+	var s string
+	if len(b) > 0 && b[0] == '"' {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+	} else {
+		s = string(b)
+	}
+	v, err := ParsePortRange(s)
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+// Limits that keep one policy from exhausting the agent or the maps.
+const (
+	MaxRulesPerPolicy = 10000
+	MaxMatchesPerList = 1000
+)
+
+// AppliesTo reports whether the policy governs direction t.
+func (p Policy) AppliesTo(t PolicyType) bool {
+	for _, x := range p.Types {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate reports the first thing wrong with p, naming where it is.
+func (p Policy) Validate() error {
+	if err := checkVersion(p.Version); err != nil {
+		return err
+	}
+	if err := ValidateName(p.Name); err != nil {
+		return fmt.Errorf("name: %w", err)
+	}
+	if p.Order != nil && (math.IsNaN(*p.Order) || math.IsInf(*p.Order, 0)) {
+		return errors.New("order: not a finite number")
+	}
+	if _, err := selector.Parse(p.Selector); err != nil {
+		return fmt.Errorf("selector: %w", err)
+	}
+	seen := map[PolicyType]bool{}
+	for i, t := range p.Types {
+		if t != PolicyIngress && t != PolicyEgress {
+			return fmt.Errorf("types[%d]: %q, want Ingress or Egress", i, t)
+		}
+		if seen[t] {
+			return fmt.Errorf("types[%d]: %s listed twice", i, t)
+		}
+		seen[t] = true
+	}
+	if len(p.Ingress)+len(p.Egress) > MaxRulesPerPolicy {
+		return fmt.Errorf("%d rules, limit %d", len(p.Ingress)+len(p.Egress), MaxRulesPerPolicy)
+	}
+	if len(p.Ingress) > 0 && !seen[PolicyIngress] {
+		return errors.New("ingress rules, but types leaves out Ingress")
+	}
+	if len(p.Egress) > 0 && !seen[PolicyEgress] {
+		return errors.New("egress rules, but types leaves out Egress")
+	}
+	for i, r := range p.Ingress {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("ingress[%d]: %w", i, err)
+		}
+	}
+	for i, r := range p.Egress {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("egress[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Validate reports the first thing wrong with r.
+func (r Rule) Validate() error {
+	if r.Action != ActionAllow && r.Action != ActionDeny {
+		return fmt.Errorf("action %q: want allow or deny", r.Action)
+	}
+	if r.ICMP != nil {
+		if r.Protocol == nil || *r.Protocol != 1 {
+			return errors.New("icmp: needs protocol icmp")
+		}
+		if r.ICMP.Code != nil && r.ICMP.Type == nil {
+			return errors.New("icmp: code without type")
+		}
+	}
+	for _, side := range []struct {
+		name string
+		e    EntityRule
+	}{{"source", r.Source}, {"destination", r.Destination}} {
+		if err := side.e.validate(r.Protocol); err != nil {
+			return fmt.Errorf("%s: %w", side.name, err)
+		}
+	}
+	return nil
+}
+
+func (e EntityRule) validate(proto *Protocol) error {
+	for _, l := range []struct {
+		name string
+		n    int
+	}{{"nets", len(e.Nets)}, {"notNets", len(e.NotNets)}, {"ports", len(e.Ports)}, {"notPorts", len(e.NotPorts)}} {
+		if l.n > MaxMatchesPerList {
+			return fmt.Errorf("%s: %d entries, limit %d", l.name, l.n, MaxMatchesPerList)
+		}
+	}
+	for i, n := range e.Nets {
+		if err := checkPrefix4(fmt.Sprintf("nets[%d]", i), n); err != nil {
+			return err
+		}
+	}
+	for i, n := range e.NotNets {
+		if err := checkPrefix4(fmt.Sprintf("notNets[%d]", i), n); err != nil {
+			return err
+		}
+	}
+	if _, err := selector.Parse(e.Selector); err != nil {
+		return fmt.Errorf("selector: %w", err)
+	}
+	if _, err := selector.Parse(e.NotSelector); err != nil {
+		return fmt.Errorf("notSelector: %w", err)
+	}
+	if len(e.Ports)+len(e.NotPorts) > 0 && (proto == nil || !proto.HasPorts()) {
+		return errors.New("ports need protocol tcp, udp, sctp or udplite")
+	}
+	for i, r := range append(append([]PortRange(nil), e.Ports...), e.NotPorts...) {
+		if r.Hi < r.Lo {
+			return fmt.Errorf("port range %d: %s ends before it starts", i, r)
+		}
+	}
+	return nil
+}
+
+func (p *Policy) version() *int { return &p.Version }
+
+func (p *Policy) setDefaults() {
+	if len(p.Types) == 0 {
+		p.Types = []PolicyType{PolicyIngress}
+		if len(p.Egress) > 0 {
+			p.Types = append(p.Types, PolicyEgress)
+		}
+	}
+	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
+		for i := range rules {
+			rules[i].Action = strings.ToLower(rules[i].Action)
+		}
+	}
+	if len(p.Ingress) == 0 {
+		p.Ingress = nil
+	}
+	if len(p.Egress) == 0 {
+		p.Egress = nil
+	}
+}
+
+// DecodePolicy reads one policy from JSON as `margayctl policy apply` and the agent do: unknown
+// fields are errors, defaults are applied, and the result is validated.
+func DecodePolicy(data []byte) (Policy, error) {
+	var p Policy
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return Policy{}, fmt.Errorf("decode policy: %w", err)
+	}
+	if dec.More() {
+		return Policy{}, errors.New("decode policy: more than one JSON value")
+	}
+	if p.Version == 0 {
+		p.Version = CurrentVersion
+	}
+	p.setDefaults()
+	if err := p.Validate(); err != nil {
+		if p.Name != "" {
+			return Policy{}, fmt.Errorf("policy %q: %w", p.Name, err)
+		}
+		return Policy{}, fmt.Errorf("policy: %w", err)
+	}
+	return p, nil
+}

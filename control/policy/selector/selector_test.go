@@ -1,0 +1,392 @@
+package selector
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+type labels = map[string]string
+
+func TestMatches(t *testing.T) {
+	tests := []struct {
+		sel  string
+		l    labels
+		want bool
+	}{
+		{"", nil, true},
+		{"  \t\n", labels{"a": "1"}, true},
+		{"all()", nil, true},
+		{"all()", labels{"a": "1"}, true},
+		{"all ( )", labels{}, true},
+
+		{`a == "1"`, labels{"a": "1"}, true},
+		{`a == "1"`, labels{"a": "2"}, false},
+		{`a == "1"`, labels{}, false},
+		{`a == "1"`, nil, false},
+		{`a == ""`, labels{"a": ""}, true},
+		{`a == ""`, labels{}, false},
+		{`a == 'x"y'`, labels{"a": `x"y`}, true},
+		{`a == "x'y"`, labels{"a": `x'y`}, true},
+		{`a=="1"`, labels{"a": "1"}, true},
+
+		{`a != "1"`, labels{"a": "1"}, false},
+		{`a != "1"`, labels{"a": "2"}, true},
+		{`a != "1"`, labels{}, true},
+		{`a != "1"`, nil, true},
+		{`a != ""`, labels{"a": ""}, false},
+
+		{`has(a)`, labels{"a": ""}, true},
+		{`has(a)`, labels{"b": "a"}, false},
+		{`has( a )`, labels{"a": "x"}, true},
+		{`!has(a)`, labels{"b": "a"}, true},
+		{`!has(a)`, labels{"a": "1"}, false},
+
+		{`a in {"1", "2"}`, labels{"a": "1"}, true},
+		{`a in {"1", "2"}`, labels{"a": "2"}, true},
+		{`a in {"1", "2"}`, labels{"a": "3"}, false},
+		{`a in {"1", "2"}`, labels{}, false},
+		{`a in {}`, labels{"a": ""}, false},
+		{`a in {}`, labels{}, false},
+		{`a in {''}`, labels{"a": ""}, true},
+
+		{`a not in {"1", "2"}`, labels{"a": "1"}, false},
+		{`a not in {"1", "2"}`, labels{"a": "3"}, true},
+		{`a not in {"1", "2"}`, labels{}, true},
+		{`a not in {}`, labels{"a": "1"}, true},
+		{`a not in {}`, labels{}, true},
+
+		{`!a == "1"`, labels{"a": "1"}, false},
+		{`!a == "1"`, labels{"a": "2"}, true},
+		{`!a == "1"`, labels{}, true},
+		{`!!a == "1"`, labels{"a": "1"}, true},
+		{`!all()`, labels{}, false},
+
+		{`a == "1" && b == "2"`, labels{"a": "1", "b": "2"}, true},
+		{`a == "1" && b == "2"`, labels{"a": "1"}, false},
+		{`a == "1" && b == "2"`, labels{"b": "2"}, false},
+		{`a == "1" || b == "2"`, labels{"b": "2"}, true},
+		{`a == "1" || b == "2"`, labels{"a": "1"}, true},
+		{`a == "1" || b == "2"`, labels{"a": "2", "b": "1"}, false},
+
+		// "&&" binds tighter than "||".
+		{`a == "1" || b == "1" && c == "1"`, labels{"a": "1"}, true},
+		{`a == "1" || b == "1" && c == "1"`, labels{"b": "1"}, false},
+		{`a == "1" || b == "1" && c == "1"`, labels{"b": "1", "c": "1"}, true},
+		{`b == "1" && c == "1" || a == "1"`, labels{"a": "1"}, true},
+		{`(a == "1" || b == "1") && c == "1"`, labels{"a": "1"}, false},
+		{`(a == "1" || b == "1") && c == "1"`, labels{"a": "1", "c": "1"}, true},
+		// "!" binds tighter than "&&" and "||".
+		{`!has(a) && has(b)`, labels{"b": "1"}, true},
+		{`!has(a) && has(b)`, labels{}, false},
+		{`!(has(a) && has(b))`, labels{}, true},
+		{`!has(a) || has(b)`, labels{"a": "1"}, false},
+		{`!(has(a) || has(b))`, labels{"b": "1"}, false},
+
+		// Keywords are usable as label keys.
+		{`has == "x"`, labels{"has": "x"}, true},
+		{`has(has)`, labels{"has": "x"}, true},
+		{`all == "x" || in in {"y"} || not not in {"z"}`, labels{"not": "z"}, false},
+		{`all == "x" || in in {"y"} || not not in {"z"}`, labels{"in": "y", "not": "z"}, true},
+
+		// Prefixed keys.
+		{`k8s.io/app == "web"`, labels{"k8s.io/app": "web"}, true},
+		{`projectcalico.org/namespace in {"a","b"}`, labels{"projectcalico.org/namespace": "b"}, true},
+	}
+	for _, tt := range tests {
+		s, err := Parse(tt.sel)
+		if err != nil {
+			t.Errorf("Parse(%q): %v", tt.sel, err)
+			continue
+		}
+		if got := s.Matches(tt.l); got != tt.want {
+			t.Errorf("Parse(%q).Matches(%v) = %v, want %v", tt.sel, tt.l, got, tt.want)
+		}
+	}
+}
+
+func TestZeroSelector(t *testing.T) {
+	var s Selector
+	if !s.Matches(nil) || !s.Matches(labels{"a": "b"}) {
+		t.Error("zero Selector does not match everything")
+	}
+	if !s.IsAll() {
+		t.Error("zero Selector: IsAll() = false")
+	}
+	if got := s.String(); got != "all()" {
+		t.Errorf("zero Selector: String() = %q", got)
+	}
+	if got := s.Labels(); got != nil {
+		t.Errorf("zero Selector: Labels() = %q", got)
+	}
+}
+
+func TestIsAll(t *testing.T) {
+	for sel, want := range map[string]bool{
+		"":                 true,
+		" ":                true,
+		"all()":            true,
+		" ( ( all() ) ) ":  true,
+		"!all()":           false,
+		"all() && all()":   false,
+		`has(a)`:           false,
+		`a not in {}`:      false,
+		`all() || has(a)`:  false,
+		`all == "x"`:       false,
+		`(all())`:          true,
+		"\n\tall\n(\n)\n ": true,
+	} {
+		if got := MustParse(sel).IsAll(); got != want {
+			t.Errorf("MustParse(%q).IsAll() = %v, want %v", sel, got, want)
+		}
+	}
+}
+
+func TestString(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{``, `all()`},
+		{` all ( ) `, `all()`},
+		{`a=="1"`, `a == "1"`},
+		{`a == '1'`, `a == "1"`},
+		{`a == 'x"y'`, `a == 'x"y'`},
+		{`a == "x'y"`, `a == "x'y"`},
+		{`a!='1'`, `a != "1"`},
+		{`has(  a  )`, `has(a)`},
+		{`a in {"b","a","b", 'c'}`, `a in {"a", "b", "c"}`},
+		{`a in {}`, `a in {}`},
+		{`a in { }`, `a in {}`},
+		{`a not   in {"x",'x'}`, `a not in {"x"}`},
+		{`a in {'"', "'"}`, `a in {'"', "'"}`},
+		{`!a == "1"`, `!a == "1"`},
+		{`!(a == "1")`, `!a == "1"`},
+		{`!!has(a)`, `!!has(a)`},
+		{`!(!(has(a)))`, `!!has(a)`},
+		{`((has(a)))`, `has(a)`},
+		{`has(a)&&has(b)||has(c)`, `has(a) && has(b) || has(c)`},
+		{`(has(a)&&has(b))||has(c)`, `has(a) && has(b) || has(c)`},
+		{`has(a) || (has(b) && has(c))`, `has(a) || has(b) && has(c)`},
+		{`(has(a) || has(b)) && has(c)`, `(has(a) || has(b)) && has(c)`},
+		{`has(a) && (has(b) || has(c))`, `has(a) && (has(b) || has(c))`},
+		{`has(a) && (has(b) && has(c))`, `has(a) && has(b) && has(c)`},
+		{`(has(a) || has(b)) || (has(c) || has(d))`, `has(a) || has(b) || has(c) || has(d)`},
+		{`!(has(a) && has(b))`, `!(has(a) && has(b))`},
+		{`!(has(a) || has(b))`, `!(has(a) || has(b))`},
+		{`!((has(a) || has(b)))`, `!(has(a) || has(b))`},
+		{`!(has(a)) && !(has(b))`, `!has(a) && !has(b)`},
+		{`all() && has(a)`, `all() && has(a)`},
+		{`has == "x"`, `has == "x"`},
+		{`all=="x"`, `all == "x"`},
+		{`not not in{}`, `not not in {}`},
+		{`in in{"in"}`, `in in {"in"}`},
+		{`a == "multi
+line"`, `a == "multi
+line"`},
+		{`a == "héllo"`, `a == "héllo"`},
+	}
+	for _, tt := range tests {
+		s, err := Parse(tt.in)
+		if err != nil {
+			t.Errorf("Parse(%q): %v", tt.in, err)
+			continue
+		}
+		got := s.String()
+		if got != tt.want {
+			t.Errorf("Parse(%q).String() = %q, want %q", tt.in, got, tt.want)
+			continue
+		}
+		s2, err := Parse(got)
+		if err != nil {
+			t.Errorf("Parse(%q) (canonical form of %q): %v", got, tt.in, err)
+			continue
+		}
+		if got2 := s2.String(); got2 != got {
+			t.Errorf("canonical form not stable: %q -> %q -> %q", tt.in, got, got2)
+		}
+	}
+}
+
+func TestLabels(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{``, nil},
+		{`all()`, nil},
+		{`!all()`, nil},
+		{`has(a)`, []string{"a"}},
+		{`b == "1" && a != "2" || c in {} || !(d not in {"x"}) && has(b) && a == "x"`, []string{"a", "b", "c", "d"}},
+		{`x/y == "1" && x == "1" && y == "1"`, []string{"x", "x/y", "y"}},
+		{`has == "all" && has(in)`, []string{"has", "in"}},
+	}
+	for _, tt := range tests {
+		s := MustParse(tt.in)
+		got := s.Labels()
+		if !slices.Equal(got, tt.want) || (got == nil) != (tt.want == nil) {
+			t.Errorf("MustParse(%q).Labels() = %q, want %q", tt.in, got, tt.want)
+		}
+		// The result must be a copy.
+		if len(got) > 0 {
+			got[0] = "mutated"
+			if s.Labels()[0] == "mutated" {
+				t.Errorf("MustParse(%q).Labels() returns shared slice", tt.in)
+			}
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		in      string
+		pos     int
+		msgPart string // substring of Msg
+	}{
+		{`app == web`, 7, `expected a quoted string, found "web"`},
+		{`app ==`, 6, `expected a quoted string, found end of input`},
+		{`app == "web`, 7, `unterminated string (missing closing ")`},
+		{`app == 'web`, 7, `unterminated string (missing closing ')`},
+		{`app = "web"`, 4, `unexpected "=" (did you mean "=="?)`},
+		{`has(a) & has(b)`, 7, `unexpected "&" (did you mean "&&"?)`},
+		{`has(a) | has(b)`, 7, `unexpected "|" (did you mean "||"?)`},
+		{`app == "web" @`, 13, `unexpected character "@"`},
+		{`app == "web" é`, 13, `unexpected character "é"`},
+		{`app`, 3, `expected "==", "!=", "in" or "not in" after label key, found end of input`},
+		{`app web`, 4, `expected "==", "!=", "in" or "not in" after label key, found "web"`},
+		{`app not {"x"}`, 8, `expected "in" after "not", found "{"`},
+		{`app in "x"`, 7, `expected "{", found string "x"`},
+		{`app in {"x"`, 11, `expected "," or "}" to close "{" at position 7, found end of input`},
+		{`app in {"x" "y"}`, 12, `expected "," or "}" to close "{" at position 7, found string "y"`},
+		{`app in {"x",}`, 12, `expected a quoted string, found "}"`},
+		{`app in {x}`, 8, `expected a quoted string, found "x"`},
+		{`(app == "x"`, 11, `expected ")" to close "(" at position 0, found end of input`},
+		{`((app == "x") && has(b)`, 23, `expected ")" to close "(" at position 0, found end of input`},
+		{`has(app`, 7, `expected ")", found end of input`},
+		{`has()`, 4, `expected a label key, found ")"`},
+		{`has("app")`, 4, `expected a label key, found string "app"`},
+		{`all(x)`, 4, `expected ")", found "x"`},
+		{`app == "x")`, 10, `unmatched ")"`},
+		{`app == "x" has(b)`, 11, `expected "&&", "||" or end of input, found "has"`},
+		{`app == "x" "y"`, 11, `expected "&&", "||" or end of input, found string "y"`},
+		{`&& has(a)`, 0, `expected an expression, found "&&"`},
+		{`has(a) &&`, 9, `expected an expression, found end of input`},
+		{`has(a) && || has(b)`, 10, `expected an expression, found "||"`},
+		{`has(a) ||`, 9, `expected an expression, found end of input`},
+		{`has(a) || && has(b)`, 10, `expected an expression, found "&&"`},
+		{`()`, 1, `expected an expression, found ")"`},
+		{`!`, 1, `expected an expression, found end of input`},
+		{`"a" == "b"`, 0, `expected an expression, found string "a"`},
+		{`-app == "x"`, 0, `invalid label key "-app": must start with a letter or digit`},
+		{`.app == "x"`, 0, `invalid label key ".app": must start with a letter or digit`},
+		{`x && a/b/c == "x"`, 2, `expected "==", "!=", "in" or "not in" after label key, found "&&"`},
+		{`has(a/b/c)`, 7, `invalid label key "a/b/c": more than one "/"`},
+		{`a/ == "x"`, 2, `invalid label key "a/": missing name after "/"`},
+		{`a/-b == "x"`, 2, `invalid label key "a/-b": name after "/" must start with a letter or digit`},
+		{`/b == "x"`, 0, `invalid label key "/b": must start with a letter or digit`},
+		{`has(` + strings.Repeat("n", 64) + `)`, 4, `name longer than 63 bytes`},
+		{`has(p/` + strings.Repeat("n", 64) + `)`, 6, `name longer than 63 bytes`},
+		{`has(` + strings.Repeat("p", 254) + `/n)`, 4, `prefix longer than 253 bytes`},
+		{strings.Repeat("(", MaxDepth+1) + "all()" + strings.Repeat(")", MaxDepth+1), MaxDepth, `nested too deeply`},
+		{strings.Repeat("!", MaxDepth+1) + "all()", MaxDepth, `nested too deeply`},
+		{strings.Repeat("!(", MaxDepth/2) + "!all()" + strings.Repeat(")", MaxDepth/2), MaxDepth, `nested too deeply`},
+		{strings.Repeat(" ", MaxLength+1), MaxLength, `more than the maximum of 16384`},
+		// Within the input limit, but too long in canonical form.
+		{strings.Repeat(`a==""||`, (MaxLength-5)/7) + `a==""`, 0, `bytes long in canonical form`},
+	}
+	for _, tt := range tests {
+		s, err := Parse(tt.in)
+		if err == nil {
+			t.Errorf("Parse(%.80q) = %.80q, want error", tt.in, s)
+			continue
+		}
+		var pe *ParseError
+		if !errors.As(err, &pe) {
+			t.Errorf("Parse(%.80q): error %T is not a *ParseError", tt.in, err)
+			continue
+		}
+		if pe.Input != tt.in {
+			t.Errorf("Parse(%.80q): error Input = %.80q", tt.in, pe.Input)
+		}
+		if pe.Pos != tt.pos || !strings.Contains(pe.Msg, tt.msgPart) {
+			t.Errorf("Parse(%.80q): got position %d: %q; want position %d: %q", tt.in, pe.Pos, pe.Msg, tt.pos, tt.msgPart)
+		}
+		if msg := err.Error(); strings.Contains(msg, "\n") && !strings.Contains(tt.in, "\n") {
+			t.Errorf("Parse(%.80q): multi-line error %q", tt.in, msg)
+		}
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	_, err := Parse("app == web")
+	want := `selector "app == web": position 7: expected a quoted string, found "web"`
+	if err == nil || err.Error() != want {
+		t.Errorf("Parse error = %v, want %s", err, want)
+	}
+
+	long := strings.Repeat("x", 500) + " == y"
+	_, err = Parse(long)
+	if err == nil {
+		t.Fatal("Parse(long) succeeded")
+	}
+	if got := err.Error(); len(got) > 300 || !strings.Contains(got, `..."`) && !strings.Contains(got, `"...`) {
+		t.Errorf("long input error not abbreviated: %q", got)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	// Exactly MaxDepth levels is allowed and round-trips.
+	for _, in := range []string{
+		strings.Repeat("(", MaxDepth) + "all()" + strings.Repeat(")", MaxDepth),
+		strings.Repeat("!", MaxDepth) + "all()",
+		strings.Repeat("!(has(a) || ", MaxDepth/2) + "has(b)" + strings.Repeat(")", MaxDepth/2),
+	} {
+		s, err := Parse(in)
+		if err != nil {
+			t.Errorf("Parse(%.40q...): %v", in, err)
+			continue
+		}
+		if _, err := Parse(s.String()); err != nil {
+			t.Errorf("Parse(String()) of %.40q...: %v", in, err)
+		}
+	}
+
+	// Exactly MaxLength bytes is allowed.
+	in := `a == "` + strings.Repeat("x", MaxLength-7) + `"`
+	if len(in) != MaxLength {
+		t.Fatalf("bad test: len %d", len(in))
+	}
+	s, err := Parse(in)
+	if err != nil {
+		t.Fatalf("Parse of %d-byte selector: %v", len(in), err)
+	}
+	if s.String() != in {
+		t.Errorf("String() of long selector changed")
+	}
+
+	// Long chains are flattened and evaluated without deep recursion.
+	chain := strings.Repeat(`has(a)&&`, 1000) + `has(b)`
+	s = MustParse(chain)
+	if !s.Matches(labels{"a": "", "b": ""}) || s.Matches(labels{"a": ""}) {
+		t.Error("long && chain matches wrongly")
+	}
+}
+
+func TestMustParse(t *testing.T) {
+	defer func() {
+		r := recover()
+		if _, ok := r.(*ParseError); !ok {
+			t.Errorf("MustParse panic value = %#v, want *ParseError", r)
+		}
+	}()
+	MustParse("app ==")
+}
+
+func TestSelectorCopyAndCompare(t *testing.T) {
+	s := MustParse(`has(a)`)
+	c := s
+	if c != s || c.String() != s.String() {
+		t.Error("copies differ")
+	}
+	if MustParse(`has(a)`) == s {
+		t.Error("separately parsed selectors compare equal with ==")
+	}
+}

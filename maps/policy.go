@@ -1,0 +1,378 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"sort"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/margaynet/margay/loader"
+)
+
+// PolicyAction is what a policy entry says about a flow (C enum policy_action).
+type PolicyAction uint8
+
+// The actions of the policy map.
+const (
+	ActionAllow = PolicyAction(loader.MargayPolicyActionPOLICY_ALLOW)
+	ActionDeny  = PolicyAction(loader.MargayPolicyActionPOLICY_DENY)
+	// ActionSourcePort sends the lookup on to the source-port table named by the value's Rule.
+	ActionSourcePort = PolicyAction(loader.MargayPolicyActionPOLICY_SPORT)
+)
+
+func (a PolicyAction) String() string {
+	switch a {
+	case ActionAllow:
+		return "allow"
+	case ActionDeny:
+		return "deny"
+	case ActionSourcePort:
+		return "sport"
+	}
+	return fmt.Sprintf("action(%d)", uint8(a))
+}
+
+// SourcePortTable marks a program number as a source-port table.
+const SourcePortTable = 1 << 31
+
+// PolicyKey is one entry's place in the policy LPM trie. An entry without AnyProtocol unset
+// covers every protocol of (Program, Identity) that has no entry of its own; with a protocol it
+// covers the ports whose leading PortBits bits equal Port's.
+type PolicyKey struct {
+	Program  uint32
+	Identity uint32
+	// AllProtocols: the entry is the (Program, Identity) default; Protocol and Port are ignored.
+	AllProtocols bool
+	Protocol     uint8
+	Port         uint16
+	PortBits     uint8 // 0..16
+}
+
+func (k PolicyKey) String() string {
+	if k.AllProtocols {
+		return fmt.Sprintf("program %d identity %d any", k.Program, k.Identity)
+	}
+	lo, hi := k.PortRange()
+	return fmt.Sprintf("program %d identity %d proto %d ports %d-%d", k.Program, k.Identity, k.Protocol, lo, hi)
+}
+
+// PortRange is the range of ports the key covers.
+func (k PolicyKey) PortRange() (lo, hi uint16) {
+	if k.PortBits == 0 {
+		return 0, 0xffff
+	}
+	mask := uint16(0xffff) << (16 - k.PortBits)
+	return k.Port & mask, k.Port | ^mask
+}
+
+func (k PolicyKey) raw() (loader.MargayPolicyKey, error) {
+	r := loader.MargayPolicyKey{Program: k.Program, Identity: k.Identity}
+	if k.AllProtocols {
+		r.Prefixlen = 64
+		return r, nil
+	}
+	if k.PortBits > 16 {
+		return r, fmt.Errorf("policy key %v: %d port bits", k, k.PortBits)
+	}
+	lo, _ := k.PortRange()
+	r.Prefixlen = 80 + uint32(k.PortBits)
+	r.Protocol = k.Protocol
+	r.Port = bits.ReverseBytes16(lo)
+	return r, nil
+}
+
+func policyKeyFromRaw(r loader.MargayPolicyKey) PolicyKey {
+	if r.Prefixlen <= 64 {
+		return PolicyKey{Program: r.Program, Identity: r.Identity, AllProtocols: true}
+	}
+	return PolicyKey{Program: r.Program, Identity: r.Identity, Protocol: r.Protocol,
+		Port: bits.ReverseBytes16(r.Port), PortBits: uint8(r.Prefixlen - 80)}
+}
+
+// PolicyValue is what a policy entry decides.
+type PolicyValue struct {
+	Action PolicyAction
+	// Rule is the rule id whose hits the flow counts (0: default deny); for ActionSourcePort the
+	// table to look up next.
+	Rule uint32
+}
+
+// Policy is the policy LPM trie.
+type Policy struct{ m *ebpf.Map }
+
+// NewPolicy wraps a loaded policy map.
+func NewPolicy(m *ebpf.Map) *Policy { return &Policy{m: m} }
+
+// Put adds or replaces an entry.
+func (p *Policy) Put(k PolicyKey, v PolicyValue) error {
+	rk, err := k.raw()
+	if err != nil {
+		return err
+	}
+	rv := loader.MargayPolicyValue{Rule: v.Rule, Action: loader.MargayPolicyAction(v.Action)}
+	if err := p.m.Put(&rk, &rv); err != nil {
+		return fmt.Errorf("put policy %v: %w", k, err)
+	}
+	return nil
+}
+
+// Delete removes an entry; a missing one is not an error.
+func (p *Policy) Delete(k PolicyKey) error {
+	rk, err := k.raw()
+	if err != nil {
+		return err
+	}
+	if err := p.m.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete policy %v: %w", k, err)
+	}
+	return nil
+}
+
+// Lookup does what the BPF programs do: the longest entry matching a full key.
+func (p *Policy) Lookup(program, identity uint32, proto uint8, port uint16) (PolicyValue, error) {
+	rk := loader.MargayPolicyKey{Prefixlen: 96, Program: program, Identity: identity, Protocol: proto,
+		Port: bits.ReverseBytes16(port)}
+	var rv loader.MargayPolicyValue
+	if err := p.m.Lookup(&rk, &rv); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return PolicyValue{}, ErrNotFound
+		}
+		return PolicyValue{}, err
+	}
+	return PolicyValue{Action: PolicyAction(rv.Action), Rule: rv.Rule}, nil
+}
+
+// List returns every entry.
+func (p *Policy) List() (map[PolicyKey]PolicyValue, error) {
+	var (
+		k   loader.MargayPolicyKey
+		v   loader.MargayPolicyValue
+		out = map[PolicyKey]PolicyValue{}
+	)
+	it := p.m.Iterate()
+	for it.Next(&k, &v) {
+		out[policyKeyFromRaw(k)] = PolicyValue{Action: PolicyAction(v.Action), Rule: v.Rule}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list policy: %w", err)
+	}
+	return out, nil
+}
+
+// PolicyIPs is the LPM trie from address prefixes to the identities policy sees.
+type PolicyIPs struct{ m *ebpf.Map }
+
+// NewPolicyIPs wraps a loaded policy_ips map.
+func NewPolicyIPs(m *ebpf.Map) *PolicyIPs { return &PolicyIPs{m: m} }
+
+// Put maps a prefix to an identity.
+func (p *PolicyIPs) Put(prefix netip.Prefix, identity uint32) error {
+	if !prefix.IsValid() || !prefix.Addr().Is4() || prefix.Masked() != prefix {
+		return fmt.Errorf("put policy identity: %v is not an IPv4 network prefix", prefix)
+	}
+	k := routeKey(prefix)
+	if err := p.m.Put(&k, &identity); err != nil {
+		return fmt.Errorf("put policy identity %v: %w", prefix, err)
+	}
+	return nil
+}
+
+// Delete removes a prefix; a missing one is not an error.
+func (p *PolicyIPs) Delete(prefix netip.Prefix) error {
+	k := routeKey(prefix)
+	if err := p.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete policy identity %v: %w", prefix, err)
+	}
+	return nil
+}
+
+// List returns every prefix and its identity.
+func (p *PolicyIPs) List() (map[netip.Prefix]uint32, error) {
+	var (
+		k   loader.MargayRouteKey
+		v   uint32
+		out = map[netip.Prefix]uint32{}
+	)
+	it := p.m.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen))] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list policy identities: %w", err)
+	}
+	return out, nil
+}
+
+// RuleHits is the per-CPU array of rule hit counters.
+type RuleHits struct{ m *ebpf.Map }
+
+// NewRuleHits wraps a loaded rule_hits map.
+func NewRuleHits(m *ebpf.Map) *RuleHits { return &RuleHits{m: m} }
+
+// MaxRules is the number of rule ids, 0 included.
+func (r *RuleHits) MaxRules() uint32 { return r.m.MaxEntries() }
+
+// Get returns the packets and bytes counted for a rule, summed over CPUs.
+func (r *RuleHits) Get(rule uint32) (packets, bytes uint64, err error) {
+	var perCPU []loader.MargayCounterValue
+	if err := r.m.Lookup(&rule, &perCPU); err != nil {
+		return 0, 0, fmt.Errorf("rule hits %d: %w", rule, err)
+	}
+	for _, v := range perCPU {
+		packets += v.Packets
+		bytes += v.Bytes
+	}
+	return packets, bytes, nil
+}
+
+// Reset zeroes the counters of a rule id, before it is given to a new rule.
+func (r *RuleHits) Reset(rule uint32) error {
+	zero := make([]loader.MargayCounterValue, ebpf.MustPossibleCPU())
+	if err := r.m.Put(&rule, zero); err != nil {
+		return fmt.Errorf("reset rule hits %d: %w", rule, err)
+	}
+	return nil
+}
+
+// Timeouts are the conntrack timeouts; a zero field means the built-in default.
+type Timeouts = loader.MargayCtTimeouts
+
+// Config is the one-entry settings map.
+type Config struct{ m *ebpf.Map }
+
+// NewConfig wraps a loaded config map.
+func NewConfig(m *ebpf.Map) *Config { return &Config{m: m} }
+
+func (c *Config) get() (loader.MargayConfigValue, error) {
+	var (
+		zero uint32
+		v    loader.MargayConfigValue
+	)
+	if err := c.m.Lookup(&zero, &v); err != nil {
+		return v, fmt.Errorf("read config: %w", err)
+	}
+	return v, nil
+}
+
+func (c *Config) put(v loader.MargayConfigValue) error {
+	var zero uint32
+	if err := c.m.Put(&zero, &v); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// Generation returns the policy generation.
+func (c *Config) Generation() (uint32, error) {
+	v, err := c.get()
+	return v.PolicyGeneration, err
+}
+
+// BumpGeneration makes every conntrack entry be checked against policy again on its next packet.
+// The agent is the only writer.
+func (c *Config) BumpGeneration() (uint32, error) {
+	v, err := c.get()
+	if err != nil {
+		return 0, err
+	}
+	v.PolicyGeneration++
+	return v.PolicyGeneration, c.put(v)
+}
+
+// Timeouts returns the conntrack timeouts as configured (zero fields: defaults).
+func (c *Config) Timeouts() (Timeouts, error) {
+	v, err := c.get()
+	return v.CtTimeouts, err
+}
+
+// SetTimeouts writes the conntrack timeouts; it reports whether they changed.
+func (c *Config) SetTimeouts(t Timeouts) (bool, error) {
+	v, err := c.get()
+	if err != nil {
+		return false, err
+	}
+	if v.CtTimeouts == t {
+		return false, nil
+	}
+	v.CtTimeouts = t
+	return true, c.put(v)
+}
+
+// FailsafeDirection says on which side of a workload–host flow a failsafe port is the host's.
+type FailsafeDirection uint8
+
+// Failsafe directions.
+const (
+	FailsafeInbound  = FailsafeDirection(loader.MargayFailsafeFlagsFAILSAFE_INBOUND)
+	FailsafeOutbound = FailsafeDirection(loader.MargayFailsafeFlagsFAILSAFE_OUTBOUND)
+)
+
+// FailsafeKey is a protocol and port.
+type FailsafeKey struct {
+	Protocol uint8
+	Port     uint16
+}
+
+// Failsafe is the map of failsafe ports.
+type Failsafe struct{ m *ebpf.Map }
+
+// NewFailsafe wraps a loaded failsafe map.
+func NewFailsafe(m *ebpf.Map) *Failsafe { return &Failsafe{m: m} }
+
+// List returns every failsafe port.
+func (f *Failsafe) List() (map[FailsafeKey]FailsafeDirection, error) {
+	var (
+		k   loader.MargayFailsafeKey
+		v   loader.MargayFailsafeFlags
+		out = map[FailsafeKey]FailsafeDirection{}
+	)
+	it := f.m.Iterate()
+	for it.Next(&k, &v) {
+		out[FailsafeKey{Protocol: k.Protocol, Port: k.Port}] = FailsafeDirection(v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list failsafe ports: %w", err)
+	}
+	return out, nil
+}
+
+// Sync makes the map hold exactly want; it reports whether anything changed.
+func (f *Failsafe) Sync(want map[FailsafeKey]FailsafeDirection) (bool, error) {
+	have, err := f.List()
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	keys := make([]FailsafeKey, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].Protocol < keys[j].Protocol || keys[i].Protocol == keys[j].Protocol && keys[i].Port < keys[j].Port
+	})
+	for _, k := range keys {
+		if have[k] == want[k] {
+			continue
+		}
+		rk := loader.MargayFailsafeKey{Protocol: k.Protocol, Port: k.Port}
+		v := loader.MargayFailsafeFlags(want[k])
+		if err := f.m.Put(&rk, &v); err != nil {
+			return changed, fmt.Errorf("put failsafe %d/%d: %w", k.Protocol, k.Port, err)
+		}
+		changed = true
+	}
+	for k := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		rk := loader.MargayFailsafeKey{Protocol: k.Protocol, Port: k.Port}
+		if err := f.m.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return changed, fmt.Errorf("delete failsafe %d/%d: %w", k.Protocol, k.Port, err)
+		}
+		changed = true
+	}
+	return changed, nil
+}
