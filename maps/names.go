@@ -88,7 +88,9 @@ const (
 	Host           = RouteFlags(loader.MargayRouteFlagsROUTE_HOST)
 	InPool         = RouteFlags(loader.MargayRouteFlagsROUTE_IN_POOL)
 
-	kinds = LocalWorkload | RemoteBlock | RemoteWorkload | LocalBlock | Host
+	// LocalHost marks, beside Host, an address of this host.
+	LocalHost = RouteFlags(loader.MargayRouteFlagsROUTE_LOCAL_HOST)
+	kinds     = LocalWorkload | RemoteBlock | RemoteWorkload | LocalBlock | Host
 )
 
 // String lists the set flags by name, "LOCAL_WEP|IN_POOL".

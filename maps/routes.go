@@ -38,7 +38,10 @@ func (r Route) validate() error {
 	if kind == 0 || kind&(kind-1) != 0 {
 		return fmt.Errorf("route %v: want exactly one kind flag, have %v", r.Prefix, r.Flags)
 	}
-	if r.Flags&^(kinds|InPool) != 0 {
+	if r.Flags&LocalHost != 0 && kind != Host {
+		return fmt.Errorf("route %v: LOCAL_HOST without HOST", r.Prefix)
+	}
+	if r.Flags&^(kinds|InPool|LocalHost) != 0 {
 		return fmt.Errorf("route %v: unknown flags %v", r.Prefix, r.Flags)
 	}
 	if kind&(LocalWorkload|RemoteBlock|RemoteWorkload) != 0 && r.Ifindex == 0 {

@@ -44,6 +44,10 @@ type options struct {
 	bgpRestart  time.Duration
 	bgpNoGR     bool
 	bgpListen   []string
+	failsafeIn  string
+	failsafeOut string
+	ctTimeouts  string
+	ctSweep     time.Duration
 }
 
 func main() {
@@ -93,6 +97,10 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.bgpRetry, "bgp-connect-retry", 5*time.Second, "BGP connect-retry interval")
 	f.DurationVar(&o.bgpRestart, "bgp-restart-time", 120*time.Second, "graceful restart: how long peers keep our routes while we restart")
 	f.BoolVar(&o.bgpNoGR, "bgp-no-graceful-restart", false, "do not negotiate graceful restart")
+	f.StringVar(&o.failsafeIn, "failsafe-inbound", agent.DefaultFailsafeInbound, "protocol:port list a workload may always reach on a host, whatever policy says")
+	f.StringVar(&o.failsafeOut, "failsafe-outbound", agent.DefaultFailsafeOutbound, "protocol:port list a host may always reach on a workload, whatever policy says")
+	f.StringVar(&o.ctTimeouts, "conntrack-timeouts", "", "override conntrack idle timeouts, e.g. udp=30s,tcp-established=1h (tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, icmp, other)")
+	f.DurationVar(&o.ctSweep, "conntrack-sweep-interval", 10*time.Second, "how often expired conntrack entries are deleted")
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	o.ds.BindFlags(f)
 	return cmd
@@ -126,7 +134,13 @@ func (o options) agentConfig() (agent.Config, error) {
 	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: o.xdp, TCMode: mode,
 		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
 		BGPHold: o.bgpHold, BGPKeepalive: o.bgpKeep, BGPConnectRetry: o.bgpRetry, BGPRestartTime: o.bgpRestart,
-		BGPNoGracefulRestart: o.bgpNoGR}
+		BGPNoGracefulRestart: o.bgpNoGR, ConntrackSweepInterval: o.ctSweep}
+	if cfg.Failsafe, err = agent.ParseFailsafe(o.failsafeIn, o.failsafeOut); err != nil {
+		return agent.Config{}, fmt.Errorf("parse --failsafe-inbound/--failsafe-outbound: %w", err)
+	}
+	if cfg.ConntrackTimeouts, err = agent.ParseConntrackTimeouts(o.ctTimeouts); err != nil {
+		return agent.Config{}, fmt.Errorf("parse --conntrack-timeouts: %w", err)
+	}
 	for _, s := range o.bgpListen {
 		a, err := netip.ParseAddr(s)
 		if err != nil {

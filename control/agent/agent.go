@@ -24,6 +24,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
 )
 
 // Config is what an agent needs to know about its host.
@@ -48,6 +49,13 @@ type Config struct {
 	// keepalive 30 s, connect retry 5 s, restart time 120 s).
 	BGPHold, BGPKeepalive, BGPConnectRetry, BGPRestartTime time.Duration
 	BGPNoGracefulRestart                                   bool
+	// Failsafe ports between workloads and hosts, never cut by policy (ParseFailsafe); nil =
+	// Calico's defaults.
+	Failsafe map[maps.FailsafeKey]maps.FailsafeDirection
+	// ConntrackTimeouts override the dataplane's defaults (zero fields keep them).
+	ConntrackTimeouts maps.Timeouts
+	// ConntrackSweepInterval is how often expired conntrack entries are deleted; 0 = 10 s.
+	ConntrackSweepInterval time.Duration
 }
 
 // Agent runs one host. Run owns all state: watchers feed it through a channel.
@@ -63,6 +71,8 @@ type Agent struct {
 	// collection: released only if still so at the next one, so an ADD in flight (handle written,
 	// record not yet) is never collected. Owned by the loop goroutine.
 	gcSuspects map[string]bool
+
+	pol *policyEngine // compiles policy; made by Run, owned by the loop
 
 	speaker    atomic.Pointer[bgp.Speaker] // for the HTTP handlers and metrics, once the loop started it
 	advertised atomic.Int64                // prefixes the speaker originates, for metrics
@@ -95,6 +105,16 @@ func New(cfg Config, ds *datastore.Client, opts ...Option) (*Agent, error) {
 	}
 	if cfg.BPFFSRoot == "" {
 		cfg.BPFFSRoot = loader.DefaultRoot
+	}
+	if cfg.ConntrackSweepInterval <= 0 {
+		cfg.ConntrackSweepInterval = 10 * time.Second
+	}
+	if cfg.Failsafe == nil {
+		fs, err := ParseFailsafe(DefaultFailsafeInbound, DefaultFailsafeOutbound)
+		if err != nil {
+			panic(err) // the defaults are constants
+		}
+		cfg.Failsafe = fs
 	}
 	a := &Agent{cfg: cfg, ds: ds, log: slog.Default(), reg: prometheus.NewRegistry()}
 	for _, o := range opts {
@@ -169,6 +189,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer rec.Close()
+	set := maps.FromDataplane(dp)
+	if a.pol == nil {
+		a.pol = newPolicyEngine(a.log, set.RuleHits.MaxRules(), a.cfg.Failsafe, a.cfg.ConntrackTimeouts, a.reg)
+		a.reg.MustRegister(newRuleHitsCollector(a.pol, set.RuleHits))
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -184,7 +209,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		r = a.newRouting(ctx, addr, updates)
 		defer r.stop()
 	}
-	return a.loop(ctx, rec, r, uplink, updates, w)
+	return a.loop(ctx, rec, set, r, uplink, updates, w)
 }
 
 // register writes this node's record, keeping what operators set on it (labels, AS, reflector).
@@ -220,12 +245,15 @@ func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) 
 
 // loop is the owner goroutine: it applies updates to the view and reconciles when something
 // changed (batched), when interfaces are still pending, and every ReconcileInterval.
-func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, r *routing, uplink string, updates <-chan func(*view), w *watchers) error {
+func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.Set, r *routing, uplink string,
+	updates <-chan func(*view), w *watchers) error {
 	v := newView(a.cfg.NodeName, r != nil)
 	tick := time.NewTicker(a.cfg.ReconcileInterval)
 	defer tick.Stop()
 	gc := time.NewTicker(a.cfg.GCInterval)
 	defer gc.Stop()
+	sweep := time.NewTicker(a.cfg.ConntrackSweepInterval)
+	defer sweep.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	// dirty asks for a pass; full makes it an Apply that checks everything against the kernel,
@@ -258,6 +286,9 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, r *routing,
 				a.collectGarbage(ctx, v)
 			}
 			continue
+		case <-sweep.C:
+			a.pol.sweep(set.Conntrack)
+			continue
 		}
 		if !dirty || !w.synced(v) {
 			continue
@@ -271,7 +302,12 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, r *routing,
 				a.speaker.Store(&r.speaker)
 			}
 		}
-		pending, ok := a.reconcile(rec, v.state(uplink), full)
+		s := v.state(uplink)
+		a.pol.fill(v, &s)
+		pending, ok := a.reconcile(rec, s, full)
+		if ok {
+			a.pol.applied(s)
+		}
 		full = !ok
 		if ok && !v.learnedAt.IsZero() {
 			a.m.routeProgramming.Observe(time.Since(v.learnedAt).Seconds())
@@ -370,6 +406,7 @@ func (a *Agent) serveHTTP(ctx context.Context) error {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/bgp/peers", a.serveBGPPeers)
+	mux.HandleFunc("/policy", a.servePolicy)
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
@@ -415,4 +452,14 @@ func (a *Agent) serveBGPPeers(w http.ResponseWriter, req *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// servePolicy answers which policies (by datastore revision) the dataplane enforces.
+func (a *Agent) servePolicy(w http.ResponseWriter, _ *http.Request) {
+	if a.pol == nil {
+		http.Error(w, "not started", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(a.pol.status.Load())
 }

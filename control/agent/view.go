@@ -24,16 +24,18 @@ type view struct {
 	pools     map[string]datastore.Pool
 	bgpConfig map[string]datastore.BGPConfig // the config/bgp singleton, when BGP is on
 	bgpPeers  map[string]datastore.BGPPeer
-	learned   []bgp.Route // best paths from the BGP speaker
-	learnedAt time.Time   // when the oldest learned change not yet programmed arrived
-	bgp       bool        // remote routes come from BGP, not from the datastore's blocks
+	policies  map[string]datastore.Policy
+	revisions map[string]map[string]int64 // kind -> name -> ModRevision, for kinds that ask for it
+	learned   []bgp.Route                 // best paths from the BGP speaker
+	learnedAt time.Time                   // when the oldest learned change not yet programmed arrived
+	bgp       bool                        // remote routes come from BGP, not from the datastore's blocks
 	synced    map[string]bool
 }
 
 func newView(node string, withBGP bool) *view {
 	return &view{node: node, workloads: map[string]datastore.Workload{}, blocks: map[string]datastore.Block{},
 		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, bgpConfig: map[string]datastore.BGPConfig{},
-		bgpPeers: map[string]datastore.BGPPeer{}, bgp: withBGP, synced: map[string]bool{}}
+		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{}, revisions: map[string]map[string]int64{kindPolicies: {}}, bgp: withBGP, synced: map[string]bool{}}
 }
 
 // state derives what this host should look like. Remote routes come from BGP, or without it from
@@ -57,6 +59,14 @@ func (v *view) state(uplink string) dataplane.State {
 
 	for _, p := range v.pools {
 		s.Pools = append(s.Pools, p.CIDR)
+	}
+	for _, name := range sortedKeys(v.nodes) {
+		if a := v.nodes[name].AddressV4.Addr(); a.Is4() {
+			s.Hosts = append(s.Hosts, a)
+			if name == v.node {
+				s.Self = a
+			}
+		}
 	}
 	blockOf := func(ip netip.Addr) (datastore.Block, bool) {
 		for _, b := range v.blocks {
@@ -129,6 +139,7 @@ const (
 	kindPools     = "pools"
 	kindBGPConfig = "bgpconfig"
 	kindBGPPeers  = "bgppeers"
+	kindPolicies  = "policies"
 
 	bgpConfigName = "bgp" // the name of the config/bgp singleton's only item
 )
@@ -142,12 +153,13 @@ func (w *watchers) start(ctx context.Context, withBGP bool) {
 	go follow(ctx, w, kindBlocks, w.ds.Blocks(), func(v *view) map[string]datastore.Block { return v.blocks })
 	go follow(ctx, w, kindNodes, w.ds.Nodes(), func(v *view) map[string]datastore.Node { return v.nodes })
 	go follow(ctx, w, kindPools, w.ds.Pools(), func(v *view) map[string]datastore.Pool { return v.pools })
+	go follow(ctx, w, kindPolicies, w.ds.Policies(), func(v *view) map[string]datastore.Policy { return v.policies })
 }
 
 // synced reports whether every kind delivered its first snapshot: reconciling earlier would
 // remove what the missing kinds still want.
 func (w *watchers) synced(v *view) bool {
-	base := v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools]
+	base := v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools] && v.synced[kindPolicies]
 	return base && (!v.bgp || v.synced[kindBGPConfig] && v.synced[kindBGPPeers])
 }
 
@@ -160,17 +172,36 @@ func follow[T any](ctx context.Context, w *watchers, kind string, store datastor
 			u = func(v *view) {
 				m := cache(v)
 				clear(m)
+				revs := v.revisions[kind]
+				clear(revs)
 				for _, it := range items {
 					m[it.Name] = it.Value
+					if revs != nil {
+						revs[it.Name] = it.ModRevision
+					}
 				}
 				v.synced[kind] = true
 			}
 		case datastore.EventPut:
 			it := ev.Item
-			u = func(v *view) { cache(v)[it.Name] = it.Value }
+			u = func(v *view) {
+				cache(v)[it.Name] = it.Value
+				if revs := v.revisions[kind]; revs != nil {
+					revs[it.Name] = it.ModRevision
+				}
+			}
 		case datastore.EventDelete:
 			name := ev.Name
-			u = func(v *view) { delete(cache(v), name) }
+			if ev.Malformed && kind == kindPolicies {
+				// A policy made malformed by hand keeps its last good version in force: dropping
+				// it would open (or close) everything it governed.
+				w.log.Error("malformed policy; its previous version stays in force", "policy", name)
+				return
+			}
+			u = func(v *view) {
+				delete(cache(v), name)
+				delete(v.revisions[kind], name)
+			}
 		default:
 			return
 		}

@@ -80,6 +80,8 @@ type desired struct {
 	present     map[string]netlink.Link // the wanted ones that exist
 	workloads   map[string]Workload     // what each present interface was resolved for
 	pending     []string                // the wanted ones that do not exist (yet)
+	policy      Policy
+	entries     map[maps.PolicyKey]maps.PolicyValue // the policy map as this state wants it
 }
 
 // resolve looks up the interfaces of s. With a previous desired state, the interface of a workload
@@ -88,7 +90,22 @@ type desired struct {
 func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 	d := &desired{uplink: s.Uplink, routes: map[netip.Prefix]maps.Route{}, endpoints: map[uint32]maps.Endpoint{},
 		kernel: map[netip.Prefix]netlink.Route{}, ifaces: map[string]bool{}, present: map[string]netlink.Link{},
-		workloads: map[string]Workload{}}
+		workloads: map[string]Workload{}, policy: s.Policy}
+	if d.policy.IPs == nil {
+		d.policy.IPs = map[netip.Prefix]uint32{}
+	}
+	d.entries = map[maps.PolicyKey]maps.PolicyValue{}
+	if s.Policy.Entries != nil {
+		d.entries = s.Policy.Entries(s.Policy.Programs, s.Policy.Identities)
+	}
+	for _, h := range s.Hosts {
+		p := netip.PrefixFrom(h, 32)
+		flags := maps.Host | s.inPool(p)
+		if h == s.Self {
+			flags |= maps.LocalHost
+		}
+		d.routes[p] = maps.Route{Prefix: p, Flags: flags}
+	}
 	if prev != nil && prev.uplink == s.Uplink {
 		d.uplinkIndex = prev.uplinkIndex
 	} else {
@@ -118,7 +135,8 @@ func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 		d.workloads[w.IfName] = w
 		idx := uint32(link.Attrs().Index)
 		p := netip.PrefixFrom(w.IPv4, 32)
-		d.endpoints[idx] = maps.Endpoint{Ifindex: idx, IPv4: w.IPv4, MAC: w.MAC}
+		d.endpoints[idx] = maps.Endpoint{Ifindex: idx, IPv4: w.IPv4, MAC: w.MAC,
+			IngressProgram: w.IngressProgram, EgressProgram: w.EgressProgram}
 		d.routes[p] = maps.Route{Prefix: p, Flags: maps.LocalWorkload | s.inPool(p), Ifindex: idx}
 		d.kernel[p] = netlink.Route{LinkIndex: int(idx), Dst: ipNet(p), Scope: netlink.SCOPE_LINK,
 			Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
@@ -187,8 +205,17 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 		c.note(r.configureInterface(link))
 	}
 
-	// Additions and repairs: endpoint before route before program.
-	c.note(r.syncEndpoints(d.endpoints, false))
+	// Additions and repairs: policy before endpoint before route before program.
+	pol, err := r.readPolicy()
+	c.note(false, err)
+	policyChanged, err := r.addPolicy(d, pol)
+	c.note(policyChanged, err)
+	epChanged, err := r.syncEndpoints(d.endpoints, false)
+	c.note(epChanged, err)
+	if policyChanged || epChanged {
+		c.note(r.bumpGeneration())
+	}
+	c.note(r.removePolicy(d, pol))
 	c.note(r.syncRoutes(d.routes, false))
 	for ifname := range d.present {
 		c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
@@ -234,11 +261,19 @@ func (r *Reconciler) Update(s State) (Result, error) {
 			c.note(r.configureInterface(link))
 		}
 	}
+	pol := prev.installedPolicy()
+	policyChanged, err := r.addPolicy(d, pol)
+	c.note(policyChanged, err)
 	for idx, ep := range d.endpoints {
-		if old, ok := prev.endpoints[idx]; !ok || old.IPv4 != ep.IPv4 || !bytes.Equal(old.MAC, ep.MAC) {
+		if old, ok := prev.endpoints[idx]; !ok || !old.Equal(ep) {
+			policyChanged = policyChanged || !ok || old.IngressProgram != ep.IngressProgram || old.EgressProgram != ep.EgressProgram
 			c.note(true, r.maps.Endpoints.Put(ep))
 		}
 	}
+	if policyChanged {
+		c.note(r.bumpGeneration())
+	}
+	c.note(r.removePolicy(d, pol))
 	for p, rt := range d.routes {
 		if old, ok := prev.routes[p]; !ok || old != rt {
 			c.note(true, r.maps.Routes.Put(rt))
@@ -382,7 +417,7 @@ func (r *Reconciler) syncEndpoints(want map[uint32]maps.Endpoint, removeStale bo
 	}
 	for idx, ep := range want {
 		cur, ok := byIndex[idx]
-		if ok && cur.IPv4 == ep.IPv4 && bytes.Equal(cur.MAC, ep.MAC) {
+		if ok && cur.Equal(ep) {
 			continue
 		}
 		changed = true

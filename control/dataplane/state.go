@@ -19,6 +19,9 @@ type Workload struct {
 	IfName string           // host-side veth, cali + 11 hex digits
 	IPv4   netip.Addr       // its /32
 	MAC    net.HardwareAddr // workload-side MAC
+	// IngressProgram and EgressProgram are its compiled policy in each direction (Policy);
+	// 0: no policy selects it there, everything is allowed.
+	IngressProgram, EgressProgram uint32
 }
 
 // RemoteRoute is a prefix reached through another host.
@@ -36,6 +39,27 @@ type State struct {
 	Blocks    []netip.Prefix // blocks this host owns: blackholed, LOCAL_BLOCK
 	Remote    []RemoteRoute  // learned from the other hosts
 	Pools     []netip.Prefix // IP pools, for the IN_POOL flag
+	// Hosts are the addresses of every host of the cluster, Self among them: routes of kind
+	// HOST that policy reads (failsafe ports, this host's access to its workloads).
+	Hosts []netip.Addr
+	Self  netip.Addr
+	// Policy is the compiled policy; the zero value has none.
+	Policy Policy
+}
+
+// Policy is the compiled policy as the maps hold it.
+type Policy struct {
+	IPs map[netip.Prefix]uint32 // policy_ips: prefix -> identity
+	// Programs and Identities are the ones IPs and the workloads use.
+	Programs, Identities map[uint32]bool
+	// Entries returns the policy map entries of any programs and identities it knows, including
+	// ones the maps still hold from the previous state, so that both states read right while the
+	// maps move from one to the other.
+	Entries func(programs, identities map[uint32]bool) map[maps.PolicyKey]maps.PolicyValue
+	// NewRules are rule ids handed out since the last pass: their hit counters start at zero.
+	NewRules []uint32
+	Failsafe map[maps.FailsafeKey]maps.FailsafeDirection
+	Timeouts maps.Timeouts
 }
 
 var caliName = regexp.MustCompile(`^cali[0-9a-f]{11}$`)
@@ -61,6 +85,14 @@ func (s State) Validate() error {
 			return fmt.Errorf("validate state: workload %s (%v) listed twice", w.IfName, w.IPv4)
 		}
 		seenIf[w.IfName], seenIP[w.IPv4] = true, true
+	}
+	for _, h := range s.Hosts {
+		if !h.Is4() {
+			return fmt.Errorf("validate state: host address %v is not IPv4", h)
+		}
+	}
+	if s.Self.IsValid() && !s.Self.Is4() {
+		return fmt.Errorf("validate state: own address %v is not IPv4", s.Self)
 	}
 	for _, p := range slices.Concat(s.Blocks, s.Pools) {
 		if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {

@@ -43,6 +43,9 @@ type Event[T any] struct {
 	Items    []Item[T] // Snapshot only
 	Item     Item[T]   // Put only
 	Name     string    // Put and Delete
+	// Malformed marks a Delete that stands for a Put of a malformed value: consumers that would
+	// rather keep the last good value (policies) can.
+	Malformed bool
 }
 
 // Watch bounds for re-listing after a failed list or watch.
@@ -145,7 +148,7 @@ func (s Store[T]) watchFrom(ctx context.Context, rev int64, h func(Event[T])) (s
 				case ok:
 					h(Event[T]{Type: EventPut, Revision: ev.Kv.ModRevision, Item: it, Name: it.Name})
 				case it.Name != "":
-					h(Event[T]{Type: EventDelete, Revision: ev.Kv.ModRevision, Name: it.Name})
+					h(Event[T]{Type: EventDelete, Revision: ev.Kv.ModRevision, Name: it.Name, Malformed: true})
 				}
 			case mvccpb.DELETE:
 				if name, err := s.nameOf(key); err == nil {

@@ -223,6 +223,17 @@ func (c *Compiler) identity(set []uint32) uint32 {
 	}
 	content := b.String()
 	if id, ok := c.identityOf[content]; ok {
+		if !slices.Equal(c.identSet[id], set) {
+			// The same matches under new ids (a policy removed and added again): the content,
+			// and so the id, stays; what the cells were built from does not.
+			c.identSet[id] = set
+			for k := range c.cells {
+				if k[1] == id {
+					delete(c.cells, k)
+					delete(c.vals, k)
+				}
+			}
+		}
 		return id
 	}
 	id := number("identity "+content, c.identities, 0xffffffff, 0)
@@ -572,13 +583,8 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) {
 			liveMatches[r.match] = true
 		}
 	}
-	for id := range c.identities {
-		for _, m := range c.identSet[id] {
-			if identities[id] {
-				liveMatches[m] = true
-			}
-		}
-	}
+	// Matches live on only through programs: identities that still name dead ones are replaced
+	// by the next compilation, which no longer records them.
 	for k, id := range c.matches {
 		if !liveMatches[id] {
 			delete(c.matches, k)

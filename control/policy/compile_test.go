@@ -514,3 +514,34 @@ func TestManyRules(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveAndReAdd: a policy removed and added again gets its matches under new ids while
+// identities keep their numbers; the compiled answers must not read the old ids.
+func TestRemoveAndReAdd(t *testing.T) {
+	for seed := range uint64(40) {
+		g := gen{rand.New(rand.NewPCG(seed, 5))}
+		wd := g.world()
+		ps := g.policies()
+		s, err := NewSet(ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		empty, _ := NewSet(nil)
+		c := NewCompiler(65536)
+		for _, step := range []*Set{s, empty, s} {
+			res, err := c.Compile(step, wd.all, wd.local)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Retain(res.Programs, res.Identities)
+		}
+		d := compileWorld(t, c, s, wd)
+		for range 200 {
+			f := g.flow(wd)
+			want, _ := s.AllowedOn(wd.w, "host1", f)
+			if got, _ := d.allowed(f); got != want {
+				t.Fatalf("seed %d: %v: compiled %v, reference %v", seed, f, got, want)
+			}
+		}
+	}
+}
