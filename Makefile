@@ -53,9 +53,11 @@ test: deps ## Run every test (privileged: namespaces, BPF) and a short fuzz run 
 	@tests/leftovers.sh check /tmp/margay-before-test.txt
 	$(MAKE) --no-print-directory fuzz
 
-fuzz: ## Fuzz the BPF programs and the datastore decoders for FUZZTIME each (default 15s)
+fuzz: ## Fuzz the BPF programs, the datastore decoders, selectors and policies for FUZZTIME each (default 15s)
 	$(GO) test -run '^$$' -fuzz '^FuzzPrograms$$' -fuzztime $(FUZZTIME) ./tests/programs/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./control/datastore/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./control/policy/selector/
+	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./control/policy/
 
 lint: ## go vet, gofmt and staticcheck
 	$(GO) vet ./...

@@ -1,0 +1,48 @@
+package policy
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/margaynet/margay/control/datastore"
+)
+
+// FuzzPolicy feeds arbitrary bytes to the policy decoder. Whatever it accepts must compile, and
+// the compiled maps must agree with the reference on random flows; whatever it refuses must say
+// why without panicking.
+func FuzzPolicy(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"web","selector":"app == 'web'","ingress":[{"action":"allow","protocol":"tcp","source":{"selector":"role in {'fe'}"},"destination":{"ports":[80,"8000:8080"]}}]}`,
+		`{"name":"e","types":["Egress"],"egress":[{"action":"deny","protocol":"icmp","icmp":{"type":8}},{"action":"allow","destination":{"notNets":["198.19.0.0/24"]}}]}`,
+		`{"name":"s","order":5,"ingress":[{"action":"allow","protocol":"udp","source":{"ports":["1000:2000"],"notSelector":"has(x)"}}]}`,
+		`{"name":"bad","selector":"app ==","ingress":[]}`,
+		`{"name":"x","ingress":[{"action":"allow","destination":{"ports":[80]}}]}`,
+		`{"name":"y","unknown":1}`,
+	} {
+		f.Add([]byte(s), uint64(1))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
+		p, err := datastore.DecodePolicy(data)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		s, err := NewSet([]datastore.Policy{p})
+		if err != nil {
+			t.Fatalf("DecodePolicy accepted %s, NewSet refused it: %v", data, err)
+		}
+		g := gen{rand.New(rand.NewPCG(seed, 3))}
+		wd := g.world()
+		c := NewCompiler(65536)
+		d := compileWorld(t, c, s, wd)
+		for range 50 {
+			fl := g.flow(wd)
+			want, _ := s.AllowedOn(wd.w, "host1", fl)
+			if got, _ := d.allowed(fl); got != want {
+				t.Fatalf("%s: %v: compiled %v, reference %v", data, fl, got, want)
+			}
+		}
+	})
+}
