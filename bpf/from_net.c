@@ -22,6 +22,10 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
+	verdict = tc_checksum(pkt.ip, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
+
 	verdict = tc_forwardable(pkt.ip, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;

@@ -27,6 +27,10 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		return TC_ACT_SHOT;
 	}
 
+	verdict = tc_checksum(pkt.ip, reason);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
+
 	/*
 	 * Conntrack and policy: the sender's egress policy, and the receiver's ingress policy when it
 	 * is local, for everything the workload sends, also what goes on to the kernel below.

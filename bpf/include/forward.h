@@ -55,7 +55,20 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct packet *pkt, e
 }
 
 /*
- * Checks shared by every TC forwarding path. Returns TC_ACT_UNSPEC when eBPF may forward the
+ * The header checksum, checked before conntrack sees the packet: what ip_rcv() would drop must
+ * neither be forwarded nor leave state behind. With options the kernel checks it.
+ */
+static __always_inline int tc_checksum(const struct iphdr *ip, enum reason *reason)
+{
+	if (ip->ihl == 5 && !ipv4_csum_ok(ip)) {
+		*reason = REASON_DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_UNSPEC;
+}
+
+/*
+ * Checks shared by every TC forwarding path, after tc_checksum. Returns TC_ACT_UNSPEC when eBPF may forward the
  * packet; otherwise the verdict, with *reason set: what the kernel must see as it is goes to the
  * kernel unchanged, what its ip_rcv() would drop is dropped (bypassing it must not forward that).
  */
@@ -64,10 +77,6 @@ static __always_inline int tc_forwardable(const struct iphdr *ip, enum reason *r
 	if (ip->ihl != 5) {
 		*reason = REASON_PASS_IP_OPTIONS;
 		return TC_ACT_OK;
-	}
-	if (!ipv4_csum_ok(ip)) {
-		*reason = REASON_DROP_MALFORMED;
-		return TC_ACT_SHOT;
 	}
 	if (ipv4_is_fragment(ip)) {
 		*reason = REASON_PASS_FRAGMENT;
