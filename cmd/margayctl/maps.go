@@ -116,18 +116,28 @@ type endpointJSON struct {
 	Ifindex   uint32 `json:"ifindex"`
 	IPv4      string `json:"ipv4"`
 	MAC       string `json:"mac"`
+	// The compiled policy of each direction in the policy map; 0: no policy selects it.
+	IngressProgram uint32 `json:"ingressProgram"`
+	EgressProgram  uint32 `json:"egressProgram"`
 }
 
 func newEndpointsCmd(g *globals) *cobra.Command {
 	toJSON := func(e maps.Endpoint) endpointJSON {
-		return endpointJSON{ifName(e.Ifindex), e.Ifindex, e.IPv4.String(), e.MAC.String()}
+		return endpointJSON{ifName(e.Ifindex), e.Ifindex, e.IPv4.String(), e.MAC.String(), e.IngressProgram, e.EgressProgram}
+	}
+	program := func(p uint32) string {
+		if p == 0 {
+			return "-"
+		}
+		return strconv.FormatUint(uint64(p), 10)
 	}
 	return mapCmd(g, "endpoints", "Decode the endpoints map: the workloads behind each cali* interface",
-		[]string{"INTERFACE", "IFINDEX", "IPV4", "MAC"},
+		[]string{"INTERFACE", "IFINDEX", "IPV4", "MAC", "INGRESS", "EGRESS"},
 		func(s *maps.Set) ([]maps.Endpoint, error) { return s.Endpoints.List() },
 		func(e maps.Endpoint) []string {
 			j := toJSON(e)
-			return []string{j.Interface, strconv.FormatUint(uint64(j.Ifindex), 10), j.IPv4, j.MAC}
+			return []string{j.Interface, strconv.FormatUint(uint64(j.Ifindex), 10), j.IPv4, j.MAC,
+				program(j.IngressProgram), program(j.EgressProgram)}
 		}, toJSON)
 }
 
