@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 )
@@ -21,6 +24,7 @@ import (
 func FuzzPrograms(f *testing.F) {
 	// One namespace and one dataplane per fuzz process: setting them up costs far more than a run.
 	w := newWorld(f)
+	installPolicy(f, w)
 	for _, fx := range allFixtures() {
 		f.Add(fx.in)
 	}
@@ -85,6 +89,63 @@ func FuzzPrograms(f *testing.F) {
 			checkForwarded(t, p, key.reason, frame, out, workloadMACs)
 		}
 	})
+}
+
+// installPolicy puts compiled policy on both workloads, so that fuzzed frames also walk the
+// identity, program and source-port lookups and the deny paths.
+func installPolicy(tb testing.TB, w *world) {
+	tb.Helper()
+	tcp, udp, icmp := datastore.Protocol(6), datastore.Protocol(17), datastore.Protocol(1)
+	echo := uint8(8)
+	ps := []datastore.Policy{{Version: 1, Name: "b-in", Selector: `app == "b"`, Types: []datastore.PolicyType{datastore.PolicyIngress},
+		Ingress: []datastore.Rule{
+			{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Selector: `app == "a"`},
+				Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: 80, Hi: 80}, {Lo: 8000, Hi: 8080}}}},
+			{Action: "allow", Protocol: &udp, Source: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: 1000, Hi: 2000}}}},
+			{Action: "deny", Protocol: &icmp, ICMP: &datastore.ICMPMatch{Type: &echo}},
+			{Action: "allow", Source: datastore.EntityRule{Nets: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}}},
+		}},
+		{Version: 1, Name: "a-out", Selector: `app == "a"`, Types: []datastore.PolicyType{datastore.PolicyEgress},
+			Egress: []datastore.Rule{
+				{Action: "deny", Protocol: &tcp, Destination: datastore.EntityRule{Nets: []netip.Prefix{remoteBlock},
+					Ports: []datastore.PortRange{{Lo: 22, Hi: 22}}}},
+				{Action: "allow"},
+			}}}
+	set, err := policy.NewSet(ps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	eps := []policy.Endpoint{{Key: "h/a", Node: "h", Addr: wepA, Labels: map[string]string{"app": "a"}},
+		{Key: "h/b", Node: "h", Addr: wepB, Labels: map[string]string{"app": "b"}}}
+	c := policy.NewCompiler(w.maps.RuleHits.MaxRules())
+	res, err := c.Compile(set, eps, eps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for k, v := range c.Entries(res.Programs, res.Identities) {
+		if err := w.maps.Policy.Put(k, v); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	for p, id := range res.IPs {
+		if err := w.maps.PolicyIPs.Put(p, id); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	for _, ep := range []struct {
+		iface string
+		addr  netip.Addr
+		mac   string
+	}{{caliA, wepA, wepAMAC}, {caliB, wepB, wepBMAC}} {
+		pg := res.Endpoints[ep.addr]
+		if pg.Ingress == 0 && pg.Egress == 0 {
+			tb.Fatalf("no program for %v", ep.addr)
+		}
+		if err := w.maps.Endpoints.Put(maps.Endpoint{Ifindex: w.ifindex[ep.iface], IPv4: ep.addr, MAC: mustMAC(ep.mac),
+			IngressProgram: pg.Ingress, EgressProgram: pg.Egress}); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }
 
 // checkForwarded requires that a redirected frame differs from the input only where forwarding
