@@ -22,7 +22,7 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
-	verdict = tc_checksum(pkt.ip, reason);
+	verdict = tc_checksum(skb, pkt.ip, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
@@ -36,6 +36,11 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 		return TC_ACT_OK;
 	}
 	if (rt->flags & ROUTE_LOCAL_WEP) {
+		/* XDP drops these already when it is on. */
+		if (spoofed_from_network(pkt.ip->saddr)) {
+			*reason = REASON_DROP_SPOOFED;
+			return TC_ACT_SHOT;
+		}
 		/* The receiver's ingress policy; what goes to the kernel instead meets it in to_wep. */
 		verdict = tc_policy(skb, &pkt, reason);
 		if (verdict != TC_ACT_UNSPEC)

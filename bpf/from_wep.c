@@ -27,7 +27,7 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		return TC_ACT_SHOT;
 	}
 
-	verdict = tc_checksum(pkt.ip, reason);
+	verdict = tc_checksum(skb, pkt.ip, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 

@@ -25,9 +25,8 @@ static __always_inline int xdp_from_net_handle(struct xdp_md *ctx, __u64 len, en
 		return XDP_DROP;
 	}
 
-	/* Local workload addresses never arrive from the network as a source. */
-	rt = route_lookup(pkt.ip->saddr);
-	if (rt && (rt->flags & (ROUTE_LOCAL_WEP | ROUTE_LOCAL_BLOCK))) {
+	/* Neither this host's nor local workloads' addresses arrive from the network as a source. */
+	if (spoofed_from_network(pkt.ip->saddr)) {
 		*reason = REASON_DROP_SPOOFED;
 		return XDP_DROP;
 	}

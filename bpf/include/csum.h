@@ -37,4 +37,26 @@ static __always_inline bool ipv4_csum_ok(const struct iphdr *ip)
 	return sum == 0xffff;
 }
 
+/*
+ * Whether a header of any length (IHL 5 to 15) sums to 0xffff, for packets with options. The
+ * caller has checked IHL; the words are bounds-checked against data_end here.
+ */
+static __always_inline bool ipv4_csum_ok_options(const struct iphdr *ip, const void *data_end)
+{
+	const __u16 *word = (const __u16 *)ip;
+	__u32 words = ip->ihl * 2;
+	__u32 sum = 0;
+
+	for (__u32 i = 0; i < 30; i++) {
+		if (i >= words)
+			break;
+		if ((const void *)(word + i + 1) > data_end)
+			return false;
+		sum += word[i];
+	}
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 #endif /* MARGAY_CSUM_H */

@@ -56,15 +56,28 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct packet *pkt, e
 
 /*
  * The header checksum, checked before conntrack sees the packet: what ip_rcv() would drop must
- * neither be forwarded nor leave state behind. With options the kernel checks it.
+ * neither be forwarded nor leave state behind, also when it carries options.
  */
-static __always_inline int tc_checksum(const struct iphdr *ip, enum reason *reason)
+static __always_inline int tc_checksum(struct __sk_buff *skb, const struct iphdr *ip, enum reason *reason)
 {
-	if (ip->ihl == 5 && !ipv4_csum_ok(ip)) {
+	bool ok = ip->ihl == 5 ? ipv4_csum_ok(ip) : ipv4_csum_ok_options(ip, (void *)(long)skb->data_end);
+
+	if (!ok) {
 		*reason = REASON_DROP_MALFORMED;
 		return TC_ACT_SHOT;
 	}
 	return TC_ACT_UNSPEC;
+}
+
+/*
+ * Sources that never arrive from the network: this host's own addresses and local workloads
+ * and blocks. The kernel would call them martians; eBPF bypasses its check.
+ */
+static __always_inline bool spoofed_from_network(__be32 saddr)
+{
+	struct route_value *rt = route_lookup(saddr);
+
+	return rt && (rt->flags & (ROUTE_LOCAL_WEP | ROUTE_LOCAL_BLOCK | ROUTE_LOCAL_HOST));
 }
 
 /*

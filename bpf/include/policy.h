@@ -362,14 +362,16 @@ static __always_inline enum reason deny_reason(enum ct_verdict v)
  * An ICMP error about a flow conntrack allows is allowed with it. Returns true when f is such an
  * error.
  */
-static __always_inline bool ct_related(const struct flow *f, const struct config_value *cfg, __u64 now)
+static __always_inline bool ct_related(const struct flow *f, const struct config_value *cfg, __u32 generation,
+				       __u64 now)
 {
 	struct ct_value *ct;
 
 	if (!f->icmp_error)
 		return false;
 	ct = bpf_map_lookup_elem(&conntrack, &f->inner);
-	return ct && ct->verdict == CT_VERDICT_ALLOW && !ct_expired(ct, cfg, now);
+	/* A verdict from before a policy change does not vouch: the error is checked on its own. */
+	return ct && ct->verdict == CT_VERDICT_ALLOW && ct->generation == generation && !ct_expired(ct, cfg, now);
 }
 
 /*
@@ -397,7 +399,7 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 		struct ct_value fresh = {};
 		enum ct_verdict v;
 
-		if (ct_related(f, cfg, now))
+		if (ct_related(f, cfg, generation, now))
 			return TC_ACT_UNSPEC;
 		v = policy_check(f->saddr, f->daddr, f->sport, f->policy_port, f->protocol, &fresh.rule_egress,
 				 &fresh.rule_ingress);

@@ -266,6 +266,36 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	return w
 }
 
+// WaitProgrammed waits until the workload's host agent has programmed it: its endpoint in the
+// endpoints map and the programs attached to its cali* interface (the last step), so that all its
+// traffic from then on takes the eBPF paths.
+func (w *Workload) WaitProgrammed(tb testing.TB) {
+	tb.Helper()
+	set := w.Host.Maps(tb)
+	Eventually(tb, fmt.Sprintf("%s programmed on %s", w.Name, w.Host.Name), 30*time.Second, func() error {
+		eps, err := set.Endpoints.List()
+		if err != nil {
+			return err
+		}
+		for _, ep := range eps {
+			if ep.IPv4 != w.IP {
+				continue
+			}
+			link, err := w.Host.NS.Netlink().LinkByIndex(int(ep.Ifindex))
+			if err != nil {
+				return err
+			}
+			for _, hook := range []string{"from_wep", "to_wep"} {
+				if _, err := os.Stat(filepath.Join(w.Host.Root, "links", link.Attrs().Name+"_"+hook)); err != nil {
+					return fmt.Errorf("%s not attached yet: %w", hook, err)
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("no endpoint for %v yet", w.IP)
+	})
+}
+
 // SetSegmentMTU sets the MTU of the segment's bridge and of every port on it.
 func (c *Cluster) SetSegmentMTU(tb testing.TB, mtu int) {
 	tb.Helper()

@@ -18,6 +18,11 @@ func TestWorkloadTraffic(t *testing.T) {
 	h2 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
 	wls := []*cluster.Workload{c.AddWorkload(h1, "a"), c.AddWorkload(h1, "b"), c.AddWorkload(h2, "c")}
 	sets := map[*cluster.Host]*maps.Set{h1: h1.Maps(t), h2: h2.Maps(t)}
+	// Until its agent has programmed a workload, the kernel carries its traffic: wait, so that
+	// the counts below see every packet.
+	for _, w := range wls {
+		w.WaitProgrammed(t)
+	}
 
 	ping := func(from, to *cluster.Workload) error {
 		out, err := from.NS.Run("ping", "-c", "2", "-i", "0.2", "-w", "10", to.IP.String())
