@@ -67,8 +67,9 @@ lint: ## go vet, gofmt and staticcheck
 format: ## gofmt the Go code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: deps ## Per-packet cost of the programs, CNI ADD and event-to-map latencies (medians, ratios)
+bench: deps ## Per-packet cost of the programs and of policy (against iptables), CNI ADD and event-to-map latencies (medians, ratios)
 	$(GO) test -run '^$$' -bench . -count 3 -timeout 30m ./tests/bpfbench/
+	$(GO) test -run '^$$' -bench . -count 1 -timeout 30m ./tests/policybench/
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count 3 -timeout 30m ./control/agent/ ./cmd/margay-cni/
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 3 -timeout 30m ./tests/cluster/
 

@@ -1,0 +1,234 @@
+package policybench_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy"
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// Rule set sizes measured, and the one the setup test builds.
+var ruleCounts = []int{1, 100, 1000}
+
+const setupRules = 10
+
+// Addresses, all in 198.18.0.0/15: the client and the server are workloads in the host's block.
+// Rule i of n (i < n-1) allows tcp from 198.18.0.0/28 + 16·i (198.18.0.0/16 holds 4096 such
+// /28s, none holding the client) to port basePort+i; the last rule allows the client's /28 to
+// port basePort+n-1, so the benchmark's flow matches the last rule: the worst case for a linear
+// walk. deniedPort matches no rule: a flow to it walks every rule to the default deny.
+var (
+	hostBlock = netip.MustParsePrefix("198.19.0.0/26")
+	clientIP  = netip.MustParseAddr("198.19.0.1")
+	serverIP  = netip.MustParseAddr("198.19.0.2")
+	clientNet = netip.MustParsePrefix("198.19.0.0/28")
+	ruleBase  = netip.MustParseAddr("198.18.0.0")
+)
+
+const (
+	basePort   = 1000
+	deniedPort = 999
+	clientPort = 40000 // the source port of the BPF benchmark's packets
+)
+
+// Interfaces of a Margay host: the host-side veths of the client (a) and the server (b).
+const (
+	wepA = "cali0000000000a"
+	wepB = "cali0000000000b"
+)
+
+var hostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee} // as Calico's cali*
+
+// allowedPort is the port of the last of n rules: the one the measured flow matches.
+func allowedPort(n int) uint16 { return uint16(basePort + n - 1) }
+
+// ruleNet is the source of rule i of n.
+func ruleNet(i, n int) netip.Prefix {
+	if i == n-1 {
+		return clientNet
+	}
+	v := binary.BigEndian.Uint32(ruleBase.AsSlice()) + uint32(16*i)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), 28)
+}
+
+// benchPolicy is n ingress rules on every workload (selector all()), the matching one last.
+func benchPolicy(n int) datastore.Policy {
+	tcp := datastore.Protocol(6)
+	p := datastore.Policy{
+		Version:  datastore.CurrentVersion,
+		Name:     fmt.Sprintf("bench-%d", n),
+		Selector: "all()",
+		Types:    []datastore.PolicyType{datastore.PolicyIngress},
+	}
+	for i := range n {
+		port := uint16(basePort + i)
+		p.Ingress = append(p.Ingress, datastore.Rule{
+			Action:      datastore.ActionAllow,
+			Protocol:    &tcp,
+			Source:      datastore.EntityRule{Nets: []netip.Prefix{ruleNet(i, n)}},
+			Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: port, Hi: port}}},
+		})
+	}
+	return p
+}
+
+// iptablesRules is the same rule set as an iptables-restore input for the FORWARD chain, as the
+// classic Calico dataplane would check it: established flows first, then the rules in order,
+// then a drop.
+func iptablesRules(n int) string {
+	var b strings.Builder
+	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n")
+	b.WriteString("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+	for i := range n {
+		fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d -j ACCEPT\n", ruleNet(i, n), basePort+i)
+	}
+	b.WriteString("-A FORWARD -j DROP\nCOMMIT\n")
+	return b.String()
+}
+
+// margayHost is a loaded dataplane with the client and the server as its workloads.
+type margayHost struct {
+	ns   *netns.NS
+	dp   *loader.Dataplane
+	set  *maps.Set
+	root string
+	// lastRule is the rule id of the last rule (0 without policy): the one the flow matches.
+	lastRule uint32
+	server   maps.Endpoint
+	client   maps.Endpoint
+}
+
+// loadMargay loads a dataplane into a private bpffs. Its cleanup also removes any link pinned
+// by attaching, inside ns.
+func loadMargay(tb testing.TB, ns *netns.NS) *margayHost {
+	tb.Helper()
+	root := netns.BPFFS(tb)
+	log := slog.New(slog.DiscardHandler)
+	dp, err := loader.Load(loader.WithRoot(root), loader.WithLogger(log))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		dp.Close()
+		if err := ns.Do(func() error { return loader.Cleanup(root, log) }); err != nil {
+			tb.Errorf("dataplane cleanup: %v", err)
+		}
+	})
+	return &margayHost{ns: ns, dp: dp, set: maps.FromDataplane(dp), root: root}
+}
+
+// install writes what the agent would for the two workloads: their routes and endpoints and, for
+// n > 0, the n-rule policy compiled as the agent compiles it.
+func (h *margayHost) install(tb testing.TB, n int, client, server maps.Endpoint) {
+	tb.Helper()
+	routes := []maps.Route{
+		{Prefix: hostBlock, Flags: maps.LocalBlock | maps.InPool},
+		{Prefix: netip.PrefixFrom(client.IPv4, 32), Flags: maps.LocalWorkload | maps.InPool, Ifindex: client.Ifindex},
+		{Prefix: netip.PrefixFrom(server.IPv4, 32), Flags: maps.LocalWorkload | maps.InPool, Ifindex: server.Ifindex},
+	}
+	for _, r := range routes {
+		if err := h.set.Routes.Put(r); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if n > 0 {
+		set, err := policy.NewSet([]datastore.Policy{benchPolicy(n)})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		eps := []policy.Endpoint{
+			{Key: "bench/client", Node: "bench", Addr: client.IPv4, Labels: map[string]string{}},
+			{Key: "bench/server", Node: "bench", Addr: server.IPv4, Labels: map[string]string{}},
+		}
+		c := policy.NewCompiler(h.set.RuleHits.MaxRules())
+		res, err := c.Compile(set, eps, eps)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for k, v := range c.Entries(res.Programs, res.Identities) {
+			if err := h.set.Policy.Put(k, v); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		for p, id := range res.IPs {
+			if err := h.set.PolicyIPs.Put(p, id); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		client.IngressProgram, client.EgressProgram = res.Endpoints[client.IPv4].Ingress, res.Endpoints[client.IPv4].Egress
+		server.IngressProgram, server.EgressProgram = res.Endpoints[server.IPv4].Ingress, res.Endpoints[server.IPv4].Egress
+		if server.IngressProgram == 0 {
+			tb.Fatalf("%d rules: the server has no ingress program", n)
+		}
+		for id, ref := range c.Rules() {
+			if ref.Direction == policy.Ingress && ref.Index == n-1 {
+				h.lastRule = id
+			}
+		}
+		if h.lastRule == 0 {
+			tb.Fatalf("%d rules: no rule id for the last rule", n)
+		}
+	}
+	for _, ep := range []maps.Endpoint{client, server} {
+		if err := h.set.Endpoints.Put(ep); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	h.client, h.server = client, server
+}
+
+// counter is the packets from_wep counted on ifindex under reason.
+func (h *margayHost) counter(tb testing.TB, ifindex uint32, reason loader.MargayReason) uint64 {
+	tb.Helper()
+	c, err := h.set.Counters.Get(ifindex, maps.HookFromWep, maps.Reason(reason))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c.Packets
+}
+
+// ctKey is the conntrack key of a TCP flow, as ct_key_of in bpf/include/policy.h builds it.
+func ctKey(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) loader.MargayCtKey {
+	be16 := func(p uint16) uint16 { return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, p)) }
+	s, d := binary.BigEndian.Uint32(src.AsSlice()), binary.BigEndian.Uint32(dst.AsSlice())
+	k := loader.MargayCtKey{Protocol: 6}
+	if s < d || (s == d && sport <= dport) {
+		k.AddrA, k.AddrB, k.PortA, k.PortB = binary.NativeEndian.Uint32(src.AsSlice()), binary.NativeEndian.Uint32(dst.AsSlice()), be16(sport), be16(dport)
+	} else {
+		k.AddrA, k.AddrB, k.PortA, k.PortB = binary.NativeEndian.Uint32(dst.AsSlice()), binary.NativeEndian.Uint32(src.AsSlice()), be16(dport), be16(sport)
+	}
+	return k
+}
+
+// stats are the median, min and max of a measurement over the rounds.
+type stats struct{ med, min, max float64 }
+
+func summarize(v []float64) stats {
+	v = slices.Sorted(slices.Values(v))
+	s := stats{min: v[0], max: v[len(v)-1], med: v[len(v)/2]}
+	if len(v)%2 == 0 {
+		s.med = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return s
+}
+
+// report makes a sub-benchmark that only reports metrics measured before: the rounds ran
+// interleaved in the parent, which a sub-benchmark of its own could not do.
+func report(b *testing.B, name string, metrics map[string]float64) {
+	b.Run(name, func(b *testing.B) {
+		b.ReportMetric(0, "ns/op") // the loop measures nothing
+		for unit, v := range metrics {
+			b.ReportMetric(v, unit)
+		}
+	})
+}
