@@ -6,7 +6,6 @@ import (
 	"math/bits"
 	"net/netip"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -69,6 +68,8 @@ func protoName(p uint8) string {
 		return "icmp"
 	case unix.IPPROTO_SCTP:
 		return "sctp"
+	case unix.IPPROTO_UDPLITE:
+		return "udplite"
 	}
 	return fmt.Sprintf("proto-%d", p)
 }
@@ -212,25 +213,4 @@ func (c *Conntrack) Flush() (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// ParseProtocol reads a protocol name (tcp, udp, icmp, sctp, udplite) or number.
-func ParseProtocol(s string) (uint8, error) {
-	switch strings.ToLower(s) {
-	case "tcp":
-		return unix.IPPROTO_TCP, nil
-	case "udp":
-		return unix.IPPROTO_UDP, nil
-	case "icmp":
-		return unix.IPPROTO_ICMP, nil
-	case "sctp":
-		return unix.IPPROTO_SCTP, nil
-	case "udplite":
-		return unix.IPPROTO_UDPLITE, nil
-	}
-	var n int
-	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n < 1 || n > 255 || fmt.Sprint(n) != s {
-		return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, sctp, udplite or a number 1-255", s)
-	}
-	return uint8(n), nil
 }

@@ -3,13 +3,12 @@ package main
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
+	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -49,7 +48,11 @@ func (f *ctFilter) parse() error {
 		return err
 	}
 	if f.proto != "" {
-		if f.protoN, err = maps.ParseProtocol(f.proto); err != nil {
+		var p datastore.Protocol
+		if p, err = datastore.ParseProtocol(f.proto); err == nil {
+			f.protoN = uint8(p)
+		}
+		if err != nil {
 			return fmt.Errorf("--proto: %w", err)
 		}
 	}
@@ -83,28 +86,10 @@ type flowJSON struct {
 	IdleSeconds  float64 `json:"idleSeconds"`
 }
 
-func protoLabel(p uint8) string {
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_SCTP:
-		return "sctp"
-	case unix.IPPROTO_UDPLITE:
-		return "udplite"
-	}
-	return strconv.Itoa(int(p))
-}
-
-func hasPorts(p uint8) bool {
-	return p == unix.IPPROTO_TCP || p == unix.IPPROTO_UDP || p == unix.IPPROTO_SCTP || p == unix.IPPROTO_UDPLITE
-}
+func hasPorts(p uint8) bool { return datastore.Protocol(p).HasPorts() }
 
 func toFlowJSON(f maps.Flow) flowJSON {
-	return flowJSON{Proto: protoLabel(f.Protocol), Protocol: f.Protocol, Src: f.Src.String(), SrcPort: f.SrcPort,
+	return flowJSON{Proto: datastore.Protocol(f.Protocol).String(), Protocol: f.Protocol, Src: f.Src.String(), SrcPort: f.SrcPort,
 		Dst: f.Dst.String(), DstPort: f.DstPort, State: f.State.String(), Verdict: f.Verdict.String(),
 		Generation: f.Generation, RuleEgress: f.RuleEgress, RuleIngress: f.RuleIngress,
 		PacketsOrig: f.Packets[0], PacketsReply: f.Packets[1], BytesOrig: f.Bytes[0], BytesReply: f.Bytes[1],
@@ -137,7 +122,7 @@ func flowRules(f maps.Flow) string {
 }
 
 func flowRow(f maps.Flow) []string {
-	return []string{protoLabel(f.Protocol), endpoint(f.Protocol, f.Src, f.SrcPort), endpoint(f.Protocol, f.Dst, f.DstPort),
+	return []string{datastore.Protocol(f.Protocol).String(), endpoint(f.Protocol, f.Src, f.SrcPort), endpoint(f.Protocol, f.Dst, f.DstPort),
 		f.State.String(), f.Verdict.String(),
 		fmt.Sprintf("%d/%d", f.Packets[0], f.Packets[1]), fmt.Sprintf("%d/%d", f.Bytes[0], f.Bytes[1]),
 		shortDuration(f.Age), shortDuration(f.Idle), flowRules(f)}

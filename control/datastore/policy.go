@@ -116,15 +116,21 @@ func (p Protocol) MarshalJSON() ([]byte, error) {
 	return json.Marshal(p.String())
 }
 
+// stringOrNumber is the text of a JSON string, or a JSON number as written.
+func stringOrNumber(b []byte) (string, error) {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		err := json.Unmarshal(b, &s)
+		return s, err
+	}
+	return string(b), nil
+}
+
 // UnmarshalJSON reads a name or a number.
 func (p *Protocol) UnmarshalJSON(b []byte) error {
-	var s string
-	if len(b) > 0 && b[0] == '"' {
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-	} else {
-		s = string(b)
+	s, err := stringOrNumber(b)
+	if err != nil {
+		return err
 	}
 	v, err := ParseProtocol(s)
 	if err != nil {
@@ -173,13 +179,9 @@ func (r PortRange) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON reads 80, "80" or "8000:8080".
 func (r *PortRange) UnmarshalJSON(b []byte) error {
-	var s string
-	if len(b) > 0 && b[0] == '"' {
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-	} else {
-		s = string(b)
+	s, err := stringOrNumber(b)
+	if err != nil {
+		return err
 	}
 	v, err := ParsePortRange(s)
 	if err != nil {

@@ -7,16 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/bpfbench"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -160,7 +159,7 @@ func (f *bpfFixture) check(tb testing.TB, c bpfCase) {
 	before := h.counter(tb, a, c.reason)
 	var verdict uint32
 	err := f.ns.Do(func() (err error) {
-		verdict, _, err = testRun(h.dp.Programs().FromWep, c.packet, skbContext(a), 1)
+		verdict, _, err = bpfbench.Run(h.dp.Programs().FromWep, c.packet, bpfbench.SKBContext(a), 1)
 		return err
 	})
 	if err != nil {
@@ -198,7 +197,7 @@ func (f *bpfFixture) round(tb testing.TB, cs []bpfCase, first int, scale int) []
 	tb.Helper()
 	out := make([]float64, len(cs))
 	a := f.ifindex[wepA]
-	ctx := skbContext(a)
+	ctx := bpfbench.SKBContext(a)
 	err := f.ns.Do(func() error {
 		for i := range cs {
 			j := (first + i) % len(cs)
@@ -207,7 +206,7 @@ func (f *bpfFixture) round(tb testing.TB, cs []bpfCase, first int, scale int) []
 			calls := max(1, c.calls/scale)
 			var sum uint64
 			for range calls {
-				verdict, ns, err := testRun(prog, c.packet, ctx, c.repeat)
+				verdict, ns, err := bpfbench.Run(prog, c.packet, ctx, c.repeat)
 				if err != nil {
 					return fmt.Errorf("%s: %w", c.name, err)
 				}
@@ -272,71 +271,6 @@ func BenchmarkPolicyBPF(b *testing.B) {
 		report(b, c.name, m)
 	}
 	fmt.Fprintf(os.Stdout, "from_wep per packet, medians; ratio to the no-policy established flow of the same repeat:\n%s", table.String())
-}
-
-// skbContext is the head of struct __sk_buff (linux/bpf.h) up to and including ifindex; with
-// ifindex set the skb arrives on that device of the caller's namespace (as in tests/bpfbench).
-func skbContext(ifindex uint32) []byte {
-	var ctx struct {
-		_              [9]uint32
-		IngressIfindex uint32
-		Ifindex        uint32
-	}
-	ctx.IngressIfindex, ctx.Ifindex = ifindex, ifindex
-	b, err := binary.Append(nil, binary.NativeEndian, &ctx)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
-// progTestRunAttr is the BPF_PROG_TEST_RUN member of union bpf_attr (linux/bpf.h).
-type progTestRunAttr struct {
-	progFD      uint32
-	retval      uint32
-	dataSizeIn  uint32
-	dataSizeOut uint32
-	dataIn      uint64
-	dataOut     uint64
-	repeat      uint32
-	duration    uint32
-	ctxSizeIn   uint32
-	ctxSizeOut  uint32
-	ctxIn       uint64
-	ctxOut      uint64
-	flags       uint32
-	cpu         uint32
-	batchSize   uint32
-	_           uint32
-}
-
-// testRun runs prog repeat times on one copy of pkt and returns the last verdict and the
-// kernel's mean time per run (as in tests/bpfbench: cilium/ebpf has no call returning both with
-// a context).
-func testRun(prog *ebpf.Program, pkt, ctx []byte, repeat uint32) (verdict, nsPerRun uint32, err error) {
-	var pin runtime.Pinner
-	defer pin.Unpin()
-	pin.Pin(&pkt[0])
-	pin.Pin(&ctx[0])
-	attr := progTestRunAttr{
-		progFD:     uint32(prog.FD()),
-		dataSizeIn: uint32(len(pkt)),
-		dataIn:     uint64(uintptr(unsafe.Pointer(&pkt[0]))),
-		repeat:     repeat,
-		ctxSizeIn:  uint32(len(ctx)),
-		ctxIn:      uint64(uintptr(unsafe.Pointer(&ctx[0]))),
-	}
-	for {
-		_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_TEST_RUN, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-		switch {
-		case errno == 0:
-			return attr.retval, attr.duration, nil
-		case errors.Is(errno, unix.EINTR):
-			continue
-		default:
-			return 0, 0, fmt.Errorf("test run %v: %w", prog, errno)
-		}
-	}
 }
 
 // tcpFrame is a 64-byte Ethernet/IPv4/TCP frame from the client's eth0 to the host veth, with
