@@ -36,8 +36,11 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 		return TC_ACT_OK;
 	}
 	if (rt->flags & ROUTE_LOCAL_WEP) {
-		/* XDP drops these already when it is on. */
-		if (spoofed_from_network(pkt.ip->saddr)) {
+		__u32 zero = 0;
+		struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
+
+		/* The XDP prefilter drops these already when it runs. */
+		if (!(cfg && (cfg->flags & CONFIG_XDP_PREFILTER)) && spoofed_from_network(pkt.ip->saddr)) {
 			*reason = REASON_DROP_SPOOFED;
 			return TC_ACT_SHOT;
 		}

@@ -1,3 +1,3 @@
 package loader
 
-//go:generate go tool bpf2go -tags linux -target bpfel -type hook -type reason -type route_flags -type route_key -type route_value -type endpoint -type counter_key -type counter_value -type policy_action -type policy_key -type policy_value -type ct_state -type ct_timeouts -type ct_key -type ct_verdict -type ct_value -type config_value -type failsafe_flags -type failsafe_key -type frag_key -type frag_value Margay ../bpf/margay.c
+//go:generate go tool bpf2go -tags linux -target bpfel -type hook -type reason -type route_flags -type route_key -type route_value -type endpoint -type counter_key -type counter_value -type policy_action -type policy_key -type policy_value -type ct_state -type ct_timeouts -type ct_key -type ct_verdict -type ct_value -type config_value -type config_flags -type failsafe_flags -type failsafe_key -type frag_key -type frag_value Margay ../bpf/margay.c

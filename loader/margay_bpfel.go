@@ -13,10 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type MargayConfigFlags uint32
+
+const (
+	MargayConfigFlagsCONFIG_XDP_PREFILTER MargayConfigFlags = 1
+)
+
 type MargayConfigValue struct {
 	_                structs.HostLayout
 	PolicyGeneration uint32
 	CtTimeouts       MargayCtTimeouts
+	Flags            MargayConfigFlags
 }
 
 type MargayCounterKey struct {

@@ -301,6 +301,24 @@ func (c *Config) SetTimeouts(t Timeouts) (bool, error) {
 	return true, c.put(v)
 }
 
+// SetPrefilter records whether xdp_from_net runs on the uplink, so that from_net can skip the
+// checks it already made; it reports whether the setting changed.
+func (c *Config) SetPrefilter(on bool) (bool, error) {
+	v, err := c.get()
+	if err != nil {
+		return false, err
+	}
+	flags := v.Flags &^ loader.MargayConfigFlagsCONFIG_XDP_PREFILTER
+	if on {
+		flags |= loader.MargayConfigFlagsCONFIG_XDP_PREFILTER
+	}
+	if flags == v.Flags {
+		return false, nil
+	}
+	v.Flags = flags
+	return true, c.put(v)
+}
+
 // FailsafeDirection says on which side of a workload–host flow a failsafe port is the host's.
 type FailsafeDirection uint8
 

@@ -180,10 +180,15 @@ struct ct_value {
 	__u8 _pad[6];
 };
 
+enum config_flags {
+	CONFIG_XDP_PREFILTER = 1 << 0, /* xdp_from_net runs on the uplink: from_net need not repeat its checks */
+};
+
 /* Global settings, one entry at index 0, written by the agent. */
 struct config_value {
 	__u32 policy_generation; /* bumped on every policy change: flows are re-checked */
 	struct ct_timeouts ct_timeouts;
+	enum config_flags flags;
 };
 
 /* Failsafe ports: traffic between a workload and a host on these is never cut by policy. */

@@ -331,15 +331,26 @@ func (r *Reconciler) Update(s State) (Result, error) {
 
 // attachUplink puts from_net, and XDP unless it is off, on the uplink.
 func (r *Reconciler) attachUplink(uplink string) (bool, error) {
+	// from_net skips the source checks of the prefilter only while the prefilter runs: the flag
+	// goes off before XDP does, and on after.
 	if !r.xdp {
-		changed, err := r.detach(uplink, loader.HookXDPFromNet)
+		changed, err := r.maps.Config.SetPrefilter(false)
 		if err != nil {
 			return changed, err
 		}
+		c1, err := r.detach(uplink, loader.HookXDPFromNet)
+		if err != nil {
+			return changed || c1, err
+		}
 		c2, err := r.attach(uplink, loader.HookFromNet)
-		return changed || c2, err
+		return changed || c1 || c2, err
 	}
-	return r.attach(uplink, loader.HookFromNet, loader.HookXDPFromNet)
+	changed, err := r.attach(uplink, loader.HookFromNet, loader.HookXDPFromNet)
+	if err != nil {
+		return changed, err
+	}
+	c2, err := r.maps.Config.SetPrefilter(true)
+	return changed || c2, err
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

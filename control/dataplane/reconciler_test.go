@@ -169,6 +169,10 @@ func TestReconcile(t *testing.T) {
 				return err
 			})
 		}
+		// from_net leaves the source checks to XDP only while XDP runs.
+		if changed, err := h.set.Config.SetPrefilter(true); err != nil || changed {
+			t.Errorf("the XDP prefilter flag was not set (%v)", err)
+		}
 	}
 	check()
 

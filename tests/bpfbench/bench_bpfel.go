@@ -26,6 +26,7 @@ type BenchConfigValue struct {
 		Icmp           uint32
 		Other          uint32
 	}
+	Flags uint32
 }
 
 type BenchCounterKey struct {
