@@ -38,8 +38,8 @@
 struct flow {
 	__be32 saddr;
 	__be32 daddr;
-	__be16 sport;       /* ICMP echo: the identifier; other ICMP: 0 */
-	__be16 dport;       /* ICMP echo: the identifier */
+	__be16 sport;       /* ICMP echo request: the identifier; other ICMP: 0 */
+	__be16 dport;       /* ICMP echo reply: the identifier */
 	__be16 policy_port; /* TCP, UDP, SCTP: the destination port; ICMP: type << 8 | code */
 	__u8 protocol;
 	__u8 tcp_flags;
@@ -68,6 +68,22 @@ static __always_inline bool icmp_is_error(__u8 type)
 {
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB ||
 	       type == ICMP_SOURCE_QUENCH;
+}
+
+/*
+ * The ports of an ICMP echo: a request carries its identifier as the source port, a reply as
+ * the destination port, so that a reply matches its request's entry and a request the other way
+ * with the same identifier is a flow of its own.
+ */
+static __always_inline void echo_ports(__u8 type, __be16 id, __be16 *sport, __be16 *dport)
+{
+	if (type == ICMP_ECHO) {
+		*sport = id;
+		*dport = 0;
+	} else {
+		*sport = 0;
+		*dport = id;
+	}
 }
 
 /* Key of a flow in conntrack: the lower (address, port) first, so both directions share it. */
@@ -113,7 +129,7 @@ static __always_inline bool parse_icmp_inner(void *inner, void *data_end, struct
 	} else if (ip->protocol == IPPROTO_ICMP) {
 		if (!icmp_is_echo(l4[0]))
 			return false;
-		sport = dport = *(__be16 *)(l4 + 4);
+		echo_ports(l4[0], *(__be16 *)(l4 + 4), &sport, &dport);
 	}
 	ct_key_of(key, ip->saddr, ip->daddr, sport, dport, ip->protocol);
 	return true;
@@ -168,7 +184,7 @@ static __always_inline enum flow_result parse_flow(struct iphdr *ip, void *data_
 			return FLOW_OK;
 		f->policy_port = bpf_htons(((__u16)l4[0] << 8) | l4[1]);
 		if (icmp_is_echo(l4[0]))
-			f->sport = f->dport = *(__be16 *)(l4 + 4);
+			echo_ports(l4[0], *(__be16 *)(l4 + 4), &f->sport, &f->dport);
 		else if (icmp_is_error(l4[0]))
 			f->icmp_error = parse_icmp_inner(l4 + 8, data_end, &f->inner);
 	}

@@ -145,8 +145,8 @@ struct ct_timeouts {
 };
 
 /*
- * A flow in either direction: the lower (address, port) pair first. ICMP echo carries its
- * identifier in both ports.
+ * A flow in either direction: the lower (address, port) pair first. An ICMP echo request carries
+ * its identifier as the source port, its reply as the destination port.
  */
 struct ct_key {
 	__be32 addr_a;

@@ -318,7 +318,11 @@ type ctWant struct {
 func flowOf(p pkt) ctWant {
 	w := ctWant{proto: p.proto, src: p.src, sport: p.sport, dst: p.dst, dport: p.dport, policyPort: p.dport}
 	if p.proto == unix.IPPROTO_ICMP {
-		w.sport, w.dport = p.icmpID, p.icmpID
+		// A request's identifier is its source port, a reply's its destination port.
+		w.sport, w.dport = p.icmpID, 0
+		if p.icmpType == icmpEchoReply {
+			w.sport, w.dport = 0, p.icmpID
+		}
 		w.policyPort = uint16(p.icmpType)<<8 | uint16(p.icmpCode)
 	}
 	return w
@@ -518,7 +522,7 @@ func TestConntrackWithoutPolicy(t *testing.T) {
 		w.send(t, "echo request from A", sentByA, req, fwdLocal)
 		w.send(t, "echo reply from B", sentByB, echoPkt(wepB, wepA, icmpEchoReply, 0x1234), fwdLocal)
 		w.send(t, "second echo request", sentByA, req, fwdLocal)
-		flow := flowOf(req) // the identifier in both ports
+		flow := flowOf(req) // the identifier as the source port
 		flow.verdict, flow.state = maps.VerdictAllow, stICMP
 		flow.packets, flow.bytes = [2]uint64{2, 1}, [2]uint64{2 * icmpLen, icmpLen}
 		w.expectFlow(t, flow)
@@ -526,6 +530,10 @@ func TestConntrackWithoutPolicy(t *testing.T) {
 
 		w.send(t, "another identifier", sentByA, echoPkt(wepA, wepB, icmpEcho, 0x1235), fwdLocal)
 		w.expectFlowCount(t, 2)
+
+		// B's request with A's identifier is no reply: a flow of its own.
+		w.send(t, "B's request with the same identifier", sentByB, echoPkt(wepB, wepA, icmpEcho, 0x1234), fwdLocal)
+		w.expectFlowCount(t, 3)
 	})
 
 	t.Run("from the network, and remote", func(t *testing.T) {
@@ -650,6 +658,13 @@ func TestPolicyReplies(t *testing.T) {
 	uflow.packets, uflow.bytes = [2]uint64{1, 2}, [2]uint64{udpLen, 2 * udpLen}
 	w.expectFlow(t, uflow)
 	w.expectFlowCount(t, 2)
+
+	// A pings B and B answers; an echo request from B that reuses A's identifier is not an
+	// answer and meets A's ingress policy.
+	w.send(t, "A pings B", sentByA, echoPkt(wepA, wepB, icmpEcho, 0x4242), fwdLocal)
+	w.send(t, "B answers", sentByB, echoPkt(wepB, wepA, icmpEchoReply, 0x4242), fwdLocal)
+	w.send(t, "B pings A with A's identifier: denied", sentByB, echoPkt(wepB, wepA, icmpEcho, 0x4242), dropPolicyIngress)
+	w.expectFlowCount(t, 3)
 }
 
 // A verdict holds for the flow until the policy generation changes; then the flow's next packet
