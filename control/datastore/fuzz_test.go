@@ -67,6 +67,7 @@ func FuzzDecode(f *testing.F) {
 		{8, "allow-web", `{"version":1,"order":100,"selector":"app == 'web'","ingress":[{"action":"allow","protocol":"tcp","source":{"selector":"role in {'fe','lb'}","nets":["198.19.0.0/16"]},"destination":{"ports":[80,"8000:8080"]}}]}`},
 		{8, "deny", `{"version":1,"types":["Egress"],"egress":[{"action":"Deny","protocol":"icmp","icmp":{"type":8,"code":0},"destination":{"notNets":["198.18.0.0/15"],"notSelector":"has(x)"}}]}`},
 		{8, "bad", `{"version":1,"selector":"app ==","ingress":[{"action":"allow","destination":{"ports":[80]}}]}`},
+		{8, "e", `{"version":1,"ingress":[{"action":"Allow","destination":{"ports":[],"nets":[]}}]}`},
 		{0, "p", `null`},
 		{0, "p", `{"version":1.5}`},
 		{4, "198.19.0.0-26", `{"version":1,"cidr":"198.19.0.0/26","allocations":[{"ip":"198.19.0.1","handle":"h"},{"ip":"198.19.0.1","handle":"h"}]}`},

@@ -315,6 +315,23 @@ func (e EntityRule) validate(proto *Protocol) error {
 
 func (p *Policy) version() *int { return &p.Version }
 
+// normalize makes empty lists nil, as they are written (omitempty), so that a value reads back
+// the same.
+func (e *EntityRule) normalize() {
+	if len(e.Nets) == 0 {
+		e.Nets = nil
+	}
+	if len(e.NotNets) == 0 {
+		e.NotNets = nil
+	}
+	if len(e.Ports) == 0 {
+		e.Ports = nil
+	}
+	if len(e.NotPorts) == 0 {
+		e.NotPorts = nil
+	}
+}
+
 func (p *Policy) setDefaults() {
 	if len(p.Types) == 0 {
 		p.Types = []PolicyType{PolicyIngress}
@@ -325,6 +342,8 @@ func (p *Policy) setDefaults() {
 	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
 		for i := range rules {
 			rules[i].Action = strings.ToLower(rules[i].Action)
+			rules[i].Source.normalize()
+			rules[i].Destination.normalize()
 		}
 	}
 	if len(p.Ingress) == 0 {
