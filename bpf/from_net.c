@@ -4,6 +4,7 @@
 #include <linux/if_packet.h>
 
 #include "include/counters.h"
+#include "include/events.h"
 #include "include/forward.h"
 
 static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *reason)
@@ -64,5 +65,6 @@ int from_net(struct __sk_buff *skb)
 	int verdict = from_net_handle(skb, &reason);
 
 	count_packet(ifindex, HOOK_FROM_NET, reason, len);
+	emit_event((void *)(long)skb->data, (void *)(long)skb->data_end, ifindex, HOOK_FROM_NET, reason, len);
 	return verdict;
 }

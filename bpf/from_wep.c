@@ -2,6 +2,7 @@
 /* from_wep: tcx ingress of each host-side cali* veth, i.e. everything a workload sends. */
 
 #include "include/counters.h"
+#include "include/events.h"
 #include "include/forward.h"
 
 static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *reason)
@@ -66,5 +67,6 @@ int from_wep(struct __sk_buff *skb)
 	int verdict = from_wep_handle(skb, &reason);
 
 	count_packet(ifindex, HOOK_FROM_WEP, reason, len);
+	emit_event((void *)(long)skb->data, (void *)(long)skb->data_end, ifindex, HOOK_FROM_WEP, reason, len);
 	return verdict;
 }

@@ -6,6 +6,7 @@
  */
 
 #include "include/counters.h"
+#include "include/events.h"
 #include "include/forward.h"
 
 static __always_inline int to_wep_handle(struct __sk_buff *skb, enum reason *reason)
@@ -35,5 +36,6 @@ int to_wep(struct __sk_buff *skb)
 	int verdict = to_wep_handle(skb, &reason);
 
 	count_packet(ifindex, HOOK_TO_WEP, reason, len);
+	emit_event((void *)(long)skb->data, (void *)(long)skb->data_end, ifindex, HOOK_TO_WEP, reason, len);
 	return verdict;
 }

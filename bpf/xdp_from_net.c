@@ -7,6 +7,7 @@
  */
 
 #include "include/counters.h"
+#include "include/events.h"
 #include "include/forward.h"
 
 static __always_inline int xdp_from_net_handle(struct xdp_md *ctx, __u64 len, enum reason *reason)
@@ -51,5 +52,7 @@ int xdp_from_net(struct xdp_md *ctx)
 	int verdict = xdp_from_net_handle(ctx, len, &reason);
 
 	count_packet(ctx->ingress_ifindex, HOOK_XDP_FROM_NET, reason, len);
+	emit_event((void *)(long)ctx->data, (void *)(long)ctx->data_end, ctx->ingress_ifindex, HOOK_XDP_FROM_NET,
+		   reason, len);
 	return verdict;
 }

@@ -109,6 +109,44 @@ type MargayEndpoint struct {
 	EgressProgram  uint32
 }
 
+type MargayEvent struct {
+	_         structs.HostLayout
+	Timestamp uint64
+	Ifindex   uint32
+	Hook      MargayHook
+	Reason    MargayReason
+	Saddr     uint32
+	Daddr     uint32
+	Sport     uint16
+	Dport     uint16
+	Len       uint32
+	Protocol  uint8
+	Kind      MargayEventKind
+	Flags     MargayEventFlags
+	Pad       [5]uint8
+}
+
+type MargayEventFlags uint8
+
+const (
+	MargayEventFlagsEVENT_F_IPV4  MargayEventFlags = 1
+	MargayEventFlagsEVENT_F_PORTS MargayEventFlags = 2
+)
+
+type MargayEventKind uint8
+
+const (
+	MargayEventKindEVENT_DROP  MargayEventKind = 1
+	MargayEventKindEVENT_TRACE MargayEventKind = 2
+)
+
+type MargayEventState struct {
+	_        structs.HostLayout
+	Tat      [2]uint64
+	LostRate uint64
+	LostFull uint64
+}
+
 type MargayFailsafeFlags uint8
 
 const (
@@ -146,6 +184,17 @@ const (
 	MargayHookHOOK_FROM_NET     MargayHook = 2
 	MargayHookHOOK_XDP_FROM_NET MargayHook = 3
 )
+
+type MargayMonitorFlags uint32
+
+const (
+	MargayMonitorFlagsMONITOR_TRACE MargayMonitorFlags = 1
+)
+
+type MargayMonitorValue struct {
+	_     structs.HostLayout
+	Flags MargayMonitorFlags
+}
 
 type MargayPolicyAction uint8
 
@@ -233,8 +282,11 @@ const (
 	MargayMapConntrack   = "conntrack"
 	MargayMapCounters    = "counters"
 	MargayMapEndpoints   = "endpoints"
+	MargayMapEvents      = "events"
+	MargayMapEventsState = "events_state"
 	MargayMapFailsafe    = "failsafe"
 	MargayMapFrags       = "frags"
+	MargayMapMonitor     = "monitor"
 	MargayMapPolicy      = "policy"
 	MargayMapPolicyIps   = "policy_ips"
 	MargayMapRoutes      = "routes"
@@ -297,16 +349,19 @@ type MargayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MargayMapSpecs struct {
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Failsafe  *ebpf.MapSpec `ebpf:"failsafe"`
-	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
-	PolicyIps *ebpf.MapSpec `ebpf:"policy_ips"`
-	Routes    *ebpf.MapSpec `ebpf:"routes"`
-	RuleHits  *ebpf.MapSpec `ebpf:"rule_hits"`
+	Config      *ebpf.MapSpec `ebpf:"config"`
+	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	EventsState *ebpf.MapSpec `ebpf:"events_state"`
+	Failsafe    *ebpf.MapSpec `ebpf:"failsafe"`
+	Frags       *ebpf.MapSpec `ebpf:"frags"`
+	Monitor     *ebpf.MapSpec `ebpf:"monitor"`
+	Policy      *ebpf.MapSpec `ebpf:"policy"`
+	PolicyIps   *ebpf.MapSpec `ebpf:"policy_ips"`
+	Routes      *ebpf.MapSpec `ebpf:"routes"`
+	RuleHits    *ebpf.MapSpec `ebpf:"rule_hits"`
 }
 
 // MargayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -335,16 +390,19 @@ func (o *MargayObjects) Close() error {
 //
 // It can be passed to LoadMargayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MargayMaps struct {
-	Config    *ebpf.Map `ebpf:"config"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Failsafe  *ebpf.Map `ebpf:"failsafe"`
-	Frags     *ebpf.Map `ebpf:"frags"`
-	Policy    *ebpf.Map `ebpf:"policy"`
-	PolicyIps *ebpf.Map `ebpf:"policy_ips"`
-	Routes    *ebpf.Map `ebpf:"routes"`
-	RuleHits  *ebpf.Map `ebpf:"rule_hits"`
+	Config      *ebpf.Map `ebpf:"config"`
+	Conntrack   *ebpf.Map `ebpf:"conntrack"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	Events      *ebpf.Map `ebpf:"events"`
+	EventsState *ebpf.Map `ebpf:"events_state"`
+	Failsafe    *ebpf.Map `ebpf:"failsafe"`
+	Frags       *ebpf.Map `ebpf:"frags"`
+	Monitor     *ebpf.Map `ebpf:"monitor"`
+	Policy      *ebpf.Map `ebpf:"policy"`
+	PolicyIps   *ebpf.Map `ebpf:"policy_ips"`
+	Routes      *ebpf.Map `ebpf:"routes"`
+	RuleHits    *ebpf.Map `ebpf:"rule_hits"`
 }
 
 func (m *MargayMaps) Close() error {
@@ -353,8 +411,11 @@ func (m *MargayMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Events,
+		m.EventsState,
 		m.Failsafe,
 		m.Frags,
+		m.Monitor,
 		m.Policy,
 		m.PolicyIps,
 		m.Routes,

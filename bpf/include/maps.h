@@ -124,4 +124,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } frags SEC(".maps");
 
+/*
+ * Drop and trace events for margayctl monitor. A ring buffer has no value size: the value type
+ * only puts struct event into the BTF, for bpf2go.
+ */
+#ifndef EVENTS_RINGBUF_SIZE
+#define EVENTS_RINGBUF_SIZE (256 * 1024)
+#endif
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__type(value, struct event);
+	__uint(max_entries, EVENTS_RINGBUF_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* Rate limits of the events and what they did not send, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct event_state);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events_state SEC(".maps");
+
+/*
+ * What margayctl monitor asks for (trace events): apart from the agent's config, so that neither
+ * process's read-modify-write can undo a setting of the other.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct monitor_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} monitor SEC(".maps");
+
 #endif /* MARGAY_MAPS_H */

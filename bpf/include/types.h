@@ -217,4 +217,55 @@ struct frag_value {
 	__be16 dport;
 };
 
+/*
+ * Events for margayctl monitor, sent through the events ring buffer. Every DROP_* reason (all of
+ * them are numbered from REASON_DROP_MALFORMED on) makes a drop event; any other packet makes a
+ * trace event while MONITOR_TRACE is set.
+ */
+enum event_kind : __u8 {
+	EVENT_DROP = 1,
+	EVENT_TRACE = 2,
+};
+
+/* Which parts of an event the packet had in its linear data. */
+enum event_flags : __u8 {
+	EVENT_F_IPV4 = 1 << 0,  /* an IPv4 header: saddr, daddr and protocol are its */
+	EVENT_F_PORTS = 1 << 1, /* TCP, UDP, SCTP or UDP-Lite ports: sport and dport */
+};
+
+struct event {
+	__u64 timestamp; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u32 ifindex;   /* the interface the program ran on */
+	enum hook hook;
+	enum reason reason;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 len; /* the whole packet, as counted */
+	__u8 protocol;
+	enum event_kind kind;
+	enum event_flags flags;
+	__u8 _pad[5];
+};
+
+/*
+ * Per-CPU state of the events: a rate limit per kind (GCRA: the theoretical arrival time of the
+ * next event) and what was not sent.
+ */
+struct event_state {
+	__u64 tat[2];    /* [0] drop, [1] trace events */
+	__u64 lost_rate; /* events over the rate limit */
+	__u64 lost_full; /* events the ring buffer had no room for */
+};
+
+/* Settings of margayctl monitor, one entry at index 0; the agent never writes them. */
+enum monitor_flags {
+	MONITOR_TRACE = 1 << 0, /* send a trace event for every packet that is not dropped */
+};
+
+struct monitor_value {
+	enum monitor_flags flags;
+};
+
 #endif /* MARGAY_TYPES_H */

@@ -63,6 +63,6 @@ func newRoot() *cobra.Command {
 	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	g.ds.BindFlags(cmd.PersistentFlags())
-	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g), newWorkloadCmd(g), newBGPCmd(g), newPolicyCmd(g), newConntrackCmd(g), newLabCmd())
+	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g), newWorkloadCmd(g), newBGPCmd(g), newPolicyCmd(g), newConntrackCmd(g), newMonitorCmd(g), newLabCmd())
 	return cmd
 }

@@ -78,6 +78,30 @@ type BenchEndpoint struct {
 	EgressProgram  uint32
 }
 
+type BenchEvent struct {
+	_         structs.HostLayout
+	Timestamp uint64
+	Ifindex   uint32
+	Hook      uint16
+	Reason    uint16
+	Saddr     uint32
+	Daddr     uint32
+	Sport     uint16
+	Dport     uint16
+	Len       uint32
+	Protocol  uint8
+	Kind      uint8
+	Flags     uint8
+	Pad       [5]uint8
+}
+
+type BenchEventState struct {
+	_        structs.HostLayout
+	Tat      [2]uint64
+	LostRate uint64
+	LostFull uint64
+}
+
 type BenchFailsafeFlags uint8
 
 const (
@@ -105,6 +129,11 @@ type BenchFragValue struct {
 	_     structs.HostLayout
 	Sport uint16
 	Dport uint16
+}
+
+type BenchMonitorValue struct {
+	_     structs.HostLayout
+	Flags uint32
 }
 
 type BenchPolicyKey struct {
@@ -141,18 +170,21 @@ type BenchRouteValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BenchMapConfig     = "config"
-	BenchMapConntrack  = "conntrack"
-	BenchMapCounters   = "counters"
-	BenchMapEndpoints  = "endpoints"
-	BenchMapFailsafe   = "failsafe"
-	BenchMapFrags      = "frags"
-	BenchMapPolicy     = "policy"
-	BenchMapPolicyIps  = "policy_ips"
-	BenchMapRoutes     = "routes"
-	BenchMapRuleHits   = "rule_hits"
-	BenchProgEmpty     = "empty"
-	BenchProgLpmLookup = "lpm_lookup"
+	BenchMapConfig      = "config"
+	BenchMapConntrack   = "conntrack"
+	BenchMapCounters    = "counters"
+	BenchMapEndpoints   = "endpoints"
+	BenchMapEvents      = "events"
+	BenchMapEventsState = "events_state"
+	BenchMapFailsafe    = "failsafe"
+	BenchMapFrags       = "frags"
+	BenchMapMonitor     = "monitor"
+	BenchMapPolicy      = "policy"
+	BenchMapPolicyIps   = "policy_ips"
+	BenchMapRoutes      = "routes"
+	BenchMapRuleHits    = "rule_hits"
+	BenchProgEmpty      = "empty"
+	BenchProgLpmLookup  = "lpm_lookup"
 )
 
 // LoadBench returns the embedded CollectionSpec for Bench.
@@ -205,16 +237,19 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Failsafe  *ebpf.MapSpec `ebpf:"failsafe"`
-	Frags     *ebpf.MapSpec `ebpf:"frags"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
-	PolicyIps *ebpf.MapSpec `ebpf:"policy_ips"`
-	Routes    *ebpf.MapSpec `ebpf:"routes"`
-	RuleHits  *ebpf.MapSpec `ebpf:"rule_hits"`
+	Config      *ebpf.MapSpec `ebpf:"config"`
+	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	EventsState *ebpf.MapSpec `ebpf:"events_state"`
+	Failsafe    *ebpf.MapSpec `ebpf:"failsafe"`
+	Frags       *ebpf.MapSpec `ebpf:"frags"`
+	Monitor     *ebpf.MapSpec `ebpf:"monitor"`
+	Policy      *ebpf.MapSpec `ebpf:"policy"`
+	PolicyIps   *ebpf.MapSpec `ebpf:"policy_ips"`
+	Routes      *ebpf.MapSpec `ebpf:"routes"`
+	RuleHits    *ebpf.MapSpec `ebpf:"rule_hits"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -243,16 +278,19 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
-	Config    *ebpf.Map `ebpf:"config"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Failsafe  *ebpf.Map `ebpf:"failsafe"`
-	Frags     *ebpf.Map `ebpf:"frags"`
-	Policy    *ebpf.Map `ebpf:"policy"`
-	PolicyIps *ebpf.Map `ebpf:"policy_ips"`
-	Routes    *ebpf.Map `ebpf:"routes"`
-	RuleHits  *ebpf.Map `ebpf:"rule_hits"`
+	Config      *ebpf.Map `ebpf:"config"`
+	Conntrack   *ebpf.Map `ebpf:"conntrack"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	Events      *ebpf.Map `ebpf:"events"`
+	EventsState *ebpf.Map `ebpf:"events_state"`
+	Failsafe    *ebpf.Map `ebpf:"failsafe"`
+	Frags       *ebpf.Map `ebpf:"frags"`
+	Monitor     *ebpf.Map `ebpf:"monitor"`
+	Policy      *ebpf.Map `ebpf:"policy"`
+	PolicyIps   *ebpf.Map `ebpf:"policy_ips"`
+	Routes      *ebpf.Map `ebpf:"routes"`
+	RuleHits    *ebpf.Map `ebpf:"rule_hits"`
 }
 
 func (m *BenchMaps) Close() error {
@@ -261,8 +299,11 @@ func (m *BenchMaps) Close() error {
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
+		m.Events,
+		m.EventsState,
 		m.Failsafe,
 		m.Frags,
+		m.Monitor,
 		m.Policy,
 		m.PolicyIps,
 		m.Routes,

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/maps"
+)
+
+// monitorOptions are the flags of margayctl monitor.
+type monitorOptions struct {
+	trace, dropsOnly bool
+	reasons          []string
+	iface, hook      string
+	count            int
+	duration         time.Duration
+	flow             ctFilter // --src, --dst, --proto: the packet's source, destination and protocol
+
+	reasonSet map[maps.Reason]bool
+	ifindex   uint32
+	hookN     maps.Hook
+	hookSet   bool
+}
+
+func parseReason(s string) (maps.Reason, error) {
+	name := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "REASON_")
+	for _, r := range maps.Reasons() {
+		if r.String() == name {
+			return r, nil
+		}
+	}
+	var names []string
+	for _, r := range maps.Reasons() {
+		if r.String() != "UNSPEC" {
+			names = append(names, r.String())
+		}
+	}
+	return 0, fmt.Errorf("--reason %q: unknown reason (one of %s)", s, strings.Join(names, ", "))
+}
+
+var hooks = []maps.Hook{maps.HookFromWep, maps.HookToWep, maps.HookFromNet, maps.HookXDPFromNet}
+
+func parseHook(s string) (maps.Hook, error) {
+	var names []string
+	for _, h := range hooks {
+		if h.String() == strings.ToLower(s) {
+			return h, nil
+		}
+		names = append(names, h.String())
+	}
+	return 0, fmt.Errorf("--hook %q: unknown hook (one of %s)", s, strings.Join(names, ", "))
+}
+
+func (o *monitorOptions) parse() error {
+	if o.trace && o.dropsOnly {
+		return errors.New("--trace and --drops-only exclude each other")
+	}
+	if o.count < 0 || o.duration < 0 {
+		return errors.New("--count and --duration must not be negative")
+	}
+	if err := o.flow.parse(); err != nil {
+		return err
+	}
+	o.reasonSet = map[maps.Reason]bool{}
+	for _, s := range o.reasons {
+		r, err := parseReason(s)
+		if err != nil {
+			return err
+		}
+		o.reasonSet[r] = true
+	}
+	if o.iface != "" {
+		if ifc, err := net.InterfaceByName(o.iface); err == nil {
+			o.ifindex = uint32(ifc.Index)
+		} else if n, perr := strconv.ParseUint(o.iface, 10, 32); perr == nil && n > 0 {
+			o.ifindex = uint32(n)
+		} else {
+			return fmt.Errorf("--interface %q: %w", o.iface, err)
+		}
+	}
+	if o.hook != "" {
+		h, err := parseHook(o.hook)
+		if err != nil {
+			return err
+		}
+		o.hookN, o.hookSet = h, true
+	}
+	return nil
+}
+
+func (o *monitorOptions) match(e maps.Event) bool {
+	if o.dropsOnly && e.Kind != maps.EventDrop {
+		return false
+	}
+	if len(o.reasonSet) > 0 && !o.reasonSet[e.Reason] {
+		return false
+	}
+	if o.ifindex != 0 && e.Ifindex != o.ifindex {
+		return false
+	}
+	if o.hookSet && e.Hook != o.hookN {
+		return false
+	}
+	f := &o.flow
+	if (f.srcP.IsValid() || f.dstP.IsValid() || f.protoN != 0) && !e.Src.IsValid() {
+		return false // not IPv4: nothing to match an address or protocol
+	}
+	return (!f.srcP.IsValid() || f.srcP.Contains(e.Src)) &&
+		(!f.dstP.IsValid() || f.dstP.Contains(e.Dst)) &&
+		(f.protoN == 0 || f.protoN == e.Protocol)
+}
+
+// eventJSON is an event as monitor -o json prints it, one object per line.
+type eventJSON struct {
+	Time      time.Time `json:"time"`
+	Kind      string    `json:"kind"`
+	Interface string    `json:"interface"`
+	Ifindex   uint32    `json:"ifindex"`
+	Hook      string    `json:"hook"`
+	Reason    string    `json:"reason"`
+	Proto     string    `json:"proto,omitempty"`
+	Protocol  uint8     `json:"protocol,omitempty"`
+	Src       string    `json:"src,omitempty"`
+	SrcPort   uint16    `json:"srcPort,omitempty"`
+	Dst       string    `json:"dst,omitempty"`
+	DstPort   uint16    `json:"dstPort,omitempty"`
+	Len       uint32    `json:"len"`
+}
+
+func toEventJSON(e maps.Event) eventJSON {
+	j := eventJSON{Time: e.Time, Kind: e.Kind.String(), Interface: ifName(e.Ifindex), Ifindex: e.Ifindex,
+		Hook: e.Hook.String(), Reason: e.Reason.String(), Len: e.Len}
+	if e.Src.IsValid() {
+		j.Proto, j.Protocol = datastore.Protocol(e.Protocol).String(), e.Protocol
+		j.Src, j.Dst = e.Src.String(), e.Dst.String()
+		j.SrcPort, j.DstPort = e.SrcPort, e.DstPort
+	}
+	return j
+}
+
+func eventAddr(a netip.Addr, port uint16, hasPorts bool) string {
+	if !a.IsValid() {
+		return "-"
+	}
+	if hasPorts {
+		return netip.AddrPortFrom(a, port).String()
+	}
+	return a.String()
+}
+
+const monitorLine = "%-15s  %-15s  %-12s  %-20s  %-5s  %21s -> %-21s  %d\n"
+
+func eventLine(e maps.Event) string {
+	proto := "-"
+	if e.Src.IsValid() {
+		proto = datastore.Protocol(e.Protocol).String()
+	}
+	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, e.Reason, proto,
+		eventAddr(e.Src, e.SrcPort, e.HasPorts), eventAddr(e.Dst, e.DstPort, e.HasPorts), e.Len)
+}
+
+func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
+	if err := o.parse(); err != nil {
+		return err
+	}
+	ev, err := maps.OpenEvents(g.root)
+	if err != nil {
+		return err
+	}
+	defer ev.Close()
+	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.duration)
+		defer cancel()
+	}
+
+	r, err := ev.Reader()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	// What waits in the ring buffer was sent before this command ran, maybe long ago.
+	if _, err := r.Discard(); err != nil {
+		return err
+	}
+	lostBefore, err := ev.Lost()
+	if err != nil {
+		return err
+	}
+
+	if o.trace {
+		if _, err := ev.SetTrace(true); err != nil {
+			return err
+		}
+		// Off again however the command ends short of SIGKILL; a left-over flag only costs trace
+		// events at the rate limit, and the next monitor --trace clears it.
+		defer func() {
+			if _, terr := ev.SetTrace(false); terr != nil && err == nil {
+				err = terr
+			}
+		}()
+	} else if on, err := ev.Trace(); err == nil && on {
+		fmt.Fprintln(errOut, "note: tracing is on (another margayctl monitor --trace, or one that was killed); --drops-only hides trace events")
+	}
+
+	go func() {
+		<-ctx.Done()
+		r.Close() // interrupts Read
+	}()
+
+	if g.output != "json" {
+		fmt.Fprintf(out, monitorLine[:len(monitorLine)-3]+"%s\n", "TIME", "INTERFACE", "HOOK", "REASON", "PROTO", "SRC", "DST", "LEN")
+	}
+	enc := json.NewEncoder(out)
+	shown := 0
+	for o.count == 0 || shown < o.count {
+		e, rerr := r.Read()
+		if errors.Is(rerr, os.ErrClosed) {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+		if !o.match(e) {
+			continue
+		}
+		shown++
+		if g.output == "json" {
+			err = enc.Encode(toEventJSON(e))
+		} else {
+			_, err = io.WriteString(out, eventLine(e))
+		}
+		if err != nil {
+			return err
+		}
+	}
+
+	lostAfter, err := ev.Lost()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(errOut, "%d events shown; the dataplane lost %d events meanwhile (%d over the rate limit of %d/s per CPU, %d with the ring buffer full)\n",
+		shown, lostAfter.Total()-lostBefore.Total(), lostAfter.RateLimited-lostBefore.RateLimited, maps.EventsRate,
+		lostAfter.BufferFull-lostBefore.BufferFull)
+	return nil
+}
+
+func newMonitorCmd(g *globals) *cobra.Command {
+	o := &monitorOptions{}
+	cmd := &cobra.Command{
+		Use:   "monitor",
+		Short: "Stream the dataplane's drop events, and with --trace every packet's, until Ctrl-C",
+		Long: `Stream drop and trace events from the dataplane's ring buffer: one line per packet with the
+interface and hook that handled it, the reason it was counted under and its 5-tuple (ports of TCP,
+UDP, SCTP and UDP-Lite when the packet's linear data held them). -o json prints one JSON object
+per line.
+
+Every dropped packet makes a drop event. --trace turns on trace events, for every other packet,
+while the command runs. The programs send at most ` + strconv.Itoa(maps.EventsBurst) + ` events at once and ` + strconv.Itoa(maps.EventsRate) + ` a second per
+CPU and kind, so a flood costs forwarding little; what is over is counted, and printed (to stderr)
+when the command ends. The filters apply here, not in the dataplane. Run one monitor at a time:
+two share the events between them.`,
+		Example: `  margayctl monitor
+  margayctl monitor --reason DROP_SPOOFED --interface cali1234567890a
+  margayctl monitor --trace --src 198.19.0.5 --proto tcp --count 20 -o json`,
+		Args:    cobra.NoArgs,
+		PreRunE: g.checkOutput,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return g.monitor(cmd, o) },
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.trace, "trace", false, "also trace every packet that is not dropped, while the command runs")
+	f.BoolVar(&o.dropsOnly, "drops-only", false, "only drop events, also when another monitor traces")
+	f.StringSliceVar(&o.reasons, "reason", nil, "only these reasons, such as DROP_SPOOFED or FWD_LOCAL (repeat or separate by commas)")
+	f.StringVar(&o.iface, "interface", "", "only packets handled on this interface (name or ifindex)")
+	f.StringVar(&o.hook, "hook", "", "only this hook: from_wep, to_wep, from_net or xdp_from_net")
+	f.StringVar(&o.flow.src, "src", "", "only packets from this address or CIDR")
+	f.StringVar(&o.flow.dst, "dst", "", "only packets to this address or CIDR")
+	f.StringVar(&o.flow.proto, "proto", "", "only this protocol: tcp, udp, icmp, sctp, udplite or a number")
+	f.IntVar(&o.count, "count", 0, "stop after this many events (0: no limit)")
+	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
+	return cmd
+}
