@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -173,7 +174,8 @@ func TestNames(t *testing.T) {
 	}
 }
 
-// Operators inspect the pinned maps with bpftool: BTF must give it the field names.
+// Operators inspect the pinned maps with bpftool: BTF must give it the field names of every map,
+// and every pinned map but the ring buffer (which has no key or value) must carry BTF.
 func TestBPFToolShowsFieldNames(t *testing.T) {
 	bpftool, err := exec.LookPath("bpftool")
 	if err != nil {
@@ -188,14 +190,63 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 	if err := set.Endpoints.Put(maps.Endpoint{Ifindex: 9, IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}); err != nil {
 		t.Fatal(err)
 	}
+	// One entry in each hash and trie; arrays always hold theirs.
+	if err := set.Policy.Put(maps.PolicyKey{Program: 1, Identity: 2, Protocol: 6, Port: 80, PortBits: 16},
+		maps.PolicyValue{Action: maps.ActionAllow, Rule: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.PolicyIPs.Put(netip.MustParsePrefix("0.0.0.0/0"), 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := set.Failsafe.Sync(map[maps.FailsafeKey]maps.FailsafeDirection{{Protocol: 6, Port: 22}: maps.FailsafeInbound}); err != nil {
+		t.Fatal(err)
+	}
+	pinned := func(name string) *ebpf.Map {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(root, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	if err := pinned("conntrack").Put(&loader.MargayCtKey{AddrA: 1, AddrB: 2, Protocol: 6},
+		&loader.MargayCtValue{State: loader.MargayCtStateCT_TCP_ESTABLISHED, Verdict: loader.MargayCtVerdictCT_VERDICT_ALLOW}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pinned("frags").Put(&loader.MargayFragKey{Saddr: 1, Daddr: 2, Id: 3, Protocol: 17},
+		&loader.MargayFragValue{Sport: 4, Dport: 5}); err != nil {
+		t.Fatal(err)
+	}
+	counter := loader.MargayCounterKey{Ifindex: 1, Hook: loader.MargayHookHOOK_FROM_WEP, Reason: loader.MargayReasonREASON_FWD_LOCAL}
+	perCPU := make([]loader.MargayCounterValue, ebpf.MustPossibleCPU())
+	if err := pinned("counters").Put(&counter, perCPU); err != nil {
+		t.Fatal(err)
+	}
+
 	for _, tc := range []struct {
 		m      string
 		fields []string
+		key    []string // for arrays: look this key up rather than dump them all
 	}{
-		{"routes", []string{"prefixlen", "addr", "flags", "ifindex", "next_hop", "ROUTE_REMOTE_BLOCK"}},
-		{"endpoints", []string{"ipv4", "mac"}},
+		{"routes", []string{"prefixlen", "addr", "flags", "ifindex", "next_hop", "ROUTE_REMOTE_BLOCK"}, nil},
+		{"endpoints", []string{"ipv4", "mac", "ingress_program", "egress_program"}, nil},
+		{"counters", []string{"ifindex", "hook", "reason", "HOOK_FROM_WEP", "REASON_FWD_LOCAL", "packets", "bytes"}, nil},
+		{"conntrack", []string{"addr_a", "port_b", "protocol", "last_seen", "generation", "rule_ingress", "CT_TCP_ESTABLISHED", "CT_VERDICT_ALLOW"}, nil},
+		{"policy", []string{"program", "identity", "protocol", "port", "rule", "POLICY_ALLOW"}, nil},
+		{"policy_ips", []string{"prefixlen", "addr"}, nil},
+		{"failsafe", []string{"protocol", "port", "FAILSAFE_INBOUND"}, nil},
+		{"frags", []string{"saddr", "daddr", "id", "sport", "dport"}, nil},
+		{"rule_hits", []string{"packets", "bytes"}, []string{"0", "0", "0", "0"}},
+		{"config", []string{"policy_generation", "ct_timeouts", "tcp_established", "udp", "flags"}, []string{"0", "0", "0", "0"}},
 	} {
-		out, err := exec.Command(bpftool, "-j", "map", "dump", "pinned", filepath.Join(root, tc.m)).CombinedOutput()
+		args := []string{"-j", "map", "dump", "pinned", filepath.Join(root, tc.m)}
+		if tc.key != nil {
+			args = append([]string{"-j", "map", "lookup", "pinned", filepath.Join(root, tc.m), "key"}, tc.key...)
+		}
+		out, err := exec.Command(bpftool, args...).CombinedOutput()
+		if tc.key != nil {
+			out = append(append([]byte("["), out...), ']')
+		}
 		if err != nil {
 			t.Fatalf("bpftool map dump %s: %v\n%s", tc.m, err, out)
 		}
@@ -211,6 +262,35 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 				t.Errorf("bpftool dump of %s lacks %q:\n%s", tc.m, f, out)
 			}
 		}
+	}
+
+	files, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		if f.IsDir() {
+			continue
+		}
+		out, err := exec.Command(bpftool, "-j", "map", "show", "pinned", filepath.Join(root, f.Name())).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool map show %s: %v\n%s", f.Name(), err, out)
+		}
+		var info struct {
+			Type  string `json:"type"`
+			BTFID int    `json:"btf_id"`
+		}
+		if err := json.Unmarshal(out, &info); err == nil && info.Type == "ringbuf" {
+			continue // the kernel keeps no key or value types for a ring buffer; its records' are in the object's BTF
+		}
+		if err := json.Unmarshal(out, &info); err != nil || info.BTFID == 0 {
+			t.Errorf("pinned map %s has no BTF: %s", f.Name(), out)
+		}
+		n++
+	}
+	if n < 12 {
+		t.Errorf("only %d pinned maps under %s", n, root)
 	}
 }
 
