@@ -144,6 +144,11 @@ func newFixture(tb testing.TB, n int) *fixture {
 	}
 	tb.Cleanup(func() { f.dp.Close() })
 	f.set = maps.FromDataplane(f.dp)
+	// As the agent sets it with the XDP prefilter on the uplink, its default: from_net then
+	// leaves the source checks to XDP.
+	if _, err := f.set.Config.SetPrefilter(true); err != nil {
+		tb.Fatal(err)
+	}
 
 	spec, err := bpfbench.LoadBench()
 	if err != nil {
