@@ -423,6 +423,8 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 			return TC_ACT_UNSPEC; /* an error about no known flow: allowed on its own, never a flow */
 		if (v != CT_VERDICT_ALLOW) {
 			/* Denied first packets leave no entry: a flood of them cannot fill the table. */
+			count_rule(fresh.rule_egress, len);
+			count_rule(fresh.rule_ingress, len);
 			*reason = deny_reason(v);
 			return TC_ACT_SHOT;
 		}
@@ -457,6 +459,8 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 		ct->generation = generation;
 	}
 	if (ct->verdict != CT_VERDICT_ALLOW) {
+		count_rule(ct->rule_egress, len);
+		count_rule(ct->rule_ingress, len);
 		*reason = deny_reason(ct->verdict);
 		return TC_ACT_SHOT;
 	}

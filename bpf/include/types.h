@@ -170,8 +170,8 @@ struct ct_value {
 	__u64 packets[2];   /* [0] initiator to responder, [1] the replies */
 	__u64 bytes[2];
 	__u32 generation;   /* the policy generation the verdict was taken under */
-	__u32 rule_egress;  /* rule of the initiator's egress policy that allowed it (0: none) */
-	__u32 rule_ingress; /* rule of the responder's ingress policy */
+	__u32 rule_egress;  /* rule of the initiator's egress policy that decided it (0: none) */
+	__u32 rule_ingress; /* rule of the responder's ingress policy that decided it */
 	__be16 policy_port; /* the port policy matched: destination port, or ICMP type << 8 | code */
 	enum ct_state state;
 	enum ct_verdict verdict;

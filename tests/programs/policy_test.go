@@ -580,6 +580,13 @@ func TestPolicyEgress(t *testing.T) {
 	w.expectRuleHits(t, rule, 4, n1+n2+2*tcpLen)
 	w.expectRuleHits(t, 0, 0, 0)
 
+	// A deny rule counts the packets it drops.
+	const denyRule = 9
+	w.putPolicy(t, portEntry(prog, identityAny, unix.IPPROTO_TCP, 22, maps.ActionDeny, denyRule))
+	d := w.send(t, "SYN to B:22 denied by a rule", sentByA, tcpPkt(wepA, 40010, wepB, 22, tcpSYN), dropPolicyEgress)
+	w.send(t, "and again", sentByA, tcpPkt(wepA, 40010, wepB, 22, tcpSYN), dropPolicyEgress)
+	w.expectRuleHits(t, denyRule, 2, 2*d)
+
 	// B has no egress policy: the egress program is A's only.
 	w.send(t, "B sends to A:81", sentByB, tcpPkt(wepB, 40000, wepA, 81, tcpSYN), fwdLocal)
 }
