@@ -14,8 +14,9 @@ export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
-# Debian packages the build, the tests and the lab need.
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2
+# Debian packages the build, the tests and the lab need (prometheus: tests/observability runs it on a
+# port of its own; the Debian service is not needed).
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus
 BINARIES := margay-agent margay-cni margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 15s

@@ -124,6 +124,7 @@ func containsDot(s string) bool {
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	s, err := open(ctx, "ADD", args)
@@ -132,7 +133,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	defer s.close()
 	ws := s.ws
-	start := time.Now()
+	ws.Started = start // the record carries the ADD's duration, etcd connection included
 	res, err := workload.Add(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws)
 	if err != nil {
 		s.log.Error("add failed", "workload", ws.ID, "err", err)

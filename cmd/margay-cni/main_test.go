@@ -329,6 +329,9 @@ func TestAddDel(t *testing.T) {
 				r.Netns != path || r.MAC != res.Interfaces[1].Mac || !slices.Equal(r.IPv4, []netip.Prefix{netip.PrefixFrom(ip, 32)}) {
 				t.Errorf("record %+v", r)
 			}
+			if d := rec.Value.AddDurationSeconds; d <= 0 || d > opTimeout.Seconds() {
+				t.Errorf("record's addDurationSeconds %v, want how long the ADD took", d)
+			}
 			h, err := w.ds.Handles().Get(t.Context(), id)
 			if err != nil || !slices.Equal(h.Value.IPs, []netip.Addr{ip}) || h.Value.Node != node {
 				t.Errorf("handle %+v: %v", h.Value, err)

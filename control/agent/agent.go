@@ -66,6 +66,9 @@ type Agent struct {
 	log  *slog.Logger
 	reg  *prometheus.Registry
 	m    *metrics
+	// Metrics of the dataplane's maps (read at scrape time) and of each pass's view (collectors.go).
+	dpMetrics   *dataplaneCollector
+	passMetrics *passMetrics
 
 	// gcSuspects are workloads ("<node>/<id>") that held addresses without a record at the last
 	// collection: released only if still so at the next one, so an ADD in flight (handle written,
@@ -123,6 +126,8 @@ func New(cfg Config, ds *datastore.Client, opts ...Option) (*Agent, error) {
 	a.ipam = ipam.New(ds, ipam.WithLogger(a.log))
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.m = newMetrics(a.reg)
+	a.dpMetrics, a.passMetrics = newDataplaneCollector(), newPassMetrics(a.reg)
+	a.reg.MustRegister(a.dpMetrics)
 	if cfg.BGP {
 		a.reg.MustRegister(newBGPCollector(a))
 	}
@@ -194,6 +199,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.pol = newPolicyEngine(a.log, set.RuleHits.MaxRules(), a.cfg.Failsafe, a.cfg.ConntrackTimeouts, a.reg)
 		a.reg.MustRegister(newRuleHitsCollector(a.pol, set.RuleHits))
 	}
+	detachMetrics, err := a.dpMetrics.attach(set) // on this thread: in the host's namespace
+	if err != nil {
+		return err
+	}
+	defer detachMetrics()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -308,6 +318,7 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 		if ok {
 			a.pol.applied(s)
 		}
+		a.passMetrics.afterPass(v)
 		full = !ok
 		if ok && !v.learnedAt.IsZero() {
 			a.m.routeProgramming.Observe(time.Since(v.learnedAt).Seconds())

@@ -64,6 +64,8 @@ func FuzzDecode(f *testing.F) {
 		{5, "h1", `{"version":1,"id":"h1","node":"host1","ips":["198.19.0.1"],"workload":"host1/w1"}`},
 		{6, "host1/w1", `{"version":1,"id":"w1","name":"web","node":"host1","ifName":"cali0b7f49da20a","mac":"02:42:c6:13:00:01","ipv4":["198.19.0.1/32"]}`},
 		{7, "w1", `{"version":1,"name":"web","ifName":"cali0b7f49da20a","mac":"02:42:c6:13:00:01","labels":{"app":"web"}}`},
+		{6, "host1/w2", `{"version":1,"id":"w2","name":"web","node":"host1","ifName":"cali0b7f49da20b","mac":"02:42:c6:13:00:02","addDurationSeconds":0.125}`},
+		{7, "w3", `{"version":1,"name":"web","ifName":"cali0b7f49da20c","mac":"02:42:c6:13:00:03","addDurationSeconds":-1}`},
 		{8, "allow-web", `{"version":1,"order":100,"selector":"app == 'web'","ingress":[{"action":"allow","protocol":"tcp","source":{"selector":"role in {'fe','lb'}","nets":["198.19.0.0/16"]},"destination":{"ports":[80,"8000:8080"]}}]}`},
 		{8, "deny", `{"version":1,"types":["Egress"],"egress":[{"action":"Deny","protocol":"icmp","icmp":{"type":8,"code":0},"destination":{"notNets":["198.18.0.0/15"],"notSelector":"has(x)"}}]}`},
 		{8, "bad", `{"version":1,"selector":"app ==","ingress":[{"action":"allow","destination":{"ports":[80]}}]}`},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"path"
@@ -363,6 +364,9 @@ type Workload struct {
 	MAC         string            `json:"mac"`            // workload side of the veth
 	IPv4        []netip.Prefix    `json:"ipv4,omitempty"` // /32s
 	Labels      map[string]string `json:"labels,omitempty"`
+	// AddDurationSeconds is how long the CNI plugin's ADD took up to writing this record; the
+	// agent observes it into margay_cni_add_duration_seconds. 0 = not measured.
+	AddDurationSeconds float64 `json:"addDurationSeconds,omitempty"`
 }
 
 // Validate reports the first thing wrong with w.
@@ -406,6 +410,9 @@ func (w Workload) Validate() error {
 			return fmt.Errorf("ipv4[%d]: %s repeats ipv4[%d]", i, p, j)
 		}
 		seen[p] = i
+	}
+	if !(w.AddDurationSeconds >= 0) || math.IsInf(w.AddDurationSeconds, 0) {
+		return fmt.Errorf("addDurationSeconds %v: want a non-negative number of seconds", w.AddDurationSeconds)
 	}
 	return checkLabels(w.Labels)
 }

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
@@ -81,6 +82,10 @@ func TestValidate(t *testing.T) {
 		{"workload /24", with(okWorkload, func(w *Workload) { w.IPv4 = []netip.Prefix{pfx("198.19.0.0/24")} }), `ipv4[0]: "198.19.0.0/24" is not an IPv4 /32`},
 		{"workload relative netns", with(okWorkload, func(w *Workload) { w.Netns = "netns/w1" }), `netns "netns/w1"`},
 		{"workload id slash", with(okWorkload, func(w *Workload) { w.ID = "a/b" }), "id:"},
+		{"workload add duration", with(okWorkload, func(w *Workload) { w.AddDurationSeconds = 0.25 }), ""},
+		{"workload negative add duration", with(okWorkload, func(w *Workload) { w.AddDurationSeconds = -0.5 }), "addDurationSeconds -0.5: want a non-negative"},
+		{"workload NaN add duration", with(okWorkload, func(w *Workload) { w.AddDurationSeconds = math.NaN() }), "addDurationSeconds NaN"},
+		{"workload infinite add duration", with(okWorkload, func(w *Workload) { w.AddDurationSeconds = math.Inf(1) }), "addDurationSeconds +Inf"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

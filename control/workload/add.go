@@ -133,6 +133,10 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 	}
 
 	rec := spec.record(mac, ip)
+	if !spec.Started.IsZero() {
+		// Rounded to microseconds; a repeated ADD that changes nothing else keeps the first one.
+		rec.AddDurationSeconds = max(time.Since(spec.Started).Round(time.Microsecond), time.Microsecond).Seconds()
+	}
 	if !existed || !sameRecord(prev.Value, rec) {
 		if _, err := ds.Workloads(spec.Node).Put(ctx, spec.ID, rec); err != nil {
 			return Result{}, fail(err)

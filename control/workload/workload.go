@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"time"
 
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
@@ -54,6 +55,10 @@ type Spec struct {
 	IfName      string            // workload-side interface; default DefaultIfName
 	MTU         int               // 0: the MTU of the host's default-route interface, else DefaultMTU
 	Labels      map[string]string // policy labels
+	// Started is when the runtime's ADD began (the CNI plugin sets it): Add records the time
+	// from then to the record's write in the record, for the agent's CNI latency metric. Zero
+	// records nothing.
+	Started time.Time
 }
 
 // KubernetesID returns the workload ID of a pod: "<namespace>.<pod>".

@@ -197,7 +197,8 @@ func TestAddCheckDel(t *testing.T) {
 		t.Fatal(err)
 	}
 	if w := rec.Value; w.IfName != res.HostVeth || w.MAC != res.MAC.String() || !slices.Equal(w.IPv4, []netip.Prefix{res.IPv4}) ||
-		w.Netns != path || w.ContainerID != "ctr-web-1" || w.Name != "web-1" || w.Labels["app"] != "web" {
+		w.Netns != path || w.ContainerID != "ctr-web-1" || w.Name != "web-1" || w.Labels["app"] != "web" ||
+		w.AddDurationSeconds != 0 { // no Started: nothing measured
 		t.Errorf("record %+v", w)
 	}
 	h, err := e.ds.Handles().Get(t.Context(), "web-1")
