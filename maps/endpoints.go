@@ -35,6 +35,9 @@ type Endpoints struct{ m *ebpf.Map }
 // NewEndpoints wraps a loaded endpoints map.
 func NewEndpoints(m *ebpf.Map) *Endpoints { return &Endpoints{m: m} }
 
+// Close releases the map.
+func (e *Endpoints) Close() error { return e.m.Close() }
+
 // Put adds or replaces the endpoint of ep.Ifindex.
 func (e *Endpoints) Put(ep Endpoint) error {
 	if ep.Ifindex == 0 {

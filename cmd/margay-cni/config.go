@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/loader"
 )
 
 // netConf is the network configuration margay-cni reads on stdin. Unknown fields are an error, so
@@ -38,8 +39,15 @@ type netConf struct {
 	DatastoreConfig  string               `json:"datastoreConfig,omitempty"`
 	LogLevel         string               `json:"logLevel,omitempty"`
 	LogFile          string               `json:"logFile,omitempty"`
-	ds               datastore.Config     `json:"-"`
-	level            slog.Level           `json:"-"`
+	// PolicySetupTimeout makes ADD wait, up to this long, until this host's agent has
+	// programmed the workload (endpoint with its policy programs, then its programs attached),
+	// so that no packet of it passes before its policy does. Empty or "0": do not wait.
+	PolicySetupTimeout string `json:"policySetupTimeout,omitempty"`
+	// BPFFSRoot is where the agent pins its maps and links (default /sys/fs/bpf/margay).
+	BPFFSRoot     string           `json:"bpffsRoot,omitempty"`
+	ds            datastore.Config `json:"-"`
+	policyTimeout time.Duration    `json:"-"`
+	level         slog.Level       `json:"-"`
 }
 
 // datastoreConf is the "datastore" object: how to reach etcd.
@@ -67,7 +75,7 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 	if err := dec.Decode(&c); err != nil {
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			return nil, invalidConf("unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
-				"logFile and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout)", f)
+				"logFile, policySetupTimeout, bpffsRoot and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout)", f)
 		}
 		return nil, invalidConf("%v", err)
 	}
@@ -101,6 +109,18 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		c.level = slog.LevelError
 	default:
 		return nil, invalidConf("logLevel %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.PolicySetupTimeout != "" {
+		t, err := time.ParseDuration(c.PolicySetupTimeout)
+		if err != nil || t < 0 || t > 50*time.Second {
+			return nil, invalidConf("policySetupTimeout %q: want a Go duration from 0 to 50s such as \"5s\"", c.PolicySetupTimeout)
+		}
+		c.policyTimeout = t
+	}
+	if c.BPFFSRoot == "" {
+		c.BPFFSRoot = loader.DefaultRoot
+	} else if !filepath.IsAbs(c.BPFFSRoot) {
+		return nil, invalidConf("bpffsRoot %q: want an absolute path", c.BPFFSRoot)
 	}
 	if c.Datastore == nil && c.DatastoreConfig == "" {
 		return nil, invalidConf(`no datastore: set "datastore": {"endpoints": ["https://<etcd>:2379"], ...} or "datastoreConfig": "/etc/margay/datastore.yaml"`)

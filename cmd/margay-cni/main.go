@@ -139,6 +139,16 @@ func cmdAdd(args *skel.CmdArgs) error {
 		s.log.Error("add failed", "workload", ws.ID, "err", err)
 		return cniError(err)
 	}
+	if s.conf.policyTimeout > 0 {
+		if err := waitProgrammed(ctx, s.conf.BPFFSRoot, res, s.conf.policyTimeout); err != nil {
+			// Undo the ADD: a failed ADD leaves nothing behind, and the runtime tries again.
+			s.log.Error("agent did not program the workload in time; undoing the ADD", "workload", ws.ID, "err", err)
+			if derr := workload.Del(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws); derr != nil {
+				s.log.Error("undo add", "workload", ws.ID, "err", derr)
+			}
+			return types.NewError(types.ErrTryAgainLater, "policy setup timed out", err.Error())
+		}
+	}
 	s.log.Debug("add done", "workload", ws.ID, "took", time.Since(start))
 	return types.PrintResult(cniResult(res, s.conf), s.conf.CNIVersion)
 }

@@ -465,6 +465,31 @@ func TestFailedAddLeavesNothing(t *testing.T) {
 	w.mustDel(t, "first", p1, "")
 }
 
+// With policySetupTimeout, ADD waits for the agent to program the workload; without an agent it
+// gives up, undoes everything and asks the runtime to try again. (tests/cluster runs every
+// workload with the wait against real agents.)
+func TestPolicySetupTimeout(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	p, _ := workloadNS(t)
+	start := time.Now()
+	o := run(t, w.host, call{cmd: "ADD", containerID: "waits", netns: p,
+		conf: w.conf("1.0.0", map[string]any{"policySetupTimeout": "300ms", "bpffsRoot": t.TempDir()})})
+	if o.err == nil || o.err.Code != types.ErrTryAgainLater || !strings.Contains(o.err.Msg, "policy setup timed out") ||
+		!strings.Contains(o.err.Details, "margay-agent running") {
+		t.Errorf("ADD without an agent: %+v, want code %d", o.err, types.ErrTryAgainLater)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("ADD gave up after %v, before the timeout", took)
+	}
+	w.assertGone(t, "waits")
+	inNS(t, p, func() error {
+		if _, err := netlink.LinkByName("eth0"); err == nil {
+			t.Error("eth0 left in the workload namespace")
+		}
+		return nil
+	})
+}
+
 func TestBadRequests(t *testing.T) {
 	w := &world{endpoint: "http://127.0.0.1:2379"}
 	good := func(set map[string]any) []byte { return w.conf("1.0.0", set) }
@@ -486,6 +511,8 @@ func TestBadRequests(t *testing.T) {
 		{"ipam given", call{conf: good(map[string]any{"ipam": map[string]any{"type": "host-local"}})}, types.ErrInvalidNetworkConfig, "ipam"},
 		{"bad mtu", call{conf: good(map[string]any{"mtu": 10})}, types.ErrInvalidNetworkConfig, "mtu"},
 		{"bad log level", call{conf: good(map[string]any{"logLevel": "loud"})}, types.ErrInvalidNetworkConfig, "logLevel"},
+		{"bad policySetupTimeout", call{conf: good(map[string]any{"policySetupTimeout": "soon"})}, types.ErrInvalidNetworkConfig, "policySetupTimeout"},
+		{"relative bpffsRoot", call{conf: good(map[string]any{"bpffsRoot": "sys/fs/bpf"})}, types.ErrInvalidNetworkConfig, "bpffsRoot"},
 		{"missing CNI_NETNS", call{conf: good(nil), env: map[string]string{"CNI_NETNS": ""}}, types.ErrInvalidEnvironmentVariables, "CNI_NETNS"},
 		{"half k8s args", call{conf: good(nil), args: "K8S_POD_NAME=web"}, types.ErrInvalidEnvironmentVariables, "K8S_POD_NAMESPACE"},
 		{"malformed args", call{conf: good(nil), args: "K8S_POD_NAME"}, types.ErrInvalidEnvironmentVariables, "KEY=VALUE"},
@@ -642,6 +669,10 @@ func TestShippedConflist(t *testing.T) {
 	logFile := filepath.Join(dir, "log", "cni.log")
 	plugin := doc["plugins"].([]any)[0].(map[string]any)
 	plugin["datastoreConfig"], plugin["logFile"], plugin["nodeName"] = dsFile, logFile, node
+	if plugin["policySetupTimeout"] != "10s" {
+		t.Errorf("the shipped conflist waits %v for policy setup, want 10s", plugin["policySetupTimeout"])
+	}
+	plugin["policySetupTimeout"] = "0" // no agent runs here; tests/cluster waits with real ones
 	raw, err = json.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)

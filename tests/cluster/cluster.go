@@ -229,8 +229,9 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	tb := c.tb
 	tb.Helper()
 	ns := netns.New(tb, "mgyw"+name+"-")
+	// ADD returns once the host's agent has programmed the workload, policy included.
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"mtu":1500,`+
-		`"datastore":{"endpoints":[%q]}}`, h.Name, h.etcd)
+		`"policySetupTimeout":"20s","bpffsRoot":%q,"datastore":{"endpoints":[%q]}}`, h.Name, h.Root, h.etcd)
 	cni := func(command string) ([]byte, error) {
 		cmd := h.NS.Command(filepath.Join(Binaries(tb), "margay-cni"))
 		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID=ctr-"+name, "CNI_NETNS="+ns.Path,

@@ -306,8 +306,10 @@ func (l *Lab) addWorkload(h Host, name string) (Workload, error) {
 	if _, err := run("ip", "netns", "add", ns); err != nil {
 		return Workload{}, err
 	}
-	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"datastore":{"endpoints":[%q]}}`,
-		h.Name, l.cfg.etcdEndpoint())
+	// ADD returns once the host's agent has programmed the workload, policy included.
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,`+
+		`"policySetupTimeout":"20s","bpffsRoot":%q,"datastore":{"endpoints":[%q]}}`,
+		h.Name, l.cfg.bpffsRoot(h.Name), l.cfg.etcdEndpoint())
 	cmd := exec.Command("nsenter", "--net=/run/netns/"+h.NS, "--", filepath.Join(l.cfg.BinDir, "margay-cni"))
 	cmd.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID="+name, "CNI_NETNS=/run/netns/"+ns,
 		"CNI_IFNAME=eth0", "CNI_PATH="+l.cfg.BinDir)
