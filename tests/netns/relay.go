@@ -21,6 +21,28 @@ func (n *NS) Relay(tb testing.TB, target string) string {
 	}); err != nil {
 		tb.Fatal(err)
 	}
+	// Dialled from a goroutine, so from the test process's namespace.
+	return relay(tb, l, func() (net.Conn, error) { return net.Dial("tcp", target) })
+}
+
+// RelayInto is Relay the other way: it listens on 127.0.0.1 in the test process's namespace and
+// forwards every connection to target inside the namespace (an agent's HTTP server on the
+// namespace's loopback, say).
+func (n *NS) RelayInto(tb testing.TB, target string) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return relay(tb, l, func() (c net.Conn, err error) {
+		err = n.Do(func() error { c, err = net.Dial("tcp", target); return err })
+		return c, err
+	})
+}
+
+// relay accepts on l and copies both ways between each connection and one that dial makes,
+// until cleanup closes everything.
+func relay(tb testing.TB, l net.Listener, dial func() (net.Conn, error)) string {
 	var (
 		mu    sync.Mutex
 		conns []net.Conn
@@ -39,8 +61,7 @@ func (n *NS) Relay(tb testing.TB, target string) string {
 			}
 			track(c)
 			wg.Go(func() {
-				// Dialled from a goroutine, so from the test process's namespace.
-				d, err := net.Dial("tcp", target)
+				d, err := dial()
 				if err != nil {
 					_ = c.Close()
 					return

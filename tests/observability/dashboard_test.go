@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -176,10 +175,10 @@ func TestDashboardQueriesReturnSeries(t *testing.T) {
 	}
 	relays := map[string]string{} // host name -> relay address in the test's namespace
 	for _, h := range l.Hosts {
-		relays[h.Name] = relay(t, netns.Open(t, h.NS), agentHTTP)
+		relays[h.Name] = netns.Open(t, h.NS).RelayInto(t, agentHTTP)
 	}
-	// Denied first packets count as drops but not as rule hits (they leave no conntrack entry),
-	// so pings, which the policy's allow rule lets through, make the rule hits.
+	// The UDP the policy denies makes the drops and the deny rule's hits; pings, which its allow
+	// rule lets through, make the allow rule's.
 	from, to := l.Workloads[0], l.Workloads[1]
 	var lastMetrics string
 	defer func() {
@@ -270,56 +269,6 @@ func TestDashboardQueriesReturnSeries(t *testing.T) {
 		t.Errorf("%s: %s", where, why)
 	}
 	t.Logf("%d queries of %d panels return series; %v from the lab's start", len(queries), len(d.Panels), time.Since(start).Round(time.Millisecond))
-}
-
-// relay listens on 127.0.0.1 in the test's namespace and forwards each connection to target
-// inside ns (netns.Relay goes the other way).
-func relay(t *testing.T, ns *netns.NS, target string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				var d net.Conn
-				if err := ns.Do(func() (err error) { d, err = net.Dial("tcp", target); return err }); err != nil {
-					_ = c.Close()
-					return
-				}
-				track(d)
-				go func() { _, _ = io.Copy(d, c); _ = d.Close() }()
-				_, _ = io.Copy(c, d)
-				_ = c.Close()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return l.Addr().String()
 }
 
 // sendUDP sends datagrams from ns to dst until done reports the effect, or fails after 30 s.
