@@ -15,13 +15,14 @@ export BPF2GO_STRIP := $(STRIP)
 export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 # Debian packages the build, the tests and the lab need (prometheus: tests/observability runs it on a
-# port of its own; the Debian service is not needed).
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus
+# port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks).
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus \
+	iperf3 ethtool linux-perf
 BINARIES := margay-agent margay-cni margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 15s
 
-.PHONY: help deps generate build test fuzz lint format bench lab clean
+.PHONY: help deps generate build test fuzz lint format bench bench-quick lab clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,11 +69,14 @@ lint: ## go vet, gofmt and staticcheck
 format: ## gofmt the Go code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: deps ## Per-packet cost of the programs and of policy (against iptables), CNI ADD and event-to-map latencies (medians, ratios)
-	$(GO) test -run '^$$' -bench . -count 3 -timeout 30m ./tests/bpfbench/
+bench: deps ## The benchmark suite (writes BENCHMARKS.md and docs/bench/), then policy against iptables
+	GO=$(GO) $(GO) test -run '^$$' -bench Suite -benchtime 1x -count 1 -timeout 60m ./tests/benchsuite/
 	$(GO) test -run '^$$' -bench . -count 1 -timeout 30m ./tests/policybench/
-	$(GO) test -run '^$$' -bench . -benchtime 3x -count 3 -timeout 30m ./control/agent/ ./cmd/margay-cni/
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 3 -timeout 30m ./tests/cluster/
+
+bench-quick: deps ## One short round of every topology, written to bin/bench-quick/ (a check, not figures)
+	BENCH_ROUNDS=1 BENCH_STREAM_SECONDS=1 BENCH_RR_SECONDS=0.5 BENCH_CRR_SECONDS=0.5 BENCH_EXTRAS=0 BENCH_PERF=0 \
+	BENCH_OUT=$(CURDIR)/bin/bench-quick/BENCHMARKS.md BENCH_PLOTS=$(CURDIR)/bin/bench-quick \
+	GO=$(GO) $(GO) test -run '^$$' -bench Suite -benchtime 1x -count 1 -timeout 20m ./tests/benchsuite/
 
 LAB_FLAGS ?=
 lab: deps build ## Run the three-host lab (vm100–vm102, etcd, BGP mesh, workloads) until Ctrl-C

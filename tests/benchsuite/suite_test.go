@@ -1,0 +1,660 @@
+package benchsuite_test
+
+import (
+	_ "embed"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/benchsuite"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+//go:embed findings.md
+var findings string
+
+// kinds in the order every round runs them.
+var kinds = []string{kindVeth, kindKernel, kindKernelFilter, kindMargay, kindMargayPolicy, kindMargayNoXDP}
+
+func rulesOf(kind string, n int) int {
+	if kind == kindKernelFilter || kind == kindMargayPolicy {
+		return n
+	}
+	return 0
+}
+
+var forwardPolicy = regexp.MustCompile(`Chain FORWARD \(policy (\w+) (\d+) packets`)
+
+// forwardDropped is the packets the FORWARD chain's policy applied to, and every rule's packets.
+func forwardPackets(tb testing.TB, ns *netns.NS) uint64 {
+	tb.Helper()
+	out := ns.MustRun(tb, "iptables", "-w", "-n", "-v", "-x", "-L", "FORWARD")
+	m := forwardPolicy.FindStringSubmatch(out)
+	if m == nil {
+		tb.Fatalf("no FORWARD policy in iptables output of %s:\n%s", ns.Name, out)
+	}
+	total, _ := strconv.ParseUint(m[2], 10, 64)
+	for _, line := range strings.Split(out, "\n")[2:] {
+		f := strings.Fields(line)
+		if len(f) > 0 {
+			v, _ := strconv.ParseUint(f[0], 10, 64)
+			total += v
+		}
+	}
+	return total
+}
+
+type hop struct {
+	h       *host
+	ifindex uint32
+	hook    maps.Hook
+	reason  loader.MargayReason
+}
+
+func (p hop) String() string {
+	return fmt.Sprintf("host %s ifindex %d %s %s", p.h.name, p.ifindex, p.hook, maps.Reason(p.reason))
+}
+
+func (p hop) read(tb testing.TB) uint64 {
+	tb.Helper()
+	c, err := p.h.set.Counters.Get(p.ifindex, p.hook, maps.Reason(p.reason))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c.Packets
+}
+
+// ebpfPath is the counters both directions of a client–server flow pass in c.
+func (t *topo) ebpfPath() []hop {
+	a, b := t.hostA, t.hostB
+	return []hop{
+		{a, a.caliIndex, maps.HookFromWep, loader.MargayReasonREASON_FWD_REMOTE},
+		{b, b.uplinkIndex, maps.HookFromNet, loader.MargayReasonREASON_FWD_LOCAL},
+		{b, b.caliIndex, maps.HookFromWep, loader.MargayReasonREASON_FWD_REMOTE},
+		{a, a.uplinkIndex, maps.HookFromNet, loader.MargayReasonREASON_FWD_LOCAL},
+	}
+}
+
+// check proves the topology carries TCP on the intended path: in b both hosts' kernels forward
+// it; in c every eBPF counter of the path grows while the kernel forwards nothing and the FORWARD
+// chain (policy DROP) sees nothing; with a filter, a port no rule allows is silently dropped.
+// It returns what it proved, for the report.
+func (t *topo) check(tb testing.TB) string {
+	tb.Helper()
+	hosts := []*host{t.hostA, t.hostB}
+	margay := isMargay(t.kind)
+	fwd0, chain0, ebpf0 := map[*host]uint64{}, map[*host]uint64{}, map[hop]uint64{}
+	if t.hostA != nil {
+		for _, h := range hosts {
+			fwd0[h] = forwarded(tb, h.ns)
+			if margay {
+				chain0[h] = forwardPackets(tb, h.ns)
+			}
+		}
+	}
+	if margay {
+		for _, p := range t.ebpfPath() {
+			ebpf0[p] = p.read(tb)
+		}
+	}
+	if err := t.exchange(); err != nil {
+		tb.Fatal(err)
+	}
+	var s benchsuite.Sample
+	if err := t.stream(1, &s); err != nil {
+		tb.Fatal(err)
+	}
+	switch t.kind {
+	case kindVeth:
+		return fmt.Sprintf("%s: TCP exchange and iperf3 work (%.1f Gbit/s in 1 s).", t, s.StreamGbps)
+	case kindKernel, kindKernelFilter:
+		for _, h := range hosts {
+			if d := forwarded(tb, h.ns) - fwd0[h]; d < 10 {
+				tb.Fatalf("%v: host %s's kernel forwarded %d datagrams, want the flow's", t, h.name, d)
+			}
+		}
+		msg := fmt.Sprintf("%s: TCP exchange and iperf3 work, and both hosts' kernels forwarded them (Ip ForwDatagrams grew).", t)
+		if t.kind == kindKernelFilter {
+			if err := t.denied(); err != nil {
+				tb.Fatal(err)
+			}
+			msg += fmt.Sprintf(" A connection to port %d, which no rule allows, times out: the filter is in force.", deniedPort)
+		}
+		return msg
+	}
+	for _, p := range t.ebpfPath() {
+		if got := p.read(tb); got-ebpf0[p] < 10 {
+			tb.Fatalf("%v: counter %v grew by %d, want the flow's packets", t, p, got-ebpf0[p])
+		}
+	}
+	for _, h := range hosts {
+		if d := forwarded(tb, h.ns) - fwd0[h]; d != 0 {
+			tb.Fatalf("%v: host %s's kernel forwarded %d datagrams: some traffic left the eBPF path", t, h.name, d)
+		}
+		if d := forwardPackets(tb, h.ns) - chain0[h]; d != 0 {
+			tb.Fatalf("%v: host %s's FORWARD chain saw %d packets: some traffic left the eBPF path", t, h.name, d)
+		}
+	}
+	msg := fmt.Sprintf("%s: TCP exchange and iperf3 work; the eBPF counters FWD_REMOTE (from_wep) and FWD_LOCAL (from_net) grew on both hosts in both directions, while neither kernel forwarded a datagram (Ip ForwDatagrams) and neither FORWARD chain (policy DROP) counted a packet.", t)
+	if t.kind == kindMargayPolicy {
+		if err := t.denied(); err != nil {
+			tb.Fatal(err)
+		}
+		msg += fmt.Sprintf(" A connection to port %d, which none of the rules allows, times out: the policy is in force.", deniedPort)
+	}
+	return msg
+}
+
+// TestBenchsuiteTopologies builds every topology once, at the benchmark's size, and proves each
+// carries TCP on its intended path, so the suite never measures a broken or wrong path.
+func TestBenchsuiteTopologies(t *testing.T) {
+	for _, k := range kinds {
+		t.Run(k, func(t *testing.T) {
+			top := newTopo(t, k, rulesOf(k, 1000))
+			t.Log(top.check(t))
+			var s benchsuite.Sample
+			if err := top.rr(50*time.Millisecond, &s); err != nil {
+				t.Fatal(err)
+			}
+			if err := top.crr(50*time.Millisecond, &s); err != nil {
+				t.Fatal(err)
+			}
+			if s.RR == 0 || s.CRR == 0 {
+				t.Fatalf("%v: rr %.0f/s, crr %.0f/s", top, s.RR, s.CRR)
+			}
+		})
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envFloat(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkSuite is issue 8's benchmark: topologies a, b-empty, b-filter, c and c-policy,
+// measured interleaved round by round, then the BPF_PROG_TEST_RUN curve and the control-plane
+// figures; it writes BENCHMARKS.md and the PNG plots. Settings (environment):
+// BENCH_ROUNDS (7), BENCH_STREAM_SECONDS (3), BENCH_RR_SECONDS (2), BENCH_CRR_SECONDS (2),
+// BENCH_RULES (1000), BENCH_EXTRAS (1; 0 skips the BPF curve and the control plane),
+// BENCH_OUT (../../BENCHMARKS.md), BENCH_PLOTS (../../docs/bench).
+func BenchmarkSuite(b *testing.B) {
+	rounds := envInt("BENCH_ROUNDS", 7)
+	streamSec := envInt("BENCH_STREAM_SECONDS", 3)
+	rrSec := envFloat("BENCH_RR_SECONDS", 2)
+	crrSec := envFloat("BENCH_CRR_SECONDS", 2)
+	nRules := envInt("BENCH_RULES", 1000)
+	extras := os.Getenv("BENCH_EXTRAS") != "0"
+	out := os.Getenv("BENCH_OUT")
+	if out == "" {
+		out = "../../BENCHMARKS.md"
+	}
+	plots := os.Getenv("BENCH_PLOTS")
+	if plots == "" {
+		plots = "../../docs/bench"
+	}
+	for b.Loop() {
+	}
+	b.ReportMetric(0, "ns/op")
+
+	r := &benchsuite.Report{
+		Generated: time.Now(),
+		Command:   fmt.Sprintf("BENCH_ROUNDS=%d BENCH_STREAM_SECONDS=%d BENCH_RR_SECONDS=%g BENCH_CRR_SECONDS=%g BENCH_RULES=%d go test -run '^$' -bench Suite -benchtime 1x ./tests/benchsuite/", rounds, streamSec, rrSec, crrSec, nRules),
+		Machine:   machine(),
+		Rounds:    rounds, StreamSec: float64(streamSec), RRSec: rrSec, CRRSec: crrSec,
+		Samples: map[string][]benchsuite.Sample{},
+		Topologies: []benchsuite.Topology{
+			{Key: kindVeth, Title: "a: single veth", Description: "two namespaces joined by one veth pair, /32 addresses and fixed neighbours, empty netfilter: the limit."},
+			{Key: kindKernel, Title: "b: kernel path, empty iptables", Description: "the classic Calico path: workload → cali veth → host kernel routing (proxy ARP, /32 dev cali, remote /26 via the peer) → uplink veth ens32 → other host → cali veth → workload; no netfilter table loaded."},
+			{Key: kindKernelFilter, Title: fmt.Sprintf("b: kernel path, classic filter (%d rules)", nRules), Description: fmt.Sprintf("the same, with both hosts' FORWARD chain holding the classic filter: `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` first, then %d rules that every new flow walks (the last allows the measured flows), then DROP.", nRules)},
+			{Key: kindMargay, Title: "c: Margay", Description: "the same namespaces shape as b, with Margay's programs (from_wep/to_wep on the cali veths, from_net and the XDP prefilter on ens32) and their maps filled as the agent would; FORWARD policy DROP, so only the eBPF path can carry traffic."},
+			{Key: kindMargayPolicy, Title: fmt.Sprintf("c: Margay, %d rules in eBPF", nRules), Description: fmt.Sprintf("c with the same %d ingress rules (selector all(), the measured flows matching the last) compiled by control/policy into both workloads' programs.", nRules)},
+			{Key: kindMargayNoXDP, Title: "c without XDP (diagnostic)", Description: "c without the XDP prefilter on the uplinks (AttachUplink(ens32, false)): not a goal, measured to separate the cost of XDP on a veth from that of the TC programs."},
+		},
+		Comparisons: []benchsuite.Comparison{
+			{Num: kindMargay, Den: kindVeth, Title: "c / a (single veth)"},
+			{Num: kindMargay, Den: kindKernel, Title: "c / b (empty iptables)"},
+			{Num: kindMargayPolicy, Den: kindKernelFilter, Title: fmt.Sprintf("c-policy / b-filter (%d rules)", nRules)},
+			{Num: kindKernel, Den: kindVeth, Title: "b / a (reference)"},
+			{Num: kindKernelFilter, Den: kindKernel, Title: "b-filter / b (cost of the filter)"},
+			{Num: kindMargayPolicy, Den: kindMargay, Title: "c-policy / c (cost of the rules)"},
+			{Num: kindMargayNoXDP, Den: kindKernel, Title: "c-noxdp / b (diagnostic)"},
+			{Num: kindMargay, Den: kindMargayNoXDP, Title: "c / c-noxdp (cost of XDP on the veth uplink)"},
+		},
+		Goals: []benchsuite.Goal{
+			{Comparison: 0, Measure: "stream", Bound: 0.95},
+			{Comparison: 0, Measure: "rr", Bound: 0.95},
+			{Comparison: 0, Measure: "crr", Bound: 0.95},
+			{Comparison: 1, Measure: "stream", Bound: 1},
+			{Comparison: 1, Measure: "stream_cpu", Bound: 1, AtMost: true},
+			{Comparison: 1, Measure: "rr", Bound: 1},
+			{Comparison: 1, Measure: "rr_p50", Bound: 1, AtMost: true},
+			{Comparison: 1, Measure: "rr_p99", Bound: 1, AtMost: true},
+			{Comparison: 1, Measure: "rr_cpu", Bound: 1, AtMost: true},
+			{Comparison: 1, Measure: "crr", Bound: 1},
+			{Comparison: 1, Measure: "crr_cpu", Bound: 1, AtMost: true},
+			{Comparison: 2, Measure: "crr", Bound: 1.3},
+			{Comparison: 2, Measure: "rr", Bound: 1.15},
+			{Comparison: 2, Measure: "crr_cpu", Bound: 0.8, AtMost: true},
+			{Comparison: 2, Measure: "rr_cpu", Bound: 0.8, AtMost: true},
+		},
+		Findings: findings,
+	}
+
+	tops := map[string]*topo{}
+	for _, k := range kinds {
+		tops[k] = newTopo(b, k, rulesOf(k, nRules))
+		r.Checks = append(r.Checks, tops[k].check(b))
+	}
+	// Warm up every path (caches, the first TIME_WAITs) before the first round.
+	for _, k := range kinds {
+		var s benchsuite.Sample
+		if err := tops[k].rr(200*time.Millisecond, &s); err != nil {
+			b.Fatal(err)
+		}
+		if err := tops[k].crr(200*time.Millisecond, &s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for round := range rounds {
+		for _, k := range kinds {
+			t := tops[k]
+			var s benchsuite.Sample
+			if err := t.stream(streamSec, &s); err != nil {
+				b.Fatal(err)
+			}
+			if err := t.rr(time.Duration(rrSec*float64(time.Second)), &s); err != nil {
+				b.Fatal(err)
+			}
+			if err := t.crr(time.Duration(crrSec*float64(time.Second)), &s); err != nil {
+				b.Fatal(err)
+			}
+			r.Samples[k] = append(r.Samples[k], s)
+			fmt.Fprintf(os.Stderr, "round %d %-9s stream %6.2f Gbit/s (%.3f CPU s/Gbit, %g retrans)  rr %6.0f/s p50 %5.1f p99 %6.1f µs (%.1f CPU µs)  crr %6.0f/s (%.1f CPU µs)\n",
+				round, k, s.StreamGbps, s.StreamCPUPerGbit, s.StreamRetrans, s.RR, s.RRP50, s.RRP99, s.RRCPU, s.CRR, s.CRRCPU)
+		}
+	}
+
+	r.Programs, r.Evidence = programFigures(b, tops, streamSec)
+	r.Evidence = append(r.Evidence, offloadEvidence(b, tops)...)
+	r.Evidence = append(r.Evidence, diagnostics(b, tops, streamSec)...)
+	if err := os.MkdirAll(plots, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if os.Getenv("BENCH_PERF") != "0" {
+		rel, _ := filepath.Rel(filepath.Dir(out), plots)
+		r.Evidence = append(r.Evidence, perfProfiles(b, tops, plots, rel)...)
+	}
+
+	if extras {
+		runExtras(b, r)
+	} else {
+		r.BPFNote = "Skipped in this run (BENCH_EXTRAS=0)."
+		r.ControlNote = "Skipped in this run (BENCH_EXTRAS=0); `make bench` runs: " + strings.Join(controlCommands, "; ")
+	}
+	if err := os.MkdirAll(plots, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := r.Save(filepath.Join(plots, "results.json")); err != nil {
+		b.Fatal(err)
+	}
+	render(b, r, out, plots)
+}
+
+// render writes BENCHMARKS.md and the plots.
+func render(tb testing.TB, r *benchsuite.Report, out, plots string) {
+	tb.Helper()
+	rel, err := filepath.Rel(filepath.Dir(out), plots)
+	if err != nil {
+		rel = plots
+	}
+	r.Plots = nil
+	for _, dir := range []string{plots, filepath.Dir(out)} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := r.WritePlots(plots, rel); err != nil {
+		tb.Fatal(err)
+	}
+	md, err := r.Markdown()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(out, md, 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s and %s\n", out, strings.Join(r.Plots, ", "))
+}
+
+// TestRenderBenchmarks rewrites BENCHMARKS.md and the plots from the results.json the last
+// BenchmarkSuite saved, with the current template and findings: BENCH_RENDER=1 go test -run
+// RenderBenchmarks ./tests/benchsuite/. Without BENCH_RENDER it only checks that the template
+// renders.
+func TestRenderBenchmarks(t *testing.T) {
+	out, plots := os.Getenv("BENCH_OUT"), os.Getenv("BENCH_PLOTS")
+	if out == "" {
+		out = "../../BENCHMARKS.md"
+	}
+	if plots == "" {
+		plots = "../../docs/bench"
+	}
+	if os.Getenv("BENCH_RENDER") == "" {
+		r := &benchsuite.Report{Samples: map[string][]benchsuite.Sample{"x": {{StreamGbps: 1}}},
+			Topologies: []benchsuite.Topology{{Key: "x"}}, Comparisons: []benchsuite.Comparison{{Num: "x", Den: "x"}},
+			Goals: []benchsuite.Goal{{Measure: "stream", Bound: 1}}, Findings: findings}
+		if _, err := r.Markdown(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	r, err := benchsuite.Load(filepath.Join(plots, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Findings = findings
+	render(t, r, out, plots)
+}
+
+// programFigures runs one more short stream, RR and CRR on each Margay topology with the
+// kernel's BPF run-time statistics on (only then: they cost every program run a few ns), and
+// reads each attached program's runs and time per test, and its size.
+func programFigures(tb testing.TB, tops map[string]*topo, streamSec int) ([]benchsuite.ProgramFigure, []string) {
+	tb.Helper()
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, []string{fmt.Sprintf("BPF run-time statistics unavailable: %v", err)}
+	}
+	defer stats.Close()
+	var figs []benchsuite.ProgramFigure
+	var ev []string
+	for _, k := range []string{kindMargay, kindMargayPolicy, kindMargayNoXDP} {
+		t := tops[k]
+		type progRef struct {
+			h    *host
+			name string
+			p    *ebpf.Program
+		}
+		var refs []progRef
+		for _, h := range []*host{t.hostA, t.hostB} {
+			p := h.d.Programs()
+			refs = append(refs, progRef{h, "from_wep", p.FromWep}, progRef{h, "to_wep", p.ToWep},
+				progRef{h, "from_net", p.FromNet}, progRef{h, "xdp_from_net", p.XdpFromNet})
+		}
+		var s benchsuite.Sample
+		tests := []struct {
+			name string
+			run  func() error
+		}{
+			{"stream", func() error { return t.stream(streamSec, &s) }},
+			{"rr", func() error { return t.rr(time.Second, &s) }},
+			{"crr", func() error { return t.crr(time.Second, &s) }},
+		}
+		for _, test := range tests {
+			before := map[*ebpf.Program]*ebpf.ProgramStats{}
+			for _, ref := range refs {
+				st, err := ref.p.Stats()
+				if err != nil {
+					return figs, append(ev, fmt.Sprintf("program statistics: %v", err))
+				}
+				before[ref.p] = st
+			}
+			if err := test.run(); err != nil {
+				tb.Fatal(err)
+			}
+			for _, ref := range refs {
+				after, err := ref.p.Stats()
+				if err != nil {
+					tb.Fatal(err)
+				}
+				f := benchsuite.ProgramFigure{Topology: k, Test: test.name, Host: ref.h.name, Program: ref.name,
+					RunCount: after.RunCount - before[ref.p].RunCount}
+				if f.RunCount == 0 {
+					continue
+				}
+				f.NsPerRun = float64(after.Runtime-before[ref.p].Runtime) / float64(f.RunCount)
+				if info, err := ref.p.Info(); err == nil {
+					if n, err := info.TranslatedSize(); err == nil {
+						f.XlatedInsns = n / 8
+					}
+					if n, err := info.JitedSize(); err == nil {
+						f.JitedBytes = int(n)
+					}
+				}
+				figs = append(figs, f)
+			}
+		}
+		ev = append(ev, fmt.Sprintf("%s with BPF statistics on (the runs of the program table): stream %.2f Gbit/s, RR %.0f/s, CRR %.0f/s.", k, s.StreamGbps, s.RR, s.CRR))
+	}
+	return figs, ev
+}
+
+// offloadEvidence records the segmentation offloads of the uplinks in b and c: a veth whose peer
+// has an XDP program loses them when the program cannot take multi-buffer frames.
+func offloadEvidence(tb testing.TB, tops map[string]*topo) []string {
+	tb.Helper()
+	var ev []string
+	for _, k := range []string{kindKernel, kindMargay, kindMargayNoXDP} {
+		t := tops[k]
+		for _, h := range []*host{t.hostA, t.hostB} {
+			out, err := h.ns.Run("ethtool", "-k", uplink)
+			if err != nil {
+				ev = append(ev, fmt.Sprintf("ethtool -k unavailable: %v", err))
+				return ev
+			}
+			var keep []string
+			for _, line := range strings.Split(out, "\n") {
+				line = strings.TrimSpace(line)
+				for _, f := range []string{"tcp-segmentation-offload:", "generic-segmentation-offload:", "generic-receive-offload:", "tx-checksumming:"} {
+					if strings.HasPrefix(line, f) {
+						keep = append(keep, line)
+					}
+				}
+			}
+			ev = append(ev, fmt.Sprintf("%s, host %s, %s offloads: %s", k, h.name, uplink, strings.Join(keep, "; ")))
+		}
+	}
+	return ev
+}
+
+// uplinkDrops is the packets the host's uplink dropped, both ways, so far.
+func uplinkDrops(tb testing.TB, h *host) uint64 {
+	tb.Helper()
+	st := h.ns.Link(tb, uplink).Attrs().Statistics
+	if st == nil {
+		return 0
+	}
+	return st.TxDropped + st.RxDropped
+}
+
+// diagnostics runs the experiments behind the findings: the drops and retransmissions of a
+// stream in b, c and c-noxdp, and c's stream again with GRO switched on on both uplinks (veth
+// with an XDP program runs NAPI and can rebuild large packets before from_net).
+func diagnostics(tb testing.TB, tops map[string]*topo, streamSec int) []string {
+	tb.Helper()
+	var ev []string
+	for _, k := range []string{kindKernel, kindMargay, kindMargayNoXDP} {
+		t := tops[k]
+		d0 := uplinkDrops(tb, t.hostA) + uplinkDrops(tb, t.hostB)
+		var s benchsuite.Sample
+		if err := t.stream(streamSec, &s); err != nil {
+			tb.Fatal(err)
+		}
+		d := uplinkDrops(tb, t.hostA) + uplinkDrops(tb, t.hostB) - d0
+		ev = append(ev, fmt.Sprintf("%s: one more %d s stream: %.2f Gbit/s, %g TCP retransmissions, %d packets dropped by the ens32 veths.", k, streamSec, s.StreamGbps, s.StreamRetrans, d))
+	}
+	t := tops[kindMargay]
+	for _, h := range []*host{t.hostA, t.hostB} {
+		if _, err := h.ns.Run("ethtool", "-K", uplink, "gro", "on"); err != nil {
+			return append(ev, fmt.Sprintf("GRO experiment impossible: %v", err))
+		}
+	}
+	var v []float64
+	var retrans []float64
+	for range 3 {
+		var s benchsuite.Sample
+		if err := t.stream(streamSec, &s); err != nil {
+			tb.Fatal(err)
+		}
+		v, retrans = append(v, s.StreamGbps), append(retrans, s.StreamRetrans)
+	}
+	for _, h := range []*host{t.hostA, t.hostB} {
+		_, _ = h.ns.Run("ethtool", "-K", uplink, "gro", "off")
+	}
+	st := benchsuite.Summarize(v)
+	ev = append(ev, fmt.Sprintf("c with `ethtool -K ens32 gro on` on both hosts (an experiment after the rounds, switched back off): stream %.2f Gbit/s (median of 3, %.2f–%.2f), retransmissions %v.", st.Med, st.Min, st.Max, retrans))
+	return ev
+}
+
+// perfProfiles records `perf record -a -g` across an RR and a stream in b-empty, c and c-noxdp
+// and keeps the flat profile (self time by symbol, above 0.5%) next to the plots.
+func perfProfiles(tb testing.TB, tops map[string]*topo, dir, rel string) []string {
+	tb.Helper()
+	if _, err := exec.LookPath("perf"); err != nil {
+		return []string{"perf is missing: no profiles (apt-get install linux-perf)."}
+	}
+	var ev []string
+	tmp := tb.TempDir()
+	for _, k := range []string{kindKernel, kindMargay, kindMargayNoXDP} {
+		t := tops[k]
+		for _, test := range []string{"rr", "stream"} {
+			data := filepath.Join(tmp, k+"-"+test+".data")
+			rec := exec.Command("perf", "record", "-a", "-g", "-q", "-o", data, "--", "sleep", "2")
+			if err := rec.Start(); err != nil {
+				return append(ev, fmt.Sprintf("perf record: %v", err))
+			}
+			time.Sleep(100 * time.Millisecond)
+			var s benchsuite.Sample
+			var err error
+			if test == "rr" {
+				err = t.rr(1800*time.Millisecond, &s)
+			} else {
+				err = t.stream(2, &s)
+			}
+			if werr := rec.Wait(); werr != nil {
+				return append(ev, fmt.Sprintf("perf record: %v", werr))
+			}
+			if err != nil {
+				tb.Fatal(err)
+			}
+			out, err := exec.Command("perf", "report", "-i", data, "--no-children", "--sort", "symbol",
+				"--stdio", "-g", "none", "--percent-limit", "0.5").Output()
+			if err != nil {
+				return append(ev, fmt.Sprintf("perf report: %v", err))
+			}
+			name := fmt.Sprintf("perf-%s-%s.txt", k, test)
+			if err := os.WriteFile(filepath.Join(dir, name), out, 0o644); err != nil {
+				tb.Fatal(err)
+			}
+			ev = append(ev, fmt.Sprintf("perf profile of %s during %s (`perf record -a -g`, self time by symbol): [%s](%s/%s)", k, test, name, rel, name))
+		}
+	}
+	return ev
+}
+
+var controlCommands = []string{
+	"go test -run '^$' -bench CNIAdd -benchtime 1x -count 1 ./cmd/margay-cni/",
+	"go test -run '^$' -bench EventToMap -benchtime 3x -count 1 ./control/agent/",
+	"go test -run '^$' -bench BGP10k -benchtime 1x -count 1 ./tests/cluster/",
+}
+
+const bpfCommand = "go test -run '^$' -bench . -count 1 ./tests/bpfbench/"
+
+func goTest(command string) (string, error) {
+	// The go that runs this benchmark (make passes $(GO) through GO), else the one on PATH.
+	gobin := os.Getenv("GO")
+	if gobin == "" {
+		gobin = "go"
+	}
+	args := strings.Fields(strings.ReplaceAll(command, "'", ""))[1:]
+	cmd := exec.Command(gobin, args...)
+	cmd.Dir = "../.."
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// runExtras runs the BPF_PROG_TEST_RUN benchmark and the control-plane benchmarks of the other
+// issues as `go test` processes and parses their figures.
+func runExtras(tb testing.TB, r *benchsuite.Report) {
+	tb.Helper()
+	r.BPFCommand = bpfCommand
+	start := time.Now()
+	out, err := goTest(bpfCommand)
+	r.BPF = benchsuite.ParseBPFBench(out)
+	r.BPFNote = fmt.Sprintf("Took %v.", time.Since(start).Round(time.Second))
+	if err != nil || len(r.BPF) == 0 {
+		r.BPFNote = fmt.Sprintf("The benchmark failed: %v. %s", err, lastLines(out, 5))
+	}
+	var notes []string
+	for _, c := range controlCommands {
+		start := time.Now()
+		out, err := goTest(c)
+		figs := benchsuite.ParseMetrics(out, c)
+		if err != nil || len(figs) == 0 {
+			notes = append(notes, fmt.Sprintf("`%s` failed after %v: %v: %s", c, time.Since(start).Round(time.Second), err, lastLines(out, 3)))
+			continue
+		}
+		r.Control = append(r.Control, figs...)
+		notes = append(notes, fmt.Sprintf("`%s` took %v.", c, time.Since(start).Round(time.Second)))
+	}
+	r.ControlNote = "CNI ADD: time from the plugin's start to its result, per pod (p50/p99). Event-to-map: time from a datastore write to the dataplane map entry. BGP 10k: time for 10,000 routes to reach the peer. Each figure is one run of the benchmark (see the commands), not a median of five. " + strings.Join(notes, " ")
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " / ")
+}
+
+func machine() []string {
+	var out []string
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		out = append(out, "kernel: "+unix.ByteSliceToString(u.Release[:]))
+	}
+	cpu := "?"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				_, cpu, _ = strings.Cut(l, ":")
+				break
+			}
+		}
+	}
+	out = append(out, fmt.Sprintf("CPUs: %d × %s", runtime.NumCPU(), strings.TrimSpace(cpu)))
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		l, _, _ := strings.Cut(string(b), "\n")
+		out = append(out, "memory: "+strings.Join(strings.Fields(l)[1:], " "))
+	}
+	out = append(out, "Go: "+runtime.Version())
+	for _, c := range [][]string{{"iperf3", "--version"}, {"iptables", "-V"}} {
+		if o, err := exec.Command(c[0], c[1:]...).Output(); err == nil {
+			l, _, _ := strings.Cut(string(o), "\n")
+			out = append(out, c[0]+": "+strings.TrimSpace(l))
+		}
+	}
+	out = append(out, "a virtual machine shared with other work: CPU figures count the whole machine, and rounds interleave the topologies so that drift hits all of them alike.")
+	return out
+}

@@ -1,0 +1,329 @@
+package benchsuite_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy"
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// The Calico picture, in the RFC 2544 range: two hosts on one segment, each owning a /26, one
+// workload on each. Topology a reuses the workload addresses on a single veth pair.
+const (
+	uplink      = "ens32"
+	hostVethMAC = "ee:ee:ee:ee:ee:ee" // every host-side cali* veth, as in Calico
+	gateway     = "169.254.1.1"       // what workloads route through; nobody holds it
+	caliClient  = "cali0000000000a"
+	caliServer  = "cali0000000000b"
+
+	iperfPort  = 5201 // iperf3 -s
+	rrPort     = 5202 // the Go RR/CRR server
+	deniedPort = 5300 // no rule allows it: with a filter, a connection to it must time out
+	basePort   = 1000 // rule i < n-1 allows port basePort+i
+)
+
+var (
+	hostAAddr = netip.MustParseAddr("198.18.0.1")
+	hostBAddr = netip.MustParseAddr("198.18.0.2")
+	blockA    = netip.MustParsePrefix("198.19.0.0/26")
+	blockB    = netip.MustParsePrefix("198.19.0.64/26")
+	clientIP  = netip.MustParseAddr("198.19.0.1")
+	serverIP  = netip.MustParseAddr("198.19.0.65")
+	clientNet = netip.MustParsePrefix("198.19.0.0/28") // the last rule's source
+	ruleBase  = netip.MustParseAddr("198.18.0.0")
+)
+
+// kinds of topology.
+const (
+	kindVeth         = "a"
+	kindKernel       = "b-empty"
+	kindKernelFilter = "b-filter"
+	kindMargay       = "c"
+	kindMargayPolicy = "c-policy"
+	// kindMargayNoXDP is c without the XDP prefilter on the uplinks: a diagnostic, to tell the
+	// cost of XDP on a veth from the cost of the TC programs.
+	kindMargayNoXDP = "c-noxdp"
+)
+
+func isMargay(kind string) bool {
+	return kind == kindMargay || kind == kindMargayPolicy || kind == kindMargayNoXDP
+}
+
+// topo is one measured topology: a client and a server namespace and whatever joins them.
+type topo struct {
+	kind           string
+	rules          int // policy rules (b-filter, c-policy)
+	client, server *netns.NS
+	hostA, hostB   *host // nil for a
+	srv            *server
+}
+
+// host is a namespace acting as one Calico host: an uplink, one workload behind a cali veth and,
+// for c, Margay's dataplane.
+type host struct {
+	name        string
+	ns          *netns.NS
+	addr        netip.Addr
+	block       netip.Prefix
+	cali        string
+	caliIndex   uint32
+	uplinkIndex uint32
+	wl          *netns.NS
+	wlIP        netip.Addr
+	wlMAC       net.HardwareAddr
+	d           *loader.Dataplane
+	set         *maps.Set
+}
+
+func newTopo(tb testing.TB, kind string, rules int) *topo {
+	tb.Helper()
+	t := &topo{kind: kind, rules: rules}
+	if kind == kindVeth {
+		t.client = netns.New(tb, "mgbs-a-cli")
+		t.server = netns.New(tb, "mgbs-a-srv")
+		netns.Veth(tb, t.client, "eth0", t.server, "eth0")
+		t.client.AddAddr(tb, "eth0", netip.PrefixFrom(clientIP, 32).String())
+		t.server.AddAddr(tb, "eth0", netip.PrefixFrom(serverIP, 32).String())
+		t.client.RouteDev(tb, netip.PrefixFrom(serverIP, 32).String(), "eth0")
+		t.server.RouteDev(tb, netip.PrefixFrom(clientIP, 32).String(), "eth0")
+		// Neighbours are fixed everywhere: ARP is no part of what is measured.
+		t.client.PermanentNeigh(tb, "eth0", serverIP.String(), t.server.Link(tb, "eth0").Attrs().HardwareAddr.String())
+		t.server.PermanentNeigh(tb, "eth0", clientIP.String(), t.client.Link(tb, "eth0").Attrs().HardwareAddr.String())
+	} else {
+		p := "mgbs-" + strings.ReplaceAll(kind, "-", "") + "-"
+		t.hostA = newHost(tb, p+"ha", "A", hostAAddr, blockA)
+		t.hostB = newHost(tb, p+"hb", "B", hostBAddr, blockB)
+		netns.Veth(tb, t.hostA.ns, uplink, t.hostB.ns, uplink)
+		t.hostA.connect(tb, t.hostB)
+		t.hostB.connect(tb, t.hostA)
+		t.client = t.hostA.addWorkload(tb, p+"cli", caliClient, clientIP)
+		t.server = t.hostB.addWorkload(tb, p+"srv", caliServer, serverIP)
+		for _, h := range []*host{t.hostA, t.hostB} {
+			switch kind {
+			case kindKernel:
+				// Empty netfilter: no table is ever loaded in these namespaces.
+			case kindKernelFilter:
+				restore(tb, h.ns, iptablesRules(rules))
+			case kindMargay, kindMargayPolicy, kindMargayNoXDP:
+				// FORWARD drops everything: traffic that does not take the eBPF path does not arrive.
+				restore(tb, h.ns, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+				h.loadMargay(tb)
+			default:
+				tb.Fatalf("kind %q", kind)
+			}
+		}
+		if isMargay(kind) {
+			for _, h := range []*host{t.hostA, t.hostB} {
+				h.installMargay(tb, t.hostA, t.hostB, rules, kind != kindMargayNoXDP)
+			}
+		}
+	}
+	// A wide ephemeral range: CRR opens thousands of connections a second.
+	mustSysctl(tb, t.client, "ipv4/ip_local_port_range", "10000 65000")
+	t.srv = startServer(tb, t.server)
+	return t
+}
+
+func (t *topo) String() string { return t.kind }
+
+func newHost(tb testing.TB, prefix, name string, addr netip.Addr, block netip.Prefix) *host {
+	tb.Helper()
+	h := &host{name: name, ns: netns.New(tb, prefix), addr: addr, block: block}
+	mustSysctl(tb, h.ns, "ipv4/ip_forward", "1")
+	return h
+}
+
+// connect gives h its uplink address and the kernel route BGP would install for other's block.
+func (h *host) connect(tb testing.TB, other *host) {
+	tb.Helper()
+	h.ns.AddAddr(tb, uplink, netip.PrefixFrom(h.addr, 24).String())
+	h.uplinkIndex = uint32(h.ns.Link(tb, uplink).Attrs().Index)
+	h.ns.Blackhole(tb, h.block.String())
+	h.ns.RouteVia(tb, other.block.String(), other.addr.String(), uplink)
+	h.ns.PermanentNeigh(tb, uplink, other.addr.String(), other.ns.Link(tb, uplink).Attrs().HardwareAddr.String())
+}
+
+// addWorkload does what Calico's CNI plugin does: a /32 on eth0, a default route through
+// 169.254.1.1, proxy ARP and a /32 route on the host's cali veth.
+func (h *host) addWorkload(tb testing.TB, prefix, cali string, ip netip.Addr) *netns.NS {
+	tb.Helper()
+	w := netns.New(tb, prefix)
+	netns.Veth(tb, h.ns, cali, w, "eth0")
+	w.AddAddr(tb, "eth0", netip.PrefixFrom(ip, 32).String())
+	w.RouteDev(tb, gateway+"/32", "eth0")
+	w.RouteVia(tb, "default", gateway, "eth0")
+	w.PermanentNeigh(tb, "eth0", gateway, hostVethMAC)
+	h.wlMAC = w.Link(tb, "eth0").Attrs().HardwareAddr
+
+	h.ns.SetMAC(tb, cali, hostVethMAC)
+	mustSysctl(tb, h.ns, "ipv4/conf/"+cali+"/proxy_arp", "1")
+	mustSysctl(tb, h.ns, "ipv4/conf/"+cali+"/forwarding", "1")
+	h.ns.RouteDev(tb, netip.PrefixFrom(ip, 32).String(), cali)
+	h.ns.PermanentNeigh(tb, cali, ip.String(), h.wlMAC.String())
+	h.cali, h.caliIndex, h.wl, h.wlIP = cali, uint32(h.ns.Link(tb, cali).Attrs().Index), w, ip
+	return w
+}
+
+// loadMargay loads a dataplane into a private bpffs; its cleanup detaches everything.
+func (h *host) loadMargay(tb testing.TB) {
+	tb.Helper()
+	root := netns.BPFFS(tb)
+	log := slog.New(slog.DiscardHandler)
+	d, err := loader.Load(loader.WithRoot(root), loader.WithLogger(log))
+	if err != nil {
+		tb.Fatalf("host %s: %v", h.name, err)
+	}
+	tb.Cleanup(func() {
+		d.Close()
+		if err := h.ns.Do(func() error { return loader.Cleanup(root, log) }); err != nil {
+			tb.Errorf("host %s: dataplane cleanup: %v", h.name, err)
+		}
+	})
+	h.d, h.set = d, maps.FromDataplane(d)
+}
+
+// installMargay writes what the agent would (routes, the endpoint, and the n-rule policy
+// compiled as the agent compiles it) and attaches the programs, XDP included.
+func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
+	tb.Helper()
+	other := b
+	if h == b {
+		other = a
+	}
+	routes := []maps.Route{
+		{Prefix: h.block, Flags: maps.LocalBlock | maps.InPool},
+		{Prefix: other.block, Flags: maps.RemoteBlock | maps.InPool, Ifindex: h.uplinkIndex, NextHop: other.addr},
+		{Prefix: netip.PrefixFrom(h.wlIP, 32), Flags: maps.LocalWorkload | maps.InPool, Ifindex: h.caliIndex},
+	}
+	for _, r := range routes {
+		if err := h.set.Routes.Put(r); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	ep := maps.Endpoint{Ifindex: h.caliIndex, IPv4: h.wlIP, MAC: h.wlMAC}
+	if n > 0 {
+		set, err := policy.NewSet([]datastore.Policy{benchPolicy(n)})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		all := []policy.Endpoint{
+			{Key: "A/client", Node: "A", Addr: a.wlIP, Labels: map[string]string{}},
+			{Key: "B/server", Node: "B", Addr: b.wlIP, Labels: map[string]string{}},
+		}
+		local := all[:1]
+		if h == b {
+			local = all[1:]
+		}
+		c := policy.NewCompiler(h.set.RuleHits.MaxRules())
+		res, err := c.Compile(set, all, local)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for k, v := range c.Entries(res.Programs, res.Identities) {
+			if err := h.set.Policy.Put(k, v); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		for p, id := range res.IPs {
+			if err := h.set.PolicyIPs.Put(p, id); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		ep.IngressProgram, ep.EgressProgram = res.Endpoints[h.wlIP].Ingress, res.Endpoints[h.wlIP].Egress
+		if ep.IngressProgram == 0 {
+			tb.Fatalf("host %s: %d rules: the workload has no ingress program", h.name, n)
+		}
+	}
+	if err := h.set.Endpoints.Put(ep); err != nil {
+		tb.Fatal(err)
+	}
+	if err := h.ns.Do(func() error {
+		if err := h.d.AttachWorkload(h.cali); err != nil {
+			return err
+		}
+		return h.d.AttachUplink(uplink, xdp)
+	}); err != nil {
+		tb.Fatalf("host %s: %v", h.name, err)
+	}
+}
+
+// allowedPorts is what the last rule allows: iperf3's port and the RR/CRR server's.
+func allowedPorts() (lo, hi uint16) { return iperfPort, rrPort }
+
+// ruleNet is the source of rule i of n: distinct /28s of 198.18.0.0/16 holding neither
+// workload, and the client's /28 for the last rule.
+func ruleNet(i, n int) netip.Prefix {
+	if i == n-1 {
+		return clientNet
+	}
+	v := binary.BigEndian.Uint32(ruleBase.AsSlice()) + uint32(16*i)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), 28)
+}
+
+// benchPolicy is n ingress rules on every workload (selector all()); the measured flows match
+// only the last.
+func benchPolicy(n int) datastore.Policy {
+	tcp := datastore.Protocol(6)
+	p := datastore.Policy{
+		Version:  datastore.CurrentVersion,
+		Name:     fmt.Sprintf("bench-%d", n),
+		Selector: "all()",
+		Types:    []datastore.PolicyType{datastore.PolicyIngress},
+	}
+	for i := range n {
+		lo, hi := uint16(basePort+i), uint16(basePort+i)
+		if i == n-1 {
+			lo, hi = allowedPorts()
+		}
+		p.Ingress = append(p.Ingress, datastore.Rule{
+			Action:      datastore.ActionAllow,
+			Protocol:    &tcp,
+			Source:      datastore.EntityRule{Nets: []netip.Prefix{ruleNet(i, n)}},
+			Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: lo, Hi: hi}}},
+		})
+	}
+	return p
+}
+
+// iptablesRules is the classic filter: conntrack's ESTABLISHED,RELATED accepted first, then n
+// rules that every new flow walks (the last allows the measured flows), then a drop.
+func iptablesRules(n int) string {
+	var b strings.Builder
+	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n")
+	b.WriteString("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+	for i := range n {
+		if i == n-1 {
+			lo, hi := allowedPorts()
+			fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d:%d -j ACCEPT\n", ruleNet(i, n), lo, hi)
+			continue
+		}
+		fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d -j ACCEPT\n", ruleNet(i, n), basePort+i)
+	}
+	b.WriteString("-A FORWARD -j DROP\nCOMMIT\n")
+	return b.String()
+}
+
+func restore(tb testing.TB, ns *netns.NS, rules string) {
+	tb.Helper()
+	cmd := ns.Command("iptables-restore")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("iptables-restore in %s: %v: %s", ns.Name, err, out)
+	}
+}
+
+func mustSysctl(tb testing.TB, ns *netns.NS, key, value string) {
+	tb.Helper()
+	if err := ns.Sysctl(key, value); err != nil {
+		tb.Fatalf("sysctl %s=%s in %s: %v", key, value, ns.Name, err)
+	}
+}
