@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/margaynet/margay/control/agent"
+	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
 )
@@ -27,7 +28,7 @@ type options struct {
 	node        string
 	root        string
 	uplink      string
-	xdp         bool
+	xdp         string
 	tcMode      string
 	httpAddr    string
 	interval    time.Duration
@@ -82,7 +83,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.node, "node-name", host, "this node's name in the datastore")
 	f.StringVar(&o.root, "bpffs-root", loader.DefaultRoot, "bpffs directory for pinned maps and links")
 	f.StringVar(&o.uplink, "uplink", "", "uplink interface, e.g. ens32 (default: the interface of the default route)")
-	f.BoolVar(&o.xdp, "xdp", true, "attach the XDP prefilter to the uplink")
+	f.StringVar(&o.xdp, "xdp", "auto", "XDP prefilter on the uplink: auto (on, except on a veth, whose driver would turn TSO off), on or off")
 	f.StringVar(&o.tcMode, "tc-mode", "auto", "how to attach TC programs: auto, tcx or legacy (clsact)")
 	f.StringVar(&o.httpAddr, "http-addr", ":9091", "address of /metrics, /healthz and /readyz (empty: off)")
 	f.DurationVar(&o.interval, "reconcile-interval", 10*time.Second, "full reconcile pass at least this often")
@@ -131,7 +132,11 @@ func (o options) agentConfig() (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, err
 	}
-	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: o.xdp, TCMode: mode,
+	xdp, err := dataplane.ParseXDPMode(o.xdp)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("parse --xdp: %w", err)
+	}
+	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: xdp, TCMode: mode,
 		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
 		BGPHold: o.bgpHold, BGPKeepalive: o.bgpKeep, BGPConnectRetry: o.bgpRetry, BGPRestartTime: o.bgpRestart,
 		BGPNoGracefulRestart: o.bgpNoGR, ConntrackSweepInterval: o.ctSweep}

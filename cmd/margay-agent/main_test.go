@@ -42,7 +42,7 @@ func TestAgentLifecycle(t *testing.T) {
 		return res.Programs
 	}
 
-	o := options{node: "vm100", root: root, uplink: "ens32", xdp: true, tcMode: "auto", interval: time.Second,
+	o := options{node: "vm100", root: root, uplink: "ens32", xdp: "on", tcMode: "auto", interval: time.Second,
 		defaultPool: "198.19.0.0/16", ds: datastore.Config{Endpoints: etcd.Endpoints()}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -29,10 +29,12 @@ import (
 
 // Config is what an agent needs to know about its host.
 type Config struct {
-	NodeName          string
-	Uplink            string // "" = the interface of the default route
-	BPFFSRoot         string
-	XDP               bool
+	NodeName  string
+	Uplink    string // "" = the interface of the default route
+	BPFFSRoot string
+	// XDP says when the XDP prefilter goes on the uplink: dataplane.XDPAuto (default: not on a
+	// veth), XDPOn or XDPOff.
+	XDP               dataplane.XDPMode
 	TCMode            loader.TCMode
 	HTTPAddr          string        // health and metrics, "" = none
 	ReconcileInterval time.Duration // full pass even without events
@@ -189,7 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer dp.Close() // pins stay: forwarding goes on without us
-	rec, err := dataplane.New(dp, dataplane.WithLogger(a.log), dataplane.WithXDP(a.cfg.XDP))
+	rec, err := dataplane.New(dp, dataplane.WithLogger(a.log), dataplane.WithXDPMode(a.cfg.XDP))
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

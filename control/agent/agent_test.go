@@ -101,7 +101,7 @@ func startAgent(t testing.TB, reg *prometheus.Registry, ds *datastore.Client, tu
 	netns.Veth(t, h.ns, "ens32", peer, "ens32")
 	h.ns.AddAddr(t, "ens32", "198.18.0.100/24")
 
-	cfg := Config{NodeName: "vm100", Uplink: "ens32", BPFFSRoot: h.root, XDP: true, TCMode: loader.TCAuto,
+	cfg := Config{NodeName: "vm100", Uplink: "ens32", BPFFSRoot: h.root, XDP: dataplane.XDPOn, TCMode: loader.TCAuto,
 		HTTPAddr: "127.0.0.1:0", ReconcileInterval: 300 * time.Millisecond, GCInterval: 200 * time.Millisecond}
 	for _, f := range tune {
 		f(&cfg)

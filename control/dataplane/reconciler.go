@@ -29,7 +29,8 @@ type Reconciler struct {
 	nl         *netlink.Handle
 	log        *slog.Logger
 	sysctlRoot string
-	xdp        bool
+	xdp        XDPMode
+	vethNoted  bool // the log line about a veth uplink was written
 	// last is what the last successful pass left, the baseline of Update; nil forces Apply.
 	last *desired
 }
@@ -40,8 +41,47 @@ type Option func(*Reconciler)
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(r *Reconciler) { r.log = l } }
 
-// WithXDP attaches (or, with false, keeps off) the XDP prefilter on the uplink.
-func WithXDP(on bool) Option { return func(r *Reconciler) { r.xdp = on } }
+// XDPMode says when the XDP prefilter goes on the uplink.
+type XDPMode int
+
+const (
+	// XDPAuto attaches it unless the uplink is a veth: the veth driver turns TSO off on the peer
+	// of a veth that runs XDP and copies every packet, which costs far more than the prefilter
+	// saves (BENCHMARKS.md). from_net makes the same source checks when XDP is off.
+	XDPAuto XDPMode = iota
+	XDPOn           // always
+	XDPOff          // never
+)
+
+// ParseXDPMode reads auto, on or off (true and false too).
+func ParseXDPMode(s string) (XDPMode, error) {
+	switch strings.ToLower(s) {
+	case "auto", "":
+		return XDPAuto, nil
+	case "on", "true":
+		return XDPOn, nil
+	case "off", "false":
+		return XDPOff, nil
+	}
+	return XDPAuto, fmt.Errorf("XDP mode %q: want auto, on or off", s)
+}
+
+func (m XDPMode) String() string {
+	return [...]string{"auto", "on", "off"}[m]
+}
+
+// WithXDP attaches (or, with false, keeps off) the XDP prefilter on the uplink, whatever it is.
+func WithXDP(on bool) Option {
+	return func(r *Reconciler) {
+		r.xdp = XDPOff
+		if on {
+			r.xdp = XDPOn
+		}
+	}
+}
+
+// WithXDPMode sets when the XDP prefilter goes on the uplink; the default is XDPAuto.
+func WithXDPMode(m XDPMode) Option { return func(r *Reconciler) { r.xdp = m } }
 
 // New returns a reconciler working in the calling thread's network namespace.
 func New(dp *loader.Dataplane, opts ...Option) (*Reconciler, error) {
@@ -49,7 +89,7 @@ func New(dp *loader.Dataplane, opts ...Option) (*Reconciler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	r := &Reconciler{dp: dp, maps: maps.FromDataplane(dp), nl: nl, log: slog.Default(), sysctlRoot: "/proc/sys/net", xdp: true}
+	r := &Reconciler{dp: dp, maps: maps.FromDataplane(dp), nl: nl, log: slog.Default(), sysctlRoot: "/proc/sys/net", xdp: XDPAuto}
 	for _, o := range opts {
 		o(r)
 	}
@@ -333,7 +373,7 @@ func (r *Reconciler) Update(s State) (Result, error) {
 func (r *Reconciler) attachUplink(uplink string) (bool, error) {
 	// from_net skips the source checks of the prefilter only while the prefilter runs: the flag
 	// goes off before XDP does, and on after.
-	if !r.xdp {
+	if !r.wantXDP(uplink) {
 		changed, err := r.maps.Config.SetPrefilter(false)
 		if err != nil {
 			return changed, err
@@ -351,6 +391,29 @@ func (r *Reconciler) attachUplink(uplink string) (bool, error) {
 	}
 	c2, err := r.maps.Config.SetPrefilter(true)
 	return changed || c2, err
+}
+
+// wantXDP decides whether the prefilter goes on the uplink.
+func (r *Reconciler) wantXDP(uplink string) bool {
+	switch r.xdp {
+	case XDPOn:
+		return true
+	case XDPOff:
+		return false
+	}
+	link, err := r.nl.LinkByName(uplink)
+	if err != nil {
+		return true // attach reports the missing uplink
+	}
+	if link.Type() == "veth" {
+		if !r.vethNoted {
+			r.log.Info("no XDP prefilter on a veth uplink: veth would turn TSO off for it; from_net makes the checks",
+				"uplink", uplink)
+			r.vethNoted = true
+		}
+		return false
+	}
+	return true
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

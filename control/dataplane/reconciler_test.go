@@ -26,7 +26,7 @@ type testHost struct {
 	set  *maps.Set
 }
 
-func newTestHost(t *testing.T) *testHost {
+func newTestHost(t *testing.T, opts ...Option) *testHost {
 	t.Helper()
 	h := &testHost{ns: netns.New(t, "mgyrc-"), peer: netns.New(t, "mgyrcp-")}
 	netns.Veth(t, h.ns, "ens32", h.peer, "ens32")
@@ -37,7 +37,7 @@ func newTestHost(t *testing.T) *testHost {
 	}
 	t.Cleanup(func() { dp.Close() })
 	h.dp, h.set = dp, maps.FromDataplane(dp)
-	h.do(t, func() (err error) { h.r, err = New(dp); return err })
+	h.do(t, func() (err error) { h.r, err = New(dp, opts...); return err })
 	t.Cleanup(h.r.Close)
 	return h
 }
@@ -86,7 +86,7 @@ func (h *testHost) kernelRoutes(t *testing.T) map[netip.Prefix]netlink.Route {
 }
 
 func TestReconcile(t *testing.T) {
-	h := newTestHost(t)
+	h := newTestHost(t, WithXDP(true)) // the uplink is a veth: XDP only when asked for
 	mac1 := h.addWorkloadVeth(t, "cali00000000001")
 	mac2 := h.addWorkloadVeth(t, "cali00000000002")
 	pool := netip.MustParsePrefix("198.19.0.0/16")
@@ -318,5 +318,33 @@ func TestUpdate(t *testing.T) {
 	})
 	if res := h.apply(t, base); res.Changes != 0 {
 		t.Errorf("Apply after removing Update made %d changes", res.Changes)
+	}
+}
+
+// On a veth uplink, XDP stays off unless asked for: veth would turn TSO off for it. from_net
+// then makes the source checks itself (the prefilter flag is clear).
+func TestXDPAutoSkipsVeth(t *testing.T) {
+	for _, tc := range []struct {
+		mode XDPMode
+		want bool
+	}{{XDPAuto, false}, {XDPOn, true}, {XDPOff, false}} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			h := newTestHost(t, WithXDPMode(tc.mode))
+			h.apply(t, State{Uplink: "ens32"})
+			var err error
+			h.do(t, func() error { _, err = h.dp.Attached("ens32", loader.HookXDPFromNet); return nil })
+			if got := err == nil; got != tc.want {
+				t.Errorf("XDP attached: %v (%v), want %v", got, err, tc.want)
+			}
+			if changed, err := h.set.Config.SetPrefilter(tc.want); err != nil || changed {
+				t.Errorf("the prefilter flag is not %v (%v)", tc.want, err)
+			}
+		})
+	}
+	if m, err := ParseXDPMode("true"); err != nil || m != XDPOn {
+		t.Errorf("ParseXDPMode(true) = %v, %v", m, err)
+	}
+	if _, err := ParseXDPMode("sometimes"); err == nil {
+		t.Error("ParseXDPMode accepted sometimes")
 	}
 }

@@ -158,7 +158,10 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}
 		if err := l.start(h.Name, h.NS, filepath.Join(cfg.BinDir, "margay-agent"), "--node-name", h.Name, "--uplink", "ens32",
 			"--bpffs-root", cfg.bpffsRoot(h.Name), "--etcd-endpoints", cfg.etcdEndpoint(), "--http-addr", "127.0.0.1:9091",
-			"--default-pool", "", "--bgp", "--bgp-connect-retry", "1s"); err != nil {
+			"--default-pool", "", "--bgp", "--bgp-connect-retry", "1s",
+			// The reference picture's ens32 is a NIC that runs XDP natively; here it is a veth,
+			// which auto would leave without the prefilter. The lab shows every hook.
+			"--xdp", "on"); err != nil {
 			return nil, err
 		}
 		l.Hosts = append(l.Hosts, h)
