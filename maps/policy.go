@@ -282,12 +282,6 @@ func (c *Config) BumpGeneration() (uint32, error) {
 	return v.PolicyGeneration, c.put(v)
 }
 
-// Timeouts returns the conntrack timeouts as configured (zero fields: defaults).
-func (c *Config) Timeouts() (Timeouts, error) {
-	v, err := c.get()
-	return v.CtTimeouts, err
-}
-
 // SetTimeouts writes the conntrack timeouts; it reports whether they changed.
 func (c *Config) SetTimeouts(t Timeouts) (bool, error) {
 	v, err := c.get()

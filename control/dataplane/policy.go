@@ -78,21 +78,16 @@ func (r *Reconciler) addPolicy(d *desired, in *installed) (bool, error) {
 	}
 	if d.policy.Entries != nil {
 		both := d.policy.Entries(union(in.programs, d.policy.Programs), union(in.identities, d.policy.Identities))
+		if in.entries == nil {
+			in.entries = map[maps.PolicyKey]maps.PolicyValue{}
+		}
 		for k, v := range both {
 			if cur, ok := in.entries[k]; ok && cur == v {
 				continue
 			}
 			changed = true
 			errs = append(errs, r.maps.Policy.Put(k, v))
-		}
-		// Remember them as installed, for removePolicy.
-		for k, v := range both {
-			if in.entries == nil {
-				in.entries = map[maps.PolicyKey]maps.PolicyValue{}
-			}
-			if _, ok := d.entries[k]; !ok {
-				in.entries[k] = v
-			}
+			in.entries[k] = v // installed now: removePolicy deletes it unless the new state keeps it
 		}
 	}
 	for p, id := range d.policy.IPs {

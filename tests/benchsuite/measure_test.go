@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,46 +38,7 @@ func startServer(tb testing.TB, ns *netns.NS) *server {
 	}); err != nil {
 		tb.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Go(func() {
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				buf := make([]byte, 1)
-				for {
-					if _, err := io.ReadFull(c, buf); err != nil {
-						return
-					}
-					if _, err := c.Write(buf); err != nil || buf[0] == 'c' {
-						return
-					}
-				}
-			})
-		}
-	})
-	tb.Cleanup(func() {
-		s.ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	netns.ServeByteEcho(tb, s.ln)
 
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		tb.Fatal("iperf3 is missing: apt-get install -y iperf3")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -151,4 +152,53 @@ func randomBytes(tb testing.TB, n int) []byte {
 		tb.Fatal(err)
 	}
 	return b
+}
+
+// ServeByteEcho serves request/response benchmarks on ln until cleanup: each connection answers
+// every byte with itself, and after a 'c' it closes, so that the server closes first and the
+// client, whose ports a connection rate uses up, keeps no TIME_WAIT.
+func ServeByteEcho(tb testing.TB, ln net.Listener) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				buf := make([]byte, 1)
+				for {
+					if _, err := io.ReadFull(c, buf); err != nil {
+						return
+					}
+					if _, err := c.Write(buf); err != nil || buf[0] == 'c' {
+						return
+					}
+				}
+			})
+		}
+	})
+	// Cleanups run last in first out: registered after the namespaces', this runs before they go.
+	tb.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 }
