@@ -3,8 +3,6 @@ package cluster_test
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,56 +15,6 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/tests/cluster"
 )
-
-// labelWorkload sets a workload's labels in its record, as an orchestrator would.
-func labelWorkload(t *testing.T, c *cluster.Cluster, w *cluster.Workload, labels map[string]string) {
-	t.Helper()
-	ctx := context.Background()
-	items, _, err := c.DS.Workloads(w.Host.Name).List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, it := range items {
-		if len(it.Value.IPv4) == 0 || it.Value.IPv4[0].Addr() != w.IP {
-			continue
-		}
-		rec := it.Value
-		rec.Labels = labels
-		if _, err := c.DS.Workloads(w.Host.Name).Update(ctx, it.Name, rec, it.ModRevision); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	t.Fatalf("no record for %s (%v)", w.Name, w.IP)
-}
-
-// enforced waits until every host's agent enforces exactly the given policy revisions.
-func enforced(t *testing.T, hosts []*cluster.Host, want map[string]int64) {
-	t.Helper()
-	for _, h := range hosts {
-		cluster.Eventually(t, fmt.Sprintf("%s enforces %v", h.Name, want), 30*time.Second, func() error {
-			code, body, err := h.Get("/policy")
-			if err != nil || code != 200 {
-				return fmt.Errorf("/policy: %d %v", code, err)
-			}
-			var st struct {
-				Policies map[string]int64 `json:"policies"`
-			}
-			if err := json.Unmarshal([]byte(body), &st); err != nil {
-				return err
-			}
-			if len(st.Policies) != len(want) {
-				return fmt.Errorf("enforces %v", st.Policies)
-			}
-			for n, rev := range want {
-				if st.Policies[n] != rev {
-					return fmt.Errorf("enforces %v", st.Policies)
-				}
-			}
-			return nil
-		})
-	}
-}
 
 // TestPolicyChangesOpenNoWindow rewrites, forty times, policies that all mean the same for two
 // flows — one allowed (a → b), one denied (c → b) — in shapes that move identities and programs
@@ -81,15 +29,14 @@ func TestPolicyChangesOpenNoWindow(t *testing.T) {
 	for _, w := range []*cluster.Workload{a, cc, b} {
 		w.WaitProgrammed(t)
 	}
-	labelWorkload(t, c, a, map[string]string{"app": "client"})
-	labelWorkload(t, c, cc, map[string]string{"app": "other"})
-	labelWorkload(t, c, b, map[string]string{"app": "server"})
+	setWorkloadLabels(t, c.DS, a, "", map[string]string{"app": "client"})
+	setWorkloadLabels(t, c.DS, cc, "", map[string]string{"app": "other"})
+	setWorkloadLabels(t, c.DS, b, "", map[string]string{"app": "server"})
 	cluster.Eventually(t, "a reaches b over BGP routes", 30*time.Second, func() error {
 		_, err := a.NS.Run("ping", "-c", "1", "-W", "1", b.IP.String())
 		return err
 	})
 
-	ctx := context.Background()
 	tcp, icmp := datastore.Protocol(6), datastore.Protocol(1)
 	port := []datastore.PortRange{{Lo: 8080, Hi: 8080}}
 	aNet := []netip.Prefix{netip.PrefixFrom(a.IP, 32)}
@@ -151,30 +98,16 @@ func TestPolicyChangesOpenNoWindow(t *testing.T) {
 		})
 	}
 
+	var written []string
 	apply := func(set []datastore.Policy) map[string]int64 {
-		want := map[string]int64{}
+		revs := putPolicies(t, c.DS, written, set)
+		written = written[:0]
 		for _, p := range set {
-			p.Version = 1
-			rev, err := c.DS.Policies().Put(ctx, p.Name, p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want[p.Name] = rev
+			written = append(written, p.Name)
 		}
-		items, _, err := c.DS.Policies().List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, it := range items {
-			if _, ok := want[it.Name]; !ok {
-				if err := c.DS.Policies().Delete(ctx, it.Name, 0); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		return want
+		return revs
 	}
-	enforced(t, hosts, apply(shapes[0]))
+	waitEnforced(t, hosts, apply(shapes[0]), 30*time.Second)
 	startTraffic()
 	// Pings run across all the changes: every one must be answered.
 	var pingOut bytes.Buffer
@@ -184,7 +117,7 @@ func TestPolicyChangesOpenNoWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 40 {
-		enforced(t, hosts, apply(shapes[(i+1)%len(shapes)]))
+		waitEnforced(t, hosts, apply(shapes[(i+1)%len(shapes)]), 30*time.Second)
 		progress()
 	}
 	close(stop)
