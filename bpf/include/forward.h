@@ -27,18 +27,62 @@ static __always_inline struct route_value *route_lookup(__be32 addr)
 }
 
 /*
+ * What policy reads past the IPv4 header: TCP's ports and flags (the fixed header), UDP's ports,
+ * ICMP's header and, for an error, the header and first 8 bytes of the packet it is about.
+ */
+static __always_inline __u32 l4_need(__u8 protocol)
+{
+	switch (protocol) {
+	case IPPROTO_TCP:
+		return 20;
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+	case IPPROTO_SCTP:
+		return 8;
+	case IPPROTO_ICMP:
+		return 8 + IPV4_MIN_HLEN + 8;
+	}
+	return 0;
+}
+
+/*
+ * Make the headers the programs read linear, and nothing more. A TCP socket's skbs keep their
+ * payload in page fragments, even a single byte of it, and are clones (TCP keeps the original
+ * for retransmission): bpf_skb_pull_data() on one reallocates and copies its head. Pulling a
+ * fixed length that reaches into the payload would do that for nearly every data packet a
+ * workload sends, so only the headers are pulled, and only when they are not linear already.
+ */
+static __always_inline void tc_linearize(struct __sk_buff *skb)
+{
+	/* Ethernet, IPv4 with options, and the most l4_need() asks for. */
+	const __u32 max = sizeof(struct ethhdr) + 60 + 8 + IPV4_MIN_HLEN + 8;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u32 need;
+
+	if ((void *)(ip + 1) > data_end) {
+		/* Not even the fixed headers are linear (never seen on a veth): pull all that may be read. */
+		need = max;
+	} else {
+		if (eth->h_proto != bpf_htons(ETH_P_IP))
+			return;
+		need = sizeof(struct ethhdr) + ip->ihl * 4 + l4_need(ip->protocol);
+	}
+	if (need > skb->len)
+		need = skb->len;
+	if (data + need > data_end)
+		bpf_skb_pull_data(skb, need);
+}
+
+/*
  * Parse a TC skb. Returns TC_ACT_UNSPEC when pkt holds an IPv4 packet to go on with; otherwise
  * the verdict, with *reason set: the kernel's for anything not IPv4, a drop for malformed IPv4.
  */
 static __always_inline int tc_parse(struct __sk_buff *skb, struct packet *pkt, enum reason *reason)
 {
-	/* Ethernet, IPv4 with options, and what policy reads of L4 and of an ICMP error's payload. */
-	const __u32 want = sizeof(struct ethhdr) + 60 + 8 + IPV4_MIN_HLEN + 8;
-	__u32 need = skb->len < want ? skb->len : want;
-
-	/* A veth hands over linear headers almost always; pull only when they are not. */
-	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end)
-		bpf_skb_pull_data(skb, need);
+	tc_linearize(skb);
 
 	/* tot_len 0 is BIG TCP, which only a GSO skb can be; on anything else it is malformed. */
 	switch (parse_ipv4((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,

@@ -49,13 +49,13 @@ const (
 	kindKernelFilter = "b-filter"
 	kindMargay       = "c"
 	kindMargayPolicy = "c-policy"
-	// kindMargayNoXDP is c without the XDP prefilter on the uplinks: a diagnostic, to tell the
-	// cost of XDP on a veth from the cost of the TC programs.
-	kindMargayNoXDP = "c-noxdp"
+	// kindMargayXDP is c with the XDP prefilter on the veth uplinks, which the agent's default
+	// (--xdp auto) leaves off: a diagnostic of what XDP costs on a veth.
+	kindMargayXDP = "c-xdp"
 )
 
 func isMargay(kind string) bool {
-	return kind == kindMargay || kind == kindMargayPolicy || kind == kindMargayNoXDP
+	return kind == kindMargay || kind == kindMargayPolicy || kind == kindMargayXDP
 }
 
 // topo is one measured topology: a client and a server namespace and whatever joins them.
@@ -113,7 +113,7 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 				// Empty netfilter: no table is ever loaded in these namespaces.
 			case kindKernelFilter:
 				restore(tb, h.ns, iptablesRules(rules))
-			case kindMargay, kindMargayPolicy, kindMargayNoXDP:
+			case kindMargay, kindMargayPolicy, kindMargayXDP:
 				// FORWARD drops everything: traffic that does not take the eBPF path does not arrive.
 				restore(tb, h.ns, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
 				h.loadMargay(tb)
@@ -123,7 +123,7 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 		}
 		if isMargay(kind) {
 			for _, h := range []*host{t.hostA, t.hostB} {
-				h.installMargay(tb, t.hostA, t.hostB, rules, kind != kindMargayNoXDP)
+				h.installMargay(tb, t.hostA, t.hostB, rules, kind == kindMargayXDP)
 			}
 		}
 	}
