@@ -22,7 +22,7 @@ BINARIES := margay-agent margay-cni margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 15s
 
-.PHONY: help deps generate build test fuzz lint format bench bench-quick lab clean
+.PHONY: help deps generate build test fuzz soak lint format bench bench-quick lab clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,11 +55,19 @@ test: deps ## Run every test (privileged: namespaces, BPF) and a short fuzz run 
 	@tests/leftovers.sh check /tmp/margay-before-test.txt
 	$(MAKE) --no-print-directory fuzz
 
-fuzz: ## Fuzz the BPF programs, the datastore decoders, selectors and policies for FUZZTIME each (default 15s)
+fuzz: ## Fuzz the BPF programs, the datastore decoders, selectors, policies and the CNI config for FUZZTIME each (default 15s)
 	$(GO) test -run '^$$' -fuzz '^FuzzPrograms$$' -fuzztime $(FUZZTIME) ./tests/programs/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./control/datastore/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./control/policy/selector/
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./control/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZTIME) ./cmd/margay-cni/
+
+SOAK_CYCLES ?= 1000
+soak: deps ## Workload add/delete cycles over three hosts under traffic (SOAK_CYCLES, default 1000); checks leaks and agent memory
+	@tests/leftovers.sh snapshot /tmp/margay-before-soak.txt
+	MARGAY_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 30m ./tests/cluster/ 2>&1 | \
+		grep -v -e ' vm10[0-2]: ' -e 'level=DEBUG'; exit $${PIPESTATUS[0]}
+	@tests/leftovers.sh check /tmp/margay-before-soak.txt
 
 lint: ## go vet, gofmt and staticcheck
 	$(GO) vet ./...

@@ -32,6 +32,7 @@ type options struct {
 	tcMode      string
 	httpAddr    string
 	interval    time.Duration
+	gcInterval  time.Duration
 	defaultPool string
 	cleanup     bool
 	logLevel    string
@@ -87,6 +88,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.tcMode, "tc-mode", "auto", "how to attach TC programs: auto, tcx or legacy (clsact)")
 	f.StringVar(&o.httpAddr, "http-addr", ":9091", "address of /metrics, /healthz and /readyz (empty: off)")
 	f.DurationVar(&o.interval, "reconcile-interval", 10*time.Second, "full reconcile pass at least this often")
+	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often workloads whose veth and netns are gone, and addresses no workload holds, are collected")
 	f.StringVar(&o.defaultPool, "default-pool", datastore.DefaultPoolCIDR.String(), "pool created when none exists (empty: none)")
 	f.BoolVar(&o.cleanup, "cleanup", false, "detach every Margay program, remove all pins and exit")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -139,7 +141,7 @@ func (o options) agentConfig() (agent.Config, error) {
 	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: xdp, TCMode: mode,
 		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
 		BGPHold: o.bgpHold, BGPKeepalive: o.bgpKeep, BGPConnectRetry: o.bgpRetry, BGPRestartTime: o.bgpRestart,
-		BGPNoGracefulRestart: o.bgpNoGR, ConntrackSweepInterval: o.ctSweep}
+		BGPNoGracefulRestart: o.bgpNoGR, ConntrackSweepInterval: o.ctSweep, GCInterval: o.gcInterval}
 	if cfg.Failsafe, err = agent.ParseFailsafe(o.failsafeIn, o.failsafeOut); err != nil {
 		return agent.Config{}, fmt.Errorf("parse --failsafe-inbound/--failsafe-outbound: %w", err)
 	}

@@ -76,11 +76,16 @@ type Agent struct {
 	// collection: released only if still so at the next one, so an ADD in flight (handle written,
 	// record not yet) is never collected. Owned by the loop goroutine.
 	gcSuspects map[string]bool
+	// orphans are this node's workloads whose veth and netns were gone at the last collection,
+	// by key with the record's ModRevision: removed only if still so, unchanged, at the next
+	// (orphans.go). Owned by the loop goroutine.
+	orphans map[string]int64
 
 	pol *policyEngine // compiles policy; made by Run, owned by the loop
 
 	speaker    atomic.Pointer[bgp.Speaker] // for the HTTP handlers and metrics, once the loop started it
 	advertised atomic.Int64                // prefixes the speaker originates, for metrics
+	retained   atomic.Int64                // remote routes kept from before a restart, for metrics
 
 	ready   atomic.Bool
 	healthy atomic.Int64 // unix nanos of the owner loop's last turn
@@ -260,6 +265,7 @@ func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) 
 func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.Set, r *routing, uplink string,
 	updates <-chan func(*view), w *watchers) error {
 	v := newView(a.cfg.NodeName, r != nil)
+	deferral := a.retain(v, uplink)
 	tick := time.NewTicker(a.cfg.ReconcileInterval)
 	defer tick.Stop()
 	gc := time.NewTicker(a.cfg.GCInterval)
@@ -293,9 +299,17 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 			dirty, full = true, true
 		case <-retry.C:
 			dirty = true
+		case <-deferral:
+			a.release(v, "not every peer sent its End-of-RIB within the restart time")
+			dirty = true
 		case <-gc.C:
-			if w.synced(v) {
-				a.collectGarbage(ctx, v)
+			// While etcd is unreachable the loop must go on programming what BGP learns and
+			// repairing the dataplane, not wait for etcd's return: collect only when etcd
+			// answers at once, and bound the collection.
+			if w.synced(v) && a.datastoreAnswers(ctx) {
+				gctx, cancel := context.WithTimeout(ctx, gcTimeout)
+				a.collectGarbage(gctx, v)
+				cancel()
 			}
 			continue
 		case <-sweep.C:
@@ -332,9 +346,27 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 	}
 }
 
-// collectGarbage frees the addresses of this node's workloads whose record is gone (a runtime that
-// never called CNI DEL), and gives up empty blocks beyond the first.
+// gcTimeout bounds one IPAM garbage collection, which the owner loop runs itself.
+const gcTimeout = 10 * time.Second
+
+// datastoreAnswers reads this node's record within a second, to tell whether etcd is reachable
+// before the owner loop starts work that would wait for it.
+func (a *Agent) datastoreAnswers(ctx context.Context) bool {
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := a.ds.Nodes().Get(pctx, a.cfg.NodeName)
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) && !errors.Is(err, datastore.ErrMalformed) {
+		a.log.Warn("etcd does not answer; IPAM garbage collection skipped", "error", err)
+		return false
+	}
+	return true
+}
+
+// collectGarbage removes the records of this node's workloads whose veth and netns are gone (a
+// runtime that never called CNI DEL), frees the addresses of workloads whose record is gone, and
+// gives up empty blocks beyond the first.
 func (a *Agent) collectGarbage(ctx context.Context, v *view) {
+	a.collectOrphans(ctx, v)
 	prefix := a.cfg.NodeName + "/"
 	suspects := map[string]bool{}
 	freed, err := a.ipam.GC(ctx, func(w string) bool {

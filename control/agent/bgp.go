@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
@@ -45,6 +49,13 @@ func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<
 					v.learnedAt = at // the oldest change not yet programmed
 				}
 			}:
+			case <-ctx.Done():
+			}
+		}),
+		// After the routes of every peer's initial table: the retained routes can go.
+		bgp.WithSyncedHandler(func() {
+			select {
+			case updates <- func(v *view) { a.release(v, "every peer sent its End-of-RIB") }:
 			case <-ctx.Done():
 			}
 		}),
@@ -182,4 +193,91 @@ func (v *view) learnedRoutes() []dataplane.RemoteRoute {
 		out = append(out, dataplane.RemoteRoute{Prefix: r.Prefix, NextHop: r.NextHop, Workload: r.Prefix.Bits() == 32})
 	}
 	return out
+}
+
+// retainedRoutes reads the remote routes an earlier agent left in the kernel (protocol margay,
+// through a gateway on the uplink): a restarted agent keeps them until BGP has delivered every
+// peer's table again, as RFC 4724's restarting speaker keeps its forwarding state, so that the
+// first pass, which runs before any session is up, does not take the other hosts' blocks away.
+func retainedRoutes(uplink string) ([]dataplane.RemoteRoute, error) {
+	link, err := netlink.LinkByName(uplink)
+	if err != nil {
+		return nil, fmt.Errorf("look up uplink %s: %w", uplink, err)
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: dataplane.RouteProtocol, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list kernel routes: %w", err)
+	}
+	var out []dataplane.RemoteRoute
+	for _, r := range routes {
+		gw, ok := netip.AddrFromSlice(r.Gw.To4())
+		if !ok || r.Dst == nil || r.LinkIndex != link.Attrs().Index || r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		bits, _ := r.Dst.Mask.Size()
+		dst, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		if !ok {
+			continue
+		}
+		p := netip.PrefixFrom(dst, bits).Masked()
+		out = append(out, dataplane.RemoteRoute{Prefix: p, NextHop: gw, Workload: bits == 32})
+	}
+	return out, nil
+}
+
+// retain fills v.retained from the kernel when BGP with graceful restart runs, and returns when
+// to give up waiting for the peers' End-of-RIB: the restart time, as long as the peers keep our
+// routes (nil when nothing is retained). It runs on the loop's thread, in the host's namespace.
+func (a *Agent) retain(v *view, uplink string) <-chan time.Time {
+	if !a.cfg.BGP || a.cfg.BGPNoGracefulRestart {
+		return nil
+	}
+	routes, err := retainedRoutes(uplink)
+	if err != nil {
+		a.log.Warn("reading the routes of the previous agent", "error", err)
+		return nil
+	}
+	if len(routes) == 0 {
+		return nil
+	}
+	v.retained = routes
+	a.retained.Store(int64(len(routes)))
+	deferral := cmp.Or(a.cfg.BGPRestartTime, bgp.DefaultRestartTime)
+	a.log.Info("keeping the remote routes found in the kernel until bgp has every peer's table", "routes", len(routes),
+		"at_most", deferral)
+	return time.After(deferral)
+}
+
+// withRetained adds to the learned routes the retained ones whose prefix BGP has not delivered
+// (yet), until releaseRetained.
+func (v *view) withRetained(learned []dataplane.RemoteRoute) []dataplane.RemoteRoute {
+	if len(v.retained) == 0 {
+		return learned
+	}
+	have := map[netip.Prefix]bool{}
+	for _, r := range learned {
+		have[r.Prefix] = true
+	}
+	for _, b := range v.blocks {
+		if b.Node() == v.node {
+			have[b.CIDR] = true
+		}
+	}
+	for _, r := range v.retained {
+		if !have[r.Prefix] {
+			learned = append(learned, r)
+		}
+	}
+	return learned
+}
+
+// release drops the retained routes: from now on BGP alone says what is remote.
+func (a *Agent) release(v *view, why string) {
+	if v.retained == nil {
+		return
+	}
+	a.log.Info("bgp converged; routes kept from before the restart released", "reason", why, "kept", len(v.retained))
+	v.retained = nil
+	a.retained.Store(0)
 }

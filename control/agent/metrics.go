@@ -13,6 +13,7 @@ type metrics struct {
 	endpoints         prometheus.Gauge
 	pending           prometheus.Gauge
 	routeProgramming  prometheus.Histogram
+	orphansRemoved    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,8 +44,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "From a change of the BGP-learned routes to the routes map and kernel table holding it.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		orphansRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "margay", Subsystem: "agent", Name: "orphaned_workloads_removed_total",
+			Help: "Workload records removed because their veth and netns were gone without a CNI DEL.",
+		}),
 	}
-	reg.MustRegister(m.reconciles, m.reconcileDuration, m.changes, m.endpoints, m.pending, m.routeProgramming)
+	reg.MustRegister(m.reconciles, m.reconcileDuration, m.changes, m.endpoints, m.pending, m.routeProgramming, m.orphansRemoved)
 	return m
 }
 
@@ -54,6 +59,7 @@ type bgpCollector struct {
 	peers      *prometheus.Desc
 	learned    *prometheus.Desc
 	advertised *prometheus.Desc
+	retained   *prometheus.Desc
 }
 
 func newBGPCollector(a *Agent) *bgpCollector {
@@ -64,6 +70,8 @@ func newBGPCollector(a *Agent) *bgpCollector {
 		learned: prometheus.NewDesc("margay_bgp_routes_learned", "Accepted best paths learned from peers.", nil, nil),
 		advertised: prometheus.NewDesc("margay_bgp_routes_advertised",
 			"Prefixes this node originates: its blocks and borrowed /32s.", nil, nil),
+		retained: prometheus.NewDesc("margay_bgp_routes_retained",
+			"Remote routes kept from before the agent started until every peer sent its End-of-RIB; 0 once BGP alone decides.", nil, nil),
 	}
 }
 
@@ -71,6 +79,7 @@ func (c *bgpCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.peers
 	ch <- c.learned
 	ch <- c.advertised
+	ch <- c.retained
 }
 
 func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
@@ -90,4 +99,5 @@ func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(len((*sp).Learned())))
 	ch <- prometheus.MustNewConstMetric(c.advertised, prometheus.GaugeValue, float64(c.a.advertised.Load()))
+	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(c.a.retained.Load()))
 }

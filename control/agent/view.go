@@ -30,12 +30,16 @@ type view struct {
 	learnedAt time.Time                   // when the oldest learned change not yet programmed arrived
 	bgp       bool                        // remote routes come from BGP, not from the datastore's blocks
 	synced    map[string]bool
+
+	// retained are the remote routes found in the kernel at start, kept (beside what BGP
+	// delivers) until BGP has every peer's table again or the deferral ends; nil after that.
+	retained []dataplane.RemoteRoute
 }
 
 func newView(node string, withBGP bool) *view {
 	return &view{node: node, workloads: map[string]datastore.Workload{}, blocks: map[string]datastore.Block{},
 		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, bgpConfig: map[string]datastore.BGPConfig{},
-		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{}, revisions: map[string]map[string]int64{kindPolicies: {}}, bgp: withBGP, synced: map[string]bool{}}
+		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{}, revisions: map[string]map[string]int64{kindPolicies: {}, kindWorkloads: {}}, bgp: withBGP, synced: map[string]bool{}}
 }
 
 // state derives what this host should look like. Remote routes come from BGP, or without it from
@@ -45,7 +49,7 @@ func newView(node string, withBGP bool) *view {
 func (v *view) state(uplink string) dataplane.State {
 	s := dataplane.State{Uplink: uplink}
 	if v.bgp {
-		s.Remote = v.learnedRoutes()
+		s.Remote = v.withRetained(v.learnedRoutes())
 	}
 	self := v.nodes[v.node].AddressV4
 	reachable := func(node string) (netip.Addr, bool) {

@@ -40,6 +40,11 @@ type GoBGP struct {
 	own     map[netip.Prefix]bool
 	pools   []netip.Prefix
 	notify  chan struct{}
+	// eor holds the peers whose End-of-RIB for IPv4 unicast arrived since the speaker started;
+	// peersSet says SetPeers ran, so that the set of peers to wait for is known.
+	eor          map[netip.Addr]bool
+	peersSet     bool
+	syncReported bool
 }
 
 type learned struct {
@@ -85,6 +90,7 @@ func New(asn uint32, routerID netip.Addr, opts ...Option) (*GoBGP, error) {
 		accept:     make(map[netip.Addr][]netip.Prefix),
 		known:      make(map[netip.Addr]bool),
 		own:        make(map[netip.Prefix]bool),
+		eor:        make(map[netip.Addr]bool),
 		notify:     make(chan struct{}, 1),
 	}, nil
 }
@@ -135,7 +141,9 @@ func (s *GoBGP) Start(ctx context.Context) error {
 
 	wctx, cancel := context.WithCancel(context.Background())
 	err = srv.WatchEvent(wctx, &api.WatchEventRequest{Table: &api.WatchEventRequest_Table{
-		Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true}},
+		// One watcher for both, so that a peer's End-of-RIB comes after the paths it sent before.
+		Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
+			{Type: api.WatchEventRequest_Table_Filter_EOR, Init: true}},
 	}}, s.onWatch)
 	if err != nil {
 		cancel()
@@ -188,6 +196,8 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	clear(s.accept)
 	clear(s.known)
 	clear(s.own)
+	clear(s.eor)
+	s.peersSet, s.syncReported = false, false
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("stop speaker: %w", err)
@@ -285,6 +295,12 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		s.known[addr] = true
 		s.accept[addr] = p.Accept
 	}
+	for addr := range s.eor {
+		if !s.known[addr] {
+			delete(s.eor, addr)
+		}
+	}
+	s.peersSet = true
 	s.mu.Unlock()
 	s.kick()
 	return joinErrs("set peers", errs)
@@ -452,9 +468,16 @@ func (s *GoBGP) onWatch(r *api.WatchEventResponse) {
 	changed := false
 	s.mu.Lock()
 	for _, p := range t.Paths {
+		if peer, ok := endOfRIB(p); ok {
+			if s.known[peer] && !s.eor[peer] {
+				s.eor[peer] = true
+				changed = true
+			}
+			continue
+		}
 		prefix, ok := pathPrefix(p)
 		if !ok {
-			continue // an End-of-RIB marker, or not IPv4 unicast
+			continue // not IPv4 unicast
 		}
 		peer, err := netip.ParseAddr(p.NeighborIp)
 		if p.IsWithdraw || err != nil || !s.known[peer] {
@@ -510,10 +533,42 @@ func (s *GoBGP) deliver(ctx context.Context, done chan struct{}) {
 			default:
 			}
 		}
+		routes, synced := s.snapshot()
 		if s.opts.onRoutes != nil {
-			s.opts.onRoutes(s.Learned())
+			s.opts.onRoutes(routes)
+		}
+		if synced && s.opts.onSynced != nil {
+			s.opts.onSynced()
 		}
 	}
+}
+
+// snapshot returns the learned routes and whether they are the first to hold every configured
+// peer's initial table (see WithSyncedHandler), which it reports only once. Both are read under
+// one lock, so that a marker never counts before the paths that came ahead of it.
+func (s *GoBGP) snapshot() ([]Route, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	routes := s.learnedLocked()
+	if s.syncReported || !s.peersSet {
+		return routes, false
+	}
+	for addr := range s.known {
+		if !s.eor[addr] {
+			return routes, false
+		}
+	}
+	s.syncReported = true
+	return routes, true
+}
+
+// endOfRIB reports whether p is an End-of-RIB marker for IPv4 unicast, and from which peer.
+func endOfRIB(p *api.Path) (netip.Addr, bool) {
+	if p.GetNlri() != nil || p.GetFamily().GetAfi() != api.Family_AFI_IP || p.GetFamily().GetSafi() != api.Family_SAFI_UNICAST {
+		return netip.Addr{}, false
+	}
+	peer, err := netip.ParseAddr(p.NeighborIp)
+	return peer, err == nil
 }
 
 // Learned implements Speaker. Import policy: a prefix is handed out only if it is not one we
@@ -521,6 +576,11 @@ func (s *GoBGP) deliver(ctx context.Context, done chan struct{}) {
 func (s *GoBGP) Learned() []Route {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.learnedLocked()
+}
+
+// learnedLocked is Learned; s.mu must be held.
+func (s *GoBGP) learnedLocked() []Route {
 	out := make([]Route, 0, len(s.best))
 	for prefix, l := range s.best {
 		if s.acceptable(prefix, l.peer) {

@@ -30,6 +30,7 @@ type options struct {
 	restartTime     time.Duration
 	clusterID       netip.Addr
 	onRoutes        func([]Route)
+	onSynced        func()
 	routeDelay      time.Duration
 }
 
@@ -90,6 +91,13 @@ func WithRouteReflectorClusterID(id netip.Addr) Option {
 // every change. Calls come from one goroutine, in order; changes that arrive within the route
 // delay (see WithRouteDelay) or while the function runs are coalesced into the next call.
 func WithRouteHandler(fn func([]Route)) Option { return func(o *options) { o.onRoutes = fn } }
+
+// WithSyncedHandler sets a function called once, after the route handler has been given the
+// routes of every configured peer's initial table: each peer sent its End-of-RIB marker (RFC
+// 4724) since the speaker started, or no peer is configured. A restarting node keeps the routes
+// it had until then, as RFC 4724's restarting speaker keeps its forwarding state. Peers that do
+// not negotiate graceful restart send no End-of-RIB, so with such a peer it is never called.
+func WithSyncedHandler(fn func()) Option { return func(o *options) { o.onSynced = fn } }
 
 // WithRouteDelay sets how long the speaker gathers route changes before calling the route
 // handler (default DefaultRouteDelay); 0 calls it as soon as possible.

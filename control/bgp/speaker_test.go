@@ -590,3 +590,38 @@ func TestSetPeersUpdate(t *testing.T) {
 		t.Errorf("Peers() = %+v, %v; want none", st, err)
 	}
 }
+
+// The synced handler runs once, after the route handler was given every configured peer's
+// initial table (End-of-RIB received from each), and at once when there are no peers.
+func TestSyncedAfterEndOfRIB(t *testing.T) {
+	var synced atomic.Int32
+	var atSync atomic.Pointer[[]Route]
+	var last atomic.Pointer[[]Route]
+	a := startSpeaker(t, "127.0.0.81", WithSyncedHandler(func() {
+		synced.Add(1)
+		atSync.Store(last.Load())
+	}))
+	observe := func(routes []Route) { last.Store(&routes) }
+	a.observe.Store(&observe)
+	b := startSpeaker(t, "127.0.0.82")
+	// b's table is complete before the session: a's initial table from b holds both blocks.
+	advertise(t, b, blocks[1], blocks[2])
+	setPeers(t, b, a.peer())
+	setPeers(t, a, b.peer())
+	want := map[netip.Prefix]netip.Addr{blocks[1]: b.addr, blocks[2]: b.addr}
+	waitRoutes(t, a, 20*time.Second, "synced", func([]Route) bool { return synced.Load() > 0 })
+	if got := atSync.Load(); got == nil || !hasExactly(want)(*got) {
+		t.Fatalf("routes delivered before the synced call: %v, want b's two blocks", got)
+	}
+	// Later changes do not call it again.
+	advertise(t, b, blocks[1])
+	waitRoutes(t, a, 10*time.Second, "b's withdrawal", hasExactly(map[netip.Prefix]netip.Addr{blocks[1]: b.addr}))
+	if n := synced.Load(); n != 1 {
+		t.Errorf("synced handler called %d times, want once", n)
+	}
+
+	var alone atomic.Int32
+	c := startSpeaker(t, "127.0.0.83", WithSyncedHandler(func() { alone.Add(1) }))
+	setPeers(t, c)
+	waitRoutes(t, c, 10*time.Second, "synced without peers", func([]Route) bool { return alone.Load() == 1 })
+}

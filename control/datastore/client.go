@@ -19,6 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Client is a connection to the datastore. It is safe for concurrent use.
@@ -94,6 +96,7 @@ func connect(ctx context.Context, cfg Config, tlsConf *tls.Config) (*clientv3.Cl
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               quietZap(),
+		DialOptions:          []grpc.DialOption{grpc.WithConnectParams(reconnectParams(cfg.DialTimeout))},
 	}
 	fail := func(err error) error {
 		return fmt.Errorf("datastore: connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
@@ -136,6 +139,21 @@ func connect(ctx context.Context, cfg Config, tlsConf *tls.Config) (*clientv3.Cl
 			return nil, fail(fmt.Errorf("%w (last error: %v)", ctx.Err(), last))
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// ReconnectBackoffMax caps the wait between attempts to reconnect to etcd. gRPC's default grows to
+// two minutes, so after an outage of a minute a client could stay away from a recovered etcd for
+// half a minute more; capped, the agents' watches resume within about a second of etcd's return.
+const ReconnectBackoffMax = time.Second
+
+// reconnectParams is how the etcd client's connection retries: from 100 ms, growing by 1.6 with
+// 20% jitter (gRPC's defaults) up to ReconnectBackoffMax, each attempt given the dial timeout.
+func reconnectParams(dial time.Duration) grpc.ConnectParams {
+	return grpc.ConnectParams{
+		Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2,
+			MaxDelay: ReconnectBackoffMax},
+		MinConnectTimeout: dial,
 	}
 }
 

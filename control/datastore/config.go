@@ -3,6 +3,7 @@ package datastore
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -126,7 +127,7 @@ type fileConfig struct {
 // certFile, keyFile, username, password, prefix and dialTimeout ("5s"). Unknown or repeated
 // fields are an error. Relative TLS file names are taken relative to the file's directory.
 func LoadConfigFile(path string) (Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("datastore: load config: %w", err)
 	}
@@ -149,6 +150,33 @@ func LoadConfigFile(path string) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// maxConfigFile bounds what LoadConfigFile reads: a datastore config is a few lines.
+const maxConfigFile = 1 << 20
+
+// readConfigFile reads a regular file of at most maxConfigFile bytes: a path that names a device,
+// a FIFO or a huge file by mistake gets an error instead of a hang.
+func readConfigFile(path string) ([]byte, error) {
+	// Stat first: opening a FIFO would block until someone writes to it.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxConfigFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxConfigFile)
+	}
+	return data, nil
 }
 
 func relativeTo(configPath, file string) string {

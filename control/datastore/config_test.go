@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,5 +178,27 @@ func TestConfigValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A config path that names a FIFO, a device or a huge file fails at once instead of hanging or
+// filling memory.
+func TestLoadConfigFileNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := writeFile(t, dir, "big.yaml", "# "+strings.Repeat("x", 2<<20)+"\nendpoints: [http://127.0.0.1:2379]\n")
+	for _, c := range []struct{ path, want string }{
+		{fifo, "not a regular file"},
+		{"/dev/zero", "not a regular file"},
+		{dir, "not a regular file"},
+		{big, "larger than"},
+	} {
+		_, err := datastore.LoadConfigFile(c.path)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("LoadConfigFile(%s): %v, want an error saying %q", c.path, err, c.want)
+		}
 	}
 }

@@ -48,10 +48,11 @@ type Event[T any] struct {
 	Malformed bool
 }
 
-// Watch bounds for re-listing after a failed list or watch.
+// Watch bounds for re-listing after a failed list or watch. The maximum keeps a watch that failed
+// a few times while etcd was away within 2 s of its return (agents must resync within 5 s).
 const (
 	watchBackoffMin = 100 * time.Millisecond
-	watchBackoffMax = 5 * time.Second
+	watchBackoffMax = 2 * time.Second
 )
 
 // Watch follows the store: it lists a consistent snapshot and delivers it as one EventSnapshot,

@@ -2,9 +2,9 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +20,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/datastore/etcdembed"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
 )
@@ -59,13 +60,25 @@ type Cluster struct {
 	segment *netns.NS
 	hosts   []*Host
 	ports   int // veths attached to the segment by Attach
+
+	etcdMu  sync.Mutex
+	etcdSrv *etcdembed.Etcd // nil while stopped (StopEtcd)
+	etcdDir string
 }
 
 // New starts an etcd with the pool 198.19.0.0/16 in /26 blocks and a segment (a bridge in a
 // namespace of its own) for the hosts' uplinks.
 func New(tb testing.TB) *Cluster {
 	tb.Helper()
-	e := datastoretest.Start(tb)
+	c := &Cluster{tb: tb, etcdDir: tb.TempDir()}
+	e := c.startEtcd("http://127.0.0.1:0")
+	tb.Cleanup(func() {
+		c.etcdMu.Lock()
+		defer c.etcdMu.Unlock()
+		if c.etcdSrv != nil {
+			c.etcdSrv.Close()
+		}
+	})
 	ds := datastoretest.Connect(tb, datastore.Config{Endpoints: e.Endpoints()})
 	if _, err := ds.Pools().Create(context.Background(), "lab", datastore.Pool{Version: 1, Name: "lab",
 		CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}); err != nil {
@@ -79,7 +92,56 @@ func New(tb testing.TB) *Cluster {
 	if err := seg.Netlink().LinkSetUp(seg.Link(tb, "br0")); err != nil {
 		tb.Fatal(err)
 	}
-	return &Cluster{tb: tb, DS: ds, etcd: strings.TrimPrefix(e.Endpoints()[0], "http://"), segment: seg}
+	c.DS, c.etcd, c.segment = ds, strings.TrimPrefix(e.Endpoints()[0], "http://"), seg
+	return c
+}
+
+// startEtcd starts the cluster's etcd on its data directory at clientURL; port 0 picks a free
+// port below the ephemeral range, so that a restart can bind it again (an outgoing connection
+// elsewhere may take any free ephemeral port while etcd is stopped).
+func (c *Cluster) startEtcd(clientURL string) *etcdembed.Etcd {
+	tb := c.tb
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	urls := []string{clientURL}
+	if strings.HasSuffix(clientURL, ":0") {
+		urls = urls[:0]
+		for range 20 {
+			urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", 20000+rand.IntN(12000)))
+		}
+	}
+	var err error
+	for _, u := range urls {
+		var e *etcdembed.Etcd
+		if e, err = etcdembed.Start(ctx, c.etcdDir, etcdembed.WithClientURL(u), etcdembed.WithUnsafeNoFsync()); err == nil {
+			c.etcdMu.Lock()
+			c.etcdSrv = e
+			c.etcdMu.Unlock()
+			return e
+		}
+	}
+	tb.Fatalf("start embedded etcd: %v", err)
+	return nil
+}
+
+// StopEtcd stops the cluster's etcd, as an outage would: clients' connections break and new
+// ones are refused until StartEtcd.
+func (c *Cluster) StopEtcd() {
+	c.etcdMu.Lock()
+	e := c.etcdSrv
+	c.etcdSrv = nil
+	c.etcdMu.Unlock()
+	if e != nil {
+		e.Close()
+	}
+}
+
+// StartEtcd starts the cluster's etcd again after StopEtcd, on the same data and port, and
+// returns once it serves.
+func (c *Cluster) StartEtcd() {
+	c.tb.Helper()
+	c.startEtcd("http://" + c.etcd)
 }
 
 // Host is a namespace with an uplink ens32 on the segment and a margay-agent process.
@@ -226,45 +288,8 @@ func (w *Workload) Del() error {
 // AddWorkload creates a namespace and runs margay-cni ADD for it on h, exactly as a container
 // runtime does (environment and stdin); DEL runs at cleanup.
 func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
-	tb := c.tb
-	tb.Helper()
-	ns := netns.New(tb, "mgyw"+name+"-")
-	// ADD returns once the host's agent has programmed the workload, policy included.
-	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"mtu":1500,`+
-		`"policySetupTimeout":"20s","bpffsRoot":%q,"datastore":{"endpoints":[%q]}}`, h.Name, h.Root, h.etcd)
-	cni := func(command string) ([]byte, error) {
-		cmd := h.NS.Command(filepath.Join(Binaries(tb), "margay-cni"))
-		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID=ctr-"+name, "CNI_NETNS="+ns.Path,
-			"CNI_IFNAME=eth0", "CNI_PATH="+Binaries(tb))
-		cmd.Stdin = strings.NewReader(conf)
-		return cmd.Output()
-	}
-	out, err := cni("ADD")
-	if err != nil {
-		tb.Fatalf("margay-cni ADD %s on %s: %v\n%s", name, h.Name, err, out)
-	}
-	w := &Workload{Name: name, NS: ns, Host: h, cni: cni}
-	tb.Cleanup(func() {
-		if !w.gone {
-			if err := w.Del(); err != nil {
-				tb.Error(err)
-			}
-		}
-	})
-	var res struct {
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) != 1 {
-		tb.Fatalf("margay-cni result: %v\n%s", err, out)
-	}
-	p, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	w.IP = p.Addr()
-	return w
+	c.tb.Helper()
+	return c.StartWorkload(h, name)()
 }
 
 // WaitProgrammed waits until the workload's host agent has programmed it: its endpoint in the

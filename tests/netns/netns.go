@@ -107,6 +107,22 @@ func (n *NS) remove() {
 	_ = vnetns.DeleteNamed(n.Name)
 }
 
+// Delete removes the namespace with `ip netns del`, as a runtime that tears a container down
+// without CNI DEL would: the handles this package holds on it are closed first, so that nothing
+// keeps it alive and the kernel destroys it with its interfaces. Netlink and Do must not be used
+// afterwards.
+func (n *NS) Delete(tb testing.TB) {
+	tb.Helper()
+	if n.nl != nil {
+		n.nl.Close()
+		n.nl = nil
+	}
+	n.handle.Close()
+	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+		tb.Fatalf("ip netns del %s: %v: %s", n.Name, err, out)
+	}
+}
+
 // Netlink is a netlink handle working inside the namespace.
 func (n *NS) Netlink() *netlink.Handle { return n.nl }
 
