@@ -50,6 +50,8 @@ type options struct {
 	failsafeOut string
 	ctTimeouts  string
 	ctSweep     time.Duration
+	kubeconfig  string
+	k8sSync     bool
 }
 
 func main() {
@@ -105,6 +107,8 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.ctTimeouts, "conntrack-timeouts", "", "override conntrack idle timeouts, e.g. udp=30s,tcp-established=1h (tcp-syn, tcp-established, tcp-fin, tcp-closed, udp, icmp, other)")
 	f.DurationVar(&o.ctSweep, "conntrack-sweep-interval", 10*time.Second, "how often expired conntrack entries are deleted")
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
+	f.BoolVar(&o.k8sSync, "k8s-policy-sync", false, "keep the policies knp.default.* in the datastore equal to the cluster's Kubernetes NetworkPolicies")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file of --k8s-policy-sync (empty: the pod's in-cluster service account)")
 	o.ds.BindFlags(f)
 	return cmd
 }
@@ -192,6 +196,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	kube, err := o.kubeClient(log)
+	if err != nil {
+		return err
+	}
 	dsCfg, err := o.datastoreConfig()
 	if err != nil {
 		return err
@@ -207,6 +215,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	a, err := agent.New(cfg, ds, agent.WithLogger(log), agent.WithRegistry(reg))
 	if err != nil {
 		return err
+	}
+	if kube != nil {
+		defer startPolicySync(ctx, kube, ds, log)()
 	}
 	return a.Run(ctx)
 }

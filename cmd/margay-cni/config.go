@@ -44,10 +44,19 @@ type netConf struct {
 	// so that no packet of it passes before its policy does. Empty or "0": do not wait.
 	PolicySetupTimeout string `json:"policySetupTimeout,omitempty"`
 	// BPFFSRoot is where the agent pins its maps and links (default /sys/fs/bpf/margay).
-	BPFFSRoot     string           `json:"bpffsRoot,omitempty"`
+	BPFFSRoot string `json:"bpffsRoot,omitempty"`
+	// Kubernetes, when set, makes ADD of a pod (K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS)
+	// read the pod's labels from the API server into the workload's labels (k8s.WorkloadLabels).
+	// Calico's plugin takes the same key.
+	Kubernetes    *kubernetesConf  `json:"kubernetes,omitempty"`
 	ds            datastore.Config `json:"-"`
 	policyTimeout time.Duration    `json:"-"`
 	level         slog.Level       `json:"-"`
+}
+
+// kubernetesConf is the "kubernetes" object: how to reach the Kubernetes API server.
+type kubernetesConf struct {
+	Kubeconfig string `json:"kubeconfig,omitempty"` // absolute path of a kubeconfig file
 }
 
 // datastoreConf is the "datastore" object: how to reach etcd.
@@ -75,7 +84,8 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 	if err := dec.Decode(&c); err != nil {
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			return nil, invalidConf("unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
-				"logFile, policySetupTimeout, bpffsRoot and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout)", f)
+				"logFile, policySetupTimeout, bpffsRoot, kubernetes and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout; "+
+				"in kubernetes: kubeconfig)", f)
 		}
 		return nil, invalidConf("%v", err)
 	}
@@ -121,6 +131,9 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		c.BPFFSRoot = loader.DefaultRoot
 	} else if !filepath.IsAbs(c.BPFFSRoot) {
 		return nil, invalidConf("bpffsRoot %q: want an absolute path", c.BPFFSRoot)
+	}
+	if k := c.Kubernetes; k != nil && (k.Kubeconfig == "" || !filepath.IsAbs(k.Kubeconfig)) {
+		return nil, invalidConf("kubernetes.kubeconfig %q: want the absolute path of a kubeconfig file", k.Kubeconfig)
 	}
 	if c.Datastore == nil && c.DatastoreConfig == "" {
 		return nil, invalidConf(`no datastore: set "datastore": {"endpoints": ["https://<etcd>:2379"], ...} or "datastoreConfig": "/etc/margay/datastore.yaml"`)

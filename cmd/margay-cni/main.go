@@ -134,6 +134,13 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer s.close()
 	ws := s.ws
 	ws.Started = start // the record carries the ADD's duration, etcd connection included
+	if s.conf.Kubernetes != nil && ws.Namespace != "" {
+		// Before anything is set up, so that a failure leaves nothing to undo.
+		if ws.Labels, err = podLabels(ctx, s.conf.Kubernetes, ws.Namespace, ws.Name); err != nil {
+			s.log.Error("add failed: no pod labels", "workload", ws.ID, "err", err)
+			return err
+		}
+	}
 	res, err := workload.Add(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws)
 	if err != nil {
 		s.log.Error("add failed", "workload", ws.ID, "err", err)

@@ -1,0 +1,274 @@
+package k8s
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
+)
+
+// startSyncer runs a Syncer until the returned stop is called (or the test ends); stop fails the
+// test unless Run returns nil within 10 s.
+func startSyncer(t *testing.T, client kubernetes.Interface, ds *datastore.Client, opts ...SyncerOption) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	s := NewSyncer(client, ds, append([]SyncerOption{WithLogger(datastoretest.Logger(t))}, opts...)...)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Syncer.Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("Syncer.Run did not return within 10s of its context's end")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// eventually polls cond until it returns nil, failing the test after 10 s with its last error.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stored returns the names of the stored policies with their ModRevisions.
+func stored(t *testing.T, ds *datastore.Client) map[string]int64 {
+	t.Helper()
+	resp, err := ds.Raw().Get(t.Context(), ds.Policies().Key(""), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, kv := range resp.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), ds.Policies().Key(""))] = kv.ModRevision
+	}
+	return out
+}
+
+// wantConverted checks that the stored policy of np is its conversion.
+func wantConverted(t *testing.T, ds *datastore.Client, np *networkingv1.NetworkPolicy) func() error {
+	return func() error {
+		want, err := PolicyFromNetworkPolicy(np)
+		var partial *PartialError
+		if err != nil && !errors.As(err, &partial) {
+			return err
+		}
+		got, err := ds.Policies().Get(t.Context(), want.Name)
+		if err != nil {
+			return err
+		}
+		if !samePolicy(got.Value, want) {
+			return fmt.Errorf("stored %s, want %s", mustJSON(got.Value), mustJSON(want))
+		}
+		return nil
+	}
+}
+
+func wantGone(t *testing.T, ds *datastore.Client, name string) func() error {
+	return func() error {
+		if _, err := ds.Policies().Get(t.Context(), name); !errors.Is(err, datastore.ErrNotFound) {
+			return fmt.Errorf("policy %s: %v, want not found", name, err)
+		}
+		return nil
+	}
+}
+
+func putPolicy(t *testing.T, ds *datastore.Client, j string) datastore.Policy {
+	t.Helper()
+	p := policyJSON(t, j)
+	if _, err := ds.Policies().Put(t.Context(), p.Name, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSyncer(t *testing.T) {
+	ds := datastoretest.New(t)
+	deny := np(t, `
+metadata: {name: deny, namespace: prod}
+spec: {podSelector: {}, policyTypes: [Ingress]}`)
+	web := np(t, `
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: fe}}}], ports: [{port: 80}]}]`)
+	named := np(t, `
+metadata: {name: named, namespace: dev}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: http}, {port: 443}]}]`)
+	broken := np(t, `
+metadata: {name: broken, namespace: prod}
+spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}`)
+	// Before the start: Margay's own policy, a stale copy of web, the policy of a NetworkPolicy
+	// that is gone, a malformed one likewise, a stray knp name, and an old copy of broken.
+	own := putPolicy(t, ds, `{"name": "web", "selector": "app == 'web'", "ingress": [{"action": "allow"}]}`)
+	// A name that only looks like ours: no knp.default. prefix.
+	lookalike := putPolicy(t, ds, `{"name": "knp.defaults.prod.web", "ingress": [{"action": "deny"}]}`)
+	putPolicy(t, ds, `{"name": "knp.default.prod.web", "order": 1000, "selector": "projectcalico.org/namespace == 'prod'"}`)
+	putPolicy(t, ds, `{"name": "knp.default.prod.gone", "order": 1000}`)
+	putPolicy(t, ds, `{"name": "knp.default.stray", "order": 1000}`)
+	oldBroken := putPolicy(t, ds, `{"name": "knp.default.prod.broken", "order": 1000, "types": ["Ingress"]}`)
+	if _, err := ds.Raw().Put(t.Context(), ds.Policies().Key("knp.default.prod.malformed"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	before := stored(t, ds)
+
+	cs := fake.NewClientset(deny, web, named, broken)
+	stop := startSyncer(t, cs, ds, WithResync(100*time.Millisecond))
+	eventually(t, "deny written", wantConverted(t, ds, deny))
+	eventually(t, "stale web rewritten", wantConverted(t, ds, web))
+	eventually(t, "named written without its named port", wantConverted(t, ds, named))
+	for _, name := range []string{"knp.default.prod.gone", "knp.default.stray", "knp.default.prod.malformed"} {
+		eventually(t, "orphan "+name+" deleted", wantGone(t, ds, name))
+	}
+	if got, err := ds.Policies().Get(t.Context(), "knp.default.dev.named"); err != nil || len(got.Value.Ingress) != 1 {
+		t.Errorf("named: %+v, %v; want one rule, for port 443", got.Value, err)
+	}
+
+	// Idempotent: several resyncs later nothing was written again, and what is not ours was
+	// never touched.
+	settled := stored(t, ds)
+	time.Sleep(500 * time.Millisecond)
+	if after := stored(t, ds); fmt.Sprint(after) != fmt.Sprint(settled) {
+		t.Errorf("resyncs rewrote policies:\nbefore %v\nafter  %v", settled, after)
+	}
+	for _, name := range []string{own.Name, lookalike.Name, oldBroken.Name} {
+		if settled[name] != before[name] {
+			t.Errorf("policy %s was touched (ModRevision %d -> %d)", name, before[name], settled[name])
+		}
+	}
+
+	// Events: create, update, delete.
+	np := cs.NetworkingV1().NetworkPolicies("dev")
+	added, err := np.Create(t.Context(), &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "dev", Name: "egress"},
+		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "created NetworkPolicy written", wantConverted(t, ds, added))
+	added.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8"}}}}}
+	if added, err = np.Update(t.Context(), added, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "updated NetworkPolicy rewritten", wantConverted(t, ds, added))
+	if err := np.Delete(t.Context(), "egress", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deleted NetworkPolicy's policy deleted", wantGone(t, ds, "knp.default.dev.egress"))
+	// A NetworkPolicy turning unconvertible keeps its last good policy.
+	web.Spec.PodSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "x", Operator: "Gt", Values: []string{"1"}}}
+	if _, err := cs.NetworkingV1().NetworkPolicies("prod").Update(t.Context(), web, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	web.Spec.PodSelector.MatchExpressions = nil
+	if err := wantConverted(t, ds, web)(); err != nil {
+		t.Errorf("the last good policy of a broken NetworkPolicy: %v", err)
+	}
+
+	// Restart: while no syncer runs, a NetworkPolicy goes and a policy is edited by hand; the
+	// next syncer repairs both in its first reconcile.
+	stop()
+	if err := cs.NetworkingV1().NetworkPolicies("prod").Delete(t.Context(), "deny", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	putPolicy(t, ds, `{"name": "knp.default.dev.named", "order": 1}`)
+	startSyncer(t, cs, ds, WithResync(0))
+	eventually(t, "policy of a NetworkPolicy deleted while stopped removed", wantGone(t, ds, "knp.default.prod.deny"))
+	eventually(t, "hand-edited policy restored", wantConverted(t, ds, named))
+	if got := stored(t, ds); got[own.Name] != before[own.Name] || got[lookalike.Name] != before[lookalike.Name] {
+		t.Errorf("policies without the knp.default. prefix were touched: %v, before %v", got, before)
+	}
+}
+
+// With the datastore unreachable the syncer keeps retrying, never crashes, and still stops
+// cleanly; the next one writes everything.
+func TestSyncerDatastoreDown(t *testing.T) {
+	e := datastoretest.Start(t)
+	deny := np(t, `
+metadata: {name: deny, namespace: prod}
+spec: {podSelector: {}, policyTypes: [Ingress]}`)
+	cs := fake.NewClientset(deny)
+	closed := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	if err := closed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stop := startSyncer(t, cs, closed, WithResync(50*time.Millisecond))
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	ds := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	startSyncer(t, cs, ds, WithResync(0))
+	eventually(t, "written by a syncer with a working datastore", wantConverted(t, ds, deny))
+}
+
+// Two syncers (two agents) on one datastore agree: each change is written, nothing flaps, and
+// the periodic resync repairs what is changed in the datastore behind their backs.
+func TestSyncersSideBySide(t *testing.T) {
+	ds := datastoretest.New(t)
+	deny := np(t, `
+metadata: {name: deny, namespace: prod}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`)
+	cs := fake.NewClientset(deny)
+	startSyncer(t, cs, ds, WithResync(50*time.Millisecond))
+	startSyncer(t, cs, ds, WithResync(70*time.Millisecond))
+	eventually(t, "deny written", wantConverted(t, ds, deny))
+
+	web := np(t, `
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: 80}, {protocol: UDP, port: 53, endPort: 54}]}]`)
+	if _, err := cs.NetworkingV1().NetworkPolicies("prod").Create(t.Context(), web, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "web written", wantConverted(t, ds, web))
+	settled := stored(t, ds)
+	time.Sleep(400 * time.Millisecond)
+	if after := stored(t, ds); fmt.Sprint(after) != fmt.Sprint(settled) {
+		t.Errorf("policies flapped between two syncers:\nbefore %v\nafter  %v", settled, after)
+	}
+
+	// Behind their backs: a policy edited, one deleted, an orphan added.
+	putPolicy(t, ds, `{"name": "knp.default.prod.web", "order": 1, "ingress": [{"action": "allow"}]}`)
+	if err := ds.Policies().Delete(t.Context(), "knp.default.prod.deny", 0); err != nil {
+		t.Fatal(err)
+	}
+	putPolicy(t, ds, `{"name": "knp.default.prod.orphan", "order": 1000}`)
+	eventually(t, "edited policy restored", wantConverted(t, ds, web))
+	eventually(t, "deleted policy restored", wantConverted(t, ds, deny))
+	eventually(t, "orphan deleted", wantGone(t, ds, "knp.default.prod.orphan"))
+}
