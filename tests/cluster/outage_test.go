@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -298,11 +297,8 @@ func enforces(h *cluster.Host, want map[string]int64) bool {
 
 // exchangeOnce opens a new TCP connection, exchanges one line and closes it, within 2 s.
 func exchangeOnce(from *cluster.Workload, to netip.Addr, port, i int) error {
-	var conn net.Conn
-	if err := from.NS.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(to, uint16(port)).String(), 2*time.Second)
-		return err
-	}); err != nil {
+	conn, err := from.DialTCP(to, port, 2*time.Second)
+	if err != nil {
 		return err
 	}
 	defer conn.Close()

@@ -74,11 +74,7 @@ func TestPolicyChangesOpenNoWindow(t *testing.T) {
 					return
 				default:
 				}
-				var conn net.Conn
-				err := cc.NS.Do(func() (err error) {
-					conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(b.IP, 8080).String(), 200*time.Millisecond)
-					return err
-				})
+				conn, err := cc.DialTCP(b.IP, 8080, 200*time.Millisecond)
 				if err == nil {
 					conn.Close()
 					denied.Add(1)
@@ -179,11 +175,8 @@ func serveEcho(ln net.Listener) {
 // requestLoop sends a line and waits for its echo on one connection until stop, each within a
 // second: a policy window that drops the flow shows up as an error here.
 func requestLoop(from *cluster.Workload, to netip.Addr, port int, stop <-chan struct{}, rounds *atomic.Int64) error {
-	var conn net.Conn
-	if err := from.NS.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(to, uint16(port)).String(), 5*time.Second)
-		return err
-	}); err != nil {
+	conn, err := from.DialTCP(to, port, 5*time.Second)
+	if err != nil {
 		return err
 	}
 	defer conn.Close()

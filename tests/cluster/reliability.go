@@ -3,10 +3,12 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/margaynet/margay/tests/netns"
 )
@@ -100,4 +102,14 @@ func (h *Host) Alive() error {
 	default:
 		return nil
 	}
+}
+
+// DialTCP connects from the workload's namespace to port on to, within timeout.
+func (w *Workload) DialTCP(to netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
+	var conn net.Conn
+	err := w.NS.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(to, uint16(port)).String(), timeout)
+		return err
+	})
+	return conn, err
 }

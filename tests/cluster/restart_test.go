@@ -53,7 +53,8 @@ func TestBGPGracefulRestart(t *testing.T) {
 }
 
 // A peer that falls silent (its link goes down: no notification, no TCP reset) is declared down
-// after the hold time, and its routes are withdrawn once the restart time has passed too.
+// after the hold time, and its routes are withdrawn once the restart time has passed too; they
+// come back when the peer does.
 func TestBGPPeerLoss(t *testing.T) {
 	c := cluster.New(t)
 	flags := slices.Concat(fastBGP, []string{"--bgp-restart-time", "2s"})
@@ -76,4 +77,19 @@ func TestBGPPeerLoss(t *testing.T) {
 		return nil
 	})
 	t.Logf("withdrawn %s after the peer fell silent (hold 3s, restart time 2s)", time.Since(lost).Round(100*time.Millisecond))
+
+	// The peer returns: the session comes back and with it the block, in the map and the kernel.
+	h2.NS.MustRun(t, "ip", "link", "set", "ens32", "up")
+	back := time.Now()
+	cluster.Eventually(t, "vm101's block back", 60*time.Second, func() error {
+		if err := routed(set, block, h2.Addr.Addr()); err != nil {
+			return err
+		}
+		out, err := h1.NS.Run("ip", "-4", "route", "show", block.String())
+		if err != nil || !strings.Contains(out, "via "+h2.Addr.Addr().String()) {
+			return fmt.Errorf("kernel route %q, %v", out, err)
+		}
+		return nil
+	})
+	t.Logf("routed again %s after the peer's link came back", time.Since(back).Round(100*time.Millisecond))
 }
