@@ -203,34 +203,12 @@ func (t *topo) crr(d time.Duration, s *benchsuite.Sample) error {
 	var elapsed time.Duration
 	addr := netip.AddrPortFrom(serverIP, rrPort).String()
 	busy, err := cpuWindow(func() error {
-		return t.client.Do(func() error {
-			dl := t.dialer(dialTimeout)
-			buf := make([]byte, 2)
-			start := time.Now()
-			for {
-				elapsed = time.Since(start)
-				if elapsed >= d {
-					return nil
-				}
-				c, err := dl.Dial("tcp4", addr)
-				if err != nil {
-					return fmt.Errorf("%v: crr connection %d: %w", t, n, err)
-				}
-				_ = c.SetDeadline(time.Now().Add(dialTimeout))
-				if _, err = c.Write([]byte{'c'}); err == nil {
-					_, err = io.ReadFull(c, buf[:1])
-				}
-				if err == nil {
-					if _, rerr := c.Read(buf); rerr != io.EOF {
-						err = fmt.Errorf("read after the answer: %v, want EOF", rerr)
-					}
-				}
-				c.Close()
-				if err != nil {
-					return fmt.Errorf("%v: crr connection %d: %w", t, n, err)
-				}
-				n++
+		return t.client.Do(func() (err error) {
+			n, elapsed, err = netns.ByteEchoCRR(t.dialer(dialTimeout), addr, d, dialTimeout)
+			if err != nil {
+				return fmt.Errorf("%v: crr %w", t, err)
 			}
+			return nil
 		})
 	})
 	if err != nil {
@@ -282,32 +260,9 @@ func (t *topo) denied() error {
 // forwarded is the IPv4 datagrams the host's kernel forwarded (Ip: ForwDatagrams).
 func forwarded(tb testing.TB, ns *netns.NS) uint64 {
 	tb.Helper()
-	var v uint64
-	if err := ns.Do(func() (err error) {
-		v, err = snmpField("/proc/thread-self/net/snmp", "Ip:", "ForwDatagrams")
-		return err
-	}); err != nil {
+	v, err := ns.NetStat("snmp", "Ip", "ForwDatagrams")
+	if err != nil {
 		tb.Fatal(err)
 	}
 	return v
-}
-
-func snmpField(path, group, field string) (uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	lines := strings.Split(string(b), "\n")
-	for i := 0; i+1 < len(lines); i++ {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != group || len(values) != len(names) || values[0] != group {
-			continue
-		}
-		for j, n := range names {
-			if n == field {
-				return strconv.ParseUint(values[j], 10, 64)
-			}
-		}
-	}
-	return 0, fmt.Errorf("%s: no %s %s", path, group, field)
 }

@@ -1,18 +1,16 @@
 package benchsuite_test
 
 import (
-	"encoding/binary"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 
-	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/policy"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/benchrules"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -112,10 +110,10 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 			case kindKernel:
 				// Empty netfilter: no table is ever loaded in these namespaces.
 			case kindKernelFilter:
-				restore(tb, h.ns, iptablesRules(rules))
+				h.ns.IPTablesRestore(tb, benchRules(rules).IPTables())
 			case kindMargay, kindMargayPolicy, kindMargayXDP:
 				// FORWARD drops everything: traffic that does not take the eBPF path does not arrive.
-				restore(tb, h.ns, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+				h.ns.IPTablesRestore(tb, benchrules.ForwardDrop)
 				h.loadMargay(tb)
 			default:
 				tb.Fatalf("kind %q", kind)
@@ -128,7 +126,7 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 		}
 	}
 	// A wide ephemeral range: CRR opens thousands of connections a second.
-	mustSysctl(tb, t.client, "ipv4/ip_local_port_range", "10000 65000")
+	t.client.MustSysctl(tb, "ipv4/ip_local_port_range", "10000 65000")
 	t.srv = startServer(tb, t.server)
 	return t
 }
@@ -138,7 +136,7 @@ func (t *topo) String() string { return t.kind }
 func newHost(tb testing.TB, prefix, name string, addr netip.Addr, block netip.Prefix) *host {
 	tb.Helper()
 	h := &host{name: name, ns: netns.New(tb, prefix), addr: addr, block: block}
-	mustSysctl(tb, h.ns, "ipv4/ip_forward", "1")
+	h.ns.MustSysctl(tb, "ipv4/ip_forward", "1")
 	return h
 }
 
@@ -165,8 +163,8 @@ func (h *host) addWorkload(tb testing.TB, prefix, cali string, ip netip.Addr) *n
 	h.wlMAC = w.Link(tb, "eth0").Attrs().HardwareAddr
 
 	h.ns.SetMAC(tb, cali, hostVethMAC)
-	mustSysctl(tb, h.ns, "ipv4/conf/"+cali+"/proxy_arp", "1")
-	mustSysctl(tb, h.ns, "ipv4/conf/"+cali+"/forwarding", "1")
+	h.ns.MustSysctl(tb, "ipv4/conf/"+cali+"/proxy_arp", "1")
+	h.ns.MustSysctl(tb, "ipv4/conf/"+cali+"/forwarding", "1")
 	h.ns.RouteDev(tb, netip.PrefixFrom(ip, 32).String(), cali)
 	h.ns.PermanentNeigh(tb, cali, ip.String(), h.wlMAC.String())
 	h.cali, h.caliIndex, h.wl, h.wlIP = cali, uint32(h.ns.Link(tb, cali).Attrs().Index), w, ip
@@ -211,10 +209,6 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 	}
 	ep := maps.Endpoint{Ifindex: h.caliIndex, IPv4: h.wlIP, MAC: h.wlMAC}
 	if n > 0 {
-		set, err := policy.NewSet([]datastore.Policy{benchPolicy(n)})
-		if err != nil {
-			tb.Fatal(err)
-		}
 		all := []policy.Endpoint{
 			{Key: "A/client", Node: "A", Addr: a.wlIP, Labels: map[string]string{}},
 			{Key: "B/server", Node: "B", Addr: b.wlIP, Labels: map[string]string{}},
@@ -223,20 +217,9 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 		if h == b {
 			local = all[1:]
 		}
-		c := policy.NewCompiler(h.set.RuleHits.MaxRules())
-		res, err := c.Compile(set, all, local)
+		_, res, err := benchRules(n).Install(h.set, all, local)
 		if err != nil {
 			tb.Fatal(err)
-		}
-		for k, v := range c.Entries(res.Programs, res.Identities) {
-			if err := h.set.Policy.Put(k, v); err != nil {
-				tb.Fatal(err)
-			}
-		}
-		for p, id := range res.IPs {
-			if err := h.set.PolicyIPs.Put(p, id); err != nil {
-				tb.Fatal(err)
-			}
 		}
 		ep.IngressProgram, ep.EgressProgram = res.Endpoints[h.wlIP].Ingress, res.Endpoints[h.wlIP].Egress
 		if ep.IngressProgram == 0 {
@@ -256,74 +239,8 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 	}
 }
 
-// allowedPorts is what the last rule allows: iperf3's port and the RR/CRR server's.
-func allowedPorts() (lo, hi uint16) { return iperfPort, rrPort }
-
-// ruleNet is the source of rule i of n: distinct /28s of 198.18.0.0/16 holding neither
-// workload, and the client's /28 for the last rule.
-func ruleNet(i, n int) netip.Prefix {
-	if i == n-1 {
-		return clientNet
-	}
-	v := binary.BigEndian.Uint32(ruleBase.AsSlice()) + uint32(16*i)
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), 28)
-}
-
-// benchPolicy is n ingress rules on every workload (selector all()); the measured flows match
-// only the last.
-func benchPolicy(n int) datastore.Policy {
-	tcp := datastore.Protocol(6)
-	p := datastore.Policy{
-		Version:  datastore.CurrentVersion,
-		Name:     fmt.Sprintf("bench-%d", n),
-		Selector: "all()",
-		Types:    []datastore.PolicyType{datastore.PolicyIngress},
-	}
-	for i := range n {
-		lo, hi := uint16(basePort+i), uint16(basePort+i)
-		if i == n-1 {
-			lo, hi = allowedPorts()
-		}
-		p.Ingress = append(p.Ingress, datastore.Rule{
-			Action:      datastore.ActionAllow,
-			Protocol:    &tcp,
-			Source:      datastore.EntityRule{Nets: []netip.Prefix{ruleNet(i, n)}},
-			Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: lo, Hi: hi}}},
-		})
-	}
-	return p
-}
-
-// iptablesRules is the classic filter: conntrack's ESTABLISHED,RELATED accepted first, then n
-// rules that every new flow walks (the last allows the measured flows), then a drop.
-func iptablesRules(n int) string {
-	var b strings.Builder
-	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n")
-	b.WriteString("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
-	for i := range n {
-		if i == n-1 {
-			lo, hi := allowedPorts()
-			fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d:%d -j ACCEPT\n", ruleNet(i, n), lo, hi)
-			continue
-		}
-		fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d -j ACCEPT\n", ruleNet(i, n), basePort+i)
-	}
-	b.WriteString("-A FORWARD -j DROP\nCOMMIT\n")
-	return b.String()
-}
-
-func restore(tb testing.TB, ns *netns.NS, rules string) {
-	tb.Helper()
-	cmd := ns.Command("iptables-restore")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("iptables-restore in %s: %v: %s", ns.Name, err, out)
-	}
-}
-
-func mustSysctl(tb testing.TB, ns *netns.NS, key, value string) {
-	tb.Helper()
-	if err := ns.Sysctl(key, value); err != nil {
-		tb.Fatalf("sysctl %s=%s in %s: %v", key, value, ns.Name, err)
-	}
+// benchRules is the rule set of n rules: the last allows the client's /28 to iperf3's port and
+// the RR/CRR server's.
+func benchRules(n int) benchrules.Rules {
+	return benchrules.Rules{N: n, Base: ruleBase, BasePort: basePort, LastNet: clientNet, LastLo: iperfPort, LastHi: rrPort}
 }

@@ -1,12 +1,9 @@
 package forwarding_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"sort"
@@ -214,46 +211,11 @@ func forwardPolicyDrops(tb testing.TB, h *host) (policy string, packets uint64) 
 // icmpInEchos reads how many echo requests the workload's kernel received.
 func icmpInEchos(tb testing.TB, w *workload) uint64 {
 	tb.Helper()
-	var v uint64
-	if err := w.ns.Do(func() error {
-		// thread-self: /proc/self/net would show the namespace of the process, not of this thread.
-		f, err := os.Open("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		v, err = snmpField(f, "Icmp", "InEchos")
-		return err
-	}); err != nil {
+	v, err := w.ns.NetStat("snmp", "Icmp", "InEchos")
+	if err != nil {
 		tb.Fatalf("%s: %v", w.name, err)
 	}
 	return v
-}
-
-// snmpField reads one field of /proc/net/snmp, whose sections are a header line and a value line.
-func snmpField(r io.Reader, section, field string) (uint64, error) {
-	var header []string
-	s := bufio.NewScanner(r)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) == 0 || fields[0] != section+":" {
-			continue
-		}
-		if header == nil {
-			header = fields
-			continue
-		}
-		for i, name := range header {
-			if name == field && i < len(fields) {
-				return strconv.ParseUint(fields[i], 10, 64)
-			}
-		}
-		break
-	}
-	if err := s.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("no %s %s in snmp", section, field)
 }
 
 // requirePing fails early with the fix when ping is missing, instead of in every subtest.

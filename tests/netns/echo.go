@@ -202,3 +202,36 @@ func ServeByteEcho(tb testing.TB, ln net.Listener) {
 		wg.Wait()
 	})
 }
+
+// ByteEchoCRR is the client of ServeByteEcho's connection-rate test, from the calling goroutine's
+// namespace: for d it opens connections one after the other with dl, sends a 'c', reads the
+// answer and the server's close, and closes. It returns the connections completed and the time
+// they took; timeout bounds each connection's exchange.
+func ByteEchoCRR(dl *net.Dialer, addr string, d, timeout time.Duration) (n int, elapsed time.Duration, err error) {
+	buf := make([]byte, 2)
+	start := time.Now()
+	for {
+		elapsed = time.Since(start)
+		if elapsed >= d {
+			return n, elapsed, nil
+		}
+		c, err := dl.Dial("tcp4", addr)
+		if err != nil {
+			return n, elapsed, fmt.Errorf("connection %d: %w", n, err)
+		}
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err = c.Write([]byte{'c'}); err == nil {
+			_, err = io.ReadFull(c, buf[:1])
+		}
+		if err == nil {
+			if _, rerr := c.Read(buf); rerr != io.EOF {
+				err = fmt.Errorf("read after the answer: %v, want EOF", rerr)
+			}
+		}
+		c.Close()
+		if err != nil {
+			return n, elapsed, fmt.Errorf("connection %d: %w", n, err)
+		}
+		n++
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -186,6 +187,56 @@ func (n *NS) Sysctl(key, value string) error {
 	return n.Do(func() error {
 		return os.WriteFile(filepath.Join("/proc/sys/net", key), []byte(value), 0o644)
 	})
+}
+
+// MustSysctl is Sysctl, failing the test on error.
+func (n *NS) MustSysctl(tb testing.TB, key, value string) {
+	tb.Helper()
+	if err := n.Sysctl(key, value); err != nil {
+		tb.Fatalf("sysctl %s=%s in %s: %v", key, value, n.Name, err)
+	}
+}
+
+// IPTablesRestore loads an iptables-restore input in the namespace (whichever iptables backend
+// the host has), failing the test on error.
+func (n *NS) IPTablesRestore(tb testing.TB, rules string) {
+	tb.Helper()
+	cmd := n.Command("iptables-restore")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("iptables-restore in %s: %v: %s", n.Name, err, out)
+	}
+}
+
+// NetStat reads one counter of the namespace's /proc/net/snmp or /proc/net/netstat (file "snmp"
+// or "netstat"), e.g. ("snmp", "Ip", "ForwDatagrams"). Both files hold, per group, a header line
+// of names and a line of values, each starting with "<group>:".
+func (n *NS) NetStat(file, group, field string) (v uint64, err error) {
+	err = n.Do(func() error {
+		// /proc/net follows the process's main thread; thread-self follows this locked thread.
+		b, err := os.ReadFile(filepath.Join("/proc/thread-self/net", file))
+		if err != nil {
+			return err
+		}
+		lines := strings.Split(string(b), "\n")
+		for i := 0; i+1 < len(lines); i++ {
+			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(names) == 0 || names[0] != group+":" || len(values) != len(names) || values[0] != group+":" {
+				continue
+			}
+			for j, name := range names {
+				if name == field {
+					v, err = strconv.ParseUint(values[j], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("%s: no %s %s", file, group, field)
+	})
+	if err != nil {
+		err = fmt.Errorf("%s in %s: %w", file, n.Name, err)
+	}
+	return v, err
 }
 
 // Link returns the namespace's interface by name.

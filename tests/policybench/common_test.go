@@ -2,18 +2,16 @@ package policybench_test
 
 import (
 	"encoding/binary"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 
-	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/policy"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/benchrules"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -52,48 +50,9 @@ var hostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee} // as Cal
 // allowedPort is the port of the last of n rules: the one the measured flow matches.
 func allowedPort(n int) uint16 { return uint16(basePort + n - 1) }
 
-// ruleNet is the source of rule i of n.
-func ruleNet(i, n int) netip.Prefix {
-	if i == n-1 {
-		return clientNet
-	}
-	v := binary.BigEndian.Uint32(ruleBase.AsSlice()) + uint32(16*i)
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, v))), 28)
-}
-
-// benchPolicy is n ingress rules on every workload (selector all()), the matching one last.
-func benchPolicy(n int) datastore.Policy {
-	tcp := datastore.Protocol(6)
-	p := datastore.Policy{
-		Version:  datastore.CurrentVersion,
-		Name:     fmt.Sprintf("bench-%d", n),
-		Selector: "all()",
-		Types:    []datastore.PolicyType{datastore.PolicyIngress},
-	}
-	for i := range n {
-		port := uint16(basePort + i)
-		p.Ingress = append(p.Ingress, datastore.Rule{
-			Action:      datastore.ActionAllow,
-			Protocol:    &tcp,
-			Source:      datastore.EntityRule{Nets: []netip.Prefix{ruleNet(i, n)}},
-			Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: port, Hi: port}}},
-		})
-	}
-	return p
-}
-
-// iptablesRules is the same rule set as an iptables-restore input for the FORWARD chain, as the
-// classic Calico dataplane would check it: established flows first, then the rules in order,
-// then a drop.
-func iptablesRules(n int) string {
-	var b strings.Builder
-	b.WriteString("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n")
-	b.WriteString("-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
-	for i := range n {
-		fmt.Fprintf(&b, "-A FORWARD -s %s -p tcp -m tcp --dport %d -j ACCEPT\n", ruleNet(i, n), basePort+i)
-	}
-	b.WriteString("-A FORWARD -j DROP\nCOMMIT\n")
-	return b.String()
+// benchRules is the rule set of n rules; the last allows the client's /28 to allowedPort(n).
+func benchRules(n int) benchrules.Rules {
+	return benchrules.Rules{N: n, Base: ruleBase, BasePort: basePort, LastNet: clientNet, LastLo: allowedPort(n), LastHi: allowedPort(n)}
 }
 
 // margayHost is a loaded dataplane with the client and the server as its workloads.
@@ -142,28 +101,13 @@ func (h *margayHost) install(tb testing.TB, n int, client, server maps.Endpoint)
 		}
 	}
 	if n > 0 {
-		set, err := policy.NewSet([]datastore.Policy{benchPolicy(n)})
-		if err != nil {
-			tb.Fatal(err)
-		}
 		eps := []policy.Endpoint{
 			{Key: "bench/client", Node: "bench", Addr: client.IPv4, Labels: map[string]string{}},
 			{Key: "bench/server", Node: "bench", Addr: server.IPv4, Labels: map[string]string{}},
 		}
-		c := policy.NewCompiler(h.set.RuleHits.MaxRules())
-		res, err := c.Compile(set, eps, eps)
+		c, res, err := benchRules(n).Install(h.set, eps, eps)
 		if err != nil {
 			tb.Fatal(err)
-		}
-		for k, v := range c.Entries(res.Programs, res.Identities) {
-			if err := h.set.Policy.Put(k, v); err != nil {
-				tb.Fatal(err)
-			}
-		}
-		for p, id := range res.IPs {
-			if err := h.set.PolicyIPs.Put(p, id); err != nil {
-				tb.Fatal(err)
-			}
 		}
 		client.IngressProgram, client.EgressProgram = res.Endpoints[client.IPv4].Ingress, res.Endpoints[client.IPv4].Egress
 		server.IngressProgram, server.EgressProgram = res.Endpoints[server.IPv4].Ingress, res.Endpoints[server.IPv4].Egress

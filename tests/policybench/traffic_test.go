@@ -16,6 +16,7 @@ import (
 
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/benchrules"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -54,7 +55,7 @@ func newTopology(tb testing.TB, mode string, n int) *topology {
 		client: netns.New(tb, "mgpbcli"),
 		server: netns.New(tb, "mgpbsrv"),
 	}
-	mustSysctl(tb, t.host, "ipv4/ip_forward", "1")
+	t.host.MustSysctl(tb, "ipv4/ip_forward", "1")
 	macs := map[string]net.HardwareAddr{}
 	for _, w := range []struct {
 		ns   *netns.NS
@@ -69,8 +70,8 @@ func newTopology(tb testing.TB, mode string, n int) *topology {
 		macs[w.cali] = w.ns.Link(tb, "eth0").Attrs().HardwareAddr
 
 		t.host.SetMAC(tb, w.cali, hostVethMAC.String())
-		mustSysctl(tb, t.host, "ipv4/conf/"+w.cali+"/proxy_arp", "1")
-		mustSysctl(tb, t.host, "ipv4/conf/"+w.cali+"/forwarding", "1")
+		t.host.MustSysctl(tb, "ipv4/conf/"+w.cali+"/proxy_arp", "1")
+		t.host.MustSysctl(tb, "ipv4/conf/"+w.cali+"/forwarding", "1")
 		t.host.RouteDev(tb, netip.PrefixFrom(w.ip, 32).String(), w.cali)
 		// The host holds no address to ARP from: its neighbours are fixed, as ARP is no part of
 		// what is measured.
@@ -80,10 +81,10 @@ func newTopology(tb testing.TB, mode string, n int) *topology {
 
 	switch mode {
 	case modeIptables:
-		restore(tb, t.host, iptablesRules(n))
+		t.host.IPTablesRestore(tb, benchRules(n).IPTables())
 	case modeMargay:
 		// FORWARD drops everything: traffic that does not take the eBPF path does not arrive.
-		restore(tb, t.host, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+		t.host.IPTablesRestore(tb, benchrules.ForwardDrop)
 		t.margay = loadMargay(tb, t.host)
 		t.margay.install(tb, n,
 			maps.Endpoint{Ifindex: t.ifindex[wepA], IPv4: clientIP, MAC: macs[wepA]},
@@ -109,24 +110,6 @@ func newTopology(tb testing.TB, mode string, n int) *topology {
 }
 
 func (t *topology) String() string { return fmt.Sprintf("%s/rules=%d", t.mode, t.n) }
-
-func mustSysctl(tb testing.TB, ns *netns.NS, key, value string) {
-	tb.Helper()
-	if err := ns.Sysctl(key, value); err != nil {
-		tb.Fatalf("sysctl %s=%s in %s: %v", key, value, ns.Name, err)
-	}
-}
-
-// restore loads an iptables-restore input in the namespace: whichever iptables this host has
-// (legacy or nft), as the classic Calico dataplane would use it.
-func restore(tb testing.TB, ns *netns.NS, rules string) {
-	tb.Helper()
-	cmd := ns.Command("iptables-restore")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("iptables-restore in %s: %v: %s", ns.Name, err, out)
-	}
-}
 
 // listen starts a server on the server's address and port. Each connection answers every byte
 // with itself; after a 'c' it closes, so that the server closes first and the client, whose ports
@@ -154,34 +137,12 @@ func (t *topology) crr(d time.Duration) (float64, error) {
 	var n int
 	var elapsed time.Duration
 	addr := t.allowed.Addr().String()
-	err := t.client.Do(func() error {
-		dl := t.dialer(dialTimeout)
-		buf := make([]byte, 2)
-		start := time.Now()
-		for {
-			elapsed = time.Since(start)
-			if elapsed >= d {
-				return nil
-			}
-			c, err := dl.Dial("tcp4", addr)
-			if err != nil {
-				return fmt.Errorf("%v: connection %d: %w", t, n, err)
-			}
-			_ = c.SetDeadline(time.Now().Add(dialTimeout))
-			if _, err = c.Write([]byte{'c'}); err == nil {
-				_, err = io.ReadFull(c, buf[:1])
-			}
-			if err == nil {
-				if _, rerr := c.Read(buf); rerr != io.EOF {
-					err = fmt.Errorf("read after the answer: %v, want EOF", rerr)
-				}
-			}
-			c.Close()
-			if err != nil {
-				return fmt.Errorf("%v: connection %d: %w", t, n, err)
-			}
-			n++
+	err := t.client.Do(func() (err error) {
+		n, elapsed, err = netns.ByteEchoCRR(t.dialer(dialTimeout), addr, d, dialTimeout)
+		if err != nil {
+			return fmt.Errorf("%v: %w", t, err)
 		}
+		return nil
 	})
 	return float64(n) / elapsed.Seconds(), err
 }
@@ -295,43 +256,17 @@ func (t *topology) check(tb testing.TB) {
 func (t *topology) tcpTrouble(tb testing.TB) (retrans, timeouts uint64) {
 	tb.Helper()
 	for _, ns := range []*netns.NS{t.client, t.server} {
-		err := ns.Do(func() error {
-			// /proc/net follows the main thread's namespace; thread-self follows this one's.
-			r, err := snmpField("/proc/thread-self/net/snmp", "Tcp:", "RetransSegs")
-			if err != nil {
-				return err
-			}
-			to, err := snmpField("/proc/thread-self/net/netstat", "TcpExt:", "TCPTimeouts")
-			retrans, timeouts = retrans+r, timeouts+to
-			return err
-		})
+		r, err := ns.NetStat("snmp", "Tcp", "RetransSegs")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		to, err := ns.NetStat("netstat", "TcpExt", "TCPTimeouts")
+		retrans, timeouts = retrans+r, timeouts+to
 		if err != nil {
 			tb.Fatal(err)
 		}
 	}
 	return retrans, timeouts
-}
-
-// snmpField reads one counter of a /proc/net/snmp-style file: a header line and a value line
-// per group.
-func snmpField(path, group, field string) (uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	lines := strings.Split(string(b), "\n")
-	for i := 0; i+1 < len(lines); i++ {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != group || len(values) != len(names) || values[0] != group {
-			continue
-		}
-		for j, n := range names {
-			if n == field {
-				return strconv.ParseUint(values[j], 10, 64)
-			}
-		}
-	}
-	return 0, fmt.Errorf("%s: no %s %s", path, group, field)
 }
 
 var counterLine = regexp.MustCompile(`^\[(\d+):\d+\] -A FORWARD (.*)$`)
