@@ -2,6 +2,14 @@ module github.com/margaynet/margay
 
 go 1.26.8
 
+// Go opens TCP listeners as Multipath TCP by default (since 1.24, where the kernel has MPTCP), and
+// Linux refuses TCP_MD5SIG and IP_TTL on MPTCP sockets (ENOPROTOOPT / EOPNOTSUPP). GoBGP makes its
+// listener and dialer inside its own code, where no ListenConfig of ours reaches, so BGP passwords
+// (RFC 2385) and TTL settings work only with plain TCP sockets: this module-wide setting covers every
+// binary and test built here, and bgp.(*GoBGP).Start refuses to run when it is overridden (e.g. by
+// GODEBUG in the environment).
+godebug multipathtcp=0
+
 require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/containernetworking/cni v1.3.1

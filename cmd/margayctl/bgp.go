@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 
@@ -11,15 +14,40 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 )
 
+// peerJSON is a peer as margayctl prints it: the secret replaced by whether there is one.
+type peerJSON struct {
+	datastore.BGPPeer
+	PasswordSet bool `json:"passwordSet"`
+}
+
+// readSecret reads a secret from a file, or from r for "-", without its trailing newline.
+func readSecret(r io.Reader, file string) (string, error) {
+	var b []byte
+	var err error
+	if file == "-" {
+		b, err = io.ReadAll(io.LimitReader(r, 4096))
+	} else {
+		b, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", errors.New("empty secret")
+	}
+	return s, nil
+}
+
 func newBGPCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bgp", Short: "Explicit BGP peers (gateways, route reflectors)", PersistentPreRunE: g.checkOutput}
 	peer := &cobra.Command{Use: "peer", Short: "Add, list and delete explicit BGP peers"}
 
-	var ip, node string
+	var ip, node, passwordFile string
 	var asn uint32
 	var accept []string
 	add := &cobra.Command{
-		Use:   "add NAME --peer-ip IP --asn N [--node NODE] [--accept CIDR …]",
+		Use:   "add NAME --peer-ip IP --asn N [--node NODE] [--accept CIDR …] [--password-file FILE]",
 		Short: "Peer every node (or --node) with a router; --accept lets it send prefixes outside the pools",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -34,6 +62,14 @@ func newBGPCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("bgp peer add: --accept %q: %w", a, err)
 				}
 				p.Accept = append(p.Accept, pr)
+			}
+			if passwordFile != "" {
+				if p.Password, err = readSecret(cmd.InOrStdin(), passwordFile); err != nil {
+					return fmt.Errorf("bgp peer add: --password-file: %w", err)
+				}
+			}
+			if err := p.Validate(); err != nil {
+				return fmt.Errorf("bgp peer add: %w", err)
 			}
 			ctx := cmd.Context()
 			c, err := g.client(ctx)
@@ -52,6 +88,7 @@ func newBGPCmd(g *globals) *cobra.Command {
 	add.Flags().Uint32Var(&asn, "asn", datastore.DefaultASN, "the router's AS number")
 	add.Flags().StringVar(&node, "node", "", "peer only this node (default: every node)")
 	add.Flags().StringSliceVar(&accept, "accept", nil, "prefixes the router may send besides the pools' (e.g. 0.0.0.0/0)")
+	add.Flags().StringVar(&passwordFile, "password-file", "", "file (or - for standard input) holding the session's TCP MD5 secret; never on the command line")
 
 	list := &cobra.Command{
 		Use:   "list",
@@ -69,7 +106,7 @@ func newBGPCmd(g *globals) *cobra.Command {
 				return err
 			}
 			var rows [][]string
-			js := []datastore.BGPPeer{}
+			js := []peerJSON{}
 			for _, p := range peers {
 				node := p.Value.Node
 				if node == "" {
@@ -79,10 +116,17 @@ func newBGPCmd(g *globals) *cobra.Command {
 				for _, a := range p.Value.Accept {
 					acc = append(acc, a.String())
 				}
-				rows = append(rows, []string{p.Name, p.Value.PeerIP.String(), strconv.FormatUint(uint64(p.Value.ASN), 10), node, orDash(strings.Join(acc, ","))})
-				js = append(js, p.Value)
+				md5 := "-"
+				if p.Value.Password != "" {
+					md5 = "set"
+				}
+				rows = append(rows, []string{p.Name, p.Value.PeerIP.String(), strconv.FormatUint(uint64(p.Value.ASN), 10), node, orDash(strings.Join(acc, ",")), md5})
+				// The secret stays in the datastore: the listing says only whether there is one.
+				v := p.Value
+				v.Password = ""
+				js = append(js, peerJSON{BGPPeer: v, PasswordSet: p.Value.Password != ""})
 			}
-			return g.render(cmd.OutOrStdout(), []string{"NAME", "PEER IP", "ASN", "NODE", "ACCEPT"}, rows, js)
+			return g.render(cmd.OutOrStdout(), []string{"NAME", "PEER IP", "ASN", "NODE", "ACCEPT", "PASSWORD"}, rows, js)
 		},
 	}
 	del := &cobra.Command{

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -36,6 +38,47 @@ func TestBGPPeerCommands(t *testing.T) {
 		peers[0].Accept[1] != netip.MustParsePrefix("0.0.0.0/0") {
 		t.Errorf("list -o json: %v\n%s", err, out)
 	}
+
+	// A password comes from a file, is stored for the agents, and is never printed.
+	const secret = "md5-s3cret"
+	pwFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(pwFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := margayctl(t, "--etcd-endpoints", ep, "bgp", "peer", "add", "tor", "--peer-ip", "198.18.0.2", "--node", "vm100",
+		"--password-file", pwFile); err != nil {
+		t.Fatalf("add with password: %v\n%s", err, out)
+	}
+	c := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	if it, err := c.BGPPeers().Get(t.Context(), "tor"); err != nil || it.Value.Password != secret {
+		t.Errorf("stored peer %+v, %v; want the secret from the file", it.Value, err)
+	}
+	out, err = margayctl(t, "--etcd-endpoints", ep, "bgp", "peer", "list")
+	if err != nil || strings.Contains(out, secret) || !strings.Contains(out, "tor      198.18.0.2  64512  vm100         -                        set") {
+		t.Errorf("list with a password: %v\n%s", err, out)
+	}
+	out, err = margayctl(t, "--etcd-endpoints", ep, "bgp", "peer", "list", "-o", "json")
+	var shown []struct {
+		Name        string `json:"name"`
+		Password    string `json:"password"`
+		PasswordSet bool   `json:"passwordSet"`
+	}
+	if err != nil || strings.Contains(out, secret) || json.Unmarshal([]byte(out), &shown) != nil || len(shown) != 2 ||
+		shown[0].PasswordSet || !shown[1].PasswordSet || shown[1].Password != "" {
+		t.Errorf("list -o json with a password: %v\n%s", err, out)
+	}
+	long := filepath.Join(t.TempDir(), "long")
+	if err := os.WriteFile(long, []byte(strings.Repeat("x", 81)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := margayctl(t, "--etcd-endpoints", ep, "bgp", "peer", "add", "x", "--peer-ip", "198.18.0.3", "--password-file", long); err == nil ||
+		!strings.Contains(err.Error(), "TCP MD5 allows 80") {
+		t.Errorf("an 81-byte secret: %v\n%s", err, out)
+	}
+	if _, err := margayctl(t, "--etcd-endpoints", ep, "bgp", "peer", "delete", "tor"); err != nil {
+		t.Fatal(err)
+	}
+
 	if _, err := margayctl(t, "--etcd-endpoints", ep, "bgp", "peer", "delete", "gateway"); err != nil {
 		t.Fatal(err)
 	}

@@ -110,6 +110,9 @@ func (s *GoBGP) Start(ctx context.Context) error {
 	if s.srv != nil {
 		return fmt.Errorf("start speaker: %w", ErrAlreadyStarted)
 	}
+	if err := plainTCP(); err != nil {
+		return fmt.Errorf("start speaker: %w", err)
+	}
 	listen := make([]string, 0, len(s.opts.listenAddresses))
 	for _, a := range s.opts.listenAddresses {
 		listen = append(listen, a.String())
@@ -686,6 +689,18 @@ func pathNextHop(p *api.Path) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// plainTCP checks that GoBGP's sockets, which it makes with zero ListenConfig and Dialer
+// settings, will be plain TCP: go.mod sets multipathtcp=0 for this module's binaries, and an
+// environment GODEBUG, or a program of another module linking this package, can turn it back on.
+func plainTCP() error {
+	var lc net.ListenConfig
+	var d net.Dialer
+	if lc.MultipathTCP() || d.MultipathTCP() {
+		return ErrMultipathTCP
+	}
+	return nil
 }
 
 // freePort finds a TCP port free on every address (or on all addresses when none is given).

@@ -124,4 +124,7 @@ var (
 	ErrAlreadyStarted = errors.New("speaker already started")
 	ErrBadPeer        = errors.New("invalid peer")
 	ErrBadPrefix      = errors.New("invalid prefix")
+	// ErrMultipathTCP: the process opens Multipath TCP sockets by default, on which Linux refuses
+	// the TCP MD5 key of a password-protected session and the TTL settings.
+	ErrMultipathTCP = errors.New("tcp sockets default to multipath tcp (GODEBUG multipathtcp); bgp needs plain tcp: set multipathtcp=0")
 )

@@ -1,19 +1,23 @@
 package bgp
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/margaynet/margay/control/datastore"
-	"golang.org/x/sys/unix"
+	"github.com/margaynet/margay/tests/netns"
 )
 
 var (
@@ -502,56 +506,116 @@ func TestRouteReflector(t *testing.T) {
 	}
 }
 
-// md5Supported says whether this kernel lets a listening socket take a TCP MD5 key (RFC 2385),
-// which GoBGP needs to accept MD5 sessions. Some kernels (this VM's 6.18) refuse it with
-// ENOPROTOOPT while accepting it on unconnected sockets.
-func md5Supported(tb testing.TB) error {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.61:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	sc, err := l.(*net.TCPListener).SyscallConn()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var serr error
-	err = sc.Control(func(fd uintptr) {
-		sig := unix.TCPMD5Sig{Keylen: 6}
-		sig.Addr.Family = unix.AF_INET
-		copy(sig.Addr.Data[2:], []byte{127, 0, 0, 62})
-		copy(sig.Key[:], "s3cret")
-		serr = unix.SetsockoptTCPMD5Sig(int(fd), unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig)
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return serr
+// syncBuffer is a log sink that speakers write to from their own goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TCP MD5 (RFC 2385) on both ends of a session: a's lower address makes it the side that dials
+// and b the side that listens, so the dialer's key and the listener's key are both needed. Matching secrets bring the
+// session up, a wrong one keeps it down, and correcting it brings it back. Neither the secret nor
+// anything derived from it shows in the speakers' logs, debug level included.
 func TestMD5(t *testing.T) {
-	if err := md5Supported(t); err != nil {
-		t.Skipf("kernel refuses TCP_MD5SIG on a listening socket: %v", err)
-	}
-	a := startSpeaker(t, "127.0.0.61")
-	b := startSpeaker(t, "127.0.0.62")
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a := startSpeaker(t, "127.0.0.61", WithLogger(logger.With("speaker", "a")))
+	b := startSpeaker(t, "127.0.0.62", WithLogger(logger.With("speaker", "b")))
 	pa, pb := a.peer(), b.peer()
-	pa.Password, pb.Password = "s3cret", "s3cret"
+	pa.Password, pb.Password = "s3cret-md5", "s3cret-md5"
 	setPeers(t, a, pb)
 	setPeers(t, b, pa)
 	waitEstablished(t, a, 1, 20*time.Second)
+	md5KeyInstalled(t, b.ListenPort(), a.addr)
 
 	// A password change resets the session; with mismatched secrets it cannot come up.
-	pb.Password = "other"
+	pb.Password = "other-md5"
 	setPeers(t, a, pb)
 	waitRoutes(t, a, 10*time.Second, "session down with a wrong secret", func([]Route) bool {
 		st, err := a.Peers(context.Background())
 		return err == nil && len(st) == 1 && st[0].State != Established
 	})
-	pa.Password = "other"
+	// It stays down while a keeps dialling (connect retry 1 s): the kernel drops b's answers for
+	// the wrong key, and counts each.
+	failures := md5Failures(t)
+	waitRoutes(t, a, 20*time.Second, "SYNs with the wrong key dropped", func([]Route) bool {
+		return md5Failures(t) >= failures+2
+	})
+	if st, err := a.Peers(context.Background()); err != nil || len(st) != 1 || st[0].State == Established {
+		t.Fatalf("with a wrong secret: %+v, %v; want the session down", st, err)
+	}
+	pa.Password = "other-md5"
 	setPeers(t, b, pa)
 	waitEstablished(t, a, 1, 20*time.Second)
+
+	for _, secret := range []string{"s3cret-md5", "other-md5"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the speakers' logs hold the secret %q", secret)
+		}
+	}
+}
+
+// md5KeyInstalled proves that the listener on port holds a key for peer, and that the
+// established session on it is signed (ss prints a socket's keys as md5keys:<peer>/32 and marks a
+// connection signed with "md5").
+func md5KeyInstalled(tb testing.TB, port int, peer netip.Addr) {
+	tb.Helper()
+	for _, state := range []string{"listening", "established"} {
+		out, err := exec.Command("ss", "-tnie", "state", state, fmt.Sprintf("( sport = :%d )", port)).CombinedOutput()
+		if err != nil {
+			tb.Fatalf("ss: %v\n%s", err, out)
+		}
+		want := "md5keys:" + peer.String() + "/32"
+		if state == "established" {
+			want = "md5"
+		}
+		if !strings.Contains(string(out), want) {
+			tb.Fatalf("the %s socket on port %d has no MD5 key for %s:\n%s", state, port, peer, out)
+		}
+	}
+}
+
+// md5Failures is the kernel's count of segments dropped for a wrong MD5 signature (this
+// namespace's, where the test speakers run on loopback addresses).
+func md5Failures(tb testing.TB) uint64 {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/thread-self/net/netstat")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n, err := netns.ParseNetStat(b, "TcpExt", "TCPMD5Failure")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// The speaker refuses to start where its sockets would be Multipath TCP (GODEBUG from the
+// environment overriding go.mod's multipathtcp=0), instead of running sessions whose passwords
+// can never work.
+func TestStartRefusesMultipathTCP(t *testing.T) {
+	t.Setenv("GODEBUG", "multipathtcp=2") // listeners only: Go's own default without go.mod's line
+	s, err := New(64512, netip.MustParseAddr("127.0.0.63"), WithListenAddresses(netip.MustParseAddr("127.0.0.63")), WithListenPort(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Start(t.Context())
+	if !errors.Is(err, ErrMultipathTCP) {
+		_ = s.Stop(t.Context())
+		t.Fatalf("Start with multipathtcp=2: %v, want %v", err, ErrMultipathTCP)
+	}
 }
 
 func TestSetPeersUpdate(t *testing.T) {

@@ -90,6 +90,9 @@ func (r *Router) Stop() {
 	}
 }
 
+// NS is the namespace BIRD runs in.
+func (r *Router) NS() *netns.NS { return r.ns }
+
 // Birdc runs one birdc command against this BIRD and returns its output.
 func (r *Router) Birdc(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

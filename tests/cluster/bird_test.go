@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -142,6 +143,91 @@ func TestBIRDRouteReflector(t *testing.T) {
 		code, body, err := h.Get("/bgp/peers")
 		if err != nil || code != 200 || strings.Count(body, `"address"`) != 1 || !strings.Contains(body, `"198.18.0.1"`) {
 			t.Errorf("%s peers: %d %v %s", h.Name, code, err, body)
+		}
+	}
+}
+
+// A password-protected session (TCP MD5, RFC 2385) with BIRD: the matching secret brings it up, a
+// wrong one keeps it down while both sides keep trying, and correcting the secret in
+// bgp/peers/<name> brings it back, with the routes. margayctl never prints the secret.
+func TestBIRDPassword(t *testing.T) {
+	c := cluster.New(t)
+	const secret, wrong = "bird-md5-s3cret", "not-the-s3cret"
+	peer := bgpPeer("198.18.0.1")
+	peer.Password = secret
+	if _, err := c.DS.BGPPeers().Create(t.Context(), peer.Name, peer); err != nil {
+		t.Fatal(err)
+	}
+	h := c.AddHost("vm100", "198.18.0.100/24", "--bgp", "--bgp-connect-retry", "1s")
+	conf := strings.Replace(gatewayConf([]*cluster.Host{h}, false), "direct;", `direct; password "`+secret+`";`, 1)
+	gw := startGateway(t, c, conf)
+	block := blockOf(t, c, h.Name)
+
+	learned := func(want bool) func() error {
+		return func() error {
+			up, err := gw.Established(h.Name)
+			if err != nil {
+				return err
+			}
+			routes, err := gw.Routes()
+			if err != nil {
+				return err
+			}
+			_, has := routes[block]
+			if up != want || has != want {
+				return fmt.Errorf("session up %v, BIRD has %v: %v; want %v", up, block, has, want)
+			}
+			return nil
+		}
+	}
+	cluster.Eventually(t, "session up with the matching secret, block learned", 60*time.Second, learned(true))
+	// Either side may have dialled: the agent's listener must hold the key too, or BIRD's own
+	// attempts would never be answered (as with Go's default Multipath TCP listener).
+	if out, err := h.NS.Run("ss", "-tlnie", "sport", "= :179"); err != nil || !strings.Contains(out, "md5keys:198.18.0.1/32") {
+		t.Errorf("the agent's BGP listener holds no key for BIRD: %v\n%s", err, out)
+	}
+
+	setPassword := func(pw string) {
+		t.Helper()
+		it, err := c.DS.BGPPeers().Get(t.Context(), peer.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it.Value.Password = pw
+		if _, err := c.DS.BGPPeers().Update(t.Context(), peer.Name, it.Value, it.ModRevision); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPassword(wrong)
+	cluster.Eventually(t, "session down with a wrong secret", 30*time.Second, learned(false))
+	// It stays down while the agent keeps dialling: BIRD's kernel drops each SYN for its key.
+	failures := func() uint64 {
+		n, err := gw.NS().NetStat("netstat", "TcpExt", "TCPMD5Failure")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := failures()
+	cluster.Eventually(t, "the agent's signed SYNs rejected", 30*time.Second, func() error {
+		if n := failures(); n < before+2 {
+			return fmt.Errorf("TCPMD5Failure %d, want ≥ %d", n, before+2)
+		}
+		return learned(false)()
+	})
+
+	setPassword(secret)
+	cluster.Eventually(t, "session back with the corrected secret", 60*time.Second, learned(true))
+
+	// The operator's views never show the secret.
+	ctl := filepath.Join(cluster.Binaries(t), "margayctl")
+	for _, args := range [][]string{{"bgp", "peer", "list"}, {"bgp", "peer", "list", "-o", "json"}} {
+		out, err := h.NS.Run(ctl, append([]string{"--etcd-endpoints", c.Endpoint(h)}, args...)...)
+		if err != nil {
+			t.Fatalf("margayctl %v: %v\n%s", args, err, out)
+		}
+		if strings.Contains(out, secret) || !strings.Contains(out, "198.18.0.1") {
+			t.Errorf("margayctl %v shows the secret or not the peer:\n%s", args, out)
 		}
 	}
 }

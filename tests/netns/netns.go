@@ -209,8 +209,7 @@ func (n *NS) IPTablesRestore(tb testing.TB, rules string) {
 }
 
 // NetStat reads one counter of the namespace's /proc/net/snmp or /proc/net/netstat (file "snmp"
-// or "netstat"), e.g. ("snmp", "Ip", "ForwDatagrams"). Both files hold, per group, a header line
-// of names and a line of values, each starting with "<group>:".
+// or "netstat"), e.g. ("snmp", "Ip", "ForwDatagrams").
 func (n *NS) NetStat(file, group, field string) (v uint64, err error) {
 	err = n.Do(func() error {
 		// /proc/net follows the process's main thread; thread-self follows this locked thread.
@@ -218,25 +217,34 @@ func (n *NS) NetStat(file, group, field string) (v uint64, err error) {
 		if err != nil {
 			return err
 		}
-		lines := strings.Split(string(b), "\n")
-		for i := 0; i+1 < len(lines); i++ {
-			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-			if len(names) == 0 || names[0] != group+":" || len(values) != len(names) || values[0] != group+":" {
-				continue
-			}
-			for j, name := range names {
-				if name == field {
-					v, err = strconv.ParseUint(values[j], 10, 64)
-					return err
-				}
-			}
+		v, err = ParseNetStat(b, group, field)
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
 		}
-		return fmt.Errorf("%s: no %s %s", file, group, field)
+		return nil
 	})
 	if err != nil {
 		err = fmt.Errorf("%s in %s: %w", file, n.Name, err)
 	}
 	return v, err
+}
+
+// ParseNetStat finds one counter in the text of /proc/net/snmp or /proc/net/netstat. Both files
+// hold, per group, a header line of names and a line of values, each starting with "<group>:".
+func ParseNetStat(b []byte, group, field string) (uint64, error) {
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != group+":" || len(values) != len(names) || values[0] != group+":" {
+			continue
+		}
+		for j, name := range names {
+			if name == field {
+				return strconv.ParseUint(values[j], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no %s %s", group, field)
 }
 
 // Link returns the namespace's interface by name.
