@@ -46,7 +46,7 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 			return TC_ACT_SHOT;
 		}
 		/* The receiver's ingress policy; what goes to the kernel instead meets it in to_wep. */
-		verdict = tc_policy(skb, &pkt, reason);
+		verdict = tc_policy_forward(skb, &pkt, reason);
 		if (verdict != TC_ACT_UNSPEC)
 			return verdict;
 		return redirect_local(skb, &pkt, rt, reason);

@@ -36,7 +36,7 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	 * Conntrack and policy: the sender's egress policy, and the receiver's ingress policy when it
 	 * is local, for everything the workload sends, also what goes on to the kernel below.
 	 */
-	verdict = tc_policy(skb, &pkt, reason);
+	verdict = tc_policy_forward(skb, &pkt, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 

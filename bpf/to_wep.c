@@ -12,14 +12,19 @@
 static __always_inline int to_wep_handle(struct __sk_buff *skb, enum reason *reason)
 {
 	struct packet pkt;
+	bool kernel_nat;
 	int verdict;
 
 	verdict = tc_parse(skb, &pkt, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
-	/* The receiver's ingress policy; a flow eBPF already checked on this host finds its entry. */
-	verdict = tc_policy(skb, &pkt, reason);
+	/*
+	 * The receiver's ingress policy; a flow eBPF already checked on this host finds its entry. A
+	 * flow the kernel translated arrives here translated (a Service's backend as destination) and
+	 * is checked so; its entry sends the backend's replies back through the kernel.
+	 */
+	verdict = tc_policy(skb, &pkt, NAT_PROBE_EGRESS, &kernel_nat, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 

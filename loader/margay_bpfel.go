@@ -88,7 +88,8 @@ type MargayCtValue struct {
 	Verdict      MargayCtVerdict
 	InitiatorIsA uint8
 	FinSeen      uint8
-	Pad          [6]uint8
+	KernelNat    uint8
+	Pad          [5]uint8
 }
 
 type MargayCtVerdict uint8
@@ -239,6 +240,7 @@ const (
 	MargayReasonREASON_PASS_NO_ENDPOINT    MargayReason = 18
 	MargayReasonREASON_PASS_DELIVER        MargayReason = 19
 	MargayReasonREASON_PASS_PREFILTER      MargayReason = 20
+	MargayReasonREASON_PASS_NAT            MargayReason = 21
 	MargayReasonREASON_DROP_MALFORMED      MargayReason = 30
 	MargayReasonREASON_DROP_SPOOFED        MargayReason = 31
 	MargayReasonREASON_DROP_NO_ENDPOINT    MargayReason = 32

@@ -148,17 +148,36 @@ static __always_inline int tc_forwardable(const struct iphdr *ip, enum reason *r
 
 /*
  * Conntrack and policy for the parsed packet. Returns TC_ACT_UNSPEC when it may go on; otherwise
- * TC_ACT_SHOT with *reason set.
+ * TC_ACT_SHOT with *reason set. *kernel_nat: the kernel translates the flow (see kernel_ct.h).
  */
-static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet *pkt, enum reason *reason)
+static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet *pkt, enum nat_probe probe,
+				     bool *kernel_nat, enum reason *reason)
 {
 	struct flow f;
 
+	*kernel_nat = false;
 	if (parse_flow(pkt->ip, (void *)(long)skb->data_end, &f) != FLOW_OK) {
 		*reason = REASON_DROP_FRAGMENT;
 		return TC_ACT_SHOT;
 	}
-	return ct_policy(&f, skb->len, reason);
+	return ct_policy(skb, &f, skb->len, probe, kernel_nat, reason);
+}
+
+/*
+ * Conntrack and policy on a forwarding path (tcx ingress). Returns TC_ACT_UNSPEC when eBPF may
+ * forward the packet; otherwise the verdict, with *reason set: a drop, or the kernel for a flow
+ * it translates, so that it reverses the translation (un-DNAT a Service's reply, say).
+ */
+static __always_inline int tc_policy_forward(struct __sk_buff *skb, const struct packet *pkt, enum reason *reason)
+{
+	bool kernel_nat;
+	int verdict = tc_policy(skb, pkt, NAT_PROBE_INGRESS, &kernel_nat, reason);
+
+	if (verdict == TC_ACT_UNSPEC && kernel_nat) {
+		*reason = REASON_PASS_NAT;
+		return TC_ACT_OK;
+	}
+	return verdict;
 }
 
 /* Deliver to a workload on this host: into its namespace, past the host's stack. */

@@ -16,6 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "kernel_ct.h"
 #include "maps.h"
 #include "parse.h"
 
@@ -390,11 +391,20 @@ static __always_inline bool ct_related(const struct flow *f, const struct config
 	return ct && ct->verdict == CT_VERDICT_ALLOW && ct->generation == generation && !ct_expired(ct, cfg, now);
 }
 
+/* Whether, and how, ct_policy asks the kernel's conntrack about a flow it does not know. */
+enum nat_probe {
+	NAT_PROBE_NONE = 0,
+	NAT_PROBE_INGRESS = 1, /* tcx ingress: the packet has not met netfilter yet */
+	NAT_PROBE_EGRESS = 2,  /* tcx egress: netfilter has translated the packet already */
+};
+
 /*
  * Conntrack and policy for one packet. Returns TC_ACT_UNSPEC when the packet may go on, or
- * TC_ACT_SHOT with *reason set.
+ * TC_ACT_SHOT with *reason set. *kernel_nat says that the kernel translates the flow, so the
+ * packet must stay on the kernel path.
  */
-static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reason *reason)
+static __always_inline int ct_policy(struct __sk_buff *skb, const struct flow *f, __u64 len, enum nat_probe probe,
+				     bool *kernel_nat, enum reason *reason)
 {
 	__u32 zero = 0;
 	struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -405,6 +415,7 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 	bool src_is_a = ct_key_of(&key, f->saddr, f->daddr, f->sport, f->dport, f->protocol);
 	int dir;
 
+	*kernel_nat = false;
 	ct = bpf_map_lookup_elem(&conntrack, &key);
 	if (ct && (ct_expired(ct, cfg, now) ||
 		   /* A new connection reusing the ports of a closed one starts afresh. */
@@ -413,12 +424,25 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 
 	if (!ct) {
 		struct ct_value fresh = {};
+		enum kernel_nat nat = KNAT_NONE;
+		__be32 saddr = f->saddr, daddr = f->daddr;
+		__be16 sport = f->sport, port = f->policy_port;
 		enum ct_verdict v;
 
 		if (ct_related(f, cfg, generation, now))
 			return TC_ACT_UNSPEC;
-		v = policy_check(f->saddr, f->daddr, f->sport, f->policy_port, f->protocol, &fresh.rule_egress,
-				 &fresh.rule_ingress);
+		if (probe != NAT_PROBE_NONE)
+			nat = kernel_nat_lookup(skb, f->saddr, f->daddr, f->sport, f->dport, f->protocol,
+						probe == NAT_PROBE_EGRESS);
+		if (nat == KNAT_REPLY) {
+			/* The first packet this host's eBPF sees of a translated flow is a reply: the flow is
+			 * checked as its initiator opened it, which is this packet's tuple reversed. */
+			saddr = f->daddr;
+			daddr = f->saddr;
+			sport = f->dport;
+			port = f->sport;
+		}
+		v = policy_check(saddr, daddr, sport, port, f->protocol, &fresh.rule_egress, &fresh.rule_ingress);
 		if (v == CT_VERDICT_ALLOW && f->icmp_error)
 			return TC_ACT_UNSPEC; /* an error about no known flow: allowed on its own, never a flow */
 		if (v != CT_VERDICT_ALLOW) {
@@ -428,20 +452,23 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 			*reason = deny_reason(v);
 			return TC_ACT_SHOT;
 		}
+		dir = nat == KNAT_REPLY ? 1 : 0;
 		fresh.created = now;
 		fresh.last_seen = now;
-		fresh.packets[0] = 1;
-		fresh.bytes[0] = len;
+		fresh.packets[dir] = 1;
+		fresh.bytes[dir] = len;
 		fresh.generation = generation;
-		fresh.policy_port = f->policy_port;
+		fresh.policy_port = port;
 		fresh.state = ct_initial_state(f);
 		fresh.verdict = CT_VERDICT_ALLOW;
-		fresh.initiator_is_a = src_is_a;
+		fresh.initiator_is_a = src_is_a != (nat == KNAT_REPLY);
+		fresh.kernel_nat = nat != KNAT_NONE;
 		if (f->protocol == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_FIN) && !(f->tcp_flags & TCP_FLAG_RST))
-			fresh.fin_seen = 1;
+			fresh.fin_seen = 1 << dir;
 		bpf_map_update_elem(&conntrack, &key, &fresh, BPF_ANY);
 		count_rule(fresh.rule_egress, len);
 		count_rule(fresh.rule_ingress, len);
+		*kernel_nat = fresh.kernel_nat;
 		return TC_ACT_UNSPEC;
 	}
 
@@ -471,6 +498,7 @@ static __always_inline int ct_policy(const struct flow *f, __u64 len, enum reaso
 	__sync_fetch_and_add(&ct->bytes[dir & 1], len);
 	count_rule(ct->rule_egress, len);
 	count_rule(ct->rule_ingress, len);
+	*kernel_nat = ct->kernel_nat;
 	return TC_ACT_UNSPEC;
 }
 

@@ -36,6 +36,7 @@ enum reason : __u16 {
 	REASON_PASS_NO_ENDPOINT = 18, /* route to a local workload whose endpoint entry is missing */
 	REASON_PASS_DELIVER = 19,     /* to_wep: the kernel delivers to the workload */
 	REASON_PASS_PREFILTER = 20,   /* xdp_from_net: nothing to drop, on to the stack */
+	REASON_PASS_NAT = 21,         /* a flow the kernel translates (Service, NodePort, masquerade): it reverses that */
 	/* Dropped. */
 	REASON_DROP_MALFORMED = 30,    /* bad IPv4 version, header length or total length; truncated */
 	REASON_DROP_SPOOFED = 31,      /* source address not the sender's own */
@@ -177,7 +178,8 @@ struct ct_value {
 	enum ct_verdict verdict;
 	__u8 initiator_is_a; /* the initiator is (addr_a, port_a) */
 	__u8 fin_seen;       /* bit 0: the initiator sent FIN, bit 1: the responder did */
-	__u8 _pad[6];
+	__u8 kernel_nat;     /* the kernel's conntrack translates this flow: eBPF never forwards it past the kernel */
+	__u8 _pad[5];
 };
 
 enum config_flags {

@@ -66,7 +66,8 @@ type BenchCtValue struct {
 	Verdict      uint8
 	InitiatorIsA uint8
 	FinSeen      uint8
-	Pad          [6]uint8
+	KernelNat    uint8
+	Pad          [5]uint8
 }
 
 type BenchEndpoint struct {

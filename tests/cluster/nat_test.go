@@ -1,0 +1,310 @@
+package cluster_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/netns"
+)
+
+// Service addresses of the kube-proxy-style rules: outside the pool and the hosts' segment, in the
+// test range.
+var (
+	svcRemote = netip.MustParseAddr("198.18.96.10") // one backend, on another host
+	svcLocal  = netip.MustParseAddr("198.18.96.11") // one backend, on the client's host
+	svcSelf   = netip.MustParseAddr("198.18.96.12") // the client itself: hairpin
+)
+
+const (
+	svcPort        = 80
+	backendPort    = 8080
+	nodePortRemote = 30080 // externalTrafficPolicy: Cluster, backend on vm101
+	nodePortLocal  = 30081 // externalTrafficPolicy: Local, backend on vm100
+)
+
+// kubeService is one Service as kube-proxy programs it.
+type kubeService struct {
+	name      string
+	clusterIP netip.Addr
+	proto     string // tcp or udp
+	port      int
+	nodePort  int  // 0: none
+	local     bool // externalTrafficPolicy: Local
+	backend   netip.AddrPort
+	onNode    bool // the backend runs on the node the rules are for
+}
+
+// kubeProxyRules is the nat table kube-proxy's iptables mode writes for these Services on one
+// node: the same chains, jumps, marks and masquerade rules (one endpoint per Service, so no
+// statistic match), with clusterCIDR the pod pool.
+func kubeProxyRules(clusterCIDR string, svcs []kubeService) string {
+	var b strings.Builder
+	b.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
+	for _, s := range svcs {
+		fmt.Fprintf(&b, ":KUBE-SVC-%[1]s - [0:0]\n:KUBE-SEP-%[1]s - [0:0]\n", s.name)
+		if s.nodePort != 0 {
+			fmt.Fprintf(&b, ":KUBE-EXT-%[1]s - [0:0]\n:KUBE-SVL-%[1]s - [0:0]\n", s.name)
+		}
+	}
+	b.WriteString(`-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
+`)
+	for _, s := range svcs {
+		c := fmt.Sprintf("default/%s", s.name)
+		fmt.Fprintf(&b, "-A KUBE-SERVICES -d %s/32 -p %s -m comment --comment \"%s cluster IP\" -m %s --dport %d -j KUBE-SVC-%s\n",
+			s.clusterIP, s.proto, c, s.proto, s.port, s.name)
+		fmt.Fprintf(&b, "-A KUBE-SVC-%s ! -s %s -d %s/32 -p %s -m %s --dport %d -j KUBE-MARK-MASQ\n",
+			s.name, clusterCIDR, s.clusterIP, s.proto, s.proto, s.port)
+		fmt.Fprintf(&b, "-A KUBE-SVC-%[1]s -m comment --comment \"%[2]s -> %[3]s\" -j KUBE-SEP-%[1]s\n", s.name, c, s.backend)
+		fmt.Fprintf(&b, "-A KUBE-SEP-%s -s %s/32 -j KUBE-MARK-MASQ\n", s.name, s.backend.Addr())
+		fmt.Fprintf(&b, "-A KUBE-SEP-%s -p %s -m %s -j DNAT --to-destination %s\n", s.name, s.proto, s.proto, s.backend)
+		if s.nodePort == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "-A KUBE-NODEPORTS -p %s -m comment --comment \"%s\" -m %s --dport %d -j KUBE-EXT-%s\n",
+			s.proto, c, s.proto, s.nodePort, s.name)
+		if !s.local {
+			fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -m comment --comment \"masquerade traffic for %[2]s external destinations\" -j KUBE-MARK-MASQ\n-A KUBE-EXT-%[1]s -j KUBE-SVC-%[1]s\n", s.name, c)
+			continue
+		}
+		// externalTrafficPolicy: Local: pods and the node itself go cluster-wide, the outside only to
+		// this node's endpoints, without SNAT.
+		fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -s %[2]s -j KUBE-SVC-%[1]s\n", s.name, clusterCIDR)
+		fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n-A KUBE-EXT-%[1]s -m addrtype --src-type LOCAL -j KUBE-SVC-%[1]s\n", s.name)
+		fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -j KUBE-SVL-%[1]s\n", s.name)
+		if s.onNode { // else the chain stays empty, and kube-proxy's filter rules drop the packet
+			fmt.Fprintf(&b, "-A KUBE-SVL-%[1]s -j KUBE-SEP-%[1]s\n", s.name)
+		}
+	}
+	b.WriteString("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\nCOMMIT\n")
+	return b.String()
+}
+
+// serveWho answers every TCP connection and UDP datagram on addr with the address the server saw
+// it come from: what a backend's ingress policy sees.
+func serveWho(t *testing.T, ns *netns.NS, addr netip.AddrPort) {
+	t.Helper()
+	var (
+		ln  *net.TCPListener
+		udp *net.UDPConn
+	)
+	if err := ns.Do(func() (err error) {
+		if ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addr)); err != nil {
+			return err
+		}
+		udp, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		return err
+	}); err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, ns.Name, err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the closes below
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().String())
+			c.Close()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 64)
+		for {
+			_, from, err := udp.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = udp.WriteToUDPAddrPort([]byte(from.Addr().String()), from)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); udp.Close() })
+}
+
+// askWho asks the server at to (through whatever translation lies between) who it saw. A
+// connected UDP socket takes only replies from to itself, so an answer proves the reply was
+// translated back.
+func askWho(ns *netns.NS, proto string, to netip.AddrPort) (string, error) {
+	var c net.Conn
+	if err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout(proto, to.String(), 3*time.Second)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if proto == "tcp" {
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	if _, err := c.Write([]byte("who")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
+// pathCounts sums the host's counters by hook and reason over its interfaces, e.g. "from_net
+// PASS_NAT".
+func pathCounts(t *testing.T, set *maps.Set) map[string]uint64 {
+	t.Helper()
+	cs, err := set.Counters.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := map[string]uint64{}
+	for _, c := range cs {
+		sum[c.Hook.String()+" "+c.Reason.String()] += c.Packets
+	}
+	return sum
+}
+
+// Flows the kernel translates with kube-proxy's rules keep working with the eBPF fast path on,
+// in both directions, and the counters show which path carried each: ClusterIP to a backend on
+// another host and on the same host, hairpin, NodePort from an outside client behind a BIRD
+// gateway with and without SNAT, a headless Service, and a host-networked client; the backend's
+// ingress policy sees the client pod, or the node after SNAT.
+func TestKernelNATServices(t *testing.T) {
+	c := cluster.New(t)
+	outside := netip.MustParsePrefix("198.18.1.0/24")
+	gwPeer := bgpPeer("198.18.0.1")
+	gwPeer.Accept = []netip.Prefix{outside}
+	if _, err := c.DS.BGPPeers().Create(t.Context(), gwPeer.Name, gwPeer); err != nil {
+		t.Fatal(err)
+	}
+	vm100 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
+	vm101 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
+	gw := startGateway(t, c, gatewayConf([]*cluster.Host{vm100, vm101}, false))
+	client := netns.New(t, "mgyout-")
+	netns.Veth(t, gw.NS(), "out0", client, "eth0")
+	gw.NS().AddAddr(t, "out0", "198.18.1.1/24")
+	gw.NS().MustSysctl(t, "ipv4/ip_forward", "1")
+	client.AddAddr(t, "eth0", "198.18.1.2/24")
+	client.RouteVia(t, "0.0.0.0/0", "198.18.1.1", "eth0")
+
+	wA := c.AddWorkload(vm100, "nata") // the client pod
+	wB := c.AddWorkload(vm100, "natb") // a backend beside it
+	wR := c.AddWorkload(vm101, "natr") // a backend on another host
+	for _, w := range []*cluster.Workload{wA, wB, wR} {
+		w.WaitProgrammed(t)
+		serveWho(t, w.NS, netip.AddrPortFrom(w.IP, backendPort))
+	}
+	svcs := func(node string) []kubeService {
+		be := func(w *cluster.Workload) netip.AddrPort { return netip.AddrPortFrom(w.IP, backendPort) }
+		var out []kubeService
+		for _, proto := range []string{"tcp", "udp"} {
+			p := strings.ToUpper(proto)
+			out = append(out,
+				kubeService{name: "REMOTE-" + p, clusterIP: svcRemote, proto: proto, port: svcPort, nodePort: nodePortRemote, backend: be(wR), onNode: node == "vm101"},
+				kubeService{name: "LOCAL-" + p, clusterIP: svcLocal, proto: proto, port: svcPort, nodePort: nodePortLocal, local: true, backend: be(wB), onNode: node == "vm100"},
+				kubeService{name: "SELF-" + p, clusterIP: svcSelf, proto: proto, port: svcPort, backend: be(wA), onNode: node == "vm100"})
+		}
+		return out
+	}
+	for _, h := range []*cluster.Host{vm100, vm101} {
+		h.NS.IPTablesRestore(t, kubeProxyRules("198.19.0.0/16", svcs(h.Name)))
+	}
+	// A node's own sockets route a Service's address before kube-proxy's OUTPUT rule translates
+	// it: like a real node, the lab's get a default route (to the gateway).
+	for _, h := range []*cluster.Host{vm100, vm101} {
+		h.NS.RouteVia(t, "0.0.0.0/0", "198.18.0.1", "ens32")
+	}
+	sets := map[string]*maps.Set{"vm100": vm100.Maps(t), "vm101": vm101.Maps(t)}
+	cluster.Eventually(t, "the outside network learned from BIRD", 60*time.Second, func() error {
+		for name, set := range sets {
+			if rt, err := set.Routes.Get(outside); err != nil || rt.Kind() != maps.RemoteBlock {
+				return fmt.Errorf("%s: %+v, %v", name, rt, err)
+			}
+		}
+		return nil
+	})
+
+	vm100IP, clientIP := vm100.Addr.Addr(), netip.MustParseAddr("198.18.1.2")
+	type path struct {
+		host, counter string // a counter that must grow: which path carried a direction
+	}
+	cases := []struct {
+		name  string
+		from  *netns.NS
+		to    netip.AddrPort
+		saw   netip.Addr // the source the backend saw
+		paths []path
+	}{
+		{"ClusterIP, backend on another host", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP,
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm101", "from_net FWD_LOCAL"}, {"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+		{"ClusterIP, backend on the same host", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP,
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+		{"hairpin: the Service sends the client to itself", wA.NS, netip.AddrPortFrom(svcSelf, svcPort), vm100IP,
+			[]path{{"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+		{"NodePort, externalTrafficPolicy Cluster (SNAT to the node)", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP,
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"}}},
+		{"NodePort, externalTrafficPolicy Local (no SNAT)", client, netip.AddrPortFrom(vm100IP, nodePortLocal), clientIP,
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"}, {"vm100", "from_wep PASS_NAT"}}},
+		{"headless: the backend's own address, no translation", wA.NS, netip.AddrPortFrom(wR.IP, backendPort), wA.IP,
+			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"}, {"vm100", "from_net FWD_LOCAL"}}},
+		{"host-networked client, backend on another host", vm100.NS, netip.AddrPortFrom(svcRemote, svcPort), vm100IP,
+			[]path{{"vm101", "from_net FWD_LOCAL"}}},
+		{"host-networked client, backend on the same host", vm100.NS, netip.AddrPortFrom(svcLocal, svcPort), vm100IP,
+			[]path{{"vm100", "to_wep PASS_DELIVER"}}},
+	}
+	for _, tc := range cases {
+		for _, proto := range []string{"tcp", "udp"} {
+			t.Run(tc.name+"/"+proto, func(t *testing.T) {
+				before := map[string]map[string]uint64{}
+				for name, set := range sets {
+					before[name] = pathCounts(t, set)
+				}
+				// The first try may race BGP carrying the blocks.
+				cluster.Eventually(t, fmt.Sprintf("%s %s", proto, tc.to), 30*time.Second, func() error {
+					saw, err := askWho(tc.from, proto, tc.to)
+					if err != nil {
+						return err
+					}
+					if saw != tc.saw.String() {
+						return fmt.Errorf("the backend saw %q, want %s", saw, tc.saw)
+					}
+					return nil
+				})
+				for _, p := range tc.paths {
+					if after := pathCounts(t, sets[p.host])[p.counter]; after <= before[p.host][p.counter] {
+						t.Errorf("%s: %s did not count this flow (%d before, %d after)", p.host, p.counter, before[p.host][p.counter], after)
+					}
+				}
+			})
+		}
+	}
+
+	// Ingress policy on the backend sees the client pod through the ClusterIP, and the node after
+	// a NodePort's SNAT: allowing only the client pod keeps the first and cuts the second.
+	setWorkloadLabels(t, c.DS, wR, "default", map[string]string{"app": "backend"})
+	tcp := datastore.Protocol(6)
+	revs := putPolicies(t, c.DS, nil, []datastore.Policy{{Version: 1, Name: "backend-from-client", Selector: `app == "backend"`,
+		Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wA.IP, 32)}}}}}})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	if saw, err := askWho(wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort)); err != nil || saw != wA.IP.String() {
+		t.Errorf("ClusterIP from the allowed pod: %q, %v", saw, err)
+	}
+	if saw, err := askWho(client, "tcp", netip.AddrPortFrom(vm100IP, nodePortRemote)); err == nil {
+		t.Errorf("NodePort through SNAT reached the backend (it saw %q); the policy allows only %s", saw, wA.IP)
+	}
+}
