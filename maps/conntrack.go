@@ -39,9 +39,12 @@ type Flow struct {
 	SrcPort  uint16     `json:"srcPort"`
 	DstPort  uint16     `json:"dstPort"`
 	// PolicyPort is the port policy matched: the destination port, or ICMP type << 8 | code.
-	PolicyPort  uint16        `json:"policyPort"`
-	State       CTState       `json:"-"`
-	Verdict     CTVerdict     `json:"-"`
+	PolicyPort uint16    `json:"policyPort"`
+	State      CTState   `json:"-"`
+	Verdict    CTVerdict `json:"-"`
+	// KernelNAT: the kernel's conntrack translates the flow (a Service, a NodePort), so it takes
+	// the kernel path in both directions.
+	KernelNAT   bool          `json:"kernelNAT,omitempty"`
 	Generation  uint32        `json:"generation"`
 	RuleEgress  uint32        `json:"ruleEgress,omitempty"`
 	RuleIngress uint32        `json:"ruleIngress,omitempty"`
@@ -93,7 +96,7 @@ func decodeFlow(k loader.MargayCtKey, v loader.MargayCtValue, now uint64) Flow {
 	a, b := addrFromBE32(k.AddrA), addrFromBE32(k.AddrB)
 	pa, pb := bits.ReverseBytes16(k.PortA), bits.ReverseBytes16(k.PortB)
 	f := Flow{Protocol: k.Protocol, Src: a, Dst: b, SrcPort: pa, DstPort: pb,
-		PolicyPort: bits.ReverseBytes16(v.PolicyPort), State: CTState(v.State), Verdict: CTVerdict(v.Verdict),
+		PolicyPort: bits.ReverseBytes16(v.PolicyPort), State: CTState(v.State), Verdict: CTVerdict(v.Verdict), KernelNAT: v.KernelNat != 0,
 		Generation: v.Generation, RuleEgress: v.RuleEgress, RuleIngress: v.RuleIngress,
 		Packets: v.Packets, Bytes: v.Bytes, key: k, lastSeen: v.LastSeen}
 	if v.InitiatorIsA == 0 {

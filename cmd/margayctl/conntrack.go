@@ -75,6 +75,7 @@ type flowJSON struct {
 	DstPort      uint16  `json:"dstPort"`
 	State        string  `json:"state"`
 	Verdict      string  `json:"verdict"`
+	KernelNAT    bool    `json:"kernelNAT,omitempty"` // the kernel translates the flow: it takes the kernel path
 	Generation   uint32  `json:"generation"`
 	RuleEgress   uint32  `json:"ruleEgress,omitempty"`
 	RuleIngress  uint32  `json:"ruleIngress,omitempty"`
@@ -91,7 +92,7 @@ func hasPorts(p uint8) bool { return datastore.Protocol(p).HasPorts() }
 func toFlowJSON(f maps.Flow) flowJSON {
 	return flowJSON{Proto: datastore.Protocol(f.Protocol).String(), Protocol: f.Protocol, Src: f.Src.String(), SrcPort: f.SrcPort,
 		Dst: f.Dst.String(), DstPort: f.DstPort, State: f.State.String(), Verdict: f.Verdict.String(),
-		Generation: f.Generation, RuleEgress: f.RuleEgress, RuleIngress: f.RuleIngress,
+		KernelNAT: f.KernelNAT, Generation: f.Generation, RuleEgress: f.RuleEgress, RuleIngress: f.RuleIngress,
 		PacketsOrig: f.Packets[0], PacketsReply: f.Packets[1], BytesOrig: f.Bytes[0], BytesReply: f.Bytes[1],
 		AgeSeconds: f.Age.Seconds(), IdleSeconds: f.Idle.Seconds()}
 }
@@ -121,9 +122,17 @@ func flowRules(f maps.Flow) string {
 	return orDash(strings.Join(rs, " "))
 }
 
+// flowVerdict is the verdict, marked "+NAT" for a flow the kernel translates.
+func flowVerdict(f maps.Flow) string {
+	if f.KernelNAT {
+		return f.Verdict.String() + "+NAT"
+	}
+	return f.Verdict.String()
+}
+
 func flowRow(f maps.Flow) []string {
 	return []string{datastore.Protocol(f.Protocol).String(), endpoint(f.Protocol, f.Src, f.SrcPort), endpoint(f.Protocol, f.Dst, f.DstPort),
-		f.State.String(), f.Verdict.String(),
+		f.State.String(), flowVerdict(f),
 		fmt.Sprintf("%d/%d", f.Packets[0], f.Packets[1]), fmt.Sprintf("%d/%d", f.Bytes[0], f.Bytes[1]),
 		shortDuration(f.Age), shortDuration(f.Idle), flowRules(f)}
 }

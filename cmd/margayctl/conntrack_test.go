@@ -35,13 +35,13 @@ func TestConntrack(t *testing.T) {
 	ct := d.Maps().Conntrack
 	now := maps.Monotonic()
 
-	// A TCP flow 198.19.0.5:40000 -> 198.19.0.9:80, with A the initiator.
+	// A TCP flow 198.19.0.5:40000 -> 198.19.0.9:80, with A the initiator, that the kernel translates.
 	k1 := loader.MargayCtKey{AddrA: ctAddr("198.19.0.5"), AddrB: ctAddr("198.19.0.9"), PortA: ctPort(40000), PortB: ctPort(80),
 		Protocol: unix.IPPROTO_TCP}
 	v1 := loader.MargayCtValue{Created: now - uint64(65*time.Second), LastSeen: now - uint64(2*time.Second),
 		Packets: [2]uint64{10, 8}, Bytes: [2]uint64{1200, 900}, Generation: 4, RuleEgress: 3, RuleIngress: 7,
 		PolicyPort: ctPort(80), State: loader.MargayCtStateCT_TCP_ESTABLISHED, Verdict: loader.MargayCtVerdictCT_VERDICT_ALLOW,
-		InitiatorIsA: 1}
+		InitiatorIsA: 1, KernelNat: 1}
 	// A UDP flow 198.19.0.6:5353 -> 198.18.0.1:53, stored with B the initiator.
 	k2 := loader.MargayCtKey{AddrA: ctAddr("198.18.0.1"), AddrB: ctAddr("198.19.0.6"), PortA: ctPort(53), PortB: ctPort(5353),
 		Protocol: unix.IPPROTO_UDP}
@@ -76,7 +76,7 @@ func TestConntrack(t *testing.T) {
 		t.Errorf("conntrack list header:\n%s", out)
 	}
 	rs := rows(out)
-	if len(rs) != 2 || !strings.HasPrefix(rs[0], "tcp 198.19.0.5:40000 198.19.0.9:80 TCP_ESTABLISHED ALLOW 10/8 1200/900 1m5s 2s egress=3 ingress=7") ||
+	if len(rs) != 2 || !strings.HasPrefix(rs[0], "tcp 198.19.0.5:40000 198.19.0.9:80 TCP_ESTABLISHED ALLOW+NAT 10/8 1200/900 1m5s 2s egress=3 ingress=7") ||
 		!strings.HasPrefix(rs[1], "udp 198.19.0.6:5353 198.18.0.1:53 UDP DENY_EGRESS 1/0 60/0 3s 3s egress=9") {
 		t.Errorf("conntrack list:\n%s", out)
 	}
@@ -88,6 +88,9 @@ func TestConntrack(t *testing.T) {
 	var flows []flowJSON
 	if err := json.Unmarshal([]byte(out), &flows); err != nil || len(flows) != 2 {
 		t.Fatalf("conntrack list -o json = %s (%v)", out, err)
+	}
+	if !flows[0].KernelNAT || flows[1].KernelNAT {
+		t.Errorf("kernelNAT in JSON: %+v, %+v; want only the first", flows[0], flows[1])
 	}
 	f := flows[1]
 	if f.Proto != "udp" || f.Src != "198.19.0.6" || f.SrcPort != 5353 || f.Dst != "198.18.0.1" || f.DstPort != 53 ||

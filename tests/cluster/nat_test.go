@@ -294,6 +294,21 @@ func TestKernelNATServices(t *testing.T) {
 		}
 	}
 
+	// The client's host keeps the Service flows marked, as margayctl conntrack shows them.
+	flows, err := sets["vm100"].Conntrack.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := 0
+	for _, f := range flows {
+		if f.KernelNAT {
+			marked++
+		}
+	}
+	if marked == 0 {
+		t.Errorf("no conntrack entry on vm100 is marked as translated by the kernel: %v", flows)
+	}
+
 	// Ingress policy on the backend sees the client pod through the ClusterIP, and the node after
 	// a NodePort's SNAT: allowing only the client pod keeps the first and cuts the second.
 	setWorkloadLabels(t, c.DS, wR, "default", map[string]string{"app": "backend"})
