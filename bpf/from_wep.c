@@ -32,30 +32,38 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
-	/*
-	 * Conntrack and policy: the sender's egress policy, and the receiver's ingress policy when it
-	 * is local, for everything the workload sends, also what goes on to the kernel below.
-	 */
+	/* eBPF forwards to workloads and remote blocks; everything else goes to the kernel. */
+	rt = route_lookup(pkt.ip->daddr);
+	if (rt && (rt->flags & (ROUTE_LOCAL_WEP | ROUTE_REMOTE_BLOCK | ROUTE_REMOTE_WEP))) {
+		verdict = tc_forwardable(pkt.ip, reason);
+	} else {
+		*reason = rt ? REASON_PASS_KERNEL : REASON_PASS_NO_ROUTE;
+		verdict = TC_ACT_OK;
+	}
+	if (verdict != TC_ACT_UNSPEC) {
+		enum reason to_kernel = *reason;
+
+		/*
+		 * What goes to the kernel meets the sender's egress policy in nf_policy, after the
+		 * kernel's NAT, as Calico's iptables chains do: a Service's backend, not its address.
+		 * Without that hook, policy is checked here, on the packet as sent.
+		 */
+		if (!nf_policy_on()) {
+			verdict = tc_policy_forward(skb, &pkt, reason);
+			if (verdict != TC_ACT_UNSPEC)
+				return verdict;
+			*reason = to_kernel;
+		}
+		return TC_ACT_OK;
+	}
+
+	/* Conntrack and policy: the sender's egress policy, and a local receiver's ingress policy. */
 	verdict = tc_policy_forward(skb, &pkt, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
-
-	verdict = tc_forwardable(pkt.ip, reason);
-	if (verdict != TC_ACT_UNSPEC)
-		return verdict;
-
-	rt = route_lookup(pkt.ip->daddr);
-	if (!rt) {
-		*reason = REASON_PASS_NO_ROUTE;
-		return TC_ACT_OK;
-	}
 	if (rt->flags & ROUTE_LOCAL_WEP)
 		return redirect_local(skb, &pkt, rt, reason);
-	if (rt->flags & (ROUTE_REMOTE_BLOCK | ROUTE_REMOTE_WEP))
-		return redirect_remote(skb, &pkt, rt, reason);
-
-	*reason = REASON_PASS_KERNEL;
-	return TC_ACT_OK;
+	return redirect_remote(skb, &pkt, rt, reason);
 }
 
 SEC("tcx/ingress")

@@ -8,5 +8,6 @@
 #include "to_wep.c"
 #include "from_net.c"
 #include "xdp_from_net.c"
+#include "nf_policy.c"
 
 char __license[] SEC("license") = "Dual BSD/GPL";

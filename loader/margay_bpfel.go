@@ -17,6 +17,7 @@ type MargayConfigFlags uint32
 
 const (
 	MargayConfigFlagsCONFIG_XDP_PREFILTER MargayConfigFlags = 1
+	MargayConfigFlagsCONFIG_NF_POLICY     MargayConfigFlags = 2
 )
 
 type MargayConfigValue struct {
@@ -184,6 +185,7 @@ const (
 	MargayHookHOOK_TO_WEP       MargayHook = 1
 	MargayHookHOOK_FROM_NET     MargayHook = 2
 	MargayHookHOOK_XDP_FROM_NET MargayHook = 3
+	MargayHookHOOK_NF_POLICY    MargayHook = 4
 )
 
 type MargayMonitorFlags uint32
@@ -295,6 +297,7 @@ const (
 	MargayMapRuleHits    = "rule_hits"
 	MargayProgFromNet    = "from_net"
 	MargayProgFromWep    = "from_wep"
+	MargayProgNfPolicy   = "nf_policy"
 	MargayProgToWep      = "to_wep"
 	MargayProgXdpFromNet = "xdp_from_net"
 )
@@ -343,6 +346,7 @@ type MargaySpecs struct {
 type MargayProgramSpecs struct {
 	FromNet    *ebpf.ProgramSpec `ebpf:"from_net"`
 	FromWep    *ebpf.ProgramSpec `ebpf:"from_wep"`
+	NfPolicy   *ebpf.ProgramSpec `ebpf:"nf_policy"`
 	ToWep      *ebpf.ProgramSpec `ebpf:"to_wep"`
 	XdpFromNet *ebpf.ProgramSpec `ebpf:"xdp_from_net"`
 }
@@ -437,6 +441,7 @@ type MargayVariables struct {
 type MargayPrograms struct {
 	FromNet    *ebpf.Program `ebpf:"from_net"`
 	FromWep    *ebpf.Program `ebpf:"from_wep"`
+	NfPolicy   *ebpf.Program `ebpf:"nf_policy"`
 	ToWep      *ebpf.Program `ebpf:"to_wep"`
 	XdpFromNet *ebpf.Program `ebpf:"xdp_from_net"`
 }
@@ -445,6 +450,7 @@ func (p *MargayPrograms) Close() error {
 	return _MargayClose(
 		p.FromNet,
 		p.FromWep,
+		p.NfPolicy,
 		p.ToWep,
 		p.XdpFromNet,
 	)

@@ -298,13 +298,24 @@ func (c *Config) SetTimeouts(t Timeouts) (bool, error) {
 // SetPrefilter records whether xdp_from_net runs on the uplink, so that from_net can skip the
 // checks it already made; it reports whether the setting changed.
 func (c *Config) SetPrefilter(on bool) (bool, error) {
+	return c.setFlag(loader.MargayConfigFlagsCONFIG_XDP_PREFILTER, on)
+}
+
+// SetNFPolicy records whether nf_policy runs at netfilter's forward and local-in hooks, so that
+// from_wep leaves the policy of what it hands to the kernel to it; it reports whether the setting
+// changed.
+func (c *Config) SetNFPolicy(on bool) (bool, error) {
+	return c.setFlag(loader.MargayConfigFlagsCONFIG_NF_POLICY, on)
+}
+
+func (c *Config) setFlag(flag loader.MargayConfigFlags, on bool) (bool, error) {
 	v, err := c.get()
 	if err != nil {
 		return false, err
 	}
-	flags := v.Flags &^ loader.MargayConfigFlagsCONFIG_XDP_PREFILTER
+	flags := v.Flags &^ flag
 	if on {
-		flags |= loader.MargayConfigFlagsCONFIG_XDP_PREFILTER
+		flags |= flag
 	}
 	if flags == v.Flags {
 		return false, nil

@@ -63,18 +63,16 @@ static __always_inline bool events_allowed(struct event_state *st, enum event_ki
 	return true;
 }
 
-/* The 5-tuple, as far as the linear data in [data, data_end) holds it. */
-static __always_inline void event_tuple(struct event *e, void *data, void *data_end)
+/* The 5-tuple of the IPv4 packet at ip, as far as [ip, data_end) holds it. */
+static __always_inline void event_tuple_ip(struct event *e, struct iphdr *ip, void *data_end)
 {
-	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
 	__u8 *l4;
 
 	e->saddr = e->daddr = 0;
 	e->sport = e->dport = 0;
 	e->protocol = 0;
 	e->flags = 0;
-	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(ip + 1) > data_end)
 		return;
 	e->saddr = ip->saddr;
 	e->daddr = ip->daddr;
@@ -96,10 +94,10 @@ static __always_inline void event_tuple(struct event *e, void *data, void *data_
 /*
  * Send an event about a packet the program is done with, when its reason or tracing asks for one
  * and the rate limit allows; count it as lost otherwise. Call it after count_packet, with the
- * packet's data as it is now.
+ * packet's data as it is now: ip is its IPv4 header, or NULL when it has none.
  */
-static __always_inline void emit_event(void *data, void *data_end, __u32 ifindex, enum hook hook,
-				       enum reason reason, __u64 len)
+static __always_inline void emit_event_ip(struct iphdr *ip, void *data_end, __u32 ifindex, enum hook hook,
+					  enum reason reason, __u64 len)
 {
 	enum event_kind kind = event_kind_of(reason);
 	struct event_state *st;
@@ -127,8 +125,27 @@ static __always_inline void emit_event(void *data, void *data_end, __u32 ifindex
 	e->len = len;
 	e->kind = kind;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	event_tuple(e, data, data_end);
+	if (ip) {
+		event_tuple_ip(e, ip, data_end);
+	} else {
+		e->saddr = e->daddr = 0;
+		e->sport = e->dport = 0;
+		e->protocol = 0;
+		e->flags = 0;
+	}
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* emit_event_ip for a packet that starts with its Ethernet header (TC and XDP). */
+static __always_inline void emit_event(void *data, void *data_end, __u32 ifindex, enum hook hook,
+				       enum reason reason, __u64 len)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		ip = NULL;
+	emit_event_ip(ip, data_end, ifindex, hook, reason, len);
 }
 
 #endif /* MARGAY_EVENTS_H */

@@ -160,7 +160,7 @@ static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet 
 		*reason = REASON_DROP_FRAGMENT;
 		return TC_ACT_SHOT;
 	}
-	return ct_policy(skb, &f, skb->len, probe, kernel_nat, reason);
+	return ct_policy(skb, &f, skb->len, probe, KNAT_NONE, kernel_nat, reason);
 }
 
 /*
@@ -178,6 +178,15 @@ static __always_inline int tc_policy_forward(struct __sk_buff *skb, const struct
 		return TC_ACT_OK;
 	}
 	return verdict;
+}
+
+/* Whether nf_policy runs at netfilter's hooks (the agent sets the flag once its links are attached). */
+static __always_inline bool nf_policy_on(void)
+{
+	__u32 zero = 0;
+	struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	return cfg && (cfg->flags & CONFIG_NF_POLICY);
 }
 
 /* Deliver to a workload on this host: into its namespace, past the host's stack. */

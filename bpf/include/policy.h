@@ -393,7 +393,7 @@ static __always_inline bool ct_related(const struct flow *f, const struct config
 
 /* Whether, and how, ct_policy asks the kernel's conntrack about a flow it does not know. */
 enum nat_probe {
-	NAT_PROBE_NONE = 0,
+	NAT_PROBE_NONE = 0,    /* the caller knows (netfilter hooks: the skb carries the kernel's entry) */
 	NAT_PROBE_INGRESS = 1, /* tcx ingress: the packet has not met netfilter yet */
 	NAT_PROBE_EGRESS = 2,  /* tcx egress: netfilter has translated the packet already */
 };
@@ -404,7 +404,7 @@ enum nat_probe {
  * packet must stay on the kernel path.
  */
 static __always_inline int ct_policy(struct __sk_buff *skb, const struct flow *f, __u64 len, enum nat_probe probe,
-				     bool *kernel_nat, enum reason *reason)
+				     enum kernel_nat known, bool *kernel_nat, enum reason *reason)
 {
 	__u32 zero = 0;
 	struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -424,7 +424,7 @@ static __always_inline int ct_policy(struct __sk_buff *skb, const struct flow *f
 
 	if (!ct) {
 		struct ct_value fresh = {};
-		enum kernel_nat nat = KNAT_NONE;
+		enum kernel_nat nat = known;
 		__be32 saddr = f->saddr, daddr = f->daddr;
 		__be16 sport = f->sport, port = f->policy_port;
 		enum ct_verdict v;
@@ -434,6 +434,10 @@ static __always_inline int ct_policy(struct __sk_buff *skb, const struct flow *f
 		if (probe != NAT_PROBE_NONE)
 			nat = kernel_nat_lookup(skb, f->saddr, f->daddr, f->sport, f->dport, f->protocol,
 						probe == NAT_PROBE_EGRESS);
+		/* The kernel delivers a reply it translated back (a Service's, to its client): the flow's
+		 * first packet met policy before, as it was after the kernel's DNAT; a reply passes. */
+		if (nat == KNAT_REPLY && probe == NAT_PROBE_EGRESS)
+			return TC_ACT_UNSPEC;
 		if (nat == KNAT_REPLY) {
 			/* The first packet this host's eBPF sees of a translated flow is a reply: the flow is
 			 * checked as its initiator opened it, which is this packet's tuple reversed. */

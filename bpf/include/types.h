@@ -12,6 +12,7 @@ enum hook : __u16 {
 	HOOK_TO_WEP = 1,       /* tcx egress of a host-side cali* veth */
 	HOOK_FROM_NET = 2,     /* tcx ingress of the uplink */
 	HOOK_XDP_FROM_NET = 3, /* XDP on the uplink */
+	HOOK_NF_POLICY = 4,    /* netfilter forward and local-in: what workloads send through the kernel */
 };
 
 /*
@@ -184,6 +185,8 @@ struct ct_value {
 
 enum config_flags {
 	CONFIG_XDP_PREFILTER = 1 << 0, /* xdp_from_net runs on the uplink: from_net need not repeat its checks */
+	CONFIG_NF_POLICY = 1 << 1,     /* nf_policy runs at netfilter's forward and local-in hooks: from_wep leaves
+					* the policy of what it hands to the kernel to it, after the kernel's NAT */
 };
 
 /* Global settings, one entry at index 0, written by the agent. */

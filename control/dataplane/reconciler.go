@@ -257,6 +257,7 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 	}
 	c.note(r.removePolicy(d, pol))
 	c.note(r.syncRoutes(d.routes, false))
+	c.note(r.attachNetfilter())
 	for ifname := range d.present {
 		c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
 	}
@@ -390,6 +391,17 @@ func (r *Reconciler) attachUplink(uplink string) (bool, error) {
 		return changed, err
 	}
 	c2, err := r.maps.Config.SetPrefilter(true)
+	return changed || c2, err
+}
+
+// attachNetfilter puts nf_policy at netfilter's forward and local-in hooks; from_wep leaves the
+// policy of what it hands to the kernel to it only once it runs (the flag goes on after).
+func (r *Reconciler) attachNetfilter() (bool, error) {
+	changed, err := r.dp.EnsureNetfilter()
+	if err != nil {
+		return changed, err
+	}
+	c2, err := r.maps.Config.SetNFPolicy(true)
 	return changed || c2, err
 }
 

@@ -251,11 +251,11 @@ func TestKernelNATServices(t *testing.T) {
 		paths []path
 	}{
 		{"ClusterIP, backend on another host", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP,
-			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm101", "from_net FWD_LOCAL"}, {"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm101", "from_net FWD_LOCAL"}, {"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"ClusterIP, backend on the same host", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP,
-			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"hairpin: the Service sends the client to itself", wA.NS, netip.AddrPortFrom(svcSelf, svcPort), vm100IP,
-			[]path{{"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"NodePort, externalTrafficPolicy Cluster (SNAT to the node)", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP,
 			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"}}},
 		{"NodePort, externalTrafficPolicy Local (no SNAT)", client, netip.AddrPortFrom(vm100IP, nodePortLocal), clientIP,
@@ -287,7 +287,7 @@ func TestKernelNATServices(t *testing.T) {
 				})
 				for _, p := range tc.paths {
 					if after := pathCounts(t, sets[p.host])[p.counter]; after <= before[p.host][p.counter] {
-						t.Errorf("%s: %s did not count this flow (%d before, %d after)", p.host, p.counter, before[p.host][p.counter], after)
+						t.Errorf("on %s, %s did not count this flow (%d before, %d after)", p.host, p.counter, before[p.host][p.counter], after)
 					}
 				}
 			})
@@ -321,5 +321,32 @@ func TestKernelNATServices(t *testing.T) {
 	}
 	if saw, err := askWho(client, "tcp", netip.AddrPortFrom(vm100IP, nodePortRemote)); err == nil {
 		t.Errorf("NodePort through SNAT reached the backend (it saw %q); the policy allows only %s", saw, wA.IP)
+	}
+
+	// Egress policy sees the Service's backend, as Calico's does: a client allowed to reach only
+	// the backend on vm101 reaches it through its ClusterIP (whose address no rule names), and
+	// not the backend beside it through the other ClusterIP, which nf_policy drops after the
+	// kernel's DNAT.
+	setWorkloadLabels(t, c.DS, wA, "default", map[string]string{"app": "client"})
+	revs = putPolicies(t, c.DS, []string{"backend-from-client"}, []datastore.Policy{
+		{Version: 1, Name: "backend-from-client", Selector: `app == "backend"`,
+			Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wA.IP, 32)}}}}},
+		{Version: 1, Name: "client-to-remote-backend", Selector: `app == "client"`, Types: []datastore.PolicyType{datastore.PolicyEgress},
+			Egress: []datastore.Rule{{Action: "allow", Destination: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wR.IP, 32)}}}}},
+	})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	before := pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"]
+	for _, proto := range []string{"tcp", "udp"} {
+		if proto == "tcp" { // the ingress policy above allows only TCP
+			if saw, err := askWho(wA.NS, proto, netip.AddrPortFrom(svcRemote, svcPort)); err != nil || saw != wA.IP.String() {
+				t.Errorf("%s through the ClusterIP to the allowed backend: %q, %v", proto, saw, err)
+			}
+		}
+		if saw, err := askWho(wA.NS, proto, netip.AddrPortFrom(svcLocal, svcPort)); err == nil {
+			t.Errorf("%s through the ClusterIP to a backend the egress policy does not allow: it answered (saw %q)", proto, saw)
+		}
+	}
+	if after := pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"]; after <= before {
+		t.Errorf("nf_policy counted no egress drop on vm100 (%d before, %d after)", before, after)
 	}
 }
