@@ -11,7 +11,9 @@ import (
 
 // NetfilterPriority is where nf_policy runs in netfilter's forward and local-in hooks: after
 // conntrack, the NAT of the packet's way in (prerouting DNAT is done before either hook) and
-// the filter table (0), so that it sees what Calico's iptables chains see.
+// the filter table (0), so that it sees what Calico's iptables chains see. The kernel takes one
+// BPF program per hook and priority, so a replacement goes in at the next priority up, or back
+// at this one, before the old link goes.
 const NetfilterPriority = 10
 
 // netfilterHooks are the hooks nf_policy is attached to, by the name of their link pin.
@@ -47,15 +49,20 @@ func (d *Dataplane) EnsureNetfilter() (bool, error) {
 				return changed, err
 			}
 			old = nil
-		default:
+		}
+		priority := int32(NetfilterPriority)
+		if old != nil {
 			info, ierr := old.Info()
 			if ierr == nil && info.Program == want {
 				old.Close()
 				continue
 			}
+			if ierr == nil && info.Netfilter() != nil && info.Netfilter().Priority == priority {
+				priority++
+			}
 		}
 		l, err := link.AttachNetfilter(link.NetfilterOptions{Program: prog, ProtocolFamily: link.NetfilterProtoIPv4,
-			Hook: h.hook, Priority: NetfilterPriority})
+			Hook: h.hook, Priority: priority})
 		if err != nil {
 			if old != nil {
 				old.Close()

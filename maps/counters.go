@@ -99,4 +99,5 @@ const (
 	HookToWep      = Hook(loader.MargayHookHOOK_TO_WEP)
 	HookFromNet    = Hook(loader.MargayHookHOOK_FROM_NET)
 	HookXDPFromNet = Hook(loader.MargayHookHOOK_XDP_FROM_NET)
+	HookNFPolicy   = Hook(loader.MargayHookHOOK_NF_POLICY)
 )

@@ -122,7 +122,7 @@ func (t *topo) stream(secs int, s *benchsuite.Sample) error {
 	var out []byte
 	cpu, err := cpuWindow(func() error {
 		var err error
-		out, err = t.client.Command("iperf3", "-c", serverIP.String(), "-B", clientIP.String(),
+		out, err = t.client.Command("iperf3", "-c", t.dst.String(), "-B", clientIP.String(),
 			"-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs), "-J").Output()
 		return err
 	})
@@ -150,7 +150,7 @@ func (t *topo) dialer(timeout time.Duration) *net.Dialer {
 func (t *topo) rr(d time.Duration, s *benchsuite.Sample) error {
 	var conn net.Conn
 	if err := t.client.Do(func() (err error) {
-		conn, err = t.dialer(dialTimeout).Dial("tcp4", netip.AddrPortFrom(serverIP, rrPort).String())
+		conn, err = t.dialer(dialTimeout).Dial("tcp4", netip.AddrPortFrom(t.dst, rrPort).String())
 		return err
 	}); err != nil {
 		return fmt.Errorf("%v: rr: %w", t, err)
@@ -201,7 +201,7 @@ func (t *topo) rr(d time.Duration, s *benchsuite.Sample) error {
 func (t *topo) crr(d time.Duration, s *benchsuite.Sample) error {
 	var n int
 	var elapsed time.Duration
-	addr := netip.AddrPortFrom(serverIP, rrPort).String()
+	addr := netip.AddrPortFrom(t.dst, rrPort).String()
 	busy, err := cpuWindow(func() error {
 		return t.client.Do(func() (err error) {
 			n, elapsed, err = netns.ByteEchoCRR(t.dialer(dialTimeout), addr, d, dialTimeout)
@@ -222,7 +222,7 @@ func (t *topo) crr(d time.Duration, s *benchsuite.Sample) error {
 // exchange proves TCP works end to end: a few bytes to the RR server and back.
 func (t *topo) exchange() error {
 	return t.client.Do(func() error {
-		c, err := t.dialer(dialTimeout).Dial("tcp4", netip.AddrPortFrom(serverIP, rrPort).String())
+		c, err := t.dialer(dialTimeout).Dial("tcp4", netip.AddrPortFrom(t.dst, rrPort).String())
 		if err != nil {
 			return fmt.Errorf("%v: %w", t, err)
 		}
@@ -245,7 +245,7 @@ func (t *topo) exchange() error {
 // not refused by the server's kernel.
 func (t *topo) denied() error {
 	return t.client.Do(func() error {
-		c, err := t.dialer(300*time.Millisecond).Dial("tcp4", netip.AddrPortFrom(serverIP, deniedPort).String())
+		c, err := t.dialer(300*time.Millisecond).Dial("tcp4", netip.AddrPortFrom(t.dst, deniedPort).String())
 		if err == nil {
 			c.Close()
 			return fmt.Errorf("%v: port %d connected", t, deniedPort)

@@ -26,7 +26,7 @@ import (
 var findings string
 
 // kinds in the order every round runs them.
-var kinds = []string{kindVeth, kindKernel, kindKernelFilter, kindMargay, kindMargayPolicy, kindMargayXDP}
+var kinds = []string{kindVeth, kindKernel, kindKernelFilter, kindMargay, kindMargayPolicy, kindMargayXDP, kindKernelSvc, kindMargaySvc}
 
 func rulesOf(kind string, n int) int {
 	if kind == kindKernelFilter || kind == kindMargayPolicy {
@@ -76,9 +76,20 @@ func (p hop) read(tb testing.TB) uint64 {
 	return c.Packets
 }
 
-// ebpfPath is the counters both directions of a client–server flow pass in c.
+// ebpfPath is the counters both directions of a client–server flow pass in c. Through a
+// Service (c-svc) the client's host hands the flow to the kernel, which translates it, and its
+// replies back to the kernel, which translates them back; the server's host forwards both ways.
 func (t *topo) ebpfPath() []hop {
 	a, b := t.hostA, t.hostB
+	if t.kind == kindMargaySvc {
+		return []hop{
+			{a, a.caliIndex, maps.HookFromWep, loader.MargayReasonREASON_PASS_NO_ROUTE},
+			{a, a.caliIndex, maps.HookNFPolicy, loader.MargayReasonREASON_PASS_NAT},
+			{b, b.uplinkIndex, maps.HookFromNet, loader.MargayReasonREASON_FWD_LOCAL},
+			{b, b.caliIndex, maps.HookFromWep, loader.MargayReasonREASON_FWD_REMOTE},
+			{a, a.uplinkIndex, maps.HookFromNet, loader.MargayReasonREASON_PASS_NAT},
+		}
+	}
 	return []hop{
 		{a, a.caliIndex, maps.HookFromWep, loader.MargayReasonREASON_FWD_REMOTE},
 		{b, b.uplinkIndex, maps.HookFromNet, loader.MargayReasonREASON_FWD_LOCAL},
@@ -119,13 +130,29 @@ func (t *topo) check(tb testing.TB) string {
 	switch t.kind {
 	case kindVeth:
 		return fmt.Sprintf("%s: TCP exchange and iperf3 work (%.1f Gbit/s in 1 s).", t, s.StreamGbps)
-	case kindKernel, kindKernelFilter:
+	case kindMargaySvc:
+		for _, p := range t.ebpfPath() {
+			if got := p.read(tb); got-ebpf0[p] < 10 {
+				tb.Fatalf("%v: counter %v grew by %d, want the flow's packets", t, p, got-ebpf0[p])
+			}
+		}
+		if d := forwarded(tb, t.hostB.ns) - fwd0[t.hostB]; d != 0 {
+			tb.Fatalf("%v: the server's host's kernel forwarded %d datagrams: some traffic left the eBPF path", t, d)
+		}
+		if d := forwarded(tb, t.hostA.ns) - fwd0[t.hostA]; d < 10 {
+			tb.Fatalf("%v: the client's host's kernel forwarded %d datagrams, want the translated flow's", t, d)
+		}
+		return fmt.Sprintf("%s: TCP exchange and iperf3 to the ClusterIP work; on the client's host from_wep handed the flow to the kernel (PASS_NO_ROUTE), nf_policy saw it translated (PASS_NAT) and the kernel forwarded it, and from_net handed the replies back to the kernel (PASS_NAT); the server's host forwarded both ways in eBPF (FWD_LOCAL, FWD_REMOTE) and its kernel forwarded nothing.", t)
+	case kindKernel, kindKernelFilter, kindKernelSvc:
 		for _, h := range hosts {
 			if d := forwarded(tb, h.ns) - fwd0[h]; d < 10 {
 				tb.Fatalf("%v: host %s's kernel forwarded %d datagrams, want the flow's", t, h.name, d)
 			}
 		}
 		msg := fmt.Sprintf("%s: TCP exchange and iperf3 work, and both hosts' kernels forwarded them (Ip ForwDatagrams grew).", t)
+		if t.kind == kindKernelSvc {
+			msg = fmt.Sprintf("%s: TCP exchange and iperf3 to the ClusterIP work, translated by kube-proxy's rules, and both hosts' kernels forwarded them (Ip ForwDatagrams grew).", t)
+		}
 		if t.kind == kindKernelFilter {
 			if err := t.denied(); err != nil {
 				tb.Fatal(err)
@@ -229,6 +256,8 @@ func BenchmarkSuite(b *testing.B) {
 			{Key: kindKernelFilter, Title: fmt.Sprintf("b: kernel path, classic filter (%d rules)", nRules), Description: fmt.Sprintf("the same, with both hosts' FORWARD chain holding the classic filter: `-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT` first, then %d rules that every new flow walks (the last allows the measured flows), then DROP.", nRules)},
 			{Key: kindMargay, Title: "c: Margay", Description: "the same namespaces shape as b, with Margay's programs attached and their maps filled as the agent does by default on veth uplinks (from_wep/to_wep on the cali veths, from_net on ens32; `--xdp auto` leaves XDP off a veth); FORWARD policy DROP, so only the eBPF path can carry traffic."},
 			{Key: kindMargayPolicy, Title: fmt.Sprintf("c: Margay, %d rules in eBPF", nRules), Description: fmt.Sprintf("c with the same %d ingress rules (selector all(), the measured flows matching the last) compiled by control/policy into both workloads' programs.", nRules)},
+			{Key: kindKernelSvc, Title: "b: kernel path through a ClusterIP", Description: "b with kube-proxy's iptables nat rules (KUBE-SERVICES, KUBE-SVC, KUBE-SEP DNAT, masquerade marks; tests/kubeproxy) on both hosts, the client connecting to a ClusterIP whose endpoint is the server."},
+			{Key: kindMargaySvc, Title: "c: Margay through a ClusterIP", Description: "c with the same kube-proxy rules and the client connecting to the ClusterIP: the client's host leaves the translated flow to the kernel in both directions (PASS_NO_ROUTE, nf_policy, PASS_NAT), the server's host forwards it in eBPF; FORWARD accepts."},
 			{Key: kindMargayXDP, Title: "c with XDP on the veth uplinks (diagnostic)", Description: "c with the XDP prefilter attached to the ens32 veths as well (`--xdp on`, AttachUplink(ens32, true)): not a goal, measured to show what XDP costs on a veth, which is why the agent leaves it off there."},
 		},
 		Comparisons: []benchsuite.Comparison{
@@ -239,6 +268,8 @@ func BenchmarkSuite(b *testing.B) {
 			{Num: kindKernelFilter, Den: kindKernel, Title: "b-filter / b (cost of the filter)"},
 			{Num: kindMargayPolicy, Den: kindMargay, Title: "c-policy / c (cost of the rules)"},
 			{Num: kindMargayXDP, Den: kindMargay, Title: "c-xdp / c (cost of XDP on the veth uplink)"},
+			{Num: kindMargaySvc, Den: kindKernelSvc, Title: "c-svc / b-svc (through a ClusterIP)"},
+			{Num: kindMargaySvc, Den: kindMargay, Title: "c-svc / c (cost of the Service)"},
 		},
 		Goals: []benchsuite.Goal{
 			{Comparison: 0, Measure: "stream", Bound: 0.95},

@@ -1,6 +1,7 @@
 package benchsuite_test
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/benchrules"
+	"github.com/margaynet/margay/tests/kubeproxy"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -27,6 +29,8 @@ const (
 	rrPort     = 5202 // the Go RR/CRR server
 	deniedPort = 5300 // no rule allows it: with a filter, a connection to it must time out
 	basePort   = 1000 // rule i < n-1 allows port basePort+i
+
+	clusterCIDR = "198.19.0.0/16" // the pods, as kube-proxy's --cluster-cidr
 )
 
 var (
@@ -50,16 +54,37 @@ const (
 	// kindMargayXDP is c with the XDP prefilter on the veth uplinks, which the agent's default
 	// (--xdp auto) leaves off: a diagnostic of what XDP costs on a veth.
 	kindMargayXDP = "c-xdp"
+	// The client reaches the server through a Kubernetes ClusterIP that kube-proxy's nat rules
+	// translate on both hosts: the kernel path, and Margay, where the client's host leaves the
+	// translated flow to the kernel.
+	kindKernelSvc = "b-svc"
+	kindMargaySvc = "c-svc"
 )
 
+// svcIP is the ClusterIP of the svc topologies.
+var svcIP = netip.MustParseAddr("198.18.96.10")
+
 func isMargay(kind string) bool {
-	return kind == kindMargay || kind == kindMargayPolicy || kind == kindMargayXDP
+	return kind == kindMargay || kind == kindMargayPolicy || kind == kindMargayXDP || kind == kindMargaySvc
+}
+
+func isSvc(kind string) bool { return kind == kindKernelSvc || kind == kindMargaySvc }
+
+// kubeServices are the ClusterIP's ports, each to the same port of the server.
+func kubeServices() []kubeproxy.Service {
+	var svcs []kubeproxy.Service
+	for _, port := range []int{rrPort, iperfPort, deniedPort} {
+		svcs = append(svcs, kubeproxy.Service{Name: fmt.Sprintf("BENCH-%d", port), ClusterIP: svcIP, Proto: "tcp", Port: port,
+			Backend: netip.AddrPortFrom(serverIP, uint16(port))})
+	}
+	return svcs
 }
 
 // topo is one measured topology: a client and a server namespace and whatever joins them.
 type topo struct {
 	kind           string
-	rules          int // policy rules (b-filter, c-policy)
+	rules          int        // policy rules (b-filter, c-policy)
+	dst            netip.Addr // what the client connects to: the server, or the ClusterIP
 	client, server *netns.NS
 	hostA, hostB   *host // nil for a
 	srv            *server
@@ -84,7 +109,10 @@ type host struct {
 
 func newTopo(tb testing.TB, kind string, rules int) *topo {
 	tb.Helper()
-	t := &topo{kind: kind, rules: rules}
+	t := &topo{kind: kind, rules: rules, dst: serverIP}
+	if isSvc(kind) {
+		t.dst = svcIP
+	}
 	if kind == kindVeth {
 		t.client = netns.New(tb, "mgbs-a-cli")
 		t.server = netns.New(tb, "mgbs-a-srv")
@@ -109,6 +137,12 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 			switch kind {
 			case kindKernel:
 				// Empty netfilter: no table is ever loaded in these namespaces.
+			case kindKernelSvc:
+				h.ns.IPTablesRestore(tb, kubeproxy.Rules(clusterCIDR, kubeServices()))
+			case kindMargaySvc:
+				// The Service's flows take FORWARD on the client's host: it accepts.
+				h.ns.IPTablesRestore(tb, kubeproxy.Rules(clusterCIDR, kubeServices()))
+				h.loadMargay(tb)
 			case kindKernelFilter:
 				h.ns.IPTablesRestore(tb, benchRules(rules).IPTables())
 			case kindMargay, kindMargayPolicy, kindMargayXDP:
@@ -233,7 +267,15 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 		if err := h.d.AttachWorkload(h.cali); err != nil {
 			return err
 		}
-		return h.d.AttachUplink(uplink, xdp)
+		if err := h.d.AttachUplink(uplink, xdp); err != nil {
+			return err
+		}
+		// nf_policy at netfilter's hooks, and from_wep told so, as the agent does.
+		if _, err := h.d.EnsureNetfilter(); err != nil {
+			return err
+		}
+		_, err := h.set.Config.SetNFPolicy(true)
+		return err
 	}); err != nil {
 		tb.Fatalf("host %s: %v", h.name, err)
 	}

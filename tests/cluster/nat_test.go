@@ -13,6 +13,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/kubeproxy"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -30,69 +31,6 @@ const (
 	nodePortRemote = 30080 // externalTrafficPolicy: Cluster, backend on vm101
 	nodePortLocal  = 30081 // externalTrafficPolicy: Local, backend on vm100
 )
-
-// kubeService is one Service as kube-proxy programs it.
-type kubeService struct {
-	name      string
-	clusterIP netip.Addr
-	proto     string // tcp or udp
-	port      int
-	nodePort  int  // 0: none
-	local     bool // externalTrafficPolicy: Local
-	backend   netip.AddrPort
-	onNode    bool // the backend runs on the node the rules are for
-}
-
-// kubeProxyRules is the nat table kube-proxy's iptables mode writes for these Services on one
-// node: the same chains, jumps, marks and masquerade rules (one endpoint per Service, so no
-// statistic match), with clusterCIDR the pod pool.
-func kubeProxyRules(clusterCIDR string, svcs []kubeService) string {
-	var b strings.Builder
-	b.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
-	for _, s := range svcs {
-		fmt.Fprintf(&b, ":KUBE-SVC-%[1]s - [0:0]\n:KUBE-SEP-%[1]s - [0:0]\n", s.name)
-		if s.nodePort != 0 {
-			fmt.Fprintf(&b, ":KUBE-EXT-%[1]s - [0:0]\n:KUBE-SVL-%[1]s - [0:0]\n", s.name)
-		}
-	}
-	b.WriteString(`-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
--A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
--A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
--A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
--A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
--A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully
-`)
-	for _, s := range svcs {
-		c := fmt.Sprintf("default/%s", s.name)
-		fmt.Fprintf(&b, "-A KUBE-SERVICES -d %s/32 -p %s -m comment --comment \"%s cluster IP\" -m %s --dport %d -j KUBE-SVC-%s\n",
-			s.clusterIP, s.proto, c, s.proto, s.port, s.name)
-		fmt.Fprintf(&b, "-A KUBE-SVC-%s ! -s %s -d %s/32 -p %s -m %s --dport %d -j KUBE-MARK-MASQ\n",
-			s.name, clusterCIDR, s.clusterIP, s.proto, s.proto, s.port)
-		fmt.Fprintf(&b, "-A KUBE-SVC-%[1]s -m comment --comment \"%[2]s -> %[3]s\" -j KUBE-SEP-%[1]s\n", s.name, c, s.backend)
-		fmt.Fprintf(&b, "-A KUBE-SEP-%s -s %s/32 -j KUBE-MARK-MASQ\n", s.name, s.backend.Addr())
-		fmt.Fprintf(&b, "-A KUBE-SEP-%s -p %s -m %s -j DNAT --to-destination %s\n", s.name, s.proto, s.proto, s.backend)
-		if s.nodePort == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "-A KUBE-NODEPORTS -p %s -m comment --comment \"%s\" -m %s --dport %d -j KUBE-EXT-%s\n",
-			s.proto, c, s.proto, s.nodePort, s.name)
-		if !s.local {
-			fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -m comment --comment \"masquerade traffic for %[2]s external destinations\" -j KUBE-MARK-MASQ\n-A KUBE-EXT-%[1]s -j KUBE-SVC-%[1]s\n", s.name, c)
-			continue
-		}
-		// externalTrafficPolicy: Local: pods and the node itself go cluster-wide, the outside only to
-		// this node's endpoints, without SNAT.
-		fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -s %[2]s -j KUBE-SVC-%[1]s\n", s.name, clusterCIDR)
-		fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n-A KUBE-EXT-%[1]s -m addrtype --src-type LOCAL -j KUBE-SVC-%[1]s\n", s.name)
-		fmt.Fprintf(&b, "-A KUBE-EXT-%[1]s -j KUBE-SVL-%[1]s\n", s.name)
-		if s.onNode { // else the chain stays empty, and kube-proxy's filter rules drop the packet
-			fmt.Fprintf(&b, "-A KUBE-SVL-%[1]s -j KUBE-SEP-%[1]s\n", s.name)
-		}
-	}
-	b.WriteString("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\nCOMMIT\n")
-	return b.String()
-}
 
 // serveWho answers every TCP connection and UDP datagram on addr with the address the server saw
 // it come from: what a backend's ingress policy sees.
@@ -209,20 +147,20 @@ func TestKernelNATServices(t *testing.T) {
 		w.WaitProgrammed(t)
 		serveWho(t, w.NS, netip.AddrPortFrom(w.IP, backendPort))
 	}
-	svcs := func(node string) []kubeService {
+	svcs := func(node string) []kubeproxy.Service {
 		be := func(w *cluster.Workload) netip.AddrPort { return netip.AddrPortFrom(w.IP, backendPort) }
-		var out []kubeService
+		var out []kubeproxy.Service
 		for _, proto := range []string{"tcp", "udp"} {
 			p := strings.ToUpper(proto)
 			out = append(out,
-				kubeService{name: "REMOTE-" + p, clusterIP: svcRemote, proto: proto, port: svcPort, nodePort: nodePortRemote, backend: be(wR), onNode: node == "vm101"},
-				kubeService{name: "LOCAL-" + p, clusterIP: svcLocal, proto: proto, port: svcPort, nodePort: nodePortLocal, local: true, backend: be(wB), onNode: node == "vm100"},
-				kubeService{name: "SELF-" + p, clusterIP: svcSelf, proto: proto, port: svcPort, backend: be(wA), onNode: node == "vm100"})
+				kubeproxy.Service{Name: "REMOTE-" + p, ClusterIP: svcRemote, Proto: proto, Port: svcPort, NodePort: nodePortRemote, Backend: be(wR), OnNode: node == "vm101"},
+				kubeproxy.Service{Name: "LOCAL-" + p, ClusterIP: svcLocal, Proto: proto, Port: svcPort, NodePort: nodePortLocal, Local: true, Backend: be(wB), OnNode: node == "vm100"},
+				kubeproxy.Service{Name: "SELF-" + p, ClusterIP: svcSelf, Proto: proto, Port: svcPort, Backend: be(wA), OnNode: node == "vm100"})
 		}
 		return out
 	}
 	for _, h := range []*cluster.Host{vm100, vm101} {
-		h.NS.IPTablesRestore(t, kubeProxyRules("198.19.0.0/16", svcs(h.Name)))
+		h.NS.IPTablesRestore(t, kubeproxy.Rules("198.19.0.0/16", svcs(h.Name)))
 	}
 	// A node's own sockets route a Service's address before kube-proxy's OUTPUT rule translates
 	// it: like a real node, the lab's get a default route (to the gateway).
