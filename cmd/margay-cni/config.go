@@ -92,6 +92,10 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, invalidConf("data after the JSON object")
 	}
+	if err := datastore.ValidateName(c.Name); err != nil {
+		// Workload records carry it, so that GC of a network touches only that network's.
+		return nil, invalidConf("name: %v", err)
+	}
 	if len(c.IPAM) > 0 && string(c.IPAM) != "null" && string(c.IPAM) != "{}" {
 		return nil, invalidConf(`"ipam" is not used: margay-cni assigns addresses itself from Margay's IP pools (margayctl pool); remove it`)
 	}

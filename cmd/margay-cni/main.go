@@ -95,7 +95,7 @@ func spec(args *skel.CmdArgs, conf *netConf) (workload.Spec, error) {
 	if err != nil {
 		return workload.Spec{}, err
 	}
-	s := workload.Spec{Node: conf.NodeName, ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, MTU: conf.MTU}
+	s := workload.Spec{Node: conf.NodeName, ContainerID: args.ContainerID, Network: conf.Name, Netns: args.Netns, IfName: args.IfName, MTU: conf.MTU}
 	ns, pod := kv["K8S_POD_NAMESPACE"], kv["K8S_POD_NAME"]
 	switch {
 	case ns == "" && pod == "":
@@ -244,8 +244,14 @@ func checkPrevResult(ctx context.Context, s *session, ws workload.Spec) error {
 	return nil
 }
 
-// cmdGC deletes this node's CNI workloads whose container is not among the valid attachments.
-// Workloads created by margayctl (no container ID) are not the runtime's and stay.
+// cmdGC deletes this node's workloads of this network (the config's "name") whose container is
+// not among the valid attachments. Workloads of other networks are theirs to collect, and
+// workloads created by margayctl (no container ID) are not the runtime's: both stay.
+//
+// Records written before margay-cni recorded the network have none. Such a record whose
+// container is among this network's valid attachments is this network's (the runtime says so):
+// GC writes the network into it. Any other is left alone, since GC cannot tell whose it is, and
+// GC logs it; CNI DEL of its container, or margayctl workload delete, removes it.
 func cmdGC(args *skel.CmdArgs) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -254,7 +260,8 @@ func cmdGC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.close()
-	items, _, err := s.ds.Workloads(s.conf.NodeName).List(ctx)
+	store := s.ds.Workloads(s.conf.NodeName)
+	items, _, err := store.List(ctx)
 	if err != nil {
 		return cniError(err)
 	}
@@ -263,10 +270,26 @@ func cmdGC(args *skel.CmdArgs) error {
 	var errs []error
 	for _, it := range items {
 		w := it.Value
-		if w.ContainerID == "" || keep[w.ContainerID] {
+		switch {
+		case w.ContainerID == "":
+			continue
+		case w.Network == "" && keep[w.ContainerID]:
+			w.Network = s.conf.Name
+			if _, err := store.Update(ctx, it.Name, w, it.ModRevision); err != nil {
+				errs = append(errs, fmt.Errorf("record network %s in workload %s: %w", s.conf.Name, it.Name, err))
+				continue
+			}
+			s.log.Info("workload record had no network; its container is a valid attachment of this network, recorded it",
+				"workload", it.Name, "container", w.ContainerID)
+			continue
+		case w.Network == "":
+			s.log.Warn("workload record names no network (written before margay-cni recorded it); GC leaves it alone",
+				"workload", it.Name, "container", w.ContainerID, "ips", w.IPv4)
+			continue
+		case w.Network != s.conf.Name || keep[w.ContainerID]:
 			continue
 		}
-		ws := workload.Spec{ID: it.Name, Node: s.conf.NodeName, ContainerID: w.ContainerID}
+		ws := workload.Spec{ID: it.Name, Node: s.conf.NodeName, ContainerID: w.ContainerID, Network: s.conf.Name}
 		if err := workload.Del(ctx, s.ds, ipm, ws); err != nil {
 			errs = append(errs, err)
 			continue

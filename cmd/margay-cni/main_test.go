@@ -722,3 +722,116 @@ func TestShippedConflist(t *testing.T) {
 		t.Errorf("log file %s: %v\n%s", logFile, err, log)
 	}
 }
+
+// gc runs GC of the network conf names, keeping the given containers.
+func (w *world) gc(t testing.TB, network string, keep ...string) {
+	t.Helper()
+	set := map[string]any{"name": network}
+	if keep != nil {
+		atts := []map[string]string{}
+		for _, c := range keep {
+			atts = append(atts, map[string]string{"containerID": c, "ifname": "eth0"})
+		}
+		set["cni.dev/valid-attachments"] = atts
+	}
+	if o := run(t, w.host, call{cmd: "GC", conf: w.conf("1.1.0", set), env: map[string]string{"CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}}); o.err != nil {
+		t.Fatalf("GC of %s keeping %v: %v\n%s", network, keep, o.err, o.stderr)
+	}
+}
+
+// assertPresent fails unless the workload's veth, record (of network) and IPAM handle exist.
+func (w *world) assertPresent(t testing.TB, id, network string) {
+	t.Helper()
+	if err := w.host.Do(func() error {
+		_, err := netlink.LinkByName(workload.HostVethName(id))
+		return err
+	}); err != nil {
+		t.Errorf("veth of %s: %v", id, err)
+	}
+	rec, err := w.ds.Workloads(node).Get(t.Context(), id)
+	if err != nil {
+		t.Errorf("record %s: %v", id, err)
+	} else if rec.Value.Network != network {
+		t.Errorf("record %s has network %q, want %q", id, rec.Value.Network, network)
+	}
+	if h, err := w.ds.Handles().Get(t.Context(), id); err != nil || len(h.Value.IPs) == 0 {
+		t.Errorf("IPAM handle %s: %+v, %v", id, h.Value, err)
+	}
+}
+
+// GC of one network leaves the workloads of another network on the same node alone, with and
+// without valid attachments, and so does DEL of one network for another's container.
+func TestGCTwoNetworks(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	add := func(network, cid string) string {
+		p, _ := workloadNS(t)
+		o := run(t, w.host, call{cmd: "ADD", containerID: cid, netns: p, conf: w.conf("1.1.0", map[string]any{"name": network})})
+		if o.err != nil {
+			t.Fatalf("ADD %s on %s: %v\n%s", cid, network, o.err, o.stderr)
+		}
+		return p
+	}
+	pa := add("margay", "a1")
+	add("margay", "a2")
+	pm := add("mynet", "m1")
+	add("mynet", "m2")
+	ping(t, pa, "198.19.0.1")
+
+	w.gc(t, "mynet", "m1") // m2 is mynet's and stale
+	w.assertGone(t, "m2")
+	w.assertPresent(t, "a1", "margay")
+	w.assertPresent(t, "a2", "margay")
+	w.assertPresent(t, "m1", "mynet")
+
+	w.gc(t, "mynet") // no valid attachments: every workload of mynet goes, no other
+	w.assertGone(t, "m1")
+	w.assertPresent(t, "a1", "margay")
+	w.assertPresent(t, "a2", "margay")
+	ping(t, pa, "198.19.0.1")
+
+	// DEL of mynet for margay's container is not margay's DEL.
+	o := run(t, w.host, call{cmd: "DEL", containerID: "a2", netns: pm, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	if o.err != nil {
+		t.Fatalf("DEL on another network: %v", o.err)
+	}
+	w.assertPresent(t, "a2", "margay")
+	// Nor may mynet take margay's workload over by ADD.
+	o = run(t, w.host, call{cmd: "ADD", containerID: "a2", netns: pm, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	if o.err == nil || !strings.Contains(o.err.Msg, `attached by network "margay" already`) {
+		t.Errorf("ADD of margay's workload on mynet: %+v, want a refusal naming margay", o.err)
+	}
+	w.assertPresent(t, "a2", "margay")
+
+	w.gc(t, "margay", "a1")
+	w.assertGone(t, "a2")
+	w.assertPresent(t, "a1", "margay")
+	w.mustDel(t, "a1", pa, "")
+}
+
+// A record written before margay-cni recorded the network (none in it) is left alone by GC of
+// any network that does not list its container, and taken over by the network that does.
+func TestGCLegacyRecord(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	p, _ := workloadNS(t)
+	w.mustAdd(t, "1.1.0", "old", p, "")
+	rec, err := w.ds.Workloads(node).Get(t.Context(), "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := rec.Value
+	legacy.Network = ""
+	if _, err := w.ds.Workloads(node).Put(t.Context(), "old", legacy); err != nil {
+		t.Fatal(err)
+	}
+
+	w.gc(t, "mynet")
+	w.gc(t, "margay", "someone-else")
+	w.assertPresent(t, "old", "")
+
+	w.gc(t, "margay", "old") // the runtime says it is margay's
+	w.assertPresent(t, "old", "margay")
+	w.gc(t, "mynet")
+	w.assertPresent(t, "old", "margay")
+	w.gc(t, "margay")
+	w.assertGone(t, "old")
+}
