@@ -83,9 +83,10 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 	var c netConf
 	if err := dec.Decode(&c); err != nil {
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return nil, invalidConf("unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
+			// Code 2, "unsupported field": the spec's code for a field the plugin does not know.
+			return nil, types.NewError(types.ErrUnsupportedField, fmt.Sprintf("margay-cni: invalid network config: unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
 				"logFile, policySetupTimeout, bpffsRoot, kubernetes and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout; "+
-				"in kubernetes: kubeconfig)", f)
+				"in kubernetes: kubeconfig)", f), "")
 		}
 		return nil, invalidConf("%v", err)
 	}

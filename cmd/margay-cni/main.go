@@ -6,11 +6,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -27,8 +30,56 @@ import (
 const opTimeout = 60 * time.Second
 
 func main() {
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
-		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "margay-cni: Margay's CNI plugin (pure L3, eBPF dataplane)")
+	// The error result carries the config's cniVersion (the spec's error object has it), so the
+	// config is read here first and handed on to skel.
+	var conf []byte
+	if os.Getenv("CNI_COMMAND") != "" { // without a command skel prints its help and reads nothing
+		var err error
+		if conf, err = io.ReadAll(os.Stdin); err != nil {
+			conf = nil
+		}
+		r, w, err := os.Pipe()
+		if err == nil {
+			go func() { _, _ = w.Write(conf); _ = w.Close() }()
+			os.Stdin = r
+		}
+	}
+	if e := skel.PluginMainFuncsWithError(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+		version.PluginSupports(supportedVersions...), "margay-cni: Margay's CNI plugin (pure L3, eBPF dataplane)"); e != nil {
+		if err := printError(os.Stdout, e, conf); err != nil {
+			slog.Error("write the error result", "err", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// supportedVersions are the CNI specification versions margay-cni speaks, oldest first.
+var supportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+
+// errorResult is the specification's error object: the config's cniVersion, code, msg, details.
+type errorResult struct {
+	CNIVersion string `json:"cniVersion"`
+	Code       uint   `json:"code"`
+	Msg        string `json:"msg"`
+	Details    string `json:"details,omitempty"`
+}
+
+// printError writes e as the error result: with the cniVersion of conf, or the newest version
+// margay-cni speaks when conf names none it can read.
+func printError(w io.Writer, e *types.Error, conf []byte) error {
+	v := supportedVersions[len(supportedVersions)-1]
+	var c struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if json.Unmarshal(conf, &c) == nil && c.CNIVersion != "" {
+		v = c.CNIVersion
+	}
+	data, err := json.MarshalIndent(errorResult{CNIVersion: v, Code: e.Code, Msg: e.Msg, Details: e.Details}, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
 }
 
 // session is what every command needs: the checked config, a logger and a datastore client.
@@ -69,19 +120,21 @@ func open(ctx context.Context, cmd string, args *skel.CmdArgs) (*session, error)
 	return &session{conf: conf, ws: ws, log: log, ds: ds, close: func() { _ = ds.Close(); closeLog() }}, nil
 }
 
-// connect waits for etcd at most twice the dial timeout: a runtime would rather retry than hang.
+// connect waits for etcd at most the dial timeout (datastore.dialTimeout, default
+// datastore.DefaultCommandTimeout): a runtime would rather retry than hang.
 func connect(ctx context.Context, conf *netConf, log *slog.Logger) (*datastore.Client, error) {
-	dial := conf.ds.DialTimeout
-	if dial == 0 {
-		dial = datastore.DefaultDialTimeout
+	cfg := conf.ds
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = datastore.DefaultCommandTimeout
 	}
-	cctx, cancel := context.WithTimeout(ctx, 2*dial)
+	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	ds, err := datastore.New(cctx, conf.ds, datastore.WithLogger(log))
+	ds, err := datastore.New(cctx, cfg, datastore.WithLogger(log))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return nil, types.NewError(types.ErrTryAgainLater,
-				"margay-cni: etcd is unreachable; check that it runs and that \"datastore\" in the network config points at it", err.Error())
+				fmt.Sprintf("margay-cni: etcd is unreachable at %s (no answer within %s, datastore.dialTimeout); check that it runs and that \"datastore\" in the network config points at it",
+					strings.Join(cfg.EndpointsOrDefault(), ","), cfg.DialTimeout), err.Error())
 		}
 		return nil, invalidConf("%v", err)
 	}

@@ -501,13 +501,13 @@ func TestBadRequests(t *testing.T) {
 		msg  string
 	}{
 		{"bad json", call{conf: []byte(`{"cniVersion": "1.0.0", "name": `)}, types.ErrDecodingFailure, ""},
-		{"unknown field", call{conf: good(map[string]any{"mtuu": 1400})}, types.ErrInvalidNetworkConfig, `unknown field "mtuu"`},
+		{"unknown field", call{conf: good(map[string]any{"mtuu": 1400})}, types.ErrUnsupportedField, `unknown field "mtuu"`},
 		{"unsupported cniVersion", call{conf: good(map[string]any{"cniVersion": "0.3.1"})}, types.ErrIncompatibleCNIVersion, ""},
 		{"garbage cniVersion", call{conf: good(map[string]any{"cniVersion": "one"})}, types.ErrIncompatibleCNIVersion, ""},
 		{"no datastore", call{conf: good(map[string]any{"datastore": nil})}, types.ErrInvalidNetworkConfig, "no datastore"},
 		{"datastore file missing", call{conf: good(map[string]any{"datastore": nil, "datastoreConfig": "/nonexistent/datastore.yaml"})}, types.ErrInvalidNetworkConfig, "datastoreConfig"},
 		{"bad endpoint", call{conf: good(map[string]any{"datastore": map[string]any{"endpoints": []string{"etcd:2379"}}})}, types.ErrInvalidNetworkConfig, "endpoint"},
-		{"unknown datastore field", call{conf: good(map[string]any{"datastore": map[string]any{"endpoint": "http://x:1"}})}, types.ErrInvalidNetworkConfig, `unknown field "endpoint"`},
+		{"unknown datastore field", call{conf: good(map[string]any{"datastore": map[string]any{"endpoint": "http://x:1"}})}, types.ErrUnsupportedField, `unknown field "endpoint"`},
 		{"ipam given", call{conf: good(map[string]any{"ipam": map[string]any{"type": "host-local"}})}, types.ErrInvalidNetworkConfig, "ipam"},
 		{"bad mtu", call{conf: good(map[string]any{"mtu": 10})}, types.ErrInvalidNetworkConfig, "mtu"},
 		{"bad log level", call{conf: good(map[string]any{"logLevel": "loud"})}, types.ErrInvalidNetworkConfig, "logLevel"},
@@ -529,7 +529,49 @@ func TestBadRequests(t *testing.T) {
 			if o.err == nil || o.err.Code != c.code || !strings.Contains(o.err.Msg+o.err.Details, c.msg) {
 				t.Errorf("got %+v, want code %d with %q\nstderr: %s", o.err, c.code, c.msg, o.stderr)
 			}
+			// The error result carries the config's cniVersion (the newest one without a
+			// readable config), as the spec's error object does.
+			var res struct {
+				CNIVersion *string `json:"cniVersion"`
+			}
+			want := "1.1.0"
+			var conf struct{ CNIVersion string }
+			if json.Unmarshal(cl.conf, &conf) == nil {
+				want = conf.CNIVersion
+			}
+			if err := json.Unmarshal(o.stdout, &res); err != nil || res.CNIVersion == nil || *res.CNIVersion != want {
+				t.Errorf("error result %s: cniVersion %v, want %q", o.stdout, res.CNIVersion, want)
+			}
 		})
+	}
+}
+
+// With etcd stopped, ADD fails within its dial timeout (datastore.dialTimeout, or the default
+// datastore.DefaultCommandTimeout) with code 11 and an error that names the endpoint.
+func TestEtcdStopped(t *testing.T) {
+	e := datastoretest.Start(t)
+	ep := e.Endpoints()[0]
+	e.Close()
+	w := &world{endpoint: ep}
+	for _, c := range []struct {
+		dial  string
+		bound time.Duration
+	}{{"1s", time.Second}, {"", datastore.DefaultCommandTimeout}} {
+		ds := map[string]any{"endpoints": []string{ep}}
+		if c.dial != "" {
+			ds["dialTimeout"] = c.dial
+		}
+		start := time.Now()
+		o := run(t, nil, call{cmd: "ADD", containerID: "etcd-down", netns: "/var/run/netns/margay-no-such-ns",
+			conf: w.conf("1.0.0", map[string]any{"datastore": ds})})
+		took := time.Since(start)
+		t.Logf("dialTimeout %q: ADD failed after %s: %+v", c.dial, took.Round(time.Millisecond), o.err)
+		if o.err == nil || o.err.Code != types.ErrTryAgainLater || !strings.Contains(o.err.Msg, "etcd is unreachable at "+ep) {
+			t.Errorf("dialTimeout %q: %+v, want code 11 naming %s", c.dial, o.err, ep)
+		}
+		if took > 2*c.bound {
+			t.Errorf("dialTimeout %q: ADD took %s, want at most twice %s", c.dial, took, c.bound)
+		}
 	}
 }
 

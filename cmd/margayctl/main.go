@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -37,11 +38,10 @@ func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
 		return nil, err
 	}
 	// Bounded by the dial timeout: an unreachable etcd answers quickly with what is wrong.
-	wait := 3 * cfg.DialTimeout
-	if wait <= 0 {
-		wait = 3 * datastore.DefaultDialTimeout
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = datastore.DefaultCommandTimeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	return datastore.New(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 }
@@ -63,6 +63,8 @@ func newRoot() *cobra.Command {
 	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	g.ds.BindFlags(cmd.PersistentFlags())
+	cmd.PersistentFlags().Lookup("etcd-dial-timeout").Usage = fmt.Sprintf(
+		"how long to wait for etcd to answer before failing (default %s; env MARGAY_ETCD_DIAL_TIMEOUT)", datastore.DefaultCommandTimeout)
 	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g), newWorkloadCmd(g), newBGPCmd(g), newPolicyCmd(g), newConntrackCmd(g), newMonitorCmd(g), newLabCmd())
 	return cmd
 }

@@ -20,6 +20,9 @@ const (
 	DefaultEndpoint    = "http://127.0.0.1:2379"
 	DefaultPrefix      = "/margay/v1/"
 	DefaultDialTimeout = 5 * time.Second
+	// DefaultCommandTimeout is how long margayctl and margay-cni wait in all for etcd to answer
+	// when no dial timeout is set: a command fails fast, naming the endpoints, instead of hanging.
+	DefaultCommandTimeout = 3 * time.Second
 )
 
 // Config says how to reach etcd. Empty fields mean their default. Settings come from flags, then
@@ -185,6 +188,9 @@ func relativeTo(configPath, file string) string {
 	}
 	return filepath.Join(filepath.Dir(configPath), file)
 }
+
+// EndpointsOrDefault returns the endpoints c reaches: its own, or DefaultEndpoint.
+func (c Config) EndpointsOrDefault() []string { return c.withDefaults().Endpoints }
 
 func (c Config) withDefaults() Config {
 	if len(c.Endpoints) == 0 {
