@@ -49,6 +49,7 @@ type netConf struct {
 	// read the pod's labels from the API server into the workload's labels (k8s.WorkloadLabels).
 	// Calico's plugin takes the same key.
 	Kubernetes    *kubernetesConf  `json:"kubernetes,omitempty"`
+	nodeFromHost  bool             `json:"-"` // nodeName was not set: the hostname stands in
 	ds            datastore.Config `json:"-"`
 	policyTimeout time.Duration    `json:"-"`
 	level         slog.Level       `json:"-"`
@@ -108,7 +109,7 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		if err != nil {
 			return nil, invalidConf("nodeName is not set and the hostname is unknown: %v", err)
 		}
-		c.NodeName = h
+		c.NodeName, c.nodeFromHost = h, true
 	}
 	if err := datastore.ValidateName(c.NodeName); err != nil {
 		return nil, invalidConf("nodeName: %v", err)

@@ -197,6 +197,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	res, err := workload.Add(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws)
 	if err != nil {
 		s.log.Error("add failed", "workload", ws.ID, "err", err)
+		if errors.Is(err, ipam.ErrNodeNotRegistered) && s.conf.nodeFromHost {
+			err = fmt.Errorf("%w (the network config sets no \"nodeName\", so the hostname %q stands in)", err, ws.Node)
+		}
 		return cniError(err)
 	}
 	if s.conf.policyTimeout > 0 {

@@ -73,6 +73,7 @@ func newWorld(t testing.TB, pools ...string) *world {
 	t.Helper()
 	e := datastoretest.Start(t)
 	ds := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	datastoretest.RegisterNodes(t, ds, node)
 	for i, p := range pools {
 		pool := datastore.Pool{Version: datastore.CurrentVersion, Name: fmt.Sprint("pool-", i), CIDR: netip.MustParsePrefix(p), BlockSize: 26}
 		if pool.CIDR.Bits() > 26 {
@@ -876,4 +877,29 @@ func TestGCLegacyRecord(t *testing.T) {
 	w.assertPresent(t, "old", "margay")
 	w.gc(t, "margay")
 	w.assertGone(t, "old")
+}
+
+// ADD on a node that is not registered (here: no nodeName, and the hostname is no node) fails at
+// once, names the node, and claims no block.
+func TestAddUnregisteredNode(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	hostname, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := workloadNS(t)
+	o := run(t, w.host, call{cmd: "ADD", containerID: "lost", netns: p,
+		conf: w.conf("1.0.0", map[string]any{"nodeName": nil, "policySetupTimeout": "10s", "bpffsRoot": t.TempDir()})})
+	t.Logf("ADD: %+v", o.err)
+	if o.err == nil || o.err.Code != types.ErrTryAgainLater ||
+		!strings.Contains(o.err.Msg, fmt.Sprintf("node %q is not registered", hostname)) || !strings.Contains(o.err.Msg, "sets no \"nodeName\"") {
+		t.Errorf("ADD on an unregistered node: %+v, want code 11 naming node %q and the missing nodeName", o.err, hostname)
+	}
+	if bs, _, err := w.ds.Blocks().List(t.Context()); err != nil || len(bs) != 0 {
+		t.Errorf("blocks after the refused ADD: %+v, %v; want none", bs, err)
+	}
+	if _, err := w.ds.Handles().Get(t.Context(), "lost"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("IPAM handle after the refused ADD: %v", err)
+	}
+	w.host.AssertLinkGone(t, workload.HostVethName("lost"))
 }

@@ -22,6 +22,7 @@ func TestWorkloadCommands(t *testing.T) {
 	if _, err := c.Pools().Create(t.Context(), pool.Name, pool); err != nil {
 		t.Fatal(err)
 	}
+	datastoretest.RegisterNodes(t, c, "host-1")
 	host := netns.New(t, "mch")
 	wl := netns.New(t, "mcw")
 	endpoint := strings.Join(e.Endpoints(), ",")
@@ -78,10 +79,15 @@ func TestWorkloadCommands(t *testing.T) {
 		{[]string{"workload", "add", "web/2", "--netns", wl.Path, "--node", "host-1"}, "invalid workload spec"},
 		{[]string{"workload", "add", "web-2", "--netns", "/var/run/netns/margay-none", "--node", "host-1"}, "network namespace not found"},
 		{[]string{"workload", "delete", "web-1", "--node", "host-2"}, "not found on node host-2"},
+		{[]string{"workload", "add", "web-2", "--netns", wl.Path, "--node", "nosuchnode"}, `node "nosuchnode" is not registered`},
 	} {
 		if out, err := ctl(bad.args...); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("margayctl %s: %v, want an error with %q\n%s", strings.Join(bad.args, " "), err, bad.want, out)
 		}
+	}
+
+	if bs, _, err := c.Blocks().List(t.Context()); err != nil || len(bs) != 1 || bs[0].Value.Node() != "host-1" {
+		t.Errorf("blocks after the refused add on nosuchnode: %+v, %v; want host-1's only", bs, err)
 	}
 
 	out, err = ctl("workload", "delete", "web-1", "--node", "host-1")
