@@ -167,6 +167,9 @@ func newIPAMShowCmd(g *globals) *cobra.Command {
 				js.Total.Used += u.Used
 				js.Total.Capacity += u.Capacity
 			}
+			if len(usage) == 0 && g.output == "table" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "no blocks claimed yet: %s\n", g.where(""))
+			}
 			rows = append(rows, []string{"TOTAL", count(js.Total.Blocks, "block"), fraction(js.Total.Used, js.Total.Capacity)})
 			return g.render(cmd.OutOrStdout(), []string{"BLOCK", "NODE", "USED/CAPACITY"}, rows, js)
 		},
