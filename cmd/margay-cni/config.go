@@ -22,23 +22,23 @@ import (
 // a misspelt setting is reported instead of silently ignored.
 type netConf struct {
 	// Standard fields of the CNI specification, and what runtimes inject.
-	CNIVersion       string               `json:"cniVersion"`
-	Name             string               `json:"name"`
-	Type             string               `json:"type"`
-	Capabilities     map[string]bool      `json:"capabilities,omitempty"`
-	RuntimeConfig    json.RawMessage      `json:"runtimeConfig,omitempty"`
-	Args             json.RawMessage      `json:"args,omitempty"`
-	DNS              *types.DNS           `json:"dns,omitempty"`
-	IPAM             json.RawMessage      `json:"ipam,omitempty"`
-	RawPrevResult    json.RawMessage      `json:"prevResult,omitempty"`
-	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
-	Attachments      []types.GCAttachment `json:"cni.dev/attachments,omitempty"` // older name of the same list
-	NodeName         string               `json:"nodeName,omitempty"`
-	MTU              int                  `json:"mtu,omitempty"`
-	Datastore        *datastoreConf       `json:"datastore,omitempty"`
-	DatastoreConfig  string               `json:"datastoreConfig,omitempty"`
-	LogLevel         string               `json:"logLevel,omitempty"`
-	LogFile          string               `json:"logFile,omitempty"`
+	CNIVersion       string                `json:"cniVersion"`
+	Name             string                `json:"name"`
+	Type             string                `json:"type"`
+	Capabilities     map[string]bool       `json:"capabilities,omitempty"`
+	RuntimeConfig    json.RawMessage       `json:"runtimeConfig,omitempty"`
+	Args             json.RawMessage       `json:"args,omitempty"`
+	DNS              *types.DNS            `json:"dns,omitempty"`
+	IPAM             json.RawMessage       `json:"ipam,omitempty"`
+	RawPrevResult    json.RawMessage       `json:"prevResult,omitempty"`
+	ValidAttachments []types.GCAttachment  `json:"cni.dev/valid-attachments,omitempty"`
+	Attachments      []types.GCAttachment  `json:"cni.dev/attachments,omitempty"` // older name of the same list
+	NodeName         string                `json:"nodeName,omitempty"`
+	MTU              int                   `json:"mtu,omitempty"`
+	Datastore        *datastore.FileConfig `json:"datastore,omitempty"` // how to reach etcd, as in a datastore config file
+	DatastoreConfig  string                `json:"datastoreConfig,omitempty"`
+	LogLevel         string                `json:"logLevel,omitempty"`
+	LogFile          string                `json:"logFile,omitempty"`
 	// PolicySetupTimeout makes ADD wait, up to this long, until this host's agent has
 	// programmed the workload (endpoint with its policy programs, then its programs attached),
 	// so that no packet of it passes before its policy does. Empty or "0": do not wait.
@@ -58,18 +58,6 @@ type netConf struct {
 // kubernetesConf is the "kubernetes" object: how to reach the Kubernetes API server.
 type kubernetesConf struct {
 	Kubeconfig string `json:"kubeconfig,omitempty"` // absolute path of a kubeconfig file
-}
-
-// datastoreConf is the "datastore" object: how to reach etcd.
-type datastoreConf struct {
-	Endpoints   []string `json:"endpoints,omitempty"`
-	CAFile      string   `json:"caFile,omitempty"`
-	CertFile    string   `json:"certFile,omitempty"`
-	KeyFile     string   `json:"keyFile,omitempty"`
-	Username    string   `json:"username,omitempty"`
-	Password    string   `json:"password,omitempty"`
-	Prefix      string   `json:"prefix,omitempty"`
-	DialTimeout string   `json:"dialTimeout,omitempty"` // Go duration, e.g. "2s"
 }
 
 func invalidConf(format string, args ...any) *types.Error {
@@ -145,14 +133,12 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		return nil, invalidConf(`no datastore: set "datastore": {"endpoints": ["https://<etcd>:2379"], ...} or "datastoreConfig": "/etc/margay/datastore.yaml"`)
 	}
 	if d := c.Datastore; d != nil {
-		c.ds = datastore.Config{Endpoints: d.Endpoints, CAFile: d.CAFile, CertFile: d.CertFile, KeyFile: d.KeyFile,
-			Username: d.Username, Password: d.Password, Prefix: d.Prefix}
-		if d.DialTimeout != "" {
-			t, err := time.ParseDuration(d.DialTimeout)
-			if err != nil || t <= 0 {
-				return nil, invalidConf("datastore.dialTimeout %q: want a positive Go duration such as \"2s\"", d.DialTimeout)
-			}
-			c.ds.DialTimeout = t
+		if t, err := time.ParseDuration(d.DialTimeout); d.DialTimeout != "" && (err != nil || t <= 0) {
+			return nil, invalidConf("datastore.dialTimeout %q: want a positive Go duration such as \"2s\"", d.DialTimeout)
+		}
+		var err error
+		if c.ds, err = d.Config(""); err != nil { // relative TLS file names stay as they are
+			return nil, invalidConf("datastore: %v", err)
 		}
 	}
 	if c.DatastoreConfig != "" {
