@@ -35,14 +35,17 @@ func main() {
 	var conf []byte
 	if os.Getenv("CNI_COMMAND") != "" { // without a command skel prints its help and reads nothing
 		var err error
-		if conf, err = io.ReadAll(os.Stdin); err != nil {
-			conf = nil
-		}
-		r, w, err := os.Pipe()
+		conf, err = io.ReadAll(os.Stdin)
+		var r, w *os.File
 		if err == nil {
-			go func() { _, _ = w.Write(conf); _ = w.Close() }()
-			os.Stdin = r
+			r, w, err = os.Pipe()
 		}
+		if err != nil {
+			_ = printError(os.Stdout, types.NewError(types.ErrIOFailure, "margay-cni: read the network config from stdin", err.Error()), conf)
+			os.Exit(1)
+		}
+		go func() { _, _ = w.Write(conf); _ = w.Close() }()
+		os.Stdin = r
 	}
 	if e := skel.PluginMainFuncsWithError(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
 		version.PluginSupports(supportedVersions...), "margay-cni: Margay's CNI plugin (pure L3, eBPF dataplane)"); e != nil {
