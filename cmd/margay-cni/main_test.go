@@ -832,8 +832,13 @@ func TestGCTwoNetworks(t *testing.T) {
 	w.assertPresent(t, "a2", "margay")
 	ping(t, pa, "198.19.0.1")
 
+	// CHECK of mynet for margay's container finds it not mynet's.
+	o := run(t, w.host, call{cmd: "CHECK", containerID: "a1", netns: pa, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	if o.err == nil || o.err.Code != ErrCodeMismatch || !strings.Contains(o.err.Msg, `belongs to network "margay"`) {
+		t.Errorf("CHECK on another network: %+v, want code %d naming margay", o.err, ErrCodeMismatch)
+	}
 	// DEL of mynet for margay's container is not margay's DEL.
-	o := run(t, w.host, call{cmd: "DEL", containerID: "a2", netns: pm, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	o = run(t, w.host, call{cmd: "DEL", containerID: "a2", netns: pm, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
 	if o.err != nil {
 		t.Fatalf("DEL on another network: %v", o.err)
 	}
