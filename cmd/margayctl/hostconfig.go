@@ -87,12 +87,17 @@ func relativeTo(file, name string) string {
 	return filepath.Join(filepath.Dir(file), name)
 }
 
-// node returns the node a command works on: --node when given, else nodeName of the config file,
-// else the hostname (the agent's default).
+// node returns the node a command works on: --node when given, else MARGAY_NODE_NAME (which the
+// Kubernetes manifest sets in the agent's pod), else nodeName of the config file, else the
+// hostname (the agent's default).
 func (g *globals) node(flag string) (string, error) {
 	if flag != "" {
 		g.nodeFrom = "--node"
 		return flag, nil
+	}
+	if env := os.Getenv("MARGAY_NODE_NAME"); env != "" {
+		g.nodeFrom = "MARGAY_NODE_NAME"
+		return env, nil
 	}
 	h, err := g.hostConfig()
 	if err != nil {

@@ -29,7 +29,7 @@ func newWorkloadCmd(g *globals) *cobra.Command {
 }
 
 // nodeFlagHelp is how every --node flag says where its default comes from.
-const nodeFlagHelp = " (default: nodeName of the config file, else the hostname)"
+const nodeFlagHelp = " (default: MARGAY_NODE_NAME, else nodeName of the config file, else the hostname)"
 
 // quietWorkloadLogs keeps the workload code path's info logs off the terminal; warnings still show.
 func quietWorkloadLogs(w io.Writer) {

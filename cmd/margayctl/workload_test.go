@@ -163,6 +163,11 @@ func TestHostConfigFile(t *testing.T) {
 	if out, err := margayctl(t, "--config", empty, "workload", "list", "--node", "vm7"); err != nil || !strings.Contains(out, "w7") {
 		t.Errorf("--node over the config file = %q, %v", out, err)
 	}
+	t.Setenv("MARGAY_NODE_NAME", "vm7") // as in the agent's pod
+	if out, err := margayctl(t, "--config", empty, "workload", "list"); err != nil || !strings.Contains(out, "w7") {
+		t.Errorf("MARGAY_NODE_NAME over the config file = %q, %v", out, err)
+	}
+	t.Setenv("MARGAY_NODE_NAME", "")
 
 	root := netns.BPFFS(t)
 	d, err := loader.Load(loader.WithRoot(root))

@@ -193,8 +193,8 @@ func TestLabExecAndDownFromAnotherShell(t *testing.T) {
 	if out := inHost("routes"); !strings.Contains(out, "LOCAL_WEP|IN_POOL") {
 		t.Errorf("routes in vm100 (pins from the config file) lack the workload's route:\n%s", out)
 	}
-	want := "no workloads on this node: node vm101 (from --node); etcd http://198.18.0.2:2379; config " + cfg.HostConfig("vm100")
-	if out := inHost("workload", "list", "--node", "vm101"); !strings.Contains(out, want) {
+	want := "no workloads on this node: node nosuchnode (from --node); etcd http://198.18.0.2:2379; config " + cfg.HostConfig("vm100")
+	if out := inHost("workload", "list", "--node", "nosuchnode"); !strings.Contains(out, want) {
 		t.Errorf("empty workload list does not say %q:\n%s", want, out)
 	}
 
