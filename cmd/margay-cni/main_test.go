@@ -893,9 +893,14 @@ func TestAddUnregisteredNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ := workloadNS(t)
+	start := time.Now()
 	o := run(t, w.host, call{cmd: "ADD", containerID: "lost", netns: p,
 		conf: w.conf("1.0.0", map[string]any{"nodeName": nil, "policySetupTimeout": "10s", "bpffsRoot": t.TempDir()})})
-	t.Logf("ADD: %+v", o.err)
+	took := time.Since(start)
+	t.Logf("ADD failed after %s: %+v", took.Round(time.Millisecond), o.err)
+	if took >= 10*time.Second { // it must not wait for an agent that will never program it
+		t.Errorf("ADD on an unregistered node took %s, the whole policySetupTimeout", took)
+	}
 	if o.err == nil || o.err.Code != types.ErrTryAgainLater ||
 		!strings.Contains(o.err.Msg, fmt.Sprintf("node %q is not registered", hostname)) || !strings.Contains(o.err.Msg, "sets no \"nodeName\"") {
 		t.Errorf("ADD on an unregistered node: %+v, want code 11 naming node %q and the missing nodeName", o.err, hostname)
