@@ -6,7 +6,8 @@
 # Installs margay-agent, margay-cni and margayctl from DIR (default ./bin, what `make build`
 # writes) into /usr/local/bin, margay-cni and the conflist for the container runtime into
 # /opt/cni/bin and /etc/cni/net.d, margay-agent.service into /etc/systemd/system, and
-# /etc/margay/margay.env and /etc/margay/datastore.yaml from templates when they do not exist yet.
+# /etc/margay/margay.env, /etc/margay/datastore.yaml and /etc/margay/margayctl.cfg from templates
+# when they do not exist yet.
 # Then `systemctl daemon-reload` and `systemctl enable --now margay-agent`.
 #
 #   --root DIR       install below DIR instead of / (and enable the unit with systemctl --root)
@@ -15,7 +16,7 @@
 set -eu
 
 usage() { # EXIT-CODE
-	sed -n '3,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '3,15p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit "$1"
 }
 
@@ -73,6 +74,7 @@ put "$here/cni/10-margay.conflist" "$root/etc/cni/net.d/10-margay.conflist" 0644
 put "$here/systemd/margay-agent.service" "$root/etc/systemd/system/margay-agent.service" 0644
 keep "$here/systemd/margay.env" "$root/etc/margay/margay.env" 0644
 keep "$here/systemd/datastore.yaml" "$root/etc/margay/datastore.yaml" 0600
+keep "$here/systemd/margayctl.cfg" "$root/etc/margay/margayctl.cfg" 0644
 
 if [ "$systemctl" = 0 ]; then
 	exit 0

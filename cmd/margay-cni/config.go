@@ -22,23 +22,23 @@ import (
 // a misspelt setting is reported instead of silently ignored.
 type netConf struct {
 	// Standard fields of the CNI specification, and what runtimes inject.
-	CNIVersion       string               `json:"cniVersion"`
-	Name             string               `json:"name"`
-	Type             string               `json:"type"`
-	Capabilities     map[string]bool      `json:"capabilities,omitempty"`
-	RuntimeConfig    json.RawMessage      `json:"runtimeConfig,omitempty"`
-	Args             json.RawMessage      `json:"args,omitempty"`
-	DNS              *types.DNS           `json:"dns,omitempty"`
-	IPAM             json.RawMessage      `json:"ipam,omitempty"`
-	RawPrevResult    json.RawMessage      `json:"prevResult,omitempty"`
-	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
-	Attachments      []types.GCAttachment `json:"cni.dev/attachments,omitempty"` // older name of the same list
-	NodeName         string               `json:"nodeName,omitempty"`
-	MTU              int                  `json:"mtu,omitempty"`
-	Datastore        *datastoreConf       `json:"datastore,omitempty"`
-	DatastoreConfig  string               `json:"datastoreConfig,omitempty"`
-	LogLevel         string               `json:"logLevel,omitempty"`
-	LogFile          string               `json:"logFile,omitempty"`
+	CNIVersion       string                `json:"cniVersion"`
+	Name             string                `json:"name"`
+	Type             string                `json:"type"`
+	Capabilities     map[string]bool       `json:"capabilities,omitempty"`
+	RuntimeConfig    json.RawMessage       `json:"runtimeConfig,omitempty"`
+	Args             json.RawMessage       `json:"args,omitempty"`
+	DNS              *types.DNS            `json:"dns,omitempty"`
+	IPAM             json.RawMessage       `json:"ipam,omitempty"`
+	RawPrevResult    json.RawMessage       `json:"prevResult,omitempty"`
+	ValidAttachments []types.GCAttachment  `json:"cni.dev/valid-attachments,omitempty"`
+	Attachments      []types.GCAttachment  `json:"cni.dev/attachments,omitempty"` // older name of the same list
+	NodeName         string                `json:"nodeName,omitempty"`
+	MTU              int                   `json:"mtu,omitempty"`
+	Datastore        *datastore.FileConfig `json:"datastore,omitempty"` // how to reach etcd, as in a datastore config file
+	DatastoreConfig  string                `json:"datastoreConfig,omitempty"`
+	LogLevel         string                `json:"logLevel,omitempty"`
+	LogFile          string                `json:"logFile,omitempty"`
 	// PolicySetupTimeout makes ADD wait, up to this long, until this host's agent has
 	// programmed the workload (endpoint with its policy programs, then its programs attached),
 	// so that no packet of it passes before its policy does. Empty or "0": do not wait.
@@ -49,6 +49,7 @@ type netConf struct {
 	// read the pod's labels from the API server into the workload's labels (k8s.WorkloadLabels).
 	// Calico's plugin takes the same key.
 	Kubernetes    *kubernetesConf  `json:"kubernetes,omitempty"`
+	nodeFromHost  bool             `json:"-"` // nodeName was not set: the hostname stands in
 	ds            datastore.Config `json:"-"`
 	policyTimeout time.Duration    `json:"-"`
 	level         slog.Level       `json:"-"`
@@ -57,18 +58,6 @@ type netConf struct {
 // kubernetesConf is the "kubernetes" object: how to reach the Kubernetes API server.
 type kubernetesConf struct {
 	Kubeconfig string `json:"kubeconfig,omitempty"` // absolute path of a kubeconfig file
-}
-
-// datastoreConf is the "datastore" object: how to reach etcd.
-type datastoreConf struct {
-	Endpoints   []string `json:"endpoints,omitempty"`
-	CAFile      string   `json:"caFile,omitempty"`
-	CertFile    string   `json:"certFile,omitempty"`
-	KeyFile     string   `json:"keyFile,omitempty"`
-	Username    string   `json:"username,omitempty"`
-	Password    string   `json:"password,omitempty"`
-	Prefix      string   `json:"prefix,omitempty"`
-	DialTimeout string   `json:"dialTimeout,omitempty"` // Go duration, e.g. "2s"
 }
 
 func invalidConf(format string, args ...any) *types.Error {
@@ -83,14 +72,19 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 	var c netConf
 	if err := dec.Decode(&c); err != nil {
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return nil, invalidConf("unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
+			// Code 2, "unsupported field": the spec's code for a field the plugin does not know.
+			return nil, types.NewError(types.ErrUnsupportedField, fmt.Sprintf("margay-cni: invalid network config: unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
 				"logFile, policySetupTimeout, bpffsRoot, kubernetes and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout; "+
-				"in kubernetes: kubeconfig)", f)
+				"in kubernetes: kubeconfig)", f), "")
 		}
 		return nil, invalidConf("%v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, invalidConf("data after the JSON object")
+	}
+	if err := datastore.ValidateName(c.Name); err != nil {
+		// Workload records carry it, so that GC of a network touches only that network's.
+		return nil, invalidConf("name: %v", err)
 	}
 	if len(c.IPAM) > 0 && string(c.IPAM) != "null" && string(c.IPAM) != "{}" {
 		return nil, invalidConf(`"ipam" is not used: margay-cni assigns addresses itself from Margay's IP pools (margayctl pool); remove it`)
@@ -103,7 +97,7 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		if err != nil {
 			return nil, invalidConf("nodeName is not set and the hostname is unknown: %v", err)
 		}
-		c.NodeName = h
+		c.NodeName, c.nodeFromHost = h, true
 	}
 	if err := datastore.ValidateName(c.NodeName); err != nil {
 		return nil, invalidConf("nodeName: %v", err)
@@ -139,14 +133,12 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		return nil, invalidConf(`no datastore: set "datastore": {"endpoints": ["https://<etcd>:2379"], ...} or "datastoreConfig": "/etc/margay/datastore.yaml"`)
 	}
 	if d := c.Datastore; d != nil {
-		c.ds = datastore.Config{Endpoints: d.Endpoints, CAFile: d.CAFile, CertFile: d.CertFile, KeyFile: d.KeyFile,
-			Username: d.Username, Password: d.Password, Prefix: d.Prefix}
-		if d.DialTimeout != "" {
-			t, err := time.ParseDuration(d.DialTimeout)
-			if err != nil || t <= 0 {
-				return nil, invalidConf("datastore.dialTimeout %q: want a positive Go duration such as \"2s\"", d.DialTimeout)
-			}
-			c.ds.DialTimeout = t
+		if t, err := time.ParseDuration(d.DialTimeout); d.DialTimeout != "" && (err != nil || t <= 0) {
+			return nil, invalidConf("datastore.dialTimeout %q: want a positive Go duration such as \"2s\"", d.DialTimeout)
+		}
+		var err error
+		if c.ds, err = d.Config(""); err != nil { // relative TLS file names stay as they are
+			return nil, invalidConf("datastore: %v", err)
 		}
 	}
 	if c.DatastoreConfig != "" {

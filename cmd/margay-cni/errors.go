@@ -34,6 +34,8 @@ func cniError(err error) *types.Error {
 	switch {
 	case errors.Is(err, ipam.ErrPoolExhausted):
 		return types.NewError(ErrCodePoolExhausted, msg, "add an IP pool (margayctl pool add) or delete unused workloads")
+	case errors.Is(err, ipam.ErrNodeNotRegistered):
+		return types.NewError(types.ErrTryAgainLater, msg, `start margay-agent on this host, or set "nodeName" in the network config to the node name its agent registered`)
 	case errors.Is(err, ipam.ErrNoPool):
 		return types.NewError(ErrCodeNoPool, msg, "create an IP pool with margayctl pool add, or enable one")
 	case errors.Is(err, workload.ErrNetnsNotFound):

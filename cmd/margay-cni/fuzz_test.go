@@ -38,7 +38,12 @@ func FuzzConfig(f *testing.F) {
 		checkArgs(t, cniArgs)
 		c, err := parseConf(data, fuzzHost)
 		if err != nil {
-			checkError(t, err, types.ErrInvalidNetworkConfig, "margay-cni: invalid network config: ")
+			// An unknown field is code 2, "unsupported field"; everything else code 7.
+			code := uint(types.ErrInvalidNetworkConfig)
+			if te, ok := errors.AsType[*types.Error](err); ok && strings.Contains(te.Msg, "invalid network config: unknown field ") {
+				code = types.ErrUnsupportedField
+			}
+			checkError(t, err, code, "margay-cni: invalid network config: ")
 			return
 		}
 		checkAccepted(t, data, c)

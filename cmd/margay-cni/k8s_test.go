@@ -44,17 +44,18 @@ func TestParseConfKubernetes(t *testing.T) {
 	}
 	for _, bad := range []struct {
 		v    any
+		code uint
 		want string
 	}{
-		{map[string]any{"kubeconfig": "/k", "k8s_api_root": "https://10.96.0.1"}, `unknown field "k8s_api_root"`},
-		{map[string]any{}, `kubernetes.kubeconfig ""`},
-		{map[string]any{"kubeconfig": "kubeconfig"}, `kubernetes.kubeconfig "kubeconfig": want the absolute path`},
-		{"/etc/kubeconfig", "kubernetes"},
+		{map[string]any{"kubeconfig": "/k", "k8s_api_root": "https://10.96.0.1"}, types.ErrUnsupportedField, `unknown field "k8s_api_root"`},
+		{map[string]any{}, types.ErrInvalidNetworkConfig, `kubernetes.kubeconfig ""`},
+		{map[string]any{"kubeconfig": "kubeconfig"}, types.ErrInvalidNetworkConfig, `kubernetes.kubeconfig "kubeconfig": want the absolute path`},
+		{"/etc/kubeconfig", types.ErrInvalidNetworkConfig, "kubernetes"},
 	} {
 		_, err := parseConf(w.conf("1.0.0", map[string]any{"kubernetes": bad.v}), host)
 		te, ok := errors.AsType[*types.Error](err)
-		if !ok || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, bad.want) {
-			t.Errorf("kubernetes %v: %v, want code %d with %q", bad.v, err, types.ErrInvalidNetworkConfig, bad.want)
+		if !ok || te.Code != bad.code || !strings.Contains(te.Msg, bad.want) {
+			t.Errorf("kubernetes %v: %v, want code %d with %q", bad.v, err, bad.code, bad.want)
 		}
 	}
 }

@@ -6,11 +6,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -27,8 +30,59 @@ import (
 const opTimeout = 60 * time.Second
 
 func main() {
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
-		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "margay-cni: Margay's CNI plugin (pure L3, eBPF dataplane)")
+	// The error result carries the config's cniVersion (the spec's error object has it), so the
+	// config is read here first and handed on to skel.
+	var conf []byte
+	if os.Getenv("CNI_COMMAND") != "" { // without a command skel prints its help and reads nothing
+		var err error
+		conf, err = io.ReadAll(os.Stdin)
+		var r, w *os.File
+		if err == nil {
+			r, w, err = os.Pipe()
+		}
+		if err != nil {
+			_ = printError(os.Stdout, types.NewError(types.ErrIOFailure, "margay-cni: read the network config from stdin", err.Error()), conf)
+			os.Exit(1)
+		}
+		go func() { _, _ = w.Write(conf); _ = w.Close() }()
+		os.Stdin = r
+	}
+	if e := skel.PluginMainFuncsWithError(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+		version.PluginSupports(supportedVersions...), "margay-cni: Margay's CNI plugin (pure L3, eBPF dataplane)"); e != nil {
+		if err := printError(os.Stdout, e, conf); err != nil {
+			slog.Error("write the error result", "err", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// supportedVersions are the CNI specification versions margay-cni speaks, oldest first.
+var supportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+
+// errorResult is the specification's error object: the config's cniVersion, code, msg, details.
+type errorResult struct {
+	CNIVersion string `json:"cniVersion"`
+	Code       uint   `json:"code"`
+	Msg        string `json:"msg"`
+	Details    string `json:"details,omitempty"`
+}
+
+// printError writes e as the error result: with the cniVersion of conf, or the newest version
+// margay-cni speaks when conf names none it can read.
+func printError(w io.Writer, e *types.Error, conf []byte) error {
+	v := supportedVersions[len(supportedVersions)-1]
+	var c struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if json.Unmarshal(conf, &c) == nil && c.CNIVersion != "" {
+		v = c.CNIVersion
+	}
+	data, err := json.MarshalIndent(errorResult{CNIVersion: v, Code: e.Code, Msg: e.Msg, Details: e.Details}, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
 }
 
 // session is what every command needs: the checked config, a logger and a datastore client.
@@ -69,19 +123,21 @@ func open(ctx context.Context, cmd string, args *skel.CmdArgs) (*session, error)
 	return &session{conf: conf, ws: ws, log: log, ds: ds, close: func() { _ = ds.Close(); closeLog() }}, nil
 }
 
-// connect waits for etcd at most twice the dial timeout: a runtime would rather retry than hang.
+// connect waits for etcd at most the dial timeout (datastore.dialTimeout, default
+// datastore.DefaultCommandTimeout): a runtime would rather retry than hang.
 func connect(ctx context.Context, conf *netConf, log *slog.Logger) (*datastore.Client, error) {
-	dial := conf.ds.DialTimeout
-	if dial == 0 {
-		dial = datastore.DefaultDialTimeout
+	cfg := conf.ds
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = datastore.DefaultCommandTimeout
 	}
-	cctx, cancel := context.WithTimeout(ctx, 2*dial)
+	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	ds, err := datastore.New(cctx, conf.ds, datastore.WithLogger(log))
+	ds, err := datastore.New(cctx, cfg, datastore.WithLogger(log))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return nil, types.NewError(types.ErrTryAgainLater,
-				"margay-cni: etcd is unreachable; check that it runs and that \"datastore\" in the network config points at it", err.Error())
+				fmt.Sprintf("margay-cni: etcd is unreachable at %s (no answer within %s, datastore.dialTimeout); check that it runs and that \"datastore\" in the network config points at it",
+					strings.Join(cfg.EndpointsOrDefault(), ","), cfg.DialTimeout), err.Error())
 		}
 		return nil, invalidConf("%v", err)
 	}
@@ -95,7 +151,7 @@ func spec(args *skel.CmdArgs, conf *netConf) (workload.Spec, error) {
 	if err != nil {
 		return workload.Spec{}, err
 	}
-	s := workload.Spec{Node: conf.NodeName, ContainerID: args.ContainerID, Netns: args.Netns, IfName: args.IfName, MTU: conf.MTU}
+	s := workload.Spec{Node: conf.NodeName, ContainerID: args.ContainerID, Network: conf.Name, Netns: args.Netns, IfName: args.IfName, MTU: conf.MTU}
 	ns, pod := kv["K8S_POD_NAMESPACE"], kv["K8S_POD_NAME"]
 	switch {
 	case ns == "" && pod == "":
@@ -144,6 +200,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	res, err := workload.Add(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws)
 	if err != nil {
 		s.log.Error("add failed", "workload", ws.ID, "err", err)
+		if errors.Is(err, ipam.ErrNodeNotRegistered) && s.conf.nodeFromHost {
+			err = fmt.Errorf("%w (the network config sets no \"nodeName\", so the hostname %q stands in)", err, ws.Node)
+		}
 		return cniError(err)
 	}
 	if s.conf.policyTimeout > 0 {
@@ -244,8 +303,14 @@ func checkPrevResult(ctx context.Context, s *session, ws workload.Spec) error {
 	return nil
 }
 
-// cmdGC deletes this node's CNI workloads whose container is not among the valid attachments.
-// Workloads created by margayctl (no container ID) are not the runtime's and stay.
+// cmdGC deletes this node's workloads of this network (the config's "name") whose container is
+// not among the valid attachments. Workloads of other networks are theirs to collect, and
+// workloads created by margayctl (no container ID) are not the runtime's: both stay.
+//
+// Records written before margay-cni recorded the network have none. Such a record whose
+// container is among this network's valid attachments is this network's (the runtime says so):
+// GC writes the network into it. Any other is left alone, since GC cannot tell whose it is, and
+// GC logs it; CNI DEL of its container, or margayctl workload delete, removes it.
 func cmdGC(args *skel.CmdArgs) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -254,7 +319,8 @@ func cmdGC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.close()
-	items, _, err := s.ds.Workloads(s.conf.NodeName).List(ctx)
+	store := s.ds.Workloads(s.conf.NodeName)
+	items, _, err := store.List(ctx)
 	if err != nil {
 		return cniError(err)
 	}
@@ -263,10 +329,26 @@ func cmdGC(args *skel.CmdArgs) error {
 	var errs []error
 	for _, it := range items {
 		w := it.Value
-		if w.ContainerID == "" || keep[w.ContainerID] {
+		switch {
+		case w.ContainerID == "":
+			continue
+		case w.Network == "" && keep[w.ContainerID]:
+			w.Network = s.conf.Name
+			if _, err := store.Update(ctx, it.Name, w, it.ModRevision); err != nil {
+				errs = append(errs, fmt.Errorf("record network %s in workload %s: %w", s.conf.Name, it.Name, err))
+				continue
+			}
+			s.log.Info("workload record had no network; its container is a valid attachment of this network, recorded it",
+				"workload", it.Name, "container", w.ContainerID)
+			continue
+		case w.Network == "":
+			s.log.Warn("workload record names no network (written before margay-cni recorded it); GC leaves it alone",
+				"workload", it.Name, "container", w.ContainerID, "ips", w.IPv4)
+			continue
+		case w.Network != s.conf.Name || keep[w.ContainerID]:
 			continue
 		}
-		ws := workload.Spec{ID: it.Name, Node: s.conf.NodeName, ContainerID: w.ContainerID}
+		ws := workload.Spec{ID: it.Name, Node: s.conf.NodeName, ContainerID: w.ContainerID, Network: s.conf.Name}
 		if err := workload.Del(ctx, s.ds, ipm, ws); err != nil {
 			errs = append(errs, err)
 			continue

@@ -73,6 +73,7 @@ func newWorld(t testing.TB, pools ...string) *world {
 	t.Helper()
 	e := datastoretest.Start(t)
 	ds := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	datastoretest.RegisterNodes(t, ds, node)
 	for i, p := range pools {
 		pool := datastore.Pool{Version: datastore.CurrentVersion, Name: fmt.Sprint("pool-", i), CIDR: netip.MustParsePrefix(p), BlockSize: 26}
 		if pool.CIDR.Bits() > 26 {
@@ -501,13 +502,13 @@ func TestBadRequests(t *testing.T) {
 		msg  string
 	}{
 		{"bad json", call{conf: []byte(`{"cniVersion": "1.0.0", "name": `)}, types.ErrDecodingFailure, ""},
-		{"unknown field", call{conf: good(map[string]any{"mtuu": 1400})}, types.ErrInvalidNetworkConfig, `unknown field "mtuu"`},
+		{"unknown field", call{conf: good(map[string]any{"mtuu": 1400})}, types.ErrUnsupportedField, `unknown field "mtuu"`},
 		{"unsupported cniVersion", call{conf: good(map[string]any{"cniVersion": "0.3.1"})}, types.ErrIncompatibleCNIVersion, ""},
 		{"garbage cniVersion", call{conf: good(map[string]any{"cniVersion": "one"})}, types.ErrIncompatibleCNIVersion, ""},
 		{"no datastore", call{conf: good(map[string]any{"datastore": nil})}, types.ErrInvalidNetworkConfig, "no datastore"},
 		{"datastore file missing", call{conf: good(map[string]any{"datastore": nil, "datastoreConfig": "/nonexistent/datastore.yaml"})}, types.ErrInvalidNetworkConfig, "datastoreConfig"},
 		{"bad endpoint", call{conf: good(map[string]any{"datastore": map[string]any{"endpoints": []string{"etcd:2379"}}})}, types.ErrInvalidNetworkConfig, "endpoint"},
-		{"unknown datastore field", call{conf: good(map[string]any{"datastore": map[string]any{"endpoint": "http://x:1"}})}, types.ErrInvalidNetworkConfig, `unknown field "endpoint"`},
+		{"unknown datastore field", call{conf: good(map[string]any{"datastore": map[string]any{"endpoint": "http://x:1"}})}, types.ErrUnsupportedField, `unknown field "endpoint"`},
 		{"ipam given", call{conf: good(map[string]any{"ipam": map[string]any{"type": "host-local"}})}, types.ErrInvalidNetworkConfig, "ipam"},
 		{"bad mtu", call{conf: good(map[string]any{"mtu": 10})}, types.ErrInvalidNetworkConfig, "mtu"},
 		{"bad log level", call{conf: good(map[string]any{"logLevel": "loud"})}, types.ErrInvalidNetworkConfig, "logLevel"},
@@ -529,7 +530,49 @@ func TestBadRequests(t *testing.T) {
 			if o.err == nil || o.err.Code != c.code || !strings.Contains(o.err.Msg+o.err.Details, c.msg) {
 				t.Errorf("got %+v, want code %d with %q\nstderr: %s", o.err, c.code, c.msg, o.stderr)
 			}
+			// The error result carries the config's cniVersion (the newest one without a
+			// readable config), as the spec's error object does.
+			var res struct {
+				CNIVersion *string `json:"cniVersion"`
+			}
+			want := "1.1.0"
+			var conf struct{ CNIVersion string }
+			if json.Unmarshal(cl.conf, &conf) == nil {
+				want = conf.CNIVersion
+			}
+			if err := json.Unmarshal(o.stdout, &res); err != nil || res.CNIVersion == nil || *res.CNIVersion != want {
+				t.Errorf("error result %s: cniVersion %v, want %q", o.stdout, res.CNIVersion, want)
+			}
 		})
+	}
+}
+
+// With etcd stopped, ADD fails within its dial timeout (datastore.dialTimeout, or the default
+// datastore.DefaultCommandTimeout) with code 11 and an error that names the endpoint.
+func TestEtcdStopped(t *testing.T) {
+	e := datastoretest.Start(t)
+	ep := e.Endpoints()[0]
+	e.Close()
+	w := &world{endpoint: ep}
+	for _, c := range []struct {
+		dial  string
+		bound time.Duration
+	}{{"1s", time.Second}, {"", datastore.DefaultCommandTimeout}} {
+		ds := map[string]any{"endpoints": []string{ep}}
+		if c.dial != "" {
+			ds["dialTimeout"] = c.dial
+		}
+		start := time.Now()
+		o := run(t, nil, call{cmd: "ADD", containerID: "etcd-down", netns: "/var/run/netns/margay-no-such-ns",
+			conf: w.conf("1.0.0", map[string]any{"datastore": ds})})
+		took := time.Since(start)
+		t.Logf("dialTimeout %q: ADD failed after %s: %+v", c.dial, took.Round(time.Millisecond), o.err)
+		if o.err == nil || o.err.Code != types.ErrTryAgainLater || !strings.Contains(o.err.Msg, "etcd is unreachable at "+ep) {
+			t.Errorf("dialTimeout %q: %+v, want code 11 naming %s", c.dial, o.err, ep)
+		}
+		if took > 2*c.bound {
+			t.Errorf("dialTimeout %q: ADD took %s, want at most twice %s", c.dial, took, c.bound)
+		}
 	}
 }
 
@@ -721,4 +764,152 @@ func TestShippedConflist(t *testing.T) {
 	if log, err := os.ReadFile(logFile); err != nil || !strings.Contains(string(log), "added workload") {
 		t.Errorf("log file %s: %v\n%s", logFile, err, log)
 	}
+}
+
+// gc runs GC of the network conf names, keeping the given containers.
+func (w *world) gc(t testing.TB, network string, keep ...string) {
+	t.Helper()
+	set := map[string]any{"name": network}
+	if keep != nil {
+		atts := []map[string]string{}
+		for _, c := range keep {
+			atts = append(atts, map[string]string{"containerID": c, "ifname": "eth0"})
+		}
+		set["cni.dev/valid-attachments"] = atts
+	}
+	if o := run(t, w.host, call{cmd: "GC", conf: w.conf("1.1.0", set), env: map[string]string{"CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}}); o.err != nil {
+		t.Fatalf("GC of %s keeping %v: %v\n%s", network, keep, o.err, o.stderr)
+	}
+}
+
+// assertPresent fails unless the workload's veth, record (of network) and IPAM handle exist.
+func (w *world) assertPresent(t testing.TB, id, network string) {
+	t.Helper()
+	if err := w.host.Do(func() error {
+		_, err := netlink.LinkByName(workload.HostVethName(id))
+		return err
+	}); err != nil {
+		t.Errorf("veth of %s: %v", id, err)
+	}
+	rec, err := w.ds.Workloads(node).Get(t.Context(), id)
+	if err != nil {
+		t.Errorf("record %s: %v", id, err)
+	} else if rec.Value.Network != network {
+		t.Errorf("record %s has network %q, want %q", id, rec.Value.Network, network)
+	}
+	if h, err := w.ds.Handles().Get(t.Context(), id); err != nil || len(h.Value.IPs) == 0 {
+		t.Errorf("IPAM handle %s: %+v, %v", id, h.Value, err)
+	}
+}
+
+// GC of one network leaves the workloads of another network on the same node alone, with and
+// without valid attachments, and so does DEL of one network for another's container.
+func TestGCTwoNetworks(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	add := func(network, cid string) string {
+		p, _ := workloadNS(t)
+		o := run(t, w.host, call{cmd: "ADD", containerID: cid, netns: p, conf: w.conf("1.1.0", map[string]any{"name": network})})
+		if o.err != nil {
+			t.Fatalf("ADD %s on %s: %v\n%s", cid, network, o.err, o.stderr)
+		}
+		return p
+	}
+	pa := add("margay", "a1")
+	add("margay", "a2")
+	pm := add("mynet", "m1")
+	add("mynet", "m2")
+	ping(t, pa, "198.19.0.1")
+
+	w.gc(t, "mynet", "m1") // m2 is mynet's and stale
+	w.assertGone(t, "m2")
+	w.assertPresent(t, "a1", "margay")
+	w.assertPresent(t, "a2", "margay")
+	w.assertPresent(t, "m1", "mynet")
+
+	w.gc(t, "mynet") // no valid attachments: every workload of mynet goes, no other
+	w.assertGone(t, "m1")
+	w.assertPresent(t, "a1", "margay")
+	w.assertPresent(t, "a2", "margay")
+	ping(t, pa, "198.19.0.1")
+
+	// CHECK of mynet for margay's container finds it not mynet's.
+	o := run(t, w.host, call{cmd: "CHECK", containerID: "a1", netns: pa, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	if o.err == nil || o.err.Code != ErrCodeMismatch || !strings.Contains(o.err.Msg, `belongs to network "margay"`) {
+		t.Errorf("CHECK on another network: %+v, want code %d naming margay", o.err, ErrCodeMismatch)
+	}
+	// DEL of mynet for margay's container is not margay's DEL.
+	o = run(t, w.host, call{cmd: "DEL", containerID: "a2", netns: pm, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	if o.err != nil {
+		t.Fatalf("DEL on another network: %v", o.err)
+	}
+	w.assertPresent(t, "a2", "margay")
+	// Nor may mynet take margay's workload over by ADD.
+	o = run(t, w.host, call{cmd: "ADD", containerID: "a2", netns: pm, conf: w.conf("1.1.0", map[string]any{"name": "mynet"})})
+	if o.err == nil || !strings.Contains(o.err.Msg, `attached by network "margay" already`) {
+		t.Errorf("ADD of margay's workload on mynet: %+v, want a refusal naming margay", o.err)
+	}
+	w.assertPresent(t, "a2", "margay")
+
+	w.gc(t, "margay", "a1")
+	w.assertGone(t, "a2")
+	w.assertPresent(t, "a1", "margay")
+	w.mustDel(t, "a1", pa, "")
+}
+
+// A record written before margay-cni recorded the network (none in it) is left alone by GC of
+// any network that does not list its container, and taken over by the network that does.
+func TestGCLegacyRecord(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	p, _ := workloadNS(t)
+	w.mustAdd(t, "1.1.0", "old", p, "")
+	rec, err := w.ds.Workloads(node).Get(t.Context(), "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := rec.Value
+	legacy.Network = ""
+	if _, err := w.ds.Workloads(node).Put(t.Context(), "old", legacy); err != nil {
+		t.Fatal(err)
+	}
+
+	w.gc(t, "mynet")
+	w.gc(t, "margay", "someone-else")
+	w.assertPresent(t, "old", "")
+
+	w.gc(t, "margay", "old") // the runtime says it is margay's
+	w.assertPresent(t, "old", "margay")
+	w.gc(t, "mynet")
+	w.assertPresent(t, "old", "margay")
+	w.gc(t, "margay")
+	w.assertGone(t, "old")
+}
+
+// ADD on a node that is not registered (here: no nodeName, and the hostname is no node) fails at
+// once, names the node, and claims no block.
+func TestAddUnregisteredNode(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	hostname, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := workloadNS(t)
+	start := time.Now()
+	o := run(t, w.host, call{cmd: "ADD", containerID: "lost", netns: p,
+		conf: w.conf("1.0.0", map[string]any{"nodeName": nil, "policySetupTimeout": "10s", "bpffsRoot": t.TempDir()})})
+	took := time.Since(start)
+	t.Logf("ADD failed after %s: %+v", took.Round(time.Millisecond), o.err)
+	if took >= 10*time.Second { // it must not wait for an agent that will never program it
+		t.Errorf("ADD on an unregistered node took %s, the whole policySetupTimeout", took)
+	}
+	if o.err == nil || o.err.Code != types.ErrTryAgainLater ||
+		!strings.Contains(o.err.Msg, fmt.Sprintf("node %q is not registered", hostname)) || !strings.Contains(o.err.Msg, "sets no \"nodeName\"") {
+		t.Errorf("ADD on an unregistered node: %+v, want code 11 naming node %q and the missing nodeName", o.err, hostname)
+	}
+	if bs, _, err := w.ds.Blocks().List(t.Context()); err != nil || len(bs) != 0 {
+		t.Errorf("blocks after the refused ADD: %+v, %v; want none", bs, err)
+	}
+	if _, err := w.ds.Handles().Get(t.Context(), "lost"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("IPAM handle after the refused ADD: %v", err)
+	}
+	w.host.AssertLinkGone(t, workload.HostVethName("lost"))
 }

@@ -167,6 +167,9 @@ func newIPAMShowCmd(g *globals) *cobra.Command {
 				js.Total.Used += u.Used
 				js.Total.Capacity += u.Capacity
 			}
+			if len(usage) == 0 && g.output == "table" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "no blocks claimed yet: %s\n", g.where(""))
+			}
 			rows = append(rows, []string{"TOTAL", count(js.Total.Blocks, "block"), fraction(js.Total.Used, js.Total.Capacity)})
 			return g.render(cmd.OutOrStdout(), []string{"BLOCK", "NODE", "USED/CAPACITY"}, rows, js)
 		},
@@ -480,8 +483,9 @@ func newIPAMGCCmd(g *globals) *cobra.Command {
 		Use:   "gc",
 		Short: "Free the addresses of workloads whose record is gone, and allocations without a handle",
 		Long: `Free the addresses of workloads whose record is gone, and allocations without a handle; delete
-empty blocks that no node owns (left by node delete) or that lie outside every pool (left by
-pool delete --force). Agents give up their own empty blocks themselves.
+empty blocks that no registered node owns (left by node delete, or claimed for a node name no
+agent runs as) or that lie outside every pool (left by pool delete --force). Agents give up their
+own empty blocks themselves.
 
 CNI ADD writes the handle and allocates before it writes the workload record. So that gc never
 frees the address of a workload being created, a workload counts as gone only when its record is
@@ -546,7 +550,7 @@ missing at a first look and still missing --grace later.`,
 				parts = append(parts, fmt.Sprintf("released %s: %s", count(len(released), "address"), addrList(released)))
 			}
 			if len(js.DeletedBlocks) > 0 {
-				parts = append(parts, fmt.Sprintf("deleted %s without a node or outside every pool: %s",
+				parts = append(parts, fmt.Sprintf("deleted %s without a registered node or outside every pool: %s",
 					count(len(js.DeletedBlocks), "empty block"), strings.Join(js.DeletedBlocks, ", ")))
 			}
 			text := "nothing to free"
@@ -582,12 +586,21 @@ func goneWorkloads(ctx context.Context, c *datastore.Client) (map[string]bool, e
 }
 
 // deleteStaleBlocks deletes the empty blocks that nothing else ever deletes: those without
-// affinity and those outside every pool. The delete is a compare-and-swap, so an address borrowed
-// from the block meanwhile keeps it.
+// affinity, those affine to a node that is not registered (no agent runs there to give them up)
+// and those outside every pool. The delete is a compare-and-swap, so an address borrowed from the
+// block meanwhile keeps it.
 func deleteStaleBlocks(ctx context.Context, c *datastore.Client) ([]string, error) {
 	pools, _, err := c.Pools().List(ctx)
 	if err != nil {
 		return nil, err
+	}
+	nodes, _, err := c.Nodes().List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	registered := map[string]bool{}
+	for _, n := range nodes {
+		registered[n.Name] = true
 	}
 	blocks, _, err := c.Blocks().List(ctx)
 	if err != nil {
@@ -599,7 +612,7 @@ func deleteStaleBlocks(ctx context.Context, c *datastore.Client) ([]string, erro
 			continue
 		}
 		covered := slices.ContainsFunc(pools, func(p datastore.Item[datastore.Pool]) bool { return inPool(p.Value.CIDR, b.Value.CIDR) })
-		if b.Value.Affinity != "" && covered {
+		if b.Value.Affinity != "" && registered[b.Value.Node()] && covered {
 			continue
 		}
 		err := c.Blocks().Delete(ctx, b.Name, b.ModRevision)

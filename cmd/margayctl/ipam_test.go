@@ -157,7 +157,7 @@ func TestIPAMCommands(t *testing.T) {
 				}
 			},
 			args: []string{"ipam", "gc", "--grace", "0"},
-			want: []string{"deleted 1 empty block without a node or outside every pool: 10.9.0.0/26"}},
+			want: []string{"deleted 1 empty block without a registered node or outside every pool: 10.9.0.0/26"}},
 		{name: "gc negative grace", args: []string{"ipam", "gc", "--grace", "-1s"}, wantErr: "want zero or more"},
 		{name: "check finds workloads using addresses IPAM does not give them",
 			setup: func(t *testing.T) {
@@ -184,7 +184,25 @@ func TestIPAMCommands(t *testing.T) {
 				}
 			},
 			args: []string{"ipam", "gc", "--grace", "0"}, want: []string{"released 1 address: 198.19.0.65"}},
+		// A block claimed for a node that never registered (a CNI config without nodeName on a host
+		// named otherwise, before IPAM refused such claims).
+		{name: "check finds a block of an unregistered node",
+			setup: func(t *testing.T) {
+				if _, err := e.c.Blocks().Create(ctx, "198.19.9.0-26", datastore.Block{Version: datastore.CurrentVersion,
+					CIDR: netip.MustParsePrefix("198.19.9.0/26"), Affinity: datastore.AffinityForNode("nosuchnode")}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			args: []string{"ipam", "check"}, wantErr: "1 problem;",
+			want: []string{"block 198.19.9.0/26 is affine to node nosuchnode, which is not registered (0 of its addresses allocated)"}},
+		{name: "gc deletes it", args: []string{"ipam", "gc", "--grace", "0"},
+			want: []string{"deleted 1 empty block without a registered node or outside every pool: 198.19.9.0/26"}},
 		{name: "check clean", args: []string{"ipam", "check"}, want: []string{"no problems found"}},
+		{name: "check finds a pool over a node's uplink subnet",
+			setup: func(t *testing.T) { e.addPool(t, "uplinks", "198.18.0.0/23", 26) },
+			args:  []string{"ipam", "check"}, wantErr: "2 problems;",
+			want: []string{"pool uplinks (198.18.0.0/23) overlaps the uplink subnet 198.18.0.0/24 of node vm1",
+				"pool uplinks (198.18.0.0/23) overlaps the uplink subnet 198.18.0.0/24 of node vm2"}},
 	}
 	e.run(t, steps)
 }

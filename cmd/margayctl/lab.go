@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -20,7 +19,12 @@ func newLabCmd() *cobra.Command {
 		Use:   "lab",
 		Short: "The reference multi-host network on this machine, in network namespaces",
 	}
-	cmd.PersistentFlags().StringVar(&cfg.StateDir, "state-dir", "/run/margay-lab", "pid files, logs and etcd data of the lab")
+	cmd.PersistentFlags().StringVar(&cfg.StateDir, "state-dir", "/run/margay-lab", "pid files, logs, etcd data and the hosts' margayctl config files of the lab")
+	// For tests, which must not meet a lab an operator runs.
+	cmd.PersistentFlags().StringVar(&cfg.Prefix, "prefix", "", "prefix of the lab's namespace and pin directory names")
+	cmd.PersistentFlags().StringVar(&cfg.BPFFS, "bpffs", "/sys/fs/bpf", "bpffs under which the lab's agents pin")
+	_ = cmd.PersistentFlags().MarkHidden("prefix")
+	_ = cmd.PersistentFlags().MarkHidden("bpffs")
 	binDir := func() string {
 		exe, err := os.Executable()
 		if err != nil {
@@ -57,12 +61,15 @@ func newLabCmd() *cobra.Command {
 The lab is up. Explore it from another shell:
   margayctl lab exec vm100 -- ip route
   margayctl lab exec vm100 -- margayctl node status
-  margayctl lab exec vm100 -- margayctl routes --bpffs-root /sys/fs/bpf/margay-lab/vm100
+  margayctl lab exec vm100 -- margayctl routes
+  margayctl lab exec vm100 -- margayctl workload list
   margayctl lab exec w100 -- ping 198.19.0.64
   bpftool map dump pinned /sys/fs/bpf/margay-lab/vm100/routes
 Each agent serves /metrics, /healthz and /readyz at 127.0.0.1:9091 inside its host.
-Logs are in %s. Ctrl-C takes the lab down (or: margayctl lab down).
-`, cfg.StateDir)
+Inside a host, margayctl reads the host's etcd, node and pins from %s/<host>/margayctl.cfg
+(lab exec sets MARGAYCTL_CONFIG). Logs are in %s. Ctrl-C takes the lab down (or, from
+another shell: margayctl lab down).
+`, cfg.StateDir, cfg.StateDir)
 			<-ctx.Done()
 			fmt.Fprintln(cmd.OutOrStdout(), "\ntaking the lab down")
 			return lab.Down(cfg)
@@ -74,22 +81,21 @@ Logs are in %s. Ctrl-C takes the lab down (or: margayctl lab down).
 
 	down := &cobra.Command{
 		Use:   "down",
-		Short: "Remove everything a lab left, also after a crash or kill",
+		Short: "Stop a running lab up and remove everything a lab left, also after a crash or kill",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.BinDir = binDir()
+			cfg.BinDir, cfg.Out = binDir(), cmd.OutOrStdout()
 			return lab.Down(cfg)
 		},
 	}
 
 	execCmd := &cobra.Command{
 		Use:   "exec NAME -- COMMAND [ARGS…]",
-		Short: "Run a command inside a lab host or workload (vm100, w100, …)",
+		Short: "Run a command inside a lab host or workload (vm100, w100, …); in a host margayctl uses the host's config file",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c := exec.Command("nsenter", append([]string{"--net=/run/netns/" + args[0], "--"}, args[1:]...)...)
+			c := cfg.Command(binDir(), args[0], args[1:]...)
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
-			c.Env = append(os.Environ(), "PATH="+binDir()+":"+os.Getenv("PATH"))
 			return c.Run()
 		},
 	}

@@ -4,10 +4,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
@@ -18,30 +20,34 @@ type globals struct {
 	output     string
 	ds         datastore.Config
 	configFile string
+	flags      *pflag.FlagSet // the root's persistent flags, to tell a given flag from its default
+
+	host     *hostConfig      // the config file, once loaded
+	used     datastore.Config // what client connected with
+	nodeFrom string           // where node() found the node name
 }
 
-// client connects to the datastore: flags first, then MARGAY_* variables, then --config.
+// client connects to the datastore: flags first, then MARGAY_* variables, then the config file
+// (--config, MARGAYCTL_CONFIG or /etc/margay/margayctl.cfg).
 func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
 	cfg := g.ds
 	if err := cfg.ApplyEnv(os.Getenv); err != nil {
 		return nil, err
 	}
-	if g.configFile != "" {
-		fileCfg, err := datastore.LoadConfigFile(g.configFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.FillFrom(fileCfg)
+	h, err := g.hostConfig()
+	if err != nil {
+		return nil, err
 	}
+	cfg.FillFrom(h.ds)
+	g.used = cfg
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	// Bounded by the dial timeout: an unreachable etcd answers quickly with what is wrong.
-	wait := 3 * cfg.DialTimeout
-	if wait <= 0 {
-		wait = 3 * datastore.DefaultDialTimeout
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = datastore.DefaultCommandTimeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	return datastore.New(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 }
@@ -59,10 +65,13 @@ func newRoot() *cobra.Command {
 		Short:        "Inspect and operate a Margay host",
 		SilenceUsage: true,
 	}
-	cmd.PersistentFlags().StringVar(&g.root, "bpffs-root", loader.DefaultRoot, "bpffs directory of the host's pinned maps")
+	cmd.PersistentFlags().StringVar(&g.root, "bpffs-root", loader.DefaultRoot, "bpffs directory of the host's pinned maps (default: bpffsRoot of the config file, else "+loader.DefaultRoot+")")
 	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
+	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "this host's config file (YAML or JSON: etcd settings, nodeName, bpffsRoot), below flags and MARGAY_* variables (default: MARGAYCTL_CONFIG, else "+DefaultConfigPath+" if it exists)")
+	g.flags = cmd.PersistentFlags()
 	g.ds.BindFlags(cmd.PersistentFlags())
+	cmd.PersistentFlags().Lookup("etcd-dial-timeout").Usage = fmt.Sprintf(
+		"how long to wait for etcd to answer before failing (default %s; env MARGAY_ETCD_DIAL_TIMEOUT)", datastore.DefaultCommandTimeout)
 	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g), newWorkloadCmd(g), newBGPCmd(g), newPolicyCmd(g), newConntrackCmd(g), newMonitorCmd(g), newLabCmd())
 	return cmd
 }

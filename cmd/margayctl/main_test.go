@@ -7,7 +7,10 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
@@ -70,5 +73,37 @@ func TestDecodeMaps(t *testing.T) {
 	}
 	if _, err := margayctl(t, "--bpffs-root", root+"/nothing", "routes"); err == nil {
 		t.Error("routes of a root without pins succeeded")
+	}
+}
+
+// With etcd stopped, a datastore command fails within its dial timeout (--etcd-dial-timeout,
+// MARGAY_ETCD_DIAL_TIMEOUT, or datastore.DefaultCommandTimeout) and names the endpoint.
+func TestEtcdStopped(t *testing.T) {
+	e := datastoretest.Start(t)
+	ep := e.Endpoints()[0]
+	e.Close()
+	for _, c := range []struct {
+		name  string
+		args  []string
+		env   string
+		bound time.Duration
+	}{
+		{"flag", []string{"--etcd-dial-timeout", "1s"}, "", time.Second},
+		{"env", nil, "1500ms", 1500 * time.Millisecond},
+		{"default", nil, "", datastore.DefaultCommandTimeout},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("MARGAY_ETCD_DIAL_TIMEOUT", c.env)
+			start := time.Now()
+			out, err := margayctl(t, append([]string{"--etcd-endpoints", ep, "pool", "list"}, c.args...)...)
+			took := time.Since(start)
+			t.Logf("failed after %s: %v", took.Round(time.Millisecond), err)
+			if err == nil || !strings.Contains(err.Error(), "connect to etcd at "+ep) {
+				t.Errorf("pool list with etcd stopped: %v\n%s; want an error naming %s", err, out, ep)
+			}
+			if took > 2*c.bound {
+				t.Errorf("pool list with etcd stopped took %s, want at most twice %s", took, c.bound)
+			}
+		})
 	}
 }

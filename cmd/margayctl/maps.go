@@ -25,7 +25,11 @@ func ifName(ifindex uint32) string {
 }
 
 func (g *globals) open() (*maps.Set, error) {
-	return maps.OpenPinned(g.root)
+	root, err := g.bpffsRoot()
+	if err != nil {
+		return nil, err
+	}
+	return maps.OpenPinned(root)
 }
 
 // render writes rows as JSON or as an aligned table.

@@ -177,7 +177,11 @@ func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
 	if err := o.parse(); err != nil {
 		return err
 	}
-	ev, err := maps.OpenEvents(g.root)
+	root, err := g.bpffsRoot()
+	if err != nil {
+		return err
+	}
+	ev, err := maps.OpenEvents(root)
 	if err != nil {
 		return err
 	}

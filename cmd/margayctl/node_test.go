@@ -144,7 +144,7 @@ func TestNodeCommands(t *testing.T) {
 				}
 			}},
 		{name: "gc deletes the orphaned block", args: []string{"ipam", "gc", "--grace", "0"},
-			want: []string{"deleted 1 empty block without a node or outside every pool: 198.19.0.0/26"}},
+			want: []string{"deleted 1 empty block without a registered node or outside every pool: 198.19.0.0/26"}},
 	}
 	e.run(t, steps)
 }

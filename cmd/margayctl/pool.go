@@ -107,6 +107,16 @@ func newPoolAddCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("pool add %s: %s overlaps pool %s (%s); pick a CIDR outside every pool", name, prefix, p.Name, p.Value.CIDR)
 				}
 			}
+			nodes, _, err := c.Nodes().List(ctx)
+			if err != nil {
+				return err
+			}
+			for _, n := range nodes {
+				if sub := n.Value.AddressV4.Masked(); sub.Overlaps(prefix) {
+					return fmt.Errorf("pool add %s: %s overlaps the uplink subnet %s of node %s (address %s): workload addresses there "+
+						"would collide with the hosts' own; pick a CIDR outside every node's subnet", name, prefix, sub, n.Name, n.Value.AddressV4)
+				}
+			}
 			if _, err := c.Pools().Create(ctx, name, pool); err != nil {
 				if errors.Is(err, datastore.ErrExists) {
 					return fmt.Errorf("pool add: pool %q already exists", name)

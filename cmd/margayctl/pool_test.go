@@ -91,6 +91,7 @@ func (e *dsEnv) addNode(t *testing.T, name, addr string, asn uint32) {
 func (e *dsEnv) addWorkload(t *testing.T, node, id string, record bool) netip.Addr {
 	t.Helper()
 	ctx := context.Background()
+	datastoretest.RegisterNodes(t, e.c, node)
 	a, err := e.ipam.Assign(ctx, ipam.Request{Handle: id, Node: node, Workload: node + "/" + id})
 	if err != nil {
 		t.Fatal(err)
@@ -153,6 +154,14 @@ func TestPoolCommands(t *testing.T) {
 			wantErr: "198.19.128.0/17 overlaps pool lab (198.19.0.0/16)"},
 		{name: "pool containing another", args: []string{"pool", "add", "big", "--cidr", "198.0.0.0/8"},
 			wantErr: "overlaps pool"},
+		{name: "pool over a node's uplink subnet", setup: func(t *testing.T) { e.addNode(t, "vm9", "198.18.0.9/24", 0) },
+			args:    []string{"pool", "add", "uplinks", "--cidr", "198.18.0.0/16"},
+			wantErr: "198.18.0.0/16 overlaps the uplink subnet 198.18.0.0/24 of node vm9 (address 198.18.0.9/24)",
+			check: func(t *testing.T, _ string) {
+				if _, ok := e.pool(t, "uplinks"); ok {
+					t.Error("the pool was created")
+				}
+			}},
 		{name: "duplicate name", args: []string{"pool", "add", "lab", "--cidr", "10.0.0.0/8"}, wantErr: `pool "lab" already exists`},
 		{name: "host bits", args: []string{"pool", "add", "x", "--cidr", "198.21.0.1/16"}, wantErr: "did you mean 198.21.0.0/16?"},
 		{name: "bad cidr", args: []string{"pool", "add", "x", "--cidr", "198.21.0.0"}, wantErr: "want an IPv4 CIDR"},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -29,11 +28,8 @@ func newWorkloadCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// defaultNode is the default of --node, as the agent and the CNI plugin name the node.
-func defaultNode() string {
-	h, _ := os.Hostname()
-	return h
-}
+// nodeFlagHelp is how every --node flag says where its default comes from.
+const nodeFlagHelp = " (default: MARGAY_NODE_NAME, else nodeName of the config file, else the hostname)"
 
 // quietWorkloadLogs keeps the workload code path's info logs off the terminal; warnings still show.
 func quietWorkloadLogs(w io.Writer) {
@@ -76,6 +72,9 @@ network namespace — for a Docker container: docker run --net=none, then
 				return err
 			}
 			spec.ID, spec.Name = args[0], args[0]
+			if spec.Node, err = g.node(spec.Node); err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), workloadTimeout)
 			defer cancel()
 			ds, err := g.client(ctx)
@@ -91,7 +90,7 @@ network namespace — for a Docker container: docker run --net=none, then
 		},
 	}
 	cmd.Flags().StringVar(&spec.Netns, "netns", "", "path of the workload's network namespace, e.g. /var/run/netns/web or /proc/<pid>/ns/net (required)")
-	cmd.Flags().StringVar(&spec.Node, "node", defaultNode(), "node the workload runs on: this host")
+	cmd.Flags().StringVar(&spec.Node, "node", "", "node the workload runs on: this host"+nodeFlagHelp)
 	cmd.Flags().StringVar(&spec.IfName, "ifname", workload.DefaultIfName, "interface name inside the workload")
 	cmd.Flags().IntVar(&spec.MTU, "mtu", 0, "MTU of the veth (default: the MTU of the host's default-route interface, else 1500)")
 	cmd.Flags().StringArrayVar(&labels, "label", nil, "policy label key=value (repeatable)")
@@ -106,6 +105,10 @@ func newWorkloadListCmd(g *globals) *cobra.Command {
 		Short: "List the workloads of a node",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			node, err := g.node(node)
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), workloadTimeout)
 			defer cancel()
 			ds, err := g.client(ctx)
@@ -117,6 +120,9 @@ func newWorkloadListCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(items) == 0 && g.output == "table" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "no workloads on this node: %s\n", g.where(node))
+			}
 			ws := make([]datastore.Workload, 0, len(items))
 			for _, it := range items {
 				ws = append(ws, it.Value)
@@ -124,7 +130,7 @@ func newWorkloadListCmd(g *globals) *cobra.Command {
 			return g.renderWorkloads(cmd.OutOrStdout(), ws)
 		},
 	}
-	cmd.Flags().StringVar(&node, "node", defaultNode(), "node whose workloads to list")
+	cmd.Flags().StringVar(&node, "node", "", "node whose workloads to list"+nodeFlagHelp)
 	return cmd
 }
 
@@ -137,6 +143,10 @@ func newWorkloadDeleteCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			quietWorkloadLogs(cmd.ErrOrStderr())
 			name := args[0]
+			node, err := g.node(node)
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), workloadTimeout)
 			defer cancel()
 			ds, err := g.client(ctx)
@@ -154,7 +164,7 @@ func newWorkloadDeleteCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&node, "node", defaultNode(), "node the workload runs on")
+	cmd.Flags().StringVar(&node, "node", "", "node the workload runs on"+nodeFlagHelp)
 	return cmd
 }
 

@@ -4,12 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/control/workload"
+	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/tests/netns"
 )
 
@@ -22,6 +25,7 @@ func TestWorkloadCommands(t *testing.T) {
 	if _, err := c.Pools().Create(t.Context(), pool.Name, pool); err != nil {
 		t.Fatal(err)
 	}
+	datastoretest.RegisterNodes(t, c, "host-1")
 	host := netns.New(t, "mch")
 	wl := netns.New(t, "mcw")
 	endpoint := strings.Join(e.Endpoints(), ",")
@@ -78,10 +82,15 @@ func TestWorkloadCommands(t *testing.T) {
 		{[]string{"workload", "add", "web/2", "--netns", wl.Path, "--node", "host-1"}, "invalid workload spec"},
 		{[]string{"workload", "add", "web-2", "--netns", "/var/run/netns/margay-none", "--node", "host-1"}, "network namespace not found"},
 		{[]string{"workload", "delete", "web-1", "--node", "host-2"}, "not found on node host-2"},
+		{[]string{"workload", "add", "web-2", "--netns", wl.Path, "--node", "nosuchnode"}, `node "nosuchnode" is not registered`},
 	} {
 		if out, err := ctl(bad.args...); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("margayctl %s: %v, want an error with %q\n%s", strings.Join(bad.args, " "), err, bad.want, out)
 		}
+	}
+
+	if bs, _, err := c.Blocks().List(t.Context()); err != nil || len(bs) != 1 || bs[0].Value.Node() != "host-1" {
+		t.Errorf("blocks after the refused add on nosuchnode: %+v, %v; want host-1's only", bs, err)
 	}
 
 	out, err = ctl("workload", "delete", "web-1", "--node", "host-1")
@@ -100,5 +109,89 @@ func TestWorkloadCommands(t *testing.T) {
 	out, err = ctl("workload", "list", "--node", "host-1", "-o", "json")
 	if err != nil || strings.TrimSpace(out) != "[]" {
 		t.Errorf("workload list after delete = %q, %v", out, err)
+	}
+}
+
+// margayctl takes etcd, the node and the bpffs root from its config file (--config, else
+// MARGAYCTL_CONFIG), and says which node and etcd it used when a listing is empty.
+func TestHostConfigFile(t *testing.T) {
+	e := datastoretest.Start(t)
+	c := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
+	ep := e.Endpoints()[0]
+	rec := datastore.Workload{Version: datastore.CurrentVersion, ID: "w7", Name: "w7", Node: "vm7",
+		IfName: workload.HostVethName("w7"), MAC: "02:00:00:00:00:07", IPv4: []netip.Prefix{netip.MustParsePrefix("198.19.0.7/32")}}
+	if _, err := c.Workloads("vm7").Create(t.Context(), "w7", rec); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	inline := write("inline.cfg", "nodeName: vm7\nendpoints: ["+ep+"]\ndialTimeout: 2s\n")
+	write("datastore.yaml", "endpoints: ["+ep+"]\n")
+	indirect := write("indirect.cfg", "nodeName: vm7\ndatastoreConfig: datastore.yaml\n")
+	empty := write("empty-node.cfg", "nodeName: vm8\nendpoints: ["+ep+"]\n")
+
+	for _, c := range []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"--config", []string{"--config", inline}, ""},
+		{"MARGAYCTL_CONFIG", nil, inline},
+		{"datastoreConfig", []string{"--config", indirect}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("MARGAYCTL_CONFIG", c.env)
+			out, err := margayctl(t, append(c.args, "workload", "list")...)
+			if err != nil || !strings.Contains(out, "vm7") || !strings.Contains(out, "w7") || !strings.Contains(out, "198.19.0.7/32") {
+				t.Errorf("workload list = %q, %v; want vm7's w7", out, err)
+			}
+		})
+	}
+
+	out, err := margayctl(t, "--config", empty, "workload", "list")
+	want := "no workloads on this node: node vm8 (from nodeName in " + empty + "); etcd " + ep + "; config " + empty
+	if err != nil || !strings.Contains(out, want) {
+		t.Errorf("empty workload list = %q, %v; want it to say %q", out, err, want)
+	}
+	if out, err := margayctl(t, "--config", empty, "workload", "list", "--node", "vm7"); err != nil || !strings.Contains(out, "w7") {
+		t.Errorf("--node over the config file = %q, %v", out, err)
+	}
+	t.Setenv("MARGAY_NODE_NAME", "vm7") // as in the agent's pod
+	if out, err := margayctl(t, "--config", empty, "workload", "list"); err != nil || !strings.Contains(out, "w7") {
+		t.Errorf("MARGAY_NODE_NAME over the config file = %q, %v", out, err)
+	}
+	t.Setenv("MARGAY_NODE_NAME", "")
+
+	root := netns.BPFFS(t)
+	d, err := loader.Load(loader.WithRoot(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rootCfg := write("root.cfg", "bpffsRoot: "+root+"\n")
+	if out, err := margayctl(t, "--config", rootCfg, "routes"); err != nil || !strings.Contains(out, "PREFIX") {
+		t.Errorf("routes with bpffsRoot from the config file = %q, %v", out, err)
+	}
+	if _, err := margayctl(t, "--config", rootCfg, "routes", "--bpffs-root", root+"/nothing"); err == nil {
+		t.Error("routes --bpffs-root of a root without pins succeeded: the config file's bpffsRoot won over the flag")
+	}
+	for _, bad := range []struct{ body, want string }{
+		{"nodeName: vm7\nnode: x\n", `unknown field "node"`},
+		{"bpffsRoot: sys/fs/bpf\n", "want an absolute path"},
+		{"datastoreConfig: missing.yaml\n", "datastoreConfig"},
+	} {
+		if out, err := margayctl(t, "--config", write("bad.cfg", bad.body), "workload", "list"); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("config %q: %v\n%s; want an error with %q", bad.body, err, out, bad.want)
+		}
+	}
+	if _, err := margayctl(t, "--config", filepath.Join(dir, "none.cfg"), "workload", "list"); err == nil {
+		t.Error("a missing --config file was accepted")
 	}
 }

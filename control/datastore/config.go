@@ -20,6 +20,9 @@ const (
 	DefaultEndpoint    = "http://127.0.0.1:2379"
 	DefaultPrefix      = "/margay/v1/"
 	DefaultDialTimeout = 5 * time.Second
+	// DefaultCommandTimeout is how long margayctl and margay-cni wait in all for etcd to answer
+	// when no dial timeout is set: a command fails fast, naming the endpoints, instead of hanging.
+	DefaultCommandTimeout = 3 * time.Second
 )
 
 // Config says how to reach etcd. Empty fields mean their default. Settings come from flags, then
@@ -111,30 +114,46 @@ func (c *Config) FillFrom(from Config) {
 	}
 }
 
-// fileConfig is the on-disk form of Config.
-type fileConfig struct {
-	Endpoints   []string `json:"endpoints"`
-	CAFile      string   `json:"caFile"`
-	CertFile    string   `json:"certFile"`
-	KeyFile     string   `json:"keyFile"`
-	Username    string   `json:"username"`
-	Password    string   `json:"password"`
-	Prefix      string   `json:"prefix"`
-	DialTimeout string   `json:"dialTimeout"` // Go duration, e.g. "5s"
+// FileConfig is the on-disk form of Config. Other config files may embed it (margayctl's adds
+// the node name) and read themselves with LoadFileInto.
+type FileConfig struct {
+	Endpoints   []string `json:"endpoints,omitempty"`
+	CAFile      string   `json:"caFile,omitempty"`
+	CertFile    string   `json:"certFile,omitempty"`
+	KeyFile     string   `json:"keyFile,omitempty"`
+	Username    string   `json:"username,omitempty"`
+	Password    string   `json:"password,omitempty"`
+	Prefix      string   `json:"prefix,omitempty"`
+	DialTimeout string   `json:"dialTimeout,omitempty"` // Go duration, e.g. "5s"
 }
 
 // LoadConfigFile reads a Config from a YAML or JSON file with the fields endpoints, caFile,
 // certFile, keyFile, username, password, prefix and dialTimeout ("5s"). Unknown or repeated
 // fields are an error. Relative TLS file names are taken relative to the file's directory.
 func LoadConfigFile(path string) (Config, error) {
+	var f FileConfig
+	if err := LoadFileInto(path, &f); err != nil {
+		return Config{}, err
+	}
+	return f.Config(path)
+}
+
+// LoadFileInto reads a YAML or JSON config file into v (a pointer to FileConfig or to a struct
+// that embeds it); unknown or repeated fields are an error.
+func LoadFileInto(path string, v any) error {
 	data, err := readConfigFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("datastore: load config: %w", err)
+		return fmt.Errorf("datastore: load config: %w", err)
 	}
-	var f fileConfig
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
-		return Config{}, fmt.Errorf("datastore: load config %s: %w", path, err)
+	if err := yaml.UnmarshalStrict(data, v); err != nil {
+		return fmt.Errorf("datastore: load config %s: %w", path, err)
 	}
+	return nil
+}
+
+// Config returns the Config that f, read from the file at path, describes: relative TLS file
+// names are taken relative to the file's directory.
+func (f FileConfig) Config(path string) (Config, error) {
 	c := Config{
 		Endpoints: f.Endpoints,
 		CAFile:    relativeTo(path, f.CAFile),
@@ -145,6 +164,7 @@ func LoadConfigFile(path string) (Config, error) {
 		Prefix:    f.Prefix,
 	}
 	if f.DialTimeout != "" {
+		var err error
 		if c.DialTimeout, err = time.ParseDuration(f.DialTimeout); err != nil {
 			return Config{}, fmt.Errorf("datastore: load config %s: dialTimeout: %w", path, err)
 		}
@@ -185,6 +205,9 @@ func relativeTo(configPath, file string) string {
 	}
 	return filepath.Join(filepath.Dir(configPath), file)
 }
+
+// EndpointsOrDefault returns the endpoints c reaches: its own, or DefaultEndpoint.
+func (c Config) EndpointsOrDefault() []string { return c.withDefaults().Endpoints }
 
 func (c Config) withDefaults() Config {
 	if len(c.Endpoints) == 0 {

@@ -353,17 +353,21 @@ func (h *Handle) setDefaults() {
 
 // Workload is a workload endpoint (a container's veth and addresses), at workloads/<node>/<id>.
 type Workload struct {
-	Version     int               `json:"version"`
-	ID          string            `json:"id"`
-	Name        string            `json:"name"`
-	Namespace   string            `json:"namespace,omitempty"`
-	Node        string            `json:"node"`
-	IfName      string            `json:"ifName"` // host side of the veth: "cali" + 11 hex digits
-	ContainerID string            `json:"containerID,omitempty"`
-	Netns       string            `json:"netns,omitempty"`
-	MAC         string            `json:"mac"`            // workload side of the veth
-	IPv4        []netip.Prefix    `json:"ipv4,omitempty"` // /32s
-	Labels      map[string]string `json:"labels,omitempty"`
+	Version     int    `json:"version"`
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	Namespace   string `json:"namespace,omitempty"`
+	Node        string `json:"node"`
+	IfName      string `json:"ifName"` // host side of the veth: "cali" + 11 hex digits
+	ContainerID string `json:"containerID,omitempty"`
+	// Network is the name of the CNI network that attached the workload (the network config's
+	// "name"); CNI GC of a network touches only its own workloads. Empty for workloads of
+	// margayctl and for records written before margay-cni recorded it (see cmdGC).
+	Network string            `json:"network,omitempty"`
+	Netns   string            `json:"netns,omitempty"`
+	MAC     string            `json:"mac"`            // workload side of the veth
+	IPv4    []netip.Prefix    `json:"ipv4,omitempty"` // /32s
+	Labels  map[string]string `json:"labels,omitempty"`
 	// AddDurationSeconds is how long the CNI plugin's ADD took up to writing this record; the
 	// agent observes it into margay_cni_add_duration_seconds. 0 = not measured.
 	AddDurationSeconds float64 `json:"addDurationSeconds,omitempty"`
@@ -394,6 +398,11 @@ func (w Workload) Validate() error {
 	}
 	if err := checkPrintable(w.ContainerID); err != nil {
 		return fmt.Errorf("containerID: %w", err)
+	}
+	if w.Network != "" {
+		if err := ValidateName(w.Network); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
 	}
 	if w.Netns != "" && (!path.IsAbs(w.Netns) || checkPrintable(w.Netns) != nil) {
 		return fmt.Errorf("netns %q: want an absolute path", w.Netns)

@@ -20,7 +20,24 @@ var (
 	ErrHandleInUse = errors.New("handle in use")
 	// ErrContention: compare-and-swap kept losing; the caller may retry.
 	ErrContention = errors.New("too much contention on ipam blocks")
+	// ErrNodeNotRegistered: the node has no record at nodes/<node>. IPAM gives such a node
+	// neither blocks nor addresses: nothing would route them, and the block would leak.
+	ErrNodeNotRegistered = errors.New("node not registered")
 )
+
+// checkNode returns ErrNodeNotRegistered, with what to check, unless node is registered.
+func (i *IPAM) checkNode(ctx context.Context, node string) error {
+	_, err := i.ds.Nodes().Get(ctx, node)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return fmt.Errorf("node %q is not registered (no nodes/%s in the datastore; margay-agent registers its node when it starts): "+
+			"check that margay-agent runs on that host and that the node name is the agent's (--node-name of the agent, "+
+			"\"nodeName\" of the CNI config, --node of margayctl; margayctl node list shows the registered nodes): %w", node, node, ErrNodeNotRegistered)
+	case err != nil && !errors.Is(err, datastore.ErrMalformed): // a malformed record still names a node
+		return fmt.Errorf("read node %s: %w", node, err)
+	}
+	return nil
+}
 
 // maxAttempts bounds the compare-and-swap retries of one operation.
 const maxAttempts = 100
@@ -64,6 +81,7 @@ type Assignment struct {
 
 // Assign allocates one address for req.Handle on req.Node: from a block the node owns, else from a
 // block it claims, else — only when no pool has a free block — borrowed from another host's block.
+// The node must be registered (ErrNodeNotRegistered).
 // Asking again for a handle that holds an address returns that address.
 func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	if err := datastore.ValidateName(req.Handle); err != nil {
@@ -71,6 +89,9 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	}
 	if err := datastore.ValidateName(req.Node); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: node: %w", err)
+	}
+	if err := i.checkNode(ctx, req.Node); err != nil {
+		return Assignment{}, fmt.Errorf("assign address: %w", err)
 	}
 	// The handle exists before any allocation names it, so a crash never leaves an allocation
 	// that nothing can release.
@@ -359,6 +380,9 @@ func addr(v uint32) netip.Addr {
 // EnsureBlock claims a block for node when it owns none yet, so the host can advertise and route
 // its block before its first workload starts. It returns the node's blocks.
 func (i *IPAM) EnsureBlock(ctx context.Context, node string) ([]netip.Prefix, error) {
+	if err := i.checkNode(ctx, node); err != nil {
+		return nil, fmt.Errorf("ensure block: %w", err)
+	}
 	for range maxAttempts {
 		blocks, _, err := i.ds.Blocks().List(ctx)
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -17,6 +19,8 @@ import (
 func newIPAM(t *testing.T, pools ...datastore.Pool) (*IPAM, *datastore.Client) {
 	t.Helper()
 	ds := datastoretest.New(t)
+	// The nodes the tests use; IPAM serves registered nodes only (TestUnregisteredNode).
+	datastoretest.RegisterNodes(t, ds, "vm100", "vm101", "vm102", "vm103", "n")
 	for _, p := range pools {
 		if _, err := ds.Pools().Create(context.Background(), p.Name, p); err != nil {
 			t.Fatal(err)
@@ -185,6 +189,7 @@ func TestConcurrentAssignUnique(t *testing.T) {
 		t.Fatal(err)
 	}
 	const hosts, workers, perWorker = 4, 4, 16
+	datastoretest.RegisterNodes(t, setup, "vm100", "vm101", "vm102", "vm103")
 	var (
 		mu   sync.Mutex
 		seen = map[netip.Addr]string{}
@@ -311,5 +316,50 @@ func TestEnsureBlock(t *testing.T) {
 	}
 	if _, err := i.EnsureBlock(ctx, "vm102"); !errors.Is(err, ErrPoolExhausted) {
 		t.Errorf("EnsureBlock with every block taken: %v, want ErrPoolExhausted", err)
+	}
+}
+
+// IPAM gives a node that is not registered neither a block nor an address, and says which node;
+// Check reports blocks affine to unregistered nodes and pools over a node's uplink subnet.
+func TestUnregisteredNode(t *testing.T) {
+	i, ds := newIPAM(t, pool("test", "198.19.0.0/16", 26))
+	ctx := context.Background()
+	if _, err := i.Assign(ctx, Request{Handle: "h", Node: "nosuchnode", Workload: "nosuchnode/h"}); !errors.Is(err, ErrNodeNotRegistered) ||
+		!strings.Contains(err.Error(), `node "nosuchnode" is not registered`) {
+		t.Errorf("assign on an unregistered node: %v, want ErrNodeNotRegistered naming it", err)
+	}
+	if _, err := i.EnsureBlock(ctx, "nosuchnode"); !errors.Is(err, ErrNodeNotRegistered) {
+		t.Errorf("ensure block of an unregistered node: %v, want ErrNodeNotRegistered", err)
+	}
+	blocks, _, err := ds.Blocks().List(ctx)
+	if err != nil || len(blocks) != 0 {
+		t.Errorf("blocks after refusals: %+v, %v; want none", blocks, err)
+	}
+	if _, err := ds.Handles().Get(ctx, "h"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("handle after a refused assign: %v, want not found", err)
+	}
+	noProblems(t, i)
+
+	// What an earlier version left: a block of a node nobody registered; and a pool over the
+	// hosts' own subnet (198.18.0.0/24 of the registered nodes).
+	leaked := netip.MustParsePrefix("198.19.1.0/26")
+	if _, err := ds.Blocks().Create(ctx, datastore.BlockKeyName(leaked), datastore.Block{Version: datastore.CurrentVersion,
+		CIDR: leaked, Affinity: datastore.AffinityForNode("nosuchnode")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ds.Pools().Create(ctx, "uplinks", pool("uplinks", "198.18.0.0/16", 26)); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := i.Check(ctx)
+	var got []string
+	for _, p := range ps {
+		got = append(got, p.What)
+	}
+	want := []string{"block 198.19.1.0/26 is affine to node nosuchnode, which is not registered (0 of its addresses allocated)"}
+	for _, n := range []string{"n", "vm100", "vm101", "vm102", "vm103"} {
+		want = append(want, "pool uplinks (198.18.0.0/16) overlaps the uplink subnet 198.18.0.0/24 of node "+n)
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("check = %q, %v\nwant %q", got, err, want)
 	}
 }

@@ -242,7 +242,9 @@ type Problem struct {
 }
 
 // Check looks for inconsistencies between blocks and handles: an address in two blocks, an
-// allocation without a handle, a handle listing an address no block gives it, overlapping blocks.
+// allocation without a handle, a handle listing an address no block gives it, overlapping blocks;
+// and in the IPAM configuration: blocks affine to a node that is not registered, pools that overlap
+// a registered node's uplink subnet.
 func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 	blocks, _, err := i.ds.Blocks().List(ctx)
 	if err != nil {
@@ -252,7 +254,31 @@ func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam check: %w", err)
 	}
+	nodes, _, err := i.ds.Nodes().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("ipam check: %w", err)
+	}
+	pools, _, err := i.ds.Pools().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("ipam check: %w", err)
+	}
 	var problems []Problem
+	registered := map[string]bool{}
+	for _, n := range nodes {
+		registered[n.Name] = true
+		for _, p := range pools {
+			if p.Value.CIDR.Overlaps(n.Value.AddressV4.Masked()) {
+				problems = append(problems, Problem{fmt.Sprintf("pool %s (%s) overlaps the uplink subnet %s of node %s",
+					p.Name, p.Value.CIDR, n.Value.AddressV4.Masked(), n.Name)})
+			}
+		}
+	}
+	for _, b := range blocks {
+		if node := b.Value.Node(); b.Value.Affinity != "" && !registered[node] {
+			problems = append(problems, Problem{fmt.Sprintf("block %s is affine to node %s, which is not registered (%d of its addresses allocated)",
+				b.Value.CIDR, node, len(b.Value.Allocations))})
+		}
+	}
 	holder := map[netip.Addr]string{}
 	for x, b := range blocks {
 		for _, o := range blocks[x+1:] {

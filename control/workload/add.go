@@ -66,6 +66,12 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 	if err != nil && !errors.Is(err, datastore.ErrNotFound) && !errors.Is(err, datastore.ErrMalformed) {
 		return Result{}, fail(err)
 	}
+	if existed && spec.Network != "" && prev.Value.Network != "" && prev.Value.Network != spec.Network {
+		// One record per workload ID: attaching it for a second network would let that
+		// network's DEL or GC remove the first one's.
+		return Result{}, fail(fmt.Errorf("%w: workload %s on node %s is attached by network %q already, not %q",
+			ErrInvalidSpec, spec.ID, spec.Node, prev.Value.Network, spec.Network))
+	}
 	if err := checkHandleOwner(ctx, ds, spec); err != nil {
 		return Result{}, fail(err)
 	}
@@ -256,6 +262,6 @@ func configureHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, mtu
 
 func sameRecord(a, b datastore.Workload) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Namespace == b.Namespace && a.Node == b.Node && a.IfName == b.IfName &&
-		a.ContainerID == b.ContainerID && a.Netns == b.Netns && a.MAC == b.MAC &&
+		a.ContainerID == b.ContainerID && a.Network == b.Network && a.Netns == b.Netns && a.MAC == b.MAC &&
 		slices.Equal(a.IPv4, b.IPv4) && maps.Equal(a.Labels, b.Labels)
 }

@@ -40,6 +40,8 @@ func Check(ctx context.Context, ds *datastore.Client, spec Spec) error {
 	switch {
 	case spec.ContainerID != "" && rec.ContainerID != spec.ContainerID:
 		return fail(mismatch("the endpoint belongs to container %q", rec.ContainerID))
+	case spec.Network != "" && rec.Network != "" && rec.Network != spec.Network:
+		return fail(mismatch("the endpoint belongs to network %q", rec.Network))
 	case rec.Netns != spec.Netns:
 		return fail(mismatch("the endpoint is in netns %q, not %q", rec.Netns, spec.Netns))
 	case rec.IfName != spec.HostVeth():

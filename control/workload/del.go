@@ -15,12 +15,14 @@ import (
 
 // Del frees what Add took: the host-side veth (deleting it removes the workload side too, so the
 // workload namespace is never entered and may already be gone) with Margay's routes through it,
-// the endpoint record and the IPAM handle with its addresses. Only spec.ID, spec.Node and
-// spec.ContainerID matter.
+// the endpoint record and the IPAM handle with its addresses. Only spec.ID, spec.Node,
+// spec.ContainerID and spec.Network matter.
 //
 // Del is idempotent: whatever does not exist is skipped. When spec.ContainerID is set and the
 // record belongs to another container (a newer sandbox of the same pod, added before the runtime
 // deleted the old one), Del does nothing: the veth name and the handle are the new sandbox's now.
+// Likewise when spec.Network is set and the record names another network: that network's
+// workload is not this one's to delete.
 func Del(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) error {
 	spec = spec.withDefaults()
 	if err := spec.validateKey(); err != nil {
@@ -38,6 +40,10 @@ func Del(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) e
 	}
 	if valid && spec.ContainerID != "" && it.Value.ContainerID != "" && it.Value.ContainerID != spec.ContainerID {
 		log.Info("workload belongs to another container; nothing deleted", "container", spec.ContainerID, "current", it.Value.ContainerID)
+		return nil
+	}
+	if valid && spec.Network != "" && it.Value.Network != "" && it.Value.Network != spec.Network {
+		log.Info("workload belongs to another network; nothing deleted", "network", spec.Network, "current", it.Value.Network)
 		return nil
 	}
 

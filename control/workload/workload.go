@@ -51,6 +51,7 @@ type Spec struct {
 	Namespace   string            // Kubernetes namespace, or ""
 	Node        string            // the host
 	ContainerID string            // the runtime's container ID, "" outside CNI
+	Network     string            // the CNI network's name, "" outside CNI
 	Netns       string            // path of the workload's network namespace
 	IfName      string            // workload-side interface; default DefaultIfName
 	MTU         int               // 0: the MTU of the host's default-route interface, else DefaultMTU
@@ -132,6 +133,7 @@ func (s Spec) record(mac net.HardwareAddr, ip netip.Prefix) datastore.Workload {
 		Node:        s.Node,
 		IfName:      s.HostVeth(),
 		ContainerID: s.ContainerID,
+		Network:     s.Network,
 		Netns:       s.Netns,
 		MAC:         mac.String(),
 		IPv4:        []netip.Prefix{ip},

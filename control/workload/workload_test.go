@@ -42,6 +42,7 @@ func newEnv(t *testing.T, pool string, blockSize int) *env {
 	if _, err := ds.Pools().Create(ctx, "test", datastore.Pool{Version: datastore.CurrentVersion, Name: "test", CIDR: p, BlockSize: blockSize}); err != nil {
 		t.Fatal(err)
 	}
+	datastoretest.RegisterNodes(t, ds, node, "node-2")
 	host := netns.New(t, "wlh")
 	if err := host.Sysctl("ipv4/ip_forward", "1"); err != nil {
 		t.Fatal(err)

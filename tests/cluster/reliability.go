@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -34,6 +35,11 @@ func (h *Host) Kill() {
 func (c *Cluster) StartWorkload(h *Host, name string) (wait func() *Workload) {
 	tb := c.tb
 	tb.Helper()
+	// IPAM serves registered nodes only, and a host's agent registers its node when it starts.
+	Eventually(tb, h.Name+" registered", 30*time.Second, func() error {
+		_, err := c.DS.Nodes().Get(context.Background(), h.Name)
+		return err
+	})
 	ns := netns.New(tb, "mgyw"+name+"-")
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"mtu":1500,`+
 		`"policySetupTimeout":"20s","bpffsRoot":%q,"datastore":{"endpoints":[%q]}}`, h.Name, h.Root, h.etcd)

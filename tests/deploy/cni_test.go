@@ -106,7 +106,7 @@ func validateConflist(tb testing.TB, path string, hostToTest map[string]string) 
 			}
 		}
 		tb.Logf("margay-cni STATUS with %s: code %d %s", path, res.Code, res.Msg)
-		if res.Code == 4 || res.Code == 7 {
+		if res.Code == 2 || res.Code == 4 || res.Code == 7 { // unsupported field, bad environment, bad config
 			tb.Errorf("margay-cni rejects the plugin config of %s (code %d): %s %s\n%s", path, res.Code, res.Msg, res.Details, conf)
 		}
 	}

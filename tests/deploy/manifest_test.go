@@ -234,14 +234,13 @@ func TestManifestDaemonSet(t *testing.T) {
 			t.Errorf("%s lacks capability %s (has %v)", agentName, c, caps)
 		}
 	}
-	nodeName := false
-	for _, e := range agent.Env {
-		if e.Name == "NODENAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName" {
-			nodeName = true
+	// NODENAME for the agent's --node-name, MARGAY_NODE_NAME for margayctl run in the pod.
+	for _, name := range []string{"NODENAME", "MARGAY_NODE_NAME"} {
+		if !slices.ContainsFunc(agent.Env, func(e corev1.EnvVar) bool {
+			return e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName"
+		}) {
+			t.Errorf("%s has no %s from spec.nodeName", agentName, name)
 		}
-	}
-	if !nodeName {
-		t.Errorf("%s has no NODENAME from spec.nodeName", agentName)
 	}
 
 	mounts := hostMounts(pod, agent)

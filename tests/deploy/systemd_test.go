@@ -170,6 +170,7 @@ func TestInstallScript(t *testing.T) {
 		"etc/systemd/system/margay-agent.service": {repoPath(unitPath), false},
 		"etc/margay/margay.env":                   {repoPath("deploy/systemd/margay.env"), false},
 		"etc/margay/datastore.yaml":               {repoPath("deploy/systemd/datastore.yaml"), false},
+		"etc/margay/margayctl.cfg":                {repoPath("deploy/systemd/margayctl.cfg"), false},
 	}
 	var files []string
 	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
@@ -204,6 +205,20 @@ func TestInstallScript(t *testing.T) {
 		_ = f.Close()
 	}
 	validateConflist(t, filepath.Join(root, "etc/cni/net.d/10-margay.conflist"), map[string]string{"/etc/margay": filepath.Join(root, "etc/margay")})
+	// margayctl loads the margayctl.cfg installed, and through it the datastore file beside it:
+	// what fails is etcd (none runs here), not the config.
+	ctlCfg, err := os.ReadFile(filepath.Join(root, "etc/margay/margayctl.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	remapped := filepath.Join(t.TempDir(), "margayctl.cfg")
+	if err := os.WriteFile(remapped, bytes.ReplaceAll(ctlCfg, []byte("/etc/margay/"), []byte(filepath.Join(root, "etc/margay")+"/")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(filepath.Join(binaries, "margayctl"), "--config", remapped, "pool", "list").CombinedOutput(); err != nil &&
+		!strings.Contains(string(out), "connect to etcd at http://127.0.0.1:2379") {
+		t.Errorf("margayctl with the installed margayctl.cfg: %v\n%s", err, out)
+	}
 
 	// Local settings stay; the rest is updated. Without --bin, ./bin is used. With --root,
 	// systemctl enables the unit below the root and starts nothing.

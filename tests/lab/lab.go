@@ -116,6 +116,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, err
 	}
+	if err := recordUp(cfg); err != nil {
+		return nil, err
+	}
 	l.say("▸ segment %s with a bridge", cfg.segNS())
 	steps := [][]string{
 		{"ip", "netns", "add", cfg.segNS()},
@@ -162,6 +165,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			// The reference picture's ens32 is a NIC that runs XDP natively; here it is a veth,
 			// which auto would leave without the prefilter. The lab shows every hook.
 			"--xdp", "on"); err != nil {
+			return nil, err
+		}
+		if err := l.writeHostConfig(h); err != nil {
 			return nil, err
 		}
 		l.Hosts = append(l.Hosts, h)
@@ -410,11 +416,15 @@ func (l *Lab) Report(ctx context.Context, w io.Writer) {
 	}
 }
 
-// Down removes everything a lab with this configuration left: processes, pins, namespaces,
-// state. It works after a crash or kill of `lab up`, and when nothing is there.
+// Down removes everything a lab with this configuration left: the `lab up` process (another
+// process than this one: Down waits until it has taken its lab down), processes, pins,
+// namespaces, state. It works after a crash or kill of `lab up`, and when nothing is there.
 func Down(cfg Config) error {
 	cfg.defaults()
 	var errs []error
+	if err := stopUp(cfg); err != nil {
+		errs = append(errs, err)
+	}
 	pids, _ := filepath.Glob(filepath.Join(cfg.StateDir, "*.pid"))
 	for _, p := range pids {
 		b, err := os.ReadFile(p)

@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,5 +114,111 @@ func TestLabUpCheckDown(t *testing.T) {
 	// Down of nothing is fine.
 	if err := lab.Down(cfg); err != nil {
 		t.Errorf("second Down: %v", err)
+	}
+}
+
+// `margayctl lab up` runs as an operator starts it. From other processes, margayctl inside a lab
+// host (run by `lab exec`) finds the lab's etcd, its node and its pins through the host's config
+// file, and `margayctl lab down` stops the `lab up` process, which takes its lab down: nothing is
+// left.
+func TestLabExecAndDownFromAnotherShell(t *testing.T) {
+	bin := cluster.Binaries(t)
+	ctl := filepath.Join(bin, "margayctl")
+	prefix := netns.UniqueName("t") + "-"
+	cfg := lab.Config{BinDir: bin, StateDir: filepath.Join(t.TempDir(), "state"), Prefix: prefix, BPFFS: filepath.Dir(netns.BPFFS(t))}
+	labArgs := []string{"lab", "--prefix", cfg.Prefix, "--state-dir", cfg.StateDir, "--bpffs", cfg.BPFFS}
+
+	up := exec.Command(ctl, append(labArgs, "up", "--hosts", "1")...)
+	stdout, err := up.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Stderr = up.Stdout
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	t.Cleanup(func() { // after Down below; kills lab up only if Down could not stop it
+		select {
+		case <-exited:
+		default:
+			_ = up.Process.Kill()
+			<-exited
+		}
+	})
+	t.Cleanup(func() { _ = lab.Down(cfg) })
+	var (
+		mu     sync.Mutex
+		output strings.Builder
+	)
+	ready := make(chan struct{})
+	go func() {
+		defer close(exited)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			mu.Lock()
+			output.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if strings.Contains(sc.Text(), "The lab is up") {
+				close(ready)
+			}
+		}
+		_ = up.Wait()
+	}()
+	upOutput := func() string { mu.Lock(); defer mu.Unlock(); return output.String() }
+	select {
+	case <-ready:
+	case <-exited:
+		t.Fatalf("lab up exited before the lab was up:\n%s", upOutput())
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("lab up: not up within 3m:\n%s", upOutput())
+	}
+
+	inHost := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(ctl, append(append(labArgs, "exec", "vm100", "--", "margayctl"), args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("lab exec vm100 -- margayctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		t.Logf("lab exec vm100 -- margayctl %s:\n%s", strings.Join(args, " "), out)
+		return string(out)
+	}
+	if out := inHost("workload", "list"); !regexp.MustCompile(`vm100\s+w100\s+cali[0-9a-f]{11}\s+198\.19\.0\.0/32`).MatchString(out) {
+		t.Errorf("workload list in vm100 lacks vm100's workload w100:\n%s", out)
+	}
+	if out := inHost("ipam", "show"); !regexp.MustCompile(`198\.19\.0\.0/26\s+vm100\s+1/64`).MatchString(out) {
+		t.Errorf("ipam show in vm100 lacks vm100's block:\n%s", out)
+	}
+	if out := inHost("routes"); !strings.Contains(out, "LOCAL_WEP|IN_POOL") {
+		t.Errorf("routes in vm100 (pins from the config file) lack the workload's route:\n%s", out)
+	}
+	want := "no workloads on this node: node nosuchnode (from --node); etcd http://198.18.0.2:2379; config " + cfg.HostConfig("vm100")
+	if out := inHost("workload", "list", "--node", "nosuchnode"); !strings.Contains(out, want) {
+		t.Errorf("empty workload list does not say %q:\n%s", want, out)
+	}
+
+	start := time.Now()
+	out, err := exec.Command(ctl, append(labArgs, "down")...).CombinedOutput()
+	t.Logf("lab down took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
+	if err != nil {
+		t.Errorf("lab down: %v", err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("lab up still runs 10s after lab down returned:\n%s", upOutput())
+	}
+	if !strings.Contains(upOutput(), "taking the lab down") {
+		t.Errorf("lab up did not take its lab down:\n%s", upOutput())
+	}
+	nss, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(nss), prefix) {
+		t.Errorf("namespaces left after lab down:\n%s", nss)
+	}
+	for _, p := range []string{filepath.Join(cfg.BPFFS, prefix+"margay-lab"), cfg.StateDir} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after lab down: %v", p, err)
+		}
 	}
 }

@@ -2,7 +2,9 @@ package datastoretest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -80,4 +82,17 @@ func (w *tbWriter) stop() {
 	w.mu.Lock()
 	w.stopped = true
 	w.mu.Unlock()
+}
+
+// RegisterNodes registers each node as its agent would (nodes/<name>, addressV4 198.18.0.1/24,
+// uplink eth0), unless it is registered already: IPAM gives unregistered nodes no address.
+func RegisterNodes(tb testing.TB, c *datastore.Client, names ...string) {
+	tb.Helper()
+	for _, name := range names {
+		n := datastore.Node{Version: datastore.CurrentVersion, Name: name,
+			AddressV4: netip.MustParsePrefix("198.18.0.1/24"), Uplink: "eth0"}
+		if _, err := c.Nodes().Create(context.Background(), name, n); err != nil && !errors.Is(err, datastore.ErrExists) {
+			tb.Fatalf("register node %s: %v", name, err)
+		}
+	}
 }

@@ -1,0 +1,118 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// HostConfig is the margayctl config file of a lab host (vm100, …): its etcd endpoint, node name
+// and bpffs root, as deploy/install.sh writes /etc/margay/margayctl.cfg on a real host. The lab's
+// hosts share the machine's file system, so each gets a file of its own, which Command selects
+// through MARGAYCTL_CONFIG.
+func (c Config) HostConfig(host string) string {
+	c.defaults()
+	return filepath.Join(c.StateDir, host, "margayctl.cfg")
+}
+
+// writeHostConfig writes the margayctl config file of host h.
+func (l *Lab) writeHostConfig(h Host) error {
+	path := l.cfg.HostConfig(h.Name)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	body := fmt.Sprintf("# margayctl's settings inside lab host %s (margayctl lab exec %s sets MARGAYCTL_CONFIG to this file)\n"+
+		"nodeName: %s\nbpffsRoot: %s\nendpoints: [%s]\n", h.Name, h.Name, h.Name, l.cfg.bpffsRoot(h.Name), l.cfg.etcdEndpoint())
+	return os.WriteFile(path, []byte(body), 0o644)
+}
+
+// Command returns the command that runs argv inside the lab host or workload name (vm100, w100,
+// …), as `margayctl lab exec` does: in its network namespace (nsenter keeps /sys/fs/bpf visible),
+// with binDir first in PATH and, in a host, MARGAYCTL_CONFIG set to the host's config file, so
+// that margayctl there finds the lab's etcd, its node and its pins.
+func (c Config) Command(binDir, name string, argv ...string) *exec.Cmd {
+	c.defaults()
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + c.Prefix + name, "--"}, argv...)...)
+	cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
+	if _, err := os.Stat(c.HostConfig(name)); err == nil {
+		cmd.Env = append(cmd.Env, "MARGAYCTL_CONFIG="+c.HostConfig(name))
+	}
+	return cmd
+}
+
+// upFile records the `lab up` process (its pid and start time) so that Down, run from another
+// shell, can stop it. It does not end in .pid: Down kills the process groups of those.
+const upFile = "lab-up.process"
+
+// recordUp writes upFile for this process.
+func recordUp(cfg Config) error {
+	start, err := procStart(os.Getpid())
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(cfg.StateDir, upFile), fmt.Appendf(nil, "%d %d\n", os.Getpid(), start), 0o644)
+}
+
+// stopUp stops the `lab up` process that upFile records, unless it is this process or gone
+// (its start time tells a reused pid apart), and waits until it has exited: on SIGTERM it takes
+// its lab down itself.
+func stopUp(cfg Config) error {
+	b, err := os.ReadFile(filepath.Join(cfg.StateDir, upFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", upFile, err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return fmt.Errorf("read %s: %q is not \"<pid> <start time>\"", upFile, b)
+	}
+	pid, err1 := strconv.Atoi(f[0])
+	start, err2 := strconv.ParseUint(f[1], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("read %s: %w", upFile, err)
+	}
+	alive := func() bool { s, err := procStart(pid); return err == nil && s == start }
+	if pid == os.Getpid() || !alive() {
+		return nil
+	}
+	fmt.Fprintf(cfg.Out, "stopping margayctl lab up (pid %d); it takes its lab down\n", pid)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop lab up (pid %d): %w", pid, err)
+	}
+	// Its Down stops agents (up to 5 s each) and cleans their pins.
+	for end := time.Now().Add(2 * time.Minute); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if !alive() {
+			return nil
+		}
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	return fmt.Errorf("stop lab up (pid %d): still running 2m after SIGTERM; killed it", pid)
+}
+
+// procStart returns the start time of process pid (field 22 of /proc/<pid>/stat, in clock ticks
+// since boot).
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces and parentheses
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields after the name", pid, len(f))
+	}
+	return strconv.ParseUint(f[19], 10, 64) // field 22 is the 20th after the name
+}
