@@ -2,6 +2,10 @@ module github.com/margaynet/margay
 
 go 1.26.8
 
+godebug (
+	multipathtcp=0
+)
+
 require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/containernetworking/cni v1.3.1
