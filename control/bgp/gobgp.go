@@ -31,6 +31,9 @@ type GoBGP struct {
 	listenPort int
 	peers      map[netip.Addr]Peer // configured in GoBGP
 	advertised map[netip.Prefix]bool
+	// restarting says the next SetPeers adds the peers of a restart (WithRestarting): their
+	// sessions open with the Restart State bit and the Forwarding State bit for IPv4 unicast.
+	restarting bool
 
 	mu      sync.Mutex // guards the fields below, shared with the watch callback
 	started bool
@@ -153,6 +156,7 @@ func (s *GoBGP) Start(ctx context.Context) error {
 	}
 
 	s.srv, s.cancel, s.listenPort = srv, cancel, port
+	s.restarting = s.opts.restarting && s.opts.gracefulRestart
 	s.done = make(chan struct{})
 	s.mu.Lock()
 	s.started = true
@@ -162,11 +166,13 @@ func (s *GoBGP) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop implements Speaker. With graceful restart on (the default), sessions are closed with an
-// Administrative Reset, which RFC 8538 peers treat as a restart: they keep our routes for the
-// restart time, so an agent restart does not disturb traffic. Without it, neighbors drop our
-// routes at once. The speaker can be started again; peers and advertisements must then be set
-// again.
+// Stop implements Speaker. With graceful restart on (the default) it is a planned restart: the
+// TCP connections of the sessions are closed without a NOTIFICATION, as a crash would close
+// them, so that every peer that negotiated graceful restart (BIRD and GoBGP alike, RFC 4724, with
+// no need for RFC 8538) keeps our routes as stale for the restart time and goes on forwarding to
+// this host. A Cease would make a peer without RFC 8538 drop them at once. Without graceful
+// restart, sessions end with a Cease and neighbors drop our routes at once. The speaker can be
+// started again; peers and advertisements must then be set again.
 func (s *GoBGP) Stop(ctx context.Context) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
@@ -175,13 +181,13 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	}
 	s.cancel()
 	if s.opts.gracefulRestart {
-		for addr := range s.peers {
-			// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes.
-			err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Communication: "restarting"})
-			if err != nil {
-				s.log.Warn("bgp graceful stop: reset peer", "peer", addr, "err", err)
-			}
+		// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes:
+		// the sessions must be gone before it runs.
+		n, err := s.closeSessions()
+		if err != nil {
+			s.log.Warn("bgp graceful stop: close sessions", "err", err)
 		}
+		s.log.Info("bgp graceful stop: sessions closed without notification", "connections", n)
 		s.waitSessionsDown(ctx, time.Second)
 	}
 	err := s.srv.StopBgp(ctx, &api.StopBgpRequest{})
@@ -206,8 +212,8 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	return nil
 }
 
-// waitSessionsDown waits (at most limit) until no session is Established, so that the reset
-// notifications are out before StopBgp would send its Hard Reset on the same sessions.
+// waitSessionsDown waits (at most limit) until no session is Established, so that no session is
+// left for StopBgp to send its Hard Reset on.
 func (s *GoBGP) waitSessionsDown(ctx context.Context, limit time.Duration) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
@@ -280,7 +286,7 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 			s.peers[addr] = w // Type and Accept change without a reset
 			continue
 		}
-		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(w)}); err != nil {
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(w, s.restarting)}); err != nil {
 			errs = append(errs, fmt.Errorf("add peer %s: %w", addr, err))
 			continue
 		}
@@ -288,6 +294,11 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		s.log.Info("bgp peer added", "peer", addr, "asn", w.ASN, "type", w.Type)
 	}
 
+	if s.restarting {
+		s.log.Info("bgp restarting with forwarding state kept: peers told so (restart and forwarding bits); "+
+			"our routes go out once every peer sent its End-of-RIB", "peers", len(s.peers), "deferral_at_most", s.opts.restartTime)
+		s.restarting = false // peers added later meet a speaker that is up, not restarting
+	}
 	s.mu.Lock()
 	clear(s.accept)
 	clear(s.known)
@@ -312,7 +323,11 @@ func samePeerSession(a, b Peer) bool {
 		a.RouteReflectorClient == b.RouteReflectorClient
 }
 
-func (s *GoBGP) apiPeer(p Peer) *api.Peer {
+// apiPeer is the GoBGP neighbor for p; restarting makes it a neighbor of a restarting speaker
+// (RFC 4724 4.1): its OPEN carries the Restart State bit and the Forwarding State bit of IPv4
+// unicast, and GoBGP holds our updates back until every peer sent its End-of-RIB (at most the
+// restart time), then sends them with our End-of-RIB.
+func (s *GoBGP) apiPeer(p Peer, restarting bool) *api.Peer {
 	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
 	ap := &api.Peer{
 		Conf: &api.PeerConf{
@@ -352,6 +367,10 @@ func (s *GoBGP) apiPeer(p Peer) *api.Peer {
 			RestartTime: uint32(s.opts.restartTime / time.Second),
 			// RFC 8538: a NOTIFICATION other than Hard Reset keeps the routes too.
 			NotificationEnabled: true,
+			LocalRestarting:     restarting,
+			// How long a restarting speaker waits for the peers' End-of-RIB before it sends its
+			// own routes anyway (GoBGP's default would be 360 s).
+			DeferralTime: uint32(s.opts.restartTime / time.Second),
 		}
 	}
 	if p.RouteReflectorClient {
