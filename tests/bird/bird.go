@@ -69,6 +69,9 @@ func Start(tb testing.TB, ns *netns.NS, conf string) *Router {
 	}
 }
 
+// NS is the namespace BIRD runs in.
+func (r *Router) NS() *netns.NS { return r.ns }
+
 // Stop ends BIRD and waits for it; calling it again does nothing.
 func (r *Router) Stop() {
 	if r.cmd == nil || r.cmd.Process == nil {
