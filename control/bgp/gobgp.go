@@ -27,6 +27,8 @@ type GoBGP struct {
 	opMu       sync.Mutex // serialises Start, Stop, SetPeers and Advertise
 	srv        *server.BgpServer
 	cancel     context.CancelFunc
+	watchCtx   context.Context // ends with Stop
+	logs       *logAdapter
 	done       chan struct{}
 	listenPort int
 	peers      map[netip.Addr]Peer // configured in GoBGP
@@ -34,6 +36,9 @@ type GoBGP struct {
 	// restarting says the next SetPeers adds the peers of a restart (WithRestarting): their
 	// sessions open with the Restart State bit and the Forwarding State bit for IPv4 unicast.
 	restarting bool
+	// lateRestart are the peers of the restart whose session has not come up yet (see
+	// keepRestartBits).
+	lateRestart map[netip.Addr]bool
 
 	mu      sync.Mutex // guards the fields below, shared with the watch callback
 	started bool
@@ -129,7 +134,8 @@ func (s *GoBGP) Start(ctx context.Context) error {
 		port = -1
 	}
 
-	srv := server.NewBgpServer(server.LoggerOption(newLogAdapter(s.log)))
+	logs := newLogAdapter(s.log)
+	srv := server.NewBgpServer(server.LoggerOption(logs))
 	go srv.Serve()
 	err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:             s.asn,
@@ -155,7 +161,7 @@ func (s *GoBGP) Start(ctx context.Context) error {
 		return fmt.Errorf("watch best paths: %w", err)
 	}
 
-	s.srv, s.cancel, s.listenPort = srv, cancel, port
+	s.srv, s.cancel, s.listenPort, s.watchCtx, s.logs = srv, cancel, port, wctx, logs
 	s.restarting = s.opts.restarting && s.opts.gracefulRestart
 	s.done = make(chan struct{})
 	s.mu.Lock()
@@ -183,6 +189,7 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	if s.opts.gracefulRestart {
 		// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes:
 		// the sessions must be gone before it runs.
+		s.logs.stopping.Store(true)
 		n, err := s.closeSessions()
 		if err != nil {
 			s.log.Warn("bgp graceful stop: close sessions", "err", err)
@@ -193,7 +200,7 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	err := s.srv.StopBgp(ctx, &api.StopBgpRequest{})
 	s.srv.Stop()
 	<-s.done
-	s.srv, s.cancel, s.done = nil, nil, nil
+	s.srv, s.cancel, s.done, s.watchCtx, s.lateRestart = nil, nil, nil, nil, nil
 	clear(s.peers)
 	clear(s.advertised)
 	s.mu.Lock()
@@ -298,6 +305,11 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		s.log.Info("bgp restarting with forwarding state kept: peers told so (restart and forwarding bits); "+
 			"our routes go out once every peer sent its End-of-RIB", "peers", len(s.peers), "deferral_at_most", s.opts.restartTime)
 		s.restarting = false // peers added later meet a speaker that is up, not restarting
+		s.lateRestart = make(map[netip.Addr]bool, len(s.peers))
+		for addr := range s.peers {
+			s.lateRestart[addr] = true
+		}
+		go s.keepRestartBits(s.watchCtx, time.Now().Add(s.opts.restartTime))
 	}
 	s.mu.Lock()
 	clear(s.accept)
@@ -315,6 +327,76 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 	s.mu.Unlock()
 	s.kick()
 	return joinErrs("set peers", errs)
+}
+
+// keepRestartBits keeps the restart's promise to peers whose session comes up late. GoBGP ends a
+// restart (it sends its table and End-of-RIB, and its OPENs lose the Restart State and
+// Forwarding State bits) once every Established peer sent its End-of-RIB, counting peers that
+// are not up yet as done. A peer that comes back later (a GoBGP mesh peer sits 5 s in Idle after
+// its session dropped) would then see a plain OPEN: GoBGP logs "restart flag is not set", and
+// BIRD, without the forwarding bit, flushes our routes at once. Until the restart time is over,
+// such a peer, still down, is added again as a peer of the restart, so that its OPEN carries
+// both bits and its End-of-RIB is waited for again.
+func (s *GoBGP) keepRestartBits(ctx context.Context, until time.Time) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if time.Now().After(until) || !s.renewRestartBits(ctx) {
+			return
+		}
+	}
+}
+
+// renewRestartBits does one round of keepRestartBits and says whether a peer is still waited for.
+func (s *GoBGP) renewRestartBits(ctx context.Context) bool {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv == nil || len(s.lateRestart) == 0 {
+		return false
+	}
+	var renew []netip.Addr
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err != nil || !s.lateRestart[addr] {
+			return
+		}
+		switch p.GetState().GetSessionState() {
+		case api.PeerState_ESTABLISHED:
+			delete(s.lateRestart, addr)
+		case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
+			if !p.GetGracefulRestart().GetLocalRestarting() {
+				renew = append(renew, addr)
+			}
+		}
+	})
+	if err != nil {
+		s.log.Warn("bgp restart: list peers", "err", err)
+		return true
+	}
+	for _, addr := range renew {
+		p, ok := s.peers[addr]
+		if !ok {
+			delete(s.lateRestart, addr)
+			continue
+		}
+		// Not connected: deleting sends nothing.
+		err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
+		if err == nil {
+			err = s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p, true)})
+		}
+		if err != nil {
+			s.log.Warn("bgp restart: add a late peer again as restarting", "peer", addr, "err", err)
+			delete(s.lateRestart, addr)
+			continue
+		}
+		s.log.Info("bgp restart: peer not back yet added again as restarting, so that it gets the restart and forwarding bits", "peer", addr)
+	}
+	return len(s.lateRestart) > 0
 }
 
 // samePeerSession says whether a and b need the same GoBGP neighbor configuration.

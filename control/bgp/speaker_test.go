@@ -723,3 +723,54 @@ func TestPlannedRestart(t *testing.T) {
 		t.Error("b's block was withdrawn at a during the planned restart")
 	}
 }
+
+// A peer that comes back only after the restarting speaker finished its restart with the others
+// still gets an OPEN with the restart and forwarding-state bits (GoBGP alone would send a plain
+// one: the peer logs "restart flag is not set", and BIRD would flush our routes at once).
+func TestRestartBitsForLatePeer(t *testing.T) {
+	aAddr, bAddr, cAddr := "127.0.0.101", "127.0.0.102", "127.0.0.103"
+	ports := map[string]int{}
+	for _, addr := range []string{bAddr, cAddr} {
+		p, err := freePort(context.Background(), []netip.Addr{netip.MustParseAddr(addr)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[addr] = p
+	}
+	gr := WithGracefulRestart(true, 30*time.Second)
+	a := startSpeaker(t, aAddr, gr)
+	b := startSpeaker(t, bAddr, gr, WithListenPort(ports[bAddr]))
+	c := startSpeaker(t, cAddr, gr, WithListenPort(ports[cAddr]))
+	bPeer, cPeer := b.peer(), c.peer()
+	setPeers(t, a, bPeer)
+	setPeers(t, c, bPeer)
+	setPeers(t, b, a.peer(), cPeer)
+	advertise(t, b, blocks[1])
+	waitEstablished(t, b, 2, 20*time.Second)
+
+	// b restarts while c is away.
+	for _, s := range []*testSpeaker{c, b} {
+		if err := s.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b2 := startSpeaker(t, bAddr, gr, WithListenPort(ports[bAddr]), WithRestarting(true))
+	advertise(t, b2, blocks[1])
+	setPeers(t, b2, a.peer(), cPeer)
+	// b2 is done with a: its End-of-RIB ended a's stale state.
+	waitRoutes(t, a, 20*time.Second, "b2's restart done with a", func([]Route) bool {
+		v := viewPeer(t, a, b.addr)
+		return v.established && !v.peerRestarting
+	})
+	if v := viewPeer(t, a, b.addr); !v.restartBit || !v.forwardingIPv4 {
+		t.Errorf("a sees %+v, want the restart and forwarding bits", v)
+	}
+
+	c2 := startSpeaker(t, cAddr, gr, WithListenPort(ports[cAddr]))
+	setPeers(t, c2, bPeer)
+	waitEstablished(t, c2, 1, 20*time.Second)
+	if v := viewPeer(t, c2, b.addr); !v.restartBit || !v.forwardingIPv4 {
+		t.Errorf("c, back after b's restart with a was done, sees %+v, want the restart and forwarding bits", v)
+	}
+	waitRoutes(t, c2, 10*time.Second, "b's block at c", hasExactly(map[netip.Prefix]netip.Addr{blocks[1]: b.addr}))
+}
