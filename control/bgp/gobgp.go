@@ -333,8 +333,9 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 // restart (it sends its table and End-of-RIB, and its OPENs lose the Restart State and
 // Forwarding State bits) once every Established peer sent its End-of-RIB, counting peers that
 // are not up yet as done. A peer that comes back later (a GoBGP mesh peer sits 5 s in Idle after
-// its session dropped) would then see a plain OPEN: GoBGP logs "restart flag is not set", and
-// BIRD, without the forwarding bit, flushes our routes at once. Until the restart time is over,
+// its session dropped) would then see a plain OPEN: GoBGP logs "restart flag is not set", and a
+// peer that goes by RFC 4724 4.2 deletes our stale routes for want of the forwarding bit instead
+// of waiting for our End-of-RIB. Until the restart time is over,
 // such a peer, still down, is added again as a peer of the restart, so that its OPEN carries
 // both bits and its End-of-RIB is waited for again.
 func (s *GoBGP) keepRestartBits(ctx context.Context, until time.Time) {
