@@ -167,6 +167,13 @@ func samePeer(a, b bgp.Peer) bool {
 		a.Password == b.Password && a.RouteReflectorClient == b.RouteReflectorClient && slices.Equal(a.Accept, b.Accept)
 }
 
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func comparePrefix(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c
@@ -183,9 +190,17 @@ func mapValues[V any](m map[string]V) []V {
 }
 
 // advertisements are the prefixes this node originates: its blocks, and the /32 of every local
-// workload whose address was borrowed from another node's block.
+// workload whose address was borrowed from another node's block. A route reflector that
+// restarted with the remote routes of its predecessor retained also advertises those, with
+// their next hops, until BGP converged: a client that comes back before another would
+// otherwise take the reflector's End-of-RIB for the end of the other's routes and drop them.
 func (v *view) advertisements() []bgp.Advertisement {
 	var ads []bgp.Advertisement
+	if v.nodes[v.node].RouteReflectorClusterID != "" {
+		for _, r := range v.retained {
+			ads = append(ads, bgp.Advertisement{Prefix: r.Prefix, NextHop: r.NextHop})
+		}
+	}
 	for _, b := range v.blocks {
 		if b.Node() == v.node {
 			ads = append(ads, bgp.Advertisement{Prefix: b.CIDR})
@@ -202,8 +217,17 @@ func (v *view) advertisements() []bgp.Advertisement {
 			}
 		}
 	}
-	slices.SortFunc(ads, func(a, b bgp.Advertisement) int { return comparePrefix(a.Prefix, b.Prefix) })
-	return slices.Compact(ads)
+	slices.SortFunc(ads, func(a, b bgp.Advertisement) int {
+		if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
+			return c
+		}
+		if a.NextHop.IsValid() != b.NextHop.IsValid() {
+			return cmp.Compare(btoi(a.NextHop.IsValid()), btoi(b.NextHop.IsValid()))
+		}
+		return a.NextHop.Compare(b.NextHop)
+	})
+	// One per prefix: this node's own (no next hop given) before a retained route.
+	return slices.CompactFunc(ads, func(a, b bgp.Advertisement) bool { return a.Prefix == b.Prefix })
 }
 
 // learnedRoutes are the BGP-learned routes the host can use: next hop on the uplink's subnet

@@ -31,8 +31,8 @@ type GoBGP struct {
 	logs       *logAdapter
 	done       chan struct{}
 	listenPort int
-	peers      map[netip.Addr]Peer // configured in GoBGP
-	advertised map[netip.Prefix]bool
+	peers      map[netip.Addr]Peer         // configured in GoBGP
+	advertised map[netip.Prefix]netip.Addr // prefix → next hop
 	// restarting says the next SetPeers adds the peers of a restart (WithRestarting): their
 	// sessions open with the Restart State bit and the Forwarding State bit for IPv4 unicast.
 	restarting bool
@@ -93,7 +93,7 @@ func New(asn uint32, routerID netip.Addr, opts ...Option) (*GoBGP, error) {
 		opts:       o,
 		log:        o.logger.With("component", "bgp"),
 		peers:      make(map[netip.Addr]Peer),
-		advertised: make(map[netip.Prefix]bool),
+		advertised: make(map[netip.Prefix]netip.Addr),
 		best:       make(map[netip.Prefix]learned),
 		accept:     make(map[netip.Addr][]netip.Prefix),
 		known:      make(map[netip.Addr]bool),
@@ -479,12 +479,19 @@ func (s *GoBGP) SetPools(pools []netip.Prefix) {
 
 // Advertise implements Speaker.
 func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
-	want := make(map[netip.Prefix]bool, len(ads))
+	want := make(map[netip.Prefix]netip.Addr, len(ads))
 	for _, a := range ads {
 		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {
 			return fmt.Errorf("advertise %s: want an IPv4 prefix: %w", a.Prefix, ErrBadPrefix)
 		}
-		want[a.Prefix.Masked()] = true
+		nh := a.NextHop
+		if !nh.IsValid() {
+			nh = s.routerID
+		}
+		if !nh.Is4() {
+			return fmt.Errorf("advertise %s: next hop %s: want an IPv4 address: %w", a.Prefix, nh, ErrBadPrefix)
+		}
+		want[a.Prefix.Masked()] = nh
 	}
 
 	s.opMu.Lock()
@@ -500,11 +507,11 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 	s.mu.Unlock()
 
 	var errs []error
-	for p := range s.advertised {
-		if want[p] {
+	for p, nh := range s.advertised {
+		if _, ok := want[p]; ok {
 			continue
 		}
-		path, err := s.apiPath(p, true)
+		path, err := s.apiPath(p, nh, true)
 		if err == nil {
 			err = s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Path: path})
 		}
@@ -514,11 +521,12 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 		}
 		delete(s.advertised, p)
 	}
-	for p := range want {
-		if s.advertised[p] {
+	for p, nh := range want {
+		if have, ok := s.advertised[p]; ok && have == nh {
 			continue
 		}
-		path, err := s.apiPath(p, false)
+		// A new next hop replaces the path: no withdrawal in between.
+		path, err := s.apiPath(p, nh, false)
 		if err == nil {
 			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
 		}
@@ -526,7 +534,7 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
 			continue
 		}
-		s.advertised[p] = true
+		s.advertised[p] = nh
 	}
 
 	s.mu.Lock()
@@ -539,7 +547,7 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 	return joinErrs("advertise", errs)
 }
 
-func (s *GoBGP) apiPath(p netip.Prefix, withdraw bool) (*api.Path, error) {
+func (s *GoBGP) apiPath(p netip.Prefix, nextHop netip.Addr, withdraw bool) (*api.Path, error) {
 	nlri, err := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
 	if err != nil {
 		return nil, err
@@ -548,7 +556,7 @@ func (s *GoBGP) apiPath(p netip.Prefix, withdraw bool) (*api.Path, error) {
 	if err != nil {
 		return nil, err
 	}
-	nh, err := anypb.New(&api.NextHopAttribute{NextHop: s.routerID.String()})
+	nh, err := anypb.New(&api.NextHopAttribute{NextHop: nextHop.String()})
 	if err != nil {
 		return nil, err
 	}

@@ -774,3 +774,32 @@ func TestRestartBitsForLatePeer(t *testing.T) {
 	}
 	waitRoutes(t, c2, 10*time.Second, "b's block at c", hasExactly(map[netip.Prefix]netip.Addr{blocks[1]: b.addr}))
 }
+
+// An advertisement may name another next hop (a restarting reflector's retained routes); a new
+// next hop for the prefix replaces the path without a withdrawal in between.
+func TestAdvertiseNextHop(t *testing.T) {
+	a := startSpeaker(t, "127.0.0.111")
+	b := startSpeaker(t, "127.0.0.112")
+	setPeers(t, a, b.peer())
+	setPeers(t, b, a.peer())
+	other := netip.MustParseAddr("127.0.0.113")
+	if err := b.Advertise(context.Background(), []Advertisement{{Prefix: blocks[2], NextHop: other}}); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, a, 20*time.Second, "blocks[2] via the named next hop", hasExactly(map[netip.Prefix]netip.Addr{blocks[2]: other}))
+	var lost atomic.Bool
+	observe := func(routes []Route) {
+		if len(routes) != 1 || routes[0].Prefix != blocks[2] {
+			lost.Store(true)
+		}
+	}
+	a.observe.Store(&observe)
+	advertise(t, b, blocks[2])
+	waitRoutes(t, a, 10*time.Second, "blocks[2] via b", hasExactly(map[netip.Prefix]netip.Addr{blocks[2]: b.addr}))
+	if lost.Load() {
+		t.Error("blocks[2] missing at a while its next hop changed")
+	}
+	if err := b.Advertise(context.Background(), []Advertisement{{Prefix: blocks[1], NextHop: netip.MustParseAddr("2001:db8::1")}}); err == nil {
+		t.Error("an IPv6 next hop for an IPv4 prefix was accepted")
+	}
+}
