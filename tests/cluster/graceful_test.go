@@ -267,8 +267,10 @@ func TestGracefulRestartNoLoss(t *testing.T) {
 
 // The same restarts of a route reflector's client lose no packet between two clients: the
 // reflector (an agent with a cluster ID, the mesh off) keeps the restarting client's block as
-// stale and goes on reflecting it to the other client.
-func TestGracefulRestartReflectorClient(t *testing.T) {
+// stale and goes on reflecting it to the other client. Nor do restarts of the reflector itself:
+// its clients come back to it 1-2 s apart, and the first must not lose the other's block when it
+// gets the reflector's End-of-RIB.
+func TestGracefulRestartReflector(t *testing.T) {
 	c := cluster.New(t)
 	reflectorOnly(t, c, "vm100", "198.18.0.100/24")
 	rr := c.AddHost("vm100", "198.18.0.100/24", grBGP...)
@@ -290,6 +292,20 @@ func TestGracefulRestartReflectorClient(t *testing.T) {
 		})
 		if err := routed(otherSet, block, h.Addr.Addr()); err != nil {
 			t.Errorf("%s: vm102 after the restart: %v", k.name, err)
+		}
+	}
+	for _, k := range kinds {
+		restartNoLoss(t, rr, k, w1.IP, map[string]*netns.NS{"vm102's workload": w2.NS}, func() error {
+			if err := peersEstablished(rr, 2); err != nil {
+				return err
+			}
+			if err := peersEstablished(h, 1); err != nil {
+				return err
+			}
+			return peersEstablished(other, 1)
+		})
+		if err := routed(otherSet, block, h.Addr.Addr()); err != nil {
+			t.Errorf("%s of the reflector: vm102 after the restart: %v", k.name, err)
 		}
 	}
 }
