@@ -309,3 +309,47 @@ func TestGracefulRestartReflector(t *testing.T) {
 		}
 	}
 }
+
+// The same restarts of a client of BIRD as route reflector (graceful restart on, the mesh off)
+// lose no packet from the other client: BIRD keeps the restarting client's block as stale and
+// goes on reflecting it, and sees the restart and forwarding bits when the client is back.
+func TestGracefulRestartBIRDReflector(t *testing.T) {
+	c := cluster.New(t)
+	off := false
+	if _, err := c.DS.BGPConfig().Create(t.Context(), datastore.BGPConfig{Version: 1, NodeToNodeMesh: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DS.BGPPeers().Create(t.Context(), "gw", bgpPeer("198.18.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	h := c.AddHost("vm101", "198.18.0.101/24", grBGP...)
+	other := c.AddHost("vm102", "198.18.0.102/24", grBGP...)
+	gw := startGateway(t, c, gatewayConf([]*cluster.Host{h, other}, true, "graceful restart on;"))
+	kinds := restartKinds(t)
+	w1, w2 := twoWorkloads(t, c, h, other)
+	block := blockOf(t, c, h.Name)
+	otherSet := other.Maps(t)
+	cluster.Eventually(t, "vm102 learned vm101's block through BIRD", 60*time.Second, func() error {
+		return routed(otherSet, block, h.Addr.Addr())
+	})
+	for _, k := range kinds {
+		restartNoLoss(t, h, k, w1.IP, map[string]*netns.NS{"vm102's workload": w2.NS}, func() error {
+			if err := peersEstablished(h, 1); err != nil {
+				return err
+			}
+			if ok, err := gw.Established(h.Name); err != nil || !ok {
+				return fmt.Errorf("BIRD's session with vm101: %v %v", ok, err)
+			}
+			return nil
+		})
+		gr, err := birdNeighborGR(gw, h.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Restart recovery", "AF preserved: ipv4"} {
+			if !strings.Contains(gr, want) {
+				t.Errorf("%s: BIRD's view of vm101's graceful restart capability lacks %q:%s", k.name, want, gr)
+			}
+		}
+	}
+}
