@@ -54,6 +54,9 @@ type options struct {
 	k8sSync     bool
 }
 
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
 func main() {
 	if err := newCommand().Execute(); err != nil {
 		os.Exit(1)
@@ -64,6 +67,7 @@ func newCommand() *cobra.Command {
 	var o options
 	cmd := &cobra.Command{
 		Use:          "margay-agent",
+		Version:      version,
 		Short:        "Margay host agent: programs the eBPF dataplane from the datastore",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
@@ -72,8 +76,11 @@ func newCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// SIGTERM (systemctl stop or restart, a DaemonSet rollout) and SIGINT are a planned
+			// stop: the dataplane stays, BGP sessions close without a Cease (graceful restart).
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			log.Info("margay-agent starting", "version", version, "pid", os.Getpid())
 			if err := run(ctx, o, log); err != nil {
 				log.Error("agent stopped", "error", err)
 				return err
@@ -100,7 +107,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.bgpHold, "bgp-hold-time", 90*time.Second, "BGP hold time: a silent peer is declared down after it")
 	f.DurationVar(&o.bgpKeep, "bgp-keepalive", 30*time.Second, "BGP keepalive interval")
 	f.DurationVar(&o.bgpRetry, "bgp-connect-retry", 5*time.Second, "BGP connect-retry interval")
-	f.DurationVar(&o.bgpRestart, "bgp-restart-time", 120*time.Second, "graceful restart: how long peers keep our routes while we restart")
+	f.DurationVar(&o.bgpRestart, "bgp-restart-time", 0, "graceful restart: how long peers keep our routes while we restart, at most the hold time (default: the hold time)")
 	f.BoolVar(&o.bgpNoGR, "bgp-no-graceful-restart", false, "do not negotiate graceful restart")
 	f.StringVar(&o.failsafeIn, "failsafe-inbound", agent.DefaultFailsafeInbound, "protocol:port list a workload may always reach on a host, whatever policy says")
 	f.StringVar(&o.failsafeOut, "failsafe-outbound", agent.DefaultFailsafeOutbound, "protocol:port list a host may always reach on a workload, whatever policy says")

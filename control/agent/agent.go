@@ -48,7 +48,9 @@ type Config struct {
 	// BGPListen are the addresses the speaker accepts sessions on; none = the node's address.
 	BGPListen []netip.Addr
 	// BGP session timers and graceful restart; zero keeps the speaker's defaults (hold 90 s,
-	// keepalive 30 s, connect retry 5 s, restart time 120 s).
+	// keepalive 30 s, connect retry 5 s). The restart time (how long peers keep our routes while
+	// we restart) is at most the hold time, as RFC 4724 suggests, and zero means the hold time:
+	// so a host that stops for good has its routes withdrawn everywhere within the hold time.
 	BGPHold, BGPKeepalive, BGPConnectRetry, BGPRestartTime time.Duration
 	BGPNoGracefulRestart                                   bool
 	// Failsafe ports between workloads and hosts, never cut by policy (ParseFailsafe); nil =
@@ -191,6 +193,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("blocks", "cidrs", blocks)
 	}
 
+	// Programs still attached from an earlier agent forward meanwhile: a BGP restart with the
+	// forwarding state kept.
+	forwarding := forwardingKept(a.cfg.BPFFSRoot)
 	dp, err := loader.Load(loader.WithRoot(a.cfg.BPFFSRoot), loader.WithLogger(a.log), loader.WithTCMode(a.cfg.TCMode))
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -223,7 +228,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	w.start(ctx, a.cfg.BGP)
 	var r *routing
 	if a.cfg.BGP {
-		r = a.newRouting(ctx, addr, updates)
+		r = a.newRouting(ctx, addr, updates, forwarding)
 		defer r.stop()
 	}
 	return a.loop(ctx, rec, set, r, uplink, updates, w)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -30,8 +32,9 @@ type routing struct {
 }
 
 // newRouting prepares the speaker for this node: router ID and source address the node's IPv4;
-// learned routes go to the loop through updates.
-func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<- func(*view)) *routing {
+// learned routes go to the loop through updates. forwarding says the dataplane of an earlier
+// agent still forwards, which makes this a graceful restart (RFC 4724) towards the peers.
+func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<- func(*view), forwarding bool) *routing {
 	listen := a.cfg.BGPListen
 	if len(listen) == 0 {
 		listen = []netip.Addr{self.Addr()}
@@ -63,9 +66,35 @@ func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<
 	if a.cfg.BGPPort != 0 {
 		opts = append(opts, bgp.WithListenPort(a.cfg.BGPPort))
 	}
+	gr := !a.cfg.BGPNoGracefulRestart
+	if gr && a.cfg.BGPRestartTime > a.cfg.holdTime() {
+		a.log.Warn("bgp restart time above the hold time: using the hold time, so that a host stopped for good is "+
+			"withdrawn within it", "restart_time", a.cfg.BGPRestartTime, "hold_time", a.cfg.holdTime())
+	}
+	if gr && forwarding {
+		a.log.Info("bgp graceful restart: the dataplane kept forwarding, peers are told so", "restart_time", a.cfg.restartTime())
+	}
 	opts = append(opts, bgp.WithTimers(a.cfg.BGPHold, a.cfg.BGPKeepalive, a.cfg.BGPConnectRetry),
-		bgp.WithGracefulRestart(!a.cfg.BGPNoGracefulRestart, a.cfg.BGPRestartTime))
+		bgp.WithGracefulRestart(gr, a.cfg.restartTime()), bgp.WithRestarting(forwarding))
 	return &routing{opts: opts}
+}
+
+func (c Config) holdTime() time.Duration { return cmp.Or(c.BGPHold, bgp.DefaultHoldTime) }
+
+// restartTime is the graceful restart time announced to peers: the configured one, at most the
+// hold time (RFC 4724: "less than or equal to the HOLDTIME"), the hold time when not set.
+func (c Config) restartTime() time.Duration {
+	if c.BGPRestartTime <= 0 {
+		return c.holdTime()
+	}
+	return min(c.BGPRestartTime, c.holdTime())
+}
+
+// forwardingKept says whether programs an earlier agent attached are still pinned under root,
+// and so forwarding while this agent starts.
+func forwardingKept(root string) bool {
+	links, err := os.ReadDir(filepath.Join(root, "links"))
+	return err == nil && len(links) > 0
 }
 
 // sync pushes what changed in the view to the speaker, starting it on the first call. The AS
@@ -95,6 +124,17 @@ func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
 		r.speaker = s
 	}
 	var errs []error
+	// Our prefixes before the peers: a restarting speaker sends its table with its End-of-RIB
+	// as soon as the peers sent theirs, and it must be complete by then.
+	ads := v.advertisements()
+	if !slices.Equal(ads, r.ads) {
+		if err := r.speaker.Advertise(ctx, ads); err != nil {
+			errs = append(errs, fmt.Errorf("advertise: %w", err))
+		} else {
+			r.ads = ads
+			a.advertised.Store(int64(len(ads)))
+		}
+	}
 	peers := bgp.Mesh(self, mapValues(v.nodes), cfg, mapValues(v.bgpPeers))
 	if !slices.EqualFunc(peers, r.peers, samePeer) {
 		if err := r.speaker.SetPeers(ctx, peers); err != nil {
@@ -112,15 +152,6 @@ func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
 		r.speaker.SetPools(pools)
 		r.pools = pools
 	}
-	ads := v.advertisements()
-	if !slices.Equal(ads, r.ads) {
-		if err := r.speaker.Advertise(ctx, ads); err != nil {
-			errs = append(errs, fmt.Errorf("advertise: %w", err))
-		} else {
-			r.ads = ads
-			a.advertised.Store(int64(len(ads)))
-		}
-	}
 	return errors.Join(errs...)
 }
 
@@ -134,6 +165,13 @@ func (r *routing) stop() {
 func samePeer(a, b bgp.Peer) bool {
 	return a.Address == b.Address && a.ASN == b.ASN && a.Type == b.Type && a.Port == b.Port &&
 		a.Password == b.Password && a.RouteReflectorClient == b.RouteReflectorClient && slices.Equal(a.Accept, b.Accept)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -152,9 +190,17 @@ func mapValues[V any](m map[string]V) []V {
 }
 
 // advertisements are the prefixes this node originates: its blocks, and the /32 of every local
-// workload whose address was borrowed from another node's block.
+// workload whose address was borrowed from another node's block. A route reflector that
+// restarted with the remote routes of its predecessor retained also advertises those, with
+// their next hops, until BGP converged: a client that comes back before another would
+// otherwise take the reflector's End-of-RIB for the end of the other's routes and drop them.
 func (v *view) advertisements() []bgp.Advertisement {
 	var ads []bgp.Advertisement
+	if v.nodes[v.node].RouteReflectorClusterID != "" {
+		for _, r := range v.retained {
+			ads = append(ads, bgp.Advertisement{Prefix: r.Prefix, NextHop: r.NextHop})
+		}
+	}
 	for _, b := range v.blocks {
 		if b.Node() == v.node {
 			ads = append(ads, bgp.Advertisement{Prefix: b.CIDR})
@@ -171,8 +217,17 @@ func (v *view) advertisements() []bgp.Advertisement {
 			}
 		}
 	}
-	slices.SortFunc(ads, func(a, b bgp.Advertisement) int { return comparePrefix(a.Prefix, b.Prefix) })
-	return slices.Compact(ads)
+	slices.SortFunc(ads, func(a, b bgp.Advertisement) int {
+		if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
+			return c
+		}
+		if a.NextHop.IsValid() != b.NextHop.IsValid() {
+			return cmp.Compare(btoi(a.NextHop.IsValid()), btoi(b.NextHop.IsValid()))
+		}
+		return a.NextHop.Compare(b.NextHop)
+	})
+	// One per prefix: this node's own (no next hop given) before a retained route.
+	return slices.CompactFunc(ads, func(a, b bgp.Advertisement) bool { return a.Prefix == b.Prefix })
 }
 
 // learnedRoutes are the BGP-learned routes the host can use: next hop on the uplink's subnet
@@ -243,7 +298,7 @@ func (a *Agent) retain(v *view, uplink string) <-chan time.Time {
 	}
 	v.retained = routes
 	a.retained.Store(int64(len(routes)))
-	deferral := cmp.Or(a.cfg.BGPRestartTime, bgp.DefaultRestartTime)
+	deferral := a.cfg.restartTime()
 	a.log.Info("keeping the remote routes found in the kernel until bgp has every peer's table", "routes", len(routes),
 		"at_most", deferral)
 	return time.After(deferral)

@@ -3,6 +3,7 @@ package agent
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/margaynet/margay/control/bgp"
@@ -52,5 +53,38 @@ func TestRetainedRoutes(t *testing.T) {
 	}
 	if n := a.retained.Load(); n != 0 {
 		t.Errorf("retained gauge %d after release", n)
+	}
+}
+
+// A restarted route reflector advertises the retained routes with their next hops until
+// release, so that its clients keep them whatever order they come back in; its own block stays
+// its own. Other nodes advertise only their own prefixes.
+func TestReflectorAdvertisesRetained(t *testing.T) {
+	own := netip.MustParsePrefix("198.19.0.0/26")
+	for _, rr := range []bool{true, false} {
+		v := newView("vm100", true)
+		node := datastore.Node{Name: "vm100", AddressV4: netip.MustParsePrefix("198.18.0.100/24")}
+		if rr {
+			node.RouteReflectorClusterID = "198.18.0.100"
+		}
+		v.nodes["vm100"] = node
+		v.blocks["own"] = datastore.Block{CIDR: own, Affinity: "host:vm100"}
+		v.retained = []dataplane.RemoteRoute{
+			{Prefix: own, NextHop: netip.MustParseAddr("198.18.0.103")}, // now ours
+			{Prefix: netip.MustParsePrefix("198.19.0.128/26"), NextHop: netip.MustParseAddr("198.18.0.102")},
+			{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.101")},
+		}
+		want := []bgp.Advertisement{{Prefix: own}}
+		if rr {
+			want = append(want, bgp.Advertisement{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.101")},
+				bgp.Advertisement{Prefix: netip.MustParsePrefix("198.19.0.128/26"), NextHop: netip.MustParseAddr("198.18.0.102")})
+		}
+		if got := v.advertisements(); !slices.Equal(got, want) {
+			t.Errorf("reflector %v: advertisements while retained %v, want %v", rr, got, want)
+		}
+		(&Agent{log: slog.New(slog.DiscardHandler)}).release(v, "test")
+		if got := v.advertisements(); !slices.Equal(got, []bgp.Advertisement{{Prefix: own}}) {
+			t.Errorf("reflector %v: advertisements after release %v, want the own block only", rr, got)
+		}
 	}
 }

@@ -27,10 +27,18 @@ type GoBGP struct {
 	opMu       sync.Mutex // serialises Start, Stop, SetPeers and Advertise
 	srv        *server.BgpServer
 	cancel     context.CancelFunc
+	watchCtx   context.Context // ends with Stop
+	logs       *logAdapter
 	done       chan struct{}
 	listenPort int
-	peers      map[netip.Addr]Peer // configured in GoBGP
-	advertised map[netip.Prefix]bool
+	peers      map[netip.Addr]Peer         // configured in GoBGP
+	advertised map[netip.Prefix]netip.Addr // prefix → next hop
+	// restarting says the next SetPeers adds the peers of a restart (WithRestarting): their
+	// sessions open with the Restart State bit and the Forwarding State bit for IPv4 unicast.
+	restarting bool
+	// lateRestart are the peers of the restart whose session has not come up yet (see
+	// keepRestartBits).
+	lateRestart map[netip.Addr]bool
 
 	mu      sync.Mutex // guards the fields below, shared with the watch callback
 	started bool
@@ -85,7 +93,7 @@ func New(asn uint32, routerID netip.Addr, opts ...Option) (*GoBGP, error) {
 		opts:       o,
 		log:        o.logger.With("component", "bgp"),
 		peers:      make(map[netip.Addr]Peer),
-		advertised: make(map[netip.Prefix]bool),
+		advertised: make(map[netip.Prefix]netip.Addr),
 		best:       make(map[netip.Prefix]learned),
 		accept:     make(map[netip.Addr][]netip.Prefix),
 		known:      make(map[netip.Addr]bool),
@@ -129,7 +137,8 @@ func (s *GoBGP) Start(ctx context.Context) error {
 		port = -1
 	}
 
-	srv := server.NewBgpServer(server.LoggerOption(newLogAdapter(s.log)))
+	logs := newLogAdapter(s.log)
+	srv := server.NewBgpServer(server.LoggerOption(logs))
 	go srv.Serve()
 	err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:             s.asn,
@@ -155,7 +164,8 @@ func (s *GoBGP) Start(ctx context.Context) error {
 		return fmt.Errorf("watch best paths: %w", err)
 	}
 
-	s.srv, s.cancel, s.listenPort = srv, cancel, port
+	s.srv, s.cancel, s.listenPort, s.watchCtx, s.logs = srv, cancel, port, wctx, logs
+	s.restarting = s.opts.restarting && s.opts.gracefulRestart
 	s.done = make(chan struct{})
 	s.mu.Lock()
 	s.started = true
@@ -165,11 +175,13 @@ func (s *GoBGP) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop implements Speaker. With graceful restart on (the default), sessions are closed with an
-// Administrative Reset, which RFC 8538 peers treat as a restart: they keep our routes for the
-// restart time, so an agent restart does not disturb traffic. Without it, neighbors drop our
-// routes at once. The speaker can be started again; peers and advertisements must then be set
-// again.
+// Stop implements Speaker. With graceful restart on (the default) it is a planned restart: the
+// TCP connections of the sessions are closed without a NOTIFICATION, as a crash would close
+// them, so that every peer that negotiated graceful restart (BIRD and GoBGP alike, RFC 4724, with
+// no need for RFC 8538) keeps our routes as stale for the restart time and goes on forwarding to
+// this host. A Cease would make a peer without RFC 8538 drop them at once. Without graceful
+// restart, sessions end with a Cease and neighbors drop our routes at once. The speaker can be
+// started again; peers and advertisements must then be set again.
 func (s *GoBGP) Stop(ctx context.Context) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
@@ -178,19 +190,20 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	}
 	s.cancel()
 	if s.opts.gracefulRestart {
-		for addr := range s.peers {
-			// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes.
-			err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Communication: "restarting"})
-			if err != nil {
-				s.log.Warn("bgp graceful stop: reset peer", "peer", addr, "err", err)
-			}
+		// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes:
+		// the sessions must be gone before it runs.
+		s.logs.stopping.Store(true)
+		n, err := s.closeSessions()
+		if err != nil {
+			s.log.Warn("bgp graceful stop: close sessions", "err", err)
 		}
+		s.log.Info("bgp graceful stop: sessions closed without notification", "connections", n)
 		s.waitSessionsDown(ctx, time.Second)
 	}
 	err := s.srv.StopBgp(ctx, &api.StopBgpRequest{})
 	s.srv.Stop()
 	<-s.done
-	s.srv, s.cancel, s.done = nil, nil, nil
+	s.srv, s.cancel, s.done, s.watchCtx, s.lateRestart = nil, nil, nil, nil, nil
 	clear(s.peers)
 	clear(s.advertised)
 	s.mu.Lock()
@@ -209,8 +222,8 @@ func (s *GoBGP) Stop(ctx context.Context) error {
 	return nil
 }
 
-// waitSessionsDown waits (at most limit) until no session is Established, so that the reset
-// notifications are out before StopBgp would send its Hard Reset on the same sessions.
+// waitSessionsDown waits (at most limit) until no session is Established, so that no session is
+// left for StopBgp to send its Hard Reset on.
 func (s *GoBGP) waitSessionsDown(ctx context.Context, limit time.Duration) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
@@ -283,7 +296,7 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 			s.peers[addr] = w // Type and Accept change without a reset
 			continue
 		}
-		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(w)}); err != nil {
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(w, s.restarting)}); err != nil {
 			errs = append(errs, fmt.Errorf("add peer %s: %w", addr, err))
 			continue
 		}
@@ -291,6 +304,16 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		s.log.Info("bgp peer added", "peer", addr, "asn", w.ASN, "type", w.Type)
 	}
 
+	if s.restarting {
+		s.log.Info("bgp restarting with forwarding state kept: peers told so (restart and forwarding bits); "+
+			"our routes go out once every peer sent its End-of-RIB", "peers", len(s.peers), "deferral_at_most", s.opts.restartTime)
+		s.restarting = false // peers added later meet a speaker that is up, not restarting
+		s.lateRestart = make(map[netip.Addr]bool, len(s.peers))
+		for addr := range s.peers {
+			s.lateRestart[addr] = true
+		}
+		go s.keepRestartBits(s.watchCtx, time.Now().Add(s.opts.restartTime))
+	}
 	s.mu.Lock()
 	clear(s.accept)
 	clear(s.known)
@@ -309,13 +332,88 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 	return joinErrs("set peers", errs)
 }
 
+// keepRestartBits keeps the restart's promise to peers whose session comes up late. GoBGP ends a
+// restart (it sends its table and End-of-RIB, and its OPENs lose the Restart State and
+// Forwarding State bits) once every Established peer sent its End-of-RIB, counting peers that
+// are not up yet as done. A peer that comes back later (a GoBGP mesh peer sits 5 s in Idle after
+// its session dropped) would then see a plain OPEN: GoBGP logs "restart flag is not set", and a
+// peer that goes by RFC 4724 4.2 deletes our stale routes for want of the forwarding bit instead
+// of waiting for our End-of-RIB. Until the restart time is over,
+// such a peer, still down, is added again as a peer of the restart, so that its OPEN carries
+// both bits and its End-of-RIB is waited for again.
+func (s *GoBGP) keepRestartBits(ctx context.Context, until time.Time) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if time.Now().After(until) || !s.renewRestartBits(ctx) {
+			return
+		}
+	}
+}
+
+// renewRestartBits does one round of keepRestartBits and says whether a peer is still waited for.
+func (s *GoBGP) renewRestartBits(ctx context.Context) bool {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.srv == nil || len(s.lateRestart) == 0 {
+		return false
+	}
+	var renew []netip.Addr
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err != nil || !s.lateRestart[addr] {
+			return
+		}
+		switch p.GetState().GetSessionState() {
+		case api.PeerState_ESTABLISHED:
+			delete(s.lateRestart, addr)
+		case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
+			if !p.GetGracefulRestart().GetLocalRestarting() {
+				renew = append(renew, addr)
+			}
+		}
+	})
+	if err != nil {
+		s.log.Warn("bgp restart: list peers", "err", err)
+		return true
+	}
+	for _, addr := range renew {
+		p, ok := s.peers[addr]
+		if !ok {
+			delete(s.lateRestart, addr)
+			continue
+		}
+		// Not connected: deleting sends nothing.
+		err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
+		if err == nil {
+			err = s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p, true)})
+		}
+		if err != nil {
+			s.log.Warn("bgp restart: add a late peer again as restarting", "peer", addr, "err", err)
+			delete(s.lateRestart, addr)
+			continue
+		}
+		s.log.Info("bgp restart: peer not back yet added again as restarting, so that it gets the restart and forwarding bits", "peer", addr)
+	}
+	return len(s.lateRestart) > 0
+}
+
 // samePeerSession says whether a and b need the same GoBGP neighbor configuration.
 func samePeerSession(a, b Peer) bool {
 	return a.ASN == b.ASN && a.Port == b.Port && a.Password == b.Password &&
 		a.RouteReflectorClient == b.RouteReflectorClient
 }
 
-func (s *GoBGP) apiPeer(p Peer) *api.Peer {
+// apiPeer is the GoBGP neighbor for p; restarting makes it a neighbor of a restarting speaker
+// (RFC 4724 4.1): its OPEN carries the Restart State bit and the Forwarding State bit of IPv4
+// unicast, and GoBGP holds our updates back until every peer sent its End-of-RIB (at most the
+// restart time), then sends them with our End-of-RIB.
+func (s *GoBGP) apiPeer(p Peer, restarting bool) *api.Peer {
 	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
 	ap := &api.Peer{
 		Conf: &api.PeerConf{
@@ -355,6 +453,10 @@ func (s *GoBGP) apiPeer(p Peer) *api.Peer {
 			RestartTime: uint32(s.opts.restartTime / time.Second),
 			// RFC 8538: a NOTIFICATION other than Hard Reset keeps the routes too.
 			NotificationEnabled: true,
+			LocalRestarting:     restarting,
+			// How long a restarting speaker waits for the peers' End-of-RIB before it sends its
+			// own routes anyway (GoBGP's default would be 360 s).
+			DeferralTime: uint32(s.opts.restartTime / time.Second),
 		}
 	}
 	if p.RouteReflectorClient {
@@ -380,12 +482,19 @@ func (s *GoBGP) SetPools(pools []netip.Prefix) {
 
 // Advertise implements Speaker.
 func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
-	want := make(map[netip.Prefix]bool, len(ads))
+	want := make(map[netip.Prefix]netip.Addr, len(ads))
 	for _, a := range ads {
 		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {
 			return fmt.Errorf("advertise %s: want an IPv4 prefix: %w", a.Prefix, ErrBadPrefix)
 		}
-		want[a.Prefix.Masked()] = true
+		nh := a.NextHop
+		if !nh.IsValid() {
+			nh = s.routerID
+		}
+		if !nh.Is4() {
+			return fmt.Errorf("advertise %s: next hop %s: want an IPv4 address: %w", a.Prefix, nh, ErrBadPrefix)
+		}
+		want[a.Prefix.Masked()] = nh
 	}
 
 	s.opMu.Lock()
@@ -401,11 +510,11 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 	s.mu.Unlock()
 
 	var errs []error
-	for p := range s.advertised {
-		if want[p] {
+	for p, nh := range s.advertised {
+		if _, ok := want[p]; ok {
 			continue
 		}
-		path, err := s.apiPath(p, true)
+		path, err := s.apiPath(p, nh, true)
 		if err == nil {
 			err = s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Path: path})
 		}
@@ -415,11 +524,12 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 		}
 		delete(s.advertised, p)
 	}
-	for p := range want {
-		if s.advertised[p] {
+	for p, nh := range want {
+		if have, ok := s.advertised[p]; ok && have == nh {
 			continue
 		}
-		path, err := s.apiPath(p, false)
+		// A new next hop replaces the path: no withdrawal in between.
+		path, err := s.apiPath(p, nh, false)
 		if err == nil {
 			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
 		}
@@ -427,7 +537,7 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
 			continue
 		}
-		s.advertised[p] = true
+		s.advertised[p] = nh
 	}
 
 	s.mu.Lock()
@@ -440,7 +550,7 @@ func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
 	return joinErrs("advertise", errs)
 }
 
-func (s *GoBGP) apiPath(p netip.Prefix, withdraw bool) (*api.Path, error) {
+func (s *GoBGP) apiPath(p netip.Prefix, nextHop netip.Addr, withdraw bool) (*api.Path, error) {
 	nlri, err := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
 	if err != nil {
 		return nil, err
@@ -449,7 +559,7 @@ func (s *GoBGP) apiPath(p netip.Prefix, withdraw bool) (*api.Path, error) {
 	if err != nil {
 		return nil, err
 	}
-	nh, err := anypb.New(&api.NextHopAttribute{NextHop: s.routerID.String()})
+	nh, err := anypb.New(&api.NextHopAttribute{NextHop: nextHop.String()})
 	if err != nil {
 		return nil, err
 	}

@@ -3,13 +3,19 @@ package bgp
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
 
 // logAdapter sends GoBGP's log messages to slog. GoBGP reports routine session events at Info,
 // so they go out at Debug; its warnings and errors keep their level.
-type logAdapter struct{ l *slog.Logger }
+type logAdapter struct {
+	l *slog.Logger
+	// stopping is set by a planned stop, whose shut-down listener GoBGP reports as a failed
+	// accept: expected then, so not a warning.
+	stopping atomic.Bool
+}
 
 func newLogAdapter(l *slog.Logger) *logAdapter { return &logAdapter{l: l.With("source", "gobgp")} }
 
@@ -32,7 +38,13 @@ func (a *logAdapter) Panic(msg string, f gobgplog.Fields) {
 // Fatal does not exit: an embedded speaker must not end the agent.
 func (a *logAdapter) Fatal(msg string, f gobgplog.Fields) { a.log(slog.LevelError, msg, f) }
 func (a *logAdapter) Error(msg string, f gobgplog.Fields) { a.log(slog.LevelError, msg, f) }
-func (a *logAdapter) Warn(msg string, f gobgplog.Fields)  { a.log(slog.LevelWarn, msg, f) }
+func (a *logAdapter) Warn(msg string, f gobgplog.Fields) {
+	if a.stopping.Load() && msg == "Failed to AcceptTCP" {
+		a.log(slog.LevelDebug, msg, f)
+		return
+	}
+	a.log(slog.LevelWarn, msg, f)
+}
 func (a *logAdapter) Info(msg string, f gobgplog.Fields)  { a.log(slog.LevelDebug, msg, f) }
 func (a *logAdapter) Debug(msg string, f gobgplog.Fields) { a.log(slog.LevelDebug-4, msg, f) }
 func (a *logAdapter) SetLevel(gobgplog.LogLevel)          {}

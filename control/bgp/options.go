@@ -28,6 +28,7 @@ type options struct {
 	connectRetry    time.Duration
 	gracefulRestart bool
 	restartTime     time.Duration
+	restarting      bool
 	clusterID       netip.Addr
 	onRoutes        func([]Route)
 	onSynced        func()
@@ -80,6 +81,14 @@ func WithGracefulRestart(enabled bool, restartTime time.Duration) Option {
 		}
 	}
 }
+
+// WithRestarting says the speaker starts as a restarting speaker whose forwarding state was kept
+// (RFC 4724 4.1), as an agent that finds the dataplane of the one before it still forwarding:
+// the sessions of the first SetPeers open with the Restart State bit and the Forwarding State
+// bit for IPv4 unicast, so that peers keep our routes until our End-of-RIB, and the speaker
+// sends its routes and its End-of-RIB once every peer sent its own (at most the restart time).
+// It has no effect without graceful restart.
+func WithRestarting(restarting bool) Option { return func(o *options) { o.restarting = restarting } }
 
 // WithRouteReflectorClusterID sets the cluster ID used towards route reflector clients; the
 // default is the router ID.

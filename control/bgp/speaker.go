@@ -20,7 +20,7 @@ type Speaker interface {
 	// SetPools sets the prefixes learned routes must fall inside to be handed out.
 	SetPools(pools []netip.Prefix)
 	// Advertise makes ads exactly the set of prefixes this node originates, with the node's
-	// address as next hop.
+	// address as next hop unless an advertisement names another.
 	Advertise(ctx context.Context, ads []Advertisement) error
 	// Learned returns the current accepted best paths learned from peers, sorted by prefix.
 	Learned() []Route
@@ -65,9 +65,12 @@ type Peer struct {
 	Accept []netip.Prefix
 }
 
-// Advertisement is a prefix this node originates: an affine block or a borrowed /32.
+// Advertisement is a prefix this node originates: an affine block or a borrowed /32, or, on a
+// restarting route reflector, another node's prefix it had before the restart (NextHop that
+// node), so that its clients keep it until its owner's session is back.
 type Advertisement struct {
-	Prefix netip.Prefix
+	Prefix  netip.Prefix
+	NextHop netip.Addr // invalid: this node
 }
 
 // Route is an accepted best path learned from a peer.

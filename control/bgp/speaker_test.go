@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	api "github.com/osrg/gobgp/v3/api"
+
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/tests/netns"
 )
@@ -688,4 +690,180 @@ func TestSyncedAfterEndOfRIB(t *testing.T) {
 	c := startSpeaker(t, "127.0.0.83", WithSyncedHandler(func() { alone.Add(1) }))
 	setPeers(t, c)
 	waitRoutes(t, c, 10*time.Second, "synced without peers", func([]Route) bool { return alone.Load() == 1 })
+}
+
+// peerView is what a speaker knows of one neighbor's last OPEN and of the messages it got.
+type peerView struct {
+	established     bool
+	restartBit      bool // Restart State (R) in the graceful restart capability
+	forwardingIPv4  bool // Forwarding State (F) of IPv4 unicast
+	notificationsIn uint64
+	peerRestarting  bool // keeping the neighbor's routes as stale until its End-of-RIB
+}
+
+func viewPeer(tb testing.TB, s *testSpeaker, addr netip.Addr) peerView {
+	tb.Helper()
+	var v peerView
+	found := false
+	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+		found = true
+		v.established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
+		v.notificationsIn = p.GetState().GetMessages().GetReceived().GetNotification()
+		v.peerRestarting = p.GetGracefulRestart().GetPeerRestarting()
+		for _, c := range p.GetState().GetRemoteCap() {
+			var gr api.GracefulRestartCapability
+			if c.UnmarshalTo(&gr) != nil {
+				continue
+			}
+			v.restartBit = gr.Flags&0x08 != 0
+			for _, t := range gr.Tuples {
+				if t.GetFamily().GetAfi() == api.Family_AFI_IP && t.GetFamily().GetSafi() == api.Family_SAFI_UNICAST {
+					v.forwardingIPv4 = t.Flags&0x80 != 0
+				}
+			}
+		}
+	})
+	if err != nil || !found {
+		tb.Fatalf("list peer %s: found %v, %v", addr, found, err)
+	}
+	return v
+}
+
+// A planned restart: Stop closes the session without a NOTIFICATION (a peer without RFC 8538,
+// such as BIRD, would drop our routes on a Cease), the peer keeps our block throughout, and the
+// restarted speaker (WithRestarting) opens with the restart and forwarding-state bits and sends
+// its block again with an End-of-RIB. A first start sets neither bit.
+func TestPlannedRestart(t *testing.T) {
+	aAddr, bAddr := "127.0.0.91", "127.0.0.92"
+	port, err := freePort(context.Background(), []netip.Addr{netip.MustParseAddr(bAddr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gr := WithGracefulRestart(true, 30*time.Second)
+	a := startSpeaker(t, aAddr, gr)
+	b := startSpeaker(t, bAddr, gr, WithListenPort(port))
+	setPeers(t, a, b.peer())
+	setPeers(t, b, a.peer())
+	advertise(t, a, blocks[0])
+	advertise(t, b, blocks[1])
+	waitEstablished(t, a, 1, 20*time.Second)
+	want := map[netip.Prefix]netip.Addr{blocks[1]: b.addr}
+	waitRoutes(t, a, 10*time.Second, "b's block", hasExactly(want))
+	if v := viewPeer(t, a, b.addr); v.restartBit || v.forwardingIPv4 {
+		t.Errorf("first start: a sees %+v, want neither restart nor forwarding bit", v)
+	}
+
+	var lost atomic.Bool
+	observe := func(routes []Route) {
+		if !hasExactly(want)(routes) {
+			lost.Store(true)
+		}
+	}
+	a.observe.Store(&observe)
+	if err := b.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, a, 10*time.Second, "session down", func([]Route) bool { return !viewPeer(t, a, b.addr).established })
+	if v := viewPeer(t, a, b.addr); v.notificationsIn != 0 || !v.peerRestarting {
+		t.Errorf("after the planned stop a sees %+v, want no NOTIFICATION received and b restarting", v)
+	}
+
+	b2 := startSpeaker(t, bAddr, gr, WithListenPort(port), WithRestarting(true))
+	// What an agent does: its own prefixes first, then the peers.
+	advertise(t, b2, blocks[1])
+	setPeers(t, b2, a.peer())
+	waitEstablished(t, a, 1, 20*time.Second)
+	v := viewPeer(t, a, b.addr)
+	if !v.restartBit || !v.forwardingIPv4 {
+		t.Errorf("restart: a sees %+v, want the restart and the IPv4 forwarding bits", v)
+	}
+	waitRoutes(t, b2, 10*time.Second, "a's block at the restarted b", hasExactly(map[netip.Prefix]netip.Addr{blocks[0]: a.addr}))
+	// b2's End-of-RIB ends a's stale state, and a still has exactly b's block.
+	waitRoutes(t, a, 10*time.Second, "b's End-of-RIB", func([]Route) bool { return !viewPeer(t, a, b.addr).peerRestarting })
+	if got := a.Learned(); !hasExactly(want)(got) {
+		t.Errorf("after the restart a learned %v", got)
+	}
+	if lost.Load() {
+		t.Error("b's block was withdrawn at a during the planned restart")
+	}
+}
+
+// A peer that comes back only after the restarting speaker finished its restart with the others
+// still gets an OPEN with the restart and forwarding-state bits (GoBGP alone would send a plain
+// one: the peer logs "restart flag is not set", and BIRD would flush our routes at once).
+func TestRestartBitsForLatePeer(t *testing.T) {
+	aAddr, bAddr, cAddr := "127.0.0.101", "127.0.0.102", "127.0.0.103"
+	ports := map[string]int{}
+	for _, addr := range []string{bAddr, cAddr} {
+		p, err := freePort(context.Background(), []netip.Addr{netip.MustParseAddr(addr)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[addr] = p
+	}
+	gr := WithGracefulRestart(true, 30*time.Second)
+	a := startSpeaker(t, aAddr, gr)
+	b := startSpeaker(t, bAddr, gr, WithListenPort(ports[bAddr]))
+	c := startSpeaker(t, cAddr, gr, WithListenPort(ports[cAddr]))
+	bPeer, cPeer := b.peer(), c.peer()
+	setPeers(t, a, bPeer)
+	setPeers(t, c, bPeer)
+	setPeers(t, b, a.peer(), cPeer)
+	advertise(t, b, blocks[1])
+	waitEstablished(t, b, 2, 20*time.Second)
+
+	// b restarts while c is away.
+	for _, s := range []*testSpeaker{c, b} {
+		if err := s.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b2 := startSpeaker(t, bAddr, gr, WithListenPort(ports[bAddr]), WithRestarting(true))
+	advertise(t, b2, blocks[1])
+	setPeers(t, b2, a.peer(), cPeer)
+	// b2 is done with a: its End-of-RIB ended a's stale state.
+	waitRoutes(t, a, 20*time.Second, "b2's restart done with a", func([]Route) bool {
+		v := viewPeer(t, a, b.addr)
+		return v.established && !v.peerRestarting
+	})
+	if v := viewPeer(t, a, b.addr); !v.restartBit || !v.forwardingIPv4 {
+		t.Errorf("a sees %+v, want the restart and forwarding bits", v)
+	}
+
+	c2 := startSpeaker(t, cAddr, gr, WithListenPort(ports[cAddr]))
+	setPeers(t, c2, bPeer)
+	waitEstablished(t, c2, 1, 20*time.Second)
+	if v := viewPeer(t, c2, b.addr); !v.restartBit || !v.forwardingIPv4 {
+		t.Errorf("c, back after b's restart with a was done, sees %+v, want the restart and forwarding bits", v)
+	}
+	waitRoutes(t, c2, 10*time.Second, "b's block at c", hasExactly(map[netip.Prefix]netip.Addr{blocks[1]: b.addr}))
+}
+
+// An advertisement may name another next hop (a restarting reflector's retained routes); a new
+// next hop for the prefix replaces the path without a withdrawal in between.
+func TestAdvertiseNextHop(t *testing.T) {
+	a := startSpeaker(t, "127.0.0.111")
+	b := startSpeaker(t, "127.0.0.112")
+	setPeers(t, a, b.peer())
+	setPeers(t, b, a.peer())
+	other := netip.MustParseAddr("127.0.0.113")
+	if err := b.Advertise(context.Background(), []Advertisement{{Prefix: blocks[2], NextHop: other}}); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes(t, a, 20*time.Second, "blocks[2] via the named next hop", hasExactly(map[netip.Prefix]netip.Addr{blocks[2]: other}))
+	var lost atomic.Bool
+	observe := func(routes []Route) {
+		if len(routes) != 1 || routes[0].Prefix != blocks[2] {
+			lost.Store(true)
+		}
+	}
+	a.observe.Store(&observe)
+	advertise(t, b, blocks[2])
+	waitRoutes(t, a, 10*time.Second, "blocks[2] via b", hasExactly(map[netip.Prefix]netip.Addr{blocks[2]: b.addr}))
+	if lost.Load() {
+		t.Error("blocks[2] missing at a while its next hop changed")
+	}
+	if err := b.Advertise(context.Background(), []Advertisement{{Prefix: blocks[1], NextHop: netip.MustParseAddr("2001:db8::1")}}); err == nil {
+		t.Error("an IPv6 next hop for an IPv4 prefix was accepted")
+	}
 }

@@ -69,6 +69,9 @@ func Start(tb testing.TB, ns *netns.NS, conf string) *Router {
 	}
 }
 
+// NS is the namespace BIRD runs in.
+func (r *Router) NS() *netns.NS { return r.ns }
+
 // Stop ends BIRD and waits for it; calling it again does nothing.
 func (r *Router) Stop() {
 	if r.cmd == nil || r.cmd.Process == nil {
@@ -89,9 +92,6 @@ func (r *Router) Stop() {
 		r.done <- <-r.done
 	}
 }
-
-// NS is the namespace BIRD runs in.
-func (r *Router) NS() *netns.NS { return r.ns }
 
 // Birdc runs one birdc command against this BIRD and returns its output.
 func (r *Router) Birdc(args ...string) (string, error) {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/control/agent"
-	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 )
@@ -138,14 +137,7 @@ func TestBGPMesh(t *testing.T) {
 // with it alone and learn each other's blocks through it, next hops untouched.
 func TestNodeRouteReflector(t *testing.T) {
 	c := cluster.New(t)
-	off := false
-	if _, err := c.DS.BGPConfig().Create(t.Context(), datastore.BGPConfig{Version: 1, NodeToNodeMesh: &off}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.DS.Nodes().Create(t.Context(), "vm100", datastore.Node{Version: 1, Name: "vm100",
-		AddressV4: netip.MustParsePrefix("198.18.0.100/24"), RouteReflectorClusterID: "198.18.0.100"}); err != nil {
-		t.Fatal(err)
-	}
+	reflectorOnly(t, c, "vm100", "198.18.0.100/24")
 	rr := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
 	a := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
 	b := c.AddHost("vm102", "198.18.0.102/24", "--bgp")

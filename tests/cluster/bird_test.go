@@ -17,8 +17,9 @@ import (
 
 // gatewayConf is BIRD on the segment at 198.18.0.1 peering over iBGP with every node. As a
 // gateway it originates the outside network 198.18.1.0/24 with itself as next hop; as a route
-// reflector it reflects the nodes' routes to each other, next hops untouched.
-func gatewayConf(nodes []*cluster.Host, reflector bool) string {
+// reflector it reflects the nodes' routes to each other, next hops untouched. sessionOpts go
+// into every session (e.g. "graceful restart on;").
+func gatewayConf(nodes []*cluster.Host, reflector bool, sessionOpts ...string) string {
 	var b strings.Builder
 	b.WriteString("router id 198.18.0.1;\nprotocol device {}\n")
 	b.WriteString("protocol static { ipv4; route 198.18.1.0/24 blackhole; }\n")
@@ -26,7 +27,7 @@ func gatewayConf(nodes []*cluster.Host, reflector bool) string {
 	if reflector {
 		channel = "rr client; rr cluster id 198.18.0.1; ipv4 { import all; export all; };"
 	}
-	fmt.Fprintf(&b, "template bgp node { local 198.18.0.1 as 64512; direct; connect retry time 1; %s }\n", channel)
+	fmt.Fprintf(&b, "template bgp node { local 198.18.0.1 as 64512; direct; connect retry time 1; %s %s }\n", strings.Join(sessionOpts, " "), channel)
 	for _, n := range nodes {
 		fmt.Fprintf(&b, "protocol bgp %s from node { neighbor %s as 64512; }\n", n.Name, n.Addr.Addr())
 	}

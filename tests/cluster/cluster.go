@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,6 +51,19 @@ func Binaries(tb testing.TB) string {
 		tb.Fatal(buildErr)
 	}
 	return binDir
+}
+
+// BuildAgent builds margay-agent with main.version set to version into a directory of its own
+// and returns the binary's path: a second agent to upgrade to.
+func BuildAgent(tb testing.TB, version string) string {
+	tb.Helper()
+	bin := filepath.Join(tb.TempDir(), "margay-agent")
+	out, err := exec.Command("go", "build", "-o", bin, "-ldflags", "-X main.version="+version,
+		"github.com/margaynet/margay/cmd/margay-agent").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("go build margay-agent %s: %v\n%s", version, err, out)
+	}
+	return bin
 }
 
 // Cluster is an etcd and a segment that hosts join.
@@ -186,7 +200,14 @@ func (c *Cluster) Endpoint(h *Host) string { return h.etcd }
 // Start starts the host's agent process (again, after Stop).
 func (h *Host) Start() {
 	h.tb.Helper()
-	h.cmd = h.NS.Command(filepath.Join(Binaries(h.tb), "margay-agent"), h.args...)
+	h.StartBinary(filepath.Join(Binaries(h.tb), "margay-agent"))
+}
+
+// StartBinary starts the host's agent from another margay-agent binary (an upgrade, say), with
+// the same flags.
+func (h *Host) StartBinary(bin string) {
+	h.tb.Helper()
+	h.cmd = h.NS.Command(bin, h.args...)
 	h.cmd.Stdout, h.cmd.Stderr = netns.LogWriter(h.tb, h.Name+": "), netns.LogWriter(h.tb, h.Name+": ")
 	if err := h.cmd.Start(); err != nil {
 		h.tb.Fatal(err)
@@ -197,13 +218,14 @@ func (h *Host) Start() {
 	go func() { err := cmd.Wait(); done <- err }()
 }
 
-// Stop ends the host's agent (SIGTERM) and waits for it.
+// Stop ends the host's agent with SIGTERM, as systemctl stop or a DaemonSet rollout does, and
+// waits for it.
 func (h *Host) Stop() {
 	if h.stopped {
 		return
 	}
 	h.stopped = true
-	_ = h.cmd.Process.Signal(os.Interrupt)
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-h.done:
 	case <-time.After(10 * time.Second):

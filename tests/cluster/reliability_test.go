@@ -146,8 +146,9 @@ func progress(t *testing.T, what string, s *netns.Stream, bytes int64, p *netns.
 // and programs a workload added while it was dead.
 func TestAgentKillRestart(t *testing.T) {
 	c := cluster.New(t)
-	h1 := c.AddHost("vm100", "198.18.0.100/24", fastBGP...)
-	h2 := c.AddHost("vm101", "198.18.0.101/24", fastBGP...)
+	// The restart time (the hold time) must cover the restart, BGP session included.
+	h1 := c.AddHost("vm100", "198.18.0.100/24", grBGP...)
+	h2 := c.AddHost("vm101", "198.18.0.101/24", grBGP...)
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 	a.WaitProgrammed(t)
 	b.WaitProgrammed(t)
@@ -302,8 +303,9 @@ func TestAgentUpgradeMapLayout(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := cluster.New(t)
-			h1 := c.AddHost("vm100", "198.18.0.100/24", fastBGP...)
-			h2 := c.AddHost("vm101", "198.18.0.101/24", fastBGP...)
+			// The restart time (the hold time) must cover the restart, BGP session included.
+			h1 := c.AddHost("vm100", "198.18.0.100/24", grBGP...)
+			h2 := c.AddHost("vm101", "198.18.0.101/24", grBGP...)
 			a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 			a.WaitProgrammed(t)
 			b.WaitProgrammed(t)

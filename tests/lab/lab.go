@@ -242,7 +242,8 @@ func (l *Lab) startGateway() error {
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; interface \"outside\"; }\n", gatewayAddr)
 	conf.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
-	fmt.Fprintf(&conf, "template bgp node { local %s as 64512; direct; connect retry time 1;\n"+
+	// Graceful restart on: an agent restart (planned, crash or upgrade) keeps the hosts' blocks.
+	fmt.Fprintf(&conf, "template bgp node { local %s as 64512; direct; connect retry time 1; graceful restart on;\n"+
 		"\tipv4 { import all; export where source = RTS_DEVICE; next hop self; }; }\n", gatewayAddr)
 	for _, h := range l.Hosts {
 		fmt.Fprintf(&conf, "protocol bgp %s from node { neighbor %s as 64512; }\n", h.Name, h.Addr)
