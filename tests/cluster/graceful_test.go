@@ -26,7 +26,7 @@ const grHold = 15 * time.Second
 
 // outsideGateway starts BIRD at 198.18.0.1 as the hosts' gateway, with graceful restart on and
 // the routes it learns in its kernel, and an outside client at 198.18.1.2 behind it that reaches
-// the workloads through it.
+// the workloads and the hosts (NodePorts) through it.
 func outsideGateway(t *testing.T, c *cluster.Cluster, hosts []*cluster.Host) (*bird.Router, *netns.NS) {
 	t.Helper()
 	conf := gatewayConf(hosts, false, "graceful restart on;") +
@@ -37,7 +37,7 @@ func outsideGateway(t *testing.T, c *cluster.Cluster, hosts []*cluster.Host) (*b
 	gw.NS().AddAddr(t, "out0", "198.18.1.1/24")
 	gw.NS().MustSysctl(t, "ipv4/ip_forward", "1")
 	client.AddAddr(t, "eth0", "198.18.1.2/24")
-	client.RouteVia(t, "198.19.0.0/16", "198.18.1.1", "eth0")
+	client.RouteVia(t, "0.0.0.0/0", "198.18.1.1", "eth0")
 	return gw, client
 }
 

@@ -132,13 +132,7 @@ func TestKernelNATServices(t *testing.T) {
 	}
 	vm100 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
 	vm101 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
-	gw := startGateway(t, c, gatewayConf([]*cluster.Host{vm100, vm101}, false))
-	client := netns.New(t, "mgyout-")
-	netns.Veth(t, gw.NS(), "out0", client, "eth0")
-	gw.NS().AddAddr(t, "out0", "198.18.1.1/24")
-	gw.NS().MustSysctl(t, "ipv4/ip_forward", "1")
-	client.AddAddr(t, "eth0", "198.18.1.2/24")
-	client.RouteVia(t, "0.0.0.0/0", "198.18.1.1", "eth0")
+	_, client := outsideGateway(t, c, []*cluster.Host{vm100, vm101})
 
 	wA := c.AddWorkload(vm100, "nata") // the client pod
 	wB := c.AddWorkload(vm100, "natb") // a backend beside it
