@@ -69,11 +69,10 @@ static __always_inline int nf_policy_handle(struct bpf_nf_ctx *ctx, __u32 *ifind
 
 	*ifindex = ctx->state->in->ifindex;
 	*len = skb->len;
-	/* Only what a local workload sends: the endpoint of the interface it came in by. */
-	if (!bpf_map_lookup_elem(&endpoints, ifindex)) {
-		*reason = REASON_PASS_KERNEL;
+	/* Only what a local workload sends (the endpoint of the interface it came in by); the rest
+	 * is not this program's and is not counted. */
+	if (!bpf_map_lookup_elem(&endpoints, ifindex))
 		return NF_ACCEPT;
-	}
 	n = skb->len;
 	if (n > NF_PARSE_MAX)
 		n = NF_PARSE_MAX;
@@ -102,8 +101,9 @@ int nf_policy(struct bpf_nf_ctx *ctx)
 	__u64 len = 0;
 	int verdict = nf_policy_handle(ctx, &ifindex, &len, buf, &reason);
 
-	if (reason != REASON_PASS_KERNEL || verdict != NF_ACCEPT)
-		count_packet(ifindex, HOOK_NF_POLICY, reason, len);
+	if (reason == REASON_UNSPEC)
+		return verdict;
+	count_packet(ifindex, HOOK_NF_POLICY, reason, len);
 	if (verdict != NF_ACCEPT)
 		emit_event_ip((struct iphdr *)buf, buf + sizeof(buf), ifindex, HOOK_NF_POLICY, reason, len);
 	return verdict;
