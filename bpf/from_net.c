@@ -10,6 +10,7 @@
 static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *reason)
 {
 	struct packet pkt;
+	struct flow_ctx fc;
 	struct route_value *rt;
 	int verdict;
 
@@ -31,25 +32,25 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
-	rt = route_lookup(pkt.ip->daddr);
+	/* The flow first: an established one carries the routes of both its addresses. */
+	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns());
+	flow_parse(&fc, pkt.ip, (void *)(long)skb->data_end);
+	rt = flow_route(&fc, SIDE_DST, pkt.ip->daddr);
 	if (!rt) {
 		*reason = REASON_PASS_NO_ROUTE;
 		return TC_ACT_OK;
 	}
 	if (rt->flags & ROUTE_LOCAL_WEP) {
-		__u32 zero = 0;
-		struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
-
 		/* The XDP prefilter drops these already when it runs. */
-		if (!(cfg && (cfg->flags & CONFIG_XDP_PREFILTER)) && spoofed_from_network(pkt.ip->saddr)) {
+		if (!(fc.cfg && (fc.cfg->flags & CONFIG_XDP_PREFILTER)) && flow_spoofed_from_network(&fc, pkt.ip->saddr)) {
 			*reason = REASON_DROP_SPOOFED;
 			return TC_ACT_SHOT;
 		}
 		/* The receiver's ingress policy; what goes to the kernel instead meets it in to_wep. */
-		verdict = tc_policy_forward(skb, &pkt, reason);
+		verdict = tc_policy_forward(skb, &pkt, &fc, reason);
 		if (verdict != TC_ACT_UNSPEC)
 			return verdict;
-		return redirect_local(skb, &pkt, rt, reason);
+		return redirect_local(skb, &pkt, &fc, reason);
 	}
 
 	*reason = REASON_PASS_KERNEL;

@@ -8,6 +8,7 @@
 static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *reason)
 {
 	struct packet pkt;
+	struct flow_ctx fc;
 	struct endpoint *ep;
 	struct route_value *rt;
 	int verdict;
@@ -32,8 +33,13 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 
+	/* A packet eBPF may forward finds its flow first: an established one carries its route. */
+	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns());
+	if (ipv4_forwardable(pkt.ip))
+		flow_parse(&fc, pkt.ip, (void *)(long)skb->data_end);
+
 	/* eBPF forwards to workloads and remote blocks; everything else goes to the kernel. */
-	rt = route_lookup(pkt.ip->daddr);
+	rt = flow_route(&fc, SIDE_DST, pkt.ip->daddr);
 	if (rt && (rt->flags & (ROUTE_LOCAL_WEP | ROUTE_REMOTE_BLOCK | ROUTE_REMOTE_WEP))) {
 		verdict = tc_forwardable(pkt.ip, reason);
 	} else {
@@ -48,8 +54,8 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		 * kernel's NAT, as Calico's iptables chains do: a Service's backend, not its address.
 		 * Without that hook, policy is checked here, on the packet as sent.
 		 */
-		if (!nf_policy_on()) {
-			verdict = tc_policy_forward(skb, &pkt, reason);
+		if (!nf_policy_on(&fc)) {
+			verdict = tc_policy_forward(skb, &pkt, &fc, reason);
 			if (verdict != TC_ACT_UNSPEC)
 				return verdict;
 			*reason = to_kernel;
@@ -58,12 +64,12 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	}
 
 	/* Conntrack and policy: the sender's egress policy, and a local receiver's ingress policy. */
-	verdict = tc_policy_forward(skb, &pkt, reason);
+	verdict = tc_policy_forward(skb, &pkt, &fc, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 	if (rt->flags & ROUTE_LOCAL_WEP)
-		return redirect_local(skb, &pkt, rt, reason);
-	return redirect_remote(skb, &pkt, rt, reason);
+		return redirect_local(skb, &pkt, &fc, reason);
+	return redirect_remote(skb, &pkt, &fc, rt, reason);
 }
 
 SEC("tcx/ingress")

@@ -43,6 +43,17 @@ extern int bpf_dynptr_from_skb(struct sk_buff *skb, __u64 flags, struct bpf_dynp
 /* The IPv4 header with options, and what parse_flow reads past it (an ICMP error's inner header). */
 #define NF_PARSE_MAX (60 + 8 + IPV4_MIN_HLEN + 8)
 
+/*
+ * The packet's headers, copied out of the skb: per CPU rather than on the stack, which the flow's
+ * context and a new conntrack entry fill. A program run is not preempted on its CPU.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u8[NF_PARSE_MAX]);
+	__uint(max_entries, 1);
+} nf_scratch SEC(".maps");
+
 /* Where the kernel's own conntrack says the packet stands: netfilter attached it to the skb. */
 static __always_inline enum kernel_nat nf_kernel_nat(const struct sk_buff *skb)
 {
@@ -62,7 +73,7 @@ static __always_inline int nf_policy_handle(struct bpf_nf_ctx *ctx, __u32 *ifind
 {
 	struct sk_buff *skb = ctx->skb;
 	struct bpf_dynptr ptr;
-	struct flow f;
+	struct flow_ctx fc;
 	__u32 n;
 	bool kernel_nat;
 	int verdict;
@@ -81,11 +92,13 @@ static __always_inline int nf_policy_handle(struct bpf_nf_ctx *ctx, __u32 *ifind
 		*reason = REASON_DROP_MALFORMED;
 		return NF_DROP;
 	}
-	if (parse_flow((struct iphdr *)buf, buf + n, &f) != FLOW_OK) {
+	flow_ctx_init(&fc, bpf_ktime_get_ns());
+	flow_parse(&fc, (struct iphdr *)buf, buf + n);
+	if (fc.flow_error) {
 		*reason = REASON_DROP_FRAGMENT;
 		return NF_DROP;
 	}
-	verdict = ct_policy(NULL, &f, skb->len, NAT_PROBE_NONE, nf_kernel_nat(skb), &kernel_nat, reason);
+	verdict = ct_policy(NULL, &fc, skb->len, NAT_PROBE_NONE, nf_kernel_nat(skb), &kernel_nat, reason);
 	if (verdict == TC_ACT_SHOT)
 		return NF_DROP;
 	*reason = kernel_nat ? REASON_PASS_NAT : REASON_PASS_KERNEL;
@@ -96,15 +109,20 @@ SEC("netfilter")
 int nf_policy(struct bpf_nf_ctx *ctx)
 {
 	enum reason reason = REASON_UNSPEC;
-	__u8 buf[NF_PARSE_MAX] = {};
-	__u32 ifindex = 0;
+	__u32 ifindex = 0, zero = 0;
 	__u64 len = 0;
-	int verdict = nf_policy_handle(ctx, &ifindex, &len, buf, &reason);
+	__u8 *buf = bpf_map_lookup_elem(&nf_scratch, &zero);
+	int verdict;
+
+	if (!buf)
+		return NF_ACCEPT; /* never: the array has its one entry on every CPU */
+	__builtin_memset(buf, 0, NF_PARSE_MAX);
+	verdict = nf_policy_handle(ctx, &ifindex, &len, buf, &reason);
 
 	if (reason == REASON_UNSPEC)
 		return verdict;
 	count_packet(ifindex, HOOK_NF_POLICY, reason, len);
 	if (verdict != NF_ACCEPT)
-		emit_event_ip((struct iphdr *)buf, buf + sizeof(buf), ifindex, HOOK_NF_POLICY, reason, len);
+		emit_event_ip((struct iphdr *)buf, buf + NF_PARSE_MAX, ifindex, HOOK_NF_POLICY, reason, len);
 	return verdict;
 }

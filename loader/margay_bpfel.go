@@ -25,6 +25,7 @@ type MargayConfigValue struct {
 	PolicyGeneration uint32
 	CtTimeouts       MargayCtTimeouts
 	Flags            MargayConfigFlags
+	RouteGeneration  uint32
 }
 
 type MargayCounterKey struct {
@@ -76,21 +77,30 @@ type MargayCtTimeouts struct {
 }
 
 type MargayCtValue struct {
-	_            structs.HostLayout
-	Created      uint64
-	LastSeen     uint64
-	Packets      [2]uint64
-	Bytes        [2]uint64
-	Generation   uint32
-	RuleEgress   uint32
-	RuleIngress  uint32
-	PolicyPort   uint16
-	State        MargayCtState
-	Verdict      MargayCtVerdict
-	InitiatorIsA uint8
-	FinSeen      uint8
-	KernelNat    uint8
-	Pad          [5]uint8
+	_               structs.HostLayout
+	Created         uint64
+	LastSeen        uint64
+	Packets         [2]uint64
+	Bytes           [2]uint64
+	Generation      uint32
+	RuleEgress      uint32
+	RuleIngress     uint32
+	PolicyPort      uint16
+	State           MargayCtState
+	Verdict         MargayCtVerdict
+	InitiatorIsA    uint8
+	FinSeen         uint8
+	KernelNat       uint8
+	Pad             [1]uint8
+	RouteGeneration uint32
+	Route           [2]struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		NextHop uint32
+		Flags   uint8
+		Known   uint8
+		Mac     [6]uint8
+	}
 }
 
 type MargayCtVerdict uint8
@@ -285,12 +295,14 @@ const (
 	MargayMapConfig      = "config"
 	MargayMapConntrack   = "conntrack"
 	MargayMapCounters    = "counters"
+	MargayMapCtScratch   = "ct_scratch"
 	MargayMapEndpoints   = "endpoints"
 	MargayMapEvents      = "events"
 	MargayMapEventsState = "events_state"
 	MargayMapFailsafe    = "failsafe"
 	MargayMapFrags       = "frags"
 	MargayMapMonitor     = "monitor"
+	MargayMapNfScratch   = "nf_scratch"
 	MargayMapPolicy      = "policy"
 	MargayMapPolicyIps   = "policy_ips"
 	MargayMapRoutes      = "routes"
@@ -358,12 +370,14 @@ type MargayMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	CtScratch   *ebpf.MapSpec `ebpf:"ct_scratch"`
 	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	EventsState *ebpf.MapSpec `ebpf:"events_state"`
 	Failsafe    *ebpf.MapSpec `ebpf:"failsafe"`
 	Frags       *ebpf.MapSpec `ebpf:"frags"`
 	Monitor     *ebpf.MapSpec `ebpf:"monitor"`
+	NfScratch   *ebpf.MapSpec `ebpf:"nf_scratch"`
 	Policy      *ebpf.MapSpec `ebpf:"policy"`
 	PolicyIps   *ebpf.MapSpec `ebpf:"policy_ips"`
 	Routes      *ebpf.MapSpec `ebpf:"routes"`
@@ -399,12 +413,14 @@ type MargayMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
 	Conntrack   *ebpf.Map `ebpf:"conntrack"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	CtScratch   *ebpf.Map `ebpf:"ct_scratch"`
 	Endpoints   *ebpf.Map `ebpf:"endpoints"`
 	Events      *ebpf.Map `ebpf:"events"`
 	EventsState *ebpf.Map `ebpf:"events_state"`
 	Failsafe    *ebpf.Map `ebpf:"failsafe"`
 	Frags       *ebpf.Map `ebpf:"frags"`
 	Monitor     *ebpf.Map `ebpf:"monitor"`
+	NfScratch   *ebpf.Map `ebpf:"nf_scratch"`
 	Policy      *ebpf.Map `ebpf:"policy"`
 	PolicyIps   *ebpf.Map `ebpf:"policy_ips"`
 	Routes      *ebpf.Map `ebpf:"routes"`
@@ -416,12 +432,14 @@ func (m *MargayMaps) Close() error {
 		m.Config,
 		m.Conntrack,
 		m.Counters,
+		m.CtScratch,
 		m.Endpoints,
 		m.Events,
 		m.EventsState,
 		m.Failsafe,
 		m.Frags,
 		m.Monitor,
+		m.NfScratch,
 		m.Policy,
 		m.PolicyIps,
 		m.Routes,

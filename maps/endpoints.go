@@ -12,6 +12,10 @@ import (
 	"github.com/margaynet/margay/loader"
 )
 
+// errReadOnly: a routes or endpoints wrapper made without the config map, whose route
+// generation every write must bump.
+var errReadOnly = errors.New("map wrapper is read-only (made without the config map)")
+
 // Endpoint is a workload as the dataplane sees it, keyed by its host-side veth.
 type Endpoint struct {
 	Ifindex uint32           `json:"ifindex"`
@@ -30,16 +34,23 @@ func (ep Endpoint) Equal(o Endpoint) bool {
 }
 
 // Endpoints is the endpoints map.
-type Endpoints struct{ m *ebpf.Map }
+type Endpoints struct {
+	m   *ebpf.Map
+	gen *Config // bumped after every write: conntrack entries keep workloads' MACs
+}
 
-// NewEndpoints wraps a loaded endpoints map.
-func NewEndpoints(m *ebpf.Map) *Endpoints { return &Endpoints{m: m} }
+// NewEndpoints wraps a loaded endpoints map; every write bumps config's route generation, since
+// conntrack entries keep workloads' MACs. With a nil config the wrapper only reads.
+func NewEndpoints(m *ebpf.Map, config *Config) *Endpoints { return &Endpoints{m: m, gen: config} }
 
 // Close releases the map.
 func (e *Endpoints) Close() error { return e.m.Close() }
 
 // Put adds or replaces the endpoint of ep.Ifindex.
 func (e *Endpoints) Put(ep Endpoint) error {
+	if e.gen == nil {
+		return fmt.Errorf("put endpoint %d: %w", ep.Ifindex, errReadOnly)
+	}
 	if ep.Ifindex == 0 {
 		return errors.New("put endpoint: ifindex 0")
 	}
@@ -54,12 +65,24 @@ func (e *Endpoints) Put(ep Endpoint) error {
 	if err := e.m.Put(&ep.Ifindex, &v); err != nil {
 		return fmt.Errorf("put endpoint %d: %w", ep.Ifindex, err)
 	}
+	if err := e.gen.BumpRouteGeneration(); err != nil {
+		return fmt.Errorf("put endpoint %d: %w", ep.Ifindex, err)
+	}
 	return nil
 }
 
 // Delete removes the endpoint of ifindex; a missing one is not an error.
 func (e *Endpoints) Delete(ifindex uint32) error {
-	if err := e.m.Delete(&ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if e.gen == nil {
+		return fmt.Errorf("delete endpoint %d: %w", ifindex, errReadOnly)
+	}
+	if err := e.m.Delete(&ifindex); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return fmt.Errorf("delete endpoint %d: %w", ifindex, err)
+	}
+	if err := e.gen.BumpRouteGeneration(); err != nil {
 		return fmt.Errorf("delete endpoint %d: %w", ifindex, err)
 	}
 	return nil

@@ -342,3 +342,89 @@ func TestCounters(t *testing.T) {
 		t.Error("OpenPinned of an empty root succeeded")
 	}
 }
+
+// Every write to the routes and endpoints maps bumps the route generation, which makes the
+// routes conntrack entries keep stale; reads and deletes of what is not there do not. Wrappers
+// made without the config map refuse to write.
+func TestRouteGeneration(t *testing.T) {
+	set, root := loadSet(t)
+	gen := func() uint32 {
+		t.Helper()
+		g, err := set.Config.RouteGeneration()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	mac, _ := net.ParseMAC("0a:58:c6:13:00:01")
+	block := netip.MustParsePrefix("198.19.0.0/26")
+	ep := maps.Endpoint{Ifindex: 42, IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}
+	steps := []struct {
+		name string
+		do   func() error
+		bump bool
+	}{
+		{"put a route", func() error { return set.Routes.Put(maps.Route{Prefix: block, Flags: maps.LocalBlock}) }, true},
+		{"replace it", func() error { return set.Routes.Put(maps.Route{Prefix: block, Flags: maps.LocalBlock | maps.InPool}) }, true},
+		{"read it", func() error { _, err := set.Routes.Get(block); return err }, false},
+		{"delete it", func() error { return set.Routes.Delete(block) }, true},
+		{"delete it again", func() error { return set.Routes.Delete(block) }, false},
+		{"put an endpoint", func() error { return set.Endpoints.Put(ep) }, true},
+		{"delete it", func() error { return set.Endpoints.Delete(42) }, true},
+		{"delete it again", func() error { return set.Endpoints.Delete(42) }, false},
+		{"bump the policy generation", func() error { _, err := set.Config.BumpGeneration(); return err }, false},
+	}
+	for _, s := range steps {
+		before := gen()
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if after := gen(); (after != before) != s.bump || (s.bump && after != before+1) {
+			t.Errorf("%s: route generation %d -> %d, want a bump: %v", s.name, before, after, s.bump)
+		}
+	}
+
+	for _, name := range []string{"routes", "endpoints"} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(root, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		var err1, err2 error
+		if name == "routes" {
+			r := maps.NewRoutes(m, nil)
+			err1, err2 = r.Put(maps.Route{Prefix: block, Flags: maps.LocalBlock}), r.Delete(block)
+		} else {
+			e := maps.NewEndpoints(m, nil)
+			err1, err2 = e.Put(ep), e.Delete(42)
+		}
+		if err1 == nil || err2 == nil {
+			t.Errorf("%s without the config map: put %v, delete %v; want both refused", name, err1, err2)
+		}
+	}
+	if _, err := set.Routes.Get(block); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("a refused put wrote the route: %v", err)
+	}
+}
+
+// RestartRouteGeneration always moves the generation, whatever it was.
+func TestRestartRouteGeneration(t *testing.T) {
+	set, _ := loadSet(t)
+	prev, err := set.Config.RouteGeneration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if err := set.Config.RestartRouteGeneration(); err != nil {
+			t.Fatal(err)
+		}
+		g, err := set.Config.RouteGeneration()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g == prev {
+			t.Fatalf("route generation stayed %d", g)
+		}
+		prev = g
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"math/rand/v2"
 	"net/netip"
 	"sort"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -240,8 +242,14 @@ func (r *RuleHits) Reset(rule uint32) error {
 // Timeouts are the conntrack timeouts; a zero field means the built-in default.
 type Timeouts = loader.MargayCtTimeouts
 
-// Config is the one-entry settings map.
-type Config struct{ m *ebpf.Map }
+// Config is the one-entry settings map. Its writes read, change and write the whole entry; the
+// mutex keeps writers of one process (the reconciler, and the routes and endpoints wrappers that
+// bump the route generation) from losing each other's changes. The agent is the only writing
+// process.
+type Config struct {
+	m  *ebpf.Map
+	mu sync.Mutex
+}
 
 // NewConfig wraps a loaded config map.
 func NewConfig(m *ebpf.Map) *Config { return &Config{m: m} }
@@ -274,6 +282,8 @@ func (c *Config) Generation() (uint32, error) {
 // BumpGeneration makes every conntrack entry be checked against policy again on its next packet.
 // The agent is the only writer.
 func (c *Config) BumpGeneration() (uint32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	v, err := c.get()
 	if err != nil {
 		return 0, err
@@ -282,8 +292,47 @@ func (c *Config) BumpGeneration() (uint32, error) {
 	return v.PolicyGeneration, c.put(v)
 }
 
+// RouteGeneration returns the route generation.
+func (c *Config) RouteGeneration() (uint32, error) {
+	v, err := c.get()
+	return v.RouteGeneration, err
+}
+
+// BumpRouteGeneration makes every route that conntrack entries keep stale, so that their next
+// packets look the routes map up again. The routes and endpoints wrappers call it after each
+// write.
+func (c *Config) BumpRouteGeneration() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, err := c.get()
+	if err != nil {
+		return err
+	}
+	v.RouteGeneration++
+	return c.put(v)
+}
+
+// RestartRouteGeneration moves the route generation to a random value: conntrack entries that a
+// config map of another life left with the same number (one replaced when its layout changed
+// starts again from 0) then cannot pass for current. The agent calls it once at start.
+func (c *Config) RestartRouteGeneration() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, err := c.get()
+	if err != nil {
+		return err
+	}
+	old := v.RouteGeneration
+	for v.RouteGeneration == old {
+		v.RouteGeneration = rand.Uint32()
+	}
+	return c.put(v)
+}
+
 // SetTimeouts writes the conntrack timeouts; it reports whether they changed.
 func (c *Config) SetTimeouts(t Timeouts) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	v, err := c.get()
 	if err != nil {
 		return false, err
@@ -309,6 +358,8 @@ func (c *Config) SetNFPolicy(on bool) (bool, error) {
 }
 
 func (c *Config) setFlag(flag loader.MargayConfigFlags, on bool) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	v, err := c.get()
 	if err != nil {
 		return false, err

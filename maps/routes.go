@@ -54,10 +54,14 @@ func (r Route) validate() error {
 }
 
 // Routes is the routes map.
-type Routes struct{ m *ebpf.Map }
+type Routes struct {
+	m   *ebpf.Map
+	gen *Config // bumped after every write: conntrack entries keep routes
+}
 
-// NewRoutes wraps a loaded routes map.
-func NewRoutes(m *ebpf.Map) *Routes { return &Routes{m: m} }
+// NewRoutes wraps a loaded routes map; every write bumps config's route generation, so that no
+// flow goes on with a route it kept from before. With a nil config the wrapper only reads.
+func NewRoutes(m *ebpf.Map, config *Config) *Routes { return &Routes{m: m, gen: config} }
 
 func routeKey(p netip.Prefix) loader.MargayRouteKey {
 	return loader.MargayRouteKey{Prefixlen: uint32(p.Bits()), Addr: be32(p.Addr())}
@@ -83,6 +87,9 @@ func (r *Routes) Put(rt Route) error {
 	if err := rt.validate(); err != nil {
 		return fmt.Errorf("put route: %w", err)
 	}
+	if r.gen == nil {
+		return fmt.Errorf("put route %v: %w", rt.Prefix, errReadOnly)
+	}
 	k := routeKey(rt.Prefix)
 	v := loader.MargayRouteValue{
 		Flags:   loader.MargayRouteFlags(rt.Flags),
@@ -92,13 +99,25 @@ func (r *Routes) Put(rt Route) error {
 	if err := r.m.Put(&k, &v); err != nil {
 		return fmt.Errorf("put route %v: %w", rt.Prefix, err)
 	}
+	if err := r.gen.BumpRouteGeneration(); err != nil {
+		return fmt.Errorf("put route %v: %w", rt.Prefix, err)
+	}
 	return nil
 }
 
 // Delete removes the route for exactly p; a missing route is not an error.
 func (r *Routes) Delete(p netip.Prefix) error {
+	if r.gen == nil {
+		return fmt.Errorf("delete route %v: %w", p, errReadOnly)
+	}
 	k := routeKey(p)
-	if err := r.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := r.m.Delete(&k); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return fmt.Errorf("delete route %v: %w", p, err)
+	}
+	if err := r.gen.BumpRouteGeneration(); err != nil {
 		return fmt.Errorf("delete route %v: %w", p, err)
 	}
 	return nil

@@ -28,9 +28,11 @@ type Set struct {
 // FromDataplane wraps the maps of a loaded dataplane; the Dataplane keeps owning them.
 func FromDataplane(d *loader.Dataplane) *Set {
 	m := d.Maps()
-	return &Set{Routes: NewRoutes(m.Routes), Endpoints: NewEndpoints(m.Endpoints), Counters: NewCounters(m.Counters),
-		Conntrack: NewConntrack(m.Conntrack), Policy: NewPolicy(m.Policy), PolicyIPs: NewPolicyIPs(m.PolicyIps),
-		RuleHits: NewRuleHits(m.RuleHits), Config: NewConfig(m.Config), Failsafe: NewFailsafe(m.Failsafe)}
+	config := NewConfig(m.Config)
+	return &Set{Routes: NewRoutes(m.Routes, config), Endpoints: NewEndpoints(m.Endpoints, config),
+		Counters: NewCounters(m.Counters), Conntrack: NewConntrack(m.Conntrack), Policy: NewPolicy(m.Policy),
+		PolicyIPs: NewPolicyIPs(m.PolicyIps), RuleHits: NewRuleHits(m.RuleHits), Config: config,
+		Failsafe: NewFailsafe(m.Failsafe)}
 }
 
 // OpenPinned opens the maps pinned under a bpffs root, as margayctl does on a running host.
@@ -46,14 +48,14 @@ func OpenPinned(root string) (*Set, error) {
 		s.owned = append(s.owned, m)
 		return m
 	}
-	s.Routes = NewRoutes(open("routes"))
-	s.Endpoints = NewEndpoints(open("endpoints"))
+	s.Config = NewConfig(open("config"))
+	s.Routes = NewRoutes(open("routes"), s.Config)
+	s.Endpoints = NewEndpoints(open("endpoints"), s.Config)
 	s.Counters = NewCounters(open("counters"))
 	s.Conntrack = NewConntrack(open("conntrack"))
 	s.Policy = NewPolicy(open("policy"))
 	s.PolicyIPs = NewPolicyIPs(open("policy_ips"))
 	s.RuleHits = NewRuleHits(open("rule_hits"))
-	s.Config = NewConfig(open("config"))
 	s.Failsafe = NewFailsafe(open("failsafe"))
 	if err := errors.Join(errs...); err != nil {
 		s.Close()

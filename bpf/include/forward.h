@@ -19,13 +19,6 @@
 /* The MAC of every host-side cali* veth, as in Calico: workloads send to it for 169.254.1.1. */
 static const __u8 host_veth_mac[ETH_ALEN] = { 0xee, 0xee, 0xee, 0xee, 0xee, 0xee };
 
-static __always_inline struct route_value *route_lookup(__be32 addr)
-{
-	struct route_key key = { .prefixlen = 32, .addr = addr };
-
-	return bpf_map_lookup_elem(&routes, &key);
-}
-
 /*
  * What policy reads past the IPv4 header: TCP's ports and flags (the fixed header), UDP's ports,
  * ICMP's header and, for an error, the header and first 8 bytes of the packet it is about.
@@ -117,11 +110,26 @@ static __always_inline int tc_checksum(struct __sk_buff *skb, const struct iphdr
  * Sources that never arrive from the network: this host's own addresses and local workloads
  * and blocks. The kernel would call them martians; eBPF bypasses its check.
  */
+static __always_inline bool martian_route(const struct route_value *rt)
+{
+	return rt && (rt->flags & (ROUTE_LOCAL_WEP | ROUTE_LOCAL_BLOCK | ROUTE_LOCAL_HOST));
+}
+
 static __always_inline bool spoofed_from_network(__be32 saddr)
 {
-	struct route_value *rt = route_lookup(saddr);
+	return martian_route(route_lookup(saddr));
+}
 
-	return rt && (rt->flags & (ROUTE_LOCAL_WEP | ROUTE_LOCAL_BLOCK | ROUTE_LOCAL_HOST));
+/* spoofed_from_network for the packet fc holds, whose flow may know its source's route. */
+static __always_inline bool flow_spoofed_from_network(struct flow_ctx *fc, __be32 saddr)
+{
+	return martian_route(flow_route(fc, SIDE_SRC, saddr));
+}
+
+/* Whether eBPF may forward the packet past the kernel's ip_rcv() checks (see tc_forwardable). */
+static __always_inline bool ipv4_forwardable(const struct iphdr *ip)
+{
+	return ip->ihl == 5 && !ipv4_is_fragment(ip) && ip->ttl > 1;
 }
 
 /*
@@ -150,17 +158,16 @@ static __always_inline int tc_forwardable(const struct iphdr *ip, enum reason *r
  * Conntrack and policy for the parsed packet. Returns TC_ACT_UNSPEC when it may go on; otherwise
  * TC_ACT_SHOT with *reason set. *kernel_nat: the kernel translates the flow (see kernel_ct.h).
  */
-static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet *pkt, enum nat_probe probe,
-				     bool *kernel_nat, enum reason *reason)
+static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet *pkt, struct flow_ctx *fc,
+				     enum nat_probe probe, bool *kernel_nat, enum reason *reason)
 {
-	struct flow f;
-
 	*kernel_nat = false;
-	if (parse_flow(pkt->ip, (void *)(long)skb->data_end, &f) != FLOW_OK) {
+	flow_parse(fc, pkt->ip, (void *)(long)skb->data_end);
+	if (fc->flow_error) {
 		*reason = REASON_DROP_FRAGMENT;
 		return TC_ACT_SHOT;
 	}
-	return ct_policy(skb, &f, skb->len, probe, KNAT_NONE, kernel_nat, reason);
+	return ct_policy(skb, fc, skb->len, probe, KNAT_NONE, kernel_nat, reason);
 }
 
 /*
@@ -168,10 +175,11 @@ static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet 
  * forward the packet; otherwise the verdict, with *reason set: a drop, or the kernel for a flow
  * it translates, so that it reverses the translation (un-DNAT a Service's reply, say).
  */
-static __always_inline int tc_policy_forward(struct __sk_buff *skb, const struct packet *pkt, enum reason *reason)
+static __always_inline int tc_policy_forward(struct __sk_buff *skb, const struct packet *pkt, struct flow_ctx *fc,
+					     enum reason *reason)
 {
 	bool kernel_nat;
-	int verdict = tc_policy(skb, pkt, NAT_PROBE_INGRESS, &kernel_nat, reason);
+	int verdict = tc_policy(skb, pkt, fc, NAT_PROBE_INGRESS, &kernel_nat, reason);
 
 	if (verdict == TC_ACT_UNSPEC && kernel_nat) {
 		*reason = REASON_PASS_NAT;
@@ -181,32 +189,29 @@ static __always_inline int tc_policy_forward(struct __sk_buff *skb, const struct
 }
 
 /* Whether nf_policy runs at netfilter's hooks (the agent sets the flag once its links are attached). */
-static __always_inline bool nf_policy_on(void)
+static __always_inline bool nf_policy_on(const struct flow_ctx *fc)
 {
-	__u32 zero = 0;
-	struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
-
-	return cfg && (cfg->flags & CONFIG_NF_POLICY);
+	return fc->cfg && (fc->cfg->flags & CONFIG_NF_POLICY);
 }
 
-/* Deliver to a workload on this host: into its namespace, past the host's stack. */
-static __always_inline int redirect_local(struct __sk_buff *skb, struct packet *pkt,
-					  const struct route_value *rt, enum reason *reason)
+/* Deliver to a workload on this host (the packet's destination route): into its namespace, past the host's stack. */
+static __always_inline int redirect_local(struct __sk_buff *skb, struct packet *pkt, struct flow_ctx *fc,
+					  enum reason *reason)
 {
-	__u32 ifindex = rt->ifindex;
-	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	const __u8 *mac = flow_dst_mac(fc);
 	long ret;
 
-	if (!ep) {
+	if (!mac) {
 		*reason = REASON_PASS_NO_ENDPOINT;
 		return TC_ACT_OK;
 	}
 
-	__builtin_memcpy(pkt->eth->h_dest, ep->mac, ETH_ALEN);
+	__builtin_memcpy(pkt->eth->h_dest, mac, ETH_ALEN);
 	__builtin_memcpy(pkt->eth->h_source, host_veth_mac, ETH_ALEN);
 	ipv4_decrease_ttl(pkt->ip);
 
-	ret = bpf_redirect_peer(ifindex, 0);
+	flow_keep_routes(fc);
+	ret = bpf_redirect_peer(fc->rt[SIDE_DST].v.ifindex, 0);
 	if (ret != TC_ACT_REDIRECT) {
 		*reason = REASON_DROP_REDIRECT;
 		return TC_ACT_SHOT;
@@ -216,7 +221,7 @@ static __always_inline int redirect_local(struct __sk_buff *skb, struct packet *
 }
 
 /* Send to another host's workload: out of the uplink, L2 filled in from the neighbour table. */
-static __always_inline int redirect_remote(struct __sk_buff *skb, struct packet *pkt,
+static __always_inline int redirect_remote(struct __sk_buff *skb, struct packet *pkt, struct flow_ctx *fc,
 					   const struct route_value *rt, enum reason *reason)
 {
 	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = rt->next_hop };
@@ -234,6 +239,7 @@ static __always_inline int redirect_remote(struct __sk_buff *skb, struct packet 
 
 	ipv4_decrease_ttl(pkt->ip);
 
+	flow_keep_routes(fc);
 	if (nh.ipv4_nh)
 		ret = bpf_redirect_neigh(ifindex, &nh, sizeof(nh), 0);
 	else

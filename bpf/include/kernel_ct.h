@@ -52,7 +52,14 @@ enum kernel_nat {
 static __always_inline enum kernel_nat kernel_nat_lookup(struct __sk_buff *skb, __be32 saddr, __be32 daddr,
 							 __be16 sport, __be16 dport, __u8 proto, bool reversed)
 {
-	struct bpf_sock_tuple t = {};
+	/* The IPv4 member of struct bpf_sock_tuple alone: the kfunc reads tuple__sz bytes of it, and
+	 * the union's IPv6 member would take 24 more bytes of a stack conntrack's callers fill. */
+	struct {
+		__be32 saddr;
+		__be32 daddr;
+		__be16 sport;
+		__be16 dport;
+	} t = {};
 	struct bpf_ct_opts opts = { .netns_id = BPF_F_CURRENT_NETNS, .l4proto = proto };
 	enum kernel_nat ret = KNAT_NONE;
 	struct nf_conn *ct;
@@ -60,17 +67,17 @@ static __always_inline enum kernel_nat kernel_nat_lookup(struct __sk_buff *skb, 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return KNAT_NONE;
 	if (reversed) {
-		t.ipv4.saddr = daddr;
-		t.ipv4.daddr = saddr;
-		t.ipv4.sport = dport;
-		t.ipv4.dport = sport;
+		t.saddr = daddr;
+		t.daddr = saddr;
+		t.sport = dport;
+		t.dport = sport;
 	} else {
-		t.ipv4.saddr = saddr;
-		t.ipv4.daddr = daddr;
-		t.ipv4.sport = sport;
-		t.ipv4.dport = dport;
+		t.saddr = saddr;
+		t.daddr = daddr;
+		t.sport = sport;
+		t.dport = dport;
 	}
-	ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
+	ct = bpf_skb_ct_lookup(skb, (struct bpf_sock_tuple *)&t, sizeof(t), &opts, sizeof(opts));
 	if (!ct)
 		return KNAT_NONE;
 	if (ct->status & (IPS_SRC_NAT | IPS_DST_NAT))

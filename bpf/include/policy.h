@@ -276,6 +276,13 @@ static __always_inline bool failsafe_port(const struct route_value *host, __u8 p
 	return v && (*v & dir);
 }
 
+static __always_inline struct route_value *route_lookup(__be32 addr)
+{
+	struct route_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&routes, &key);
+}
+
 static __always_inline struct endpoint *local_endpoint(const struct route_value *rt)
 {
 	__u32 ifindex;
@@ -287,18 +294,16 @@ static __always_inline struct endpoint *local_endpoint(const struct route_value 
 }
 
 /*
- * The verdict for a flow from its initiator (saddr, sport) to its responder: the initiator's
- * egress policy where it is a local workload, then the responder's ingress policy where it is.
- * This host's own address may always reach its workloads (as Kubernetes requires for probes), and
- * failsafe ports between workloads and hosts are never cut.
+ * The verdict for a flow from its initiator (saddr, sport) to its responder, whose routes are srt
+ * and drt (NULL: none): the initiator's egress policy where it is a local workload, then the
+ * responder's ingress policy where it is. This host's own address may always reach its workloads
+ * (as Kubernetes requires for probes), and failsafe ports between workloads and hosts are never
+ * cut.
  */
 static __always_inline enum ct_verdict policy_check(__be32 saddr, __be32 daddr, __be16 sport, __be16 port, __u8 proto,
+						    const struct route_value *srt, const struct route_value *drt,
 						    __u32 *rule_egress, __u32 *rule_ingress)
 {
-	struct route_key sk = { .prefixlen = 32, .addr = saddr };
-	struct route_key dk = { .prefixlen = 32, .addr = daddr };
-	struct route_value *srt = bpf_map_lookup_elem(&routes, &sk);
-	struct route_value *drt = bpf_map_lookup_elem(&routes, &dk);
 	struct endpoint *sep = local_endpoint(srt);
 	struct endpoint *dep = local_endpoint(drt);
 
@@ -398,93 +403,344 @@ enum nat_probe {
 	NAT_PROBE_EGRESS = 2,  /* tcx egress: netfilter has translated the packet already */
 };
 
+/* Which of a packet's addresses. */
+enum flow_side {
+	SIDE_SRC = 0,
+	SIDE_DST = 1,
+};
+
+/* A route as one program run knows it: not looked up yet, none, or found. */
+enum route_state : __u8 {
+	RT_UNKNOWN = 0,
+	RT_NONE = 1,
+	RT_FOUND = 2,
+};
+
+struct flow_route {
+	struct route_value v;
+	enum route_state state;
+	__u8 learned; /* looked up in this run (the route, or the MAC): worth keeping in the entry */
+	__u8 has_mac; /* mac is the local workload's (a LOCAL_WEP route) */
+	__u8 mac[6];
+	__u8 _pad[3];
+};
+
 /*
- * Conntrack and policy for one packet. Returns TC_ACT_UNSPEC when the packet may go on, or
- * TC_ACT_SHOT with *reason set. *kernel_nat says that the kernel translates the flow, so the
- * packet must stay on the kernel path.
+ * What one program run knows of a packet's flow: its tuple and conntrack entry, looked up once,
+ * and the routes of its two addresses, from the entry while they are current.
  */
-static __always_inline int ct_policy(struct __sk_buff *skb, const struct flow *f, __u64 len, enum nat_probe probe,
-				     enum kernel_nat known, bool *kernel_nat, enum reason *reason)
+struct flow_ctx {
+	struct flow f;
+	struct ct_key key;
+	struct ct_value *ct; /* the flow's live entry, or NULL */
+	struct config_value *cfg;
+	__u64 now;
+	__u32 generation;       /* config's policy generation */
+	__u32 route_generation; /* config's route generation, read before any route */
+	bool src_is_a;
+	bool parsed;     /* f, key and ct are set */
+	bool flow_error; /* a later fragment whose first one left no ports */
+	__u8 _pad;
+	struct flow_route rt[2]; /* [SIDE_SRC], [SIDE_DST] */
+	/* What ct_policy hands its out-of-line part for a new flow (in_*), and gets back (out_*). */
+	__u32 in_len;
+	__u8 in_probe;      /* enum nat_probe */
+	__u8 in_known;      /* enum kernel_nat */
+	__u8 out_reason;    /* enum reason */
+	__u8 out_kernel_nat;
+};
+
+/*
+ * Start a run's flow context at now: conntrack's clock. Timeouts are seconds, so the TC programs
+ * give the tick's clock (bpf_ktime_get_coarse_ns), which costs no clock source read; netfilter
+ * programs may not call that helper and give bpf_ktime_get_ns. Both are CLOCK_MONOTONIC.
+ */
+static __always_inline void flow_ctx_init(struct flow_ctx *fc, __u64 now)
 {
 	__u32 zero = 0;
-	struct config_value *cfg = bpf_map_lookup_elem(&config, &zero);
-	__u32 generation = cfg ? cfg->policy_generation : 0;
-	__u64 now = bpf_ktime_get_ns();
-	struct ct_key key;
-	struct ct_value *ct;
-	bool src_is_a = ct_key_of(&key, f->saddr, f->daddr, f->sport, f->dport, f->protocol);
+
+	__builtin_memset(fc, 0, sizeof(*fc));
+	fc->cfg = bpf_map_lookup_elem(&config, &zero);
+	if (fc->cfg) {
+		fc->generation = fc->cfg->policy_generation;
+		fc->route_generation = fc->cfg->route_generation;
+	}
+	fc->now = now;
+}
+
+/*
+ * The flow's entry, when it has one that still counts: not expired, and not a closed TCP
+ * connection whose ports a new connection reuses (that one starts afresh).
+ */
+static __always_inline struct ct_value *ct_live(struct flow_ctx *fc)
+{
+	struct ct_value *ct = bpf_map_lookup_elem(&conntrack, &fc->key);
+
+	if (ct && (ct_expired(ct, fc->cfg, fc->now) ||
+		   (ct->state == CT_TCP_CLOSED && (fc->f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)))
+		return NULL;
+	return ct;
+}
+
+/* Parse the packet at ip into fc and find its conntrack entry, once. */
+static __always_inline void flow_parse(struct flow_ctx *fc, struct iphdr *ip, void *data_end)
+{
+	if (fc->parsed || fc->flow_error)
+		return;
+	if (parse_flow(ip, data_end, &fc->f) != FLOW_OK) {
+		fc->flow_error = true;
+		return;
+	}
+	fc->src_is_a = ct_key_of(&fc->key, fc->f.saddr, fc->f.daddr, fc->f.sport, fc->f.dport, fc->f.protocol);
+	fc->ct = ct_live(fc);
+	fc->parsed = true;
+}
+
+/* The entry's slot for a side of the packet: addr_a's or addr_b's. */
+static __always_inline struct ct_route *ct_route_of(struct ct_value *ct, const struct flow_ctx *fc,
+						    enum flow_side side)
+{
+	__u32 slot = (side == SIDE_SRC) == fc->src_is_a ? 0 : 1;
+
+	/* The verifier knows no bool is 0 or 1: keep the mask the compiler would drop. */
+	barrier_var(slot);
+	return &ct->route[slot & 1];
+}
+
+/*
+ * The route of a side of the packet (addr: that side's address), or NULL when there is none:
+ * from the flow's conntrack entry when it holds a current one, else from the routes trie.
+ */
+static __always_inline struct route_value *flow_route(struct flow_ctx *fc, enum flow_side side, __be32 addr)
+{
+	struct flow_route *r = &fc->rt[side & 1];
+	struct route_value *found;
+
+	if (r->state == RT_UNKNOWN) {
+		struct ct_value *ct = fc->ct;
+
+		if (ct && ct->route_generation == fc->route_generation) {
+			struct ct_route *cr = ct_route_of(ct, fc, side);
+
+			if (cr->known & CT_ROUTE_KNOWN) {
+				r->v.flags = cr->flags;
+				r->v.ifindex = cr->ifindex;
+				r->v.next_hop = cr->next_hop;
+				r->has_mac = !!(cr->known & CT_ROUTE_MAC);
+				__builtin_memcpy(r->mac, cr->mac, ETH_ALEN);
+				r->state = cr->flags ? RT_FOUND : RT_NONE;
+			}
+		}
+	}
+	if (r->state == RT_UNKNOWN) {
+		found = route_lookup(addr);
+		r->learned = 1;
+		if (found) {
+			r->v = *found;
+			r->state = RT_FOUND;
+		} else {
+			r->state = RT_NONE;
+		}
+	}
+	return r->state == RT_FOUND ? &r->v : NULL;
+}
+
+/*
+ * The MAC of the local workload the packet goes to (its destination route is LOCAL_WEP), or
+ * NULL when its endpoint is missing.
+ */
+static __always_inline const __u8 *flow_dst_mac(struct flow_ctx *fc)
+{
+	struct flow_route *r = &fc->rt[SIDE_DST];
+	struct endpoint *ep;
+	__u32 ifindex;
+
+	if (r->state != RT_FOUND || !(r->v.flags & ROUTE_LOCAL_WEP))
+		return NULL;
+	if (!r->has_mac) {
+		ifindex = r->v.ifindex;
+		ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+		if (!ep)
+			return NULL;
+		__builtin_memcpy(r->mac, ep->mac, ETH_ALEN);
+		r->has_mac = 1;
+		r->learned = 1;
+	}
+	return r->mac;
+}
+
+/* Keep the route of a side in ct's slot (or leave the slot unknown when the run has none). */
+static __always_inline void ct_route_fill(struct ct_route *cr, const struct flow_route *r)
+{
+	if (r->state == RT_UNKNOWN) {
+		cr->known = 0;
+		return;
+	}
+	cr->flags = r->state == RT_FOUND ? (__u8)r->v.flags : 0;
+	cr->ifindex = r->state == RT_FOUND ? r->v.ifindex : 0;
+	cr->next_hop = r->state == RT_FOUND ? r->v.next_hop : 0;
+	__builtin_memcpy(cr->mac, r->mac, ETH_ALEN);
+	cr->known = CT_ROUTE_KNOWN | (r->has_mac ? CT_ROUTE_MAC : 0);
+}
+
+/*
+ * Keep what this run learned of the flow's routes in its live entry, for its next packets. The
+ * generation is the one read before the routes were: a change since makes them stale at once.
+ */
+static __always_inline void flow_keep_routes(struct flow_ctx *fc)
+{
+	struct ct_value *ct = fc->ct;
+	int side;
+
+	if (!ct || !(fc->rt[SIDE_SRC].learned || fc->rt[SIDE_DST].learned))
+		return;
+	if (ct->route_generation != fc->route_generation) {
+		ct->route[0].known = 0;
+		ct->route[1].known = 0;
+		barrier();
+		ct->route_generation = fc->route_generation;
+	}
+	for (side = SIDE_SRC; side <= SIDE_DST; side++) {
+		const struct flow_route *r = &fc->rt[side];
+
+		if (r->state != RT_UNKNOWN)
+			ct_route_fill(ct_route_of(ct, fc, side), r);
+	}
+}
+
+/*
+ * The first packet of a flow this host's conntrack does not know (ct_policy's cold path, kept out
+ * of line so that the code an established flow runs stays small): related ICMP errors, the
+ * kernel's NAT, policy, and the new entry with the routes fc holds. fc->in_* hold the packet's
+ * length, how to probe the kernel's conntrack and what the caller knows of it; fc->out_* get
+ * whether the kernel translates the flow and, for a drop, the reason.
+ */
+/* A new entry is built here, not on the stack, which the flow's context and its caller fill. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ct_value);
+	__uint(max_entries, 1);
+} ct_scratch SEC(".maps");
+
+static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
+{
+	const struct flow *f = &fc->f;
+	__u32 generation = fc->generation;
+	__u64 now = fc->now;
+	__u64 len = fc->in_len;
+	enum nat_probe probe = (enum nat_probe)fc->in_probe;
+	struct ct_value *fresh;
+	enum kernel_nat nat = (enum kernel_nat)fc->in_known;
+	__u32 zero = 0;
+	__be32 saddr = f->saddr, daddr = f->daddr;
+	__be16 sport = f->sport, port = f->policy_port;
+	struct route_value *srt, *drt;
+	enum ct_verdict v;
 	int dir;
 
-	*kernel_nat = false;
-	ct = bpf_map_lookup_elem(&conntrack, &key);
-	if (ct && (ct_expired(ct, cfg, now) ||
-		   /* A new connection reusing the ports of a closed one starts afresh. */
-		   (ct->state == CT_TCP_CLOSED && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)))
-		ct = NULL;
-
-	if (!ct) {
-		struct ct_value fresh = {};
-		enum kernel_nat nat = known;
-		__be32 saddr = f->saddr, daddr = f->daddr;
-		__be16 sport = f->sport, port = f->policy_port;
-		enum ct_verdict v;
-
-		if (ct_related(f, cfg, generation, now))
-			return TC_ACT_UNSPEC;
-		if (probe != NAT_PROBE_NONE)
-			nat = kernel_nat_lookup(skb, f->saddr, f->daddr, f->sport, f->dport, f->protocol,
-						probe == NAT_PROBE_EGRESS);
-		/* The kernel delivers a reply it translated back (a Service's, to its client): the flow's
-		 * first packet met policy before, as it was after the kernel's DNAT; a reply passes. */
-		if (nat == KNAT_REPLY && probe == NAT_PROBE_EGRESS)
-			return TC_ACT_UNSPEC;
-		if (nat == KNAT_REPLY) {
-			/* The first packet this host's eBPF sees of a translated flow is a reply: the flow is
-			 * checked as its initiator opened it, which is this packet's tuple reversed. */
-			saddr = f->daddr;
-			daddr = f->saddr;
-			sport = f->dport;
-			port = f->sport;
-		}
-		v = policy_check(saddr, daddr, sport, port, f->protocol, &fresh.rule_egress, &fresh.rule_ingress);
-		if (v == CT_VERDICT_ALLOW && f->icmp_error)
-			return TC_ACT_UNSPEC; /* an error about no known flow: allowed on its own, never a flow */
-		if (v != CT_VERDICT_ALLOW) {
-			/* Denied first packets leave no entry: a flood of them cannot fill the table. */
-			count_rule(fresh.rule_egress, len);
-			count_rule(fresh.rule_ingress, len);
-			*reason = deny_reason(v);
-			return TC_ACT_SHOT;
-		}
-		dir = nat == KNAT_REPLY ? 1 : 0;
-		fresh.created = now;
-		fresh.last_seen = now;
-		fresh.packets[dir] = 1;
-		fresh.bytes[dir] = len;
-		fresh.generation = generation;
-		fresh.policy_port = port;
-		fresh.state = ct_initial_state(f);
-		fresh.verdict = CT_VERDICT_ALLOW;
-		fresh.initiator_is_a = src_is_a != (nat == KNAT_REPLY);
-		fresh.kernel_nat = nat != KNAT_NONE;
-		if (f->protocol == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_FIN) && !(f->tcp_flags & TCP_FLAG_RST))
-			fresh.fin_seen = 1 << dir;
-		bpf_map_update_elem(&conntrack, &key, &fresh, BPF_ANY);
-		count_rule(fresh.rule_egress, len);
-		count_rule(fresh.rule_ingress, len);
-		*kernel_nat = fresh.kernel_nat;
+	fresh = bpf_map_lookup_elem(&ct_scratch, &zero);
+	if (!fresh)
+		return TC_ACT_UNSPEC; /* never: the array has its one entry on every CPU */
+	__builtin_memset(fresh, 0, sizeof(*fresh));
+	if (ct_related(f, fc->cfg, generation, now))
 		return TC_ACT_UNSPEC;
+	if (probe != NAT_PROBE_NONE && skb)
+		nat = kernel_nat_lookup(skb, f->saddr, f->daddr, f->sport, f->dport, f->protocol,
+					probe == NAT_PROBE_EGRESS);
+	/* The kernel delivers a reply it translated back (a Service's, to its client): the flow's
+	 * first packet met policy before, as it was after the kernel's DNAT; a reply passes. */
+	if (nat == KNAT_REPLY && probe == NAT_PROBE_EGRESS)
+		return TC_ACT_UNSPEC;
+	srt = flow_route(fc, SIDE_SRC, f->saddr);
+	drt = flow_route(fc, SIDE_DST, f->daddr);
+	if (nat == KNAT_REPLY) {
+		/* The first packet this host's eBPF sees of a translated flow is a reply: the flow is
+		 * checked as its initiator opened it, which is this packet's tuple reversed. */
+		struct route_value *t = srt;
+
+		saddr = f->daddr;
+		daddr = f->saddr;
+		sport = f->dport;
+		port = f->sport;
+		srt = drt;
+		drt = t;
+	}
+	v = policy_check(saddr, daddr, sport, port, f->protocol, srt, drt, &fresh->rule_egress, &fresh->rule_ingress);
+	if (v == CT_VERDICT_ALLOW && f->icmp_error)
+		return TC_ACT_UNSPEC; /* an error about no known flow: allowed on its own, never a flow */
+	if (v != CT_VERDICT_ALLOW) {
+		/* Denied first packets leave no entry: a flood of them cannot fill the table. */
+		count_rule(fresh->rule_egress, len);
+		count_rule(fresh->rule_ingress, len);
+		fc->out_reason = deny_reason(v);
+		return TC_ACT_SHOT;
+	}
+	dir = nat == KNAT_REPLY ? 1 : 0;
+	fresh->created = now;
+	fresh->last_seen = now;
+	fresh->packets[dir] = 1;
+	fresh->bytes[dir] = len;
+	fresh->generation = generation;
+	fresh->policy_port = port;
+	fresh->state = ct_initial_state(f);
+	fresh->verdict = CT_VERDICT_ALLOW;
+	fresh->initiator_is_a = fc->src_is_a != (nat == KNAT_REPLY);
+	fresh->kernel_nat = nat != KNAT_NONE;
+	if (f->protocol == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_FIN) && !(f->tcp_flags & TCP_FLAG_RST))
+		fresh->fin_seen = 1 << dir;
+	/* A local workload's MAC, for the redirect that follows. */
+	flow_dst_mac(fc);
+	fresh->route_generation = fc->route_generation;
+	ct_route_fill(ct_route_of(fresh, fc, SIDE_SRC), &fc->rt[SIDE_SRC]);
+	ct_route_fill(ct_route_of(fresh, fc, SIDE_DST), &fc->rt[SIDE_DST]);
+	bpf_map_update_elem(&conntrack, &fc->key, fresh, BPF_ANY);
+	count_rule(fresh->rule_egress, len);
+	count_rule(fresh->rule_ingress, len);
+	fc->out_kernel_nat = fresh->kernel_nat;
+	return TC_ACT_UNSPEC;
+}
+
+/*
+ * Conntrack and policy for the packet fc was parsed from (flow_parse). Returns TC_ACT_UNSPEC
+ * when the packet may go on, or TC_ACT_SHOT with *reason set. *kernel_nat says that the kernel
+ * translates the flow, so the packet must stay on the kernel path. A new flow's entry keeps the
+ * routes fc holds.
+ */
+static __always_inline int ct_policy(struct __sk_buff *skb, struct flow_ctx *fc, __u64 len, enum nat_probe probe,
+				     enum kernel_nat known, bool *kernel_nat, enum reason *reason)
+{
+	const struct flow *f = &fc->f;
+	struct ct_value *ct = fc->ct;
+	__u32 generation = fc->generation;
+	__u64 now = fc->now;
+	int dir, verdict;
+
+	*kernel_nat = false;
+	if (!ct) {
+		fc->in_len = len;
+		fc->in_probe = probe;
+		fc->in_known = known;
+		fc->out_kernel_nat = false;
+		fc->out_reason = REASON_UNSPEC;
+		verdict = ct_new(skb, fc);
+		*kernel_nat = fc->out_kernel_nat;
+		if (verdict != TC_ACT_UNSPEC)
+			*reason = (enum reason)fc->out_reason;
+		return verdict;
 	}
 
-	dir = src_is_a == (bool)ct->initiator_is_a ? 0 : 1;
+	dir = fc->src_is_a == (bool)ct->initiator_is_a ? 0 : 1;
 	if (ct->generation != generation) {
 		/* Policy changed since the verdict: check the flow again, as its initiator opened it. */
-		__be32 s = ct->initiator_is_a ? key.addr_a : key.addr_b;
-		__be32 d = ct->initiator_is_a ? key.addr_b : key.addr_a;
-		__be16 sport = ct->initiator_is_a ? key.port_a : key.port_b;
+		const struct ct_key *key = &fc->key;
+		__be32 s = ct->initiator_is_a ? key->addr_a : key->addr_b;
+		__be32 d = ct->initiator_is_a ? key->addr_b : key->addr_a;
+		__be16 sport = ct->initiator_is_a ? key->port_a : key->port_b;
 		__u32 re, ri;
 
-		ct->verdict = policy_check(s, d, sport, ct->policy_port, key.protocol, &re, &ri);
+		ct->verdict = policy_check(s, d, sport, ct->policy_port, key->protocol, route_lookup(s), route_lookup(d),
+					   &re, &ri);
 		ct->rule_egress = re;
 		ct->rule_ingress = ri;
 		ct->generation = generation;
@@ -497,7 +753,9 @@ static __always_inline int ct_policy(struct __sk_buff *skb, const struct flow *f
 	}
 
 	ct_advance(ct, f, dir);
-	ct->last_seen = now;
+	/* The tick's clock moves a few hundred times a second: most packets write nothing here. */
+	if (ct->last_seen != now)
+		ct->last_seen = now;
 	__sync_fetch_and_add(&ct->packets[dir & 1], 1);
 	__sync_fetch_and_add(&ct->bytes[dir & 1], len);
 	count_rule(ct->rule_egress, len);

@@ -166,8 +166,27 @@ enum ct_verdict : __u8 {
 	CT_VERDICT_DENY_INGRESS = 3, /* ... the receiver's ingress denies it */
 };
 
+/*
+ * The route of one of a flow's addresses, as its conntrack entry keeps it so that the packets of
+ * an established flow need no walk of the routes trie (nor, to a local workload, a lookup of its
+ * endpoint): what the routes map answered, valid while the entry's route_generation is config's.
+ * The agent bumps that on every change of the routes or endpoints maps.
+ */
+enum ct_route_known : __u8 {
+	CT_ROUTE_KNOWN = 1 << 0, /* looked up: flags 0 means the routes map had no route */
+	CT_ROUTE_MAC = 1 << 1,   /* mac holds the local workload's MAC (a LOCAL_WEP route's endpoint) */
+};
+
+struct ct_route {
+	__u32 ifindex;
+	__be32 next_hop;
+	__u8 flags; /* enum route_flags */
+	enum ct_route_known known;
+	__u8 mac[6];
+};
+
 struct ct_value {
-	__u64 created;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet */
+	__u64 created;      /* bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC, at tick resolution) of the first packet */
 	__u64 last_seen;    /* of the latest packet */
 	__u64 packets[2];   /* [0] initiator to responder, [1] the replies */
 	__u64 bytes[2];
@@ -180,7 +199,9 @@ struct ct_value {
 	__u8 initiator_is_a; /* the initiator is (addr_a, port_a) */
 	__u8 fin_seen;       /* bit 0: the initiator sent FIN, bit 1: the responder did */
 	__u8 kernel_nat;     /* the kernel's conntrack translates this flow: eBPF never forwards it past the kernel */
-	__u8 _pad[5];
+	__u8 _pad[1];
+	__u32 route_generation; /* config's route_generation when route was filled */
+	struct ct_route route[2]; /* [0] of addr_a, [1] of addr_b */
 };
 
 enum config_flags {
@@ -194,6 +215,7 @@ struct config_value {
 	__u32 policy_generation; /* bumped on every policy change: flows are re-checked */
 	struct ct_timeouts ct_timeouts;
 	enum config_flags flags;
+	__u32 route_generation; /* bumped on every change of the routes or endpoints maps: routes kept in conntrack expire */
 };
 
 /* Failsafe ports: traffic between a workload and a host on these is never cut by policy. */

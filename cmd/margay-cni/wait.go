@@ -54,7 +54,7 @@ func programmed(root string, res workload.Result, ifindex uint32, endpoints **ma
 		if err != nil {
 			return fmt.Errorf("no endpoints map under %s (is margay-agent running?): %w", root, err)
 		}
-		*endpoints = maps.NewEndpoints(m)
+		*endpoints = maps.NewEndpoints(m, nil) // read only
 	}
 	ep, err := (*endpoints).Get(ifindex)
 	if err != nil {

@@ -93,6 +93,11 @@ func New(dp *loader.Dataplane, opts ...Option) (*Reconciler, error) {
 	for _, o := range opts {
 		o(r)
 	}
+	// Routes that conntrack entries keep from before this reconciler are looked up again.
+	if err := r.maps.Config.RestartRouteGeneration(); err != nil {
+		nl.Close()
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
 	return r, nil
 }
 
