@@ -27,6 +27,7 @@ const dialTimeout = 2 * time.Second
 type server struct {
 	iperf *exec.Cmd
 	ln    *net.TCPListener
+	udp   *net.UDPConn // echoes every datagram on rrPort: the new-flow test
 }
 
 func startServer(tb testing.TB, ns *netns.NS) *server {
@@ -39,6 +40,25 @@ func startServer(tb testing.TB, ns *netns.NS) *server {
 		tb.Fatal(err)
 	}
 	netns.ServeByteEcho(tb, s.ln)
+	if err := ns.Do(func() (err error) {
+		s.udp, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(serverIP, rrPort)))
+		return err
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64)
+		for {
+			n, from, err := s.udp.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = s.udp.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	tb.Cleanup(func() { s.udp.Close(); <-done })
 
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		tb.Fatal("iperf3 is missing: apt-get install -y iperf3")
@@ -220,6 +240,33 @@ func (t *topo) crr(d time.Duration, s *benchsuite.Sample) error {
 }
 
 // exchange proves TCP works end to end: a few bytes to the RR server and back.
+// newFlows sends one datagram from a new socket (a new source port: a new flow) at a time and
+// waits for its echo, for d: every request is its flow's first packet, every reply its second.
+// It returns the flows done.
+func (t *topo) newFlows(d time.Duration) (int, error) {
+	n := 0
+	buf := []byte{'n'}
+	for start := time.Now(); time.Since(start) < d; n++ {
+		var c net.Conn
+		if err := t.client.Do(func() (err error) {
+			c, err = net.Dial("udp4", netip.AddrPortFrom(t.dst, rrPort).String())
+			return err
+		}); err != nil {
+			return n, fmt.Errorf("%v: new flow %d: %w", t, n, err)
+		}
+		_ = c.SetDeadline(time.Now().Add(dialTimeout))
+		_, err := c.Write(buf)
+		if err == nil {
+			_, err = c.Read(buf)
+		}
+		c.Close()
+		if err != nil {
+			return n, fmt.Errorf("%v: new flow %d: %w", t, n, err)
+		}
+	}
+	return n, nil
+}
+
 func (t *topo) exchange() error {
 	return t.client.Do(func() error {
 		c, err := t.dialer(dialTimeout).Dial("tcp4", netip.AddrPortFrom(t.dst, rrPort).String())

@@ -112,10 +112,19 @@ type ControlFigure struct {
 // ProgramFigure is what the kernel says about one attached program while traffic ran.
 type ProgramFigure struct {
 	Topology, Test, Host, Program string
+	Round                         int
 	XlatedInsns                   int
 	JitedBytes                    int
 	RunCount                      uint64
 	NsPerRun                      float64
+}
+
+// ProgramGoal bounds a program's time per run on one host in one test of a topology: the median
+// over the rounds must be at most Bound ns.
+type ProgramGoal struct {
+	Topology, Test, Host, Program string
+	Case                          string // what the runs are, e.g. "established flow"
+	Bound                         float64
 }
 
 // Report is everything BENCHMARKS.md is made from.
@@ -132,6 +141,7 @@ type Report struct {
 	Checks                   []string // what the path checks proved before timing
 	Evidence                 []string // facts gathered during the run (offloads, profiles)
 	Programs                 []ProgramFigure
+	ProgramGoals             []ProgramGoal
 	BPF                      []BPFPoint
 	BPFCommand, BPFNote      string
 	Control                  []ControlFigure
@@ -200,6 +210,7 @@ func (r *Report) Markdown() ([]byte, error) {
 		"goals":   r.goalsTable,
 		"bpf":     r.bpfTable,
 		"progs":   r.programsTable,
+		"pgoals":  r.programGoalsTable,
 		"date":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
 	}
 	t, err := template.New("md").Funcs(funcs).Parse(mdTemplate)
@@ -334,14 +345,76 @@ func (r *Report) bpfTable() string {
 	return b.String()
 }
 
+// programRuns is the ns per run of one program on one host in one test, over the rounds, with
+// its size.
+type programRuns struct {
+	ProgramFigure
+	ns   []float64
+	runs []uint64
+}
+
+// programRuns groups the program figures by topology, test, host and program, in their order.
+func (r *Report) programRuns() []*programRuns {
+	var out []*programRuns
+	idx := map[[4]string]*programRuns{}
+	for _, p := range r.Programs {
+		k := [4]string{p.Topology, p.Test, p.Host, p.Program}
+		g := idx[k]
+		if g == nil {
+			g = &programRuns{ProgramFigure: p}
+			idx[k] = g
+			out = append(out, g)
+		}
+		g.ns = append(g.ns, p.NsPerRun)
+		g.runs = append(g.runs, p.RunCount)
+	}
+	return out
+}
+
 func (r *Report) programsTable() string {
 	if len(r.Programs) == 0 {
 		return "_No program statistics were gathered._\n"
 	}
 	var b strings.Builder
-	b.WriteString("| topology | test | host | program | xlated insns | jited bytes | runs | ns per run |\n|---|---|---|---|---:|---:|---:|---:|\n")
-	for _, p := range r.Programs {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %d | %d | %.0f |\n", p.Topology, p.Test, p.Host, p.Program, p.XlatedInsns, p.JitedBytes, p.RunCount, p.NsPerRun)
+	b.WriteString("| topology | test | host | program | xlated insns | jited bytes | rounds | runs per round (median) | ns per run, median (min–max) |\n|---|---|---|---|---:|---:|---:|---:|---:|\n")
+	for _, g := range r.programRuns() {
+		runs := make([]float64, len(g.runs))
+		for i, n := range g.runs {
+			runs[i] = float64(n)
+		}
+		ns := Summarize(g.ns)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %d | %d | %.0f | %.0f (%.0f–%.0f) |\n", g.Topology, g.Test, g.Host, g.Program,
+			g.XlatedInsns, g.JitedBytes, len(g.ns), Summarize(runs).Med, ns.Med, ns.Min, ns.Max)
+	}
+	return b.String()
+}
+
+// ProgramMet says whether a program goal is met by the median of its rounds; ok is false when
+// the program did not run in that test.
+func (r *Report) ProgramMet(g ProgramGoal) (s Stats, met, ok bool) {
+	for _, p := range r.programRuns() {
+		if p.Topology == g.Topology && p.Test == g.Test && p.Host == g.Host && p.Program == g.Program {
+			s = Summarize(p.ns)
+			return s, s.Med <= g.Bound, true
+		}
+	}
+	return s, false, false
+}
+
+func (r *Report) programGoalsTable() string {
+	var b strings.Builder
+	b.WriteString("| program | host | case (topology, test) | goal | median ns per run | min–max | met |\n|---|---|---|---:|---:|---:|:---:|\n")
+	for _, g := range r.ProgramGoals {
+		s, met, ok := r.ProgramMet(g)
+		if !ok {
+			fmt.Fprintf(&b, "| %s | %s | %s (%s, %s) | ≤ %.0f ns | – | – | **not measured** |\n", g.Program, g.Host, g.Case, g.Topology, g.Test, g.Bound)
+			continue
+		}
+		verdict := "**not met**"
+		if met {
+			verdict = "met"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s (%s, %s) | ≤ %.0f ns | %.0f | %.0f–%.0f | %s |\n", g.Program, g.Host, g.Case, g.Topology, g.Test, g.Bound, s.Med, s.Min, s.Max, verdict)
 	}
 	return b.String()
 }

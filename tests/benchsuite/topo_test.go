@@ -8,10 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/margaynet/margay/control/policy"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/benchrules"
+	"github.com/margaynet/margay/tests/bpfbench"
 	"github.com/margaynet/margay/tests/kubeproxy"
 	"github.com/margaynet/margay/tests/netns"
 )
@@ -59,6 +63,10 @@ const (
 	// translated flow to the kernel.
 	kindKernelSvc = "b-svc"
 	kindMargaySvc = "c-svc"
+	// kindMargayBare is c's attach points and maps with programs that only look the route up
+	// and redirect (bpf/bench/bare.c): what the mechanism gives, without what Margay's programs
+	// do on top of it.
+	kindMargayBare = "c-bare"
 )
 
 // svcIP is the ClusterIP of the svc topologies.
@@ -105,6 +113,7 @@ type host struct {
 	wlMAC       net.HardwareAddr
 	d           *loader.Dataplane
 	set         *maps.Set
+	bare        *bpfbench.BarePrograms // c-bare
 }
 
 func newTopo(tb testing.TB, kind string, rules int) *topo {
@@ -145,7 +154,7 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 				h.loadMargay(tb)
 			case kindKernelFilter:
 				h.ns.IPTablesRestore(tb, benchRules(rules).IPTables())
-			case kindMargay, kindMargayPolicy, kindMargayXDP:
+			case kindMargay, kindMargayPolicy, kindMargayXDP, kindMargayBare:
 				// FORWARD drops everything: traffic that does not take the eBPF path does not arrive.
 				h.ns.IPTablesRestore(tb, benchrules.ForwardDrop)
 				h.loadMargay(tb)
@@ -156,6 +165,11 @@ func newTopo(tb testing.TB, kind string, rules int) *topo {
 		if isMargay(kind) {
 			for _, h := range []*host{t.hostA, t.hostB} {
 				h.installMargay(tb, t.hostA, t.hostB, rules, kind == kindMargayXDP)
+			}
+		}
+		if kind == kindMargayBare {
+			for _, h := range []*host{t.hostA, t.hostB} {
+				h.installBare(tb, t.hostA, t.hostB)
 			}
 		}
 	}
@@ -231,12 +245,7 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 	if h == b {
 		other = a
 	}
-	routes := []maps.Route{
-		{Prefix: h.block, Flags: maps.LocalBlock | maps.InPool},
-		{Prefix: other.block, Flags: maps.RemoteBlock | maps.InPool, Ifindex: h.uplinkIndex, NextHop: other.addr},
-		{Prefix: netip.PrefixFrom(h.wlIP, 32), Flags: maps.LocalWorkload | maps.InPool, Ifindex: h.caliIndex},
-	}
-	for _, r := range routes {
+	for _, r := range h.routes(other) {
 		if err := h.set.Routes.Put(r); err != nil {
 			tb.Fatal(err)
 		}
@@ -278,6 +287,59 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 		return err
 	}); err != nil {
 		tb.Fatalf("host %s: %v", h.name, err)
+	}
+}
+
+// routes are what the agent writes for this host: its block, the other's, its workload.
+func (h *host) routes(other *host) []maps.Route {
+	return []maps.Route{
+		{Prefix: h.block, Flags: maps.LocalBlock | maps.InPool},
+		{Prefix: other.block, Flags: maps.RemoteBlock | maps.InPool, Ifindex: h.uplinkIndex, NextHop: other.addr},
+		{Prefix: netip.PrefixFrom(h.wlIP, 32), Flags: maps.LocalWorkload | maps.InPool, Ifindex: h.caliIndex},
+	}
+}
+
+// installBare fills the dataplane's routes and endpoint as installMargay does, and attaches the
+// bare programs (bpf/bench/bare.c) where Margay's go, on those maps.
+func (h *host) installBare(tb testing.TB, a, b *host) {
+	tb.Helper()
+	other := b
+	if h == b {
+		other = a
+	}
+	for _, r := range h.routes(other) {
+		if err := h.set.Routes.Put(r); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := h.set.Endpoints.Put(maps.Endpoint{Ifindex: h.caliIndex, IPv4: h.wlIP, MAC: h.wlMAC}); err != nil {
+		tb.Fatal(err)
+	}
+	spec, err := bpfbench.LoadBare()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.bare = &bpfbench.BarePrograms{}
+	dm := h.d.Maps()
+	if err := spec.LoadAndAssign(h.bare, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		bpfbench.BareMapRoutes: dm.Routes, bpfbench.BareMapEndpoints: dm.Endpoints}}); err != nil {
+		tb.Fatalf("host %s: load the bare programs: %v", h.name, err)
+	}
+	tb.Cleanup(func() { h.bare.Close() })
+	for _, at := range []struct {
+		prog  *ebpf.Program
+		index uint32
+	}{{h.bare.BareFromWep, h.caliIndex}, {h.bare.BareFromNet, h.uplinkIndex}} {
+		var l link.Link
+		// The ifindex is resolved in the caller's namespace: the host's.
+		err := h.ns.Do(func() (err error) {
+			l, err = link.AttachTCX(link.TCXOptions{Interface: int(at.index), Program: at.prog, Attach: ebpf.AttachTCXIngress})
+			return err
+		})
+		if err != nil {
+			tb.Fatalf("host %s: attach %v to ifindex %d: %v", h.name, at.prog, at.index, err)
+		}
+		tb.Cleanup(func() { l.Close() })
 	}
 }
 

@@ -26,7 +26,8 @@ type BenchConfigValue struct {
 		Icmp           uint32
 		Other          uint32
 	}
-	Flags uint32
+	Flags           uint32
+	RouteGeneration uint32
 }
 
 type BenchCounterKey struct {
@@ -53,21 +54,30 @@ type BenchCtKey struct {
 }
 
 type BenchCtValue struct {
-	_            structs.HostLayout
-	Created      uint64
-	LastSeen     uint64
-	Packets      [2]uint64
-	Bytes        [2]uint64
-	Generation   uint32
-	RuleEgress   uint32
-	RuleIngress  uint32
-	PolicyPort   uint16
-	State        uint8
-	Verdict      uint8
-	InitiatorIsA uint8
-	FinSeen      uint8
-	KernelNat    uint8
-	Pad          [5]uint8
+	_               structs.HostLayout
+	Created         uint64
+	LastSeen        uint64
+	Packets         [2]uint64
+	Bytes           [2]uint64
+	Generation      uint32
+	RuleEgress      uint32
+	RuleIngress     uint32
+	PolicyPort      uint16
+	State           uint8
+	Verdict         uint8
+	InitiatorIsA    uint8
+	FinSeen         uint8
+	KernelNat       uint8
+	Pad             [1]uint8
+	RouteGeneration uint32
+	Route           [2]struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		NextHop uint32
+		Flags   uint8
+		Known   uint8
+		Mac     [6]uint8
+	}
 }
 
 type BenchEndpoint struct {
