@@ -10,6 +10,8 @@ package selector
 //     Margay has no selector UIDs)
 //   - calicoVisitorCanonical: the same file, the Visitor table, with the
 //     "visited/" prefix the visitor adds taken out of the expected output
+//   - calicoRestrictions: libcalico-go/lib/selector/parser/
+//     label_restriction_test.go (labelRestrictionsTests)
 //   - calicoTokenizerGood, calicoTokenizerBad:
 //     libcalico-go/lib/selector/tokenizer/tokenizer_test.go (inputs that
 //     tokenize and form whole selectors; inputs the tokenizer refuses, and
@@ -18,6 +20,7 @@ package selector
 // Only the data is taken; the tests that use it are Margay's.
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -373,9 +376,156 @@ func TestCalicoTableSizes(t *testing.T) {
 		"parser_test.go Visitor table":         {len(calicoVisitorCanonical), 11},
 		"tokenizer_test.go accepted":           {len(calicoTokenizerGood), 29},
 		"tokenizer_test.go refused":            {len(calicoTokenizerBad), 19},
+		"label_restriction_test.go":            {len(calicoRestrictions), 32},
 	} {
 		if got[0] != got[1] {
 			t.Errorf("%s: %d cases, want %d", name, got[0], got[1])
+		}
+	}
+}
+
+// calicoRestriction is what Calico's LabelRestrictions says every label set
+// a selector matches must have: the key present, the key absent, and (when
+// oneOf is not nil) a value among oneOf.
+type calicoRestriction struct {
+	present, absent bool
+	oneOf           []string
+}
+
+func values(vs ...string) []string { return append([]string{}, vs...) }
+
+// calicoRestrictions is the data of labelRestrictionsTests in
+// libcalico-go/lib/selector/parser/label_restriction_test.go (same commit).
+var calicoRestrictions = []struct {
+	sel string
+	res map[string]calicoRestriction
+}{
+	// Base cases.
+	{"", nil},
+	{"all()", nil},
+	{"global()", nil},
+	{"a == 'value'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("value")},
+	}},
+	{"has(a)", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a in {'v1','v2'}", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1", "v2")},
+	}},
+	{"a not in {'v1','v2'}", nil},
+	{"a contains 'foo'", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a ends with 'foo'", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a starts with 'foo'", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a != 'value'", nil},
+
+	// AND
+	{"a == 'v1' && a == 'v1'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1")},
+	}},
+	{"a == 'v1' && a == 'v2'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values()},
+	}},
+	{"a == 'v1' && has(a)", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1")},
+	}},
+	{"a in {'v1','v2'} && a in {'v2','v3'} ", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v2")},
+	}},
+	{"a in {'v1','v2', 'v3'} && a in {'v2','v3'} ", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v2", "v3")},
+	}},
+	{"has(a) && a == 'v1'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1")},
+	}},
+	{"has(a) && !has(a)", map[string]calicoRestriction{
+		"a": {present: true, absent: true},
+	}},
+	{"a == 'v1' && b == 'v2'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1")},
+		"b": {present: true, oneOf: values("v2")},
+	}},
+	{"a == 'v1' && all()", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1")},
+	}},
+	{"all() && a == 'v1'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1")},
+	}},
+
+	// OR
+	{"a == 'v1' || a == 'v2'", map[string]calicoRestriction{
+		"a": {present: true, oneOf: values("v1", "v2")},
+	}},
+	{"has(a) || a == 'v2'", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a=='v2' || has(a)", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a=='v2' || has(b)", nil},
+	{"a=='v2' || (has(b) && has(a))", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+	{"a == 'v1' || b == 'v2'", nil},
+	{"a == 'v1' || all()", nil},
+	{"all() || b == 'v2'", nil},
+
+	// NOT
+	{"!(a == 'value')", nil},
+	{"!has(a)", map[string]calicoRestriction{
+		"a": {absent: true},
+	}},
+	{"!!has(a)", map[string]calicoRestriction{
+		"a": {present: true},
+	}},
+}
+
+// TestCalicoRestrictions: Calico's label restrictions are lower bounds on
+// what a selector matches; every label set (over keys a and b) that Margay
+// says the selector matches must meet them, with "all() && (sel)" too.
+func TestCalicoRestrictions(t *testing.T) {
+	vals := []string{"", "v1", "v2", "v3", "value", "foo", "xfoo", "foox", "xfoox"}
+	var probes []labels
+	for i := -1; i < len(vals); i++ {
+		for j := -1; j < len(vals); j++ {
+			l := labels{}
+			if i >= 0 {
+				l["a"] = vals[i]
+			}
+			if j >= 0 {
+				l["b"] = vals[j]
+			}
+			probes = append(probes, l)
+		}
+	}
+	for _, tt := range calicoRestrictions {
+		ins := []string{tt.sel}
+		if tt.sel != "" {
+			ins = append(ins, "all() && ("+tt.sel+")")
+		}
+		for _, in := range ins {
+			s, err := Parse(in)
+			if err != nil {
+				t.Errorf("Parse(%q): %v", in, err)
+				continue
+			}
+			for _, l := range probes {
+				if !s.Matches(l) {
+					continue
+				}
+				for k, r := range tt.res {
+					v, ok := l[k]
+					if r.present && !ok || r.absent && ok || r.oneOf != nil && (!ok || !slices.Contains(r.oneOf, v)) {
+						t.Errorf("%q matches %v, against Calico's restriction on %s: %+v", in, l, k, r)
+					}
+				}
+			}
 		}
 	}
 }
