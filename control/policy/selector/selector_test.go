@@ -264,6 +264,7 @@ func TestLabels(t *testing.T) {
 		{`b == "1" && a != "2" || c in {} || !(d not in {"x"}) && has(b) && a == "x"`, []string{"a", "b", "c", "d"}},
 		{`x/y == "1" && x == "1" && y == "1"`, []string{"x", "x/y", "y"}},
 		{`has == "all" && has(in)`, []string{"has", "in"}},
+		{`global() || a contains "x" || b starts with "y" || c ends with "z"`, []string{"a", "b", "c", NamespaceLabel}},
 	}
 	for _, tt := range tests {
 		s := MustParse(tt.in)
@@ -437,5 +438,31 @@ func TestSelectorCopyAndCompare(t *testing.T) {
 	}
 	if MustParse(`has(a)`) == s {
 		t.Error("separately parsed selectors compare equal with ==")
+	}
+}
+
+// TestCalicoDifferences pins down where Margay knowingly departs from
+// Calico's parser and evaluator; see the package documentation.
+func TestCalicoDifferences(t *testing.T) {
+	// Calico prints !(!has(a)) as !!has(a), which its parser reads as
+	// has(a); Margay prints has(a) straight away.
+	if got := MustParse(`!(!has(a))`).String(); got != `has(a)` {
+		t.Errorf("!(!has(a)) prints as %q", got)
+	}
+	// Calico's evaluator takes global() as true, and gives it its meaning by
+	// rewriting a namespaceSelector global() to !has(projectcalico.org/namespace);
+	// Margay gives it that meaning wherever it appears.
+	g := MustParse(`global()`)
+	if !g.Matches(nil) || g.Matches(labels{NamespaceLabel: "default"}) {
+		t.Error("global() does not mean \"not namespaced\"")
+	}
+	// Calico has no depth limit; Margay's is above what fits in Calico's
+	// 1024-byte selector fields.
+	deep := strings.Repeat("(", 509) + "all()" + strings.Repeat(")", 509)
+	if len(deep) > 1024 {
+		t.Fatalf("bad test: %d bytes", len(deep))
+	}
+	if _, err := Parse(deep); err != nil {
+		t.Errorf("509 levels of parentheses: %v", err)
 	}
 }
