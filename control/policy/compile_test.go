@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy/selector"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -84,7 +85,10 @@ type gen struct{ r *rand.Rand }
 var (
 	labelKeys   = []string{"app", "role", "tier"}
 	labelValues = []string{"web", "db", "fe", "be", "1"}
-	netsPool    = []string{"198.19.0.0/16", "198.19.0.0/24", "198.19.0.0/25", "198.19.0.128/25", "198.19.1.0/24",
+	// valueParts are parts of labelValues (and of none), for contains, starts with and ends with.
+	valueParts = []string{"", "e", "w", "b", "d", "we", "eb", "1", "x"}
+	namespaces = []string{"prod", "dev"}
+	netsPool   = []string{"198.19.0.0/16", "198.19.0.0/24", "198.19.0.0/25", "198.19.0.128/25", "198.19.1.0/24",
 		"198.19.0.5/32", "198.18.0.0/24", "198.18.0.2/32", "0.0.0.0/0", "10.0.0.0/8"}
 )
 
@@ -92,6 +96,23 @@ func (g gen) pick(xs []string) string { return xs[g.r.IntN(len(xs))] }
 
 func (g gen) selector() string {
 	k, v := g.pick(labelKeys), g.pick(labelValues)
+	switch g.r.IntN(16) {
+	case 9:
+		return fmt.Sprintf("%s contains %q", k, g.pick(valueParts))
+	case 10:
+		return fmt.Sprintf("%s starts with %q", k, g.pick(valueParts))
+	case 11:
+		return fmt.Sprintf("%s endswith '%s' || %s", k, g.pick(valueParts), g.selectorSimple())
+	case 12:
+		return []string{"global()", "!global()", "global() || has(app)"}[g.r.IntN(3)]
+	case 13:
+		return fmt.Sprintf("%s == %q && !(%s)", selector.NamespaceLabel, g.pick(namespaces), g.selectorSimple())
+	case 14:
+		return fmt.Sprintf("(%s ends with %q || %s) && !%s starts with %q", k, g.pick(valueParts),
+			g.selectorSimple(), g.pick(labelKeys), g.pick(valueParts))
+	case 15:
+		return fmt.Sprintf("%s notin {%q,} && %s", k, v, g.selectorSimple())
+	}
 	switch g.r.IntN(9) {
 	case 0:
 		return ""
@@ -270,6 +291,10 @@ func (g gen) world() world {
 			if g.r.IntN(2) == 0 {
 				ep.Labels[k] = g.pick(labelValues)
 			}
+		}
+		// Most workloads are in a namespace; global() tells the others apart.
+		if g.r.IntN(4) != 0 {
+			ep.Labels[selector.NamespaceLabel] = g.pick(namespaces)
 		}
 		wd.all = append(wd.all, ep)
 		if ep.Node == "host1" {

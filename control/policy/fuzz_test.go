@@ -18,6 +18,8 @@ func FuzzPolicy(f *testing.F) {
 		`{"name":"bad","selector":"app ==","ingress":[]}`,
 		`{"name":"x","ingress":[{"action":"allow","destination":{"ports":[80]}}]}`,
 		`{"name":"y","unknown":1}`,
+		`{"name":"c","selector":"app contains 'e' && !global()","ingress":[{"action":"allow","source":{"selector":"role starts with 'f' || tier endswith 'b'"}}]}`,
+		`{"name":"g","selector":"global()","egress":[{"action":"deny","destination":{"notSelector":"(has(app) && has(role)) || app notin {'web',}"}}]}`,
 	} {
 		f.Add([]byte(s), uint64(1))
 	}

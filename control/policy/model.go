@@ -28,7 +28,8 @@ import (
 
 // NamespaceLabel carries a workload's namespace among its labels, as Calico's
 // projectcalico.org/namespace does, so that selectors can pick namespaces.
-const NamespaceLabel = "projectcalico.org/namespace"
+// global() matches exactly the workloads without it.
+const NamespaceLabel = selector.NamespaceLabel
 
 // Direction is ingress or egress.
 type Direction uint8

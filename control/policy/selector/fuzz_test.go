@@ -12,9 +12,7 @@ func literals(n node) []string {
 	var walk func(node)
 	walk = func(n node) {
 		switch n := n.(type) {
-		case *eqNode:
-			out = append(out, n.val)
-		case *neNode:
+		case *cmpNode:
 			out = append(out, n.val)
 		case *inNode:
 			out = append(out, n.set...)
@@ -42,14 +40,20 @@ func probeLabels(s Selector) []map[string]string {
 		{},
 		{"a": "1"},
 		{"a": "1", "b": "x"},
+		{NamespaceLabel: "default"},
 	}
 	keys := s.Labels()
 	if len(keys) == 0 {
 		return probes
 	}
-	vals := append([]string{"", "no-such-value"}, literals(s.p.root)...)
-	if len(vals) > 12 {
-		vals = vals[:12]
+	vals := []string{"", "no-such-value"}
+	for _, l := range literals(s.p.root) {
+		// The literal, and values it is a part of, for contains,
+		// starts with and ends with.
+		vals = append(vals, l, "x"+l, l+"x", "x"+l+"x")
+	}
+	if len(vals) > 18 {
+		vals = vals[:18]
 	}
 	for i := range vals {
 		// Every key set, with values rotated through the literals.
@@ -92,6 +96,17 @@ func FuzzParse(f *testing.F) {
 		`(has(a)`,
 		`a in {"x",}`,
 		`projectcalico.org/namespace == "default" && role in {"db", "cache"}`,
+		`a contains "x" || b starts with 'y' && c ends with "z"`,
+		`a startswith "x" && b endswith "y" || c notin {"z",}`,
+		`a starts  with "x"`,
+		`global()`,
+		`!global() && has(_a) && .b == "1" && -c/d/e in {}`,
+		`(has(a) && has(b)) && has(c)`,
+		`!(!has(a))`,
+		`has (a)`,
+		`all ( )`,
+		"a == \"1\"\n&& has(b)",
+		`a ends withs "x"`,
 	} {
 		f.Add(seed)
 	}

@@ -2,7 +2,6 @@ package selector
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -12,13 +11,21 @@ const (
 	// given to Parse and in canonical form.
 	MaxLength = 16 << 10
 
-	// MaxDepth is the maximum nesting depth of parentheses and "!"
-	// operators in a selector.
-	MaxDepth = 64
+	// MaxDepth is the maximum nesting depth of parentheses in a selector.
+	// It is large enough for every selector of up to 1024 bytes (the
+	// longest selector Calico's API accepts) and bounds recursion on
+	// untrusted input.
+	MaxDepth = 512
 
-	maxKeyPrefixLen = 253
-	maxKeyNameLen   = 63
+	// MaxKeyLength is the maximum length in bytes of a label key, as in
+	// Calico's selector tokenizer.
+	MaxKeyLength = 512
 )
+
+// NamespaceLabel is the label that carries the namespace of a namespaced
+// entity, as Calico's projectcalico.org/namespace does. global() matches
+// exactly the label sets without it.
+const NamespaceLabel = "projectcalico.org/namespace"
 
 // ParseError describes a syntax error in a selector.
 type ParseError struct {
@@ -63,7 +70,7 @@ func MustParse(s string) Selector {
 }
 
 // Parse parses a selector; see the package documentation for the syntax.
-// An empty (or all-whitespace) string yields a selector matching everything.
+// An empty (or all-blank) string yields a selector matching everything.
 // Errors are of type *ParseError.
 func Parse(s string) (Selector, error) {
 	if len(s) > MaxLength {
@@ -89,17 +96,7 @@ func Parse(s string) (Selector, error) {
 			return Selector{}, p.unexpected(p.tok, `"&&", "||" or end of input`)
 		}
 	}
-
-	var b strings.Builder
-	root.format(&b)
-	if b.Len() > MaxLength {
-		return Selector{}, p.errAt(0, fmt.Sprintf("selector is %d bytes long in canonical form, more than the maximum of %d", b.Len(), MaxLength))
-	}
-	var labels []string
-	collectLabels(root, func(k string) { labels = append(labels, k) })
-	slices.Sort(labels)
-	labels = slices.Clip(slices.Compact(labels))
-	return Selector{&parsed{root: root, canon: b.String(), labels: labels}}, nil
+	return newSelector(root, p)
 }
 
 type tokKind int
@@ -131,26 +128,24 @@ type token struct {
 type parser struct {
 	in    string
 	tok   token // current token
-	depth int   // current nesting of "(" and "!"
+	depth int   // current nesting of "("
 }
 
-func isSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
-}
+// isBlank reports whether c separates tokens. As in Calico, only spaces and
+// tabs do; a newline is an unexpected character.
+func isBlank(c byte) bool { return c == ' ' || c == '\t' }
 
-func isAlnum(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-}
-
+// isWordChar reports whether c may appear in a label key (or keyword).
 func isWordChar(c byte) bool {
-	return isAlnum(c) || c == '-' || c == '_' || c == '.' || c == '/'
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '_' || c == '.' || c == '/'
 }
 
 // lexAt returns the token starting at or after byte offset pos. It has no
 // side effects, so the parser can use it to look ahead.
 func (p *parser) lexAt(pos int) token {
 	in := p.in
-	for pos < len(in) && isSpace(in[pos]) {
+	for pos < len(in) && isBlank(in[pos]) {
 		pos++
 	}
 	if pos >= len(in) {
@@ -199,6 +194,9 @@ func (p *parser) lexAt(pos int) token {
 	case c == '=' || c == '&' || c == '|':
 		return token{kind: tErr, pos: pos, end: pos + 1,
 			msg: fmt.Sprintf("unexpected %q (did you mean %q?)", string(c), string(c)+string(c))}
+	case c == '\n' || c == '\r' || c == '\v' || c == '\f':
+		return token{kind: tErr, pos: pos, end: pos + 1,
+			msg: fmt.Sprintf("unexpected character %q (only spaces and tabs may separate tokens)", string(c))}
 	default:
 		_, n := utf8.DecodeRuneInString(in[pos:])
 		return token{kind: tErr, pos: pos, end: pos + n,
@@ -247,36 +245,20 @@ func (p *parser) expect(k tokKind, want string) (token, error) {
 	return t, nil
 }
 
-func (p *parser) enter(pos int) error {
-	p.depth++
-	if p.depth > MaxDepth {
-		return p.errAt(pos, fmt.Sprintf("selector nested too deeply (more than %d levels of parentheses and \"!\")", MaxDepth))
-	}
-	return nil
-}
-
 // parseOr parses  and ("||" and)* .
 func (p *parser) parseOr() (node, error) {
 	x, err := p.parseAnd()
 	if err != nil || p.tok.kind != tOr {
 		return x, err
 	}
-	or := &orNode{}
-	add := func(x node) {
-		if o, ok := x.(*orNode); ok {
-			or.terms = append(or.terms, o.terms...)
-		} else {
-			or.terms = append(or.terms, x)
-		}
-	}
-	add(x)
+	or := &orNode{terms: []node{x}}
 	for p.tok.kind == tOr {
 		p.advance()
 		y, err := p.parseAnd()
 		if err != nil {
 			return nil, err
 		}
-		add(y)
+		or.terms = append(or.terms, y)
 	}
 	return or, nil
 }
@@ -287,53 +269,54 @@ func (p *parser) parseAnd() (node, error) {
 	if err != nil || p.tok.kind != tAnd {
 		return x, err
 	}
-	and := &andNode{}
-	add := func(x node) {
-		if a, ok := x.(*andNode); ok {
-			and.terms = append(and.terms, a.terms...)
-		} else {
-			and.terms = append(and.terms, x)
-		}
-	}
-	add(x)
+	and := &andNode{terms: []node{x}}
 	for p.tok.kind == tAnd {
 		p.advance()
 		y, err := p.parseUnary()
 		if err != nil {
 			return nil, err
 		}
-		add(y)
+		and.terms = append(and.terms, y)
 	}
 	return and, nil
 }
 
-// parseUnary parses  "!" unary | primary .
+// parseUnary parses  "!"* primary . As in Calico, a run of "!" counts only
+// by its parity: "!!has(a)" is has(a). A negation of a parenthesised
+// negation cancels too ("!(!has(a))" is has(a)), which Calico's parser
+// leaves as a double negation that prints as "!!has(a)" (and so reparses
+// as has(a)); see the package documentation.
 func (p *parser) parseUnary() (node, error) {
-	if p.tok.kind != tNot {
-		return p.parsePrimary()
+	neg := false
+	for p.tok.kind == tNot {
+		neg = !neg
+		p.advance()
 	}
-	if err := p.enter(p.tok.pos); err != nil {
-		return nil, err
+	x, err := p.parsePrimary()
+	if err != nil || !neg {
+		return x, err
 	}
-	p.advance()
-	x, err := p.parseUnary()
-	if err != nil {
-		return nil, err
+	if n, ok := x.(*notNode); ok {
+		return n.x, nil
 	}
-	p.depth--
 	return &notNode{x}, nil
 }
 
 // parsePrimary parses
 //
-//	"(" or ")" | "all" "(" ")" | "has" "(" key ")" |
-//	key ("==" string | "!=" string | "in" set | "not" "in" set)
+//	"(" or ")" | "all(" ")" | "global(" ")" | "has(" key ")" |
+//	key ("==" | "!=" | "contains" | "starts with" | "ends with") string |
+//	key ("in" | "not in") set
+//
+// where the keywords all, global and has must be followed directly by "(",
+// with no blank in between.
 func (p *parser) parsePrimary() (node, error) {
 	t := p.tok
 	switch t.kind {
 	case tLParen:
-		if err := p.enter(t.pos); err != nil {
-			return nil, err
+		p.depth++
+		if p.depth > MaxDepth {
+			return nil, p.errAt(t.pos, fmt.Sprintf("selector nested too deeply (more than %d levels of parentheses)", MaxDepth))
 		}
 		p.advance()
 		x, err := p.parseOr()
@@ -350,21 +333,29 @@ func (p *parser) parsePrimary() (node, error) {
 		return nil, p.unexpected(t, "an expression")
 	}
 
-	if (t.text == "all" || t.text == "has") && p.lexAt(t.end).kind == tLParen {
-		p.advance() // keyword
-		p.advance() // (
-		var x node = &allNode{}
-		if t.text == "has" {
-			key, err := p.parseKey()
-			if err != nil {
+	if t.end < len(p.in) && p.in[t.end] == '(' {
+		switch t.text {
+		case "all", "global", "has":
+			p.advance() // keyword
+			p.advance() // (
+			var x node
+			switch t.text {
+			case "all":
+				x = &allNode{}
+			case "global":
+				x = &globalNode{}
+			case "has":
+				key, err := p.parseKey()
+				if err != nil {
+					return nil, err
+				}
+				x = &hasNode{key}
+			}
+			if _, err := p.expect(tRParen, fmt.Sprintf(`")" to close "%s(" at position %d`, t.text, t.pos)); err != nil {
 				return nil, err
 			}
-			x = &hasNode{key}
+			return x, nil
 		}
-		if _, err := p.expect(tRParen, `")"`); err != nil {
-			return nil, err
-		}
-		return x, nil
 	}
 
 	key, err := p.parseKey()
@@ -372,68 +363,93 @@ func (p *parser) parsePrimary() (node, error) {
 		return nil, err
 	}
 	op := p.tok
+	if op.kind == tLParen && (key == "all" || key == "has" || key == "global") {
+		return nil, p.errAt(op.pos, fmt.Sprintf(`no blank allowed between %q and "("`, key))
+	}
+	var kind cmpKind
 	switch {
-	case op.kind == tEq || op.kind == tNe:
-		p.advance()
-		s, err := p.expect(tString, "a quoted string")
-		if err != nil {
-			return nil, err
+	case op.kind == tEq:
+		kind = cmpEq
+	case op.kind == tNe:
+		kind = cmpNe
+	case op.kind != tWord:
+		return nil, p.unexpected(op, opsWanted)
+	case op.text == "contains":
+		kind = cmpContains
+	case op.text == "startswith":
+		kind = cmpStartsWith
+	case op.text == "endswith":
+		kind = cmpEndsWith
+	case op.text == "starts" || op.text == "ends":
+		w := p.lexAt(op.end)
+		if w.kind != tWord || w.text != "with" {
+			return nil, p.unexpected(w, fmt.Sprintf(`"with" after %q`, op.text))
 		}
-		if op.kind == tEq {
-			return &eqNode{key, s.text}, nil
+		p.tok = w // the operator ends with "with", which p.advance below skips
+		kind = cmpStartsWith
+		if op.text == "ends" {
+			kind = cmpEndsWith
 		}
-		return &neNode{key, s.text}, nil
-	case op.kind == tWord && op.text == "in":
-		p.advance()
-		set, err := p.parseSet()
-		if err != nil {
-			return nil, err
-		}
-		return &inNode{key: key, set: set}, nil
-	case op.kind == tWord && op.text == "not":
+	case op.text == "in" || op.text == "notin":
+		return p.parseIn(key, op.text == "notin")
+	case op.text == "not":
 		p.advance()
 		if p.tok.kind != tWord || p.tok.text != "in" {
 			return nil, p.unexpected(p.tok, `"in" after "not"`)
 		}
-		p.advance()
-		set, err := p.parseSet()
-		if err != nil {
-			return nil, err
-		}
-		return &inNode{key: key, set: set, negated: true}, nil
+		return p.parseIn(key, true)
 	default:
-		return nil, p.unexpected(op, `"==", "!=", "in" or "not in" after label key`)
+		return nil, p.unexpected(op, opsWanted)
 	}
+	p.advance()
+	s, err := p.expect(tString, "a quoted string")
+	if err != nil {
+		return nil, err
+	}
+	return &cmpNode{kind: kind, key: key, val: s.text}, nil
 }
 
-// parseSet parses  "{" [string ("," string)*] "}"  and returns the members
-// sorted and deduplicated.
+const opsWanted = `"==", "!=", "contains", "starts with", "ends with", "in" or "not in" after label key`
+
+// parseIn parses the set after the current token, the last word of "in"
+// or "not in".
+func (p *parser) parseIn(key string, negated bool) (node, error) {
+	p.advance()
+	set, err := p.parseSet()
+	if err != nil {
+		return nil, err
+	}
+	return &inNode{key: key, set: set, negated: negated}, nil
+}
+
+// parseSet parses  "{" [string ("," string)* [","]] "}"  and returns the
+// members sorted and deduplicated. As in Calico, a comma may follow the
+// last member.
 func (p *parser) parseSet() ([]string, error) {
 	open, err := p.expect(tLBrace, `"{"`)
 	if err != nil {
 		return nil, err
 	}
 	var set []string
-	if p.tok.kind == tRBrace {
+	wantMember := true // at the start or after a comma
+	for p.tok.kind == tString {
+		set = append(set, p.tok.text)
 		p.advance()
-		return set, nil
-	}
-	for {
-		s, err := p.expect(tString, "a quoted string")
-		if err != nil {
-			return nil, err
-		}
-		set = append(set, s.text)
-		if p.tok.kind == tRBrace {
-			p.advance()
+		wantMember = p.tok.kind == tComma
+		if !wantMember {
 			break
 		}
-		if _, err := p.expect(tComma, fmt.Sprintf(`"," or "}" to close "{" at position %d`, open.pos)); err != nil {
-			return nil, err
-		}
+		p.advance()
 	}
-	slices.Sort(set)
-	return slices.Clip(slices.Compact(set)), nil
+	if p.tok.kind != tRBrace {
+		want := `","`
+		if wantMember {
+			want = "a quoted string"
+		}
+		return nil, p.unexpected(p.tok, fmt.Sprintf(`%s or "}" to close "{" at position %d`, want, open.pos))
+	}
+	p.advance()
+	return sortedSet(set), nil
 }
 
 // parseKey parses and validates a label key.
@@ -442,39 +458,10 @@ func (p *parser) parseKey() (string, error) {
 	if t.kind != tWord {
 		return "", p.unexpected(t, "a label key")
 	}
-	if err := p.checkKey(t.text, t.pos); err != nil {
-		return "", err
+	if len(t.text) > MaxKeyLength {
+		return "", p.errAt(t.pos, fmt.Sprintf("label key %s is %d bytes long, more than the maximum of %d",
+			quoteTrunc(t.text, 40), len(t.text), MaxKeyLength))
 	}
 	p.advance()
 	return t.text, nil
-}
-
-// checkKey validates the label key k found at byte offset pos.
-func (p *parser) checkKey(k string, pos int) error {
-	bad := func(off int, why string) error {
-		return p.errAt(pos+off, fmt.Sprintf("invalid label key %s: %s", quoteTrunc(k, 40), why))
-	}
-	if !isAlnum(k[0]) {
-		return bad(0, "must start with a letter or digit")
-	}
-	name, nameOff := k, 0
-	if i := strings.IndexByte(k, '/'); i >= 0 {
-		if j := strings.IndexByte(k[i+1:], '/'); j >= 0 {
-			return bad(i+1+j, `more than one "/"`)
-		}
-		if i > maxKeyPrefixLen {
-			return bad(0, fmt.Sprintf("prefix longer than %d bytes", maxKeyPrefixLen))
-		}
-		name, nameOff = k[i+1:], i+1
-		if name == "" {
-			return bad(nameOff, `missing name after "/"`)
-		}
-		if !isAlnum(name[0]) {
-			return bad(nameOff, `name after "/" must start with a letter or digit`)
-		}
-	}
-	if len(name) > maxKeyNameLen {
-		return bad(nameOff, fmt.Sprintf("name longer than %d bytes", maxKeyNameLen))
-	}
-	return nil
 }

@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -10,7 +11,7 @@ import (
 //
 // Selectors may be compared with ==, but that compares identity (two
 // separately parsed selectors are never ==); compare String() results to
-// test for equivalent canonical forms.
+// test for equal selectors.
 type Selector struct {
 	p *parsed
 }
@@ -22,6 +23,21 @@ type parsed struct {
 	labels []string
 }
 
+// newSelector finishes parsing: it renders the canonical form, checks its
+// length and collects the label keys.
+func newSelector(root node, p *parser) (Selector, error) {
+	var b strings.Builder
+	root.format(&b)
+	if b.Len() > MaxLength {
+		return Selector{}, p.errAt(0, fmt.Sprintf("selector is %d bytes long in canonical form, more than the maximum of %d", b.Len(), MaxLength))
+	}
+	var labels []string
+	collectLabels(root, func(k string) { labels = append(labels, k) })
+	slices.Sort(labels)
+	labels = slices.Clip(slices.Compact(labels))
+	return Selector{&parsed{root: root, canon: b.String(), labels: labels}}, nil
+}
+
 // Matches reports whether the selector matches the given labels. A nil map
 // is treated as an empty set of labels.
 func (s Selector) Matches(labels map[string]string) bool {
@@ -31,9 +47,9 @@ func (s Selector) Matches(labels map[string]string) bool {
 	return s.p.root.match(labels)
 }
 
-// String returns the canonical form of the selector; see the package
-// documentation. It returns "all()" for a selector that matches everything
-// by construction.
+// String returns the canonical form of the selector, which is Calico's; see
+// the package documentation. It returns "all()" for a selector that matches
+// everything by construction.
 func (s Selector) String() string {
 	if s.p == nil {
 		return "all()"
@@ -52,9 +68,9 @@ func (s Selector) IsAll() bool {
 	return ok
 }
 
-// Labels returns the sorted, distinct label keys that the selector reads.
-// The result is a fresh slice that the caller may modify; it is nil for a
-// selector that reads no labels.
+// Labels returns the sorted, distinct label keys that the selector reads
+// (global() reads [NamespaceLabel]). The result is a fresh slice that the
+// caller may modify; it is nil for a selector that reads no labels.
 func (s Selector) Labels() []string {
 	if s.p == nil {
 		return nil
@@ -65,18 +81,40 @@ func (s Selector) Labels() []string {
 // node is an element of the selector syntax tree.
 type node interface {
 	match(labels map[string]string) bool
-	// format writes the canonical form of the node without enclosing
-	// parentheses.
+	// format writes the canonical form of the node.
 	format(b *strings.Builder)
 }
 
 type allNode struct{}
 
-type eqNode struct{ key, val string }
-
-type neNode struct{ key, val string }
+// globalNode is global(): the labels are not those of a namespaced entity.
+type globalNode struct{}
 
 type hasNode struct{ key string }
+
+type cmpKind uint8
+
+const (
+	cmpEq cmpKind = iota
+	cmpNe
+	cmpContains
+	cmpStartsWith
+	cmpEndsWith
+)
+
+var cmpOps = [...]string{
+	cmpEq:         " == ",
+	cmpNe:         " != ",
+	cmpContains:   " contains ",
+	cmpStartsWith: " starts with ",
+	cmpEndsWith:   " ends with ",
+}
+
+// cmpNode compares the value of label key with val.
+type cmpNode struct {
+	kind     cmpKind
+	key, val string
+}
 
 // inNode is "key in set" or, when negated is set, "key not in set".
 // set is sorted and free of duplicates.
@@ -86,29 +124,41 @@ type inNode struct {
 	negated bool
 }
 
+// notNode negates x, which is never itself a notNode.
 type notNode struct{ x node }
 
-// andNode and orNode hold at least two terms, none of which is itself an
-// andNode (respectively orNode): chains are flattened during parsing.
+// andNode and orNode hold at least two terms. As in Calico, a chain
+// a && b && c is one andNode, but a parenthesised chain stays a term of
+// its own: (a && b) && c is an andNode whose first term is an andNode.
 type andNode struct{ terms []node }
 
 type orNode struct{ terms []node }
 
 func (*allNode) match(map[string]string) bool { return true }
 
-func (n *eqNode) match(l map[string]string) bool {
-	v, ok := l[n.key]
-	return ok && v == n.val
-}
-
-func (n *neNode) match(l map[string]string) bool {
-	v, ok := l[n.key]
-	return !ok || v != n.val
+func (*globalNode) match(l map[string]string) bool {
+	_, ok := l[NamespaceLabel]
+	return !ok
 }
 
 func (n *hasNode) match(l map[string]string) bool {
 	_, ok := l[n.key]
 	return ok
+}
+
+func (n *cmpNode) match(l map[string]string) bool {
+	v, ok := l[n.key]
+	switch n.kind {
+	case cmpNe:
+		return !ok || v != n.val
+	case cmpContains:
+		return ok && strings.Contains(v, n.val)
+	case cmpStartsWith:
+		return ok && strings.HasPrefix(v, n.val)
+	case cmpEndsWith:
+		return ok && strings.HasSuffix(v, n.val)
+	}
+	return ok && v == n.val
 }
 
 func (n *inNode) match(l map[string]string) bool {
@@ -142,22 +192,18 @@ func (n *orNode) match(l map[string]string) bool {
 
 func (*allNode) format(b *strings.Builder) { b.WriteString("all()") }
 
-func (n *eqNode) format(b *strings.Builder) {
-	b.WriteString(n.key)
-	b.WriteString(" == ")
-	writeQuoted(b, n.val)
-}
-
-func (n *neNode) format(b *strings.Builder) {
-	b.WriteString(n.key)
-	b.WriteString(" != ")
-	writeQuoted(b, n.val)
-}
+func (*globalNode) format(b *strings.Builder) { b.WriteString("global()") }
 
 func (n *hasNode) format(b *strings.Builder) {
 	b.WriteString("has(")
 	b.WriteString(n.key)
 	b.WriteString(")")
+}
+
+func (n *cmpNode) format(b *strings.Builder) {
+	b.WriteString(n.key)
+	b.WriteString(cmpOps[n.kind])
+	writeQuoted(b, n.val)
 }
 
 func (n *inNode) format(b *strings.Builder) {
@@ -176,43 +222,27 @@ func (n *inNode) format(b *strings.Builder) {
 	b.WriteString("}")
 }
 
+// notNode, andNode and orNode print as Calico does: "!" directly before its
+// operand, and every && and || chain in parentheses of its own, also at the
+// top level. So the canonical form shows the tree exactly, and Calico's
+// parser reads it back to the same tree.
 func (n *notNode) format(b *strings.Builder) {
 	b.WriteString("!")
-	switch n.x.(type) {
-	case *andNode, *orNode:
-		writeParens(b, n.x)
-	default:
-		n.x.format(b)
-	}
+	n.x.format(b)
 }
 
-func (n *andNode) format(b *strings.Builder) {
-	for i, t := range n.terms {
-		if i > 0 {
-			b.WriteString(" && ")
-		}
-		if _, ok := t.(*orNode); ok {
-			writeParens(b, t)
-		} else {
-			t.format(b)
-		}
-	}
-}
+func (n *andNode) format(b *strings.Builder) { formatChain(b, n.terms, " && ") }
 
-func (n *orNode) format(b *strings.Builder) {
-	for i, t := range n.terms {
+func (n *orNode) format(b *strings.Builder) { formatChain(b, n.terms, " || ") }
+
+func formatChain(b *strings.Builder, terms []node, op string) {
+	b.WriteString("(")
+	for i, t := range terms {
 		if i > 0 {
-			b.WriteString(" || ")
+			b.WriteString(op)
 		}
-		// Terms are never orNodes, and "&&" binds tighter than "||",
-		// so no parentheses are needed.
 		t.format(b)
 	}
-}
-
-func writeParens(b *strings.Builder, n node) {
-	b.WriteString("(")
-	n.format(b)
 	b.WriteString(")")
 }
 
@@ -229,12 +259,18 @@ func writeQuoted(b *strings.Builder, v string) {
 	b.WriteByte(q)
 }
 
+// sortedSet sorts and deduplicates the members of a set in place.
+func sortedSet(set []string) []string {
+	slices.Sort(set)
+	return slices.Clip(slices.Compact(set))
+}
+
 // collectLabels calls f for every label key n reads.
 func collectLabels(n node, f func(string)) {
 	switch n := n.(type) {
-	case *eqNode:
-		f(n.key)
-	case *neNode:
+	case *globalNode:
+		f(NamespaceLabel)
+	case *cmpNode:
 		f(n.key)
 	case *hasNode:
 		f(n.key)

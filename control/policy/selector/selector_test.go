@@ -16,10 +16,14 @@ func TestMatches(t *testing.T) {
 		want bool
 	}{
 		{"", nil, true},
-		{"  \t\n", labels{"a": "1"}, true},
+		{"  \t ", labels{"a": "1"}, true},
 		{"all()", nil, true},
 		{"all()", labels{"a": "1"}, true},
-		{"all ( )", labels{}, true},
+		{"all( )", labels{}, true},
+		{"global()", labels{"a": "1"}, true},
+		{"global()", labels{NamespaceLabel: "default"}, false},
+		{"!global()", labels{NamespaceLabel: ""}, true},
+		{"( global() )", nil, true},
 
 		{`a == "1"`, labels{"a": "1"}, true},
 		{`a == "1"`, labels{"a": "2"}, false},
@@ -90,6 +94,31 @@ func TestMatches(t *testing.T) {
 		{`all == "x" || in in {"y"} || not not in {"z"}`, labels{"not": "z"}, false},
 		{`all == "x" || in in {"y"} || not not in {"z"}`, labels{"in": "y", "not": "z"}, true},
 
+		{`a contains "b"`, labels{"a": "abc"}, true},
+		{`a contains "b"`, labels{"a": "ac"}, false},
+		{`a contains ""`, labels{"a": ""}, true},
+		{`a contains ""`, labels{}, false},
+		{`a starts with "ab"`, labels{"a": "abc"}, true},
+		{`a starts with "ab"`, labels{"a": "cab"}, false},
+		{`a startswith "ab"`, labels{"a": "ab"}, true},
+		{`a starts	with ""`, labels{"a": "x"}, true},
+		{`a starts with ""`, labels{"b": "x"}, false},
+		{`a ends with "bc"`, labels{"a": "abc"}, true},
+		{`a ends with "bc"`, labels{"a": "bca"}, false},
+		{`a endswith "bc"`, labels{"a": "bc"}, true},
+		{`!a ends with "bc"`, labels{}, true},
+		{`a contains "'" && b contains '"'`, labels{"a": "x'y", "b": `x"y`}, true},
+		{`a notin {"x"}`, labels{"a": "y"}, true},
+		{`a in {"x",}`, labels{"a": "x"}, true},
+		{`contains contains "s" && starts starts with "s" && ends ends with "s"`,
+			labels{"contains": "s", "starts": "s", "ends": "s"}, true},
+
+		// Keys as Calico's tokenizer takes them.
+		{`_a == "1" && -b == "2" && .c == "3"`, labels{"_a": "1", "-b": "2", ".c": "3"}, true},
+		{`has(a/b/c) && has(/x) && has(y/)`, labels{"a/b/c": "", "/x": "", "y/": ""}, true},
+		{`has(1) && has(-) && has(.) && has(/)`, labels{"1": "", "-": "", ".": "", "/": ""}, true},
+		{`has(` + strings.Repeat("p", 300) + `/n)`, labels{strings.Repeat("p", 300) + "/n": ""}, true},
+
 		// Prefixed keys.
 		{`k8s.io/app == "web"`, labels{"k8s.io/app": "web"}, true},
 		{`projectcalico.org/namespace in {"a","b"}`, labels{"projectcalico.org/namespace": "b"}, true},
@@ -124,18 +153,19 @@ func TestZeroSelector(t *testing.T) {
 
 func TestIsAll(t *testing.T) {
 	for sel, want := range map[string]bool{
-		"":                 true,
-		" ":                true,
-		"all()":            true,
-		" ( ( all() ) ) ":  true,
-		"!all()":           false,
-		"all() && all()":   false,
-		`has(a)`:           false,
-		`a not in {}`:      false,
-		`all() || has(a)`:  false,
-		`all == "x"`:       false,
-		`(all())`:          true,
-		"\n\tall\n(\n)\n ": true,
+		"":                true,
+		" ":               true,
+		"all()":           true,
+		" ( ( all() ) ) ": true,
+		"!all()":          false,
+		"all() && all()":  false,
+		`has(a)`:          false,
+		`a not in {}`:     false,
+		`all() || has(a)`: false,
+		`all == "x"`:      false,
+		`(all())`:         true,
+		"\t all(\t) ":     true,
+		"global()":        false,
 	} {
 		if got := MustParse(sel).IsAll(); got != want {
 			t.Errorf("MustParse(%q).IsAll() = %v, want %v", sel, got, want)
@@ -146,7 +176,9 @@ func TestIsAll(t *testing.T) {
 func TestString(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{``, `all()`},
-		{` all ( ) `, `all()`},
+		{` all( ) `, `all()`},
+		{`global( )`, `global()`},
+		{`!global()`, `!global()`},
 		{`a=="1"`, `a == "1"`},
 		{`a == '1'`, `a == "1"`},
 		{`a == 'x"y'`, `a == 'x"y'`},
@@ -160,21 +192,35 @@ func TestString(t *testing.T) {
 		{`a in {'"', "'"}`, `a in {'"', "'"}`},
 		{`!a == "1"`, `!a == "1"`},
 		{`!(a == "1")`, `!a == "1"`},
-		{`!!has(a)`, `!!has(a)`},
-		{`!(!(has(a)))`, `!!has(a)`},
+		{`!!has(a)`, `has(a)`},
+		{`!!!has(a)`, `!has(a)`},
+		{`!(!has(a))`, `has(a)`},
+		{`!(!(!has(a)))`, `!has(a)`},
+		{`!(!has(a) && has(b))`, `!(!has(a) && has(b))`},
+		{`!(!(has(a)))`, `has(a)`},
 		{`((has(a)))`, `has(a)`},
-		{`has(a)&&has(b)||has(c)`, `has(a) && has(b) || has(c)`},
-		{`(has(a)&&has(b))||has(c)`, `has(a) && has(b) || has(c)`},
-		{`has(a) || (has(b) && has(c))`, `has(a) || has(b) && has(c)`},
-		{`(has(a) || has(b)) && has(c)`, `(has(a) || has(b)) && has(c)`},
-		{`has(a) && (has(b) || has(c))`, `has(a) && (has(b) || has(c))`},
-		{`has(a) && (has(b) && has(c))`, `has(a) && has(b) && has(c)`},
-		{`(has(a) || has(b)) || (has(c) || has(d))`, `has(a) || has(b) || has(c) || has(d)`},
+		{`has(a)&&has(b)||has(c)`, `((has(a) && has(b)) || has(c))`},
+		{`(has(a)&&has(b))||has(c)`, `((has(a) && has(b)) || has(c))`},
+		{`has(a) || (has(b) && has(c))`, `(has(a) || (has(b) && has(c)))`},
+		{`(has(a) || has(b)) && has(c)`, `((has(a) || has(b)) && has(c))`},
+		{`has(a) && (has(b) || has(c))`, `(has(a) && (has(b) || has(c)))`},
+		{`has(a) && has(b) && has(c)`, `(has(a) && has(b) && has(c))`},
+		// As in Calico, parentheses keep a chain a term of its own.
+		{`has(a) && (has(b) && has(c))`, `(has(a) && (has(b) && has(c)))`},
+		{`(has(a) || has(b)) || (has(c) || has(d))`, `((has(a) || has(b)) || (has(c) || has(d)))`},
+		{`((has(a) || has(b)))`, `(has(a) || has(b))`},
 		{`!(has(a) && has(b))`, `!(has(a) && has(b))`},
 		{`!(has(a) || has(b))`, `!(has(a) || has(b))`},
 		{`!((has(a) || has(b)))`, `!(has(a) || has(b))`},
-		{`!(has(a)) && !(has(b))`, `!has(a) && !has(b)`},
-		{`all() && has(a)`, `all() && has(a)`},
+		{`!(has(a)) && !(has(b))`, `(!has(a) && !has(b))`},
+		{`all() && has(a)`, `(all() && has(a))`},
+		{`a contains"x"`, `a contains "x"`},
+		{`a startswith 'x'`, `a starts with "x"`},
+		{"a starts \t with 'x'", `a starts with "x"`},
+		{`a endswith "x'"`, `a ends with "x'"`},
+		{`a ends with '"'`, `a ends with '"'`},
+		{`a notin {"x",}`, `a not in {"x"}`},
+		{`_a/b/c == "1"`, `_a/b/c == "1"`},
 		{`has == "x"`, `has == "x"`},
 		{`all=="x"`, `all == "x"`},
 		{`not not in{}`, `not not in {}`},
@@ -218,6 +264,7 @@ func TestLabels(t *testing.T) {
 		{`b == "1" && a != "2" || c in {} || !(d not in {"x"}) && has(b) && a == "x"`, []string{"a", "b", "c", "d"}},
 		{`x/y == "1" && x == "1" && y == "1"`, []string{"x", "x/y", "y"}},
 		{`has == "all" && has(in)`, []string{"has", "in"}},
+		{`global() || a contains "x" || b starts with "y" || c ends with "z"`, []string{"a", "b", "c", NamespaceLabel}},
 	}
 	for _, tt := range tests {
 		s := MustParse(tt.in)
@@ -250,20 +297,31 @@ func TestParseErrors(t *testing.T) {
 		{`has(a) | has(b)`, 7, `unexpected "|" (did you mean "||"?)`},
 		{`app == "web" @`, 13, `unexpected character "@"`},
 		{`app == "web" é`, 13, `unexpected character "é"`},
-		{`app`, 3, `expected "==", "!=", "in" or "not in" after label key, found end of input`},
-		{`app web`, 4, `expected "==", "!=", "in" or "not in" after label key, found "web"`},
+		{`app`, 3, `expected "==", "!=", "contains", "starts with", "ends with", "in" or "not in" after label key, found end of input`},
+		{`app web`, 4, `expected "==", "!=", "contains", "starts with", "ends with", "in" or "not in" after label key, found "web"`},
+		{`app starts "x"`, 11, `expected "with" after "starts", found string "x"`},
+		{`app ends withs "x"`, 9, `expected "with" after "ends", found "withs"`},
+		{`app startswith x`, 15, `expected a quoted string, found "x"`},
+		{`app contains {"x"}`, 13, `expected a quoted string, found "{"`},
+		{`app in {"x" "y"`, 12, `expected "," or "}" to close "{" at position 7, found string "y"`},
+		{`app in {,}`, 8, `expected a quoted string or "}" to close "{" at position 7, found ","`},
+		{`app in {"x",,}`, 12, `expected a quoted string or "}" to close "{" at position 7, found ","`},
+		{`all ()`, 4, `no blank allowed between "all" and "("`},
+		{`has (a)`, 4, `no blank allowed between "has" and "("`},
+		{`global ()`, 7, `no blank allowed between "global" and "("`},
+		{`global(x)`, 7, `expected ")" to close "global(" at position 0, found "x"`},
+		{"has(a)\n&& has(b)", 6, `unexpected character "\n" (only spaces and tabs may separate tokens)`},
+		{"has(a)\r", 6, `unexpected character "\r"`},
 		{`app not {"x"}`, 8, `expected "in" after "not", found "{"`},
 		{`app in "x"`, 7, `expected "{", found string "x"`},
 		{`app in {"x"`, 11, `expected "," or "}" to close "{" at position 7, found end of input`},
-		{`app in {"x" "y"}`, 12, `expected "," or "}" to close "{" at position 7, found string "y"`},
-		{`app in {"x",}`, 12, `expected a quoted string, found "}"`},
-		{`app in {x}`, 8, `expected a quoted string, found "x"`},
+		{`app in {x}`, 8, `expected a quoted string or "}" to close "{" at position 7, found "x"`},
 		{`(app == "x"`, 11, `expected ")" to close "(" at position 0, found end of input`},
 		{`((app == "x") && has(b)`, 23, `expected ")" to close "(" at position 0, found end of input`},
-		{`has(app`, 7, `expected ")", found end of input`},
+		{`has(app`, 7, `expected ")" to close "has(" at position 0, found end of input`},
 		{`has()`, 4, `expected a label key, found ")"`},
 		{`has("app")`, 4, `expected a label key, found string "app"`},
-		{`all(x)`, 4, `expected ")", found "x"`},
+		{`all(x)`, 4, `expected ")" to close "all(" at position 0, found "x"`},
 		{`app == "x")`, 10, `unmatched ")"`},
 		{`app == "x" has(b)`, 11, `expected "&&", "||" or end of input, found "has"`},
 		{`app == "x" "y"`, 11, `expected "&&", "||" or end of input, found string "y"`},
@@ -275,19 +333,11 @@ func TestParseErrors(t *testing.T) {
 		{`()`, 1, `expected an expression, found ")"`},
 		{`!`, 1, `expected an expression, found end of input`},
 		{`"a" == "b"`, 0, `expected an expression, found string "a"`},
-		{`-app == "x"`, 0, `invalid label key "-app": must start with a letter or digit`},
-		{`.app == "x"`, 0, `invalid label key ".app": must start with a letter or digit`},
-		{`x && a/b/c == "x"`, 2, `expected "==", "!=", "in" or "not in" after label key, found "&&"`},
-		{`has(a/b/c)`, 7, `invalid label key "a/b/c": more than one "/"`},
-		{`a/ == "x"`, 2, `invalid label key "a/": missing name after "/"`},
-		{`a/-b == "x"`, 2, `invalid label key "a/-b": name after "/" must start with a letter or digit`},
-		{`/b == "x"`, 0, `invalid label key "/b": must start with a letter or digit`},
-		{`has(` + strings.Repeat("n", 64) + `)`, 4, `name longer than 63 bytes`},
-		{`has(p/` + strings.Repeat("n", 64) + `)`, 6, `name longer than 63 bytes`},
-		{`has(` + strings.Repeat("p", 254) + `/n)`, 4, `prefix longer than 253 bytes`},
+		{`has(` + strings.Repeat("k", 513) + `)`, 4, `label key "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"... is 513 bytes long, more than the maximum of 512`},
+		{strings.Repeat("k", 513) + ` == "x"`, 0, `is 513 bytes long, more than the maximum of 512`},
+		{`a == "x" && ` + strings.Repeat("k", 513) + ` == "x"`, 12, `is 513 bytes long`},
 		{strings.Repeat("(", MaxDepth+1) + "all()" + strings.Repeat(")", MaxDepth+1), MaxDepth, `nested too deeply`},
-		{strings.Repeat("!", MaxDepth+1) + "all()", MaxDepth, `nested too deeply`},
-		{strings.Repeat("!(", MaxDepth/2) + "!all()" + strings.Repeat(")", MaxDepth/2), MaxDepth, `nested too deeply`},
+		{strings.Repeat("!(", MaxDepth+1) + "!all()" + strings.Repeat(")", MaxDepth+1), 2*MaxDepth + 1, `nested too deeply (more than 512 levels of parentheses)`},
 		{strings.Repeat(" ", MaxLength+1), MaxLength, `more than the maximum of 16384`},
 		// Within the input limit, but too long in canonical form.
 		{strings.Repeat(`a==""||`, (MaxLength-5)/7) + `a==""`, 0, `bytes long in canonical form`},
@@ -388,5 +438,31 @@ func TestSelectorCopyAndCompare(t *testing.T) {
 	}
 	if MustParse(`has(a)`) == s {
 		t.Error("separately parsed selectors compare equal with ==")
+	}
+}
+
+// TestCalicoDifferences pins down where Margay knowingly departs from
+// Calico's parser and evaluator; see the package documentation.
+func TestCalicoDifferences(t *testing.T) {
+	// Calico prints !(!has(a)) as !!has(a), which its parser reads as
+	// has(a); Margay prints has(a) straight away.
+	if got := MustParse(`!(!has(a))`).String(); got != `has(a)` {
+		t.Errorf("!(!has(a)) prints as %q", got)
+	}
+	// Calico's evaluator takes global() as true, and gives it its meaning by
+	// rewriting a namespaceSelector global() to !has(projectcalico.org/namespace);
+	// Margay gives it that meaning wherever it appears.
+	g := MustParse(`global()`)
+	if !g.Matches(nil) || g.Matches(labels{NamespaceLabel: "default"}) {
+		t.Error("global() does not mean \"not namespaced\"")
+	}
+	// Calico has no depth limit; Margay's is above what fits in Calico's
+	// 1024-byte selector fields.
+	deep := strings.Repeat("(", 509) + "all()" + strings.Repeat(")", 509)
+	if len(deep) > 1024 {
+		t.Fatalf("bad test: %d bytes", len(deep))
+	}
+	if _, err := Parse(deep); err != nil {
+		t.Errorf("509 levels of parentheses: %v", err)
 	}
 }
