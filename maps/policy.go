@@ -273,6 +273,21 @@ func (c *Config) put(v loader.MargayConfigValue) error {
 	return nil
 }
 
+// modify reads the entry, lets change edit it and writes it back when change reports a change,
+// all under the mutex; it reports whether it wrote.
+func (c *Config) modify(change func(v *loader.MargayConfigValue) bool) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, err := c.get()
+	if err != nil {
+		return false, err
+	}
+	if !change(&v) {
+		return false, nil
+	}
+	return true, c.put(v)
+}
+
 // Generation returns the policy generation.
 func (c *Config) Generation() (uint32, error) {
 	v, err := c.get()
@@ -282,14 +297,13 @@ func (c *Config) Generation() (uint32, error) {
 // BumpGeneration makes every conntrack entry be checked against policy again on its next packet.
 // The agent is the only writer.
 func (c *Config) BumpGeneration() (uint32, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, err := c.get()
-	if err != nil {
-		return 0, err
-	}
-	v.PolicyGeneration++
-	return v.PolicyGeneration, c.put(v)
+	var g uint32
+	_, err := c.modify(func(v *loader.MargayConfigValue) bool {
+		v.PolicyGeneration++
+		g = v.PolicyGeneration
+		return true
+	})
+	return g, err
 }
 
 // RouteGeneration returns the route generation.
@@ -302,46 +316,36 @@ func (c *Config) RouteGeneration() (uint32, error) {
 // packets look the routes map up again. The routes and endpoints wrappers call it after each
 // write.
 func (c *Config) BumpRouteGeneration() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, err := c.get()
-	if err != nil {
-		return err
-	}
-	v.RouteGeneration++
-	return c.put(v)
+	_, err := c.modify(func(v *loader.MargayConfigValue) bool {
+		v.RouteGeneration++
+		return true
+	})
+	return err
 }
 
 // RestartRouteGeneration moves the route generation to a random value: conntrack entries that a
 // config map of another life left with the same number (one replaced when its layout changed
 // starts again from 0) then cannot pass for current. The agent calls it once at start.
 func (c *Config) RestartRouteGeneration() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, err := c.get()
-	if err != nil {
-		return err
-	}
-	old := v.RouteGeneration
-	for v.RouteGeneration == old {
-		v.RouteGeneration = rand.Uint32()
-	}
-	return c.put(v)
+	_, err := c.modify(func(v *loader.MargayConfigValue) bool {
+		old := v.RouteGeneration
+		for v.RouteGeneration == old {
+			v.RouteGeneration = rand.Uint32()
+		}
+		return true
+	})
+	return err
 }
 
 // SetTimeouts writes the conntrack timeouts; it reports whether they changed.
 func (c *Config) SetTimeouts(t Timeouts) (bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, err := c.get()
-	if err != nil {
-		return false, err
-	}
-	if v.CtTimeouts == t {
-		return false, nil
-	}
-	v.CtTimeouts = t
-	return true, c.put(v)
+	return c.modify(func(v *loader.MargayConfigValue) bool {
+		if v.CtTimeouts == t {
+			return false
+		}
+		v.CtTimeouts = t
+		return true
+	})
 }
 
 // SetPrefilter records whether xdp_from_net runs on the uplink, so that from_net can skip the
@@ -358,21 +362,17 @@ func (c *Config) SetNFPolicy(on bool) (bool, error) {
 }
 
 func (c *Config) setFlag(flag loader.MargayConfigFlags, on bool) (bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, err := c.get()
-	if err != nil {
-		return false, err
-	}
-	flags := v.Flags &^ flag
-	if on {
-		flags |= flag
-	}
-	if flags == v.Flags {
-		return false, nil
-	}
-	v.Flags = flags
-	return true, c.put(v)
+	return c.modify(func(v *loader.MargayConfigValue) bool {
+		flags := v.Flags &^ flag
+		if on {
+			flags |= flag
+		}
+		if flags == v.Flags {
+			return false
+		}
+		v.Flags = flags
+		return true
+	})
 }
 
 // FailsafeDirection says on which side of a workload–host flow a failsafe port is the host's.

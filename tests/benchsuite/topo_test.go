@@ -241,15 +241,7 @@ func (h *host) loadMargay(tb testing.TB) {
 // compiled as the agent compiles it) and attaches the programs, XDP included.
 func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 	tb.Helper()
-	other := b
-	if h == b {
-		other = a
-	}
-	for _, r := range h.routes(other) {
-		if err := h.set.Routes.Put(r); err != nil {
-			tb.Fatal(err)
-		}
-	}
+	h.putRoutes(tb, a, b)
 	ep := maps.Endpoint{Ifindex: h.caliIndex, IPv4: h.wlIP, MAC: h.wlMAC}
 	if n > 0 {
 		all := []policy.Endpoint{
@@ -290,12 +282,22 @@ func (h *host) installMargay(tb testing.TB, a, b *host, n int, xdp bool) {
 	}
 }
 
-// routes are what the agent writes for this host: its block, the other's, its workload.
-func (h *host) routes(other *host) []maps.Route {
-	return []maps.Route{
+// putRoutes writes what the agent would for h, one of the hosts a and b: its block, the
+// other's, its workload.
+func (h *host) putRoutes(tb testing.TB, a, b *host) {
+	tb.Helper()
+	other := b
+	if h == b {
+		other = a
+	}
+	for _, r := range []maps.Route{
 		{Prefix: h.block, Flags: maps.LocalBlock | maps.InPool},
 		{Prefix: other.block, Flags: maps.RemoteBlock | maps.InPool, Ifindex: h.uplinkIndex, NextHop: other.addr},
 		{Prefix: netip.PrefixFrom(h.wlIP, 32), Flags: maps.LocalWorkload | maps.InPool, Ifindex: h.caliIndex},
+	} {
+		if err := h.set.Routes.Put(r); err != nil {
+			tb.Fatal(err)
+		}
 	}
 }
 
@@ -303,15 +305,7 @@ func (h *host) routes(other *host) []maps.Route {
 // bare programs (bpf/bench/bare.c) where Margay's go, on those maps.
 func (h *host) installBare(tb testing.TB, a, b *host) {
 	tb.Helper()
-	other := b
-	if h == b {
-		other = a
-	}
-	for _, r := range h.routes(other) {
-		if err := h.set.Routes.Put(r); err != nil {
-			tb.Fatal(err)
-		}
-	}
+	h.putRoutes(tb, a, b)
 	if err := h.set.Endpoints.Put(maps.Endpoint{Ifindex: h.caliIndex, IPv4: h.wlIP, MAC: h.wlMAC}); err != nil {
 		tb.Fatal(err)
 	}
