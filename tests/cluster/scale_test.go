@@ -282,4 +282,3 @@ func agentRSS(tb testing.TB, h *cluster.Host) float64 {
 	tb.Fatal("no process_resident_memory_bytes in the metrics")
 	return 0
 }
-
