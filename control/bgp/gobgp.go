@@ -694,19 +694,30 @@ func (s *GoBGP) Learned() []Route {
 
 // learnedLocked is Learned; s.mu must be held.
 func (s *GoBGP) learnedLocked() []Route {
-	out := make([]Route, 0, len(s.best))
+	// Sorted by address, then length; IPv4 prefixes sort on one integer each, which at 100k
+	// routes is several times quicker than comparing netip values.
+	type keyed struct {
+		key uint64
+		r   Route
+	}
+	ks := make([]keyed, 0, len(s.best))
 	for prefix, l := range s.best {
 		if s.acceptable(prefix, l.peer) {
-			out = append(out, Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer})
+			ks = append(ks, keyed{prefixKey(prefix), Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer}})
 		}
 	}
-	slices.SortFunc(out, func(a, b Route) int {
-		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits())
-	})
+	slices.SortFunc(ks, func(a, b keyed) int { return cmp.Compare(a.key, b.key) })
+	out := make([]Route, len(ks))
+	for i := range ks {
+		out[i] = ks[i].r
+	}
 	return out
+}
+
+// prefixKey orders IPv4 prefixes by address, then length (the speaker keeps IPv4 unicast only).
+func prefixKey(p netip.Prefix) uint64 {
+	a := p.Addr().As4()
+	return uint64(a[0])<<32 | uint64(a[1])<<24 | uint64(a[2])<<16 | uint64(a[3])<<8 | uint64(p.Bits())
 }
 
 // acceptable applies the import policy; s.mu must be held.

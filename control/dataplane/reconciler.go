@@ -256,7 +256,12 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 		c.note(r.bumpGeneration())
 	}
 	c.note(r.removePolicy(d, pol))
-	c.note(r.syncRoutes(d.routes, false))
+	// The map is read once: the additions below never add what the removals take away.
+	haveRoutes, listErr := r.maps.Routes.All()
+	c.note(false, listErr)
+	if listErr == nil {
+		c.note(r.syncRoutes(d.routes, haveRoutes, false))
+	}
 	c.note(r.attachNetfilter())
 	for ifname := range d.present {
 		c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
@@ -266,7 +271,9 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 
 	// Removals: program, then route, then endpoint.
 	c.note(r.detachStale(d.ifaces, s.Uplink))
-	c.note(r.syncRoutes(d.routes, true))
+	if listErr == nil {
+		c.note(r.syncRoutes(d.routes, haveRoutes, true))
+	}
 	c.note(r.syncEndpoints(d.endpoints, true))
 	c.note(r.pruneCounters())
 
@@ -315,10 +322,15 @@ func (r *Reconciler) Update(s State) (Result, error) {
 		c.note(r.bumpGeneration())
 	}
 	c.note(r.removePolicy(d, pol))
+	var put []maps.Route
 	for p, rt := range d.routes {
 		if old, ok := prev.routes[p]; !ok || old != rt {
-			c.note(true, r.maps.Routes.Put(rt))
+			put = append(put, rt)
 		}
+	}
+	if len(put) > 0 {
+		c.res.Changes += len(put) - 1
+		c.note(true, r.maps.Routes.PutAll(put))
 	}
 	for ifname := range d.present {
 		if _, ok := prev.present[ifname]; !ok {
@@ -353,10 +365,15 @@ func (r *Reconciler) Update(s State) (Result, error) {
 			}
 		}
 	}
+	var gone []netip.Prefix
 	for p := range prev.routes {
 		if _, ok := d.routes[p]; !ok {
-			c.note(true, r.maps.Routes.Delete(p))
+			gone = append(gone, p)
 		}
+	}
+	if len(gone) > 0 {
+		c.res.Changes += len(gone) - 1
+		c.note(true, r.maps.Routes.DeleteAll(gone))
 	}
 	for idx := range prev.endpoints {
 		if _, ok := d.endpoints[idx]; !ok {
@@ -512,34 +529,30 @@ func (r *Reconciler) syncEndpoints(want map[uint32]maps.Endpoint, removeStale bo
 	return changed, errors.Join(errs...)
 }
 
-func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, removeStale bool) (bool, error) {
-	have, err := r.maps.Routes.List()
-	if err != nil {
-		return false, err
-	}
-	changed := false
-	var errs []error
+// syncRoutes adds and fixes routes (removeStale false) or removes the undesired ones, given
+// what the map holds.
+func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, have []maps.Route, removeStale bool) (bool, error) {
 	if removeStale {
+		var gone []netip.Prefix
 		for _, rt := range have {
 			if _, ok := want[rt.Prefix]; !ok {
-				changed = true
-				errs = append(errs, r.maps.Routes.Delete(rt.Prefix))
+				gone = append(gone, rt.Prefix)
 			}
 		}
-		return changed, errors.Join(errs...)
+		return len(gone) > 0, r.maps.Routes.DeleteAll(gone)
 	}
-	byPrefix := map[netip.Prefix]maps.Route{}
+	byPrefix := make(map[netip.Prefix]maps.Route, len(have))
 	for _, rt := range have {
 		byPrefix[rt.Prefix] = rt
 	}
+	var put []maps.Route
 	for p, rt := range want {
 		if cur, ok := byPrefix[p]; ok && cur == rt {
 			continue
 		}
-		changed = true
-		errs = append(errs, r.maps.Routes.Put(rt))
+		put = append(put, rt)
 	}
-	return changed, errors.Join(errs...)
+	return len(put) > 0, r.maps.Routes.PutAll(put)
 }
 
 // syncKernelRoutes makes the main table's routes of protocol margay exactly want.
