@@ -662,7 +662,7 @@ func (s *GoBGP) deliver(ctx context.Context, done chan struct{}) {
 func (s *GoBGP) snapshot() ([]Route, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	routes := s.learnedLocked()
+	routes := s.acceptedLocked()
 	if s.syncReported || !s.peersSet {
 		return routes, false
 	}
@@ -694,22 +694,22 @@ func (s *GoBGP) Learned() []Route {
 
 // learnedLocked is Learned; s.mu must be held.
 func (s *GoBGP) learnedLocked() []Route {
-	// Sorted by address, then length; IPv4 prefixes sort on one integer each, which at 100k
-	// routes is several times quicker than comparing netip values.
-	type keyed struct {
-		key uint64
-		r   Route
-	}
-	ks := make([]keyed, 0, len(s.best))
+	out := s.acceptedLocked()
+	// IPv4 prefixes sort on one integer each, which at 100k routes is several times quicker
+	// than comparing netip values.
+	slices.SortFunc(out, func(a, b Route) int { return cmp.Compare(prefixKey(a.Prefix), prefixKey(b.Prefix)) })
+	return out
+}
+
+// acceptedLocked is the routes the import policy accepts, in no particular order: what the
+// route handler gets after every change, where sorting 100k routes each time would cost more
+// than programming the change. s.mu must be held.
+func (s *GoBGP) acceptedLocked() []Route {
+	out := make([]Route, 0, len(s.best))
 	for prefix, l := range s.best {
 		if s.acceptable(prefix, l.peer) {
-			ks = append(ks, keyed{prefixKey(prefix), Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer}})
+			out = append(out, Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer})
 		}
-	}
-	slices.SortFunc(ks, func(a, b keyed) int { return cmp.Compare(a.key, b.key) })
-	out := make([]Route, len(ks))
-	for i := range ks {
-		out[i] = ks[i].r
 	}
 	return out
 }
