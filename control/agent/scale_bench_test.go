@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/policy"
@@ -33,6 +34,7 @@ func BenchmarkPolicyCompile(b *testing.B) {
 	for _, n := range []int{100, 300, 1000} {
 		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
 			ps := benchrules.ScalePolicies(n)
+			start := time.Now()
 			for b.Loop() {
 				c := policy.NewCompiler(1 << 16)
 				set, err := policy.NewSet(ps)
@@ -47,6 +49,7 @@ func BenchmarkPolicyCompile(b *testing.B) {
 					b.Fatal("no entries")
 				}
 			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/compile")
 		})
 	}
 }
