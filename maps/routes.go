@@ -240,40 +240,49 @@ func sortKey(p netip.Prefix) uint64 {
 // All returns every route in the map's order: List without the sort. It reads the map in
 // batches (BPF_MAP_LOOKUP_BATCH) where the kernel can, one entry at a time otherwise.
 func (r *Routes) All() ([]Route, error) {
+	var out []Route
+	err := each(r.m, func(k loader.MargayRouteKey, v loader.MargayRouteValue) { out = append(out, decodeRoute(k, v)) },
+		func() { out = out[:0] })
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	return out, nil
+}
+
+// each calls fn for every entry of m, read in batches (BPF_MAP_LOOKUP_BATCH, 4096 entries per
+// system call, where one entry at a time takes two) where the map type supports them, else one
+// at a time after calling restart.
+func each[K, V any](m *ebpf.Map, fn func(K, V), restart func()) error {
 	var (
-		out    []Route
 		cursor ebpf.MapBatchCursor
-		keys   = make([]loader.MargayRouteKey, batchSize)
-		vals   = make([]loader.MargayRouteValue, batchSize)
+		keys   = make([]K, batchSize)
+		vals   = make([]V, batchSize)
 	)
 	for {
-		n, err := r.m.BatchLookup(&cursor, keys, vals, nil)
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
-			out = append(out, decodeRoute(keys[i], vals[i]))
+			fn(keys[i], vals[i])
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return out, nil // the end
+			return nil // the end
 		}
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list routes: %w", err)
+			return err
 		}
 	}
-	out = out[:0]
+	restart()
 	var (
-		k loader.MargayRouteKey
-		v loader.MargayRouteValue
+		k K
+		v V
 	)
-	it := r.m.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, decodeRoute(k, v))
+		fn(k, v)
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
-	}
-	return out, nil
+	return it.Err()
 }
 
 // Longest returns the route the map's longest-prefix match gives for p (an exact lookup when

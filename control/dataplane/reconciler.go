@@ -134,9 +134,13 @@ func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 	if d.policy.IPs == nil {
 		d.policy.IPs = map[netip.Prefix]uint32{}
 	}
-	d.entries = map[maps.PolicyKey]maps.PolicyValue{}
-	if s.Policy.Entries != nil {
+	switch {
+	case prev.samePolicy(s.Policy):
+		d.entries = prev.entries // the same compilation: the same entries, which are many
+	case s.Policy.Entries != nil:
 		d.entries = s.Policy.Entries(s.Policy.Programs, s.Policy.Identities)
+	default:
+		d.entries = map[maps.PolicyKey]maps.PolicyValue{}
 	}
 	for _, h := range s.Hosts {
 		p := netip.PrefixFrom(h, 32)
@@ -195,6 +199,11 @@ func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 			Gw: rr.NextHop.AsSlice(), Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
 	}
 	return d, errors.Join(errs...)
+}
+
+// samePolicy says whether p comes from the compilation d's policy came from.
+func (d *desired) samePolicy(p Policy) bool {
+	return d != nil && p.Compiled != 0 && p.Compiled == d.policy.Compiled && len(p.NewRules) == 0
 }
 
 func (d *desired) link(w Workload) (netlink.Link, bool) {
@@ -309,9 +318,15 @@ func (r *Reconciler) Update(s State) (Result, error) {
 			c.note(r.configureInterface(link))
 		}
 	}
-	pol := prev.installedPolicy()
-	policyChanged, err := r.addPolicy(d, pol)
-	c.note(policyChanged, err)
+	// The same compilation as the last pass: the policy maps hold it already.
+	samePolicy := prev.samePolicy(s.Policy)
+	var pol *installed
+	policyChanged := false
+	if !samePolicy {
+		pol = prev.installedPolicy()
+		policyChanged, err = r.addPolicy(d, pol)
+		c.note(policyChanged, err)
+	}
 	for idx, ep := range d.endpoints {
 		if old, ok := prev.endpoints[idx]; !ok || !old.Equal(ep) {
 			policyChanged = policyChanged || !ok || old.IngressProgram != ep.IngressProgram || old.EgressProgram != ep.EgressProgram
@@ -321,7 +336,9 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	if policyChanged {
 		c.note(r.bumpGeneration())
 	}
-	c.note(r.removePolicy(d, pol))
+	if !samePolicy {
+		c.note(r.removePolicy(d, pol))
+	}
 	var put []maps.Route
 	for p, rt := range d.routes {
 		if old, ok := prev.routes[p]; !ok || old != rt {

@@ -91,6 +91,7 @@ func hostWorkloads(b *testing.B, n int) {
 	// The idle window: nothing changes, so every pass is a periodic full one.
 	const window = 30 * time.Second
 	before := scrape(b, h)
+	idleProf := profile(b, h, fmt.Sprintf("host-%d-idle", n))
 	time.Sleep(window) // a measurement interval, not a wait for a condition
 	after := scrape(b, h)
 	d := func(name string) float64 { return after[name] - before[name] }
@@ -105,7 +106,10 @@ func hostWorkloads(b *testing.B, n int) {
 	b.ReportMetric(100*d("process_cpu_seconds_total")/window.Seconds(), "%CPU-idle")
 	b.ReportMetric(after["process_resident_memory_bytes"]/(1<<20), "MiB-RSS")
 
+	<-idleProf
+	evProf := profile(b, h, fmt.Sprintf("host-%d-events", n))
 	addP50, addP99, delP50, delP99 := eventToMap(b, c, h, set, 50)
+	<-evProf
 	b.ReportMetric(addP50, "ms-event-add-p50")
 	b.ReportMetric(addP99, "ms-event-add-p99")
 	b.ReportMetric(delP50, "ms-event-del-p50")
