@@ -212,7 +212,11 @@ func (e *policyEngine) complete(s *dataplane.State) {
 
 // applied tells the engine the maps now hold s's policy and nothing older.
 func (e *policyEngine) applied(s dataplane.State) {
-	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
+	if e.compiler.Retain(s.Policy.Programs, s.Policy.Identities) {
+		// What the compiler kept for the older state is gone: the next pass compiles again,
+		// without it, before a compilation is reused.
+		e.compiledPolicies, e.compiledWorkloads = nil, nil
+	}
 	e.status.Store(&PolicyStatus{Policies: e.filled, Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
 		Identities: len(s.Policy.Identities)})
 }
