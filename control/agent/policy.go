@@ -98,11 +98,12 @@ type policyEngine struct {
 	status atomic.Pointer[PolicyStatus]
 
 	// The revisions of the policies and workloads the last successful compilation read: a pass
-	// for anything else (BGP routes, blocks, the periodic full pass, a retry) reuses its result
-	// instead of compiling the same input again, which costs 100 ms and more at 1,000 policies
-	// and workloads.
+	// for anything else (BGP routes, blocks, the periodic full pass, a retry) reuses its result,
+	// once stable, instead of compiling the same input again, which costs 100 ms and more at
+	// 1,000 policies and workloads.
 	compiledPolicies, compiledWorkloads map[string]int64
 	compilations                        uint64 // successful ones, numbering dataplane.Policy.Compiled
+	stable                              bool   // compiling that input again gave the same result
 }
 
 // PolicyStatus is what /policy serves: the policies the dataplane enforces, by the datastore
@@ -148,8 +149,9 @@ func newPolicyEngine(log *slog.Logger, maxRules uint32, failsafe map[maps.Failsa
 // fill compiles the policies of v into s: the policy maps and every local workload's programs.
 // A failed compilation keeps the previous policy, and logs why.
 func (e *policyEngine) fill(v *view, s *dataplane.State) {
-	if e.compiledPolicies != nil && stdmaps.Equal(e.compiledPolicies, v.revisions[kindPolicies]) &&
-		stdmaps.Equal(e.compiledWorkloads, v.revisions[kindWorkloads]) {
+	sameInput := e.compiledPolicies != nil && stdmaps.Equal(e.compiledPolicies, v.revisions[kindPolicies]) &&
+		stdmaps.Equal(e.compiledWorkloads, v.revisions[kindWorkloads])
+	if sameInput && e.stable {
 		e.complete(s)
 		return
 	}
@@ -181,7 +183,14 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 		e.log.Error("policy compilation failed; the previous policy stays in force", "error", err)
 	} else {
 		e.m.policies.Set(float64(set.Len()))
-		e.compilations++
+		// The compiler keeps what the state in the maps still needs until the pass after it
+		// (Retain), so the same input can compile to less the second time: a compilation is
+		// reused once compiling its input again gave the same result.
+		e.stable = sameInput && stdmaps.Equal(res.IPs, e.last.IPs) && stdmaps.Equal(res.Programs, e.last.Programs) &&
+			stdmaps.Equal(res.Identities, e.last.Identities) && stdmaps.Equal(res.Endpoints, e.lastEPs)
+		if !e.stable {
+			e.compilations++
+		}
 		e.last = dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities,
 			Entries: e.compiler.Entries, Compiled: e.compilations}
 		e.lastEPs = res.Endpoints
@@ -212,11 +221,7 @@ func (e *policyEngine) complete(s *dataplane.State) {
 
 // applied tells the engine the maps now hold s's policy and nothing older.
 func (e *policyEngine) applied(s dataplane.State) {
-	if e.compiler.Retain(s.Policy.Programs, s.Policy.Identities) {
-		// What the compiler kept for the older state is gone: the next pass compiles again,
-		// without it, before a compilation is reused.
-		e.compiledPolicies, e.compiledWorkloads = nil, nil
-	}
+	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
 	e.status.Store(&PolicyStatus{Policies: e.filled, Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
 		Identities: len(s.Policy.Identities)})
 }

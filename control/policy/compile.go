@@ -568,14 +568,11 @@ func prefixBlocks(lo, hi uint16) []block {
 }
 
 // Retain forgets programs, identities and rules no longer in use, once a Result is applied and
-// nothing older is in the maps. Rule ids of forgotten rules are handed out again later. It
-// reports whether it forgot anything but cached cells: then compiling the same input again can
-// give another (smaller) Result, without what only the older state needed.
-func (c *Compiler) Retain(programs, identities map[uint32]bool) (dropped bool) {
+// nothing older is in the maps. Rule ids of forgotten rules are handed out again later.
+func (c *Compiler) Retain(programs, identities map[uint32]bool) {
 	liveRules, liveMatches := map[uint32]bool{}, map[uint32]bool{}
 	for p := range c.programs {
 		if !programs[p] {
-			dropped = true
 			delete(c.programOf, c.programs[p])
 			delete(c.programs, p)
 			delete(c.progRules, p)
@@ -590,14 +587,12 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) (dropped bool) {
 	// by the next compilation, which no longer records them.
 	for k, id := range c.matches {
 		if !liveMatches[id] {
-			dropped = true
 			delete(c.matches, k)
 			delete(c.matchByID, id)
 		}
 	}
 	for id := range c.identities {
 		if !identities[id] {
-			dropped = true
 			delete(c.identityOf, c.identities[id])
 			delete(c.identities, id)
 			delete(c.identSet, id)
@@ -619,7 +614,6 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) (dropped bool) {
 	}
 	for t := range c.tables {
 		if !liveTables[t] {
-			dropped = true
 			delete(c.tableOf, c.tables[t])
 			delete(c.tables, t)
 			delete(c.tableAt, t)
@@ -627,7 +621,6 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) (dropped bool) {
 	}
 	for text, id := range c.ruleOf {
 		if !liveRules[id] {
-			dropped = true
 			delete(c.ruleOf, text)
 			delete(c.ruleRefs, id)
 			c.freeIDs = append(c.freeIDs, id)
@@ -635,5 +628,4 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) (dropped bool) {
 	}
 	slices.Sort(c.freeIDs)
 	slices.Reverse(c.freeIDs) // hand out low ids first
-	return dropped
 }
