@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"reflect"
+	"strconv"
 	"testing"
 	"time"
 
@@ -65,17 +67,18 @@ func BenchmarkPolicyCompile(b *testing.B) {
 // it compiles nothing (the compile histogram does not move) and hands out the same programs; a
 // changed workload or policy compiles again.
 func TestPolicyCompileReused(t *testing.T) {
+	const testN = 300
 	reg := prometheus.NewRegistry()
 	e := newPolicyEngine(slog.New(slog.DiscardHandler), 1<<16, nil, maps.Timeouts{}, reg)
 	v := newView("vm100", false)
-	for i := range 30 {
+	for i := range testN {
 		w := datastore.Workload{Version: 1, ID: fmt.Sprintf("w%d", i), Name: fmt.Sprintf("w%d", i), Node: "vm100",
 			IfName: fmt.Sprintf("cali%011x", i), Labels: benchrules.ScaleLabels(i),
-			IPv4: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(i + 1)}), 32)}}
+			IPv4: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i%250 + 1)}), 32)}}
 		v.workloads["vm100/"+w.ID] = w
 		v.revisions[kindWorkloads]["vm100/"+w.ID] = int64(100 + i)
 	}
-	for i, p := range benchrules.ScalePolicies(30) {
+	for i, p := range benchrules.ScalePolicies(testN) {
 		v.policies[p.Name] = p
 		v.revisions[kindPolicies][p.Name] = int64(200 + i)
 	}

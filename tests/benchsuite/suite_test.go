@@ -1,6 +1,7 @@
 package benchsuite_test
 
 import (
+	"cmp"
 	_ "embed"
 	"fmt"
 	"os"
@@ -691,4 +692,28 @@ func machine() []string {
 	}
 	out = append(out, "a virtual machine shared with other work: CPU figures count the whole machine, and rounds interleave the topologies so that drift hits all of them alike.")
 	return out
+}
+
+// TestControlPlot draws control-scale.png from the output of the control-plane benchmarks run
+// by hand (`go test -bench ... | tee out.txt`), between two runs of the suite:
+// BENCH_CONTROL_OUT=out.txt go test -run ControlPlot ./tests/benchsuite/ (into BENCH_PLOTS,
+// ../../docs/bench by default). Without BENCH_CONTROL_OUT it does nothing.
+func TestControlPlot(t *testing.T) {
+	in := os.Getenv("BENCH_CONTROL_OUT")
+	if in == "" {
+		t.Skip("BENCH_CONTROL_OUT not set")
+	}
+	plots := cmp.Or(os.Getenv("BENCH_PLOTS"), "../../docs/bench")
+	raw, err := os.ReadFile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &benchsuite.Report{Control: benchsuite.ParseMetrics(string(raw), "")}
+	ok, err := r.ControlPlot(filepath.Join(plots, "control-scale.png"), "s", "MiB-RSS", "ms/compile")
+	if err != nil || !ok {
+		t.Fatalf("plot: %v %v", ok, err)
+	}
+	for _, row := range r.ControlSummary() {
+		t.Logf("%s %s: median %.4g, %.4g–%.4g, %d runs", row.Name, row.Unit, row.Med, row.Min, row.Max, row.Runs)
+	}
 }
