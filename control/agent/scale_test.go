@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"reflect"
-	"strconv"
 	"testing"
 	"time"
 
