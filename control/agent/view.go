@@ -128,7 +128,7 @@ func (v *view) state(uplink string) dataplane.State {
 		}
 	}
 	// By address on one integer each: at 100k BGP routes comparing netip values costs more.
-	slices.SortStableFunc(s.Remote, func(a, b dataplane.RemoteRoute) int {
+	slices.SortFunc(s.Remote, func(a, b dataplane.RemoteRoute) int {
 		return cmp.Compare(addrKey(a.Prefix.Addr()), addrKey(b.Prefix.Addr()))
 	})
 	return s
