@@ -85,6 +85,56 @@ func TestRoutes(t *testing.T) {
 	}
 }
 
+// PutAll and DeleteAll write and remove many routes in batches: more than one batch, a delete
+// list with missing routes among them, and an invalid route refused before anything is written.
+func TestRoutesBatch(t *testing.T) {
+	set, _ := loadSet(t)
+	var routes []maps.Route
+	for i := range 10000 {
+		routes = append(routes, maps.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 256), byte(i)}), 32),
+			Flags: maps.RemoteWorkload | maps.InPool, Ifindex: 2, NextHop: netip.AddrFrom4([4]byte{198, 18, 0, byte(i % 7)})})
+	}
+	if err := set.Routes.PutAll(routes); err != nil {
+		t.Fatal(err)
+	}
+	got, err := set.Routes.List()
+	if err != nil || !slices.Equal(got, routes) {
+		t.Fatalf("List after PutAll: %d routes, %v; want %d", len(got), err, len(routes))
+	}
+	if r, err := set.Routes.Longest(routes[4321].Prefix); err != nil || r.NextHop != routes[4321].NextHop || r.Kind() != maps.RemoteWorkload {
+		t.Errorf("Longest(%v) = %+v, %v", routes[4321].Prefix, r, err)
+	}
+	// Every other route, and 100 that were never there.
+	var del []netip.Prefix
+	for i := 0; i < len(routes); i += 2 {
+		del = append(del, routes[i].Prefix)
+	}
+	for i := range 100 {
+		del = append(del, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 200, byte(i)}), 32))
+	}
+	slices.Reverse(del[len(del)/3:]) // missing ones in the middle of a batch too
+	if err := set.Routes.DeleteAll(del); err != nil {
+		t.Fatal(err)
+	}
+	all, err := set.Routes.All()
+	if err != nil || len(all) != len(routes)/2 {
+		t.Fatalf("All after DeleteAll: %d routes, %v; want %d", len(all), err, len(routes)/2)
+	}
+	for _, r := range all {
+		if i := slices.Index(routes, r); i < 0 || i%2 == 0 {
+			t.Fatalf("route %+v should not be left", r)
+		}
+	}
+	bad := []maps.Route{{Prefix: netip.MustParsePrefix("198.18.100.0/24"), Flags: maps.RemoteBlock | maps.InPool, Ifindex: 2},
+		{Prefix: netip.MustParsePrefix("198.18.101.1/24"), Flags: maps.RemoteBlock, Ifindex: 2}}
+	if err := set.Routes.PutAll(bad); err == nil {
+		t.Error("PutAll took a prefix with host bits set")
+	}
+	if _, err := set.Routes.Get(bad[0].Prefix); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("PutAll wrote part of a refused list: %v", err)
+	}
+}
+
 func TestRouteValidation(t *testing.T) {
 	set, _ := loadSet(t)
 	for _, r := range []maps.Route{

@@ -149,16 +149,11 @@ func (p *Policy) Lookup(program, identity uint32, proto uint8, port uint16) (Pol
 
 // List returns every entry.
 func (p *Policy) List() (map[PolicyKey]PolicyValue, error) {
-	var (
-		k   loader.MargayPolicyKey
-		v   loader.MargayPolicyValue
-		out = map[PolicyKey]PolicyValue{}
-	)
-	it := p.m.Iterate()
-	for it.Next(&k, &v) {
+	out := map[PolicyKey]PolicyValue{}
+	err := each(p.m, func(k loader.MargayPolicyKey, v loader.MargayPolicyValue) {
 		out[policyKeyFromRaw(k)] = PolicyValue{Action: PolicyAction(v.Action), Rule: v.Rule}
-	}
-	if err := it.Err(); err != nil {
+	}, func() { clear(out) })
+	if err != nil {
 		return nil, fmt.Errorf("list policy: %w", err)
 	}
 	return out, nil

@@ -1,11 +1,12 @@
 package maps
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -105,6 +106,65 @@ func (r *Routes) Put(rt Route) error {
 	return nil
 }
 
+// PutAll adds or replaces every route of rts with as few system calls as the kernel allows
+// (BPF_MAP_UPDATE_BATCH, one per 4096 routes), falling back to one update each where batches
+// are not supported.
+func (r *Routes) PutAll(rts []Route) error {
+	if len(rts) == 0 {
+		return nil
+	}
+	keys := make([]loader.MargayRouteKey, len(rts))
+	vals := make([]loader.MargayRouteValue, len(rts))
+	for i, rt := range rts {
+		if err := rt.validate(); err != nil {
+			return fmt.Errorf("put route: %w", err)
+		}
+		keys[i] = routeKey(rt.Prefix)
+		vals[i] = loader.MargayRouteValue{Flags: loader.MargayRouteFlags(rt.Flags), Ifindex: rt.Ifindex, NextHop: be32(rt.NextHop)}
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), batchSize)
+		if _, err := r.m.BatchUpdate(keys[:n], vals[:n], nil); err != nil {
+			if !errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("put %d routes: %w", n, err)
+			}
+			for i := range keys {
+				if err := r.m.Put(&keys[i], &vals[i]); err != nil {
+					return fmt.Errorf("put route %v: %w", decodeRoute(keys[i], vals[i]).Prefix, err)
+				}
+			}
+			return nil
+		}
+		keys, vals = keys[n:], vals[n:]
+	}
+	return nil
+}
+
+// DeleteAll removes the routes for exactly ps; missing ones are not an error.
+func (r *Routes) DeleteAll(ps []netip.Prefix) error {
+	keys := make([]loader.MargayRouteKey, len(ps))
+	for i, p := range ps {
+		keys[i] = routeKey(p)
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), batchSize)
+		// A batch stops at the first missing key: what is left goes one by one.
+		done, err := r.m.BatchDelete(keys[:n], nil)
+		if err != nil {
+			for _, k := range keys[done:n] {
+				if err := r.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return fmt.Errorf("delete route %v: %w", netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen)), err)
+				}
+			}
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+// batchSize is how many entries one batch system call carries.
+const batchSize = 4096
+
 // Delete removes the route for exactly p; a missing route is not an error.
 func (r *Routes) Delete(p netip.Prefix) error {
 	if r.gen == nil {
@@ -182,23 +242,81 @@ func decodeRoute(k loader.MargayRouteKey, v loader.MargayRouteValue) Route {
 
 // List returns every route, sorted by address then prefix length.
 func (r *Routes) List() ([]Route, error) {
-	var (
-		k   loader.MargayRouteKey
-		v   loader.MargayRouteValue
-		out []Route
-	)
-	it := r.m.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, decodeRoute(k, v))
+	out, err := r.All()
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil {
+	slices.SortFunc(out, func(a, b Route) int { return cmp.Compare(sortKey(a.Prefix), sortKey(b.Prefix)) })
+	return out, nil
+}
+
+// sortKey orders prefixes by address, then length.
+func sortKey(p netip.Prefix) uint64 {
+	a := p.Addr().As4()
+	return uint64(binary.BigEndian.Uint32(a[:]))<<8 | uint64(p.Bits())
+}
+
+// All returns every route in the map's order: List without the sort. It reads the map in
+// batches (BPF_MAP_LOOKUP_BATCH) where the kernel can, one entry at a time otherwise.
+func (r *Routes) All() ([]Route, error) {
+	var out []Route
+	err := each(r.m, func(k loader.MargayRouteKey, v loader.MargayRouteValue) { out = append(out, decodeRoute(k, v)) },
+		func() { out = out[:0] })
+	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if c := out[i].Prefix.Addr().Compare(out[j].Prefix.Addr()); c != 0 {
-			return c < 0
-		}
-		return out[i].Prefix.Bits() < out[j].Prefix.Bits()
-	})
 	return out, nil
+}
+
+// each calls fn for every entry of m, read in batches (BPF_MAP_LOOKUP_BATCH, 4096 entries per
+// system call, where one entry at a time takes two) where the map type supports them, else one
+// at a time after calling restart.
+func each[K, V any](m *ebpf.Map, fn func(K, V), restart func()) error {
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]K, batchSize)
+		vals   = make([]V, batchSize)
+	)
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // the end
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	restart()
+	var (
+		k K
+		v V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		fn(k, v)
+	}
+	return it.Err()
+}
+
+// Longest returns the route the map's longest-prefix match gives for p (an exact lookup when
+// the map holds p itself), without its prefix, which the kernel does not say: a cheap check of
+// one entry, where Get walks the map.
+func (r *Routes) Longest(p netip.Prefix) (Route, error) {
+	k := routeKey(p)
+	var v loader.MargayRouteValue
+	if err := r.m.Lookup(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Route{}, fmt.Errorf("route for %v: %w", p, ErrNotFound)
+		}
+		return Route{}, fmt.Errorf("look up route for %v: %w", p, err)
+	}
+	rt := decodeRoute(k, v)
+	rt.Prefix = netip.Prefix{}
+	return rt, nil
 }

@@ -31,6 +31,7 @@ type options struct {
 	xdp         string
 	tcMode      string
 	httpAddr    string
+	pprof       bool
 	interval    time.Duration
 	gcInterval  time.Duration
 	defaultPool string
@@ -96,6 +97,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.xdp, "xdp", "auto", "XDP prefilter on the uplink: auto (on, except on a veth, whose driver would turn TSO off), on or off")
 	f.StringVar(&o.tcMode, "tc-mode", "auto", "how to attach TC programs: auto, tcx or legacy (clsact)")
 	f.StringVar(&o.httpAddr, "http-addr", ":9091", "address of /metrics, /healthz and /readyz (empty: off)")
+	f.BoolVar(&o.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on --http-addr (for profiling; off by default)")
 	f.DurationVar(&o.interval, "reconcile-interval", 10*time.Second, "full reconcile pass at least this often")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often workloads whose veth and netns are gone, and addresses no workload holds, are collected")
 	f.StringVar(&o.defaultPool, "default-pool", datastore.DefaultPoolCIDR.String(), "pool created when none exists (empty: none)")
@@ -150,7 +152,7 @@ func (o options) agentConfig() (agent.Config, error) {
 		return agent.Config{}, fmt.Errorf("parse --xdp: %w", err)
 	}
 	cfg := agent.Config{NodeName: o.node, Uplink: o.uplink, BPFFSRoot: o.root, XDP: xdp, TCMode: mode,
-		HTTPAddr: o.httpAddr, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
+		HTTPAddr: o.httpAddr, Pprof: o.pprof, ReconcileInterval: o.interval, BGP: o.bgp, BGPPort: o.bgpPort,
 		BGPHold: o.bgpHold, BGPKeepalive: o.bgpKeep, BGPConnectRetry: o.bgpRetry, BGPRestartTime: o.bgpRestart,
 		BGPNoGracefulRestart: o.bgpNoGR, ConntrackSweepInterval: o.ctSweep, GCInterval: o.gcInterval}
 	if cfg.Failsafe, err = agent.ParseFailsafe(o.failsafeIn, o.failsafeOut); err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -34,9 +35,12 @@ type Config struct {
 	BPFFSRoot string
 	// XDP says when the XDP prefilter goes on the uplink: dataplane.XDPAuto (default: not on a
 	// veth), XDPOn or XDPOff.
-	XDP               dataplane.XDPMode
-	TCMode            loader.TCMode
-	HTTPAddr          string        // health and metrics, "" = none
+	XDP      dataplane.XDPMode
+	TCMode   loader.TCMode
+	HTTPAddr string // health and metrics, "" = none
+	// Pprof serves Go's profiles under /debug/pprof/ on HTTPAddr too (opt-in: they show the
+	// agent's internals to whoever reaches that address).
+	Pprof             bool
 	ReconcileInterval time.Duration // full pass even without events
 	GCInterval        time.Duration // IPAM garbage collection of this node's handles, 0 = 1 minute
 	DefaultPool       netip.Prefix  // created when no pool exists; invalid = never
@@ -457,6 +461,13 @@ func (a *Agent) serveHTTP(ctx context.Context) error {
 	})
 	mux.HandleFunc("/bgp/peers", a.serveBGPPeers)
 	mux.HandleFunc("/policy", a.servePolicy)
+	if a.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.ready.Load() {
 			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net"
@@ -72,9 +73,19 @@ func (v *view) state(uplink string) dataplane.State {
 			}
 		}
 	}
+	// The block of an address by a lookup per block size (one, /26, as a rule), not a walk over
+	// every block of the cluster for every workload of the cluster.
+	byCIDR := make(map[netip.Prefix]datastore.Block, len(v.blocks))
+	var blockBits []int
+	for _, b := range v.blocks {
+		byCIDR[b.CIDR] = b
+		if !slices.Contains(blockBits, b.CIDR.Bits()) {
+			blockBits = append(blockBits, b.CIDR.Bits())
+		}
+	}
 	blockOf := func(ip netip.Addr) (datastore.Block, bool) {
-		for _, b := range v.blocks {
-			if b.CIDR.Contains(ip) {
+		for _, bits := range blockBits {
+			if b, ok := byCIDR[netip.PrefixFrom(ip, bits).Masked()]; ok {
 				return b, true
 			}
 		}
@@ -116,8 +127,16 @@ func (v *view) state(uplink string) dataplane.State {
 			}
 		}
 	}
-	slices.SortFunc(s.Remote, func(a, b dataplane.RemoteRoute) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	// By address on one integer each: at 100k BGP routes comparing netip values costs more.
+	slices.SortFunc(s.Remote, func(a, b dataplane.RemoteRoute) int {
+		return cmp.Compare(addrKey(a.Prefix.Addr()), addrKey(b.Prefix.Addr()))
+	})
 	return s
+}
+
+func addrKey(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -139,9 +139,13 @@ func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 	if d.policy.IPs == nil {
 		d.policy.IPs = map[netip.Prefix]uint32{}
 	}
-	d.entries = map[maps.PolicyKey]maps.PolicyValue{}
-	if s.Policy.Entries != nil {
+	switch {
+	case prev.samePolicy(s.Policy):
+		d.entries = prev.entries // the same compilation: the same entries, which are many
+	case s.Policy.Entries != nil:
 		d.entries = s.Policy.Entries(s.Policy.Programs, s.Policy.Identities)
+	default:
+		d.entries = map[maps.PolicyKey]maps.PolicyValue{}
 	}
 	for _, h := range s.Hosts {
 		p := netip.PrefixFrom(h, 32)
@@ -200,6 +204,11 @@ func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 			Gw: rr.NextHop.AsSlice(), Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
 	}
 	return d, errors.Join(errs...)
+}
+
+// samePolicy says whether p comes from the compilation d's policy came from.
+func (d *desired) samePolicy(p Policy) bool {
+	return d != nil && p.Compiled != 0 && p.Compiled == d.policy.Compiled && len(p.NewRules) == 0
 }
 
 func (d *desired) link(w Workload) (netlink.Link, bool) {
@@ -261,7 +270,12 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 		c.note(r.bumpGeneration())
 	}
 	c.note(r.removePolicy(d, pol))
-	c.note(r.syncRoutes(d.routes, false))
+	// The map is read once: the additions below never add what the removals take away.
+	haveRoutes, listErr := r.maps.Routes.All()
+	c.note(false, listErr)
+	if listErr == nil {
+		c.note(r.syncRoutes(d.routes, haveRoutes, false))
+	}
 	c.note(r.attachNetfilter())
 	for ifname := range d.present {
 		c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
@@ -271,7 +285,9 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 
 	// Removals: program, then route, then endpoint.
 	c.note(r.detachStale(d.ifaces, s.Uplink))
-	c.note(r.syncRoutes(d.routes, true))
+	if listErr == nil {
+		c.note(r.syncRoutes(d.routes, haveRoutes, true))
+	}
 	c.note(r.syncEndpoints(d.endpoints, true))
 	c.note(r.pruneCounters())
 
@@ -307,9 +323,15 @@ func (r *Reconciler) Update(s State) (Result, error) {
 			c.note(r.configureInterface(link))
 		}
 	}
-	pol := prev.installedPolicy()
-	policyChanged, err := r.addPolicy(d, pol)
-	c.note(policyChanged, err)
+	// The same compilation as the last pass: the policy maps hold it already.
+	samePolicy := prev.samePolicy(s.Policy)
+	var pol *installed
+	policyChanged := false
+	if !samePolicy {
+		pol = prev.installedPolicy()
+		policyChanged, err = r.addPolicy(d, pol)
+		c.note(policyChanged, err)
+	}
 	for idx, ep := range d.endpoints {
 		if old, ok := prev.endpoints[idx]; !ok || !old.Equal(ep) {
 			policyChanged = policyChanged || !ok || old.IngressProgram != ep.IngressProgram || old.EgressProgram != ep.EgressProgram
@@ -319,11 +341,18 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	if policyChanged {
 		c.note(r.bumpGeneration())
 	}
-	c.note(r.removePolicy(d, pol))
+	if !samePolicy {
+		c.note(r.removePolicy(d, pol))
+	}
+	var put []maps.Route
 	for p, rt := range d.routes {
 		if old, ok := prev.routes[p]; !ok || old != rt {
-			c.note(true, r.maps.Routes.Put(rt))
+			put = append(put, rt)
 		}
+	}
+	if len(put) > 0 {
+		c.res.Changes += len(put) - 1
+		c.note(true, r.maps.Routes.PutAll(put))
 	}
 	for ifname := range d.present {
 		if _, ok := prev.present[ifname]; !ok {
@@ -358,10 +387,15 @@ func (r *Reconciler) Update(s State) (Result, error) {
 			}
 		}
 	}
+	var gone []netip.Prefix
 	for p := range prev.routes {
 		if _, ok := d.routes[p]; !ok {
-			c.note(true, r.maps.Routes.Delete(p))
+			gone = append(gone, p)
 		}
+	}
+	if len(gone) > 0 {
+		c.res.Changes += len(gone) - 1
+		c.note(true, r.maps.Routes.DeleteAll(gone))
 	}
 	for idx := range prev.endpoints {
 		if _, ok := d.endpoints[idx]; !ok {
@@ -517,34 +551,30 @@ func (r *Reconciler) syncEndpoints(want map[uint32]maps.Endpoint, removeStale bo
 	return changed, errors.Join(errs...)
 }
 
-func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, removeStale bool) (bool, error) {
-	have, err := r.maps.Routes.List()
-	if err != nil {
-		return false, err
-	}
-	changed := false
-	var errs []error
+// syncRoutes adds and fixes routes (removeStale false) or removes the undesired ones, given
+// what the map holds.
+func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, have []maps.Route, removeStale bool) (bool, error) {
 	if removeStale {
+		var gone []netip.Prefix
 		for _, rt := range have {
 			if _, ok := want[rt.Prefix]; !ok {
-				changed = true
-				errs = append(errs, r.maps.Routes.Delete(rt.Prefix))
+				gone = append(gone, rt.Prefix)
 			}
 		}
-		return changed, errors.Join(errs...)
+		return len(gone) > 0, r.maps.Routes.DeleteAll(gone)
 	}
-	byPrefix := map[netip.Prefix]maps.Route{}
+	byPrefix := make(map[netip.Prefix]maps.Route, len(have))
 	for _, rt := range have {
 		byPrefix[rt.Prefix] = rt
 	}
+	var put []maps.Route
 	for p, rt := range want {
 		if cur, ok := byPrefix[p]; ok && cur == rt {
 			continue
 		}
-		changed = true
-		errs = append(errs, r.maps.Routes.Put(rt))
+		put = append(put, rt)
 	}
-	return changed, errors.Join(errs...)
+	return len(put) > 0, r.maps.Routes.PutAll(put)
 }
 
 // syncKernelRoutes makes the main table's routes of protocol margay exactly want.

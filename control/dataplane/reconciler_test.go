@@ -348,3 +348,40 @@ func TestXDPAutoSkipsVeth(t *testing.T) {
 		t.Error("ParseXDPMode accepted sometimes")
 	}
 }
+
+// Update spells out the policy entries only when the policy comes from another compilation than
+// the last pass's: passes for other changes (routes, say) leave the policy maps alone.
+func TestUpdateSamePolicy(t *testing.T) {
+	h := newTestHost(t)
+	calls := 0
+	entries := func(map[uint32]bool, map[uint32]bool) map[maps.PolicyKey]maps.PolicyValue {
+		calls++
+		return map[maps.PolicyKey]maps.PolicyValue{{Program: 1, Identity: 1, AllProtocols: true}: {Action: maps.ActionAllow, Rule: 1}}
+	}
+	pol := Policy{Programs: map[uint32]bool{1: true}, Identities: map[uint32]bool{1: true}, Entries: entries, Compiled: 1}
+	base := State{Uplink: "ens32", Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")}, Policy: pol}
+	update := func(s State) {
+		t.Helper()
+		h.do(t, func() error { _, err := h.r.Update(s); return err })
+	}
+	update(base) // a full pass
+	before := calls
+	routed := base
+	routed.Remote = []RemoteRoute{{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")}}
+	update(routed)
+	if calls != before {
+		t.Errorf("Update with the same compilation spelled out the entries %d times", calls-before)
+	}
+	if _, err := h.set.Routes.Get(netip.MustParsePrefix("198.19.0.64/26")); err != nil {
+		t.Errorf("the route of that Update: %v", err)
+	}
+	recompiled := routed
+	recompiled.Policy.Compiled = 2
+	update(recompiled)
+	if calls == before {
+		t.Error("Update with a new compilation did not spell out the entries")
+	}
+	if res := h.apply(t, recompiled); res.Changes != 0 {
+		t.Errorf("Apply after the Updates made %d changes", res.Changes)
+	}
+}

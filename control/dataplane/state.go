@@ -60,6 +60,11 @@ type Policy struct {
 	NewRules []uint32
 	Failsafe map[maps.FailsafeKey]maps.FailsafeDirection
 	Timeouts maps.Timeouts
+	// Compiled numbers the compilation IPs, Programs, Identities and Entries come from: a state
+	// with the same non-zero number as the last pass's has the same policy (and the same
+	// Failsafe and Timeouts), so Update leaves the policy maps alone and spells out no entries;
+	// 0 says nothing.
+	Compiled uint64
 }
 
 var caliName = regexp.MustCompile(`^cali[0-9a-f]{11}$`)

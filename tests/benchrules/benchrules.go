@@ -113,3 +113,37 @@ func (r Rules) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Com
 	}
 	return c, res, nil
 }
+
+// Scale policies (issue 18): a cluster's worth of Kubernetes-style policies over workloads
+// labelled by app (100 apps), tier (web, api, db) and namespace (20).
+
+// ScaleLabels are the labels of workload i.
+func ScaleLabels(i int) map[string]string {
+	return map[string]string{"app": fmt.Sprintf("app-%d", i%100), "tier": [...]string{"web", "api", "db"}[i%3],
+		"ns": fmt.Sprintf("ns-%d", i%20)}
+}
+
+// ScalePolicies are n policies: policy j selects one app, allows TCP to one port from the next
+// app and from one namespace's web tier, and allows egress to the databases on 5432.
+func ScalePolicies(n int) []datastore.Policy {
+	tcp := datastore.Protocol(6)
+	out := make([]datastore.Policy, n)
+	for j := range out {
+		order := float64(j)
+		port := uint16(8000 + j%50)
+		out[j] = datastore.Policy{Version: 1, Name: fmt.Sprintf("scale-%04d", j), Order: &order,
+			Selector: fmt.Sprintf("app == \"app-%d\"", j%100), Types: []datastore.PolicyType{datastore.PolicyIngress, datastore.PolicyEgress},
+			Ingress: []datastore.Rule{
+				{Action: datastore.ActionAllow, Protocol: &tcp, Source: datastore.EntityRule{Selector: fmt.Sprintf("app == \"app-%d\"", (j+1)%100)},
+					Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: port, Hi: port}}}},
+				{Action: datastore.ActionAllow, Protocol: &tcp, Source: datastore.EntityRule{Selector: fmt.Sprintf("ns == \"ns-%d\" && tier == \"web\"", j%20)},
+					Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: 443, Hi: 443}}}},
+			},
+			Egress: []datastore.Rule{
+				{Action: datastore.ActionAllow, Protocol: &tcp, Destination: datastore.EntityRule{Selector: "tier == \"db\"",
+					Ports: []datastore.PortRange{{Lo: 5432, Hi: 5432}}}},
+			},
+		}
+	}
+	return out
+}

@@ -2,15 +2,19 @@ package benchsuite
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 type whiskers struct {
@@ -114,6 +118,13 @@ func (r *Report) WritePlots(dir, rel string) error {
 		}
 		r.Plots = append(r.Plots, rel+"/bpf-test-run.png")
 	}
+	ok, err := r.ControlPlot(filepath.Join(dir, "control-scale.png"), controlPlotUnits...)
+	if err != nil {
+		return err
+	}
+	if ok {
+		r.Plots = append(r.Plots, rel+"/control-scale.png")
+	}
 	return nil
 }
 
@@ -127,3 +138,63 @@ var plainTicks = plot.TickerFunc(func(lo, hi float64) []plot.Tick {
 	}
 	return ts
 })
+
+// ControlPlot writes one panel per control-plane series (ControlCurves): the median cost
+// against the size, with the straight line through the origin and the smallest size's point
+// (what linear growth from there would cost), so that super-linear growth shows as a curve above
+// it. Nothing is written when there are no series.
+func (r *Report) ControlPlot(path string, units ...string) (bool, error) {
+	series := r.ControlCurves(units...)
+	if len(series) == 0 {
+		return false, nil
+	}
+	const w = 4.5
+	img := vgimg.New(vg.Length(w*float64(len(series)))*vg.Inch, 4*vg.Inch)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: len(series), PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
+		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}
+	for i, s := range series {
+		p := plot.New()
+		p.Title.Text = fmt.Sprintf("%s: %s against %s", strings.TrimPrefix(s.Bench, "Benchmark"), s.Unit, s.Param)
+		p.X.Label.Text = s.Param
+		p.Y.Label.Text = s.Unit
+		p.Add(plotter.NewGrid())
+		xys := make(plotter.XYs, len(s.Sizes))
+		for j := range s.Sizes {
+			xys[j] = plotter.XY{X: s.Sizes[j], Y: s.Medians[j]}
+		}
+		l, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return false, err
+		}
+		l.Color, pts.Color = plotutil.Color(0), plotutil.Color(0)
+		p.Add(l, pts)
+		p.Legend.Add("median", l, pts)
+		last := s.Sizes[len(s.Sizes)-1]
+		ref, err := plotter.NewLine(plotter.XYs{{X: 0, Y: 0}, {X: last, Y: s.Medians[0] * last / s.Sizes[0]}})
+		if err != nil {
+			return false, err
+		}
+		ref.Color = plotutil.Color(1)
+		ref.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		p.Add(ref)
+		p.Legend.Add("linear from the smallest size", ref)
+		p.Legend.Top, p.Legend.Left = true, true
+		p.X.Min, p.Y.Min = 0, 0
+		p.Y.Tick.Marker = plainTicks
+		p.Draw(tiles.At(dc, i, 0))
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		return false, err
+	}
+	return true, f.Close()
+}
+
+// controlPlotUnits are the control-plane figures plotted against size: BGP convergence (from
+// the session's start) and the agent's memory after it, and policy compile time.
+var controlPlotUnits = []string{"s", "MiB-RSS", "ms/compile"}

@@ -478,3 +478,85 @@ func ParseMetrics(out, command string) []ControlFigure {
 	}
 	return figs
 }
+
+// ControlRow is one control-plane figure summarized over the runs of its benchmark.
+type ControlRow struct {
+	Name, Unit, Command string
+	Stats
+	Runs int
+}
+
+// ControlSummary groups the control-plane figures by benchmark and unit, in the order they came,
+// with the median and range over the runs (-count).
+func (r *Report) ControlSummary() []ControlRow {
+	var rows []ControlRow
+	vals := map[[2]string][]float64{}
+	for _, f := range r.Control {
+		k := [2]string{f.Name, f.Unit}
+		v, err := strconv.ParseFloat(f.Value, 64)
+		if err != nil {
+			continue
+		}
+		if _, ok := vals[k]; !ok {
+			rows = append(rows, ControlRow{Name: f.Name, Unit: f.Unit, Command: f.Command})
+		}
+		vals[k] = append(vals[k], v)
+	}
+	for i := range rows {
+		v := vals[[2]string{rows[i].Name, rows[i].Unit}]
+		rows[i].Stats, rows[i].Runs = Summarize(v), len(v)
+	}
+	return rows
+}
+
+// sizeParam reads the size of a sub-benchmark such as BenchmarkBGPScale/routes=10000-2: the
+// benchmark, the parameter's name and its value.
+var sizeParam = regexp.MustCompile(`^(Benchmark[^/]+)/(\w+)=(\d+)(?:-\d+)?$`)
+
+// ControlSeries are the control-plane figures that grow with a size parameter: for each
+// benchmark and unit with two sizes or more, the median at each size, sorted by size.
+type ControlSeries struct {
+	Bench, Param, Unit string
+	Sizes              []float64
+	Medians            []float64
+}
+
+// ControlCurves returns the series of ControlSummary for the given units.
+func (r *Report) ControlCurves(units ...string) []ControlSeries {
+	var out []ControlSeries
+	idx := map[[2]string]int{}
+	for _, row := range r.ControlSummary() {
+		m := sizeParam.FindStringSubmatch(row.Name)
+		if m == nil || !slices.Contains(units, row.Unit) {
+			continue
+		}
+		size, _ := strconv.ParseFloat(m[3], 64)
+		k := [2]string{m[1], row.Unit}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, ControlSeries{Bench: m[1], Param: m[2], Unit: row.Unit})
+		}
+		out[i].Sizes = append(out[i].Sizes, size)
+		out[i].Medians = append(out[i].Medians, row.Med)
+	}
+	var kept []ControlSeries
+	for _, s := range out {
+		if len(s.Sizes) < 2 {
+			continue
+		}
+		ord := make([]int, len(s.Sizes))
+		for i := range ord {
+			ord[i] = i
+		}
+		sort.Slice(ord, func(a, b int) bool { return s.Sizes[ord[a]] < s.Sizes[ord[b]] })
+		sz, md := make([]float64, len(ord)), make([]float64, len(ord))
+		for i, j := range ord {
+			sz[i], md[i] = s.Sizes[j], s.Medians[j]
+		}
+		s.Sizes, s.Medians = sz, md
+		kept = append(kept, s)
+	}
+	return kept
+}

@@ -1,6 +1,11 @@
 package benchsuite
 
-import "testing"
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
 
 func TestParseMetrics(t *testing.T) {
 	out := "goos: linux\nBenchmarkEventToMap-2   \t2026/11/29 08:25:03 INFO claimed block\n" +
@@ -31,5 +36,38 @@ func TestParseBPFBench(t *testing.T) {
 func TestSummarize(t *testing.T) {
 	if s := Summarize([]float64{3, 1, 2, 10}); s != (Stats{2.5, 1, 10}) {
 		t.Fatalf("got %v", s)
+	}
+}
+
+// The control-plane figures of several runs and sizes become one row per benchmark and unit
+// (median and range) and one curve per unit that has two sizes or more, which ControlPlot draws.
+func TestControlSummaryAndCurves(t *testing.T) {
+	out := `goos: linux
+BenchmarkBGPScale/routes=1000-2    1  5 ns/op  0.10 s  60 MiB-RSS
+BenchmarkBGPScale/routes=1000-2    1  5 ns/op  0.30 s  62 MiB-RSS
+BenchmarkBGPScale/routes=1000-2    1  5 ns/op  0.20 s  61 MiB-RSS
+BenchmarkBGPScale/routes=10000-2   1  5 ns/op  0.90 s  100 MiB-RSS
+BenchmarkHostWorkloads-2           1  5 ns/op  30.5 ms-cni-nowait-p50
+`
+	r := &Report{Control: ParseMetrics(out, "cmd")}
+	rows := r.ControlSummary()
+	if len(rows) != 5 {
+		t.Fatalf("%d rows: %+v", len(rows), rows)
+	}
+	if got := rows[0]; got.Name != "BenchmarkBGPScale/routes=1000" || got.Unit != "s" || got.Runs != 3 ||
+		got.Med != 0.2 || got.Min != 0.1 || got.Max != 0.3 {
+		t.Errorf("first row %+v", got)
+	}
+	curves := r.ControlCurves("s", "ms/compile")
+	if len(curves) != 1 || curves[0].Param != "routes" || !slices.Equal(curves[0].Sizes, []float64{1000, 10000}) ||
+		!slices.Equal(curves[0].Medians, []float64{0.2, 0.9}) {
+		t.Fatalf("curves %+v", curves)
+	}
+	path := filepath.Join(t.TempDir(), "c.png")
+	if ok, err := r.ControlPlot(path, "s", "MiB-RSS"); err != nil || !ok {
+		t.Fatalf("ControlPlot: %v %v", ok, err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		t.Fatalf("plot: %v", err)
 	}
 }

@@ -46,7 +46,7 @@ func bgpPeer(ip string) datastore.BGPPeer {
 	return datastore.BGPPeer{Version: 1, Name: "gw", PeerIP: netip.MustParseAddr(ip), ASN: 64512}
 }
 
-func blockOf(t *testing.T, c *cluster.Cluster, node string) netip.Prefix {
+func blockOf(t testing.TB, c *cluster.Cluster, node string) netip.Prefix {
 	t.Helper()
 	var p netip.Prefix
 	cluster.Eventually(t, node+" claimed a block", 20*time.Second, func() error {

@@ -235,8 +235,11 @@ func (h *Host) Stop() {
 }
 
 // Get fetches a path of the agent's HTTP server from inside the host.
-func (h *Host) Get(path string) (int, string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+func (h *Host) Get(path string) (int, string, error) { return h.GetWithin(path, 5*time.Second) }
+
+// GetWithin is Get with another timeout (a profile, say).
+func (h *Host) GetWithin(path string, timeout time.Duration) (int, string, error) {
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
 			err := h.NS.Do(func() (err error) { c, err = net.Dial(network, addr); return err })

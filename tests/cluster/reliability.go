@@ -33,6 +33,13 @@ func (h *Host) Kill() {
 // returns the workload. The ADD returns once the host's agent has programmed the workload, so
 // it may be started while the agent is down. DEL runs at cleanup.
 func (c *Cluster) StartWorkload(h *Host, name string) (wait func() *Workload) {
+	c.tb.Helper()
+	return c.StartWorkloadTimeout(h, name, "20s")
+}
+
+// StartWorkloadTimeout is StartWorkload with the plugin's policySetupTimeout ("0": ADD returns
+// without waiting for the agent to program the workload).
+func (c *Cluster) StartWorkloadTimeout(h *Host, name, policySetupTimeout string) (wait func() *Workload) {
 	tb := c.tb
 	tb.Helper()
 	// IPAM serves registered nodes only, and a host's agent registers its node when it starts.
@@ -42,7 +49,7 @@ func (c *Cluster) StartWorkload(h *Host, name string) (wait func() *Workload) {
 	})
 	ns := netns.New(tb, "mgyw"+name+"-")
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"margay","type":"margay-cni","nodeName":%q,"mtu":1500,`+
-		`"policySetupTimeout":"20s","bpffsRoot":%q,"datastore":{"endpoints":[%q]}}`, h.Name, h.Root, h.etcd)
+		`"policySetupTimeout":%q,"bpffsRoot":%q,"datastore":{"endpoints":[%q]}}`, h.Name, policySetupTimeout, h.Root, h.etcd)
 	bin := Binaries(tb)
 	cni := func(command string) ([]byte, error) {
 		cmd := h.NS.Command(filepath.Join(bin, "margay-cni"))

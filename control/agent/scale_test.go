@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy"
+	"github.com/margaynet/margay/maps"
+	"github.com/margaynet/margay/tests/benchrules"
+)
+
+// BenchmarkPolicyCompile measures what the agent does with the policies in a pass (policyEngine
+// fill: the policy set parsed, every selector matched against every workload, the programs
+// compiled, the map entries spelled out) for 1,000 workloads, 100 of them local, and 100 to
+// 1,000 policies (benchrules.ScalePolicies), from a fresh compiler as after an agent start.
+func BenchmarkPolicyCompile(b *testing.B) {
+	var all, local []policy.Endpoint
+	for i := range 1000 {
+		node := fmt.Sprintf("vm%d", 100+i%10)
+		w := datastore.Workload{Version: 1, ID: fmt.Sprintf("w%d", i), Name: fmt.Sprintf("w%d", i), Node: node,
+			IfName: fmt.Sprintf("cali%011x", i), Labels: benchrules.ScaleLabels(i),
+			IPv4: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i%250 + 1)}), 32)}}
+		ep, ok := policy.EndpointOf(w)
+		if !ok {
+			b.Fatal("no endpoint")
+		}
+		all = append(all, ep)
+		if node == "vm100" {
+			local = append(local, ep)
+		}
+	}
+	for _, n := range []int{100, 300, 1000} {
+		b.Run(fmt.Sprintf("policies=%d", n), func(b *testing.B) {
+			ps := benchrules.ScalePolicies(n)
+			start := time.Now()
+			for b.Loop() {
+				c := policy.NewCompiler(1 << 16)
+				set, err := policy.NewSet(ps)
+				if err != nil {
+					b.Fatal(err)
+				}
+				res, err := c.Compile(set, all, local)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(c.Entries(res.Programs, res.Identities)) == 0 {
+					b.Fatal("no entries")
+				}
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/compile")
+		})
+	}
+}
+
+// A pass whose policies and workloads are the same as at the last compilation reuses its result:
+// it compiles nothing (the compile histogram does not move) and hands out the same programs; a
+// changed workload or policy compiles again.
+func TestPolicyCompileReused(t *testing.T) {
+	const testN = 300
+	reg := prometheus.NewRegistry()
+	e := newPolicyEngine(slog.New(slog.DiscardHandler), 1<<16, nil, maps.Timeouts{}, reg)
+	v := newView("vm100", false)
+	for i := range testN {
+		w := datastore.Workload{Version: 1, ID: fmt.Sprintf("w%d", i), Name: fmt.Sprintf("w%d", i), Node: "vm100",
+			IfName: fmt.Sprintf("cali%011x", i), Labels: benchrules.ScaleLabels(i),
+			IPv4: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i%250 + 1)}), 32)}}
+		v.workloads["vm100/"+w.ID] = w
+		v.revisions[kindWorkloads]["vm100/"+w.ID] = int64(100 + i)
+	}
+	for i, p := range benchrules.ScalePolicies(testN) {
+		v.policies[p.Name] = p
+		v.revisions[kindPolicies][p.Name] = int64(200 + i)
+	}
+	compiles := func() uint64 {
+		m := &dto.Metric{}
+		if err := e.m.compile.Write(m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	pass := func() dataplane.State {
+		s := v.state("ens32")
+		e.fill(v, &s)
+		e.applied(s)
+		return s
+	}
+	first := pass()
+	if compiles() != 1 || len(first.Policy.Programs) == 0 {
+		t.Fatalf("first pass: %d compilations, %d programs", compiles(), len(first.Policy.Programs))
+	}
+	// The second pass compiles the same input once more: the compiler may have kept state for
+	// the first pass's predecessor. Its result is the same compilation.
+	check := pass()
+	if compiles() != 2 || check.Policy.Compiled != first.Policy.Compiled {
+		t.Fatalf("second pass: %d compilations, compilation %d after %d", compiles(), check.Policy.Compiled, first.Policy.Compiled)
+	}
+	for range 3 {
+		again := pass()
+		if compiles() != 2 {
+			t.Errorf("an unchanged pass compiled again (%d compilations)", compiles())
+		}
+		if again.Policy.Compiled != first.Policy.Compiled || !reflect.DeepEqual(again.Policy.Programs, first.Policy.Programs) ||
+			!reflect.DeepEqual(again.Workloads, first.Workloads) {
+			t.Error("the reused result differs")
+		}
+	}
+	w := v.workloads["vm100/w3"]
+	w.Labels = map[string]string{"app": "other"}
+	v.workloads["vm100/w3"], v.revisions[kindWorkloads]["vm100/w3"] = w, 300
+	if s := pass(); compiles() != 3 || s.Policy.Compiled == first.Policy.Compiled {
+		t.Errorf("a changed workload: %d compilations, compilation %d", compiles(), s.Policy.Compiled)
+	}
+	p := v.policies["scale-0001"]
+	p.Selector = "all()"
+	v.policies["scale-0001"], v.revisions[kindPolicies]["scale-0001"] = p, 301
+	pass()
+	pass() // the check of the new result
+	pass()
+	if n := compiles(); n != 5 {
+		t.Errorf("a changed policy: %d compilations, want 5 (the change and its check)", n)
+	}
+}
