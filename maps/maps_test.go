@@ -407,7 +407,7 @@ func TestRouteGeneration(t *testing.T) {
 		return g
 	}
 	mac, _ := net.ParseMAC("0a:58:c6:13:00:01")
-	block := netip.MustParsePrefix("198.19.0.0/26")
+	block, other := netip.MustParsePrefix("198.19.0.0/26"), netip.MustParsePrefix("198.19.0.64/26")
 	ep := maps.Endpoint{Ifindex: 42, IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}
 	steps := []struct {
 		name string
@@ -423,6 +423,11 @@ func TestRouteGeneration(t *testing.T) {
 		{"delete it", func() error { return set.Endpoints.Delete(42) }, true},
 		{"delete it again", func() error { return set.Endpoints.Delete(42) }, false},
 		{"bump the policy generation", func() error { _, err := set.Config.BumpGeneration(); return err }, false},
+		{"put routes in a batch", func() error {
+			return set.Routes.PutAll([]maps.Route{{Prefix: block, Flags: maps.LocalBlock}, {Prefix: other, Flags: maps.LocalBlock}})
+		}, true},
+		{"delete them in a batch", func() error { return set.Routes.DeleteAll([]netip.Prefix{block, other}) }, true},
+		{"an empty batch", func() error { return set.Routes.PutAll(nil) }, false},
 	}
 	for _, s := range steps {
 		before := gen()
@@ -444,6 +449,12 @@ func TestRouteGeneration(t *testing.T) {
 		if name == "routes" {
 			r := maps.NewRoutes(m, nil)
 			err1, err2 = r.Put(maps.Route{Prefix: block, Flags: maps.LocalBlock}), r.Delete(block)
+			if err := r.PutAll([]maps.Route{{Prefix: block, Flags: maps.LocalBlock}}); err == nil {
+				t.Error("PutAll without the config map was not refused")
+			}
+			if err := r.DeleteAll([]netip.Prefix{block}); err == nil {
+				t.Error("DeleteAll without the config map was not refused")
+			}
 		} else {
 			e := maps.NewEndpoints(m, nil)
 			err1, err2 = e.Put(ep), e.Delete(42)

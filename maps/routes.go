@@ -109,9 +109,12 @@ func (r *Routes) Put(rt Route) error {
 // PutAll adds or replaces every route of rts with as few system calls as the kernel allows
 // (BPF_MAP_UPDATE_BATCH, one per 4096 routes), falling back to one update each where batches
 // are not supported.
-func (r *Routes) PutAll(rts []Route) error {
+func (r *Routes) PutAll(rts []Route) (err error) {
 	if len(rts) == 0 {
 		return nil
+	}
+	if r.gen == nil {
+		return fmt.Errorf("put %d routes: %w", len(rts), errReadOnly)
 	}
 	keys := make([]loader.MargayRouteKey, len(rts))
 	vals := make([]loader.MargayRouteValue, len(rts))
@@ -122,6 +125,8 @@ func (r *Routes) PutAll(rts []Route) error {
 		keys[i] = routeKey(rt.Prefix)
 		vals[i] = loader.MargayRouteValue{Flags: loader.MargayRouteFlags(rt.Flags), Ifindex: rt.Ifindex, NextHop: be32(rt.NextHop)}
 	}
+	// One bump for the whole call, also when it fails half way: what was written counts.
+	defer r.bump(&err)
 	for len(keys) > 0 {
 		n := min(len(keys), batchSize)
 		if _, err := r.m.BatchUpdate(keys[:n], vals[:n], nil); err != nil {
@@ -141,7 +146,14 @@ func (r *Routes) PutAll(rts []Route) error {
 }
 
 // DeleteAll removes the routes for exactly ps; missing ones are not an error.
-func (r *Routes) DeleteAll(ps []netip.Prefix) error {
+func (r *Routes) DeleteAll(ps []netip.Prefix) (err error) {
+	if len(ps) == 0 {
+		return nil
+	}
+	if r.gen == nil {
+		return fmt.Errorf("delete %d routes: %w", len(ps), errReadOnly)
+	}
+	defer r.bump(&err)
 	keys := make([]loader.MargayRouteKey, len(ps))
 	for i, p := range ps {
 		keys[i] = routeKey(p)
@@ -160,6 +172,13 @@ func (r *Routes) DeleteAll(ps []netip.Prefix) error {
 		keys = keys[n:]
 	}
 	return nil
+}
+
+// bump moves the route generation after a batch write, keeping the write's own error first.
+func (r *Routes) bump(err *error) {
+	if berr := r.gen.BumpRouteGeneration(); berr != nil && *err == nil {
+		*err = fmt.Errorf("routes written: %w", berr)
+	}
 }
 
 // batchSize is how many entries one batch system call carries.
