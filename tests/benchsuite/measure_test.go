@@ -46,18 +46,7 @@ func startServer(tb testing.TB, ns *netns.NS) *server {
 	}); err != nil {
 		tb.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 64)
-		for {
-			n, from, err := s.udp.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = s.udp.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	done := netns.ServeUDPEcho(s.udp)
 	tb.Cleanup(func() { s.udp.Close(); <-done })
 
 	if _, err := exec.LookPath("iperf3"); err != nil {

@@ -28,18 +28,7 @@ func BenchmarkBGP10kRoutes(b *testing.B) {
 		}
 		conf.WriteString("}\nprotocol bgp vm100 { local 198.18.0.1 as 64512; neighbor 198.18.0.100 as 64512; direct;" +
 			" connect retry time 1; ipv4 { import none; export all; next hop self; }; }\n")
-		if _, err := c.DS.BGPPeers().Create(b.Context(), "gw", bgpPeer("198.18.0.1")); err != nil {
-			b.Fatal(err)
-		}
-		// The node knows the peer before BIRD starts: otherwise BIRD's first connection may come
-		// before the node configured it, be refused, and the figure measure that race.
-		cluster.Eventually(b, "vm100 configured the peer", 30*time.Second, func() error {
-			code, body, err := h.Get("/bgp/peers")
-			if err != nil || code != 200 || !strings.Contains(body, "198.18.0.1") {
-				return fmt.Errorf("%d %v %s", code, err, body)
-			}
-			return nil
-		})
+		addGatewayPeer(b, c, h)
 		b.StartTimer()
 		start := time.Now()
 		startGateway(b, c, conf.String())
@@ -70,4 +59,21 @@ func BenchmarkBGP10kRoutes(b *testing.B) {
 		b.ReportMetric(took.Seconds(), "s/10k")
 		b.ReportMetric(float64(n)/took.Seconds(), "routes/s")
 	}
+}
+
+// addGatewayPeer writes the global BGP peer gw (198.18.0.1, BIRD) and waits until h has
+// configured it: BIRD's first connection, coming before that, would be refused, and a benchmark
+// would measure the race.
+func addGatewayPeer(tb testing.TB, c *cluster.Cluster, h *cluster.Host) {
+	tb.Helper()
+	if _, err := c.DS.BGPPeers().Create(tb.Context(), "gw", bgpPeer("198.18.0.1")); err != nil {
+		tb.Fatal(err)
+	}
+	cluster.Eventually(tb, h.Name+" configured the peer", 30*time.Second, func() error {
+		code, body, err := h.Get("/bgp/peers")
+		if err != nil || code != 200 || !strings.Contains(body, "198.18.0.1") {
+			return fmt.Errorf("%d %v %s", code, err, body)
+		}
+		return nil
+	})
 }

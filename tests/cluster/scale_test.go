@@ -165,16 +165,7 @@ func bgpConverge(b *testing.B, routes []maps.Route, conf string) convergence {
 	// the whole map and kernel table, in every measurement).
 	h := c.AddHost("vm100", "198.18.0.100/24", "--bgp", "--pprof", "--reconcile-interval", "10s")
 	set := h.Maps(b)
-	if _, err := c.DS.BGPPeers().Create(b.Context(), "gw", bgpPeer("198.18.0.1")); err != nil {
-		b.Fatal(err)
-	}
-	cluster.Eventually(b, "vm100 configured the peer", 30*time.Second, func() error {
-		code, body, err := h.Get("/bgp/peers")
-		if err != nil || code != 200 || !strings.Contains(body, "198.18.0.1") {
-			return fmt.Errorf("%d %v %s", code, err, body)
-		}
-		return nil
-	})
+	addGatewayPeer(b, c, h)
 	own := blockOf(b, c, h.Name)
 	if !slices.ContainsFunc(simRealBlocks, func(p netip.Prefix) bool { return p.Overlaps(own) }) {
 		b.Fatalf("vm100 claimed %v, inside the simulated routes", own)

@@ -235,3 +235,21 @@ func ByteEchoCRR(dl *net.Dialer, addr string, d, timeout time.Duration) (n int, 
 		n++
 	}
 }
+
+// ServeUDPEcho answers every datagram on conn with itself, until conn is closed; the returned
+// channel closes when the server has stopped.
+func ServeUDPEcho(conn *net.UDPConn) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = conn.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return done
+}

@@ -26,7 +26,7 @@ type Probe struct {
 	got      map[uint64]time.Time
 	sentAt   []time.Time
 	done     chan struct{}
-	served   chan struct{}
+	served   <-chan struct{}
 	stopped  bool
 }
 
@@ -47,25 +47,14 @@ func (r ProbeResult) String() string {
 // also runs at cleanup.
 func StartProbe(tb testing.TB, src *NS, srcIP netip.Addr, dst *NS, dstIP netip.Addr, interval time.Duration) *Probe {
 	tb.Helper()
-	p := &Probe{interval: interval, stop: make(chan struct{}), got: map[uint64]time.Time{}, done: make(chan struct{}),
-		served: make(chan struct{})}
+	p := &Probe{interval: interval, stop: make(chan struct{}), got: map[uint64]time.Time{}, done: make(chan struct{})}
 	if err := dst.Do(func() (err error) {
 		p.srv, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(dstIP, 0)))
 		return err
 	}); err != nil {
 		tb.Fatalf("probe: listen in %s: %v", dst.Name, err)
 	}
-	go func() {
-		defer close(p.served)
-		buf := make([]byte, 64)
-		for {
-			n, from, err := p.srv.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = p.srv.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	p.served = ServeUDPEcho(p.srv)
 	if err := src.Do(func() (err error) {
 		p.conn, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(srcIP, 0)),
 			net.UDPAddrFromAddrPort(p.srv.LocalAddr().(*net.UDPAddr).AddrPort()))
