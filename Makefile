@@ -18,7 +18,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 # port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks).
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus \
 	iperf3 ethtool linux-perf
-BINARIES := margay-agent margay-cni margayctl
+BINARIES := margay-agent margay-cni margay-cni-direct margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 15s
 
@@ -60,7 +60,7 @@ fuzz: ## Fuzz the BPF programs, the datastore decoders, selectors, policies and 
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./control/datastore/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./control/policy/selector/
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./control/policy/
-	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZTIME) ./cmd/margay-cni/
+	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZTIME) ./control/cni/
 
 SOAK_CYCLES ?= 1000
 soak: deps ## Workload add/delete cycles over three hosts under traffic (SOAK_CYCLES, default 1000); checks leaks and agent memory

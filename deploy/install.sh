@@ -3,9 +3,9 @@
 #
 #   deploy/install.sh [--bin DIR] [--root DIR] [--no-start] [--no-systemctl]
 #
-# Installs margay-agent, margay-cni and margayctl from DIR (default ./bin, what `make build`
-# writes) into /usr/local/bin, margay-cni and the conflist for the container runtime into
-# /opt/cni/bin and /etc/cni/net.d, margay-agent.service into /etc/systemd/system, and
+# Installs margay-agent, margay-cni, margay-cni-direct and margayctl from DIR (default ./bin, what
+# `make build` writes) into /usr/local/bin, margay-cni, margay-cni-direct and the conflist for the
+# container runtime into /opt/cni/bin and /etc/cni/net.d, margay-agent.service into /etc/systemd/system, and
 # /etc/margay/margay.env, /etc/margay/datastore.yaml and /etc/margay/margayctl.cfg from templates
 # when they do not exist yet.
 # Then `systemctl daemon-reload` and `systemctl enable --now margay-agent`.
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
 done
 root=${root%/}
 
-for b in margay-agent margay-cni margayctl; do
+for b in margay-agent margay-cni margay-cni-direct margayctl; do
 	if [ ! -x "$bin/$b" ]; then
 		echo "install.sh: $bin/$b is missing: run make build, or give --bin DIR" >&2
 		exit 1
@@ -66,9 +66,11 @@ keep() {
 	fi
 }
 
-for b in margay-agent margay-cni margayctl; do
+for b in margay-agent margay-cni margay-cni-direct margayctl; do
 	put "$bin/$b" "$root/usr/local/bin/$b" 0755
 done
+# margay-cni runs margay-cni-direct, beside it, when no agent serves the host: that one first.
+put "$bin/margay-cni-direct" "$root/opt/cni/bin/margay-cni-direct" 0755
 put "$bin/margay-cni" "$root/opt/cni/bin/margay-cni" 0755
 put "$here/cni/10-margay.conflist" "$root/etc/cni/net.d/10-margay.conflist" 0644
 put "$here/systemd/margay-agent.service" "$root/etc/systemd/system/margay-agent.service" 0644

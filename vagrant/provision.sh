@@ -95,7 +95,7 @@ if [ ! -x "$bin/margay-agent" ]; then
 	if [ -x /usr/local/go/bin/go ]; then
 		log "building Margay with /usr/local/go"
 		bin=/tmp/margay-bin
-		(cd "$repo" && CGO_ENABLED=0 /usr/local/go/bin/go build -trimpath -o "$bin/" ./cmd/margay-agent ./cmd/margay-cni ./cmd/margayctl)
+		(cd "$repo" && CGO_ENABLED=0 /usr/local/go/bin/go build -trimpath -o "$bin/" ./cmd/margay-agent ./cmd/margay-cni ./cmd/margay-cni-direct ./cmd/margayctl)
 	else
 		echo "provision $name: no $repo/bin/margay-agent: run make build on the host (GOOS=linux GOARCH=amd64), then vagrant provision" >&2
 		exit 1

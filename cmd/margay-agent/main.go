@@ -19,6 +19,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/margaynet/margay/control/agent"
+	"github.com/margaynet/margay/control/cni"
+	"github.com/margaynet/margay/control/cni/wire"
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
@@ -53,6 +55,7 @@ type options struct {
 	ctSweep     time.Duration
 	kubeconfig  string
 	k8sSync     bool
+	cniSocket   string
 }
 
 // version is set at build time: go build -ldflags "-X main.version=v1.2.3".
@@ -118,6 +121,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
 	f.BoolVar(&o.k8sSync, "k8s-policy-sync", false, "keep the policies knp.default.* in the datastore equal to the cluster's Kubernetes NetworkPolicies")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file of --k8s-policy-sync (empty: the pod's in-cluster service account)")
+	f.StringVar(&o.cniSocket, "cni-socket", wire.DefaultSocket, "where margay-cni's calls are served: an abstract socket (@name, of the agent's network namespace) or a socket file; \"off\": margay-cni runs them itself")
 	o.ds.BindFlags(f)
 	return cmd
 }
@@ -228,5 +232,31 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if kube != nil {
 		defer startPolicySync(ctx, kube, ds, log)()
 	}
+	if o.cniSocket != "" && o.cniSocket != wire.Off {
+		defer serveCNI(ctx, o, ds, dsCfg, reg, log)()
+	}
 	return a.Run(ctx)
+}
+
+// serveCNI serves margay-cni's calls on --cni-socket until ctx ends; the returned function waits
+// for the calls under way (and ends them, if the agent stops for another reason). A socket that cannot be made is logged, not fatal: margay-cni then runs
+// the calls itself (margay-cni-direct), as without an agent.
+func serveCNI(ctx context.Context, o options, ds *datastore.Client, dsCfg datastore.Config, reg *prometheus.Registry, log *slog.Logger) func() {
+	ln, err := cni.Listen(o.cniSocket)
+	if err != nil {
+		log.Error("not serving CNI calls; margay-cni will run them in margay-cni-direct", "err", err)
+		return func() {}
+	}
+	srv := cni.NewServer(o.node, ds, dsCfg, log)
+	reg.MustRegister(srv.Collectors()...)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx, ln); err != nil {
+			log.Error("CNI socket", "err", err)
+		}
+	}()
+	log.Info("serving CNI calls", "socket", o.cniSocket)
+	return func() { cancel(); <-done }
 }

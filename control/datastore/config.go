@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -208,6 +209,24 @@ func relativeTo(configPath, file string) string {
 
 // EndpointsOrDefault returns the endpoints c reaches: its own, or DefaultEndpoint.
 func (c Config) EndpointsOrDefault() []string { return c.withDefaults().Endpoints }
+
+// PrefixOrDefault returns the key prefix c uses: its own, or DefaultPrefix.
+func (c Config) PrefixOrDefault() string { return c.withDefaults().Prefix }
+
+// SameStore reports whether c and o reach the same data as the same user: the same endpoints (in
+// any order, a trailing "/" aside), the same key prefix and the same etcd user.
+func (c Config) SameStore(o Config) bool {
+	c, o = c.withDefaults(), o.withDefaults()
+	norm := func(eps []string) []string {
+		out := make([]string, len(eps))
+		for i, ep := range eps {
+			out[i] = strings.TrimSuffix(ep, "/")
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	return slices.Equal(norm(c.Endpoints), norm(o.Endpoints)) && c.Prefix == o.Prefix && c.Username == o.Username
+}
 
 func (c Config) withDefaults() Config {
 	if len(c.Endpoints) == 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net"
 	"net/netip"
@@ -39,7 +38,7 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 	if err := spec.validate(); err != nil {
 		return Result{}, fmt.Errorf("add workload %s: %w", spec.ID, err)
 	}
-	log := slog.Default().With("workload", spec.ID, "node", spec.Node)
+	log := spec.logger()
 	fail := func(err error) error { return fmt.Errorf("add workload %s: %w", spec.ID, err) }
 
 	target, err := openNetns(spec.Netns)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"golang.org/x/sys/unix"
@@ -28,7 +27,7 @@ func Del(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) e
 	if err := spec.validateKey(); err != nil {
 		return fmt.Errorf("delete workload %s: %w", spec.ID, err)
 	}
-	log := slog.Default().With("workload", spec.ID, "node", spec.Node)
+	log := spec.logger()
 	fail := func(err error) error { return fmt.Errorf("delete workload %s: %w", spec.ID, err) }
 
 	store := ds.Workloads(spec.Node)
@@ -89,7 +88,7 @@ func releaseOwnHandle(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM,
 	case errors.Is(err, datastore.ErrNotFound):
 		return nil
 	case err == nil && (h.Value.Node != spec.Node || (h.Value.Workload != "" && h.Value.Workload != spec.workloadKey())):
-		slog.Default().Warn("IPAM handle belongs to another workload; kept", "handle", spec.ID, "owner", h.Value.Workload, "owner_node", h.Value.Node)
+		spec.logger().Warn("IPAM handle belongs to another workload; kept", "handle", spec.ID, "owner", h.Value.Workload, "owner_node", h.Value.Node)
 		return nil
 	case err != nil && !errors.Is(err, datastore.ErrMalformed):
 		return err

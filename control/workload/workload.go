@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path"
@@ -60,6 +61,17 @@ type Spec struct {
 	// from then to the record's write in the record, for the agent's CNI latency metric. Zero
 	// records nothing.
 	Started time.Time
+	// Log is the operation's logger; slog.Default() when nil.
+	Log *slog.Logger
+}
+
+// logger returns the spec's logger, with the workload's identity.
+func (s Spec) logger() *slog.Logger {
+	l := s.Log
+	if l == nil {
+		l = slog.Default()
+	}
+	return l.With("workload", s.ID, "node", s.Node)
 }
 
 // KubernetesID returns the workload ID of a pod: "<namespace>.<pod>".

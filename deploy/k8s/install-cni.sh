@@ -4,7 +4,10 @@
 # host, every file written beside its target and renamed over it, so that the container runtime
 # never reads half a file:
 #
-#   $CNI_BIN_DIR/margay-cni                   the plugin (host /opt/cni/bin)
+#   $CNI_BIN_DIR/margay-cni                   the plugin (host /opt/cni/bin), which forwards
+#                                             calls to the agent on this host
+#   $CNI_BIN_DIR/margay-cni-direct            the plugin run in its own process, when no agent
+#                                             answers
 #   $CNI_NET_DIR/$CNI_CONF_NAME               the conflist: $CNI_NETWORK_CONFIG with __NODENAME__
 #                                             replaced, else the image's 10-margay.conflist
 #   $MARGAY_CONF_DIR/datastore.yaml           how the plugin reaches etcd, from the MARGAY_ETCD_*
@@ -47,6 +50,8 @@ write() {
 
 mkdir -p "$CNI_BIN_DIR" "$CNI_NET_DIR" "$MARGAY_CONF_DIR"
 
+# margay-cni runs margay-cni-direct, beside it, when no agent serves the host: that one first.
+put "$MARGAY_BIN_DIR/margay-cni-direct" "$CNI_BIN_DIR/margay-cni-direct" 0755
 put "$MARGAY_BIN_DIR/margay-cni" "$CNI_BIN_DIR/margay-cni" 0755
 
 # TLS files: copied next to datastore.yaml, which names them relative to itself.

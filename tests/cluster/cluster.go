@@ -42,7 +42,7 @@ func Binaries(tb testing.TB) string {
 			return
 		}
 		out, err := exec.Command("go", "build", "-o", binDir, "github.com/margaynet/margay/cmd/margay-agent",
-			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margayctl").CombinedOutput()
+			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margay-cni-direct", "github.com/margaynet/margay/cmd/margayctl").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}

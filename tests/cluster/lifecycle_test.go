@@ -84,6 +84,22 @@ func TestGrowAndShrink(t *testing.T) {
 	if err := pingOK(a, d)(); err != nil {
 		t.Errorf("the others lost traffic: %v", err)
 	}
+	// Each host's agent served its plugin's calls (margay-cni forwards them to the agent of
+	// its network namespace): no call ran in margay-cni-direct.
+	for h, want := range map[*cluster.Host]map[string]float64{h1: {"ADD": 1}, h2: {"ADD": 1, "DEL": 1}, h4: {"ADD": 1}} {
+		_, body, err := h.Get("/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for cmd, n := range want {
+			if v, _ := metricValue(body, `margay_cni_requests_total{command="`+cmd+`",outcome="ok"}`); v != n {
+				t.Errorf("%s's agent served %v %s calls, want %v", h.Name, v, cmd, n)
+			}
+		}
+		if v, ok := metricValue(body, `margay_cni_requests_total{command="ADD",outcome="not_mine"}`); ok {
+			t.Errorf("%s's agent declined %v ADD calls", h.Name, v)
+		}
+	}
 }
 
 // A packet as big as the uplink's MTU crosses hosts unfragmented; a bigger one with DF set gets

@@ -268,13 +268,15 @@ func TestInstallCNI(t *testing.T) {
 				t.Fatalf("%s: %v\n%s", script, err, out)
 			}
 
-			plugin, err := os.ReadFile(host("opt/cni/bin/margay-cni"))
-			want, _ := os.ReadFile(filepath.Join(binaries, "margay-cni"))
-			if err != nil || !bytes.Equal(plugin, want) {
-				t.Errorf("margay-cni not installed in the host's /opt/cni/bin: %v", err)
-			}
-			if st, err := os.Stat(host("opt/cni/bin/margay-cni")); err == nil && st.Mode().Perm()&0o111 == 0 {
-				t.Errorf("margay-cni installed with mode %v", st.Mode())
+			for _, b := range []string{"margay-cni", "margay-cni-direct"} {
+				plugin, err := os.ReadFile(host("opt/cni/bin/" + b))
+				want, _ := os.ReadFile(filepath.Join(binaries, b))
+				if err != nil || !bytes.Equal(plugin, want) {
+					t.Errorf("%s not installed in the host's /opt/cni/bin: %v", b, err)
+				}
+				if st, err := os.Stat(host("opt/cni/bin/" + b)); err == nil && st.Mode().Perm()&0o111 == 0 {
+					t.Errorf("%s installed with mode %v", b, st.Mode())
+				}
 			}
 			_ = filepath.WalkDir(filepath.Join(root, "host"), func(p string, d os.DirEntry, _ error) error {
 				if strings.Contains(d.Name(), ".tmp") {

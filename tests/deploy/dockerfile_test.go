@@ -177,8 +177,10 @@ func TestDockerfile(t *testing.T) {
 	want := map[string]string{ // file in the image -> what puts it there
 		"/usr/local/bin/margay-agent":                    "",
 		"/usr/local/bin/margay-cni":                      "",
+		"/usr/local/bin/margay-cni-direct":               "",
 		"/usr/local/bin/margayctl":                       "",
 		defs["MARGAY_BIN_DIR"] + "/margay-cni":           "",
+		defs["MARGAY_BIN_DIR"] + "/margay-cni-direct":    "",
 		defs["MARGAY_SHARE_DIR"] + "/10-margay.conflist": "deploy/cni/10-margay.conflist",
 	}
 	if len(initCmd) > 0 {

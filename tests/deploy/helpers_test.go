@@ -33,7 +33,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./cmd/margay-agent", "./cmd/margay-cni", "./cmd/margayctl")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./cmd/margay-agent", "./cmd/margay-cni", "./cmd/margay-cni-direct", "./cmd/margayctl")
 	cmd.Dir = repoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -164,8 +164,10 @@ func TestInstallScript(t *testing.T) {
 	}{
 		"usr/local/bin/margay-agent":              {filepath.Join(binaries, "margay-agent"), true},
 		"usr/local/bin/margay-cni":                {filepath.Join(binaries, "margay-cni"), true},
+		"usr/local/bin/margay-cni-direct":         {filepath.Join(binaries, "margay-cni-direct"), true},
 		"usr/local/bin/margayctl":                 {filepath.Join(binaries, "margayctl"), true},
 		"opt/cni/bin/margay-cni":                  {filepath.Join(binaries, "margay-cni"), true},
+		"opt/cni/bin/margay-cni-direct":           {filepath.Join(binaries, "margay-cni-direct"), true},
 		"etc/cni/net.d/10-margay.conflist":        {repoPath("deploy/cni/10-margay.conflist"), false},
 		"etc/systemd/system/margay-agent.service": {repoPath(unitPath), false},
 		"etc/margay/margay.env":                   {repoPath("deploy/systemd/margay.env"), false},

@@ -1,4 +1,4 @@
-package main
+package cni
 
 import (
 	"encoding/json"
@@ -168,7 +168,6 @@ func fuzzSeeds(f *testing.F) [][]byte {
 		p["cniVersion"], p["name"] = list.CNIVersion, list.Name
 		add(p)
 	}
-	w := &world{endpoint: "http://127.0.0.1:2379"}
 	for _, set := range []map[string]any{
 		nil,
 		{"mtu": 1400, "policySetupTimeout": "20s", "bpffsRoot": "/sys/fs/bpf/margay-test"},
@@ -193,7 +192,7 @@ func fuzzSeeds(f *testing.F) [][]byte {
 		{"kubernetes": map[string]any{"kubeconfig": "/etc/margay/kubeconfig"}},
 		{"kubernetes": map[string]any{"kubeconfig": "kubeconfig"}},
 	} {
-		seeds = append(seeds, w.conf("1.0.0", set))
+		seeds = append(seeds, testConf("http://127.0.0.1:2379", "1.0.0", set))
 	}
 	return append(seeds, []byte(`{"cniVersion": "1.0.0", "name": `), []byte(`{} {}`), []byte(`null`), []byte(`[]`))
 }

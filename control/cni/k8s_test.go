@@ -1,4 +1,4 @@
-package main
+package cni
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -30,16 +29,16 @@ import (
 )
 
 func TestParseConfKubernetes(t *testing.T) {
-	w := &world{endpoint: "http://127.0.0.1:2379"}
+	conf := func(set map[string]any) []byte { return testConf("http://127.0.0.1:2379", "1.0.0", set) }
 	host := func() (string, error) { return "h", nil }
-	c, err := parseConf(w.conf("1.0.0", map[string]any{"kubernetes": map[string]any{"kubeconfig": "/etc/cni/net.d/margay-kubeconfig"}}), host)
+	c, err := parseConf(conf(map[string]any{"kubernetes": map[string]any{"kubeconfig": "/etc/cni/net.d/margay-kubeconfig"}}), host)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Kubernetes == nil || c.Kubernetes.Kubeconfig != "/etc/cni/net.d/margay-kubeconfig" {
 		t.Errorf("kubernetes = %+v", c.Kubernetes)
 	}
-	if c, err := parseConf(w.conf("1.0.0", nil), host); err != nil || c.Kubernetes != nil {
+	if c, err := parseConf(conf(nil), host); err != nil || c.Kubernetes != nil {
 		t.Errorf("without kubernetes: %+v, %v", c, err)
 	}
 	for _, bad := range []struct {
@@ -52,7 +51,7 @@ func TestParseConfKubernetes(t *testing.T) {
 		{map[string]any{"kubeconfig": "kubeconfig"}, types.ErrInvalidNetworkConfig, `kubernetes.kubeconfig "kubeconfig": want the absolute path`},
 		{"/etc/kubeconfig", types.ErrInvalidNetworkConfig, "kubernetes"},
 	} {
-		_, err := parseConf(w.conf("1.0.0", map[string]any{"kubernetes": bad.v}), host)
+		_, err := parseConf(conf(map[string]any{"kubernetes": bad.v}), host)
 		te, ok := errors.AsType[*types.Error](err)
 		if !ok || te.Code != bad.code || !strings.Contains(te.Msg, bad.want) {
 			t.Errorf("kubernetes %v: %v, want code %d with %q", bad.v, err, bad.code, bad.want)
@@ -86,25 +85,12 @@ func (a clientsetAPI) Namespace(ctx context.Context, name string) (*corev1.Names
 }
 
 // addInProcess runs ADD in this process, in the world's host namespace (where the plugin runs),
-// so that the fake API server is what it reads. The config reaches etcd directly: the client's
-// goroutines run in the test's namespace.
+// so that the fake API server is what it reads.
 func (w *world) addInProcess(t *testing.T, containerID, nsPath, args string, set map[string]any) error {
 	t.Helper()
-	set = maps.Clone(set)
-	set["datastore"] = map[string]any{"endpoints": w.ds.Raw().Endpoints(), "dialTimeout": "2s"}
-	oldLog, oldStdout := slog.Default(), os.Stdout
-	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Stdout = devnull // the printed result
-	defer func() {
-		os.Stdout = oldStdout
-		_ = devnull.Close()
-		slog.SetDefault(oldLog)
-	}()
 	return w.host.Do(func() error {
-		return cmdAdd(&skel.CmdArgs{ContainerID: containerID, Netns: nsPath, IfName: "eth0", Args: args, StdinData: w.conf("1.0.0", set)})
+		_, err := (&Plugin{}).Run(t.Context(), "ADD", &skel.CmdArgs{ContainerID: containerID, Netns: nsPath, IfName: "eth0", Args: args, StdinData: w.conf("1.0.0", set)})
+		return err
 	})
 }
 
@@ -191,29 +177,6 @@ func TestAddKubernetesFailure(t *testing.T) {
 		path, _ := workloadNS(t)
 		check(t, w.addInProcess(t, "c1", path, args, kubeConf), types.ErrInternal, `pods "web" not found`)
 		noEth0(t, path)
-	})
-
-	// The real client against an API server that does not answer: try again later.
-	t.Run("unreachable", func(t *testing.T) {
-		kc := filepath.Join(t.TempDir(), "kubeconfig")
-		if err := os.WriteFile(kc, []byte(`apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "`+closedPort(t)+`"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u}}]
-current-context: x
-`), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		path, _ := workloadNS(t)
-		o := run(t, w.host, call{cmd: "ADD", containerID: "c1", netns: path, args: args,
-			conf: w.conf("1.0.0", map[string]any{"kubernetes": map[string]any{"kubeconfig": kc}})})
-		check(t, o.err, types.ErrTryAgainLater, "cannot read the labels of pod prod/web from the Kubernetes API server")
-		noEth0(t, path)
-
-		o = run(t, w.host, call{cmd: "ADD", containerID: "c1", netns: path, args: args,
-			conf: w.conf("1.0.0", map[string]any{"kubernetes": map[string]any{"kubeconfig": kc + ".missing"}})})
-		check(t, o.err, types.ErrInvalidNetworkConfig, "kubernetes.kubeconfig")
 	})
 }
 

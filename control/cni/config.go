@@ -1,4 +1,4 @@
-package main
+package cni
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/margaynet/margay/control/cni/wire"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
 )
@@ -48,7 +49,10 @@ type netConf struct {
 	// Kubernetes, when set, makes ADD of a pod (K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS)
 	// read the pod's labels from the API server into the workload's labels (k8s.WorkloadLabels).
 	// Calico's plugin takes the same key.
-	Kubernetes    *kubernetesConf  `json:"kubernetes,omitempty"`
+	Kubernetes *kubernetesConf `json:"kubernetes,omitempty"`
+	// AgentSocket is where this host's margay-agent serves CNI calls (wire.DefaultSocket when
+	// empty); "off" makes margay-cni run every call in its own process.
+	AgentSocket   string           `json:"agentSocket,omitempty"`
 	nodeFromHost  bool             `json:"-"` // nodeName was not set: the hostname stands in
 	ds            datastore.Config `json:"-"`
 	policyTimeout time.Duration    `json:"-"`
@@ -74,7 +78,7 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			// Code 2, "unsupported field": the spec's code for a field the plugin does not know.
 			return nil, types.NewError(types.ErrUnsupportedField, fmt.Sprintf("margay-cni: invalid network config: unknown field %s (margay-cni knows nodeName, mtu, datastore, datastoreConfig, logLevel, "+
-				"logFile, policySetupTimeout, bpffsRoot, kubernetes and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout; "+
+				"logFile, policySetupTimeout, bpffsRoot, kubernetes, agentSocket and the standard CNI fields; in datastore: endpoints, caFile, certFile, keyFile, username, password, prefix, dialTimeout; "+
 				"in kubernetes: kubeconfig)", f), "")
 		}
 		return nil, invalidConf("%v", err)
@@ -128,6 +132,9 @@ func parseConf(data []byte, hostname func() (string, error)) (*netConf, error) {
 	}
 	if k := c.Kubernetes; k != nil && (k.Kubeconfig == "" || !filepath.IsAbs(k.Kubeconfig)) {
 		return nil, invalidConf("kubernetes.kubeconfig %q: want the absolute path of a kubeconfig file", k.Kubeconfig)
+	}
+	if a := c.AgentSocket; a != "" && a != wire.Off && !strings.HasPrefix(a, "@") && !filepath.IsAbs(a) {
+		return nil, invalidConf("agentSocket %q: want an absolute path, an abstract socket name such as %q, or %q", a, wire.DefaultSocket, wire.Off)
 	}
 	if c.Datastore == nil && c.DatastoreConfig == "" {
 		return nil, invalidConf(`no datastore: set "datastore": {"endpoints": ["https://<etcd>:2379"], ...} or "datastoreConfig": "/etc/margay/datastore.yaml"`)
