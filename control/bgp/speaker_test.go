@@ -614,15 +614,23 @@ func md5Failures(tb testing.TB) uint64 {
 // environment overriding go.mod's multipathtcp=0), instead of running sessions whose passwords
 // can never work.
 func TestStartRefusesMultipathTCP(t *testing.T) {
-	t.Setenv("GODEBUG", "multipathtcp=2") // listeners only: Go's own default without go.mod's line
-	s, err := New(64512, netip.MustParseAddr("127.0.0.63"), WithListenAddresses(netip.MustParseAddr("127.0.0.63")), WithListenPort(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = s.Start(t.Context())
-	if !errors.Is(err, ErrMultipathTCP) {
-		_ = s.Stop(t.Context())
-		t.Fatalf("Start with multipathtcp=2: %v, want %v", err, ErrMultipathTCP)
+	for _, v := range []string{
+		"2", // listeners only: Go's own default without go.mod's line
+		"3", // dialers only: the outgoing side
+		"1", // both
+	} {
+		t.Run("multipathtcp="+v, func(t *testing.T) {
+			t.Setenv("GODEBUG", "multipathtcp="+v)
+			s, err := New(64512, netip.MustParseAddr("127.0.0.63"), WithListenAddresses(netip.MustParseAddr("127.0.0.63")), WithListenPort(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Start(t.Context())
+			if !errors.Is(err, ErrMultipathTCP) {
+				_ = s.Stop(t.Context())
+				t.Fatalf("Start with multipathtcp=%s: %v, want %v", v, err, ErrMultipathTCP)
+			}
+		})
 	}
 }
 
