@@ -532,7 +532,9 @@ func (b *syncBuffer) String() string {
 // anything derived from it shows in the speakers' logs, debug level included.
 func TestMD5(t *testing.T) {
 	logs := &syncBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// DEBUG-4 is where logAdapter puts GoBGP's own Debug messages (its dial attempts and their
+	// errors among them): below slog's Debug, so LevelDebug would not see them.
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug - 4}))
 	a := startSpeaker(t, "127.0.0.61", WithLogger(logger.With("speaker", "a")))
 	b := startSpeaker(t, "127.0.0.62", WithLogger(logger.With("speaker", "b")))
 	pa, pb := a.peer(), b.peer()
@@ -562,8 +564,12 @@ func TestMD5(t *testing.T) {
 	setPeers(t, b, pa)
 	waitEstablished(t, a, 1, 20*time.Second)
 
+	out := logs.String()
+	if !strings.Contains(out, "level=DEBUG-4") || !strings.Contains(out, "source=gobgp") {
+		t.Errorf("the speakers' logs hold no GoBGP debug message, so the check below proves nothing:\n%s", out)
+	}
 	for _, secret := range []string{"s3cret-md5", "other-md5"} {
-		if strings.Contains(logs.String(), secret) {
+		if strings.Contains(out, secret) {
 			t.Errorf("the speakers' logs hold the secret %q", secret)
 		}
 	}
@@ -608,15 +614,23 @@ func md5Failures(tb testing.TB) uint64 {
 // environment overriding go.mod's multipathtcp=0), instead of running sessions whose passwords
 // can never work.
 func TestStartRefusesMultipathTCP(t *testing.T) {
-	t.Setenv("GODEBUG", "multipathtcp=2") // listeners only: Go's own default without go.mod's line
-	s, err := New(64512, netip.MustParseAddr("127.0.0.63"), WithListenAddresses(netip.MustParseAddr("127.0.0.63")), WithListenPort(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = s.Start(t.Context())
-	if !errors.Is(err, ErrMultipathTCP) {
-		_ = s.Stop(t.Context())
-		t.Fatalf("Start with multipathtcp=2: %v, want %v", err, ErrMultipathTCP)
+	for _, v := range []string{
+		"2", // listeners only: Go's own default without go.mod's line
+		"3", // dialers only: the outgoing side
+		"1", // both
+	} {
+		t.Run("multipathtcp="+v, func(t *testing.T) {
+			t.Setenv("GODEBUG", "multipathtcp="+v)
+			s, err := New(64512, netip.MustParseAddr("127.0.0.63"), WithListenAddresses(netip.MustParseAddr("127.0.0.63")), WithListenPort(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.Start(t.Context())
+			if !errors.Is(err, ErrMultipathTCP) {
+				_ = s.Stop(t.Context())
+				t.Fatalf("Start with multipathtcp=%s: %v, want %v", v, err, ErrMultipathTCP)
+			}
+		})
 	}
 }
 

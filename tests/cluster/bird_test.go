@@ -150,7 +150,8 @@ func TestBIRDRouteReflector(t *testing.T) {
 
 // A password-protected session (TCP MD5, RFC 2385) with BIRD: the matching secret brings it up, a
 // wrong one keeps it down while both sides keep trying, and correcting the secret in
-// bgp/peers/<name> brings it back, with the routes. margayctl never prints the secret.
+// bgp/peers/<name> brings it back, with the routes. margayctl never prints the secret, nor does
+// the agent log it.
 func TestBIRDPassword(t *testing.T) {
 	c := cluster.New(t)
 	const secret, wrong = "bird-md5-s3cret", "not-the-s3cret"
@@ -159,7 +160,11 @@ func TestBIRDPassword(t *testing.T) {
 	if _, err := c.DS.BGPPeers().Create(t.Context(), peer.Name, peer); err != nil {
 		t.Fatal(err)
 	}
-	h := c.AddHost("vm100", "198.18.0.100/24", "--bgp", "--bgp-connect-retry", "1s")
+	// The agent logs at its most verbose level (DEBUG-4 takes GoBGP's own Debug messages), and
+	// neither secret may ever show in its output.
+	c.Secret(secret)
+	c.Secret(wrong)
+	h := c.AddHost("vm100", "198.18.0.100/24", "--bgp", "--bgp-connect-retry", "1s", "--log-level", "DEBUG-4")
 	conf := strings.Replace(gatewayConf([]*cluster.Host{h}, false), "direct;", `direct; password "`+secret+`";`, 1)
 	gw := startGateway(t, c, conf)
 	block := blockOf(t, c, h.Name)

@@ -78,13 +78,48 @@ type Cluster struct {
 	etcdMu  sync.Mutex
 	etcdSrv *etcdembed.Etcd // nil while stopped (StopEtcd)
 	etcdDir string
+
+	secrets *secrets // strings no agent may write to its output
+}
+
+// secrets are strings (passwords) that must never appear in an agent's output.
+type secrets struct {
+	mu   sync.Mutex
+	list []string
+}
+
+// Secret makes it an error for any agent of the cluster, running or started later, to write s to
+// its log (or anywhere on its standard output or error).
+func (c *Cluster) Secret(s string) {
+	c.secrets.mu.Lock()
+	defer c.secrets.mu.Unlock()
+	c.secrets.list = append(c.secrets.list, s)
+}
+
+// secretCheck passes an agent's output on to w and fails the test on a line holding a secret.
+type secretCheck struct {
+	w       io.Writer
+	secrets *secrets
+	tb      testing.TB
+	name    string
+}
+
+func (s secretCheck) Write(p []byte) (int, error) {
+	s.secrets.mu.Lock()
+	for _, secret := range s.secrets.list {
+		if strings.Contains(string(p), secret) {
+			s.tb.Errorf("%s: the agent wrote a secret to its output", s.name)
+		}
+	}
+	s.secrets.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // New starts an etcd with the pool 198.19.0.0/16 in /26 blocks and a segment (a bridge in a
 // namespace of its own) for the hosts' uplinks.
 func New(tb testing.TB) *Cluster {
 	tb.Helper()
-	c := &Cluster{tb: tb, etcdDir: tb.TempDir()}
+	c := &Cluster{tb: tb, etcdDir: tb.TempDir(), secrets: &secrets{}}
 	e := c.startEtcd("http://127.0.0.1:0")
 	tb.Cleanup(func() {
 		c.etcdMu.Lock()
@@ -169,7 +204,9 @@ type Host struct {
 	cmd  *exec.Cmd
 	args []string
 	tb   testing.TB
-	done chan error
+	// secrets are the cluster's: its agent's output is checked for them.
+	secrets *secrets
+	done    chan error
 	// stopped: the current process was stopped and waited for.
 	stopped bool
 }
@@ -179,7 +216,7 @@ func (c *Cluster) AddHost(name, addr string, flags ...string) *Host {
 	tb := c.tb
 	tb.Helper()
 	h := &Host{Name: name, NS: netns.New(tb, "mgy"+name+"-"), Addr: netip.MustParsePrefix(addr), Root: netns.BPFFS(tb),
-		http: "127.0.0.1:9091"}
+		http: "127.0.0.1:9091", secrets: c.secrets}
 	c.Attach(h.NS, "ens32", addr)
 	h.etcd = "http://" + h.NS.Relay(tb, c.etcd)
 	args := append([]string{"--node-name", name, "--uplink", "ens32", "--bpffs-root", h.Root,
@@ -208,7 +245,7 @@ func (h *Host) Start() {
 func (h *Host) StartBinary(bin string) {
 	h.tb.Helper()
 	h.cmd = h.NS.Command(bin, h.args...)
-	h.cmd.Stdout, h.cmd.Stderr = netns.LogWriter(h.tb, h.Name+": "), netns.LogWriter(h.tb, h.Name+": ")
+	h.cmd.Stdout, h.cmd.Stderr = h.output(), h.output()
 	if err := h.cmd.Start(); err != nil {
 		h.tb.Fatal(err)
 	}
@@ -216,6 +253,16 @@ func (h *Host) StartBinary(bin string) {
 	h.done, h.stopped = done, false
 	cmd := h.cmd
 	go func() { err := cmd.Wait(); done <- err }()
+}
+
+// output is where the agent's standard output and error go: the test log, checked for the
+// cluster's secrets.
+func (h *Host) output() io.Writer {
+	w := netns.LogWriter(h.tb, h.Name+": ")
+	if h.secrets == nil {
+		return w
+	}
+	return secretCheck{w: w, secrets: h.secrets, tb: h.tb, name: h.Name}
 }
 
 // Stop ends the host's agent with SIGTERM, as systemctl stop or a DaemonSet rollout does, and
