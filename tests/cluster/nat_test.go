@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +31,7 @@ const (
 	backendPort    = 8080
 	nodePortRemote = 30080 // externalTrafficPolicy: Cluster, backend on vm101
 	nodePortLocal  = 30081 // externalTrafficPolicy: Local, backend on vm100
+	publishedPort  = 8088  // Docker's -p 8088:8080 on vm100, to the backend beside the client
 )
 
 // serveWho answers every TCP connection and UDP datagram on addr with the address the server saw
@@ -156,6 +158,20 @@ func TestKernelNATServices(t *testing.T) {
 	for _, h := range []*cluster.Host{vm100, vm101} {
 		h.NS.IPTablesRestore(t, kubeproxy.Rules("198.19.0.0/16", svcs(h.Name)))
 	}
+	// Docker's published port (docker run -p 8088:8080) to the backend beside the client, as
+	// Docker writes it in the nat table for its default bridge (no docker0 exists here, so
+	// "! -i docker0" matches every interface): DNAT of what comes in to, or is sent by the node
+	// to, any of the node's addresses.
+	for _, args := range [][]string{
+		{"-N", "DOCKER"},
+		{"-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"-A", "OUTPUT", "!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"-A", "DOCKER", "-i", "docker0", "-j", "RETURN"},
+		{"-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", fmt.Sprint(publishedPort), "-j", "DNAT", "--to-destination", netip.AddrPortFrom(wB.IP, backendPort).String()},
+		{"-A", "DOCKER", "!", "-i", "docker0", "-p", "udp", "-m", "udp", "--dport", fmt.Sprint(publishedPort), "-j", "DNAT", "--to-destination", netip.AddrPortFrom(wB.IP, backendPort).String()},
+	} {
+		vm100.NS.MustRun(t, "iptables", append([]string{"-t", "nat"}, args...)...)
+	}
 	// A node's own sockets route a Service's address before kube-proxy's OUTPUT rule translates
 	// it: like a real node, the lab's get a default route (to the gateway).
 	for _, h := range []*cluster.Host{vm100, vm101} {
@@ -185,6 +201,7 @@ func TestKernelNATServices(t *testing.T) {
 	type path struct {
 		host, counter string // a counter that must grow: which path carried a direction
 	}
+	// paths lists the request's counters, then the reply's.
 	cases := []struct {
 		name  string
 		from  *netns.NS
@@ -193,21 +210,38 @@ func TestKernelNATServices(t *testing.T) {
 		paths []path
 	}{
 		{"ClusterIP, backend on another host", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP,
-			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm101", "from_net FWD_LOCAL"}, {"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"ClusterIP, backend on the same host", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP,
-			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}}},
 		{"hairpin: the Service sends the client to itself", wA.NS, netip.AddrPortFrom(svcSelf, svcPort), vm100IP,
-			[]path{{"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_KERNEL"}}},
 		{"NodePort, externalTrafficPolicy Cluster (SNAT to the node)", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP,
-			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"}}},
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep PASS_KERNEL"}, {"vm101", "nf_policy PASS_KERNEL"}}},
 		{"NodePort, externalTrafficPolicy Local (no SNAT)", client, netip.AddrPortFrom(vm100IP, nodePortLocal), clientIP,
-			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"}, {"vm100", "from_wep PASS_NAT"}}},
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}, {"vm100", "nf_policy PASS_NAT"}}},
+		{"Docker's published port, from outside", client, netip.AddrPortFrom(vm100IP, publishedPort), clientIP,
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}, {"vm100", "nf_policy PASS_NAT"}}},
+		{"Docker's published port, from a pod on the node", wA.NS, netip.AddrPortFrom(vm100IP, publishedPort), wA.IP,
+			[]path{{"vm100", "from_wep PASS_KERNEL"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}}},
+		{"Docker's published port, from the node", vm100.NS, netip.AddrPortFrom(vm100IP, publishedPort), vm100IP,
+			[]path{{"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_KERNEL"}}},
 		{"headless: the backend's own address, no translation", wA.NS, netip.AddrPortFrom(wR.IP, backendPort), wA.IP,
-			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"}, {"vm100", "from_net FWD_LOCAL"}}},
+			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net FWD_LOCAL"}}},
 		{"host-networked client, backend on another host", vm100.NS, netip.AddrPortFrom(svcRemote, svcPort), vm100IP,
-			[]path{{"vm101", "from_net FWD_LOCAL"}}},
+			[]path{{"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep PASS_KERNEL"}, {"vm101", "nf_policy PASS_KERNEL"}, {"vm100", "from_net PASS_KERNEL"}}},
 		{"host-networked client, backend on the same host", vm100.NS, netip.AddrPortFrom(svcLocal, svcPort), vm100IP,
-			[]path{{"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_KERNEL"}, {"vm100", "nf_policy PASS_NAT"}}},
 	}
 	for _, tc := range cases {
 		for _, proto := range []string{"tcp", "udp"} {
@@ -227,6 +261,17 @@ func TestKernelNATServices(t *testing.T) {
 					}
 					return nil
 				})
+				for _, name := range []string{"vm100", "vm101"} {
+					after := pathCounts(t, sets[name])
+					var grew []string
+					for k, v := range after {
+						if v > before[name][k] {
+							grew = append(grew, fmt.Sprintf("%s +%d", k, v-before[name][k]))
+						}
+					}
+					slices.Sort(grew)
+					t.Logf("%s: %s", name, strings.Join(grew, ", "))
+				}
 				for _, p := range tc.paths {
 					if after := pathCounts(t, sets[p.host])[p.counter]; after <= before[p.host][p.counter] {
 						t.Errorf("on %s, %s did not count this flow (%d before, %d after)", p.host, p.counter, before[p.host][p.counter], after)
