@@ -296,44 +296,80 @@ func TestKernelNATServices(t *testing.T) {
 		t.Errorf("no conntrack entry on vm100 is marked as translated by the kernel: %v", flows)
 	}
 
-	// Ingress policy on the backend sees the client pod through the ClusterIP, and the node after
-	// a NodePort's SNAT: allowing only the client pod keeps the first and cuts the second.
-	setWorkloadLabels(t, c.DS, wR, "default", map[string]string{"app": "backend"})
+	// Ingress policy on the backend sees the client pod through a ClusterIP (on another host,
+	// from_net; on the same host, to_wep), the outside client through a NodePort without SNAT,
+	// and the node after a NodePort's SNAT: allowing only the client pod keeps the first two and
+	// cuts the others; allowing only the node turns that round.
+	setWorkloadLabels(t, c.DS, wR, "default", map[string]string{"app": "backend", "tier": "remote"})
+	setWorkloadLabels(t, c.DS, wB, "default", map[string]string{"app": "backend"})
 	tcp := datastore.Protocol(6)
-	revs := putPolicies(t, c.DS, nil, []datastore.Policy{{Version: 1, Name: "backend-from-client", Selector: `app == "backend"`,
-		Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wA.IP, 32)}}}}}})
+	allowFrom := func(a netip.Addr) datastore.Policy {
+		return datastore.Policy{Version: 1, Name: "backend-from", Selector: `app == "backend"`,
+			Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(a, 32)}}}}}
+	}
+	reaches := func(what string, from *netns.NS, to netip.AddrPort, saw netip.Addr) {
+		t.Helper()
+		if got, err := askWho(from, "tcp", to); err != nil || got != saw.String() {
+			t.Errorf("%s (%s): the backend saw %q, want %s (%v)", what, to, got, saw, err)
+		}
+	}
+	blocked := func(what string, from *netns.NS, proto string, to netip.AddrPort) {
+		t.Helper()
+		if got, err := askWho(from, proto, to); err == nil {
+			t.Errorf("%s (%s %s) reached the backend (it saw %q)", what, proto, to, got)
+		}
+	}
+	revs := putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(wA.IP)})
 	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
-	if saw, err := askWho(wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort)); err != nil || saw != wA.IP.String() {
-		t.Errorf("ClusterIP from the allowed pod: %q, %v", saw, err)
-	}
-	if saw, err := askWho(client, "tcp", netip.AddrPortFrom(vm100IP, nodePortRemote)); err == nil {
-		t.Errorf("NodePort through SNAT reached the backend (it saw %q); the policy allows only %s", saw, wA.IP)
-	}
+	reaches("ClusterIP from the allowed pod, backend on another host", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP)
+	reaches("ClusterIP from the allowed pod, backend on the same host", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP)
+	blocked("NodePort through SNAT, the policy allowing only the pod", client, "tcp", netip.AddrPortFrom(vm100IP, nodePortRemote))
+	blocked("NodePort without SNAT, the policy allowing only the pod", client, "tcp", netip.AddrPortFrom(vm100IP, nodePortLocal))
 
-	// Egress policy sees the Service's backend, as Calico's does: a client allowed to reach only
-	// the backend on vm101 reaches it through its ClusterIP (whose address no rule names), and
-	// not the backend beside it through the other ClusterIP, which nf_policy drops after the
-	// kernel's DNAT.
-	setWorkloadLabels(t, c.DS, wA, "default", map[string]string{"app": "client"})
-	revs = putPolicies(t, c.DS, []string{"backend-from-client"}, []datastore.Policy{
-		{Version: 1, Name: "backend-from-client", Selector: `app == "backend"`,
-			Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wA.IP, 32)}}}}},
-		{Version: 1, Name: "client-to-remote-backend", Selector: `app == "client"`, Types: []datastore.PolicyType{datastore.PolicyEgress},
-			Egress: []datastore.Rule{{Action: "allow", Destination: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wR.IP, 32)}}}}},
-	})
+	revs = putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(vm100IP)})
 	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
-	before := pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"]
-	for _, proto := range []string{"tcp", "udp"} {
-		if proto == "tcp" { // the ingress policy above allows only TCP
-			if saw, err := askWho(wA.NS, proto, netip.AddrPortFrom(svcRemote, svcPort)); err != nil || saw != wA.IP.String() {
-				t.Errorf("%s through the ClusterIP to the allowed backend: %q, %v", proto, saw, err)
-			}
-		}
-		if saw, err := askWho(wA.NS, proto, netip.AddrPortFrom(svcLocal, svcPort)); err == nil {
-			t.Errorf("%s through the ClusterIP to a backend the egress policy does not allow: it answered (saw %q)", proto, saw)
-		}
+	reaches("NodePort through SNAT, the policy allowing only the node", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP)
+	blocked("ClusterIP from the pod, the policy allowing only the node", wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort))
+
+	// Egress policy sees the Service's backend, as Calico's does, and nf_policy drops what it
+	// denies after the kernel's DNAT.
+	setWorkloadLabels(t, c.DS, wA, "default", map[string]string{"app": "client"})
+	egress := func(rules ...datastore.Rule) datastore.Policy {
+		return datastore.Policy{Version: 1, Name: "client-egress", Selector: `app == "client"`,
+			Types: []datastore.PolicyType{datastore.PolicyEgress}, Egress: rules}
 	}
-	if after := pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"]; after <= before {
+	drops := func() uint64 { return pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"] }
+	to := func(p netip.Prefix) datastore.EntityRule { return datastore.EntityRule{Nets: []netip.Prefix{p}} }
+
+	// Allowed only the backend on vm101 by its address: it reaches that backend through its
+	// ClusterIP (whose address no rule names), and not the backend beside it through the other.
+	revs = putPolicies(t, c.DS, []string{"backend-from"}, []datastore.Policy{allowFrom(wA.IP),
+		egress(datastore.Rule{Action: "allow", Destination: to(netip.PrefixFrom(wR.IP, 32))})})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	before := drops()
+	reaches("ClusterIP to the backend the egress policy allows", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP)
+	for _, proto := range []string{"tcp", "udp"} {
+		blocked("ClusterIP to a backend the egress policy does not allow", wA.NS, proto, netip.AddrPortFrom(svcLocal, svcPort))
+	}
+	if after := drops(); after <= before {
 		t.Errorf("nf_policy counted no egress drop on vm100 (%d before, %d after)", before, after)
 	}
+
+	// Denied the backend on vm101 by its labels, everything else allowed: its ClusterIP is cut,
+	// the other Service still works.
+	revs = putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(wA.IP),
+		egress(datastore.Rule{Action: "deny", Destination: datastore.EntityRule{Selector: `tier == "remote"`}}, datastore.Rule{Action: "allow"})})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	before = drops()
+	blocked("ClusterIP to a backend the egress policy denies by label", wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort))
+	reaches("ClusterIP to a backend the egress policy does not deny", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP)
+	if after := drops(); after <= before {
+		t.Errorf("nf_policy counted no egress drop of the denied backend on vm100 (%d before, %d after)", before, after)
+	}
+
+	// Allowed only the Service's own address: the policy sees the backend, so nothing passes.
+	revs = putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(wA.IP),
+		egress(datastore.Rule{Action: "allow", Destination: to(netip.PrefixFrom(svcRemote, 32))})})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	blocked("ClusterIP, the egress policy allowing only the ClusterIP itself", wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort))
 }
