@@ -134,7 +134,9 @@ func TestKernelNATServices(t *testing.T) {
 	}
 	vm100 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
 	vm101 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
-	_, client := outsideGateway(t, c, []*cluster.Host{vm100, vm101})
+	gw, client := outsideGateway(t, c, []*cluster.Host{vm100, vm101})
+	gwIP := netip.MustParseAddr("198.18.0.1")
+	serveWho(t, gw.NS(), netip.AddrPortFrom(gwIP, backendPort))
 
 	wA := c.AddWorkload(vm100, "nata") // the client pod
 	wB := c.AddWorkload(vm100, "natb") // a backend beside it
@@ -172,6 +174,9 @@ func TestKernelNATServices(t *testing.T) {
 	} {
 		vm100.NS.MustRun(t, "iptables", append([]string{"-t", "nat"}, args...)...)
 	}
+	// Masquerade ("NAT outgoing") of the pool's traffic to the gateway's own address, which lies
+	// outside Margay's routes: what from_wep leaves to the kernel.
+	vm100.NS.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.19.0.0/16", "-d", gwIP.String()+"/32", "-j", "MASQUERADE")
 	// A node's own sockets route a Service's address before kube-proxy's OUTPUT rule translates
 	// it: like a real node, the lab's get a default route (to the gateway).
 	for _, h := range []*cluster.Host{vm100, vm101} {
@@ -233,6 +238,9 @@ func TestKernelNATServices(t *testing.T) {
 		{"Docker's published port, from the node", vm100.NS, netip.AddrPortFrom(vm100IP, publishedPort), vm100IP,
 			[]path{{"vm100", "to_wep PASS_DELIVER"},
 				{"vm100", "from_wep PASS_KERNEL"}}},
+		{"masquerade: a pod to an address outside Margay's routes, SNAT to the node", wA.NS, netip.AddrPortFrom(gwIP, backendPort), vm100IP,
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"},
+				{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"headless: the backend's own address, no translation", wA.NS, netip.AddrPortFrom(wR.IP, backendPort), wA.IP,
 			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"},
 				{"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net FWD_LOCAL"}}},
