@@ -122,8 +122,9 @@ func pathCounts(t *testing.T, set *maps.Set) map[string]uint64 {
 // Flows the kernel translates with kube-proxy's rules keep working with the eBPF fast path on,
 // in both directions, and the counters show which path carried each: ClusterIP to a backend on
 // another host and on the same host, hairpin, NodePort from an outside client behind a BIRD
-// gateway with and without SNAT, a headless Service, and a host-networked client; the backend's
-// ingress policy sees the client pod, or the node after SNAT.
+// gateway with and without SNAT, Docker's published port, masquerade, a headless Service, and a
+// host-networked client; the backend's ingress policy sees the client pod, or the node after
+// SNAT, and the client's egress policy sees the Service's backend.
 func TestKernelNATServices(t *testing.T) {
 	c := cluster.New(t)
 	outside := netip.MustParsePrefix("198.18.1.0/24")
