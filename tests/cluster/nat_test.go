@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +31,7 @@ const (
 	backendPort    = 8080
 	nodePortRemote = 30080 // externalTrafficPolicy: Cluster, backend on vm101
 	nodePortLocal  = 30081 // externalTrafficPolicy: Local, backend on vm100
+	publishedPort  = 8088  // Docker's -p 8088:8080 on vm100, to the backend beside the client
 )
 
 // serveWho answers every TCP connection and UDP datagram on addr with the address the server saw
@@ -120,8 +122,9 @@ func pathCounts(t *testing.T, set *maps.Set) map[string]uint64 {
 // Flows the kernel translates with kube-proxy's rules keep working with the eBPF fast path on,
 // in both directions, and the counters show which path carried each: ClusterIP to a backend on
 // another host and on the same host, hairpin, NodePort from an outside client behind a BIRD
-// gateway with and without SNAT, a headless Service, and a host-networked client; the backend's
-// ingress policy sees the client pod, or the node after SNAT.
+// gateway with and without SNAT, Docker's published port, masquerade, a headless Service, and a
+// host-networked client; the backend's ingress policy sees the client pod, or the node after
+// SNAT, and the client's egress policy sees the Service's backend.
 func TestKernelNATServices(t *testing.T) {
 	c := cluster.New(t)
 	outside := netip.MustParsePrefix("198.18.1.0/24")
@@ -132,7 +135,9 @@ func TestKernelNATServices(t *testing.T) {
 	}
 	vm100 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
 	vm101 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
-	_, client := outsideGateway(t, c, []*cluster.Host{vm100, vm101})
+	gw, client := outsideGateway(t, c, []*cluster.Host{vm100, vm101})
+	gwIP := netip.MustParseAddr("198.18.0.1")
+	serveWho(t, gw.NS(), netip.AddrPortFrom(gwIP, backendPort))
 
 	wA := c.AddWorkload(vm100, "nata") // the client pod
 	wB := c.AddWorkload(vm100, "natb") // a backend beside it
@@ -156,6 +161,23 @@ func TestKernelNATServices(t *testing.T) {
 	for _, h := range []*cluster.Host{vm100, vm101} {
 		h.NS.IPTablesRestore(t, kubeproxy.Rules("198.19.0.0/16", svcs(h.Name)))
 	}
+	// Docker's published port (docker run -p 8088:8080) to the backend beside the client, as
+	// Docker writes it in the nat table for its default bridge (no docker0 exists here, so
+	// "! -i docker0" matches every interface): DNAT of what comes in to, or is sent by the node
+	// to, any of the node's addresses.
+	for _, args := range [][]string{
+		{"-N", "DOCKER"},
+		{"-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"-A", "OUTPUT", "!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"-A", "DOCKER", "-i", "docker0", "-j", "RETURN"},
+		{"-A", "DOCKER", "!", "-i", "docker0", "-p", "tcp", "-m", "tcp", "--dport", fmt.Sprint(publishedPort), "-j", "DNAT", "--to-destination", netip.AddrPortFrom(wB.IP, backendPort).String()},
+		{"-A", "DOCKER", "!", "-i", "docker0", "-p", "udp", "-m", "udp", "--dport", fmt.Sprint(publishedPort), "-j", "DNAT", "--to-destination", netip.AddrPortFrom(wB.IP, backendPort).String()},
+	} {
+		vm100.NS.MustRun(t, "iptables", append([]string{"-t", "nat"}, args...)...)
+	}
+	// Masquerade ("NAT outgoing") of the pool's traffic to the gateway's own address, which lies
+	// outside Margay's routes: what from_wep leaves to the kernel.
+	vm100.NS.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.19.0.0/16", "-d", gwIP.String()+"/32", "-j", "MASQUERADE")
 	// A node's own sockets route a Service's address before kube-proxy's OUTPUT rule translates
 	// it: like a real node, the lab's get a default route (to the gateway).
 	for _, h := range []*cluster.Host{vm100, vm101} {
@@ -185,6 +207,7 @@ func TestKernelNATServices(t *testing.T) {
 	type path struct {
 		host, counter string // a counter that must grow: which path carried a direction
 	}
+	// paths lists the request's counters, then the reply's.
 	cases := []struct {
 		name  string
 		from  *netns.NS
@@ -193,21 +216,41 @@ func TestKernelNATServices(t *testing.T) {
 		paths []path
 	}{
 		{"ClusterIP, backend on another host", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP,
-			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm101", "from_net FWD_LOCAL"}, {"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"ClusterIP, backend on the same host", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP,
-			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "from_wep PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}}},
 		{"hairpin: the Service sends the client to itself", wA.NS, netip.AddrPortFrom(svcSelf, svcPort), vm100IP,
-			[]path{{"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_KERNEL"}}},
 		{"NodePort, externalTrafficPolicy Cluster (SNAT to the node)", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP,
-			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"}}},
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep PASS_KERNEL"}, {"vm101", "nf_policy PASS_KERNEL"}}},
 		{"NodePort, externalTrafficPolicy Local (no SNAT)", client, netip.AddrPortFrom(vm100IP, nodePortLocal), clientIP,
-			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"}, {"vm100", "from_wep PASS_NAT"}}},
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}, {"vm100", "nf_policy PASS_NAT"}}},
+		{"Docker's published port, from outside", client, netip.AddrPortFrom(vm100IP, publishedPort), clientIP,
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}, {"vm100", "nf_policy PASS_NAT"}}},
+		{"Docker's published port, from a pod on the node", wA.NS, netip.AddrPortFrom(vm100IP, publishedPort), wA.IP,
+			[]path{{"vm100", "from_wep PASS_KERNEL"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_NAT"}}},
+		{"Docker's published port, from the node", vm100.NS, netip.AddrPortFrom(vm100IP, publishedPort), vm100IP,
+			[]path{{"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_KERNEL"}}},
+		{"masquerade: a pod to an address outside Margay's routes, SNAT to the node", wA.NS, netip.AddrPortFrom(gwIP, backendPort), vm100IP,
+			[]path{{"vm100", "from_wep PASS_NO_ROUTE"},
+				{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"}}},
 		{"headless: the backend's own address, no translation", wA.NS, netip.AddrPortFrom(wR.IP, backendPort), wA.IP,
-			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"}, {"vm100", "from_net FWD_LOCAL"}}},
+			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net FWD_LOCAL"}}},
 		{"host-networked client, backend on another host", vm100.NS, netip.AddrPortFrom(svcRemote, svcPort), vm100IP,
-			[]path{{"vm101", "from_net FWD_LOCAL"}}},
+			[]path{{"vm101", "from_net FWD_LOCAL"},
+				{"vm101", "from_wep PASS_KERNEL"}, {"vm101", "nf_policy PASS_KERNEL"}, {"vm100", "from_net PASS_KERNEL"}}},
 		{"host-networked client, backend on the same host", vm100.NS, netip.AddrPortFrom(svcLocal, svcPort), vm100IP,
-			[]path{{"vm100", "to_wep PASS_DELIVER"}}},
+			[]path{{"vm100", "to_wep PASS_DELIVER"},
+				{"vm100", "from_wep PASS_KERNEL"}, {"vm100", "nf_policy PASS_NAT"}}},
 	}
 	for _, tc := range cases {
 		for _, proto := range []string{"tcp", "udp"} {
@@ -227,6 +270,17 @@ func TestKernelNATServices(t *testing.T) {
 					}
 					return nil
 				})
+				for _, name := range []string{"vm100", "vm101"} {
+					after := pathCounts(t, sets[name])
+					var grew []string
+					for k, v := range after {
+						if v > before[name][k] {
+							grew = append(grew, fmt.Sprintf("%s +%d", k, v-before[name][k]))
+						}
+					}
+					slices.Sort(grew)
+					t.Logf("%s: %s", name, strings.Join(grew, ", "))
+				}
 				for _, p := range tc.paths {
 					if after := pathCounts(t, sets[p.host])[p.counter]; after <= before[p.host][p.counter] {
 						t.Errorf("on %s, %s did not count this flow (%d before, %d after)", p.host, p.counter, before[p.host][p.counter], after)
@@ -251,44 +305,80 @@ func TestKernelNATServices(t *testing.T) {
 		t.Errorf("no conntrack entry on vm100 is marked as translated by the kernel: %v", flows)
 	}
 
-	// Ingress policy on the backend sees the client pod through the ClusterIP, and the node after
-	// a NodePort's SNAT: allowing only the client pod keeps the first and cuts the second.
-	setWorkloadLabels(t, c.DS, wR, "default", map[string]string{"app": "backend"})
+	// Ingress policy on the backend sees the client pod through a ClusterIP (on another host,
+	// from_net; on the same host, to_wep), the outside client through a NodePort without SNAT,
+	// and the node after a NodePort's SNAT: allowing only the client pod keeps the first two and
+	// cuts the others; allowing only the node turns that round.
+	setWorkloadLabels(t, c.DS, wR, "default", map[string]string{"app": "backend", "tier": "remote"})
+	setWorkloadLabels(t, c.DS, wB, "default", map[string]string{"app": "backend"})
 	tcp := datastore.Protocol(6)
-	revs := putPolicies(t, c.DS, nil, []datastore.Policy{{Version: 1, Name: "backend-from-client", Selector: `app == "backend"`,
-		Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wA.IP, 32)}}}}}})
+	allowFrom := func(a netip.Addr) datastore.Policy {
+		return datastore.Policy{Version: 1, Name: "backend-from", Selector: `app == "backend"`,
+			Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(a, 32)}}}}}
+	}
+	reaches := func(what string, from *netns.NS, to netip.AddrPort, saw netip.Addr) {
+		t.Helper()
+		if got, err := askWho(from, "tcp", to); err != nil || got != saw.String() {
+			t.Errorf("%s (%s): the backend saw %q, want %s (%v)", what, to, got, saw, err)
+		}
+	}
+	blocked := func(what string, from *netns.NS, proto string, to netip.AddrPort) {
+		t.Helper()
+		if got, err := askWho(from, proto, to); err == nil {
+			t.Errorf("%s (%s %s) reached the backend (it saw %q)", what, proto, to, got)
+		}
+	}
+	revs := putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(wA.IP)})
 	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
-	if saw, err := askWho(wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort)); err != nil || saw != wA.IP.String() {
-		t.Errorf("ClusterIP from the allowed pod: %q, %v", saw, err)
-	}
-	if saw, err := askWho(client, "tcp", netip.AddrPortFrom(vm100IP, nodePortRemote)); err == nil {
-		t.Errorf("NodePort through SNAT reached the backend (it saw %q); the policy allows only %s", saw, wA.IP)
-	}
+	reaches("ClusterIP from the allowed pod, backend on another host", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP)
+	reaches("ClusterIP from the allowed pod, backend on the same host", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP)
+	blocked("NodePort through SNAT, the policy allowing only the pod", client, "tcp", netip.AddrPortFrom(vm100IP, nodePortRemote))
+	blocked("NodePort without SNAT, the policy allowing only the pod", client, "tcp", netip.AddrPortFrom(vm100IP, nodePortLocal))
 
-	// Egress policy sees the Service's backend, as Calico's does: a client allowed to reach only
-	// the backend on vm101 reaches it through its ClusterIP (whose address no rule names), and
-	// not the backend beside it through the other ClusterIP, which nf_policy drops after the
-	// kernel's DNAT.
-	setWorkloadLabels(t, c.DS, wA, "default", map[string]string{"app": "client"})
-	revs = putPolicies(t, c.DS, []string{"backend-from-client"}, []datastore.Policy{
-		{Version: 1, Name: "backend-from-client", Selector: `app == "backend"`,
-			Ingress: []datastore.Rule{{Action: "allow", Protocol: &tcp, Source: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wA.IP, 32)}}}}},
-		{Version: 1, Name: "client-to-remote-backend", Selector: `app == "client"`, Types: []datastore.PolicyType{datastore.PolicyEgress},
-			Egress: []datastore.Rule{{Action: "allow", Destination: datastore.EntityRule{Nets: []netip.Prefix{netip.PrefixFrom(wR.IP, 32)}}}}},
-	})
+	revs = putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(vm100IP)})
 	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
-	before := pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"]
-	for _, proto := range []string{"tcp", "udp"} {
-		if proto == "tcp" { // the ingress policy above allows only TCP
-			if saw, err := askWho(wA.NS, proto, netip.AddrPortFrom(svcRemote, svcPort)); err != nil || saw != wA.IP.String() {
-				t.Errorf("%s through the ClusterIP to the allowed backend: %q, %v", proto, saw, err)
-			}
-		}
-		if saw, err := askWho(wA.NS, proto, netip.AddrPortFrom(svcLocal, svcPort)); err == nil {
-			t.Errorf("%s through the ClusterIP to a backend the egress policy does not allow: it answered (saw %q)", proto, saw)
-		}
+	reaches("NodePort through SNAT, the policy allowing only the node", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP)
+	blocked("ClusterIP from the pod, the policy allowing only the node", wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort))
+
+	// Egress policy sees the Service's backend, as Calico's does, and nf_policy drops what it
+	// denies after the kernel's DNAT.
+	setWorkloadLabels(t, c.DS, wA, "default", map[string]string{"app": "client"})
+	egress := func(rules ...datastore.Rule) datastore.Policy {
+		return datastore.Policy{Version: 1, Name: "client-egress", Selector: `app == "client"`,
+			Types: []datastore.PolicyType{datastore.PolicyEgress}, Egress: rules}
 	}
-	if after := pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"]; after <= before {
+	drops := func() uint64 { return pathCounts(t, sets["vm100"])["nf_policy DROP_POLICY_EGRESS"] }
+	to := func(p netip.Prefix) datastore.EntityRule { return datastore.EntityRule{Nets: []netip.Prefix{p}} }
+
+	// Allowed only the backend on vm101 by its address: it reaches that backend through its
+	// ClusterIP (whose address no rule names), and not the backend beside it through the other.
+	revs = putPolicies(t, c.DS, []string{"backend-from"}, []datastore.Policy{allowFrom(wA.IP),
+		egress(datastore.Rule{Action: "allow", Destination: to(netip.PrefixFrom(wR.IP, 32))})})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	before := drops()
+	reaches("ClusterIP to the backend the egress policy allows", wA.NS, netip.AddrPortFrom(svcRemote, svcPort), wA.IP)
+	for _, proto := range []string{"tcp", "udp"} {
+		blocked("ClusterIP to a backend the egress policy does not allow", wA.NS, proto, netip.AddrPortFrom(svcLocal, svcPort))
+	}
+	if after := drops(); after <= before {
 		t.Errorf("nf_policy counted no egress drop on vm100 (%d before, %d after)", before, after)
 	}
+
+	// Denied the backend on vm101 by its labels, everything else allowed: its ClusterIP is cut,
+	// the other Service still works.
+	revs = putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(wA.IP),
+		egress(datastore.Rule{Action: "deny", Destination: datastore.EntityRule{Selector: `tier == "remote"`}}, datastore.Rule{Action: "allow"})})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	before = drops()
+	blocked("ClusterIP to a backend the egress policy denies by label", wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort))
+	reaches("ClusterIP to a backend the egress policy does not deny", wA.NS, netip.AddrPortFrom(svcLocal, svcPort), wA.IP)
+	if after := drops(); after <= before {
+		t.Errorf("nf_policy counted no egress drop of the denied backend on vm100 (%d before, %d after)", before, after)
+	}
+
+	// Allowed only the Service's own address: the policy sees the backend, so nothing passes.
+	revs = putPolicies(t, c.DS, nil, []datastore.Policy{allowFrom(wA.IP),
+		egress(datastore.Rule{Action: "allow", Destination: to(netip.PrefixFrom(svcRemote, 32))})})
+	waitEnforced(t, []*cluster.Host{vm100, vm101}, revs, 30*time.Second)
+	blocked("ClusterIP, the egress policy allowing only the ClusterIP itself", wA.NS, "tcp", netip.AddrPortFrom(svcRemote, svcPort))
 }
