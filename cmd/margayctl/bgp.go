@@ -105,6 +105,7 @@ func newBGPCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			g.noteEmpty(cmd, len(peers), "no explicit bgp peers")
 			var rows [][]string
 			js := []peerJSON{}
 			for _, p := range peers {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
 )
@@ -129,6 +131,14 @@ func (g *globals) bpffsRoot() (string, error) {
 		return h.bpffsRoot, nil
 	}
 	return loader.DefaultRoot, nil
+}
+
+// noteEmpty says on stderr, for a table listing with no rows, which etcd (and config file) the
+// command asked: an empty listing is often the wrong etcd (127.0.0.1 inside a lab host, say).
+func (g *globals) noteEmpty(cmd *cobra.Command, n int, what string) {
+	if n == 0 && g.output == "table" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", what, g.where(""))
+	}
 }
 
 // where says which node (when node is set) and etcd a command used and where they came from, for

@@ -71,6 +71,7 @@ An AS number in parentheses is the cluster's, which the node inherits.`,
 			if err != nil {
 				return err
 			}
+			g.noteEmpty(cmd, len(nodes), "no nodes registered")
 			blocks, _, err := c.Blocks().List(ctx)
 			if err != nil {
 				return err

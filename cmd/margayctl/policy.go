@@ -396,6 +396,7 @@ func newPolicyListCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			g.noteEmpty(cmd, len(items), "no policies")
 			ps := make([]datastore.Policy, 0, len(items))
 			rows := make([][]string, 0, len(items))
 			for _, it := range items {

@@ -172,6 +172,7 @@ func newPoolListCmd(g *globals) *cobra.Command {
 					strconv.Itoa(pj.Blocks), fmt.Sprintf("%d/%d", pj.Used, pj.Size)})
 				js = append(js, pj)
 			}
+			g.noteEmpty(cmd, len(pools), "no pools")
 			return g.render(cmd.OutOrStdout(), []string{"NAME", "CIDR", "BLOCK SIZE", "DISABLED", "BLOCKS", "IPS USED"}, rows, js)
 		},
 	}

@@ -160,6 +160,17 @@ func TestHostConfigFile(t *testing.T) {
 	if err != nil || !strings.Contains(out, want) {
 		t.Errorf("empty workload list = %q, %v; want it to say %q", out, err, want)
 	}
+	// So do the cluster-wide listings when they come out empty (here: no pool, node, policy or peer
+	// in this etcd).
+	for _, l := range []struct{ args, what string }{
+		{"pool list", "no pools"}, {"node list", "no nodes registered"}, {"policy list", "no policies"},
+		{"bgp peer list", "no explicit bgp peers"},
+	} {
+		want := l.what + ": etcd " + ep + "; config " + empty
+		if out, err := margayctl(t, append([]string{"--config", empty}, strings.Fields(l.args)...)...); err != nil || !strings.Contains(out, want) {
+			t.Errorf("empty %s = %q, %v; want it to say %q", l.args, out, err, want)
+		}
+	}
 	if out, err := margayctl(t, "--config", empty, "workload", "list", "--node", "vm7"); err != nil || !strings.Contains(out, "w7") {
 		t.Errorf("--node over the config file = %q, %v", out, err)
 	}

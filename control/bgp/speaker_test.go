@@ -634,6 +634,41 @@ func TestStartRefusesMultipathTCP(t *testing.T) {
 	}
 }
 
+// A speaker starts without a warning: GoBGP sets TTL 255 on its listener, which Linux refuses on
+// a Multipath TCP socket ("cannot set TTL (255) for TCPListener", logged at every agent start
+// while Go's listeners defaulted to MPTCP); go.mod's multipathtcp=0 makes it plain TCP.
+func TestStartWarnsNothing(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		buf bytes.Buffer
+	)
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a := netip.MustParseAddr("127.0.0.64")
+	s, err := New(64512, a, WithLogger(logger), WithListenAddresses(a), WithListenPort(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if buf.Len() != 0 {
+		t.Errorf("start and stop of a speaker logged warnings or errors:\n%s", buf.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
 func TestSetPeersUpdate(t *testing.T) {
 	a := startSpeaker(t, "127.0.0.71")
 	b := startSpeaker(t, "127.0.0.72")

@@ -23,6 +23,8 @@ var (
 	// ErrNodeNotRegistered: the node has no record at nodes/<node>. IPAM gives such a node
 	// neither blocks nor addresses: nothing would route them, and the block would leak.
 	ErrNodeNotRegistered = errors.New("node not registered")
+	// ErrPoolOverlapsUplink: the pool overlaps a registered node's uplink subnet.
+	ErrPoolOverlapsUplink = errors.New("pool overlaps a node's uplink subnet")
 )
 
 // checkNode returns ErrNodeNotRegistered, with what to check, unless node is registered.

@@ -303,6 +303,30 @@ func TestEnsureDefaultPool(t *testing.T) {
 	}
 }
 
+// The default pool is not created over a registered node's uplink subnet (192.168.0.0/16, the
+// default, on a host at 192.168.26.100/24): the agent fails naming the node instead.
+func TestEnsureDefaultPoolOverUplink(t *testing.T) {
+	i, ds := newIPAM(t)
+	ctx := context.Background()
+	if _, err := ds.Nodes().Create(ctx, "vm9", datastore.Node{Version: datastore.CurrentVersion, Name: "vm9",
+		AddressV4: netip.MustParsePrefix("192.168.26.100/24"), Uplink: "ens32"}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := i.EnsureDefaultPool(ctx, datastore.DefaultPool())
+	if created || !errors.Is(err, ErrPoolOverlapsUplink) ||
+		!strings.Contains(err.Error(), "192.168.0.0/16 overlaps the uplink subnet 192.168.26.0/24 of node vm9 (address 192.168.26.100/24)") {
+		t.Errorf("default pool over vm9's subnet: created %v, %v; want ErrPoolOverlapsUplink naming vm9", created, err)
+	}
+	if ps, _, err := ds.Pools().List(ctx); err != nil || len(ps) != 0 {
+		t.Errorf("pools after the refusal: %+v, %v; want none", ps, err)
+	}
+	p := datastore.DefaultPool()
+	p.CIDR = netip.MustParsePrefix("198.19.0.0/16")
+	if created, err := i.EnsureDefaultPool(ctx, p); err != nil || !created {
+		t.Errorf("default pool outside every node's subnet: %v %v", created, err)
+	}
+}
+
 func TestEnsureBlock(t *testing.T) {
 	i, _ := newIPAM(t, pool("test", "198.19.0.0/25", 26))
 	ctx := context.Background()

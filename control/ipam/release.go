@@ -320,7 +320,9 @@ func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 }
 
 // EnsureDefaultPool creates pool when no pool exists at all, as a fresh Calico cluster gets
-// 192.168.0.0/16. It reports whether it created it.
+// 192.168.0.0/16. It reports whether it created it. It refuses (ErrPoolOverlapsUplink) a pool
+// that overlaps a registered node's uplink subnet, as margayctl pool add does: the default
+// 192.168.0.0/16 on hosts in 192.168.26.0/24, say, would hand out the hosts' own addresses.
 func (i *IPAM) EnsureDefaultPool(ctx context.Context, pool datastore.Pool) (bool, error) {
 	items, _, err := i.ds.Pools().List(ctx)
 	if err != nil {
@@ -328,6 +330,18 @@ func (i *IPAM) EnsureDefaultPool(ctx context.Context, pool datastore.Pool) (bool
 	}
 	if len(items) > 0 {
 		return false, nil
+	}
+	nodes, _, err := i.ds.Nodes().List(ctx)
+	if err != nil {
+		return false, fmt.Errorf("ensure default pool: %w", err)
+	}
+	for _, n := range nodes {
+		if sub := n.Value.AddressV4.Masked(); sub.IsValid() && sub.Overlaps(pool.CIDR) {
+			return false, fmt.Errorf("ensure default pool: %s overlaps the uplink subnet %s of node %s (address %s): workload "+
+				"addresses there would collide with the hosts' own; set the default pool (margay-agent --default-pool) to a CIDR "+
+				"outside every node's subnet, or add a pool first (margayctl pool add): %w",
+				pool.CIDR, sub, n.Name, n.Value.AddressV4, ErrPoolOverlapsUplink)
+		}
 	}
 	_, err = i.ds.Pools().Create(ctx, pool.Name, pool)
 	if errors.Is(err, datastore.ErrExists) {
