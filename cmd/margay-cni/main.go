@@ -39,10 +39,11 @@ const dialTimeout = 2 * time.Second
 const answerTimeout = 75 * time.Second
 
 func main() {
+	started := time.Now()
 	var conn net.Conn
 	var conf []byte
-	wire.Main(skel.CNIFuncs{Add: forward("ADD", &conn), Del: forward("DEL", &conn), Check: forward("CHECK", &conn),
-		GC: forward("GC", &conn), Status: forward("STATUS", &conn)}, func(c []byte) {
+	fwd := func(cmd string) func(*skel.CmdArgs) error { return forward(cmd, &conn, started) }
+	wire.Main(skel.CNIFuncs{Add: fwd("ADD"), Del: fwd("DEL"), Check: fwd("CHECK"), GC: fwd("GC"), Status: fwd("STATUS")}, func(c []byte) {
 		conf = c
 		if os.Getenv("CNI_COMMAND") == "VERSION" {
 			return // skel answers it
@@ -59,13 +60,13 @@ func main() {
 }
 
 // forward returns skel's function for cmd: it sends the call on *conn and prints the answer.
-func forward(cmd string, conn *net.Conn) func(*skel.CmdArgs) error {
+func forward(cmd string, conn *net.Conn, started time.Time) func(*skel.CmdArgs) error {
 	return func(args *skel.CmdArgs) error {
 		c := *conn
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(answerTimeout))
 		var resp wire.Response
-		err := json.NewEncoder(c).Encode(wire.NewRequest(cmd, args))
+		err := json.NewEncoder(c).Encode(wire.NewRequest(cmd, args, started))
 		if err == nil {
 			err = json.NewDecoder(io.LimitReader(c, wire.MaxMessage)).Decode(&resp)
 		}

@@ -52,11 +52,16 @@ type Plugin struct {
 // the plugin prints on success: the result of ADD, nothing for the others. A failure is a
 // *types.Error, printed by the caller as the error result.
 func (p *Plugin) Run(ctx context.Context, cmd string, args *skel.CmdArgs) ([]byte, error) {
+	return p.run(ctx, cmd, args, time.Now())
+}
+
+// run is Run for a call that began at started (in margay-cni, for a call the agent serves).
+func (p *Plugin) run(ctx context.Context, cmd string, args *skel.CmdArgs, started time.Time) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	switch cmd {
 	case "ADD":
-		return p.add(ctx, args)
+		return p.add(ctx, args, started)
 	case "DEL":
 		return nil, p.del(ctx, args)
 	case "CHECK":
@@ -180,15 +185,14 @@ func spec(args *skel.CmdArgs, conf *netConf) (workload.Spec, error) {
 	return s, nil
 }
 
-func (p *Plugin) add(ctx context.Context, args *skel.CmdArgs) ([]byte, error) {
-	start := time.Now()
+func (p *Plugin) add(ctx context.Context, args *skel.CmdArgs, start time.Time) ([]byte, error) {
 	s, err := p.open(ctx, "ADD", args)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
 	ws := s.ws
-	ws.Started = start // the record carries the ADD's duration, etcd connection included
+	ws.Started = start // the record carries the ADD's duration, process start and etcd connection included
 	if s.conf.Kubernetes != nil && ws.Namespace != "" {
 		// Before anything is set up, so that a failure leaves nothing to undo.
 		if ws.Labels, err = podLabels(ctx, s.conf.Kubernetes, ws.Namespace, ws.Name); err != nil {

@@ -181,7 +181,12 @@ func (s *Server) answer(ctx context.Context, req *wire.Request) wire.Response {
 	if !conf.ds.SameStore(s.store) {
 		return wire.Response{NotMine: fmt.Sprintf("the network config's datastore (%s) is not this agent's (%s)", where(conf.ds), where(s.store))}
 	}
-	out, err := s.plugin.Run(ctx, req.Command, req.CmdArgs())
+	// margay-cni's start, unless its clock says something impossible.
+	started := time.Now()
+	if d := started.Sub(req.Started); d > 0 && d < opTimeout {
+		started = req.Started
+	}
+	out, err := s.plugin.run(ctx, req.Command, req.CmdArgs(), started)
 	if err != nil {
 		return wire.Response{Error: asCNIError(err)}
 	}

@@ -41,8 +41,11 @@ func Binaries(tb testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", binDir, "github.com/margaynet/margay/cmd/margay-agent",
-			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margay-cni-direct", "github.com/margaynet/margay/cmd/margayctl").CombinedOutput()
+		// Static, as make build and the image build them (no cgo resolver, no dynamic loader).
+		build := exec.Command("go", "build", "-o", binDir, "github.com/margaynet/margay/cmd/margay-agent",
+			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margay-cni-direct", "github.com/margaynet/margay/cmd/margayctl")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}

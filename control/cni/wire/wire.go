@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -36,6 +37,9 @@ type Request struct {
 	Args        string `json:"args,omitempty"`
 	Path        string `json:"path,omitempty"`
 	StdinData   []byte `json:"stdinData"`
+	// Started is when margay-cni began: the ADD's duration in the workload record counts from
+	// there, as it does in margay-cni-direct.
+	Started time.Time `json:"started,omitzero"`
 }
 
 // CmdArgs returns the call as skel hands it to a plugin.
@@ -43,9 +47,11 @@ func (r *Request) CmdArgs() *skel.CmdArgs {
 	return &skel.CmdArgs{ContainerID: r.ContainerID, Netns: r.Netns, IfName: r.IfName, Args: r.Args, Path: r.Path, StdinData: r.StdinData}
 }
 
-// NewRequest is the request of a call skel dispatched as cmd.
-func NewRequest(cmd string, a *skel.CmdArgs) Request {
-	return Request{Command: cmd, ContainerID: a.ContainerID, Netns: a.Netns, IfName: a.IfName, Args: a.Args, Path: a.Path, StdinData: a.StdinData}
+// NewRequest is the request of a call skel dispatched as cmd, in a margay-cni that began at
+// started.
+func NewRequest(cmd string, a *skel.CmdArgs, started time.Time) Request {
+	return Request{Command: cmd, ContainerID: a.ContainerID, Netns: a.Netns, IfName: a.IfName, Args: a.Args, Path: a.Path,
+		StdinData: a.StdinData, Started: started}
 }
 
 // Response is the agent's answer: what the plugin prints on success (Output, the ADD result),
