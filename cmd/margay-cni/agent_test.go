@@ -178,11 +178,6 @@ func TestAgentServes(t *testing.T) {
 	if o := run(t, w.host, call{cmd: "STATUS", conf: w.conf("1.1.0", nil), env: noContainer}); o.err != nil || strings.Contains(o.stderr, fallbackNote) {
 		t.Errorf("STATUS: %v\n%s", o.err, o.stderr)
 	}
-	// A config the agent rejects gets the error margay-cni-direct would print, from the agent.
-	o := run(t, w.host, call{cmd: "ADD", containerID: "bad", netns: path, conf: w.conf("1.1.0", map[string]any{"mtuu": 1400})})
-	if o.err == nil || o.err.Code != types.ErrUnsupportedField || strings.Contains(o.stderr, fallbackNote) {
-		t.Errorf("ADD with an unknown field: %v, want code %d from the agent\n%s", o.err, types.ErrUnsupportedField, o.stderr)
-	}
 }
 
 var noContainer = map[string]string{"CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}
@@ -216,6 +211,20 @@ func TestAgentFallback(t *testing.T) {
 	}
 	if o := add("c4", map[string]any{"agentSocket": "@margay-cni-nobody"}); o.err != nil || !strings.Contains(o.stderr, "no margay-agent answers on @margay-cni-nobody") {
 		t.Errorf("ADD with an agentSocket nobody serves: %v\nstderr: %s", o.err, o.stderr)
+	}
+	// A config the agent cannot use: margay-cni-direct says what is wrong with it.
+	o = add("c5", map[string]any{"mtuu": 1400})
+	if o.err == nil || o.err.Code != types.ErrUnsupportedField || !strings.Contains(o.stderr, "the agent cannot use the network config: margay-cni: invalid network config: unknown field") {
+		t.Errorf("ADD with an unknown field: %v, want margay-cni-direct's code %d\nstderr: %s", o.err, types.ErrUnsupportedField, o.stderr)
+	}
+	// Files the agent cannot see (in a container it would not): the kubeconfig, the netns.
+	o = add("c6", map[string]any{"kubernetes": map[string]any{"kubeconfig": "/nonexistent/kubeconfig"}})
+	if !strings.Contains(o.stderr, "the agent cannot read kubernetes.kubeconfig: stat /nonexistent/kubeconfig") {
+		t.Errorf("ADD with a kubeconfig the agent cannot read: %v\nstderr: %s", o.err, o.stderr)
+	}
+	o = run(t, w.host, call{cmd: "DEL", containerID: "c7", netns: "/nonexistent/netns", conf: w.conf("1.1.0", nil)})
+	if o.err != nil || !strings.Contains(o.stderr, "the agent cannot see the container's network namespace: stat /nonexistent/netns") {
+		t.Errorf("DEL with a netns the agent cannot see: %v\nstderr: %s", o.err, o.stderr)
 	}
 }
 

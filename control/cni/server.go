@@ -28,8 +28,11 @@ const maxConcurrent = 16
 
 // Server serves margay-cni's calls in the agent (wire.Request, one per connection): the same
 // commands as margay-cni-direct, run with the agent's etcd connection. Only root may call, as
-// only root may run a CNI plugin; a call whose network config names another node or another
-// etcd than the agent's is answered wire.Response.NotMine, and margay-cni runs it itself.
+// only root may run a CNI plugin. A call the agent cannot run as margay-cni-direct would is
+// answered wire.Response.NotMine, and margay-cni runs it itself: its network config names another
+// node or another etcd than the agent's, or a file the agent cannot see (the agent may run in a
+// container), or does not parse (margay-cni-direct reports why); or the agent cannot see the
+// container's network namespace.
 type Server struct {
 	plugin   Plugin
 	node     string
@@ -172,8 +175,21 @@ func (s *Server) answer(ctx context.Context, req *wire.Request) wire.Response {
 	}
 	conf, err := parseConf(req.StdinData, os.Hostname)
 	if err != nil {
-		// The same error margay-cni-direct would print, without a round trip through it.
-		return wire.Response{Error: asCNIError(err)}
+		// margay-cni-direct decides, in the runtime's view of the host: a file the config names
+		// (datastoreConfig, TLS files) may be missing only from the agent's container.
+		return wire.Response{NotMine: "the agent cannot use the network config: " + asCNIError(err).Msg}
+	}
+	if conf.Kubernetes != nil {
+		if _, err := os.Stat(conf.Kubernetes.Kubeconfig); err != nil {
+			return wire.Response{NotMine: fmt.Sprintf("the agent cannot read kubernetes.kubeconfig: %v", err)}
+		}
+	}
+	if req.Netns != "" {
+		// A path under /proc of a host process, or a /var/run/netns the agent's container does
+		// not mount, is visible to the runtime only.
+		if _, err := os.Stat(req.Netns); err != nil {
+			return wire.Response{NotMine: fmt.Sprintf("the agent cannot see the container's network namespace: %v", err)}
+		}
 	}
 	if conf.NodeName != s.node {
 		return wire.Response{NotMine: fmt.Sprintf("the network config is node %s's, this agent node %s's", conf.NodeName, s.node)}
