@@ -25,6 +25,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/margaynet/margay/control/cni/wire"
 	"github.com/margaynet/margay/control/datastore"
@@ -128,6 +130,10 @@ func (p *Plugin) open(ctx context.Context, cmd string, args *skel.CmdArgs) (*ses
 	}
 	ws.Log = log
 	if p.Datastore != nil {
+		if err := reachable(ctx, p.Datastore, conf); err != nil {
+			closeLog()
+			return nil, err
+		}
 		return &session{conf: conf, ws: ws, log: log, ds: p.Datastore, close: closeLog}, nil
 	}
 	ds, err := connect(ctx, conf, log)
@@ -142,21 +148,46 @@ func (p *Plugin) open(ctx context.Context, cmd string, args *skel.CmdArgs) (*ses
 // datastore.DefaultCommandTimeout): a runtime would rather retry than hang.
 func connect(ctx context.Context, conf *netConf, log *slog.Logger) (*datastore.Client, error) {
 	cfg := conf.ds
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = datastore.DefaultCommandTimeout
-	}
+	cfg.DialTimeout = dialTimeout(conf)
 	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	ds, err := datastore.New(cctx, cfg, datastore.WithLogger(log))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return nil, types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("margay-cni: etcd is unreachable at %s (no answer within %s, datastore.dialTimeout); check that it runs and that \"datastore\" in the network config points at it",
-					strings.Join(cfg.EndpointsOrDefault(), ","), cfg.DialTimeout), err.Error())
+			return nil, unreachableErr(conf, err)
 		}
 		return nil, invalidConf("%v", err)
 	}
 	return ds, nil
+}
+
+// reachable checks, for a command run with the agent's etcd client, what connect checks for
+// one of its own: that etcd answers within the dial timeout. A client whose connection is up
+// is not asked (no round trip); one whose connection is down (etcd stopped, restarting) gets
+// one read, so that the command fails in the dial timeout, not in opTimeout.
+func reachable(ctx context.Context, ds *datastore.Client, conf *netConf) error {
+	if conn := ds.Raw().ActiveConnection(); conn != nil && conn.GetState() == connectivity.Ready {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, dialTimeout(conf))
+	defer cancel()
+	if _, err := ds.Raw().Get(cctx, conf.ds.PrefixOrDefault(), clientv3.WithCountOnly()); err != nil {
+		return unreachableErr(conf, err)
+	}
+	return nil
+}
+
+func dialTimeout(conf *netConf) time.Duration {
+	if conf.ds.DialTimeout == 0 {
+		return datastore.DefaultCommandTimeout
+	}
+	return conf.ds.DialTimeout
+}
+
+func unreachableErr(conf *netConf, err error) *types.Error {
+	return types.NewError(types.ErrTryAgainLater,
+		fmt.Sprintf("margay-cni: etcd is unreachable at %s (no answer within %s, datastore.dialTimeout); check that it runs and that \"datastore\" in the network config points at it",
+			strings.Join(conf.ds.EndpointsOrDefault(), ","), dialTimeout(conf)), err.Error())
 }
 
 // spec builds the workload spec of a CNI call. A Kubernetes pod (K8S_POD_NAMESPACE and
