@@ -21,10 +21,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/margaynet/margay/control/cni"
+	"github.com/margaynet/margay/control/cni/cnitest"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/control/ipam"
@@ -32,7 +32,7 @@ import (
 	"github.com/margaynet/margay/tests/netns"
 )
 
-const node = "node-1"
+const node = cnitest.Node
 
 // pluginBin is the margay-cni binary, built once by TestMain with margay-cni-direct beside it.
 var pluginBin string
@@ -106,26 +106,7 @@ func newWorld(t testing.TB, pools ...string) *world {
 
 // conf returns a network config for the world; set adds or replaces fields (nil deletes).
 func (w *world) conf(version string, set map[string]any) []byte {
-	c := map[string]any{
-		"cniVersion": version,
-		"name":       "margay",
-		"type":       "margay-cni",
-		"nodeName":   node,
-		"logLevel":   "debug",
-		"datastore":  map[string]any{"endpoints": []string{w.endpoint}, "dialTimeout": "2s"},
-	}
-	for k, v := range set {
-		if v == nil {
-			delete(c, k)
-		} else {
-			c[k] = v
-		}
-	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		panic(err)
-	}
-	return b
+	return cnitest.Conf(w.endpoint, version, set)
 }
 
 // call is one plugin invocation, exactly as a runtime makes it.
@@ -230,19 +211,11 @@ func (w *world) mustDel(t testing.TB, containerID, nsPath, args string) {
 	}
 }
 
-// workloadNS creates a namespace as a runtime does: deleting it (the returned func, also run at
-// cleanup) destroys it.
-func workloadNS(t testing.TB) (string, func()) {
-	t.Helper()
-	return netns.Detached(t, "cnw")
-}
-
-func inNS(t testing.TB, path string, fn func() error) {
-	t.Helper()
-	if err := ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() }); err != nil {
-		t.Fatal(err)
-	}
-}
+var (
+	workloadNS = cnitest.WorkloadNS
+	inNS       = cnitest.InNS
+	closedPort = cnitest.ClosedPort
+)
 
 func (w *world) sysctl(t testing.TB, key string) string {
 	t.Helper()
@@ -260,13 +233,7 @@ func (w *world) sysctl(t testing.TB, key string) string {
 // assertGone fails unless nothing of the workload with this ID is left.
 func (w *world) assertGone(t testing.TB, id string) {
 	t.Helper()
-	w.host.AssertLinkGone(t, workload.HostVethName(id))
-	if _, err := w.ds.Workloads(node).Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
-		t.Errorf("record %s: %v, want not found", id, err)
-	}
-	if _, err := w.ds.Handles().Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
-		t.Errorf("IPAM handle %s: %v, want not found", id, err)
-	}
+	cnitest.AssertGone(t, w.host, w.ds, id)
 }
 
 func TestAddDel(t *testing.T) {
@@ -593,18 +560,6 @@ func TestEtcdStopped(t *testing.T) {
 			t.Errorf("dialTimeout %q: ADD took %s, want at most twice %s", c.dial, took, c.bound)
 		}
 	}
-}
-
-// closedPort returns an http URL where nothing listens.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return "http://" + addr
 }
 
 func TestGC(t *testing.T) {

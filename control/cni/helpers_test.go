@@ -1,48 +1,20 @@
 package cni
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/margaynet/margay/control/cni/cnitest"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
-	"github.com/margaynet/margay/control/workload"
 	"github.com/margaynet/margay/tests/netns"
 )
 
-const node = "node-1"
+const node = cnitest.Node
 
-// testConf returns a network config reaching etcd at endpoint; set adds or replaces fields (nil
-// deletes).
-func testConf(endpoint, version string, set map[string]any) []byte {
-	c := map[string]any{
-		"cniVersion": version,
-		"name":       "margay",
-		"type":       "margay-cni",
-		"nodeName":   node,
-		"logLevel":   "debug",
-		"datastore":  map[string]any{"endpoints": []string{endpoint}, "dialTimeout": "2s"},
-	}
-	for k, v := range set {
-		if v == nil {
-			delete(c, k)
-		} else {
-			c[k] = v
-		}
-	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
+var testConf = cnitest.Conf
 
 // world is one test's node: an embedded etcd with a pool, and a host namespace where the
 // commands run in this process (their etcd client's goroutines stay in the test's namespace, so
@@ -82,40 +54,13 @@ func (w *world) mustDel(t *testing.T, containerID, nsPath, args string) {
 	}
 }
 
-// assertGone fails unless nothing of the workload with this ID is left.
 func (w *world) assertGone(t testing.TB, id string) {
 	t.Helper()
-	w.host.AssertLinkGone(t, workload.HostVethName(id))
-	if _, err := w.ds.Workloads(node).Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
-		t.Errorf("record %s: %v, want not found", id, err)
-	}
-	if _, err := w.ds.Handles().Get(t.Context(), id); !errors.Is(err, datastore.ErrNotFound) {
-		t.Errorf("IPAM handle %s: %v, want not found", id, err)
-	}
+	cnitest.AssertGone(t, w.host, w.ds, id)
 }
 
-// workloadNS creates a namespace as a runtime does: deleting it (the returned func, also run at
-// cleanup) destroys it.
-func workloadNS(t testing.TB) (string, func()) {
-	t.Helper()
-	return netns.Detached(t, "cnw")
-}
-
-func inNS(t testing.TB, path string, fn func() error) {
-	t.Helper()
-	if err := ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// closedPort returns an http:// endpoint where nothing listens.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return fmt.Sprint("http://", addr)
-}
+var (
+	workloadNS = cnitest.WorkloadNS
+	inNS       = cnitest.InNS
+	closedPort = cnitest.ClosedPort
+)

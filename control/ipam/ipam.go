@@ -95,8 +95,8 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	if err := i.checkNode(ctx, req.Node); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: %w", err)
 	}
-	// The handle exists before any allocation names it, so a crash never leaves an allocation
-	// that nothing can release.
+	// The handle and the allocation that names it are written in one transaction, so a crash
+	// never leaves an allocation that nothing can release, nor a handle without its address.
 	h, err := i.ds.Handles().Get(ctx, req.Handle)
 	switch {
 	case err == nil && (h.Value.Node != req.Node || h.Value.Workload != req.Workload):
@@ -106,22 +106,13 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	case err == nil && len(h.Value.IPs) > 0:
 		return i.existing(ctx, h.Value)
 	case errors.Is(err, datastore.ErrNotFound):
-		_, err = i.ds.Handles().Create(ctx, req.Handle, datastore.Handle{
-			Version: datastore.CurrentVersion, ID: req.Handle, Node: req.Node, Workload: req.Workload})
-		if err != nil && !errors.Is(err, datastore.ErrExists) {
-			return Assignment{}, fmt.Errorf("assign address: create handle: %w", err)
-		}
+		h = datastore.Item[datastore.Handle]{} // created with the allocation
 	case err != nil:
 		return Assignment{}, fmt.Errorf("assign address: read handle: %w", err)
 	}
 
-	a, err := i.allocate(ctx, req)
+	a, err := i.allocate(ctx, req, h)
 	if err != nil {
-		// Nothing was allocated: drop the empty handle again.
-		_ = i.deleteHandleIfEmpty(ctx, req.Handle)
-		return Assignment{}, err
-	}
-	if err := i.recordInHandle(ctx, req, a.IP); err != nil {
 		return Assignment{}, err
 	}
 	i.log.Debug("assigned", "ip", a.IP, "block", a.Block, "handle", req.Handle, "node", req.Node, "borrowed", a.Borrowed)
@@ -142,8 +133,21 @@ func (i *IPAM) existing(ctx context.Context, h datastore.Handle) (Assignment, er
 	return Assignment{}, fmt.Errorf("assign address: handle %s holds %s, which no block contains", h.ID, ip)
 }
 
-func (i *IPAM) allocate(ctx context.Context, req Request) (Assignment, error) {
-	for range maxAttempts {
+// allocate assigns an address to the handle h read before (ModRevision 0: there is none yet).
+func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datastore.Handle]) (Assignment, error) {
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			// A lost transaction may have lost on the handle: read it again too.
+			var err error
+			if h, err = i.ds.Handles().Get(ctx, req.Handle); errors.Is(err, datastore.ErrNotFound) {
+				h = datastore.Item[datastore.Handle]{}
+			} else if err != nil {
+				return Assignment{}, fmt.Errorf("assign address: read handle: %w", err)
+			} else if h.Value.Node != req.Node || h.Value.Workload != req.Workload || len(h.Value.IPs) > 0 {
+				// Another ADD of the same workload raced us and won: its address is ours.
+				return i.Assign(ctx, req)
+			}
+		}
 		pools, err := i.enabledPools(ctx)
 		if err != nil {
 			return Assignment{}, err
@@ -161,7 +165,7 @@ func (i *IPAM) allocate(ctx context.Context, req Request) (Assignment, error) {
 				own = append(own, b)
 			}
 		}
-		if a, done, err := i.tryBlocks(ctx, own, req, false); done || err != nil {
+		if a, done, err := i.tryBlocks(ctx, own, req, h, false); done || err != nil {
 			return a, err
 		}
 		if anyFree(own) {
@@ -184,7 +188,7 @@ func (i *IPAM) allocate(ctx context.Context, req Request) (Assignment, error) {
 				others = append(others, b)
 			}
 		}
-		if a, done, err := i.tryBlocks(ctx, others, req, true); done || err != nil {
+		if a, done, err := i.tryBlocks(ctx, others, req, h, true); done || err != nil {
 			return a, err
 		}
 		if !anyFree(others) {
@@ -195,9 +199,10 @@ func (i *IPAM) allocate(ctx context.Context, req Request) (Assignment, error) {
 	return Assignment{}, fmt.Errorf("assign address for %s: %w", req.Handle, ErrContention)
 }
 
-// tryBlocks allocates in the first block with room. done is true when it allocated; a lost
-// compare-and-swap returns done false so the caller re-reads.
-func (i *IPAM) tryBlocks(ctx context.Context, blocks []datastore.Item[datastore.Block], req Request, borrowed bool) (Assignment, bool, error) {
+// tryBlocks allocates in the first block with room, writing the block and the handle h (read
+// before; ModRevision 0: none yet) with the address in one transaction. done is true when it
+// allocated; a lost transaction returns done false so the caller re-reads.
+func (i *IPAM) tryBlocks(ctx context.Context, blocks []datastore.Item[datastore.Block], req Request, h datastore.Item[datastore.Handle], borrowed bool) (Assignment, bool, error) {
 	slices.SortFunc(blocks, func(a, b datastore.Item[datastore.Block]) int {
 		return a.Value.CIDR.Addr().Compare(b.Value.CIDR.Addr())
 	})
@@ -209,12 +214,21 @@ func (i *IPAM) tryBlocks(ctx context.Context, blocks []datastore.Item[datastore.
 		nb := b.Value
 		nb.Allocations = append(slices.Clone(nb.Allocations), datastore.Allocation{IP: ip, Handle: req.Handle})
 		nb.Seq++
-		_, err := i.ds.Blocks().Update(ctx, b.Name, nb, b.ModRevision)
-		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
+		var hw datastore.Write
+		if h.ModRevision == 0 {
+			hw = i.ds.Handles().CreateWrite(req.Handle, datastore.Handle{Version: datastore.CurrentVersion,
+				ID: req.Handle, Node: req.Node, Workload: req.Workload, IPs: []netip.Addr{ip}})
+		} else {
+			nh := h.Value
+			nh.IPs = append(slices.Clone(nh.IPs), ip)
+			hw = i.ds.Handles().UpdateWrite(req.Handle, nh, h.ModRevision)
+		}
+		_, err := i.ds.Commit(ctx, i.ds.Blocks().UpdateWrite(b.Name, nb, b.ModRevision), hw)
+		if errors.Is(err, datastore.ErrConflict) {
 			return Assignment{}, false, nil
 		}
 		if err != nil {
-			return Assignment{}, false, fmt.Errorf("assign address: update block %s: %w", b.Value.CIDR, err)
+			return Assignment{}, false, fmt.Errorf("assign address: update block %s and handle %s: %w", b.Value.CIDR, req.Handle, err)
 		}
 		return Assignment{IP: ip, Block: nb.CIDR, Borrowed: borrowed}, true, nil
 	}
@@ -249,41 +263,6 @@ func (i *IPAM) claim(ctx context.Context, pools []datastore.Pool, blocks []datas
 		}
 	}
 	return false, stale, nil
-}
-
-func (i *IPAM) recordInHandle(ctx context.Context, req Request, ip netip.Addr) error {
-	for range maxAttempts {
-		h, err := i.ds.Handles().Get(ctx, req.Handle)
-		if errors.Is(err, datastore.ErrNotFound) {
-			_, err = i.ds.Handles().Create(ctx, req.Handle, datastore.Handle{Version: datastore.CurrentVersion,
-				ID: req.Handle, Node: req.Node, Workload: req.Workload, IPs: []netip.Addr{ip}})
-			if errors.Is(err, datastore.ErrExists) {
-				continue
-			}
-		} else if err == nil {
-			nh := h.Value
-			if !slices.Contains(nh.IPs, ip) {
-				nh.IPs = append(slices.Clone(nh.IPs), ip)
-			}
-			_, err = i.ds.Handles().Update(ctx, req.Handle, nh, h.ModRevision)
-			if errors.Is(err, datastore.ErrConflict) {
-				continue
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("assign address: record %s in handle %s: %w", ip, req.Handle, err)
-		}
-		return nil
-	}
-	return fmt.Errorf("assign address: record in handle %s: %w", req.Handle, ErrContention)
-}
-
-func (i *IPAM) deleteHandleIfEmpty(ctx context.Context, id string) error {
-	h, err := i.ds.Handles().Get(ctx, id)
-	if err != nil || len(h.Value.IPs) > 0 {
-		return err
-	}
-	return i.ds.Handles().Delete(ctx, id, h.ModRevision)
 }
 
 func (i *IPAM) enabledPools(ctx context.Context) ([]datastore.Pool, error) {

@@ -236,6 +236,61 @@ func TestConcurrentAssignUnique(t *testing.T) {
 	noProblems(t, i)
 }
 
+// Concurrent ADDs of one workload (a runtime's retry racing the first try) get one address: the
+// allocation and the handle are written in one transaction, so the loser finds the winner's
+// address instead of allocating a second one.
+func TestConcurrentAssignSameHandle(t *testing.T) {
+	ds := datastoretest.Start(t)
+	cfg := datastore.Config{Endpoints: ds.Endpoints()}
+	setup := datastoretest.Connect(t, cfg)
+	if _, err := setup.Pools().Create(context.Background(), "test", pool("test", "198.19.0.0/24", 26)); err != nil {
+		t.Fatal(err)
+	}
+	datastoretest.RegisterNodes(t, setup, "vm100")
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for round := range 20 {
+		handle := fmt.Sprint("w", round)
+		const racers = 6
+		got := make([]netip.Addr, racers)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for r := range racers {
+			i := New(datastoretest.Connect(t, cfg, datastore.WithLogger(quiet)), WithLogger(quiet))
+			wg.Go(func() {
+				<-start
+				a, err := i.Assign(context.Background(), Request{Handle: handle, Node: "vm100", Workload: "vm100/" + handle})
+				if err != nil {
+					t.Errorf("%s: %v", handle, err)
+				}
+				got[r] = a.IP
+			})
+		}
+		close(start)
+		wg.Wait()
+		for _, ip := range got[1:] {
+			if ip != got[0] {
+				t.Fatalf("round %d: one workload got %v", round, got)
+			}
+		}
+		h, err := setup.Handles().Get(context.Background(), handle)
+		if err != nil || len(h.Value.IPs) != 1 {
+			t.Fatalf("round %d: handle %+v, %v; want one address", round, h.Value, err)
+		}
+	}
+	blocks, _, err := setup.Blocks().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, b := range blocks {
+		n += len(b.Value.Allocations)
+	}
+	if n != 20 {
+		t.Errorf("%d allocations for 20 workloads", n)
+	}
+	noProblems(t, New(setup, WithLogger(quiet)))
+}
+
 func TestReleaseEmptyBlocksAndGC(t *testing.T) {
 	i, ds := newIPAM(t, pool("test", "198.19.0.0/24", 30))
 	ctx := context.Background()
