@@ -62,5 +62,4 @@ func (w *world) assertGone(t testing.TB, id string) {
 var (
 	workloadNS = cnitest.WorkloadNS
 	inNS       = cnitest.InNS
-	closedPort = cnitest.ClosedPort
 )
