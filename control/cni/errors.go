@@ -53,9 +53,10 @@ func cniError(err error) *types.Error {
 }
 
 // transient reports errors that go away by themselves: etcd unreachable, timed out, without a
-// leader, or compare-and-swap contention.
+// leader, compare-and-swap contention, or the agent that served the call stopping (its context
+// cancelled).
 func transient(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ipam.ErrContention) || errors.Is(err, datastore.ErrConflict) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, ipam.ErrContention) || errors.Is(err, datastore.ErrConflict) {
 		return true
 	}
 	var coded interface{ Code() codes.Code } // etcd's rpctypes.EtcdError
