@@ -44,7 +44,7 @@ deps: ## Install missing Debian packages (clang-19, llvm-19, libbpf-dev, bpftool
 generate: deps ## Compile the C programs with the pinned clang and regenerate the Go bindings
 	$(GO) generate ./...
 
-build: ## Build bin/margay-agent, bin/margay-cni and bin/margayctl
+build: ## Build bin/margay-agent, bin/margay-cni, bin/margay-cni-direct and bin/margayctl
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES))
 
