@@ -114,12 +114,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("cni socket: accept: %w", err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer conn.Close()
 			s.serve(ctx, conn)
-		}()
+		})
 	}
 }
 
@@ -166,7 +164,8 @@ func (s *Server) serve(ctx context.Context, conn net.Conn) {
 	}
 }
 
-// answer runs the call, unless its network config is another node's or another etcd's.
+// answer runs the call, or declines it (NotMine) when margay-cni-direct should run it (see
+// Server).
 func (s *Server) answer(ctx context.Context, req *wire.Request) wire.Response {
 	switch req.Command {
 	case "ADD", "DEL", "CHECK", "GC", "STATUS":
@@ -192,7 +191,7 @@ func (s *Server) answer(ctx context.Context, req *wire.Request) wire.Response {
 		}
 	}
 	if conf.NodeName != s.node {
-		return wire.Response{NotMine: fmt.Sprintf("the network config is node %s's, this agent node %s's", conf.NodeName, s.node)}
+		return wire.Response{NotMine: fmt.Sprintf("the network config names node %s, this agent is node %s's", conf.NodeName, s.node)}
 	}
 	if !conf.ds.SameStore(s.store) {
 		return wire.Response{NotMine: fmt.Sprintf("the network config's datastore (%s) is not this agent's (%s)", where(conf.ds), where(s.store))}
