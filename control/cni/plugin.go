@@ -39,8 +39,6 @@ const opTimeout = 60 * time.Second
 
 // Plugin runs CNI commands.
 type Plugin struct {
-	// Hostname names the node when a config sets no nodeName (os.Hostname when nil).
-	Hostname func() (string, error)
 	// Log, when set, is the logger of every command, in place of the one the config's logLevel
 	// and logFile describe (the agent logs CNI commands with its own).
 	Log *slog.Logger
@@ -50,7 +48,7 @@ type Plugin struct {
 	Datastore *datastore.Client
 }
 
-// Run runs one CNI command (wire.Commands), as skel would have dispatched it, and returns what
+// Run runs one CNI command (ADD, DEL, CHECK, GC or STATUS), as skel would have dispatched it, and returns what
 // the plugin prints on success: the result of ADD, nothing for the others. A failure is a
 // *types.Error, printed by the caller as the error result.
 func (p *Plugin) Run(ctx context.Context, cmd string, args *skel.CmdArgs) ([]byte, error) {
@@ -104,11 +102,7 @@ type session struct {
 
 // open parses the config and the arguments, sets up logging and connects to etcd within ctx.
 func (p *Plugin) open(ctx context.Context, cmd string, args *skel.CmdArgs) (*session, error) {
-	hostname := p.Hostname
-	if hostname == nil {
-		hostname = os.Hostname
-	}
-	conf, err := parseConf(args.StdinData, hostname)
+	conf, err := parseConf(args.StdinData, os.Hostname)
 	if err != nil {
 		return nil, err
 	}
