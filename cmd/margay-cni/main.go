@@ -41,10 +41,8 @@ const answerTimeout = 75 * time.Second
 func main() {
 	started := time.Now()
 	var conn net.Conn
-	var conf []byte
 	fwd := func(cmd string) func(*skel.CmdArgs) error { return forward(cmd, &conn, started) }
-	wire.Main(skel.CNIFuncs{Add: fwd("ADD"), Del: fwd("DEL"), Check: fwd("CHECK"), GC: fwd("GC"), Status: fwd("STATUS")}, func(c []byte) {
-		conf = c
+	wire.Main(skel.CNIFuncs{Add: fwd("ADD"), Del: fwd("DEL"), Check: fwd("CHECK"), GC: fwd("GC"), Status: fwd("STATUS")}, func(conf []byte) {
 		if os.Getenv("CNI_COMMAND") == "VERSION" {
 			return // skel answers it
 		}
