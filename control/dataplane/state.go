@@ -65,6 +65,23 @@ type Policy struct {
 	// Failsafe and Timeouts), so Update leaves the policy maps alone and spells out no entries;
 	// 0 says nothing.
 	Compiled uint64
+	// Delta, when set, says how this compilation differs from compilation Delta.Base: an Update
+	// whose last pass applied Base writes and deletes only the entries and policy_ips prefixes of
+	// what changed, instead of spelling out and comparing all of them.
+	Delta *PolicyDelta
+}
+
+// PolicyDelta is what changed between two compilations. The programs and identities that came
+// and went are the differences of Programs and Identities; the entries of every other
+// (program, identity) pair stay the same, except for Identities.
+type PolicyDelta struct {
+	Base uint64
+	// IPs are the policy_ips prefixes whose identity changed, came or went.
+	IPs []netip.Prefix
+	// Identities have new entries under the same number: all of theirs are written again, and
+	// Stale, the keys they had, deleted unless still wanted.
+	Identities map[uint32]bool
+	Stale      []maps.PolicyKey
 }
 
 var caliName = regexp.MustCompile(`^cali[0-9a-f]{11}$`)
