@@ -134,9 +134,11 @@ type desired struct {
 // it resolved with the same record is taken from it: re-creating a veth (CNI DEL and ADD) gives
 // the workload side a new MAC, so a changed interface always comes with a changed record.
 func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
-	d := &desired{uplink: s.Uplink, routes: map[netip.Prefix]maps.Route{}, endpoints: map[uint32]maps.Endpoint{},
-		kernel: map[netip.Prefix]netlink.Route{}, ifaces: map[string]bool{}, present: map[string]netlink.Link{},
-		workloads: map[string]Workload{}, policy: s.Policy}
+	// Sized up front: built again in every pass, the maps would otherwise grow step by step.
+	nw, nr := len(s.Workloads), len(s.Workloads)+len(s.Hosts)+len(s.Blocks)+len(s.Remote)
+	d := &desired{uplink: s.Uplink, routes: make(map[netip.Prefix]maps.Route, nr), endpoints: make(map[uint32]maps.Endpoint, nw),
+		kernel: make(map[netip.Prefix]netlink.Route, nr), ifaces: make(map[string]bool, nw), present: make(map[string]netlink.Link, nw),
+		workloads: make(map[string]Workload, nw), policy: s.Policy}
 	if d.policy.IPs == nil {
 		d.policy.IPs = map[netip.Prefix]uint32{}
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"slices"
 
 	"github.com/margaynet/margay/maps"
@@ -84,17 +83,29 @@ type PolicyDelta struct {
 	Stale      []maps.PolicyKey
 }
 
-var caliName = regexp.MustCompile(`^cali[0-9a-f]{11}$`)
+// isCaliName says whether name is cali + 11 lower-case hex digits (what `^cali[0-9a-f]{11}$`
+// matches, without a regexp: Validate checks every workload in every pass).
+func isCaliName(name string) bool {
+	if len(name) != 15 || name[:4] != "cali" {
+		return false
+	}
+	for i := 4; i < len(name); i++ {
+		if c := name[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // Validate refuses a state the reconciler could only half apply.
 func (s State) Validate() error {
 	if s.Uplink == "" {
 		return fmt.Errorf("validate state: no uplink")
 	}
-	seenIf := map[string]bool{}
-	seenIP := map[netip.Addr]bool{}
+	seenIf := make(map[string]bool, len(s.Workloads))
+	seenIP := make(map[netip.Addr]bool, len(s.Workloads))
 	for _, w := range s.Workloads {
-		if !caliName.MatchString(w.IfName) {
+		if !isCaliName(w.IfName) {
 			return fmt.Errorf("validate state: workload interface %q is not cali + 11 hex digits", w.IfName)
 		}
 		if !w.IPv4.Is4() {
