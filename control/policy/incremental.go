@@ -4,7 +4,6 @@ import (
 	stdmaps "maps"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/margaynet/margay/maps"
 )
@@ -342,14 +341,4 @@ func (c *Compiler) Update(s *Set, changes []Change) (*Result, error) {
 		res.Identities[id] = true
 	}
 	return res, nil
-}
-
-// identityText is the content of an identity, for tests and logs.
-func (c *Compiler) identityText(id uint32) string {
-	var b strings.Builder
-	for _, m := range c.identSet[id] {
-		b.WriteString(c.matchKey(m))
-		b.WriteString(";")
-	}
-	return b.String()
 }
