@@ -92,18 +92,17 @@ type policyEngine struct {
 	last     dataplane.Policy               // the last compiled policy, kept when a compile fails
 	lastEPs  map[netip.Addr]policy.Programs // its programs by workload address
 	rules    atomic.Pointer[map[uint32]policy.RuleRef]
+	rulesGen uint64 // the compiler's RulesGeneration that rules is of
 	m        *policyMetrics
 
 	filled map[string]int64 // the policies (name -> ModRevision) of the last fill
 	status atomic.Pointer[PolicyStatus]
 
-	// The revisions of the policies and workloads the last successful compilation read: a pass
-	// for anything else (BGP routes, blocks, the periodic full pass, a retry) reuses its result,
-	// once stable, instead of compiling the same input again, which costs 100 ms and more at
-	// 1,000 policies and workloads.
-	compiledPolicies, compiledWorkloads map[string]int64
-	compilations                        uint64 // successful ones, numbering dataplane.Policy.Compiled
-	stable                              bool   // compiling that input again gave the same result
+	// set is the policy set of the last compilation: a pass whose policies did not change
+	// compiles only the workloads that changed (policy.Compiler.Update), and a pass where
+	// neither did (BGP routes, blocks, the periodic full pass, a retry) compiles nothing.
+	set          *policy.Set
+	compilations uint64 // successful ones, numbering dataplane.Policy.Compiled
 }
 
 // PolicyStatus is what /policy serves: the policies the dataplane enforces, by the datastore
@@ -147,62 +146,75 @@ func newPolicyEngine(log *slog.Logger, maxRules uint32, failsafe map[maps.Failsa
 }
 
 // fill compiles the policies of v into s: the policy maps and every local workload's programs.
-// A failed compilation keeps the previous policy, and logs why.
+// Only what changed since the last fill is compiled: the workloads put or deleted, or everything
+// when the policies changed. A failed compilation keeps the previous policy, and logs why.
 func (e *policyEngine) fill(v *view, s *dataplane.State) {
-	sameInput := e.compiledPolicies != nil && stdmaps.Equal(e.compiledPolicies, v.revisions[kindPolicies]) &&
-		stdmaps.Equal(e.compiledWorkloads, v.revisions[kindWorkloads])
-	if sameInput && e.stable {
+	policiesChanged := e.set == nil || len(v.changed[kindPolicies]) > 0 || v.changedAll[kindPolicies]
+	allWorkloads := !e.compiler.Incremental() || v.changedAll[kindWorkloads]
+	if !policiesChanged && !allWorkloads && len(v.changed[kindWorkloads]) == 0 && !e.compiler.Pending() {
 		e.complete(s)
 		return
 	}
-	e.compiledPolicies, e.compiledWorkloads = nil, nil
 	start := time.Now()
-	var ps []datastore.Policy
-	for _, name := range sortedKeys(v.policies) {
-		ps = append(ps, v.policies[name])
-	}
-	var all, local []policy.Endpoint
-	for _, key := range sortedKeys(v.workloads) {
-		ep, ok := policy.EndpointOf(v.workloads[key])
-		if !ok {
-			continue
+	set := e.set
+	var err error
+	if policiesChanged {
+		ps := make([]datastore.Policy, 0, len(v.policies))
+		for _, name := range sortedKeys(v.policies) {
+			ps = append(ps, v.policies[name])
 		}
-		all = append(all, ep)
-		if ep.Node == v.node {
-			local = append(local, ep)
-		}
+		set, err = policy.NewSet(ps)
 	}
-	set, err := policy.NewSet(ps)
 	var res *policy.Result
 	if err == nil {
-		res, err = e.compiler.Compile(set, all, local)
+		keys := slices.Sorted(stdmaps.Keys(v.changed[kindWorkloads]))
+		if allWorkloads {
+			keys = sortedKeys(v.workloads)
+		}
+		changes := make([]policy.Change, 0, len(keys))
+		for _, key := range keys {
+			ch := policy.Change{Key: key}
+			if w, ok := v.workloads[key]; ok {
+				if ep, ok := policy.EndpointOf(w); ok {
+					ch.Endpoint, ch.Local = &ep, ep.Node == v.node
+				}
+			}
+			if ch.Endpoint != nil || !allWorkloads {
+				changes = append(changes, ch)
+			}
+		}
+		res, err = e.compiler.Update(set, changes)
 	}
 	e.m.compile.Observe(time.Since(start).Seconds())
 	if err != nil {
+		// The changes stay recorded in v, and the compiler has no base left: the next pass
+		// compiles everything again.
 		e.m.compileErrors.Inc()
 		e.log.Error("policy compilation failed; the previous policy stays in force", "error", err)
-	} else {
-		e.m.policies.Set(float64(set.Len()))
-		// The compiler keeps what the state in the maps still needs until the pass after it
-		// (Retain), so the same input can compile to less the second time: a compilation is
-		// reused once compiling its input again gave the same result.
-		e.stable = sameInput && stdmaps.Equal(res.IPs, e.last.IPs) && stdmaps.Equal(res.Programs, e.last.Programs) &&
-			stdmaps.Equal(res.Identities, e.last.Identities) && stdmaps.Equal(res.Endpoints, e.lastEPs)
-		if !e.stable {
-			e.compilations++
-		}
-		e.last = dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities,
-			Entries: e.compiler.Entries, Compiled: e.compilations}
-		e.lastEPs = res.Endpoints
+		e.complete(s)
+		return
+	}
+	clear(v.changed[kindWorkloads])
+	clear(v.changed[kindPolicies])
+	clear(v.changedAll)
+	e.set = set
+	e.m.policies.Set(float64(set.Len()))
+	e.compilations++
+	var delta *dataplane.PolicyDelta
+	if res.Delta != nil && e.last.Compiled != 0 {
+		delta = &dataplane.PolicyDelta{Base: e.last.Compiled, IPs: res.Delta.IPs, Identities: res.Delta.Identities,
+			Stale: res.Delta.Stale}
+	}
+	e.last = dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities,
+		Entries: e.compiler.Entries, Compiled: e.compilations, Delta: delta}
+	e.lastEPs = res.Endpoints
+	if g := e.compiler.RulesGeneration(); g != e.rulesGen || policiesChanged {
 		rules := e.compiler.Rules()
 		e.rules.Store(&rules)
-		e.compiledPolicies, e.compiledWorkloads = stdmaps.Clone(v.revisions[kindPolicies]), stdmaps.Clone(v.revisions[kindWorkloads])
+		e.rulesGen = g
 	}
-	if err == nil {
-		e.filled = make(map[string]int64, len(v.policies))
-		for name, rev := range v.revisions[kindPolicies] {
-			e.filled[name] = rev
-		}
+	if policiesChanged {
+		e.filled = stdmaps.Clone(v.revisions[kindPolicies])
 	}
 	e.complete(s)
 }
@@ -222,6 +234,11 @@ func (e *policyEngine) complete(s *dataplane.State) {
 // applied tells the engine the maps now hold s's policy and nothing older.
 func (e *policyEngine) applied(s dataplane.State) {
 	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
+	if g := e.compiler.RulesGeneration(); g != e.rulesGen {
+		rules := e.compiler.Rules()
+		e.rules.Store(&rules)
+		e.rulesGen = g
+	}
 	e.status.Store(&PolicyStatus{Policies: e.filled, Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
 		Identities: len(s.Policy.Identities)})
 }

@@ -27,10 +27,14 @@ type view struct {
 	bgpPeers  map[string]datastore.BGPPeer
 	policies  map[string]datastore.Policy
 	revisions map[string]map[string]int64 // kind -> name -> ModRevision, for kinds that ask for it
-	learned   []bgp.Route                 // best paths from the BGP speaker
-	learnedAt time.Time                   // when the oldest learned change not yet programmed arrived
-	bgp       bool                        // remote routes come from BGP, not from the datastore's blocks
-	synced    map[string]bool
+	// changed are the items put or deleted since the policy engine last took them, for the kinds
+	// it follows (workloads, policies); changedAll says a snapshot replaced them all.
+	changed    map[string]map[string]bool
+	changedAll map[string]bool
+	learned    []bgp.Route // best paths from the BGP speaker
+	learnedAt  time.Time   // when the oldest learned change not yet programmed arrived
+	bgp        bool        // remote routes come from BGP, not from the datastore's blocks
+	synced     map[string]bool
 
 	// retained are the remote routes found in the kernel at start, kept (beside what BGP
 	// delivers) until BGP has every peer's table again or the deferral ends; nil after that.
@@ -40,7 +44,24 @@ type view struct {
 func newView(node string, withBGP bool) *view {
 	return &view{node: node, workloads: map[string]datastore.Workload{}, blocks: map[string]datastore.Block{},
 		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, bgpConfig: map[string]datastore.BGPConfig{},
-		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{}, revisions: map[string]map[string]int64{kindPolicies: {}, kindWorkloads: {}}, bgp: withBGP, synced: map[string]bool{}}
+		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{}, revisions: map[string]map[string]int64{kindPolicies: {}, kindWorkloads: {}},
+		changed: map[string]map[string]bool{kindPolicies: {}, kindWorkloads: {}}, changedAll: map[string]bool{},
+		bgp: withBGP, synced: map[string]bool{}}
+}
+
+// touch records that item name of kind was put or deleted.
+func (v *view) touch(kind, name string) {
+	if c := v.changed[kind]; c != nil {
+		c[name] = true
+	}
+}
+
+// touchAll records that a snapshot replaced every item of kind.
+func (v *view) touchAll(kind string) {
+	if c := v.changed[kind]; c != nil {
+		clear(c)
+		v.changedAll[kind] = true
+	}
 }
 
 // state derives what this host should look like. Remote routes come from BGP, or without it from
@@ -203,6 +224,7 @@ func follow[T any](ctx context.Context, w *watchers, kind string, store datastor
 						revs[it.Name] = it.ModRevision
 					}
 				}
+				v.touchAll(kind)
 				v.synced[kind] = true
 			}
 		case datastore.EventPut:
@@ -212,6 +234,7 @@ func follow[T any](ctx context.Context, w *watchers, kind string, store datastor
 				if revs := v.revisions[kind]; revs != nil {
 					revs[it.Name] = it.ModRevision
 				}
+				v.touch(kind, it.Name)
 			}
 		case datastore.EventDelete:
 			name := ev.Name
@@ -224,6 +247,7 @@ func follow[T any](ctx context.Context, w *watchers, kind string, store datastor
 			u = func(v *view) {
 				delete(cache(v), name)
 				delete(v.revisions[kind], name)
+				v.touch(kind, name)
 			}
 		default:
 			return

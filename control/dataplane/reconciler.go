@@ -127,25 +127,32 @@ type desired struct {
 	pending     []string                // the wanted ones that do not exist (yet)
 	policy      Policy
 	entries     map[maps.PolicyKey]maps.PolicyValue // the policy map as this state wants it
+	pentries    *PolicyEntries                      // entries, indexed for the incremental path
 }
 
 // resolve looks up the interfaces of s. With a previous desired state, the interface of a workload
 // it resolved with the same record is taken from it: re-creating a veth (CNI DEL and ADD) gives
 // the workload side a new MAC, so a changed interface always comes with a changed record.
 func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
-	d := &desired{uplink: s.Uplink, routes: map[netip.Prefix]maps.Route{}, endpoints: map[uint32]maps.Endpoint{},
-		kernel: map[netip.Prefix]netlink.Route{}, ifaces: map[string]bool{}, present: map[string]netlink.Link{},
-		workloads: map[string]Workload{}, policy: s.Policy}
+	// Sized up front: built again in every pass, the maps would otherwise grow step by step.
+	nw, nr := len(s.Workloads), len(s.Workloads)+len(s.Hosts)+len(s.Blocks)+len(s.Remote)
+	d := &desired{uplink: s.Uplink, routes: make(map[netip.Prefix]maps.Route, nr), endpoints: make(map[uint32]maps.Endpoint, nw),
+		kernel: make(map[netip.Prefix]netlink.Route, nr), ifaces: make(map[string]bool, nw), present: make(map[string]netlink.Link, nw),
+		workloads: make(map[string]Workload, nw), policy: s.Policy}
 	if d.policy.IPs == nil {
 		d.policy.IPs = map[netip.Prefix]uint32{}
 	}
 	switch {
 	case prev.samePolicy(s.Policy):
-		d.entries = prev.entries // the same compilation: the same entries, which are many
+		d.entries, d.pentries = prev.entries, prev.pentries // the same compilation: the same entries, which are many
+	case prev.deltaApplies(s.Policy):
+		// Update's incremental path changes prev's entries into these.
 	case s.Policy.Entries != nil:
 		d.entries = s.Policy.Entries(s.Policy.Programs, s.Policy.Identities)
+		d.pentries = NewPolicyEntries(d.entries)
 	default:
 		d.entries = map[maps.PolicyKey]maps.PolicyValue{}
+		d.pentries = NewPolicyEntries(d.entries)
 	}
 	for _, h := range s.Hosts {
 		p := netip.PrefixFrom(h, 32)
@@ -209,6 +216,12 @@ func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
 // samePolicy says whether p comes from the compilation d's policy came from.
 func (d *desired) samePolicy(p Policy) bool {
 	return d != nil && p.Compiled != 0 && p.Compiled == d.policy.Compiled && len(p.NewRules) == 0
+}
+
+// deltaApplies says whether p's Delta is based on the compilation d's policy came from, which
+// the maps hold.
+func (d *desired) deltaApplies(p Policy) bool {
+	return d != nil && p.Delta != nil && d.policy.Compiled != 0 && p.Delta.Base == d.policy.Compiled && d.pentries != nil
 }
 
 func (d *desired) link(w Workload) (netlink.Link, bool) {
@@ -325,9 +338,25 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	}
 	// The same compilation as the last pass: the policy maps hold it already.
 	samePolicy := prev.samePolicy(s.Policy)
-	var pol *installed
-	policyChanged := false
-	if !samePolicy {
+	// A compilation that says what changed since the one the maps hold: only that is written.
+	delta := !samePolicy && prev.deltaApplies(s.Policy)
+	var (
+		pol           *installed
+		removal       *PolicyRemoval
+		policyChanged bool
+	)
+	switch {
+	case delta:
+		d.pentries = prev.pentries
+		policyChanged, err = r.resetRules(s.Policy.NewRules)
+		c.note(false, err)
+		var added bool
+		removal, added, err = d.pentries.AddDelta(prev.policy, s.Policy, r.maps.Policy, r.maps.PolicyIPs)
+		c.note(added, err)
+		changed, err := r.syncPolicySettings(s.Policy)
+		c.note(changed, err)
+		policyChanged = policyChanged || added || changed
+	case !samePolicy:
 		pol = prev.installedPolicy()
 		policyChanged, err = r.addPolicy(d, pol)
 		c.note(policyChanged, err)
@@ -341,7 +370,11 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	if policyChanged {
 		c.note(r.bumpGeneration())
 	}
-	if !samePolicy {
+	switch {
+	case delta:
+		c.note(removal.Remove(r.maps.Policy))
+		d.entries = d.pentries.Map()
+	case !samePolicy:
 		c.note(r.removePolicy(d, pol))
 	}
 	var put []maps.Route

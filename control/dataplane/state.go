@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"slices"
 
 	"github.com/margaynet/margay/maps"
@@ -65,19 +64,48 @@ type Policy struct {
 	// Failsafe and Timeouts), so Update leaves the policy maps alone and spells out no entries;
 	// 0 says nothing.
 	Compiled uint64
+	// Delta, when set, says how this compilation differs from compilation Delta.Base: an Update
+	// whose last pass applied Base writes and deletes only the entries and policy_ips prefixes of
+	// what changed, instead of spelling out and comparing all of them.
+	Delta *PolicyDelta
 }
 
-var caliName = regexp.MustCompile(`^cali[0-9a-f]{11}$`)
+// PolicyDelta is what changed between two compilations. The programs and identities that came
+// and went are the differences of Programs and Identities; the entries of every other
+// (program, identity) pair stay the same, except for Identities.
+type PolicyDelta struct {
+	Base uint64
+	// IPs are the policy_ips prefixes whose identity changed, came or went.
+	IPs []netip.Prefix
+	// Identities have new entries under the same number: all of theirs are written again, and
+	// Stale, the keys they had, deleted unless still wanted.
+	Identities map[uint32]bool
+	Stale      []maps.PolicyKey
+}
+
+// isCaliName says whether name is cali + 11 lower-case hex digits (what `^cali[0-9a-f]{11}$`
+// matches, without a regexp: Validate checks every workload in every pass).
+func isCaliName(name string) bool {
+	if len(name) != 15 || name[:4] != "cali" {
+		return false
+	}
+	for i := 4; i < len(name); i++ {
+		if c := name[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // Validate refuses a state the reconciler could only half apply.
 func (s State) Validate() error {
 	if s.Uplink == "" {
 		return fmt.Errorf("validate state: no uplink")
 	}
-	seenIf := map[string]bool{}
-	seenIP := map[netip.Addr]bool{}
+	seenIf := make(map[string]bool, len(s.Workloads))
+	seenIP := make(map[netip.Addr]bool, len(s.Workloads))
 	for _, w := range s.Workloads {
-		if !caliName.MatchString(w.IfName) {
+		if !isCaliName(w.IfName) {
 			return fmt.Errorf("validate state: workload interface %q is not cali + 11 hex digits", w.IfName)
 		}
 		if !w.IPv4.Is4() {

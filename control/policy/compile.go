@@ -44,6 +44,9 @@ type Result struct {
 	// Programs and Identities in use, for Compiler.Entries.
 	Programs   map[uint32]bool
 	Identities map[uint32]bool
+	// Delta is how the result of an Update differs from the previous Update's; nil from
+	// Compile and from an Update without a base.
+	Delta *Delta
 }
 
 // progRule is a rule of a program: its own end decided, its peer reduced to a match id.
@@ -87,8 +90,25 @@ type Compiler struct {
 	maxRules uint32
 	newRules []uint32
 
-	cells map[[2]uint32][]maps.PolicyKey // cache of (program, identity) keys
-	vals  map[[2]uint32][]maps.PolicyValue
+	// cells caches the entries of (program, identity) pairs, by program and identity;
+	// tableRefs counts the cached entries that name each source-port table.
+	cells     map[uint32]map[uint32]*cellEntries
+	tableRefs map[uint32]int
+
+	// Incremental compilation (Update): the state of the last Update, nil after Compile or a
+	// failed Update; the matches Retain forgot since; the identities whose entries changed under
+	// the same number and the entries they had, for the next Result.
+	inc         *incState
+	deadMatches map[uint32]bool
+	dirtyIdents map[uint32]bool
+	stale       map[maps.PolicyKey]bool
+	rulesGen    uint64 // counts changes of the rule ids in use, for Rules' callers
+}
+
+// cellEntries are the policy map entries of one (program, identity) pair.
+type cellEntries struct {
+	keys []maps.PolicyKey
+	vals []maps.PolicyValue
 }
 
 type tableEntry struct {
@@ -103,7 +123,8 @@ func NewCompiler(maxRules uint32) *Compiler {
 		programs: map[uint32]string{}, programOf: map[string]uint32{}, progRules: map[uint32][]progRule{},
 		tables: map[uint32]string{}, tableOf: map[string]uint32{}, tableAt: map[uint32][]tableEntry{},
 		ruleOf: map[string]uint32{}, ruleRefs: map[uint32]RuleRef{}, nextRule: 1, maxRules: maxRules,
-		cells: map[[2]uint32][]maps.PolicyKey{}, vals: map[[2]uint32][]maps.PolicyValue{}}
+		cells: map[uint32]map[uint32]*cellEntries{}, tableRefs: map[uint32]int{},
+		deadMatches: map[uint32]bool{}, dirtyIdents: map[uint32]bool{}, stale: map[maps.PolicyKey]bool{}}
 }
 
 // ErrTooManyRules says the rule_hits array has no room for another rule id.
@@ -157,6 +178,7 @@ func (c *Compiler) ruleID(r *rule) (uint32, error) {
 	c.ruleOf[r.text] = id
 	c.ruleRefs[id] = r.ref
 	c.newRules = append(c.newRules, id)
+	c.rulesGen++
 	return id, nil
 }
 
@@ -173,6 +195,10 @@ func (c *Compiler) Rule(id uint32) (RuleRef, bool) {
 	r, ok := c.ruleRefs[id]
 	return r, ok
 }
+
+// RulesGeneration changes whenever the rule ids in use change: Rules' answer is the same while it
+// stays.
+func (c *Compiler) RulesGeneration() uint64 { return c.rulesGen }
 
 // Rules returns every rule id in use and its rule.
 func (c *Compiler) Rules() map[uint32]RuleRef {
@@ -227,11 +253,8 @@ func (c *Compiler) identity(set []uint32) uint32 {
 			// The same matches under new ids (a policy removed and added again): the content,
 			// and so the id, stays; what the cells were built from does not.
 			c.identSet[id] = set
-			for k := range c.cells {
-				if k[1] == id {
-					delete(c.cells, k)
-					delete(c.vals, k)
-				}
+			for p := range c.cells {
+				c.dropCell(p, id, true)
 			}
 		}
 		return id
@@ -247,7 +270,13 @@ func (c *Compiler) matchKey(id uint32) string { return c.matchByID[id].key() }
 
 // Compile computes the programs of the local workloads and the identities of every address.
 // all holds every workload in the cluster, local the ones on this host.
+//
+// Compile is the reference that Update is held against; it leaves no state for Update.
 func (c *Compiler) Compile(s *Set, all []Endpoint, local []Endpoint) (*Result, error) {
+	c.inc = nil
+	clear(c.deadMatches)
+	clear(c.dirtyIdents)
+	clear(c.stale)
 	res := &Result{IPs: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]Programs{},
 		Programs: map[uint32]bool{}, Identities: map[uint32]bool{}}
 	for i := range local {
@@ -334,14 +363,9 @@ func (c *Compiler) Entries(programs, identities map[uint32]bool) map[maps.Policy
 			if _, ok := c.identSet[ident]; !ok {
 				continue
 			}
-			k := [2]uint32{p, ident}
-			keys, ok := c.cells[k]
-			if !ok {
-				keys, c.vals[k] = c.compileCell(p, ident)
-				c.cells[k] = keys
-			}
-			for i, key := range keys {
-				v := c.vals[k][i]
+			ce := c.cell(p, ident)
+			for i, key := range ce.keys {
+				v := ce.vals[i]
 				out[key] = v
 				if v.Action == maps.ActionSourcePort {
 					tables[v.Rule] = true
@@ -358,6 +382,48 @@ func (c *Compiler) Entries(programs, identities map[uint32]bool) map[maps.Policy
 		}
 	}
 	return out
+}
+
+// cell returns the entries of program p for identity ident, compiled once.
+func (c *Compiler) cell(p, ident uint32) *cellEntries {
+	byIdent := c.cells[p]
+	if byIdent == nil {
+		byIdent = map[uint32]*cellEntries{}
+		c.cells[p] = byIdent
+	}
+	if ce, ok := byIdent[ident]; ok {
+		return ce
+	}
+	ce := &cellEntries{}
+	ce.keys, ce.vals = c.compileCell(p, ident)
+	for _, v := range ce.vals {
+		if v.Action == maps.ActionSourcePort {
+			c.tableRefs[v.Rule]++
+		}
+	}
+	byIdent[ident] = ce
+	return ce
+}
+
+// dropCell forgets the cached entries of (p, ident); with stale, their keys are recorded as
+// possibly left in the maps (the identity's entries change under the same number).
+func (c *Compiler) dropCell(p, ident uint32, stale bool) {
+	ce, ok := c.cells[p][ident]
+	if !ok {
+		return
+	}
+	for i, v := range ce.vals {
+		if v.Action == maps.ActionSourcePort {
+			c.tableRefs[v.Rule]--
+		}
+		if stale {
+			c.stale[ce.keys[i]] = true
+		}
+	}
+	if stale {
+		c.dirtyIdents[ident] = true
+	}
+	delete(c.cells[p], ident)
 }
 
 var defaultDeny = cell{action: maps.ActionDeny}
@@ -568,17 +634,55 @@ func prefixBlocks(lo, hi uint16) []block {
 }
 
 // Retain forgets programs, identities and rules no longer in use, once a Result is applied and
-// nothing older is in the maps. Rule ids of forgotten rules are handed out again later.
+// nothing older is in the maps. Rule ids of forgotten rules are handed out again later. Its cost
+// is in the programs and identities it is given, and in what it forgets.
 func (c *Compiler) Retain(programs, identities map[uint32]bool) {
-	liveRules, liveMatches := map[uint32]bool{}, map[uint32]bool{}
+	var deadPrograms, deadIdents []uint32
 	for p := range c.programs {
 		if !programs[p] {
-			delete(c.programOf, c.programs[p])
-			delete(c.programs, p)
-			delete(c.progRules, p)
-			continue
+			deadPrograms = append(deadPrograms, p)
 		}
-		for _, r := range c.progRules[p] {
+	}
+	for id := range c.identities {
+		if !identities[id] {
+			deadIdents = append(deadIdents, id)
+		}
+	}
+	for _, id := range deadIdents {
+		delete(c.identityOf, c.identities[id])
+		delete(c.identities, id)
+		delete(c.identSet, id)
+		for p := range c.cells {
+			c.dropCell(p, id, false)
+		}
+	}
+	for p := range c.cells {
+		if !programs[p] {
+			for id := range c.cells[p] {
+				c.dropCell(p, id, false)
+			}
+			delete(c.cells, p)
+		}
+	}
+	for t, n := range c.tableRefs {
+		if n <= 0 {
+			delete(c.tableRefs, t)
+			delete(c.tableOf, c.tables[t])
+			delete(c.tables, t)
+			delete(c.tableAt, t)
+		}
+	}
+	if len(deadPrograms) == 0 {
+		return
+	}
+	for _, p := range deadPrograms {
+		delete(c.programOf, c.programs[p])
+		delete(c.programs, p)
+		delete(c.progRules, p)
+	}
+	liveRules, liveMatches := map[uint32]bool{}, map[uint32]bool{}
+	for _, prs := range c.progRules {
+		for _, r := range prs {
 			liveRules[r.id] = true
 			liveMatches[r.match] = true
 		}
@@ -589,43 +693,21 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) {
 		if !liveMatches[id] {
 			delete(c.matches, k)
 			delete(c.matchByID, id)
+			c.deadMatches[id] = true
 		}
 	}
-	for id := range c.identities {
-		if !identities[id] {
-			delete(c.identityOf, c.identities[id])
-			delete(c.identities, id)
-			delete(c.identSet, id)
-		}
-	}
-	for k := range c.cells {
-		if !programs[k[0]] || !identities[k[1]] {
-			delete(c.cells, k)
-			delete(c.vals, k)
-		}
-	}
-	liveTables := map[uint32]bool{}
-	for _, vs := range c.vals {
-		for _, v := range vs {
-			if v.Action == maps.ActionSourcePort {
-				liveTables[v.Rule] = true
-			}
-		}
-	}
-	for t := range c.tables {
-		if !liveTables[t] {
-			delete(c.tableOf, c.tables[t])
-			delete(c.tables, t)
-			delete(c.tableAt, t)
-		}
-	}
+	freed := false
 	for text, id := range c.ruleOf {
 		if !liveRules[id] {
 			delete(c.ruleOf, text)
 			delete(c.ruleRefs, id)
 			c.freeIDs = append(c.freeIDs, id)
+			freed = true
 		}
 	}
-	slices.Sort(c.freeIDs)
-	slices.Reverse(c.freeIDs) // hand out low ids first
+	if freed {
+		c.rulesGen++
+		slices.Sort(c.freeIDs)
+		slices.Reverse(c.freeIDs) // hand out low ids first
+	}
 }
