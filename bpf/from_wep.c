@@ -11,6 +11,8 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	struct flow_ctx fc;
 	struct endpoint *ep;
 	struct route_value *rt;
+	enum reason kernel_reason;
+	bool to_kernel;
 	int verdict;
 	__u32 ifindex = skb->ifindex;
 
@@ -46,27 +48,23 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		*reason = rt ? REASON_PASS_KERNEL : REASON_PASS_NO_ROUTE;
 		verdict = TC_ACT_OK;
 	}
-	if (verdict != TC_ACT_UNSPEC) {
-		enum reason to_kernel = *reason;
-
-		/*
-		 * What goes to the kernel meets the sender's egress policy in nf_policy, after the
-		 * kernel's NAT, as Calico's iptables chains do: a Service's backend, not its address.
-		 * Without that hook, policy is checked here, on the packet as sent.
-		 */
-		if (!nf_policy_on(&fc)) {
-			verdict = tc_policy_forward(skb, &pkt, &fc, reason);
-			if (verdict != TC_ACT_UNSPEC)
-				return verdict;
-			*reason = to_kernel;
-		}
+	/*
+	 * What goes to the kernel meets the sender's egress policy in nf_policy, after the kernel's
+	 * NAT, as Calico's iptables chains do: a Service's backend, not its address. Without that
+	 * hook, policy is checked here, on the packet as sent. What eBPF forwards meets conntrack
+	 * and policy here: the sender's egress policy, and a local receiver's ingress policy.
+	 */
+	to_kernel = verdict != TC_ACT_UNSPEC;
+	if (to_kernel && nf_policy_on(&fc))
 		return TC_ACT_OK;
-	}
-
-	/* Conntrack and policy: the sender's egress policy, and a local receiver's ingress policy. */
+	kernel_reason = *reason;
 	verdict = tc_policy_forward(skb, &pkt, &fc, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
+	if (to_kernel) {
+		*reason = kernel_reason;
+		return TC_ACT_OK;
+	}
 	if (rt->flags & ROUTE_LOCAL_WEP)
 		return redirect_local(skb, &pkt, &fc, reason);
 	return redirect_remote(skb, &pkt, &fc, rt, reason);

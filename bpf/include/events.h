@@ -92,21 +92,17 @@ static __always_inline void event_tuple_ip(struct event *e, struct iphdr *ip, vo
 }
 
 /*
- * Send an event about a packet the program is done with, when its reason or tracing asks for one
- * and the rate limit allows; count it as lost otherwise. Call it after count_packet, with the
- * packet's data as it is now: ip is its IPv4 header, or NULL when it has none.
+ * The out-of-line part of emit_event_ip: rare (drops and tracing only), so it stays out of the
+ * code an ordinary packet runs. hkr packs hook, reason and kind (a subprogram takes 5 arguments).
  */
-static __always_inline void emit_event_ip(struct iphdr *ip, void *data_end, __u32 ifindex, enum hook hook,
-					  enum reason reason, __u64 len)
+static __noinline void emit_event_slow(struct iphdr *ip, void *data_end, __u32 ifindex, __u32 hkr, __u64 len)
 {
-	enum event_kind kind = event_kind_of(reason);
+	enum event_kind kind = (enum event_kind)(hkr >> 16);
 	struct event_state *st;
 	struct event *e;
 	__u32 zero = 0;
 	__u64 now;
 
-	if (!kind)
-		return;
 	st = bpf_map_lookup_elem(&events_state, &zero);
 	if (!st)
 		return;
@@ -120,8 +116,8 @@ static __always_inline void emit_event_ip(struct iphdr *ip, void *data_end, __u3
 	}
 	e->timestamp = now;
 	e->ifindex = ifindex;
-	e->hook = hook;
-	e->reason = reason;
+	e->hook = hkr & 0xff;
+	e->reason = (hkr >> 8) & 0xff;
 	e->len = len;
 	e->kind = kind;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
@@ -134,6 +130,20 @@ static __always_inline void emit_event_ip(struct iphdr *ip, void *data_end, __u3
 		e->flags = 0;
 	}
 	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * Send an event about a packet the program is done with, when its reason or tracing asks for one
+ * and the rate limit allows; count it as lost otherwise. Call it after count_packet, with the
+ * packet's data as it is now: ip is its IPv4 header, or NULL when it has none.
+ */
+static __always_inline void emit_event_ip(struct iphdr *ip, void *data_end, __u32 ifindex, enum hook hook,
+					  enum reason reason, __u64 len)
+{
+	enum event_kind kind = event_kind_of(reason);
+
+	if (kind)
+		emit_event_slow(ip, data_end, ifindex, (__u32)hook | (__u32)reason << 8 | (__u32)kind << 16, len);
 }
 
 /* emit_event_ip for a packet that starts with its Ethernet header (TC and XDP). */

@@ -91,13 +91,19 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct packet *pkt, e
 	}
 }
 
+/* Options are rare: their checksum loop runs out of line, away from every packet's code. */
+static __noinline bool ipv4_csum_ok_options_call(const struct iphdr *ip, const void *data_end)
+{
+	return ipv4_csum_ok_options(ip, data_end);
+}
+
 /*
  * The header checksum, checked before conntrack sees the packet: what ip_rcv() would drop must
  * neither be forwarded nor leave state behind, also when it carries options.
  */
 static __always_inline int tc_checksum(struct __sk_buff *skb, const struct iphdr *ip, enum reason *reason)
 {
-	bool ok = ip->ihl == 5 ? ipv4_csum_ok(ip) : ipv4_csum_ok_options(ip, (void *)(long)skb->data_end);
+	bool ok = ip->ihl == 5 ? ipv4_csum_ok(ip) : ipv4_csum_ok_options_call(ip, (void *)(long)skb->data_end);
 
 	if (!ok) {
 		*reason = REASON_DROP_MALFORMED;

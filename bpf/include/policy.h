@@ -114,7 +114,7 @@ static __always_inline bool ct_key_of(struct ct_key *key, __be32 saddr, __be32 d
  * The embedded packet of an ICMP error: its IPv4 header and the first 8 bytes of its payload, as
  * RFC 792 requires them. Returns false when they are not all there or the header has options.
  */
-static __always_inline bool parse_icmp_inner(void *inner, void *data_end, struct ct_key *key)
+static __noinline bool parse_icmp_inner(void *inner, void *data_end, struct ct_key *key)
 {
 	struct iphdr *ip = inner;
 	__u8 *l4 = (void *)(ip + 1);
@@ -137,6 +137,35 @@ static __always_inline bool parse_icmp_inner(void *inner, void *data_end, struct
 }
 
 /*
+ * Fragments are rare: their two steps run out of line, away from the code an ordinary packet
+ * runs. A later fragment takes the ports its first fragment recorded (none for a protocol
+ * without ports); FLOW_FRAGMENT_UNKNOWN when that one was not seen.
+ */
+static __noinline enum flow_result parse_later_fragment(struct iphdr *ip, struct flow *f)
+{
+	struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol };
+	struct frag_value *fv;
+
+	if (!proto_has_ports(ip->protocol))
+		return FLOW_OK;
+	fv = bpf_map_lookup_elem(&frags, &fk);
+	if (!fv)
+		return FLOW_FRAGMENT_UNKNOWN;
+	f->sport = fv->sport;
+	f->dport = f->policy_port = fv->dport;
+	return FLOW_OK;
+}
+
+/* A first fragment records its ports for the later ones, which carry none. */
+static __noinline void record_first_fragment(struct iphdr *ip, const struct flow *f)
+{
+	struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol };
+	struct frag_value fv = { .sport = f->sport, .dport = f->dport };
+
+	bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+}
+
+/*
  * Fill f from the IPv4 packet at ip. Ports that lie past data_end are taken as 0; the kernel
  * drops such packets at the receiver anyway. Fragments: the first one records its ports for the
  * later ones, which carry none.
@@ -150,19 +179,8 @@ static __always_inline enum flow_result parse_flow(struct iphdr *ip, void *data_
 	f->daddr = ip->daddr;
 	f->protocol = ip->protocol;
 
-	if (ip->frag_off & bpf_htons(IP_OFFSET)) {
-		struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol };
-		struct frag_value *fv;
-
-		if (!proto_has_ports(ip->protocol))
-			return FLOW_OK;
-		fv = bpf_map_lookup_elem(&frags, &fk);
-		if (!fv)
-			return FLOW_FRAGMENT_UNKNOWN;
-		f->sport = fv->sport;
-		f->dport = f->policy_port = fv->dport;
-		return FLOW_OK;
-	}
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return parse_later_fragment(ip, f);
 
 	if (proto_has_ports(ip->protocol)) {
 		if (l4 + 4 > (__u8 *)data_end)
@@ -171,12 +189,8 @@ static __always_inline enum flow_result parse_flow(struct iphdr *ip, void *data_
 		f->dport = f->policy_port = *(__be16 *)(l4 + 2);
 		if (ip->protocol == IPPROTO_TCP && l4 + 14 <= (__u8 *)data_end)
 			f->tcp_flags = l4[13];
-		if (ip->frag_off & bpf_htons(IP_MF)) {
-			struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .protocol = ip->protocol };
-			struct frag_value fv = { .sport = f->sport, .dport = f->dport };
-
-			bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
-		}
+		if (ip->frag_off & bpf_htons(IP_MF))
+			record_first_fragment(ip, f);
 		return FLOW_OK;
 	}
 
@@ -702,6 +716,30 @@ static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
 }
 
 /*
+ * Policy changed since the verdict of fc's live entry: check the flow again, as its initiator
+ * opened it. Out of line: an established flow's packets run it once per policy change.
+ */
+static __noinline void ct_recheck(struct flow_ctx *fc)
+{
+	struct ct_value *ct = fc->ct;
+	const struct ct_key *key = &fc->key;
+	__be32 s, d;
+	__be16 sport;
+	__u32 re, ri;
+
+	if (!ct)
+		return;
+	s = ct->initiator_is_a ? key->addr_a : key->addr_b;
+	d = ct->initiator_is_a ? key->addr_b : key->addr_a;
+	sport = ct->initiator_is_a ? key->port_a : key->port_b;
+	ct->verdict = policy_check(s, d, sport, ct->policy_port, key->protocol, route_lookup(s), route_lookup(d), &re,
+				   &ri);
+	ct->rule_egress = re;
+	ct->rule_ingress = ri;
+	ct->generation = fc->generation;
+}
+
+/*
  * Conntrack and policy for the packet fc was parsed from (flow_parse). Returns TC_ACT_UNSPEC
  * when the packet may go on, or TC_ACT_SHOT with *reason set. *kernel_nat says that the kernel
  * translates the flow, so the packet must stay on the kernel path. A new flow's entry keeps the
@@ -731,20 +769,8 @@ static __always_inline int ct_policy(struct __sk_buff *skb, struct flow_ctx *fc,
 	}
 
 	dir = fc->src_is_a == (bool)ct->initiator_is_a ? 0 : 1;
-	if (ct->generation != generation) {
-		/* Policy changed since the verdict: check the flow again, as its initiator opened it. */
-		const struct ct_key *key = &fc->key;
-		__be32 s = ct->initiator_is_a ? key->addr_a : key->addr_b;
-		__be32 d = ct->initiator_is_a ? key->addr_b : key->addr_a;
-		__be16 sport = ct->initiator_is_a ? key->port_a : key->port_b;
-		__u32 re, ri;
-
-		ct->verdict = policy_check(s, d, sport, ct->policy_port, key->protocol, route_lookup(s), route_lookup(d),
-					   &re, &ri);
-		ct->rule_egress = re;
-		ct->rule_ingress = ri;
-		ct->generation = generation;
-	}
+	if (ct->generation != generation)
+		ct_recheck(fc);
 	if (ct->verdict != CT_VERDICT_ALLOW) {
 		count_rule(ct->rule_egress, len);
 		count_rule(ct->rule_ingress, len);
