@@ -634,9 +634,28 @@ func TestStatus(t *testing.T) {
 // "off": its process start and etcd connection included). ms-p50-main is the part from the
 // plugin's main to the record's write; ms-p50/version is margay-cni answering VERSION, what any
 // call pays to start and end the process.
-func BenchmarkCNIAdd(b *testing.B) {
+func BenchmarkCNIAdd(b *testing.B) { benchCNIAdd(b, 0) }
+
+// BenchmarkCNIAddCluster is BenchmarkCNIAdd in a cluster of 500 other nodes, each with a full
+// block of 64 workloads in etcd: what an ADD pays for the size of the cluster.
+func BenchmarkCNIAddCluster(b *testing.B) { benchCNIAdd(b, 500) }
+
+func benchCNIAdd(b *testing.B, otherNodes int) {
 	const n = 200
 	w := newWorld(b, "198.19.0.0/16")
+	// The other nodes' blocks lie past this host's (198.19.64.0 on), full.
+	for i := range otherNodes {
+		base := netip.AddrFrom4([4]byte{198, 19, byte(64 + i/4), byte(i % 4 * 64)})
+		blk := datastore.Block{Version: datastore.CurrentVersion, CIDR: netip.PrefixFrom(base, 26), Affinity: datastore.AffinityForNode(fmt.Sprint("other-", i))}
+		ip := base
+		for j := range 64 {
+			blk.Allocations = append(blk.Allocations, datastore.Allocation{IP: ip, Handle: fmt.Sprintf("other-%d-%d", i, j)})
+			ip = ip.Next()
+		}
+		if _, err := w.ds.Blocks().Create(b.Context(), datastore.BlockKeyName(blk.CIDR), blk); err != nil {
+			b.Fatal(err)
+		}
+	}
 	w.startAgent(b)
 	paths := make([]string, n)
 	for i := range paths {

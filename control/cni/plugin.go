@@ -46,6 +46,9 @@ type Plugin struct {
 	// the config's datastore settings (the agent's own; see Server, which checks that the two
 	// name the same etcd).
 	Datastore *datastore.Client
+	// Blocks, when set, is a watch-fed copy of Datastore's IPAM blocks that ADD tries the node's
+	// own blocks from before it lists every block (see ipam.Blocks; Server keeps one).
+	Blocks *ipam.Blocks
 }
 
 // Run runs one CNI command (ADD, DEL, CHECK, GC or STATUS), as skel would have dispatched it, and returns what
@@ -93,11 +96,17 @@ func Main() {
 
 // session is what every command needs: the checked config, a logger and a datastore client.
 type session struct {
-	conf  *netConf
-	ws    workload.Spec // for ADD, DEL and CHECK
-	log   *slog.Logger
-	ds    *datastore.Client
-	close func()
+	conf   *netConf
+	ws     workload.Spec // for ADD, DEL and CHECK
+	log    *slog.Logger
+	ds     *datastore.Client
+	blocks *ipam.Blocks // nil unless the agent serves the call
+	close  func()
+}
+
+// ipam returns the session's address manager.
+func (s *session) ipam() *ipam.IPAM {
+	return ipam.New(s.ds, ipam.WithLogger(s.log), ipam.WithBlocks(s.blocks))
 }
 
 // open parses the config and the arguments, sets up logging and connects to etcd within ctx.
@@ -128,7 +137,7 @@ func (p *Plugin) open(ctx context.Context, cmd string, args *skel.CmdArgs) (*ses
 			closeLog()
 			return nil, err
 		}
-		return &session{conf: conf, ws: ws, log: log, ds: p.Datastore, close: closeLog}, nil
+		return &session{conf: conf, ws: ws, log: log, ds: p.Datastore, blocks: p.Blocks, close: closeLog}, nil
 	}
 	ds, err := connect(ctx, conf, log)
 	if err != nil {
@@ -225,7 +234,7 @@ func (p *Plugin) add(ctx context.Context, args *skel.CmdArgs, start time.Time) (
 			return nil, err
 		}
 	}
-	res, err := workload.Add(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws)
+	res, err := workload.Add(ctx, s.ds, s.ipam(), ws)
 	if err != nil {
 		s.log.Error("add failed", "workload", ws.ID, "err", err)
 		if errors.Is(err, ipam.ErrNodeNotRegistered) && s.conf.nodeFromHost {
@@ -237,7 +246,7 @@ func (p *Plugin) add(ctx context.Context, args *skel.CmdArgs, start time.Time) (
 		if err := waitProgrammed(ctx, s.conf.BPFFSRoot, res, s.conf.policyTimeout); err != nil {
 			// Undo the ADD: a failed ADD leaves nothing behind, and the runtime tries again.
 			s.log.Error("agent did not program the workload in time; undoing the ADD", "workload", ws.ID, "err", err)
-			if derr := workload.Del(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws); derr != nil {
+			if derr := workload.Del(ctx, s.ds, s.ipam(), ws); derr != nil {
 				s.log.Error("undo add", "workload", ws.ID, "err", derr)
 			}
 			return nil, types.NewError(types.ErrTryAgainLater, "policy setup timed out", err.Error())
@@ -290,7 +299,7 @@ func (p *Plugin) del(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	defer s.close()
 	ws := s.ws
-	if err := workload.Del(ctx, s.ds, ipam.New(s.ds, ipam.WithLogger(s.log)), ws); err != nil {
+	if err := workload.Del(ctx, s.ds, s.ipam(), ws); err != nil {
 		s.log.Error("delete failed", "workload", ws.ID, "err", err)
 		return cniError(err)
 	}
@@ -355,7 +364,7 @@ func (p *Plugin) gc(ctx context.Context, args *skel.CmdArgs) error {
 		return cniError(err)
 	}
 	keep := s.conf.validAttachments()
-	ipm := ipam.New(s.ds, ipam.WithLogger(s.log))
+	ipm := s.ipam()
 	var errs []error
 	for _, it := range items {
 		w := it.Value

@@ -20,6 +20,7 @@ import (
 
 	"github.com/margaynet/margay/control/cni/wire"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
 )
 
 // maxConcurrent bounds the calls the agent serves at once; more wait for a slot. Runtimes start
@@ -45,7 +46,7 @@ type Server struct {
 // NewServer returns the server of the agent of node, whose etcd client ds was made from store.
 func NewServer(node string, ds *datastore.Client, store datastore.Config, log *slog.Logger) *Server {
 	return &Server{
-		plugin: Plugin{Datastore: ds, Log: log.With("via", "agent")},
+		plugin: Plugin{Datastore: ds, Log: log.With("via", "agent"), Blocks: ipam.NewBlocks()},
 		node:   node,
 		store:  store,
 		slots:  make(chan struct{}, maxConcurrent),
@@ -63,7 +64,7 @@ func NewServer(node string, ds *datastore.Client, store datastore.Config, log *s
 
 // Collectors returns the server's metrics.
 func (s *Server) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.requests, s.seconds}
+	return append([]prometheus.Collector{s.requests, s.seconds}, s.plugin.Blocks.Collectors()...)
 }
 
 // Listen makes the server's socket: an abstract socket for a name starting with "@" (see
@@ -102,6 +103,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
+	// ADD's copy of the IPAM blocks, followed while the server serves (see ipam.Blocks).
+	fctx, unfollow := context.WithCancel(ctx)
+	defer unfollow()
+	wg.Go(func() {
+		if err := s.plugin.Blocks.Follow(fctx, s.plugin.Datastore); err != nil && fctx.Err() == nil {
+			s.plugin.Log.Warn("cni: the copy of the ipam blocks stopped; ADD lists them from etcd", "err", err)
+		}
+	})
 	for {
 		conn, err := ln.Accept()
 		if err != nil {

@@ -46,8 +46,9 @@ const maxAttempts = 100
 
 // IPAM allocates and releases workload addresses. It keeps no state of its own: etcd is the truth.
 type IPAM struct {
-	ds  *datastore.Client
-	log *slog.Logger
+	ds     *datastore.Client
+	log    *slog.Logger
+	blocks *Blocks // nil: every Assign lists the blocks from etcd
 }
 
 // Option configures an IPAM.
@@ -111,7 +112,15 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 		return Assignment{}, fmt.Errorf("assign address: read handle: %w", err)
 	}
 
-	a, err := i.allocate(ctx, req, h)
+	a, done, err := i.fromCopy(ctx, req, h)
+	switch {
+	case done:
+		i.blocks.counted("copy")
+	case err == nil:
+		if a, err = i.allocate(ctx, req, h); err == nil {
+			i.blocks.counted("etcd")
+		}
+	}
 	if err != nil {
 		return Assignment{}, err
 	}
@@ -131,6 +140,26 @@ func (i *IPAM) existing(ctx context.Context, h datastore.Handle) (Assignment, er
 		}
 	}
 	return Assignment{}, fmt.Errorf("assign address: handle %s holds %s, which no block contains", h.ID, ip)
+}
+
+// fromCopy allocates in one of the node's own blocks as the Blocks copy shows them, when there
+// is a synced copy (see Blocks). done is false when it did not allocate, for whatever reason: a
+// stale block lost its transaction, the blocks are full, there is none; allocate then decides
+// from etcd.
+func (i *IPAM) fromCopy(ctx context.Context, req Request, h datastore.Item[datastore.Handle]) (Assignment, bool, error) {
+	if i.blocks == nil {
+		return Assignment{}, false, nil
+	}
+	own, synced := i.blocks.affine(datastore.AffinityForNode(req.Node))
+	if !synced || !anyFree(own) {
+		return Assignment{}, false, nil
+	}
+	pools, err := i.enabledPools(ctx)
+	if err != nil {
+		return Assignment{}, false, err
+	}
+	own = slices.DeleteFunc(own, func(b datastore.Item[datastore.Block]) bool { return !inPools(pools, b.Value.CIDR) })
+	return i.tryBlocks(ctx, own, req, h, false)
 }
 
 // allocate assigns an address to the handle h read before (ModRevision 0: there is none yet).

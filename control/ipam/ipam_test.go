@@ -199,7 +199,14 @@ func TestConcurrentAssignUnique(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for h := range hosts {
 		node := fmt.Sprintf("vm%d", 100+h)
-		i := New(datastoretest.Connect(t, cfg, datastore.WithLogger(quiet)), WithLogger(quiet))
+		hds := datastoretest.Connect(t, cfg, datastore.WithLogger(quiet))
+		i := New(hds, WithLogger(quiet))
+		if h%2 == 0 {
+			// Half the hosts assign from a watch-fed copy of the blocks, as an agent does.
+			blocks := NewBlocks()
+			go func() { _ = blocks.Follow(t.Context(), hds) }()
+			i = New(hds, WithLogger(quiet), WithBlocks(blocks))
+		}
 		for w := range workers {
 			wg.Add(1)
 			go func() {

@@ -99,6 +99,12 @@ func TestGrowAndShrink(t *testing.T) {
 		if v, ok := metricValue(body, `margay_cni_requests_total{command="ADD",outcome="not_mine"}`); ok {
 			t.Errorf("%s's agent declined %v ADD calls", h.Name, v)
 		}
+		// Each ADD's address is counted once, from the agent's copy of the blocks or from etcd.
+		fromCopy, _ := metricValue(body, `margay_ipam_assignments_total{source="copy"}`)
+		fromEtcd, _ := metricValue(body, `margay_ipam_assignments_total{source="etcd"}`)
+		if fromCopy+fromEtcd != want["ADD"] {
+			t.Errorf("%s's agent counted %v addresses from its copy and %v from etcd, want %v in all", h.Name, fromCopy, fromEtcd, want["ADD"])
+		}
 	}
 }
 
