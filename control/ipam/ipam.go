@@ -44,7 +44,8 @@ func (i *IPAM) checkNode(ctx context.Context, node string) error {
 // maxAttempts bounds the compare-and-swap retries of one operation.
 const maxAttempts = 100
 
-// IPAM allocates and releases workload addresses. It keeps no state of its own: etcd is the truth.
+// IPAM allocates and releases workload addresses. It keeps no state of its own: etcd is the truth
+// (a Blocks copy, when given, only spares Assign a list of every block; see WithBlocks).
 type IPAM struct {
 	ds     *datastore.Client
 	log    *slog.Logger
