@@ -206,6 +206,7 @@ func (s *Syncer) reconcileAll(ctx context.Context) error {
 	if queued > 0 {
 		s.log.Info("k8s policy sync: reconcile found policies to write or delete", "count", queued)
 	}
+	s.log.Debug("k8s policy sync: reconciled", "networkPolicies", len(nps), "queued", queued)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,65 @@ func startSyncer(t *testing.T, client kubernetes.Interface, ds *datastore.Client
 	t.Cleanup(stop)
 	return stop
 }
+
+// recorder is a Syncer's logger that also counts the messages it logged, by message and by the
+// NetworkPolicy they name: what a test waits for to know the syncer did something, where the
+// datastore alone cannot show it (nothing changed, as it should not).
+type recorder struct {
+	slog.Handler
+	mu    *sync.Mutex
+	count map[string]int
+}
+
+func newRecorder(t *testing.T) *recorder {
+	return &recorder{Handler: datastoretest.Logger(t).Handler(), mu: &sync.Mutex{}, count: map[string]int{}}
+}
+
+func (r *recorder) Handle(ctx context.Context, rec slog.Record) error {
+	key := rec.Message
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key == "networkPolicy" {
+			key += " " + a.Value.String()
+		}
+		return true
+	})
+	r.mu.Lock()
+	r.count[key]++
+	r.mu.Unlock()
+	return r.Handler.Handle(ctx, rec)
+}
+
+func (r *recorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return &recorder{Handler: r.Handler.WithAttrs(as), mu: r.mu, count: r.count}
+}
+
+func (r *recorder) WithGroup(name string) slog.Handler {
+	return &recorder{Handler: r.Handler.WithGroup(name), mu: r.mu, count: r.count}
+}
+
+// logged returns how often the message was logged (followed by " namespace/name" for one that
+// names a NetworkPolicy).
+func (r *recorder) logged(key string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.count[key]
+}
+
+func (r *recorder) option() SyncerOption { return WithLogger(slog.New(r)) }
+
+// atLeast waits until the message was logged n times more than it had been before.
+func (r *recorder) atLeast(t *testing.T, key string, n int) {
+	t.Helper()
+	from := r.logged(key)
+	eventually(t, fmt.Sprintf("%d more times %q", n, key), func() error {
+		if got := r.logged(key) - from; got < n {
+			return fmt.Errorf("%d times so far", got)
+		}
+		return nil
+	})
+}
+
+const reconciled = "k8s policy sync: reconciled"
 
 // eventually polls cond until it returns nil, failing the test after 10 s with its last error.
 func eventually(t *testing.T, what string, cond func() error) {
@@ -146,7 +206,8 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 	before := stored(t, ds)
 
 	cs := fake.NewClientset(deny, web, named, broken)
-	stop := startSyncer(t, cs, ds, WithResync(100*time.Millisecond))
+	rec := newRecorder(t)
+	stop := startSyncer(t, cs, ds, WithResync(100*time.Millisecond), rec.option())
 	eventually(t, "deny written", wantConverted(t, ds, deny))
 	eventually(t, "stale web rewritten", wantConverted(t, ds, web))
 	eventually(t, "named written without its named port", wantConverted(t, ds, named))
@@ -160,7 +221,7 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 	// Idempotent: several resyncs later nothing was written again, and what is not ours was
 	// never touched.
 	settled := stored(t, ds)
-	time.Sleep(500 * time.Millisecond)
+	rec.atLeast(t, reconciled, 3)
 	if after := stored(t, ds); fmt.Sprint(after) != fmt.Sprint(settled) {
 		t.Errorf("resyncs rewrote policies:\nbefore %v\nafter  %v", settled, after)
 	}
@@ -191,10 +252,19 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 	eventually(t, "deleted NetworkPolicy's policy deleted", wantGone(t, ds, "knp.default.dev.egress"))
 	// A NetworkPolicy turning unconvertible keeps its last good policy.
 	web.Spec.PodSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "x", Operator: "Gt", Values: []string{"1"}}}
+	skipped := "k8s policy sync: skipping NetworkPolicy; a stored policy of it stays as it was prod/web"
+	reported := rec.logged(skipped)
 	if _, err := cs.NetworkingV1().NetworkPolicies("prod").Update(t.Context(), web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The syncer saw the broken version (it says so once), and resynced over it since.
+	eventually(t, "the broken NetworkPolicy reported", func() error {
+		if rec.logged(skipped) == reported {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	rec.atLeast(t, reconciled, 2)
 	web.Spec.PodSelector.MatchExpressions = nil
 	if err := wantConverted(t, ds, web)(); err != nil {
 		t.Errorf("the last good policy of a broken NetworkPolicy: %v", err)
@@ -227,8 +297,9 @@ spec: {podSelector: {}, policyTypes: [Ingress]}`)
 	if err := closed.Close(); err != nil {
 		t.Fatal(err)
 	}
-	stop := startSyncer(t, cs, closed, WithResync(50*time.Millisecond))
-	time.Sleep(500 * time.Millisecond)
+	rec := newRecorder(t)
+	stop := startSyncer(t, cs, closed, WithResync(50*time.Millisecond), rec.option())
+	rec.atLeast(t, "k8s policy sync: full reconcile failed; retrying", 1)
 	stop()
 	ds := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
 	startSyncer(t, cs, ds, WithResync(0))
@@ -243,8 +314,9 @@ func TestSyncersSideBySide(t *testing.T) {
 metadata: {name: deny, namespace: prod}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`)
 	cs := fake.NewClientset(deny)
-	startSyncer(t, cs, ds, WithResync(50*time.Millisecond))
-	startSyncer(t, cs, ds, WithResync(70*time.Millisecond))
+	rec1, rec2 := newRecorder(t), newRecorder(t)
+	startSyncer(t, cs, ds, WithResync(50*time.Millisecond), rec1.option())
+	startSyncer(t, cs, ds, WithResync(70*time.Millisecond), rec2.option())
 	eventually(t, "deny written", wantConverted(t, ds, deny))
 
 	web := np(t, `
@@ -257,7 +329,8 @@ spec:
 	}
 	eventually(t, "web written", wantConverted(t, ds, web))
 	settled := stored(t, ds)
-	time.Sleep(400 * time.Millisecond)
+	rec1.atLeast(t, reconciled, 3)
+	rec2.atLeast(t, reconciled, 3)
 	if after := stored(t, ds); fmt.Sprint(after) != fmt.Sprint(settled) {
 		t.Errorf("policies flapped between two syncers:\nbefore %v\nafter  %v", settled, after)
 	}
