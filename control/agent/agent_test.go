@@ -23,20 +23,13 @@ import (
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually polls cond until it holds, for up to 15 s.
 func eventually(t testing.TB, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within 15s: %v", what, err)
+	poll.Until(t, what, 15*time.Second, cond)
 }
 
 type agentHost struct {

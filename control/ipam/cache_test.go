@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // assigned returns how many assignments the copy counted from source.
@@ -42,19 +44,15 @@ func TestBlocksCopy(t *testing.T) {
 	// The copy shows what etcd holds once its watch delivered it.
 	caughtUp := func(block string, allocations int) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		poll.Until(t, fmt.Sprintf("the copy shows %s with %d allocations", block, allocations), 10*time.Second, func() error {
 			own, synced := live.affine(datastore.AffinityForNode("vm100"))
 			for _, b := range own {
 				if synced && b.Value.CIDR.String() == block && len(b.Value.Allocations) == allocations {
-					return
+					return nil
 				}
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the copy does not show %s with %d allocations: %+v (synced %v)", block, allocations, own, synced)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return fmt.Errorf("it shows %+v (synced %v)", own, synced)
+		})
 	}
 
 	// No block yet: the first address claims one, from etcd.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // startSyncer runs a Syncer until the returned stop is called (or the test ends); stop fails the
@@ -106,20 +107,10 @@ func (r *recorder) atLeast(t *testing.T, key string, n int) {
 
 const reconciled = "k8s policy sync: reconciled"
 
-// eventually polls cond until it returns nil, failing the test after 10 s with its last error.
+// eventually polls cond until it holds, for up to 10 s.
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, what, 10*time.Second, cond)
 }
 
 // stored returns the names of the stored policies with their ModRevisions.

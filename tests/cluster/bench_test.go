@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // BenchmarkBGP10kRoutes measures how long 10,000 prefixes announced by one peer (BIRD) take to
@@ -32,7 +33,7 @@ func BenchmarkBGP10kRoutes(b *testing.B) {
 		b.StartTimer()
 		start := time.Now()
 		startGateway(b, c, conf.String())
-		cluster.Eventually(b, "10k routes programmed", 5*time.Minute, func() error {
+		poll.Until(b, "10k routes programmed", 5*time.Minute, func() error {
 			rs, err := set.Routes.List()
 			if err != nil {
 				return err
@@ -69,7 +70,7 @@ func addGatewayPeer(tb testing.TB, c *cluster.Cluster, h *cluster.Host) {
 	if _, err := c.DS.BGPPeers().Create(tb.Context(), "gw", bgpPeer("198.18.0.1")); err != nil {
 		tb.Fatal(err)
 	}
-	cluster.Eventually(tb, h.Name+" configured the peer", 30*time.Second, func() error {
+	poll.Until(tb, h.Name+" configured the peer", 30*time.Second, func() error {
 		code, body, err := h.Get("/bgp/peers")
 		if err != nil || code != 200 || !strings.Contains(body, "198.18.0.1") {
 			return fmt.Errorf("%d %v %s", code, err, body)

@@ -12,6 +12,7 @@ import (
 	"github.com/margaynet/margay/control/agent"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Three agents in full BGP mesh learn each other's blocks over real sessions and program them;
@@ -25,7 +26,7 @@ func TestBGPMesh(t *testing.T) {
 	}
 	for _, h := range hosts {
 		set := h.Maps(t)
-		cluster.Eventually(t, h.Name+" learned the other blocks", 60*time.Second, func() error {
+		poll.Until(t, h.Name+" learned the other blocks", 60*time.Second, func() error {
 			bs, _, err := c.DS.Blocks().List(t.Context())
 			if err != nil {
 				return err
@@ -55,7 +56,7 @@ func TestBGPMesh(t *testing.T) {
 			}
 			return nil
 		})
-		cluster.Eventually(t, h.Name+" node status", 30*time.Second, func() error {
+		poll.Until(t, h.Name+" node status", 30*time.Second, func() error {
 			code, body, err := h.Get("/bgp/peers")
 			if err != nil || code != 200 {
 				return fmt.Errorf("%d %v %s", code, err, body)
@@ -120,7 +121,7 @@ func TestBGPMesh(t *testing.T) {
 	}
 	for _, h := range hosts[:2] {
 		set := h.Maps(t)
-		cluster.Eventually(t, h.Name+" dropped "+gone.Name+"'s block", 30*time.Second, func() error {
+		poll.Until(t, h.Name+" dropped "+gone.Name+"'s block", 30*time.Second, func() error {
 			if rt, err := set.Routes.Get(goneBlock); err == nil {
 				return fmt.Errorf("still routed: %+v", rt)
 			}
@@ -144,7 +145,7 @@ func TestNodeRouteReflector(t *testing.T) {
 	for _, tc := range []struct{ from, to *cluster.Host }{{a, b}, {b, a}} {
 		set := tc.from.Maps(t)
 		block := blockOf(t, c, tc.to.Name)
-		cluster.Eventually(t, tc.from.Name+" learned "+tc.to.Name+"'s block via the reflector", 30*time.Second, func() error {
+		poll.Until(t, tc.from.Name+" learned "+tc.to.Name+"'s block via the reflector", 30*time.Second, func() error {
 			rt, err := set.Routes.Get(block)
 			if err != nil || rt.NextHop != tc.to.Addr.Addr() {
 				return fmt.Errorf("%+v, %v", rt, err)

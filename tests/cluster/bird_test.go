@@ -13,6 +13,7 @@ import (
 	"github.com/margaynet/margay/tests/bird"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // gatewayConf is BIRD on the segment at 198.18.0.1 peering over iBGP with every node. As a
@@ -49,7 +50,7 @@ func bgpPeer(ip string) datastore.BGPPeer {
 func blockOf(t testing.TB, c *cluster.Cluster, node string) netip.Prefix {
 	t.Helper()
 	var p netip.Prefix
-	cluster.Eventually(t, node+" claimed a block", 20*time.Second, func() error {
+	poll.Until(t, node+" claimed a block", 20*time.Second, func() error {
 		bs, _, err := c.DS.Blocks().List(t.Context())
 		if err != nil {
 			return err
@@ -82,7 +83,7 @@ func TestBIRDGateway(t *testing.T) {
 
 	for _, h := range hosts {
 		block := blockOf(t, c, h.Name)
-		cluster.Eventually(t, "BIRD learned "+h.Name+"'s block", 60*time.Second, func() error {
+		poll.Until(t, "BIRD learned "+h.Name+"'s block", 60*time.Second, func() error {
 			routes, err := gw.Routes()
 			if err != nil {
 				return err
@@ -93,7 +94,7 @@ func TestBIRDGateway(t *testing.T) {
 			return nil
 		})
 		set := h.Maps(t)
-		cluster.Eventually(t, h.Name+" learned the outside network from BIRD", 60*time.Second, func() error {
+		poll.Until(t, h.Name+" learned the outside network from BIRD", 60*time.Second, func() error {
 			rt, err := set.Routes.Get(outside)
 			if err != nil || rt.NextHop != netip.MustParseAddr("198.18.0.1") || rt.Kind() != maps.RemoteBlock {
 				return fmt.Errorf("routes map: %+v, %v", rt, err)
@@ -132,7 +133,7 @@ func TestBIRDRouteReflector(t *testing.T) {
 				continue
 			}
 			block := blockOf(t, c, o.Name)
-			cluster.Eventually(t, h.Name+" learned "+o.Name+"'s block through the reflector", 60*time.Second, func() error {
+			poll.Until(t, h.Name+" learned "+o.Name+"'s block through the reflector", 60*time.Second, func() error {
 				rt, err := set.Routes.Get(block)
 				if err != nil || rt.NextHop != o.Addr.Addr() {
 					return fmt.Errorf("routes map: %+v, %v", rt, err)
@@ -186,7 +187,7 @@ func TestBIRDPassword(t *testing.T) {
 			return nil
 		}
 	}
-	cluster.Eventually(t, "session up with the matching secret, block learned", 60*time.Second, learned(true))
+	poll.Until(t, "session up with the matching secret, block learned", 60*time.Second, learned(true))
 	// Either side may have dialled: the agent's listener must hold the key too, or BIRD's own
 	// attempts would never be answered (as with Go's default Multipath TCP listener).
 	if out, err := h.NS.Run("ss", "-tlnie", "sport", "= :179"); err != nil || !strings.Contains(out, "md5keys:198.18.0.1/32") {
@@ -205,7 +206,7 @@ func TestBIRDPassword(t *testing.T) {
 		}
 	}
 	setPassword(wrong)
-	cluster.Eventually(t, "session down with a wrong secret", 30*time.Second, learned(false))
+	poll.Until(t, "session down with a wrong secret", 30*time.Second, learned(false))
 	// It stays down while the agent keeps dialling: BIRD's kernel drops each SYN for its key.
 	failures := func() uint64 {
 		n, err := gw.NS().NetStat("netstat", "TcpExt", "TCPMD5Failure")
@@ -215,7 +216,7 @@ func TestBIRDPassword(t *testing.T) {
 		return n
 	}
 	before := failures()
-	cluster.Eventually(t, "the agent's signed SYNs rejected", 30*time.Second, func() error {
+	poll.Until(t, "the agent's signed SYNs rejected", 30*time.Second, func() error {
 		if n := failures(); n < before+2 {
 			return fmt.Errorf("TCPMD5Failure %d, want ≥ %d", n, before+2)
 		}
@@ -223,7 +224,7 @@ func TestBIRDPassword(t *testing.T) {
 	})
 
 	setPassword(secret)
-	cluster.Eventually(t, "session back with the corrected secret", 60*time.Second, learned(true))
+	poll.Until(t, "session back with the corrected secret", 60*time.Second, learned(true))
 
 	// The operator's views never show the secret.
 	ctl := filepath.Join(cluster.Binaries(t), "margayctl")

@@ -24,6 +24,7 @@ import (
 	"github.com/margaynet/margay/control/datastore/etcdembed"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 var (
@@ -308,23 +309,9 @@ func (h *Host) GetWithin(path string, timeout time.Duration) (int, string, error
 func (h *Host) Maps(tb testing.TB) *maps.Set {
 	tb.Helper()
 	var set *maps.Set
-	Eventually(tb, h.Name+" pinned its maps", 20*time.Second, func() (err error) { set, err = maps.OpenPinned(h.Root); return err })
+	poll.Until(tb, h.Name+" pinned its maps", 20*time.Second, func() (err error) { set, err = maps.OpenPinned(h.Root); return err })
 	tb.Cleanup(func() { set.Close() })
 	return set
-}
-
-// Eventually polls cond until it holds or the time is up.
-func Eventually(tb testing.TB, what string, within time.Duration, cond func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(within)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	tb.Fatalf("%s: not within %s: %v", what, within, err)
 }
 
 // Attach puts a namespace on the segment with an interface ifname at addr, e.g. a gateway router.
@@ -373,7 +360,7 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 func (w *Workload) WaitProgrammed(tb testing.TB) {
 	tb.Helper()
 	set := w.Host.Maps(tb)
-	Eventually(tb, fmt.Sprintf("%s programmed on %s", w.Name, w.Host.Name), 30*time.Second, func() error {
+	poll.Until(tb, fmt.Sprintf("%s programmed on %s", w.Name, w.Host.Name), 30*time.Second, func() error {
 		eps, err := set.Endpoints.List()
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"github.com/margaynet/margay/tests/bird"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // grBGP are short BGP timers for the restart tests; the restart time is the agent's default, the
@@ -113,7 +114,7 @@ func pingsFlow(t *testing.T, dst netip.Addr, from map[string]*netns.NS) map[stri
 	pings := map[string]*netns.Ping{}
 	for name, ns := range from {
 		p := netns.StartPing(t, ns, dst, 10*time.Millisecond)
-		cluster.Eventually(t, name+" pings answered", 20*time.Second, func() error {
+		poll.Until(t, name+" pings answered", 20*time.Second, func() error {
 			if n := p.Received(); n < 10 {
 				return fmt.Errorf("%d replies", n)
 			}
@@ -130,7 +131,7 @@ func stopPings(t *testing.T, what string, pings map[string]*netns.Ping) {
 	t.Helper()
 	for name, p := range pings {
 		n := p.Received()
-		cluster.Eventually(t, name+" pings after "+what, 10*time.Second, func() error {
+		poll.Until(t, name+" pings after "+what, 10*time.Second, func() error {
 			if got := p.Received(); got < n+50 {
 				return fmt.Errorf("%d replies, want %d", got, n+50)
 			}
@@ -151,7 +152,7 @@ func restartNoLoss(t *testing.T, h *cluster.Host, k restartKind, dst netip.Addr,
 	pings := pingsFlow(t, dst, from)
 	start := time.Now()
 	k.restart(h)
-	cluster.Eventually(t, k.name+": sessions back", 30*time.Second, back)
+	poll.Until(t, k.name+": sessions back", 30*time.Second, back)
 	t.Logf("%s of %s: sessions Established again %s after the stop", k.name, h.Name, time.Since(start).Round(10*time.Millisecond))
 	stopPings(t, k.name, pings)
 }
@@ -191,7 +192,7 @@ func TestGracefulRestartNoLoss(t *testing.T) {
 	w1, w2 := twoWorkloads(t, c, h, peer)
 	block := blockOf(t, c, h.Name)
 	peerSet := peer.Maps(t)
-	cluster.Eventually(t, "BIRD and vm101 learned vm100's block", 60*time.Second, func() error {
+	poll.Until(t, "BIRD and vm101 learned vm100's block", 60*time.Second, func() error {
 		routes, err := gw.Routes()
 		if err != nil {
 			return err
@@ -240,7 +241,7 @@ func TestGracefulRestartNoLoss(t *testing.T) {
 		t.Fatalf("node delete: %v\n%s", err, out)
 	}
 	deleted := time.Now()
-	cluster.Eventually(t, "vm100's block withdrawn at vm101", grHold+2*time.Second, func() error {
+	poll.Until(t, "vm100's block withdrawn at vm101", grHold+2*time.Second, func() error {
 		if _, err := peerSet.Routes.Get(block); err == nil {
 			return fmt.Errorf("%v still in vm101's routes map", block)
 		}
@@ -250,7 +251,7 @@ func TestGracefulRestartNoLoss(t *testing.T) {
 		return nil
 	})
 	atPeer := time.Since(deleted)
-	cluster.Eventually(t, "vm100's block withdrawn at BIRD", grHold+2*time.Second-atPeer, func() error {
+	poll.Until(t, "vm100's block withdrawn at BIRD", grHold+2*time.Second-atPeer, func() error {
 		routes, err := gw.Routes()
 		if err != nil {
 			return err
@@ -280,7 +281,7 @@ func TestGracefulRestartReflector(t *testing.T) {
 	w1, w2 := twoWorkloads(t, c, h, other)
 	block := blockOf(t, c, h.Name)
 	otherSet := other.Maps(t)
-	cluster.Eventually(t, "vm102 learned vm101's block through the reflector", 60*time.Second, func() error {
+	poll.Until(t, "vm102 learned vm101's block through the reflector", 60*time.Second, func() error {
 		return routed(otherSet, block, h.Addr.Addr())
 	})
 	for _, k := range kinds {
@@ -329,7 +330,7 @@ func TestGracefulRestartBIRDReflector(t *testing.T) {
 	w1, w2 := twoWorkloads(t, c, h, other)
 	block := blockOf(t, c, h.Name)
 	otherSet := other.Maps(t)
-	cluster.Eventually(t, "vm102 learned vm101's block through BIRD", 60*time.Second, func() error {
+	poll.Until(t, "vm102 learned vm101's block through BIRD", 60*time.Second, func() error {
 		return routed(otherSet, block, h.Addr.Addr())
 	})
 	for _, k := range kinds {

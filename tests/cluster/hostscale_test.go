@@ -19,6 +19,7 @@ import (
 	"github.com/margaynet/margay/tests/benchrules"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // BenchmarkHostWorkloads is issue 18's busy host: one agent with BENCH_HOST_WORKLOADS (default
@@ -76,7 +77,7 @@ func hostWorkloads(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 	}
-	cluster.Eventually(b, "every workload programmed and every policy compiled", 5*time.Minute, func() error {
+	poll.Until(b, "every workload programmed and every policy compiled", 5*time.Minute, func() error {
 		eps, err := set.Endpoints.List()
 		if err != nil {
 			return err
@@ -197,7 +198,7 @@ func eventToMap(b *testing.B, c *cluster.Cluster, h *cluster.Host, set *maps.Set
 		}
 		adds = append(adds, wait(w.rec.ID+" in the map", start, func() bool { _, err := set.Endpoints.Get(w.index); return err == nil }))
 		// The agent finishes the workload (programs attached) before the next event.
-		cluster.Eventually(b, w.rec.ID+" attached", time.Minute, func() error {
+		poll.Until(b, w.rec.ID+" attached", time.Minute, func() error {
 			_, err := os.Stat(filepath.Join(h.Root, "links", w.rec.IfName+"_to_wep"))
 			return err
 		})
@@ -208,7 +209,7 @@ func eventToMap(b *testing.B, c *cluster.Cluster, h *cluster.Host, set *maps.Set
 			b.Fatal(err)
 		}
 		dels = append(dels, wait(w.rec.ID+" out of the map", start, func() bool { _, err := set.Endpoints.Get(w.index); return err != nil }))
-		cluster.Eventually(b, w.rec.ID+" detached", time.Minute, func() error {
+		poll.Until(b, w.rec.ID+" detached", time.Minute, func() error {
 			if _, err := os.Stat(filepath.Join(h.Root, "links", w.rec.IfName+"_to_wep")); err == nil {
 				return fmt.Errorf("still attached")
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 func pingOK(from, to *cluster.Workload) func() error {
@@ -31,7 +32,7 @@ func TestGrowAndShrink(t *testing.T) {
 	h2 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
 	h3 := c.AddHost("vm102", "198.18.0.102/24", "--bgp")
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
-	cluster.Eventually(t, "a ↔ b", 30*time.Second, pingOK(a, b))
+	poll.Until(t, "a ↔ b", 30*time.Second, pingOK(a, b))
 
 	// A workload on vm102 and then a fourth host, with a workload of its own, join later.
 	e := c.AddWorkload(h3, "e")
@@ -41,7 +42,7 @@ func TestGrowAndShrink(t *testing.T) {
 	for _, from := range all {
 		for _, to := range all {
 			if from != to {
-				cluster.Eventually(t, "after vm103 joined", 60*time.Second, pingOK(from, to))
+				poll.Until(t, "after vm103 joined", 60*time.Second, pingOK(from, to))
 			}
 		}
 	}
@@ -56,7 +57,7 @@ func TestGrowAndShrink(t *testing.T) {
 	if err := b.Del(); err != nil {
 		t.Fatal(err)
 	}
-	cluster.Eventually(t, "b gone from vm101's dataplane", 30*time.Second, func() error {
+	poll.Until(t, "b gone from vm101's dataplane", 30*time.Second, func() error {
 		if _, err := set.Routes.Get(ip); !errors.Is(err, maps.ErrNotFound) {
 			return fmt.Errorf("routes map still has %v: %v", ip, err)
 		}
@@ -120,7 +121,7 @@ func TestMTU(t *testing.T) {
 	}
 	c.SetSegmentMTU(t, 1400)
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
-	cluster.Eventually(t, "a → b", 30*time.Second, pingOK(a, b))
+	poll.Until(t, "a → b", 30*time.Second, pingOK(a, b))
 
 	// 1372 bytes of ICMP data + 8 + 20 = 1400: exactly the uplink MTU, DF set.
 	if out, err := a.NS.Run("ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1372", b.IP.String()); err != nil {

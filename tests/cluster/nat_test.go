@@ -16,6 +16,7 @@ import (
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/kubeproxy"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Service addresses of the kube-proxy-style rules: outside the pool and the hosts' segment, in the
@@ -188,7 +189,7 @@ func TestKernelNATServices(t *testing.T) {
 	// the mesh is up the gateway carries pod traffic (the hosts' default route), past the eBPF
 	// path the cases count.
 	blocks := map[string]netip.Prefix{"vm100": blockOf(t, c, "vm100"), "vm101": blockOf(t, c, "vm101")}
-	cluster.Eventually(t, "the outside network from BIRD and the other host's block over the mesh", 60*time.Second, func() error {
+	poll.Until(t, "the outside network from BIRD and the other host's block over the mesh", 60*time.Second, func() error {
 		for name, set := range sets {
 			if rt, err := set.Routes.Get(outside); err != nil || rt.Kind() != maps.RemoteBlock {
 				return fmt.Errorf("%s: %+v, %v", name, rt, err)
@@ -260,7 +261,7 @@ func TestKernelNATServices(t *testing.T) {
 					before[name] = pathCounts(t, set)
 				}
 				// The first try may race BGP carrying the blocks.
-				cluster.Eventually(t, fmt.Sprintf("%s %s", proto, tc.to), 30*time.Second, func() error {
+				poll.Until(t, fmt.Sprintf("%s %s", proto, tc.to), 30*time.Second, func() error {
 					saw, err := askWho(tc.from, proto, tc.to)
 					if err != nil {
 						return err

@@ -18,6 +18,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // etcdOutage is how long TestEtcdOutage keeps etcd down (issue 9). MARGAY_OUTAGE_SECONDS shortens
@@ -69,7 +70,7 @@ func TestEtcdOutage(t *testing.T) {
 		return p
 	}
 	waitEnforced(t, hosts, putPolicies(t, c.DS, nil, []datastore.Policy{server(8080, 8081)}), 30*time.Second)
-	cluster.Eventually(t, "a reaches b", 30*time.Second, func() error { return pingProbe(a, b, 1) })
+	poll.Until(t, "a reaches b", 30*time.Second, func() error { return pingProbe(a, b, 1) })
 
 	// Traffic across the outage: pings every 200 ms (a count that outlasts the outage and the
 	// checks after it, so that ping ends by itself and counts every reply), one TCP connection
@@ -118,7 +119,7 @@ func TestEtcdOutage(t *testing.T) {
 	t.Cleanup(stopTraffic)
 	progress := func(what string) {
 		r, n := rounds.Load(), conns.Load()
-		cluster.Eventually(t, "traffic "+what, 30*time.Second, func() error {
+		poll.Until(t, "traffic "+what, 30*time.Second, func() error {
 			if rounds.Load() < r+10 || conns.Load() < n+2 {
 				return fmt.Errorf("%d rounds, %d connections", rounds.Load()-r, conns.Load()-n)
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/policy"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // ---------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ type policyStatus struct {
 func waitEnforced(t *testing.T, hosts []*cluster.Host, want map[string]int64, within time.Duration) {
 	t.Helper()
 	for _, h := range hosts {
-		cluster.Eventually(t, h.Name+" enforces the policies written", within, func() error {
+		poll.Until(t, h.Name+" enforces the policies written", within, func() error {
 			code, body, err := h.Get("/policy")
 			if err != nil {
 				return err
@@ -557,7 +558,7 @@ func TestPolicyMatrix(t *testing.T) {
 	for _, from := range wls {
 		for _, to := range wls {
 			if from != to {
-				cluster.Eventually(t, fmt.Sprintf("baseline ping %s → %s", from.Name, to.Name), 60*time.Second, pingOK(from, to))
+				poll.Until(t, fmt.Sprintf("baseline ping %s → %s", from.Name, to.Name), 60*time.Second, pingOK(from, to))
 			}
 		}
 	}
@@ -693,10 +694,10 @@ func TestConntrackReplies(t *testing.T) {
 	setWorkloadLabels(t, c.DS, b, "prod", map[string]string{"app": "web"})
 	echoServers(t, a, []uint16{80}, nil)
 	echoServers(t, b, []uint16{80, 8080}, nil)
-	cluster.Eventually(t, "a → b", 60*time.Second, pingOK(a, b))
+	poll.Until(t, "a → b", 60*time.Second, pingOK(a, b))
 	// Without policy both directions work.
-	cluster.Eventually(t, "baseline b → a:80", 20*time.Second, func() error { return tcpProbe(b, a, 0, 80, 2*time.Second) })
-	cluster.Eventually(t, "baseline a → b:80", 20*time.Second, func() error { return tcpProbe(a, b, 0, 80, 2*time.Second) })
+	poll.Until(t, "baseline b → a:80", 20*time.Second, func() error { return tcpProbe(b, a, 0, 80, 2*time.Second) })
+	poll.Until(t, "baseline a → b:80", 20*time.Second, func() error { return tcpProbe(a, b, 0, 80, 2*time.Second) })
 
 	tcp := datastore.Protocol(6)
 	ps := []datastore.Policy{
@@ -745,7 +746,7 @@ func TestPolicyCutsEstablished(t *testing.T) {
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 	setWorkloadLabels(t, c.DS, a, "prod", map[string]string{"app": "client"})
 	setWorkloadLabels(t, c.DS, b, "prod", map[string]string{"app": "web"})
-	cluster.Eventually(t, "a → b", 60*time.Second, pingOK(a, b))
+	poll.Until(t, "a → b", 60*time.Second, pingOK(a, b))
 
 	// B reads a stream on port 80 and notes when the last byte came.
 	var ln *net.TCPListener
@@ -809,7 +810,7 @@ func TestPolicyCutsEstablished(t *testing.T) {
 		}
 	}()
 	defer func() { close(stop); <-writerDone }()
-	cluster.Eventually(t, "the stream flows", 10*time.Second, func() error {
+	poll.Until(t, "the stream flows", 10*time.Second, func() error {
 		if n := received.Load(); n < 100<<10 || time.Since(time.Unix(0, lastRecv.Load())) > 200*time.Millisecond {
 			return fmt.Errorf("%d bytes received, the last %v ago", n, time.Since(time.Unix(0, lastRecv.Load())))
 		}
@@ -847,7 +848,7 @@ func TestPolicyCutsEstablished(t *testing.T) {
 	}
 	waitEnforced(t, hosts, map[string]int64{}, 30*time.Second)
 	echoServers(t, b, []uint16{8080}, nil)
-	cluster.Eventually(t, "a → b:8080 after the policy went", 10*time.Second, func() error { return tcpProbe(a, b, 0, 8080, 2*time.Second) })
+	poll.Until(t, "a → b:8080 after the policy went", 10*time.Second, func() error { return tcpProbe(a, b, 0, 8080, 2*time.Second) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -861,8 +862,8 @@ func TestConntrackExpiry(t *testing.T) {
 	h2 := c.AddHost("vm101", "198.18.0.101/24", flags...)
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 	echoServers(t, b, nil, []uint16{5353})
-	cluster.Eventually(t, "a → b", 60*time.Second, pingOK(a, b))
-	cluster.Eventually(t, "udp a → b", 10*time.Second, func() error { return udpProbe(a, b, 0, 5353, time.Second, 200*time.Millisecond) })
+	poll.Until(t, "a → b", 60*time.Second, pingOK(a, b))
+	poll.Until(t, "udp a → b", 10*time.Second, func() error { return udpProbe(a, b, 0, 5353, time.Second, 200*time.Millisecond) })
 	set := h1.Maps(t)
 
 	ours := func(f policyFlow) bool {
@@ -883,7 +884,7 @@ func TestConntrackExpiry(t *testing.T) {
 		return out, nil
 	}
 	// The warm-up's entries go first, so that what follows counts only the exchange below.
-	cluster.Eventually(t, "warm-up entries expired", 15*time.Second, func() error {
+	poll.Until(t, "warm-up entries expired", 15*time.Second, func() error {
 		fs, err := between()
 		if err != nil || len(fs) > 0 {
 			return fmt.Errorf("entries %v, %v", fs, err)
@@ -922,7 +923,7 @@ func TestConntrackExpiry(t *testing.T) {
 	if !hasUDP || !hasICMP {
 		t.Fatalf("right after the exchange vm100's conntrack holds %v: want the UDP flow from port %d and the ping", fs, sport)
 	}
-	cluster.Eventually(t, "the idle entries swept", 6*time.Second, func() error {
+	poll.Until(t, "the idle entries swept", 6*time.Second, func() error {
 		fs, err := between()
 		if err != nil || len(fs) > 0 {
 			return fmt.Errorf("entries %v, %v", fs, err)
@@ -934,7 +935,7 @@ func TestConntrackExpiry(t *testing.T) {
 	if gone > 5*time.Second {
 		t.Errorf("entries swept %v after the last packet; want within 5s (timeouts 2s, sweep every 500ms)", gone)
 	}
-	cluster.Eventually(t, "margay_conntrack_expired_total counts them", 5*time.Second, func() error {
+	poll.Until(t, "margay_conntrack_expired_total counts them", 5*time.Second, func() error {
 		if v := metric(); v < expired0+2 {
 			return fmt.Errorf("margay_conntrack_expired_total %v, was %v before: want 2 more", v, expired0)
 		}
@@ -965,7 +966,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	h1 := c.AddHost("vm100", "198.18.0.100/24", "--bgp")
 	h2 := c.AddHost("vm101", "198.18.0.101/24", "--bgp")
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
-	cluster.Eventually(t, "a → b", 60*time.Second, pingOK(a, b))
+	poll.Until(t, "a → b", 60*time.Second, pingOK(a, b))
 
 	// B counts datagrams by source address.
 	var srv *net.UDPConn
@@ -1036,7 +1037,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		}
 	}
 	// Control: from its own address the datagrams arrive.
-	cluster.Eventually(t, "datagrams from a's own address arrive", 10*time.Second, func() error {
+	poll.Until(t, "datagrams from a's own address arrive", 10*time.Second, func() error {
 		send(a.IP, 1)
 		time.Sleep(100 * time.Millisecond)
 		if got(a.IP) == 0 {

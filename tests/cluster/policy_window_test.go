@@ -14,6 +14,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // TestPolicyChangesOpenNoWindow rewrites, forty times, policies that all mean the same for two
@@ -32,7 +33,7 @@ func TestPolicyChangesOpenNoWindow(t *testing.T) {
 	setWorkloadLabels(t, c.DS, a, "", map[string]string{"app": "client"})
 	setWorkloadLabels(t, c.DS, cc, "", map[string]string{"app": "other"})
 	setWorkloadLabels(t, c.DS, b, "", map[string]string{"app": "server"})
-	cluster.Eventually(t, "a reaches b over BGP routes", 30*time.Second, func() error {
+	poll.Until(t, "a reaches b over BGP routes", 30*time.Second, func() error {
 		_, err := a.NS.Run("ping", "-c", "1", "-W", "1", b.IP.String())
 		return err
 	})
@@ -86,7 +87,7 @@ func TestPolicyChangesOpenNoWindow(t *testing.T) {
 	// progress waits until both flows were exercised under the policies now in force.
 	progress := func() {
 		r, p := rounds.Load(), probes.Load()
-		cluster.Eventually(t, "traffic under the new policies", 30*time.Second, func() error {
+		poll.Until(t, "traffic under the new policies", 30*time.Second, func() error {
 			if rounds.Load() < r+3 || probes.Load() < p+1 {
 				return fmt.Errorf("%d rounds, %d probes since the change", rounds.Load()-r, probes.Load()-p)
 			}

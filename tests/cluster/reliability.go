@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Kill ends the host's agent with SIGKILL, as a crash or an OOM kill would: no cleanup, no BGP
@@ -43,7 +44,7 @@ func (c *Cluster) StartWorkloadTimeout(h *Host, name, policySetupTimeout string)
 	tb := c.tb
 	tb.Helper()
 	// IPAM serves registered nodes only, and a host's agent registers its node when it starts.
-	Eventually(tb, h.Name+" registered", 30*time.Second, func() error {
+	poll.Until(tb, h.Name+" registered", 30*time.Second, func() error {
 		_, err := c.DS.Nodes().Get(context.Background(), h.Name)
 		return err
 	})

@@ -19,6 +19,7 @@ import (
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Reliability (issue 9): what an agent crash, an upgrade, hand-made changes and containers that
@@ -89,7 +90,7 @@ func pingOnce(from, to *cluster.Workload) error {
 func waitReady(t *testing.T, h *cluster.Host, since time.Time) time.Duration {
 	t.Helper()
 	var took time.Duration
-	cluster.Eventually(t, h.Name+" ready", 60*time.Second, func() error {
+	poll.Until(t, h.Name+" ready", 60*time.Second, func() error {
 		if err := h.Alive(); err != nil {
 			t.Fatalf("%s's agent: %v", h.Name, err)
 		}
@@ -108,7 +109,7 @@ func waitReady(t *testing.T, h *cluster.Host, since time.Time) time.Duration {
 func waitConverged(t *testing.T, h *cluster.Host, since time.Time) time.Duration {
 	t.Helper()
 	var took time.Duration
-	cluster.Eventually(t, h.Name+" BGP converged", 60*time.Second, func() error {
+	poll.Until(t, h.Name+" BGP converged", 60*time.Second, func() error {
 		code, body, err := h.Get("/bgp/peers")
 		if err != nil || code != 200 || !strings.Contains(body, `"state":"Established"`) || strings.Contains(body, `"state":"Active"`) ||
 			strings.Contains(body, `"state":"Idle"`) {
@@ -132,7 +133,7 @@ func waitConverged(t *testing.T, h *cluster.Host, since time.Time) time.Duration
 func progress(t *testing.T, what string, s *netns.Stream, bytes int64, p *netns.Probe, echoes int) {
 	t.Helper()
 	b0, e0 := s.Received(), p.Received()
-	cluster.Eventually(t, what, 30*time.Second, func() error {
+	poll.Until(t, what, 30*time.Second, func() error {
 		if db, de := s.Received()-b0, p.Received()-e0; db < bytes || de < echoes {
 			return fmt.Errorf("%d bytes and %d echoes so far", db, de)
 		}
@@ -152,7 +153,7 @@ func TestAgentKillRestart(t *testing.T) {
 	a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 	a.WaitProgrammed(t)
 	b.WaitProgrammed(t)
-	cluster.Eventually(t, "ping a → b", 30*time.Second, func() error { return pingOnce(a, b) })
+	poll.Until(t, "ping a → b", 30*time.Second, func() error { return pingOnce(a, b) })
 
 	probe := netns.StartProbe(t, a.NS, a.IP, b.NS, b.IP, probeInterval)
 	stream := netns.StartStream(t, a.NS, a.IP, b.NS, b.IP, 16<<10, 10*time.Millisecond)
@@ -177,7 +178,7 @@ func TestAgentKillRestart(t *testing.T) {
 	converged := waitConverged(t, h1, started)
 	atReady := stream.Received()
 	progress(t, "traffic after the restart", stream, 256<<10, probe, 100)
-	cluster.Eventually(t, "ping late → b", 30*time.Second, func() error { return pingOnce(lw, b) })
+	poll.Until(t, "ping late → b", 30*time.Second, func() error { return pingOnce(lw, b) })
 
 	res := probe.Stop()
 	if err := stream.Stop(10 * time.Second); err != nil {
@@ -309,11 +310,11 @@ func TestAgentUpgradeMapLayout(t *testing.T) {
 			a, b := c.AddWorkload(h1, "a"), c.AddWorkload(h2, "b")
 			a.WaitProgrammed(t)
 			b.WaitProgrammed(t)
-			cluster.Eventually(t, "ping a → b", 30*time.Second, func() error { return pingOnce(a, b) })
+			poll.Until(t, "ping a → b", 30*time.Second, func() error { return pingOnce(a, b) })
 
 			h1.Stop()
 			oldID := installOldLayout(t, h1, tc.mutate)
-			cluster.Eventually(t, "ping a → b through the old layout", 30*time.Second, func() error { return pingOnce(a, b) })
+			poll.Until(t, "ping a → b through the old layout", 30*time.Second, func() error { return pingOnce(a, b) })
 
 			probe := netns.StartProbe(t, a.NS, a.IP, b.NS, b.IP, probeInterval)
 			stream := netns.StartStream(t, a.NS, a.IP, b.NS, b.IP, 16<<10, 10*time.Millisecond)
@@ -330,7 +331,7 @@ func TestAgentUpgradeMapLayout(t *testing.T) {
 			}
 			want := spec.Maps["routes"]
 			var newID ebpf.MapID
-			cluster.Eventually(t, "links switched to the new routes map", 30*time.Second, func() error {
+			poll.Until(t, "links switched to the new routes map", 30*time.Second, func() error {
 				m, err := ebpf.LoadPinnedMap(filepath.Join(h1.Root, "routes"), &ebpf.LoadPinOptions{ReadOnly: true})
 				if err != nil {
 					return err
@@ -404,7 +405,7 @@ func TestHandChangesRepaired(t *testing.T) {
 	b.WaitProgrammed(t)
 	set := h1.Maps(t)
 	remote := blockOf(t, c, h2.Name)
-	cluster.Eventually(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, remote, h2.Addr.Addr()) })
+	poll.Until(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, remote, h2.Addr.Addr()) })
 
 	rec, err := c.DS.Workloads(h1.Name).Get(t.Context(), a.ID())
 	if err != nil {
@@ -505,11 +506,11 @@ func TestHandChangesRepaired(t *testing.T) {
 	}
 	// A full pass starts at most one interval after the changes; give it three more to finish
 	// on a loaded machine.
-	cluster.Eventually(t, "hand-made changes repaired", 4*interval, check)
+	poll.Until(t, "hand-made changes repaired", 4*interval, check)
 	took := time.Since(changed)
 	t.Logf("repaired 2 deleted kernel routes, 4 sysctls, 3 deleted map entries and removed 2 stale map entries and 1 stale kernel route in %v (--reconcile-interval %v)",
 		took.Round(10*time.Millisecond), interval)
-	cluster.Eventually(t, "ping a → b", 10*time.Second, func() error { return pingOnce(a, b) })
+	poll.Until(t, "ping a → b", 10*time.Second, func() error { return pingOnce(a, b) })
 }
 
 // A container whose network namespace goes away without CNI DEL (a runtime crash, a node
@@ -583,7 +584,7 @@ func TestOrphanedWorkloadCollected(t *testing.T) {
 		}
 		return errors.Join(errs...)
 	}
-	cluster.Eventually(t, "the vanished workload collected", 30*time.Second, left)
+	poll.Until(t, "the vanished workload collected", 30*time.Second, left)
 	took := time.Since(deleted)
 	t.Logf("netns deleted without CNI DEL: veth gone after %v, record, address, routes, map entries and pins after %v (--gc-interval 1s)",
 		vethGone.Round(time.Millisecond), took.Round(time.Millisecond))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Short timers, so that losing a peer shows within seconds.
@@ -35,7 +36,7 @@ func TestBGPGracefulRestart(t *testing.T) {
 	h2 := c.AddHost("vm101", "198.18.0.101/24", slices.Concat(flags, []string{"--bgp-listen-address", "198.18.0.101"})...)
 	set := h1.Maps(t)
 	block := blockOf(t, c, h2.Name)
-	cluster.Eventually(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
+	poll.Until(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
 
 	h2.Stop()
 	// Without graceful restart the route would be gone at once.
@@ -45,7 +46,7 @@ func TestBGPGracefulRestart(t *testing.T) {
 		}
 	}
 	h2.Start()
-	cluster.Eventually(t, "session back", 30*time.Second, func() error {
+	poll.Until(t, "session back", 30*time.Second, func() error {
 		code, body, err := h1.Get("/bgp/peers")
 		if err != nil || code != 200 || !strings.Contains(body, `"state":"Established"`) {
 			return fmt.Errorf("%d %v %s", code, err, body)
@@ -64,11 +65,11 @@ func TestBGPPeerLoss(t *testing.T) {
 	h2 := c.AddHost("vm101", "198.18.0.101/24", flags...)
 	set := h1.Maps(t)
 	block := blockOf(t, c, h2.Name)
-	cluster.Eventually(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
+	poll.Until(t, "vm100 learned vm101's block", 30*time.Second, func() error { return routed(set, block, h2.Addr.Addr()) })
 
 	h2.NS.MustRun(t, "ip", "link", "set", "ens32", "down")
 	lost := time.Now()
-	cluster.Eventually(t, "vm101's block withdrawn", 30*time.Second, func() error {
+	poll.Until(t, "vm101's block withdrawn", 30*time.Second, func() error {
 		if _, err := set.Routes.Get(block); err == nil {
 			return fmt.Errorf("%v still routed", block)
 		}
@@ -83,7 +84,7 @@ func TestBGPPeerLoss(t *testing.T) {
 	// The peer returns: the session comes back and with it the block, in the map and the kernel.
 	h2.NS.MustRun(t, "ip", "link", "set", "ens32", "up")
 	back := time.Now()
-	cluster.Eventually(t, "vm101's block back", 60*time.Second, func() error {
+	poll.Until(t, "vm101's block back", 60*time.Second, func() error {
 		if err := routed(set, block, h2.Addr.Addr()); err != nil {
 			return err
 		}

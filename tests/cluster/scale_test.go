@@ -15,6 +15,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Issue 18: BGP route programming at scale. BIRD runs as the route reflector of a simulated
@@ -193,7 +194,7 @@ func bgpConverge(b *testing.B, routes []maps.Route, conf string) convergence {
 	// then the kernel, entry by entry. Polling the whole table every 50 ms would take a core of
 	// this 2-core machine from the agent at 100k routes.
 	step := max(1, len(routes)/200)
-	cluster.Eventually(b, "a sample of the routes in the map", 10*time.Minute, func() error {
+	poll.Until(b, "a sample of the routes in the map", 10*time.Minute, func() error {
 		for i := 0; i < len(routes); i += step {
 			r := routes[i]
 			got, err := set.Routes.Longest(r.Prefix)
@@ -203,7 +204,7 @@ func bgpConverge(b *testing.B, routes []maps.Route, conf string) convergence {
 		}
 		return nil
 	})
-	cluster.Eventually(b, "routes in the map", 10*time.Minute, func() error {
+	poll.Until(b, "routes in the map", 10*time.Minute, func() error {
 		rs, err := set.Routes.All()
 		if err != nil {
 			return err
@@ -220,7 +221,7 @@ func bgpConverge(b *testing.B, routes []maps.Route, conf string) convergence {
 		return nil
 	})
 	inMap := time.Now()
-	cluster.Eventually(b, "routes in the kernel", 10*time.Minute, func() error {
+	poll.Until(b, "routes in the kernel", 10*time.Minute, func() error {
 		out, err := h.NS.Run("ip", "-4", "route", "show", "proto", "77")
 		if err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Soak test bounds (issue 9). make test runs soakCyclesShort cycles; make soak sets
@@ -67,7 +68,7 @@ func TestSoak(t *testing.T) {
 	}
 	for i, w := range long {
 		to := long[(i+1)%len(long)]
-		cluster.Eventually(t, w.Name+" reaches "+to.Name, 30*time.Second, func() error { return pingProbe(w, to, 1) })
+		poll.Until(t, w.Name+" reaches "+to.Name, 30*time.Second, func() error { return pingProbe(w, to, 1) })
 	}
 	sets := map[*cluster.Host]*maps.Set{}
 	for _, h := range hosts {
@@ -111,7 +112,7 @@ func TestSoak(t *testing.T) {
 	}
 	settle := func(what string) []agentSample {
 		for _, h := range hosts {
-			if err := waitFor(30*time.Second, func() error { return before[h].diff(snapshotHost(t, h, sets[h])) }); err != nil {
+			if err := poll.For(30*time.Second, func() error { return before[h].diff(snapshotHost(t, h, sets[h])) }); err != nil {
 				leak("%s not back to its state before the churn %s within 30s: %v", h.Name, what, err)
 			}
 		}
@@ -158,7 +159,7 @@ func TestSoak(t *testing.T) {
 	}
 	for _, h := range hosts {
 		liveIPs[h.Addr.Addr()] = true
-		if err := waitFor(30*time.Second, func() error {
+		if err := poll.For(30*time.Second, func() error {
 			flows, err := sets[h].Conntrack.List()
 			if err != nil {
 				return err
@@ -196,18 +197,6 @@ func TestSoak(t *testing.T) {
 }
 
 const soakNSPrefix = "mgysoak"
-
-// waitFor polls cond until it holds or the time is up, and returns its last error.
-func waitFor(within time.Duration, cond func() error) error {
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // soaker runs the add/ping/delete cycles.
 type soaker struct {

@@ -8,6 +8,7 @@ import (
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // The whole system: agents in a BGP mesh, workloads connected by the CNI plugin, ping, TCP and UDP
@@ -58,7 +59,7 @@ func TestWorkloadTraffic(t *testing.T) {
 				before := forwarded()
 				// The first ping may wait for the agent to program a new workload and BGP to
 				// carry the block: retry within a deadline.
-				cluster.Eventually(t, fmt.Sprintf("FORWARD %s: ping %s → %s", policy, from.Name, to.Name), 30*time.Second,
+				poll.Until(t, fmt.Sprintf("FORWARD %s: ping %s → %s", policy, from.Name, to.Name), 30*time.Second,
 					func() error { return ping(from, to) })
 				if after := forwarded(); after < before+4 {
 					t.Errorf("FORWARD %s: %s → %s: eBPF forwarded %d packets, want at least the 2 requests and 2 replies",
