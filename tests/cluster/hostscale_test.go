@@ -118,7 +118,9 @@ func hostWorkloads(b *testing.B, n int) {
 
 	for _, tc := range []struct{ timeout, unit string }{{"0", "nowait"}, {"20s", "wait"}} {
 		before := scrape(b, h)
+		prof := profile(b, h, fmt.Sprintf("host-%d-cni-%s", n, tc.unit))
 		lat := cniAdds(b, c, h, tc.timeout, 50)
+		<-prof
 		after := scrape(b, h)
 		b.ReportMetric(pctMs(lat, 0.50), "ms-cni-"+tc.unit+"-p50")
 		b.ReportMetric(pctMs(lat, 0.99), "ms-cni-"+tc.unit+"-p99")
