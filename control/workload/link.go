@@ -151,8 +151,11 @@ func ownRoutes(h netlinksafe.Handle, index int) ([]netlink.Route, error) {
 	return routes, nil
 }
 
-// deleteHostVeth removes the host-side veth (which takes its peer along) and Margay's routes
-// through it. A veth that does not exist is not an error.
+// deleteHostVeth removes the host-side veth, which takes its peer along, and with it every route
+// through it: the kernel flushes a device's routes, in every table, while it unregisters the
+// device, before RTM_DELLINK returns. (Listing them first to delete them one by one dumped the
+// whole main table, a route per workload of the host, on every DEL.) A veth that does not exist
+// is not an error.
 func deleteHostVeth(h netlinksafe.Handle, name string) error {
 	l, err := linkByName(h, name)
 	if err != nil || l == nil {
@@ -160,15 +163,6 @@ func deleteHostVeth(h netlinksafe.Handle, name string) error {
 	}
 	if _, ok := l.(*netlink.Veth); !ok {
 		return fmt.Errorf("delete %s: it is a %s, not a veth; left alone", name, l.Type())
-	}
-	routes, err := ownRoutes(h, l.Attrs().Index)
-	if err != nil {
-		return err
-	}
-	for _, r := range routes {
-		if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("delete route %s dev %s: %w", r.Dst, name, err)
-		}
 	}
 	if err := h.LinkDel(l); err != nil && !isNotFound(err) && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete %s: %w", name, err)
