@@ -114,13 +114,8 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	}
 
 	a, done, err := i.fromCopy(ctx, req, h)
-	switch {
-	case done:
-		i.blocks.counted("copy")
-	case err == nil:
-		if a, err = i.allocate(ctx, req, h); err == nil {
-			i.blocks.counted("etcd")
-		}
+	if !done && err == nil {
+		a, err = i.allocate(ctx, req, h)
 	}
 	if err != nil {
 		return Assignment{}, err
@@ -160,7 +155,11 @@ func (i *IPAM) fromCopy(ctx context.Context, req Request, h datastore.Item[datas
 		return Assignment{}, false, err
 	}
 	own = slices.DeleteFunc(own, func(b datastore.Item[datastore.Block]) bool { return !inPools(pools, b.Value.CIDR) })
-	return i.tryBlocks(ctx, own, req, h, false)
+	a, done, err := i.tryBlocks(ctx, own, req, h, false)
+	if done {
+		i.blocks.counted("copy")
+	}
+	return a, done, err
 }
 
 // allocate assigns an address to the handle h read before (ModRevision 0: there is none yet).
@@ -196,6 +195,9 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 			}
 		}
 		if a, done, err := i.tryBlocks(ctx, own, req, h, false); done || err != nil {
+			if done {
+				i.blocks.counted("etcd")
+			}
 			return a, err
 		}
 		if anyFree(own) {
@@ -219,6 +221,9 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 			}
 		}
 		if a, done, err := i.tryBlocks(ctx, others, req, h, true); done || err != nil {
+			if done {
+				i.blocks.counted("etcd")
+			}
 			return a, err
 		}
 		if !anyFree(others) {

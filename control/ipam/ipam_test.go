@@ -179,17 +179,24 @@ func TestMalformedBlockIsSkipped(t *testing.T) {
 	}
 }
 
-// Many hosts allocating at once against one etcd never get the same address.
-func TestConcurrentAssignUnique(t *testing.T) {
-	ds := datastoretest.Start(t)
-	cfg := datastore.Config{Endpoints: ds.Endpoints()}
+// sharedEtcd starts an etcd for several clients (as several hosts are) with pool p and the
+// nodes registered; it returns the clients' config and a client for the test's own reads.
+func sharedEtcd(t *testing.T, p datastore.Pool, nodes ...string) (datastore.Config, *datastore.Client) {
+	t.Helper()
+	cfg := datastore.Config{Endpoints: datastoretest.Start(t).Endpoints()}
 	setup := datastoretest.Connect(t, cfg)
-	// 16 blocks of 16: 256 addresses for 256 requests.
-	if _, err := setup.Pools().Create(context.Background(), "test", pool("test", "198.19.0.0/24", 28)); err != nil {
+	if _, err := setup.Pools().Create(context.Background(), p.Name, p); err != nil {
 		t.Fatal(err)
 	}
+	datastoretest.RegisterNodes(t, setup, nodes...)
+	return cfg, setup
+}
+
+// Many hosts allocating at once against one etcd never get the same address.
+func TestConcurrentAssignUnique(t *testing.T) {
+	// 16 blocks of 16: 256 addresses for 256 requests.
+	cfg, setup := sharedEtcd(t, pool("test", "198.19.0.0/24", 28), "vm100", "vm101", "vm102", "vm103")
 	const hosts, workers, perWorker = 4, 4, 16
-	datastoretest.RegisterNodes(t, setup, "vm100", "vm101", "vm102", "vm103")
 	var (
 		mu   sync.Mutex
 		seen = map[netip.Addr]string{}
@@ -247,13 +254,7 @@ func TestConcurrentAssignUnique(t *testing.T) {
 // allocation and the handle are written in one transaction, so the loser finds the winner's
 // address instead of allocating a second one.
 func TestConcurrentAssignSameHandle(t *testing.T) {
-	ds := datastoretest.Start(t)
-	cfg := datastore.Config{Endpoints: ds.Endpoints()}
-	setup := datastoretest.Connect(t, cfg)
-	if _, err := setup.Pools().Create(context.Background(), "test", pool("test", "198.19.0.0/24", 26)); err != nil {
-		t.Fatal(err)
-	}
-	datastoretest.RegisterNodes(t, setup, "vm100")
+	cfg, setup := sharedEtcd(t, pool("test", "198.19.0.0/24", 26), "vm100")
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for round := range 20 {
 		handle := fmt.Sprint("w", round)
