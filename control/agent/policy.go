@@ -208,11 +208,7 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	e.last = dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities,
 		Entries: e.compiler.Entries, Compiled: e.compilations, Delta: delta}
 	e.lastEPs = res.Endpoints
-	if g := e.compiler.RulesGeneration(); g != e.rulesGen || policiesChanged {
-		rules := e.compiler.Rules()
-		e.rules.Store(&rules)
-		e.rulesGen = g
-	}
+	e.publishRules(policiesChanged)
 	if policiesChanged {
 		e.filled = stdmaps.Clone(v.revisions[kindPolicies])
 	}
@@ -231,14 +227,20 @@ func (e *policyEngine) complete(s *dataplane.State) {
 	}
 }
 
-// applied tells the engine the maps now hold s's policy and nothing older.
-func (e *policyEngine) applied(s dataplane.State) {
-	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
-	if g := e.compiler.RulesGeneration(); g != e.rulesGen {
+// publishRules makes the compiler's rules the ones readers see, when they changed since the
+// last publication (or always, with force).
+func (e *policyEngine) publishRules(force bool) {
+	if g := e.compiler.RulesGeneration(); force || g != e.rulesGen {
 		rules := e.compiler.Rules()
 		e.rules.Store(&rules)
 		e.rulesGen = g
 	}
+}
+
+// applied tells the engine the maps now hold s's policy and nothing older.
+func (e *policyEngine) applied(s dataplane.State) {
+	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
+	e.publishRules(false)
 	e.status.Store(&PolicyStatus{Policies: e.filled, Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
 		Identities: len(s.Policy.Identities)})
 }
