@@ -20,7 +20,7 @@ APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 ipta
 	iperf3 ethtool linux-perf
 BINARIES := margay-agent margay-cni margay-cni-direct margayctl
 TEST_TIMEOUT ?= 20m
-FUZZTIME ?= 15s
+FUZZTIME ?=
 
 .PHONY: help deps generate build test fuzz soak lint format bench bench-quick lab clean
 
@@ -55,12 +55,17 @@ test: deps ## Run every test (privileged: namespaces, BPF) and a short fuzz run 
 	@tests/leftovers.sh check /tmp/margay-before-test.txt
 	$(MAKE) --no-print-directory fuzz
 
-fuzz: ## Fuzz the BPF programs, the datastore decoders, selectors, policies and the CNI config for FUZZTIME each (default 15s)
-	$(GO) test -run '^$$' -fuzz '^FuzzPrograms$$' -fuzztime $(FUZZTIME) ./tests/programs/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./control/datastore/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./control/policy/selector/
-	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(FUZZTIME) ./control/policy/
-	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(FUZZTIME) ./control/cni/
+# Fuzz budgets are execution counts (about 15 s each on two loaded cores), not durations: with a
+# duration, Go 1.26's fuzz coordinator can fail a target with a bare "context deadline exceeded"
+# when the deadline races a worker's last run (golang/go#75804, fixed in Go 1.27); a count has no
+# deadline to race. FUZZTIME=30s (or 1000x) sets one budget for every target instead.
+fuzzbudget = $(if $(FUZZTIME),$(FUZZTIME),$(1))
+fuzz: ## Fuzz the BPF programs, the datastore decoders, selectors, policies and the CNI config (FUZZTIME overrides the budgets)
+	$(GO) test -run '^$$' -fuzz '^FuzzPrograms$$' -fuzztime $(call fuzzbudget,12000x) ./tests/programs/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(call fuzzbudget,60000x) ./control/datastore/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(call fuzzbudget,600000x) ./control/policy/selector/
+	$(GO) test -run '^$$' -fuzz '^FuzzPolicy$$' -fuzztime $(call fuzzbudget,140000x) ./control/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzConfig$$' -fuzztime $(call fuzzbudget,30000x) ./control/cni/
 
 SOAK_CYCLES ?= 1000
 soak: deps ## Workload add/delete cycles over three hosts under traffic (SOAK_CYCLES, default 1000); checks leaks and agent memory
