@@ -122,27 +122,31 @@ func (d *Dataplane) Attach(ifname string, hook Hook) (Attachment, error) {
 // Ensure attaches the hook's program unless exactly this program is attached already, and
 // reports whether it changed anything. Reconcilers call it on every pass.
 func (d *Dataplane) Ensure(ifname string, hook Hook) (bool, error) {
-	prog, err := d.program(hook)
-	if err != nil {
-		return false, err
-	}
 	idx, err := ifindexOf(ifname)
 	if err != nil {
 		return false, fmt.Errorf("attach %s to %s: %w", hook, ifname, err)
 	}
-	want, err := progID(prog)
+	return d.EnsureOn(ifname, idx, hook)
+}
+
+// EnsureOn is Ensure for a caller that knows the interface's index.
+func (d *Dataplane) EnsureOn(ifname string, ifindex int, hook Hook) (bool, error) {
+	prog, err := d.program(hook)
+	if err != nil {
+		return false, err
+	}
+	want, err := d.progID(prog)
 	if err != nil {
 		return false, err
 	}
 	if l, err := link.LoadPinnedLink(d.linkPath(ifname, hook), nil); err == nil {
 		info, ierr := l.Info()
-		onIface := linkIfindex(l) == idx
 		l.Close()
-		if ierr == nil && info.Program == want && onIface {
+		if ierr == nil && info.Program == want && infoIfindex(info) == ifindex {
 			return false, nil
 		}
 	} else if hook != HookXDPFromNet {
-		fs, err := legacyFilters(idx, hook)
+		fs, err := legacyFilters(ifindex, hook)
 		if err == nil && len(fs) == 1 && fs[0].(*netlink.BpfFilter).Id == int(want) {
 			return false, nil
 		}
@@ -151,6 +155,24 @@ func (d *Dataplane) Ensure(ifname string, hook Hook) (bool, error) {
 		return false, err
 	}
 	return true, nil
+}
+
+// progID is the kernel's id of p, one of d's programs.
+func (d *Dataplane) progID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	d.idsMu.Lock()
+	defer d.idsMu.Unlock()
+	if id, ok := d.ids[p]; ok {
+		return id, nil
+	}
+	id, err := progID(p)
+	if err != nil {
+		return 0, err
+	}
+	if d.ids == nil {
+		d.ids = map[*ebpf.Program]ebpf.ProgramID{}
+	}
+	d.ids[p] = id
+	return id, nil
 }
 
 func progID(p *ebpf.Program) (ebpf.ProgramID, error) {
@@ -193,6 +215,11 @@ func linkIfindex(l link.Link) int {
 	if err != nil {
 		return 0
 	}
+	return infoIfindex(info)
+}
+
+// infoIfindex is the interface a tcx or XDP link is on; 0 for other links.
+func infoIfindex(info *link.Info) int {
 	if tcx := info.TCX(); tcx != nil {
 		return int(tcx.Ifindex)
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 )
@@ -58,6 +59,11 @@ type Dataplane struct {
 	log    *slog.Logger
 	tcMode TCMode
 	objs   MargayObjects
+
+	// ids caches the kernel's ids of the loaded programs, which do not change while they are
+	// loaded: the full pass compares every interface's attachment with them.
+	idsMu sync.Mutex
+	ids   map[*ebpf.Program]ebpf.ProgramID
 }
 
 // Load loads the programs, reusing the maps pinned under the root when their layout matches and

@@ -32,7 +32,7 @@ var netfilterHooks = []struct {
 // without a policy program. The links are pinned under links/, so they outlive the agent.
 func (d *Dataplane) EnsureNetfilter() (bool, error) {
 	prog := d.objs.MargayPrograms.NfPolicy
-	want, err := progID(prog)
+	want, err := d.progID(prog)
 	if err != nil {
 		return false, err
 	}

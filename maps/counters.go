@@ -75,22 +75,42 @@ func (c *Counters) Get(ifindex uint32, hook Hook, reason Reason) (Counter, error
 	return ct, nil
 }
 
-// DeleteInterface removes the counters of an interface that is gone.
-func (c *Counters) DeleteInterface(ifindex uint32) error {
-	all, err := c.List()
-	if err != nil {
-		return err
-	}
-	for _, ct := range all {
-		if ct.Ifindex != ifindex {
-			continue
+// Prune removes the counters of the interfaces keep refuses (asked once per interface), in one
+// walk of the map's keys, and returns the interfaces whose counters went.
+func (c *Counters) Prune(keep func(ifindex uint32) bool) ([]uint32, error) {
+	kept := map[uint32]bool{}
+	var gone []loader.MargayCounterKey
+	var goneIfs []uint32
+	var k loader.MargayCounterKey
+	var next loader.MargayCounterKey
+	cur := any(nil) // nil: the first key
+	for {
+		if err := c.m.NextKey(cur, &next); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				break
+			}
+			return nil, fmt.Errorf("list counters: %w", err)
 		}
-		k := loader.MargayCounterKey{Ifindex: ct.Ifindex, Hook: loader.MargayHook(ct.Hook), Reason: loader.MargayReason(ct.Reason)}
-		if err := c.m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete counters of %d: %w", ifindex, err)
+		k = next
+		cur = &k
+		ok, seen := kept[k.Ifindex]
+		if !seen {
+			ok = keep(k.Ifindex)
+			kept[k.Ifindex] = ok
+			if !ok {
+				goneIfs = append(goneIfs, k.Ifindex)
+			}
+		}
+		if !ok {
+			gone = append(gone, k)
 		}
 	}
-	return nil
+	for i := range gone {
+		if err := c.m.Delete(&gone[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return goneIfs, fmt.Errorf("delete counters of %d: %w", gone[i].Ifindex, err)
+		}
+	}
+	return goneIfs, nil
 }
 
 // Hooks as in bpf/include/types.h.

@@ -369,11 +369,11 @@ func TestCounters(t *testing.T) {
 	if l, err := set.Counters.List(); err != nil || len(l) != 1 || l[0] != c {
 		t.Fatalf("List = %+v, %v", l, err)
 	}
-	if err := set.Counters.DeleteInterface(1); err != nil {
-		t.Fatal(err)
+	if gone, err := set.Counters.Prune(func(ifindex uint32) bool { return ifindex != 1 }); err != nil || !slices.Equal(gone, []uint32{1}) {
+		t.Fatalf("Prune = %v, %v", gone, err)
 	}
 	if l, _ := set.Counters.List(); len(l) != 0 {
-		t.Errorf("counters left after DeleteInterface: %+v", l)
+		t.Errorf("counters left after Prune: %+v", l)
 	}
 
 	// margayctl and the agent open the same maps by their pins.

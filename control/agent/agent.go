@@ -329,6 +329,7 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 			continue
 		}
 		dirty = false
+		s := v.state(uplink, full)
 		if r != nil {
 			if err := r.sync(ctx, a, v); err != nil {
 				a.log.Error("bgp", "error", err)
@@ -337,7 +338,6 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 				a.speaker.Store(&r.speaker)
 			}
 		}
-		s := v.state(uplink)
 		a.pol.fill(v, &s)
 		pending, ok := a.reconcile(rec, s, full)
 		if ok {

@@ -48,6 +48,7 @@ func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<
 			select {
 			case updates <- func(v *view) {
 				v.learned = routes
+				v.dirtyRemote = true
 				if v.learnedAt.IsZero() {
 					v.learnedAt = at // the oldest change not yet programmed
 				}
@@ -190,7 +191,8 @@ func mapValues[V any](m map[string]V) []V {
 }
 
 // advertisements are the prefixes this node originates: its blocks, and the /32 of every local
-// workload whose address was borrowed from another node's block. A route reflector that
+// workload whose address was borrowed from another node's block (as the last state derived
+// them). A route reflector that
 // restarted with the remote routes of its predecessor retained also advertises those, with
 // their next hops, until BGP converged: a client that comes back before another would
 // otherwise take the reflector's End-of-RIB for the end of the other's routes and drop them.
@@ -206,15 +208,9 @@ func (v *view) advertisements() []bgp.Advertisement {
 			ads = append(ads, bgp.Advertisement{Prefix: b.CIDR})
 		}
 	}
-	for _, w := range v.workloads {
-		if w.Node != v.node || len(w.IPv4) == 0 {
-			continue
-		}
-		ip := w.IPv4[0].Addr()
-		for _, b := range v.blocks {
-			if b.CIDR.Contains(ip) && b.Node() != v.node {
-				ads = append(ads, bgp.Advertisement{Prefix: netip.PrefixFrom(ip, 32)})
-			}
+	if v.der != nil {
+		for _, p := range v.der.lent {
+			ads = append(ads, bgp.Advertisement{Prefix: p})
 		}
 	}
 	slices.SortFunc(ads, func(a, b bgp.Advertisement) int {
@@ -334,5 +330,6 @@ func (a *Agent) release(v *view, why string) {
 	}
 	a.log.Info("bgp converged; routes kept from before the restart released", "reason", why, "kept", len(v.retained))
 	v.retained = nil
+	v.dirtyRemote = true
 	a.retained.Store(0)
 }

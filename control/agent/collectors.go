@@ -128,7 +128,8 @@ func newPassMetrics(reg prometheus.Registerer) *passMetrics {
 }
 
 // afterPass updates the IPAM gauges and observes the ADD duration of every local workload
-// record not seen with that duration before. Called by the owner loop.
+// record (of those the pass looked at) not seen with that duration before. Called by the owner
+// loop.
 func (m *passMetrics) afterPass(v *view) {
 	blocks, used, size := 0, 0, 0
 	for _, b := range v.blocks {
@@ -143,12 +144,26 @@ func (m *passMetrics) afterPass(v *view) {
 	m.addresses.WithLabelValues("used").Set(float64(used))
 	m.addresses.WithLabelValues("free").Set(float64(size - used))
 
-	for key, w := range v.workloads {
+	seen := func(key string) {
+		w, ok := v.workloads[key]
+		if !ok {
+			delete(m.cniSeen, key)
+			return
+		}
 		if w.Node != v.node || w.AddDurationSeconds <= 0 || m.cniSeen[key] == w.AddDurationSeconds {
-			continue
+			return
 		}
 		m.cniSeen[key] = w.AddDurationSeconds
 		m.cniAdd.Observe(w.AddDurationSeconds)
+	}
+	if !v.passAll {
+		for _, key := range v.passKeys {
+			seen(key)
+		}
+		return
+	}
+	for key := range v.workloads {
+		seen(key)
 	}
 	for key := range m.cniSeen {
 		if _, ok := v.workloads[key]; !ok {

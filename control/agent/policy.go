@@ -152,7 +152,7 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	policiesChanged := e.set == nil || len(v.changed[kindPolicies]) > 0 || v.changedAll[kindPolicies]
 	allWorkloads := !e.compiler.Incremental() || v.changedAll[kindWorkloads]
 	if !policiesChanged && !allWorkloads && len(v.changed[kindWorkloads]) == 0 && !e.compiler.Pending() {
-		e.complete(s)
+		e.complete(v, s, false, nil)
 		return
 	}
 	start := time.Now()
@@ -191,7 +191,7 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 		// compiles everything again.
 		e.m.compileErrors.Inc()
 		e.log.Error("policy compilation failed; the previous policy stays in force", "error", err)
-		e.complete(s)
+		e.complete(v, s, false, nil)
 		return
 	}
 	clear(v.changed[kindWorkloads])
@@ -212,18 +212,50 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	if policiesChanged {
 		e.filled = stdmaps.Clone(v.revisions[kindPolicies])
 	}
-	e.complete(s)
+	if res.Delta != nil {
+		e.complete(v, s, false, res.Delta.Endpoints)
+	} else {
+		e.complete(v, s, true, nil)
+	}
 }
 
-// complete puts the last compiled policy into s, and every local workload's programs.
-func (e *policyEngine) complete(s *dataplane.State) {
+// complete puts the last compiled policy into s, and the programs of the local workloads: of
+// every one when s.Changed is nil or all is set (a compilation from scratch), else of those
+// s.Changed names and those at addresses (whose programs the compilation changed), which it
+// adds to s.Changed.
+func (e *policyEngine) complete(v *view, s *dataplane.State, all bool, addresses []netip.Addr) {
 	s.Policy = e.last
 	s.Policy.NewRules = e.compiler.TakeNewRules()
 	s.Policy.Failsafe = e.failsafe
 	s.Policy.Timeouts = e.timeouts
-	for i := range s.Workloads {
-		pg := e.lastEPs[s.Workloads[i].IPv4]
-		s.Workloads[i].IngressProgram, s.Workloads[i].EgressProgram = pg.Ingress, pg.Egress
+	set := func(name string) {
+		w, ok := s.Workloads[name]
+		if !ok {
+			return
+		}
+		pg := e.lastEPs[w.IPv4]
+		if w.IngressProgram == pg.Ingress && w.EgressProgram == pg.Egress {
+			return
+		}
+		w.IngressProgram, w.EgressProgram = pg.Ingress, pg.Egress
+		s.Workloads[name] = w
+		if s.Changed != nil {
+			s.Changed.Workloads[name] = true
+		}
+	}
+	if s.Changed == nil || all {
+		for name := range s.Workloads {
+			set(name)
+		}
+		return
+	}
+	for name := range s.Changed.Workloads {
+		set(name)
+	}
+	for _, a := range addresses {
+		if name, ok := v.localAt(a); ok {
+			set(name)
+		}
 	}
 }
 

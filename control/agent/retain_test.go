@@ -26,7 +26,7 @@ func TestRetainedRoutes(t *testing.T) {
 	v.learned = []bgp.Route{{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.104")}}
 	remote := func() map[netip.Prefix]netip.Addr {
 		out := map[netip.Prefix]netip.Addr{}
-		for _, r := range v.state("ens32").Remote {
+		for _, r := range v.state("ens32", true).Remote {
 			out[r.Prefix] = r.NextHop
 		}
 		return out

@@ -72,7 +72,7 @@ func TestPolicyCompileReused(t *testing.T) {
 	v := newView("vm100", false)
 	for i := range testN {
 		w := datastore.Workload{Version: 1, ID: fmt.Sprintf("w%d", i), Name: fmt.Sprintf("w%d", i), Node: "vm100",
-			IfName: fmt.Sprintf("cali%011x", i), Labels: benchrules.ScaleLabels(i),
+			IfName: fmt.Sprintf("cali%011x", i), Labels: benchrules.ScaleLabels(i), MAC: fmt.Sprintf("02:00:00:00:%02x:%02x", i/256, i%256),
 			IPv4: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i / 250), byte(i%250 + 1)}), 32)}}
 		v.workloads["vm100/"+w.ID] = w
 		v.revisions[kindWorkloads]["vm100/"+w.ID] = int64(100 + i)
@@ -91,12 +91,13 @@ func TestPolicyCompileReused(t *testing.T) {
 		return m.GetHistogram().GetSampleCount()
 	}
 	pass := func() dataplane.State {
-		s := v.state("ens32")
+		s := v.state("ens32", false)
 		e.fill(v, &s)
 		e.applied(s)
 		return s
 	}
 	first := pass()
+	firstWorkloads := stdmaps.Clone(first.Workloads) // the state is kept and changed in place
 	if compiles() != 1 || len(first.Policy.Programs) == 0 {
 		t.Fatalf("first pass: %d compilations, %d programs", compiles(), len(first.Policy.Programs))
 	}
@@ -106,14 +107,14 @@ func TestPolicyCompileReused(t *testing.T) {
 			t.Errorf("an unchanged pass compiled again (%d compilations)", compiles())
 		}
 		if again.Policy.Compiled != first.Policy.Compiled || !reflect.DeepEqual(again.Policy.Programs, first.Policy.Programs) ||
-			!reflect.DeepEqual(again.Workloads, first.Workloads) {
+			!reflect.DeepEqual(again.Workloads, firstWorkloads) {
 			t.Error("the reused result differs")
 		}
 	}
 	w := v.workloads["vm100/w3"]
 	w.Labels = map[string]string{"app": "other"}
 	v.workloads["vm100/w3"], v.revisions[kindWorkloads]["vm100/w3"] = w, 300
-	v.touch(kindWorkloads, "vm100/w3")
+	v.touch(kindWorkloads, "vm100/w3", false)
 	s := pass()
 	if compiles() != 2 || s.Policy.Compiled == first.Policy.Compiled || s.Policy.Delta == nil {
 		t.Errorf("a changed workload: %d compilations, compilation %d, delta %v", compiles(), s.Policy.Compiled, s.Policy.Delta)
@@ -121,10 +122,16 @@ func TestPolicyCompileReused(t *testing.T) {
 	if pg := e.lastEPs[w.IPv4[0].Addr()]; pg.Ingress != 0 || pg.Egress != 0 {
 		t.Errorf("a workload no policy selects any more has programs %+v", pg)
 	}
+	if got := s.Workloads[w.IfName]; got.IngressProgram != 0 || got.EgressProgram != 0 || s.Changed == nil || !s.Changed.Workloads[w.IfName] {
+		t.Errorf("the state's workload after the change: %+v, changed %+v", got, s.Changed)
+	}
+	if before := firstWorkloads[w.IfName]; before.IngressProgram == 0 && before.EgressProgram == 0 {
+		t.Errorf("the workload had no programs to lose: %+v", before)
+	}
 	p := v.policies["scale-0001"]
 	p.Selector = "all()"
 	v.policies["scale-0001"], v.revisions[kindPolicies]["scale-0001"] = p, 301
-	v.touch(kindPolicies, "scale-0001")
+	v.touch(kindPolicies, "scale-0001", false)
 	pass()
 	// The matches the change left unused are forgotten once it is applied: one more compilation
 	// takes them out of the identities, and then nothing changes.
@@ -196,12 +203,12 @@ func BenchmarkPolicyEvent(b *testing.B) {
 		key := "vm100/" + w.ID
 		start := time.Now()
 		v.workloads[key] = w
-		v.touch(kindWorkloads, key)
+		v.touch(kindWorkloads, key, false)
 		pass()
 		add += time.Since(start)
 		start = time.Now()
 		delete(v.workloads, key)
-		v.touch(kindWorkloads, key)
+		v.touch(kindWorkloads, key, false)
 		pass()
 		del += time.Since(start)
 		i++

@@ -113,104 +113,22 @@ type Result struct {
 	Pending []string
 }
 
-// desired is a State resolved against the kernel: the interfaces looked up, every map entry and
-// kernel route spelled out.
-type desired struct {
-	uplink      string
-	uplinkIndex uint32
-	routes      map[netip.Prefix]maps.Route
-	endpoints   map[uint32]maps.Endpoint
-	kernel      map[netip.Prefix]netlink.Route
-	ifaces      map[string]bool         // every wanted workload interface
-	present     map[string]netlink.Link // the wanted ones that exist
-	workloads   map[string]Workload     // what each present interface was resolved for
-	pending     []string                // the wanted ones that do not exist (yet)
-	policy      Policy
-	entries     map[maps.PolicyKey]maps.PolicyValue // the policy map as this state wants it
-	pentries    *PolicyEntries                      // entries, indexed for the incremental path
-}
-
-// resolve looks up the interfaces of s. With a previous desired state, the interface of a workload
-// it resolved with the same record is taken from it: re-creating a veth (CNI DEL and ADD) gives
-// the workload side a new MAC, so a changed interface always comes with a changed record.
-func (r *Reconciler) resolve(s State, prev *desired) (*desired, error) {
-	// Sized up front: built again in every pass, the maps would otherwise grow step by step.
-	nw, nr := len(s.Workloads), len(s.Workloads)+len(s.Hosts)+len(s.Blocks)+len(s.Remote)
-	d := &desired{uplink: s.Uplink, routes: make(map[netip.Prefix]maps.Route, nr), endpoints: make(map[uint32]maps.Endpoint, nw),
-		kernel: make(map[netip.Prefix]netlink.Route, nr), ifaces: make(map[string]bool, nw), present: make(map[string]netlink.Link, nw),
-		workloads: make(map[string]Workload, nw), policy: s.Policy}
+// setPolicy gives d policy pol: the entries of the compilation d has when it is the same one,
+// none yet when Update's incremental path will change d's into them, else all spelled out.
+func (d *desired) setPolicy(pol Policy, same, delta bool) {
+	d.policy = pol
 	if d.policy.IPs == nil {
 		d.policy.IPs = map[netip.Prefix]uint32{}
 	}
 	switch {
-	case prev.samePolicy(s.Policy):
-		d.entries, d.pentries = prev.entries, prev.pentries // the same compilation: the same entries, which are many
-	case prev.deltaApplies(s.Policy):
-		// Update's incremental path changes prev's entries into these.
-	case s.Policy.Entries != nil:
-		d.entries = s.Policy.Entries(s.Policy.Programs, s.Policy.Identities)
+	case same, delta:
+	case pol.Entries != nil:
+		d.entries = pol.Entries(pol.Programs, pol.Identities)
 		d.pentries = NewPolicyEntries(d.entries)
 	default:
 		d.entries = map[maps.PolicyKey]maps.PolicyValue{}
 		d.pentries = NewPolicyEntries(d.entries)
 	}
-	for _, h := range s.Hosts {
-		p := netip.PrefixFrom(h, 32)
-		flags := maps.Host | s.inPool(p)
-		if h == s.Self {
-			flags |= maps.LocalHost
-		}
-		d.routes[p] = maps.Route{Prefix: p, Flags: flags}
-	}
-	if prev != nil && prev.uplink == s.Uplink {
-		d.uplinkIndex = prev.uplinkIndex
-	} else {
-		uplink, err := r.nl.LinkByName(s.Uplink)
-		if err != nil {
-			return nil, fmt.Errorf("look up uplink %s: %w", s.Uplink, err)
-		}
-		d.uplinkIndex = uint32(uplink.Attrs().Index)
-	}
-	var errs []error
-	for _, w := range s.Workloads {
-		d.ifaces[w.IfName] = true
-		link, ok := prev.link(w)
-		if !ok {
-			var err error
-			link, err = r.nl.LinkByName(w.IfName)
-			if err != nil {
-				var nf netlink.LinkNotFoundError
-				if !errors.As(err, &nf) {
-					errs = append(errs, fmt.Errorf("look up %s: %w", w.IfName, err))
-				}
-				d.pending = append(d.pending, w.IfName)
-				continue
-			}
-		}
-		d.present[w.IfName] = link
-		d.workloads[w.IfName] = w
-		idx := uint32(link.Attrs().Index)
-		p := netip.PrefixFrom(w.IPv4, 32)
-		d.endpoints[idx] = maps.Endpoint{Ifindex: idx, IPv4: w.IPv4, MAC: w.MAC,
-			IngressProgram: w.IngressProgram, EgressProgram: w.EgressProgram}
-		d.routes[p] = maps.Route{Prefix: p, Flags: maps.LocalWorkload | s.inPool(p), Ifindex: idx}
-		d.kernel[p] = netlink.Route{LinkIndex: int(idx), Dst: ipNet(p), Scope: netlink.SCOPE_LINK,
-			Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
-	}
-	for _, b := range s.Blocks {
-		d.routes[b] = maps.Route{Prefix: b, Flags: maps.LocalBlock | s.inPool(b)}
-		d.kernel[b] = netlink.Route{Dst: ipNet(b), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
-	}
-	for _, rr := range s.Remote {
-		kind := maps.RemoteBlock
-		if rr.Workload {
-			kind = maps.RemoteWorkload
-		}
-		d.routes[rr.Prefix] = maps.Route{Prefix: rr.Prefix, Flags: kind | s.inPool(rr.Prefix), Ifindex: d.uplinkIndex, NextHop: rr.NextHop}
-		d.kernel[rr.Prefix] = netlink.Route{LinkIndex: int(d.uplinkIndex), Dst: ipNet(rr.Prefix),
-			Gw: rr.NextHop.AsSlice(), Type: unix.RTN_UNICAST, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}
-	}
-	return d, errors.Join(errs...)
 }
 
 // samePolicy says whether p comes from the compilation d's policy came from.
@@ -222,17 +140,6 @@ func (d *desired) samePolicy(p Policy) bool {
 // the maps hold.
 func (d *desired) deltaApplies(p Policy) bool {
 	return d != nil && p.Delta != nil && d.policy.Compiled != 0 && p.Delta.Base == d.policy.Compiled && d.pentries != nil
-}
-
-func (d *desired) link(w Workload) (netlink.Link, bool) {
-	if d == nil {
-		return nil, false
-	}
-	prev, ok := d.workloads[w.IfName]
-	if !ok || prev.IPv4 != w.IPv4 || !bytes.Equal(prev.MAC, w.MAC) {
-		return nil, false
-	}
-	return d.present[w.IfName], true
 }
 
 // changes collects the outcome of the steps of one pass.
@@ -260,13 +167,16 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 	if err := s.Validate(); err != nil {
 		return Result{}, err
 	}
-	d, err := r.resolve(s, nil)
-	if d == nil {
-		return Result{}, err
+	uplink, err := r.nl.LinkByName(s.Uplink)
+	if err != nil {
+		return Result{}, fmt.Errorf("look up uplink %s: %w", s.Uplink, err)
 	}
+	d := newDesired(&s, uint32(uplink.Attrs().Index))
+	d.setPolicy(s.Policy, false, false)
+	_, err = r.derive(d, &s, true)
 	var c changes
 	c.note(false, err)
-	c.res.Pending = d.pending
+	c.res.Pending = d.pendingList()
 	c.note(r.sysctl("ipv4/ip_forward", "1"))
 	for _, link := range d.present {
 		c.note(r.configureInterface(link))
@@ -290,19 +200,19 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 		c.note(r.syncRoutes(d.routes, haveRoutes, false))
 	}
 	c.note(r.attachNetfilter())
-	for ifname := range d.present {
-		c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
+	for _, link := range d.present {
+		c.note(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
 	}
-	c.note(r.attachUplink(s.Uplink))
+	c.note(r.attachUplink(s.Uplink, int(d.uplinkIndex)))
 	c.note(r.syncKernelRoutes(d.kernel))
 
 	// Removals: program, then route, then endpoint.
-	c.note(r.detachStale(d.ifaces, s.Uplink))
+	c.note(r.detachStale(d.wanted, s.Uplink))
 	if listErr == nil {
 		c.note(r.syncRoutes(d.routes, haveRoutes, true))
 	}
 	c.note(r.syncEndpoints(d.endpoints, true))
-	c.note(r.pruneCounters())
+	c.note(r.pruneCounters(d))
 
 	if len(c.errs) == 0 {
 		r.last = d
@@ -312,62 +222,67 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 
 // Update applies only what changed between the state of the last successful pass and s, trusting
 // the kernel and the maps to still hold what that pass left: the fast path for datastore events.
-// Without such a pass, or when the uplink changed, it is Apply.
+// With s.Changed set and the frame (uplink, hosts, blocks, pools) the same, it looks at the
+// workloads and remote routes Changed names only, so that its cost is in what changed, not in
+// the size of the host. Without a successful pass before, or when the uplink changed, it is Apply.
 func (r *Reconciler) Update(s State) (Result, error) {
-	prev := r.last
-	if prev == nil || prev.uplink != s.Uplink {
+	d := r.last
+	if d == nil || d.uplink != s.Uplink {
 		return r.Apply(s)
 	}
-	r.last = nil
-	if err := s.Validate(); err != nil {
-		return Result{}, err
+	r.last = nil // d changes in place: after a failure, only a full pass knows the host again
+	all := s.Changed == nil || !d.sameFrame(&s)
+	validate := s.validateChanged
+	if all {
+		validate = s.Validate
 	}
-	d, err := r.resolve(s, prev)
-	if d == nil {
+	if err := validate(); err != nil {
 		return Result{}, err
-	}
-	var c changes
-	c.note(false, err)
-	c.res.Pending = d.pending
-
-	// Additions and changes: interface settings, endpoint, route, program, kernel route.
-	for ifname, link := range d.present {
-		if _, ok := prev.present[ifname]; !ok {
-			c.note(r.configureInterface(link))
-		}
 	}
 	// The same compilation as the last pass: the policy maps hold it already.
-	samePolicy := prev.samePolicy(s.Policy)
+	samePolicy := d.samePolicy(s.Policy)
 	// A compilation that says what changed since the one the maps hold: only that is written.
-	delta := !samePolicy && prev.deltaApplies(s.Policy)
+	delta := !samePolicy && d.deltaApplies(s.Policy)
+	prevPolicy := d.policy
+	var pol *installed
+	if !samePolicy && !delta {
+		pol = d.installedPolicy() // before the endpoints change
+	}
+	if all {
+		d.setFrame(&s)
+	}
+	d.setPolicy(s.Policy, samePolicy, delta)
+	p, err := r.derive(d, &s, all)
+	var c changes
+	c.note(false, err)
+	c.res.Pending = d.pendingList()
+
+	// Additions and changes: interface settings, policy, endpoint, route, program, kernel route.
+	for _, link := range p.configure {
+		c.note(r.configureInterface(link))
+	}
 	var (
-		pol           *installed
 		removal       *PolicyRemoval
 		policyChanged bool
 	)
 	switch {
 	case delta:
-		d.pentries = prev.pentries
-		policyChanged, err = r.resetRules(s.Policy.NewRules)
+		_, err = r.resetRules(s.Policy.NewRules)
 		c.note(false, err)
 		var added bool
-		removal, added, err = d.pentries.AddDelta(prev.policy, s.Policy, r.maps.Policy, r.maps.PolicyIPs)
+		removal, added, err = d.pentries.AddDelta(prevPolicy, s.Policy, r.maps.Policy, r.maps.PolicyIPs)
 		c.note(added, err)
 		changed, err := r.syncPolicySettings(s.Policy)
 		c.note(changed, err)
-		policyChanged = policyChanged || added || changed
+		policyChanged = added || changed
 	case !samePolicy:
-		pol = prev.installedPolicy()
 		policyChanged, err = r.addPolicy(d, pol)
 		c.note(policyChanged, err)
 	}
-	for idx, ep := range d.endpoints {
-		if old, ok := prev.endpoints[idx]; !ok || !old.Equal(ep) {
-			policyChanged = policyChanged || !ok || old.IngressProgram != ep.IngressProgram || old.EgressProgram != ep.EgressProgram
-			c.note(true, r.maps.Endpoints.Put(ep))
-		}
+	for _, ep := range p.putEndpoints {
+		c.note(true, r.maps.Endpoints.Put(ep))
 	}
-	if policyChanged {
+	if policyChanged || p.programs {
 		c.note(r.bumpGeneration())
 	}
 	switch {
@@ -377,63 +292,39 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	case !samePolicy:
 		c.note(r.removePolicy(d, pol))
 	}
-	var put []maps.Route
-	for p, rt := range d.routes {
-		if old, ok := prev.routes[p]; !ok || old != rt {
-			put = append(put, rt)
-		}
+	if len(p.putRoutes) > 0 {
+		c.res.Changes += len(p.putRoutes) - 1
+		c.note(true, r.maps.Routes.PutAll(p.putRoutes))
 	}
-	if len(put) > 0 {
-		c.res.Changes += len(put) - 1
-		c.note(true, r.maps.Routes.PutAll(put))
+	for _, link := range p.attach {
+		c.note(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
 	}
-	for ifname := range d.present {
-		if _, ok := prev.present[ifname]; !ok {
-			c.note(r.attach(ifname, loader.HookFromWep, loader.HookToWep))
+	for _, kr := range p.putKernel {
+		err := r.nl.RouteReplace(&kr)
+		if err != nil {
+			err = fmt.Errorf("add route %v: %w", prefixOf(kr.Dst), err)
 		}
-	}
-	for p, kr := range d.kernel {
-		if old, ok := prev.kernel[p]; !ok || !sameRoute(old, kr) {
-			kr := kr
-			err := r.nl.RouteReplace(&kr)
-			if err != nil {
-				err = fmt.Errorf("add route %v: %w", p, err)
-			}
-			c.note(true, err)
-		}
+		c.note(true, err)
 	}
 
 	// Removals: program, kernel route, map route, endpoint.
-	for ifname := range prev.present {
-		if _, ok := d.present[ifname]; !ok {
-			c.note(true, r.dp.DetachInterface(ifname))
+	for _, name := range p.detach {
+		c.note(true, r.dp.DetachInterface(name))
+	}
+	for _, kr := range p.delKernel {
+		err := r.nl.RouteDel(&kr)
+		if err != nil && !errors.Is(err, unix.ESRCH) {
+			c.note(true, fmt.Errorf("delete route %v: %w", prefixOf(kr.Dst), err))
+		} else {
+			c.note(true, nil)
 		}
 	}
-	for p, kr := range prev.kernel {
-		if _, ok := d.kernel[p]; !ok {
-			kr := kr
-			err := r.nl.RouteDel(&kr)
-			if err != nil && !errors.Is(err, unix.ESRCH) {
-				c.note(true, fmt.Errorf("delete route %v: %w", p, err))
-			} else {
-				c.note(true, nil)
-			}
-		}
+	if len(p.delRoutes) > 0 {
+		c.res.Changes += len(p.delRoutes) - 1
+		c.note(true, r.maps.Routes.DeleteAll(p.delRoutes))
 	}
-	var gone []netip.Prefix
-	for p := range prev.routes {
-		if _, ok := d.routes[p]; !ok {
-			gone = append(gone, p)
-		}
-	}
-	if len(gone) > 0 {
-		c.res.Changes += len(gone) - 1
-		c.note(true, r.maps.Routes.DeleteAll(gone))
-	}
-	for idx := range prev.endpoints {
-		if _, ok := d.endpoints[idx]; !ok {
-			c.note(true, r.maps.Endpoints.Delete(idx))
-		}
+	for _, idx := range p.delEndpoints {
+		c.note(true, r.maps.Endpoints.Delete(idx))
 	}
 
 	if len(c.errs) == 0 {
@@ -443,7 +334,7 @@ func (r *Reconciler) Update(s State) (Result, error) {
 }
 
 // attachUplink puts from_net, and XDP unless it is off, on the uplink.
-func (r *Reconciler) attachUplink(uplink string) (bool, error) {
+func (r *Reconciler) attachUplink(uplink string, ifindex int) (bool, error) {
 	// from_net skips the source checks of the prefilter only while the prefilter runs: the flag
 	// goes off before XDP does, and on after.
 	if !r.wantXDP(uplink) {
@@ -455,10 +346,10 @@ func (r *Reconciler) attachUplink(uplink string) (bool, error) {
 		if err != nil {
 			return changed || c1, err
 		}
-		c2, err := r.attach(uplink, loader.HookFromNet)
+		c2, err := r.attach(uplink, ifindex, loader.HookFromNet)
 		return changed || c1 || c2, err
 	}
-	changed, err := r.attach(uplink, loader.HookFromNet, loader.HookXDPFromNet)
+	changed, err := r.attach(uplink, ifindex, loader.HookFromNet, loader.HookXDPFromNet)
 	if err != nil {
 		return changed, err
 	}
@@ -658,10 +549,10 @@ func sameRoute(a, b netlink.Route) bool {
 	return a.Type == b.Type && a.LinkIndex == b.LinkIndex && a.Scope == b.Scope && a.Gw.Equal(b.Gw)
 }
 
-func (r *Reconciler) attach(ifname string, hooks ...loader.Hook) (bool, error) {
+func (r *Reconciler) attach(ifname string, ifindex int, hooks ...loader.Hook) (bool, error) {
 	changed := false
 	for _, h := range hooks {
-		c, err := r.dp.Ensure(ifname, h)
+		c, err := r.dp.EnsureOn(ifname, ifindex, h)
 		if err != nil {
 			return changed, err
 		}
@@ -679,7 +570,7 @@ func (r *Reconciler) detach(ifname string, hook loader.Hook) (bool, error) {
 
 // detachStale removes the programs of interfaces that are neither a wanted workload nor the
 // uplink: workloads that went away, a former uplink.
-func (r *Reconciler) detachStale(wantIfaces map[string]bool, uplink string) (bool, error) {
+func (r *Reconciler) detachStale(wantIfaces map[string]Workload, uplink string) (bool, error) {
 	pins, err := loader.LinkPins(r.dp.Root())
 	if err != nil {
 		return false, err
@@ -687,7 +578,7 @@ func (r *Reconciler) detachStale(wantIfaces map[string]bool, uplink string) (boo
 	changed := false
 	var errs []error
 	for ifname := range pins {
-		if wantIfaces[ifname] || ifname == uplink {
+		if _, ok := wantIfaces[ifname]; ok || ifname == uplink {
 			continue
 		}
 		changed = true
@@ -697,24 +588,15 @@ func (r *Reconciler) detachStale(wantIfaces map[string]bool, uplink string) (boo
 	return changed, errors.Join(errs...)
 }
 
-// pruneCounters drops the counters of interfaces that no longer exist.
-func (r *Reconciler) pruneCounters() (bool, error) {
-	cs, err := r.maps.Counters.List()
-	if err != nil {
-		return false, err
-	}
-	gone := map[uint32]bool{}
-	for _, c := range cs {
-		if gone[c.Ifindex] {
-			continue
+// pruneCounters drops the counters of interfaces that no longer exist; those of d's present
+// workloads and uplink, just looked up, do.
+func (r *Reconciler) pruneCounters(d *desired) (bool, error) {
+	gone, err := r.maps.Counters.Prune(func(ifindex uint32) bool {
+		if _, ok := d.endpoints[ifindex]; ok || ifindex == d.uplinkIndex {
+			return true
 		}
-		if _, err := r.nl.LinkByIndex(int(c.Ifindex)); err != nil {
-			gone[c.Ifindex] = true
-		}
-	}
-	var errs []error
-	for idx := range gone {
-		errs = append(errs, r.maps.Counters.DeleteInterface(idx))
-	}
-	return len(gone) > 0, errors.Join(errs...)
+		_, err := r.nl.LinkByIndex(int(ifindex))
+		return err == nil
+	})
+	return len(gone) > 0, err
 }

@@ -92,16 +92,16 @@ func TestReconcile(t *testing.T) {
 	pool := netip.MustParsePrefix("198.19.0.0/16")
 	s := State{
 		Uplink: "ens32",
-		Workloads: []Workload{
-			{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac1},
-			{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.2"), MAC: mac2},
-			{IfName: "cali0000000000f", IPv4: netip.MustParseAddr("198.19.0.3"), MAC: mac2}, // veth not there yet
-		},
+		Workloads: WorkloadsOf(
+			Workload{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac1},
+			Workload{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.2"), MAC: mac2},
+			Workload{IfName: "cali0000000000f", IPv4: netip.MustParseAddr("198.19.0.3"), MAC: mac2}, // veth not there yet
+		),
 		Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")},
-		Remote: []RemoteRoute{
-			{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")},
-			{Prefix: netip.MustParsePrefix("198.19.0.10/32"), NextHop: netip.MustParseAddr("198.18.0.3"), Workload: true},
-		},
+		Remote: RemoteOf(
+			RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")},
+			RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.10/32"), NextHop: netip.MustParseAddr("198.18.0.3"), Workload: true},
+		),
 		Pools: []netip.Prefix{pool},
 	}
 
@@ -223,7 +223,7 @@ func TestReconcile(t *testing.T) {
 
 	// A removed workload loses its programs, routes and endpoint.
 	cali2 := uint32(h.ns.Link(t, "cali00000000002").Attrs().Index)
-	s.Workloads = s.Workloads[:1]
+	delete(s.Workloads, "cali00000000002")
 	h.apply(t, s)
 	if _, err := h.set.Routes.Get(netip.MustParsePrefix("198.19.0.2/32")); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("route of the removed workload survived: %v", err)
@@ -246,14 +246,18 @@ func TestValidateState(t *testing.T) {
 	mac := net.HardwareAddr{0, 1, 2, 3, 4, 5}
 	for _, s := range []State{
 		{},
-		{Uplink: "ens32", Workloads: []Workload{{IfName: "eth0", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}}},
-		{Uplink: "ens32", Workloads: []Workload{{IfName: "cali00000000001", IPv4: netip.MustParseAddr("::1"), MAC: mac}}},
-		{Uplink: "ens32", Workloads: []Workload{{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1")}}},
-		{Uplink: "ens32", Workloads: []Workload{
-			{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac},
-			{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}}},
+		{Uplink: "ens32", Workloads: WorkloadsOf(Workload{IfName: "eth0", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac})},
+		{Uplink: "ens32", Workloads: WorkloadsOf(Workload{IfName: "cali00000000001", IPv4: netip.MustParseAddr("::1"), MAC: mac})},
+		{Uplink: "ens32", Workloads: WorkloadsOf(Workload{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1")})},
+		{Uplink: "ens32", Workloads: WorkloadsOf(
+			Workload{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac},
+			Workload{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac})},
+		{Uplink: "ens32", Workloads: map[string]Workload{
+			"cali00000000002": {IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac}}},
 		{Uplink: "ens32", Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.1/26")}},
-		{Uplink: "ens32", Remote: []RemoteRoute{{Prefix: netip.MustParsePrefix("198.19.0.64/26")}}},
+		{Uplink: "ens32", Remote: RemoteOf(RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.64/26")})},
+		{Uplink: "ens32", Remote: map[netip.Prefix]RemoteRoute{netip.MustParsePrefix("198.19.0.128/26"): {
+			Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")}}},
 	} {
 		if err := s.Validate(); err == nil {
 			t.Errorf("Validate accepted %+v", s)
@@ -268,8 +272,8 @@ func TestUpdate(t *testing.T) {
 	mac2 := h.addWorkloadVeth(t, "cali00000000002")
 	w1 := Workload{IfName: "cali00000000001", IPv4: netip.MustParseAddr("198.19.0.1"), MAC: mac1}
 	w2 := Workload{IfName: "cali00000000002", IPv4: netip.MustParseAddr("198.19.0.2"), MAC: mac2}
-	base := State{Uplink: "ens32", Workloads: []Workload{w1}, Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")},
-		Remote: []RemoteRoute{{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")}}}
+	base := State{Uplink: "ens32", Workloads: WorkloadsOf(w1), Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")},
+		Remote: RemoteOf(RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")})}
 
 	update := func(s State) Result {
 		t.Helper()
@@ -286,7 +290,7 @@ func TestUpdate(t *testing.T) {
 	}
 
 	more := base
-	more.Workloads = []Workload{w1, w2}
+	more.Workloads = WorkloadsOf(w1, w2)
 	more.Remote = nil
 	if res := update(more); res.Changes == 0 {
 		t.Fatal("Update with a new workload did nothing")
@@ -367,7 +371,7 @@ func TestUpdateSamePolicy(t *testing.T) {
 	update(base) // a full pass
 	before := calls
 	routed := base
-	routed.Remote = []RemoteRoute{{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")}}
+	routed.Remote = RemoteOf(RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")})
 	update(routed)
 	if calls != before {
 		t.Errorf("Update with the same compilation spelled out the entries %d times", calls-before)
@@ -383,5 +387,121 @@ func TestUpdateSamePolicy(t *testing.T) {
 	}
 	if res := h.apply(t, recompiled); res.Changes != 0 {
 		t.Errorf("Apply after the Updates made %d changes", res.Changes)
+	}
+}
+
+// Update with Changed looks at the workloads and remote routes it names (and the pending ones)
+// only, and leaves the host as a full Apply wants it, through additions, removals, new programs,
+// an address swap, an interface that appears and a changed frame.
+func TestUpdateChanged(t *testing.T) {
+	h := newTestHost(t)
+	ws := map[string]Workload{}
+	for i, name := range []string{"cali00000000001", "cali00000000002", "cali00000000003"} {
+		ws[name] = Workload{IfName: name, IPv4: netip.AddrFrom4([4]byte{198, 19, 0, byte(i + 1)}), MAC: h.addWorkloadVeth(t, name)}
+	}
+	w4 := Workload{IfName: "cali00000000004", IPv4: netip.MustParseAddr("198.19.0.4"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 4}}
+	r1 := RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.2")}
+	r2 := RemoteRoute{Prefix: netip.MustParsePrefix("198.19.1.7/32"), NextHop: netip.MustParseAddr("198.18.0.3"), Workload: true}
+	s := State{Uplink: "ens32", Workloads: WorkloadsOf(ws["cali00000000001"], ws["cali00000000002"]), Remote: RemoteOf(r1, r2),
+		Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")}, Pools: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16")},
+		Hosts: []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")}, Self: netip.MustParseAddr("198.18.0.1")}
+	update := func(what string, changed Changed) Result {
+		t.Helper()
+		s.Changed = &changed
+		var res Result
+		if err := h.ns.Do(func() (err error) { res, err = h.r.Update(s); return err }); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return res
+	}
+	// check: what the Update left is what a full pass wants (Apply then makes no change).
+	check := func(what string) {
+		t.Helper()
+		if res := h.apply(t, s); res.Changes != 0 {
+			t.Fatalf("%s: Apply after the Update made %d changes", what, res.Changes)
+		}
+	}
+	names := func(n ...string) map[string]bool {
+		m := map[string]bool{}
+		for _, name := range n {
+			m[name] = true
+		}
+		return m
+	}
+	prefixes := func(p ...netip.Prefix) map[netip.Prefix]bool {
+		m := map[netip.Prefix]bool{}
+		for _, pfx := range p {
+			m[pfx] = true
+		}
+		return m
+	}
+	update("first", Changed{}) // a full pass: no baseline yet
+	check("first")
+
+	s.Workloads["cali00000000003"] = ws["cali00000000003"]
+	if res := update("add", Changed{Workloads: names("cali00000000003")}); res.Changes == 0 {
+		t.Fatal("an added workload made no change")
+	}
+	check("add")
+
+	delete(s.Workloads, "cali00000000001")
+	update("remove", Changed{Workloads: names("cali00000000001")})
+	check("remove")
+	if _, err := h.set.Routes.Get(netip.MustParsePrefix("198.19.0.1/32")); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("the removed workload's route: %v", err)
+	}
+
+	w2 := s.Workloads["cali00000000002"]
+	w2.IngressProgram, w2.EgressProgram = 7, 8
+	s.Workloads[w2.IfName] = w2
+	update("programs", Changed{Workloads: names(w2.IfName)})
+	check("programs")
+
+	r1.NextHop = netip.MustParseAddr("198.18.0.4")
+	r3 := RemoteRoute{Prefix: netip.MustParsePrefix("198.19.0.128/26"), NextHop: netip.MustParseAddr("198.18.0.2")}
+	s.Remote = RemoteOf(r1, r3)
+	update("remote", Changed{Remote: prefixes(r1.Prefix, r2.Prefix, r3.Prefix)})
+	check("remote")
+
+	// A workload whose interface is not there yet stays pending, and is looked at in every
+	// Update until it is.
+	s.Workloads[w4.IfName] = w4
+	if res := update("pending", Changed{Workloads: names(w4.IfName)}); !slices.Equal(res.Pending, []string{w4.IfName}) {
+		t.Fatalf("pending: %v", res.Pending)
+	}
+	w4.MAC = h.addWorkloadVeth(t, w4.IfName)
+	s.Workloads[w4.IfName] = w4
+	if res := update("appeared", Changed{}); len(res.Pending) != 0 || res.Changes == 0 {
+		t.Fatalf("the interface that appeared: %+v", res)
+	}
+	check("appeared")
+
+	// Two workloads swap addresses in one pass.
+	w2, w3 := s.Workloads["cali00000000002"], s.Workloads["cali00000000003"]
+	w2.IPv4, w3.IPv4 = w3.IPv4, w2.IPv4
+	s.Workloads[w2.IfName], s.Workloads[w3.IfName] = w2, w3
+	update("swap", Changed{Workloads: names(w2.IfName, w3.IfName)})
+	check("swap")
+
+	// What Changed does not name is not looked at: the cost is in what changed.
+	w3.IPv4 = netip.MustParseAddr("198.19.0.33")
+	s.Workloads[w3.IfName] = w3
+	if res := update("unnamed", Changed{}); res.Changes != 0 {
+		t.Errorf("an Update naming nothing made %d changes", res.Changes)
+	}
+	// A changed frame (a new block) makes Update look at everything.
+	s.Blocks = append(s.Blocks, netip.MustParsePrefix("198.19.0.192/26"))
+	update("frame", Changed{})
+	check("frame")
+	if rt, err := h.set.Routes.Get(netip.MustParsePrefix("198.19.0.33/32")); err != nil || rt.Flags&maps.LocalWorkload == 0 {
+		t.Errorf("the moved workload's route after a full look: %+v, %v", rt, err)
+	}
+
+	// A conflict Changed brings in is refused, and the next pass is a full one.
+	w4.IPv4 = w2.IPv4
+	s.Workloads[w4.IfName] = w4
+	s.Changed = &Changed{Workloads: names(w4.IfName)}
+	if err := h.ns.Do(func() error { _, err := h.r.Update(s); return err }); err == nil {
+		t.Error("Update accepted two workloads with one address")
 	}
 }

@@ -33,17 +33,46 @@ type RemoteRoute struct {
 
 // State is what the host should look like.
 type State struct {
-	Uplink    string         // interface towards the other hosts
-	Workloads []Workload     // on this host
-	Blocks    []netip.Prefix // blocks this host owns: blackholed, LOCAL_BLOCK
-	Remote    []RemoteRoute  // learned from the other hosts
-	Pools     []netip.Prefix // IP pools, for the IN_POOL flag
+	Uplink    string                       // interface towards the other hosts
+	Workloads map[string]Workload          // on this host, by interface name (IfName)
+	Blocks    []netip.Prefix               // blocks this host owns: blackholed, LOCAL_BLOCK
+	Remote    map[netip.Prefix]RemoteRoute // learned from the other hosts, by Prefix
+	Pools     []netip.Prefix               // IP pools, for the IN_POOL flag
 	// Hosts are the addresses of every host of the cluster, Self among them: routes of kind
 	// HOST that policy reads (failsafe ports, this host's access to its workloads).
 	Hosts []netip.Addr
 	Self  netip.Addr
 	// Policy is the compiled policy; the zero value has none.
 	Policy Policy
+	// Changed, when set, names what may differ from the State of the pass before: Update then
+	// looks at those workloads and remote routes only, when the rest (uplink, blocks, pools,
+	// hosts) is the same. nil: anything may have changed.
+	Changed *Changed
+}
+
+// Changed names the workloads (by interface) and remote routes (by prefix) that came, went or
+// changed since the State of the pass before, their policy programs included.
+type Changed struct {
+	Workloads map[string]bool
+	Remote    map[netip.Prefix]bool
+}
+
+// WorkloadsOf indexes workloads by interface name, as State.Workloads has them.
+func WorkloadsOf(ws ...Workload) map[string]Workload {
+	m := make(map[string]Workload, len(ws))
+	for _, w := range ws {
+		m[w.IfName] = w
+	}
+	return m
+}
+
+// RemoteOf indexes remote routes by prefix, as State.Remote has them.
+func RemoteOf(rs ...RemoteRoute) map[netip.Prefix]RemoteRoute {
+	m := make(map[netip.Prefix]RemoteRoute, len(rs))
+	for _, r := range rs {
+		m[r.Prefix] = r
+	}
+	return m
 }
 
 // Policy is the compiled policy as the maps hold it.
@@ -102,22 +131,15 @@ func (s State) Validate() error {
 	if s.Uplink == "" {
 		return fmt.Errorf("validate state: no uplink")
 	}
-	seenIf := make(map[string]bool, len(s.Workloads))
 	seenIP := make(map[netip.Addr]bool, len(s.Workloads))
-	for _, w := range s.Workloads {
-		if !isCaliName(w.IfName) {
-			return fmt.Errorf("validate state: workload interface %q is not cali + 11 hex digits", w.IfName)
+	for name, w := range s.Workloads {
+		if err := validateWorkload(name, w); err != nil {
+			return err
 		}
-		if !w.IPv4.Is4() {
-			return fmt.Errorf("validate state: workload %s address %v is not IPv4", w.IfName, w.IPv4)
-		}
-		if len(w.MAC) != 6 {
-			return fmt.Errorf("validate state: workload %s MAC %v is not 6 bytes", w.IfName, w.MAC)
-		}
-		if seenIf[w.IfName] || seenIP[w.IPv4] {
+		if seenIP[w.IPv4] {
 			return fmt.Errorf("validate state: workload %s (%v) listed twice", w.IfName, w.IPv4)
 		}
-		seenIf[w.IfName], seenIP[w.IPv4] = true, true
+		seenIP[w.IPv4] = true
 	}
 	for _, h := range s.Hosts {
 		if !h.Is4() {
@@ -132,22 +154,62 @@ func (s State) Validate() error {
 			return fmt.Errorf("validate state: %v is not an IPv4 network prefix", p)
 		}
 	}
-	for _, r := range s.Remote {
-		if !r.Prefix.IsValid() || !r.Prefix.Addr().Is4() || r.Prefix.Masked() != r.Prefix {
-			return fmt.Errorf("validate state: remote route %v is not an IPv4 network prefix", r.Prefix)
-		}
-		if !r.NextHop.Is4() {
-			return fmt.Errorf("validate state: remote route %v has next hop %v", r.Prefix, r.NextHop)
+	for p, r := range s.Remote {
+		if err := validateRemote(p, r); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func (s State) inPool(p netip.Prefix) maps.RouteFlags {
-	for _, pool := range s.Pools {
-		if pool.Bits() <= p.Bits() && pool.Contains(p.Addr()) {
-			return maps.InPool
+// validateChanged is Validate for an incremental Update: the workloads and remote routes
+// Changed names (the reconciler refuses an address two workloads claim as it goes).
+func (s State) validateChanged() error {
+	if s.Uplink == "" {
+		return fmt.Errorf("validate state: no uplink")
+	}
+	for name := range s.Changed.Workloads {
+		if w, ok := s.Workloads[name]; ok {
+			if err := validateWorkload(name, w); err != nil {
+				return err
+			}
 		}
 	}
-	return 0
+	for p := range s.Changed.Remote {
+		if r, ok := s.Remote[p]; ok {
+			if err := validateRemote(p, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func validateWorkload(name string, w Workload) error {
+	if name != w.IfName {
+		return fmt.Errorf("validate state: workload %s listed as %s", w.IfName, name)
+	}
+	if !isCaliName(w.IfName) {
+		return fmt.Errorf("validate state: workload interface %q is not cali + 11 hex digits", w.IfName)
+	}
+	if !w.IPv4.Is4() {
+		return fmt.Errorf("validate state: workload %s address %v is not IPv4", w.IfName, w.IPv4)
+	}
+	if len(w.MAC) != 6 {
+		return fmt.Errorf("validate state: workload %s MAC %v is not 6 bytes", w.IfName, w.MAC)
+	}
+	return nil
+}
+
+func validateRemote(p netip.Prefix, r RemoteRoute) error {
+	if p != r.Prefix {
+		return fmt.Errorf("validate state: remote route %v listed as %v", r.Prefix, p)
+	}
+	if !r.Prefix.IsValid() || !r.Prefix.Addr().Is4() || r.Prefix.Masked() != r.Prefix {
+		return fmt.Errorf("validate state: remote route %v is not an IPv4 network prefix", r.Prefix)
+	}
+	if !r.NextHop.Is4() {
+		return fmt.Errorf("validate state: remote route %v has next hop %v", r.Prefix, r.NextHop)
+	}
+	return nil
 }

@@ -41,6 +41,8 @@ type Delta struct {
 	Identities map[uint32]bool
 	// Stale are the keys those identities' entries had: deleted unless still wanted.
 	Stale []maps.PolicyKey
+	// Endpoints are the local workload addresses whose programs came, went or changed.
+	Endpoints []netip.Addr
 }
 
 type incEndpoint struct {
@@ -325,10 +327,17 @@ func (c *Compiler) Update(s *Set, changes []Change) (*Result, error) {
 				break
 			}
 		}
-		if local {
+		cur, had := in.endpoints[a]
+		switch {
+		case local && (!had || cur != pg):
 			in.endpoints[a] = pg
-		} else {
+		case !local && had:
 			delete(in.endpoints, a)
+		default:
+			continue
+		}
+		if delta != nil {
+			delta.Endpoints = append(delta.Endpoints, a)
 		}
 	}
 

@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"fmt"
+	stdmaps "maps"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/margaynet/margay/control/bgp"
+	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/datastore"
+)
+
+// viewFixture is a three-node view, as the watchers fill it: vm100 (this node), vm101 and vm102
+// on one segment, a pool, and a block of each node.
+func viewFixture(withBGP bool) *view {
+	v := newView("vm100", withBGP)
+	for i, name := range []string{"vm100", "vm101", "vm102"} {
+		v.nodes[name] = datastore.Node{Name: name, AddressV4: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(100 + i)}), 24)}
+		cidr := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(64 * i)}), 26)
+		v.blocks[cidr.String()] = datastore.Block{CIDR: cidr, Affinity: "host:" + name}
+	}
+	v.pools["p"] = datastore.Pool{CIDR: netip.MustParsePrefix("198.19.0.0/16")}
+	return v
+}
+
+// put and del change the view as follow does for a datastore event.
+func put[T any](v *view, kind string, m map[string]T, name string, val T, same func(a, b T) bool) {
+	old, had := m[name]
+	m[name] = val
+	v.touch(kind, name, !had || same == nil || !same(old, val))
+}
+
+func del[T any](v *view, kind string, m map[string]T, name string) {
+	delete(m, name)
+	v.touch(kind, name, true)
+}
+
+// The desired state the view keeps up to date event by event is the one it derives from
+// scratch, after every batch of random events: workloads that come, go, move, borrow addresses
+// and clash over addresses and interfaces, blocks that change owner or only their allocations,
+// BGP routes. Changed names every entry that differs from the last pass's, and most passes
+// take the incremental path.
+func TestStateIncremental(t *testing.T) {
+	for _, withBGP := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bgp=%v", withBGP), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(18, 19))
+			v := viewFixture(withBGP)
+			nodes := []string{"vm100", "vm101", "vm102"}
+			sameBlock := func(a, b datastore.Block) bool { return a.CIDR == b.CIDR && a.Node() == b.Node() }
+			s := v.state("ens32", false)
+			prevW, prevR := stdmaps.Clone(s.Workloads), stdmaps.Clone(s.Remote)
+			incremental := 0
+			const passes = 400
+			for pass := range passes {
+				for range 1 + rng.IntN(3) {
+					switch r := rng.IntN(20); {
+					case r < 12: // a workload put: 30 keys, 200 addresses; an interface of its own, or now and then another's
+						n := rng.IntN(30)
+						node := nodes[rng.IntN(3)]
+						if rng.IntN(4) > 0 {
+							node = "vm100"
+						}
+						key := fmt.Sprintf("%s/w%d", node, n)
+						ip := netip.AddrFrom4([4]byte{198, 19, 0, byte(rng.IntN(200))})
+						ifname := fmt.Sprintf("cali%011x", n)
+						if rng.IntN(10) == 0 {
+							ifname = fmt.Sprintf("cali%011x", rng.IntN(30))
+						}
+						put(v, kindWorkloads, v.workloads, key, datastore.Workload{Version: 1, ID: fmt.Sprintf("w%d", n), Node: node,
+							IfName: ifname, MAC: fmt.Sprintf("02:00:00:00:00:%02x", rng.IntN(256)),
+							IPv4: []netip.Prefix{netip.PrefixFrom(ip, 32)}}, nil)
+					case r < 16: // a workload deleted
+						keys := slices.Sorted(stdmaps.Keys(v.workloads))
+						if len(keys) > 0 {
+							del(v, kindWorkloads, v.workloads, keys[rng.IntN(len(keys))])
+						}
+					case r < 18: // an address given out: the block's allocations change
+						name := slices.Sorted(stdmaps.Keys(v.blocks))[rng.IntN(len(v.blocks))]
+						b := v.blocks[name]
+						b.Allocations = append(slices.Clone(b.Allocations), datastore.Allocation{Handle: fmt.Sprint(pass)})
+						put(v, kindBlocks, v.blocks, name, b, sameBlock)
+					case r < 19: // a block changes owner
+						name := slices.Sorted(stdmaps.Keys(v.blocks))[rng.IntN(len(v.blocks))]
+						b := v.blocks[name]
+						b.Affinity = "host:" + nodes[rng.IntN(3)]
+						put(v, kindBlocks, v.blocks, name, b, sameBlock)
+					default: // BGP delivers a new table
+						if withBGP {
+							v.learned = nil
+							for i := range 4 {
+								if rng.IntN(2) == 0 {
+									v.learned = append(v.learned, bgp.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 1, byte(i)}), 32),
+										NextHop: netip.AddrFrom4([4]byte{198, 18, 0, byte(101 + rng.IntN(2))})})
+								}
+							}
+							v.dirtyRemote = true
+						}
+					}
+				}
+				s := v.state("ens32", false)
+				want := v.derive("ens32").st
+				if !stdmaps.EqualFunc(s.Workloads, want.Workloads, sameWorkload) || !stdmaps.Equal(s.Remote, want.Remote) ||
+					!slices.Equal(s.Hosts, want.Hosts) || !slices.Equal(s.Blocks, want.Blocks) || s.Self != want.Self {
+					t.Fatalf("pass %d: the state kept up to date\n%+v\n%+v\ndiffers from the one derived again\n%+v\n%+v",
+						pass, s.Workloads, s.Remote, want.Workloads, want.Remote)
+				}
+				if s.Changed != nil {
+					incremental++
+					for name, w := range s.Workloads {
+						if old, ok := prevW[name]; (!ok || !sameWorkload(old, w)) && !s.Changed.Workloads[name] {
+							t.Fatalf("pass %d: workload %s changed, Changed does not say so", pass, name)
+						}
+					}
+					for name := range prevW {
+						if _, ok := s.Workloads[name]; !ok && !s.Changed.Workloads[name] {
+							t.Fatalf("pass %d: workload %s went, Changed does not say so", pass, name)
+						}
+					}
+					for p, r := range s.Remote {
+						if old, ok := prevR[p]; (!ok || old != r) && !s.Changed.Remote[p] {
+							t.Fatalf("pass %d: remote route %v changed, Changed does not say so", pass, p)
+						}
+					}
+					for p := range prevR {
+						if _, ok := s.Remote[p]; !ok && !s.Changed.Remote[p] {
+							t.Fatalf("pass %d: remote route %v went, Changed does not say so", pass, p)
+						}
+					}
+				}
+				prevW, prevR = stdmaps.Clone(s.Workloads), stdmaps.Clone(s.Remote)
+
+				// What the node advertises: its blocks, and the /32 of each local workload whose
+				// address is in another node's block.
+				var wantAds []bgp.Advertisement
+				for _, b := range v.blocks {
+					if b.Node() == "vm100" {
+						wantAds = append(wantAds, bgp.Advertisement{Prefix: b.CIDR})
+					}
+				}
+				for _, w := range want.Workloads {
+					for _, b := range v.blocks {
+						if b.CIDR.Contains(w.IPv4) && b.Node() != "vm100" {
+							wantAds = append(wantAds, bgp.Advertisement{Prefix: netip.PrefixFrom(w.IPv4, 32)})
+						}
+					}
+				}
+				slices.SortFunc(wantAds, func(a, b bgp.Advertisement) int { return comparePrefix(a.Prefix, b.Prefix) })
+				if got := v.advertisements(); !slices.Equal(got, wantAds) {
+					t.Fatalf("pass %d: advertisements %v, want %v", pass, got, wantAds)
+				}
+			}
+			if incremental < passes/2 {
+				t.Errorf("%d of %d passes incremental", incremental, passes)
+			}
+			t.Logf("%d of %d passes incremental", incremental, passes)
+		})
+	}
+}
+
+func sameWorkload(a, b dataplane.Workload) bool {
+	return a.IfName == b.IfName && a.IPv4 == b.IPv4 && slices.Equal(a.MAC, b.MAC) && a.IngressProgram == b.IngressProgram &&
+		a.EgressProgram == b.EgressProgram
+}
+
+// A full pass derives everything again, and a structural change (a node, a pool, a block that
+// changes owner) does too; an address given out in a block does not.
+func TestStateRebuilds(t *testing.T) {
+	v := viewFixture(false)
+	v.state("ens32", false)
+	sameBlock := func(a, b datastore.Block) bool { return a.CIDR == b.CIDR && a.Node() == b.Node() }
+	if s := v.state("ens32", true); s.Changed != nil {
+		t.Error("a full pass's state names changes")
+	}
+	b := v.blocks["198.19.0.64/26"]
+	b.Allocations = []datastore.Allocation{{Handle: "h"}}
+	put(v, kindBlocks, v.blocks, "198.19.0.64/26", b, sameBlock)
+	if s := v.state("ens32", false); s.Changed == nil {
+		t.Error("an address given out derived everything again")
+	}
+	b.Affinity = "host:vm102"
+	put(v, kindBlocks, v.blocks, "198.19.0.64/26", b, sameBlock)
+	s := v.state("ens32", false)
+	if s.Changed != nil {
+		t.Error("a block's new owner did not derive everything again")
+	}
+	if r := s.Remote[b.CIDR]; r.NextHop != netip.MustParseAddr("198.18.0.102") {
+		t.Errorf("the block's route after the new owner: %+v", r)
+	}
+	put(v, kindNodes, v.nodes, "vm103", datastore.Node{Name: "vm103", AddressV4: netip.MustParsePrefix("198.18.0.103/24")}, nil)
+	if s := v.state("ens32", false); s.Changed != nil || !slices.Contains(s.Hosts, netip.MustParseAddr("198.18.0.103")) {
+		t.Errorf("a new node: changed %v, hosts %v", s.Changed, s.Hosts)
+	}
+}
