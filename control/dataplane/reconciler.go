@@ -33,6 +33,9 @@ type Reconciler struct {
 	vethNoted  bool // the log line about a veth uplink was written
 	// last is what the last successful pass left, the baseline of Update; nil forces Apply.
 	last *desired
+	// afterDerive, when set (tests), runs between a pass's derivation and its first change to
+	// the host: where a CNI DEL beside the pass removes an interface the pass just looked up.
+	afterDerive func()
 }
 
 // Option configures a Reconciler.
@@ -148,6 +151,50 @@ type changes struct {
 	errs []error
 }
 
+// noteOn is note for a step on the interface with index ifindex (and name, when known): a
+// failure because the interface went away while the pass ran (a CNI DEL beside it) is no error
+// of the pass. The workload's record goes next, and the pass for it cleans up; if it stays, the
+// next full pass finds the interface missing and waits for it. Failing the pass instead would
+// make the next one a full pass, which a DEL beside it fails again: at 1,000 workloads, full
+// passes of ≈ 1 s back to back while pods go away.
+func (c *changes) noteOn(r *Reconciler, ifindex int, name string) func(bool, error) {
+	return func(changed bool, err error) {
+		if err != nil && ifindex != 0 && r.vanished(ifindex, name) {
+			r.log.Debug("interface went away during the pass", "interface", name, "ifindex", ifindex, "error", err)
+			err = nil
+		}
+		c.note(changed, err)
+	}
+}
+
+// noteRoute notes the addition of kernel route kr: on a workload's interface that went away, no
+// error (see noteOn); on the uplink, blackholes and the rest, as it is.
+func (c *changes) noteRoute(r *Reconciler, d *desired, kr netlink.Route, err error) {
+	if kr.LinkIndex == 0 || kr.LinkIndex == int(d.uplinkIndex) {
+		c.note(true, err)
+		return
+	}
+	c.noteOn(r, kr.LinkIndex, "")(true, err)
+}
+
+// vanished says whether the interface with index ifindex (named name, when given) is gone.
+func (r *Reconciler) vanished(ifindex int, name string) bool {
+	l, err := r.nl.LinkByIndex(ifindex)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+	}
+	return name != "" && l.Attrs().Name != name
+}
+
+// addRoute adds or replaces a kernel route.
+func (r *Reconciler) addRoute(kr netlink.Route) error {
+	if err := r.nl.RouteReplace(&kr); err != nil {
+		return fmt.Errorf("add route %v: %w", prefixOf(kr.Dst), err)
+	}
+	return nil
+}
+
 func (c *changes) note(changed bool, err error) {
 	if changed {
 		c.res.Changes++
@@ -178,8 +225,11 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 	c.note(false, err)
 	c.res.Pending = d.pendingList()
 	c.note(r.sysctl("ipv4/ip_forward", "1"))
+	if r.afterDerive != nil {
+		r.afterDerive()
+	}
 	for _, link := range d.present {
-		c.note(r.configureInterface(link))
+		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.configureInterface(link))
 	}
 
 	// Additions and repairs: policy before endpoint before route before program.
@@ -201,10 +251,10 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 	}
 	c.note(r.attachNetfilter())
 	for _, link := range d.present {
-		c.note(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
+		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
 	}
 	c.note(r.attachUplink(s.Uplink, int(d.uplinkIndex)))
-	c.note(r.syncKernelRoutes(d.kernel))
+	c.note(r.syncKernelRoutes(d, d.kernel, &c))
 
 	// Removals: program, then route, then endpoint.
 	c.note(r.detachStale(d.wanted, s.Uplink))
@@ -258,8 +308,11 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	c.res.Pending = d.pendingList()
 
 	// Additions and changes: interface settings, policy, endpoint, route, program, kernel route.
+	if r.afterDerive != nil {
+		r.afterDerive()
+	}
 	for _, link := range p.configure {
-		c.note(r.configureInterface(link))
+		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.configureInterface(link))
 	}
 	var (
 		removal       *PolicyRemoval
@@ -297,14 +350,10 @@ func (r *Reconciler) Update(s State) (Result, error) {
 		c.note(true, r.maps.Routes.PutAll(p.putRoutes))
 	}
 	for _, link := range p.attach {
-		c.note(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
+		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
 	}
 	for _, kr := range p.putKernel {
-		err := r.nl.RouteReplace(&kr)
-		if err != nil {
-			err = fmt.Errorf("add route %v: %w", prefixOf(kr.Dst), err)
-		}
-		c.note(true, err)
+		c.noteRoute(r, d, kr, r.addRoute(kr))
 	}
 
 	// Removals: program, kernel route, map route, endpoint.
@@ -501,8 +550,9 @@ func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, have []maps.Ro
 	return len(put) > 0, r.maps.Routes.PutAll(put)
 }
 
-// syncKernelRoutes makes the main table's routes of protocol margay exactly want.
-func (r *Reconciler) syncKernelRoutes(want map[netip.Prefix]netlink.Route) (bool, error) {
+// syncKernelRoutes makes the main table's routes of protocol margay exactly want; a route on an
+// interface that went away meanwhile is noted in c as no error (see noteOn).
+func (r *Reconciler) syncKernelRoutes(d *desired, want map[netip.Prefix]netlink.Route, c *changes) (bool, error) {
 	have, err := r.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -527,11 +577,7 @@ func (r *Reconciler) syncKernelRoutes(want map[netip.Prefix]netlink.Route) (bool
 		if seen[p] {
 			continue
 		}
-		changed = true
-		w := w
-		if err := r.nl.RouteReplace(&w); err != nil {
-			errs = append(errs, fmt.Errorf("add route %v: %w", p, err))
-		}
+		c.noteRoute(r, d, w, r.addRoute(w))
 	}
 	return changed, errors.Join(errs...)
 }

@@ -505,3 +505,56 @@ func TestUpdateChanged(t *testing.T) {
 		t.Error("Update accepted two workloads with one address")
 	}
 }
+
+// An interface that a CNI DEL removes while a pass runs, between the pass's look-up and its
+// changes, is no error of the pass (else every pass beside a DEL would fail and make the next
+// one full); the pass for the workload's removal then cleans up after it.
+func TestInterfaceVanishes(t *testing.T) {
+	h := newTestHost(t)
+	ws := map[string]Workload{}
+	for i, name := range []string{"cali00000000001", "cali00000000002", "cali00000000003"} {
+		ws[name] = Workload{IfName: name, IPv4: netip.AddrFrom4([4]byte{198, 19, 0, byte(i + 1)}), MAC: h.addWorkloadVeth(t, name)}
+	}
+	remove := func(name string) {
+		h.r.afterDerive = func() {
+			h.r.afterDerive = nil
+			if err := h.ns.Netlink().LinkDel(h.ns.Link(t, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s := State{Uplink: "ens32", Workloads: WorkloadsOf(ws["cali00000000001"], ws["cali00000000002"]),
+		Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")}}
+	remove("cali00000000002")
+	if err := h.ns.Do(func() error { _, err := h.r.Apply(s); return err }); err != nil {
+		t.Fatalf("Apply with an interface gone mid-pass: %v", err)
+	}
+	if h.r.last == nil {
+		t.Fatal("the pass left no baseline: the next one would be full")
+	}
+	s.Workloads["cali00000000003"] = ws["cali00000000003"]
+	s.Changed = &Changed{Workloads: map[string]bool{"cali00000000003": true}}
+	remove("cali00000000003")
+	if err := h.ns.Do(func() error { _, err := h.r.Update(s); return err }); err != nil {
+		t.Fatalf("Update with an interface gone mid-pass: %v", err)
+	}
+	// The records go, and the passes for that leave nothing behind.
+	delete(s.Workloads, "cali00000000002")
+	delete(s.Workloads, "cali00000000003")
+	s.Changed = &Changed{Workloads: map[string]bool{"cali00000000002": true, "cali00000000003": true}}
+	if err := h.ns.Do(func() error { _, err := h.r.Update(s); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if res := h.apply(t, s); res.Changes != 0 {
+		t.Errorf("Apply after the removals made %d changes", res.Changes)
+	}
+	if eps, err := h.set.Endpoints.List(); err != nil || len(eps) != 1 {
+		t.Errorf("endpoints: %+v, %v", eps, err)
+	}
+	// A failure on an interface that is still there is an error, as before: here its sysctls
+	// cannot be read.
+	h.r.sysctlRoot = t.TempDir()
+	if err := h.ns.Do(func() error { _, err := h.r.Apply(s); return err }); err == nil {
+		t.Error("Apply that could not read an existing interface's sysctls reported no error")
+	}
+}
