@@ -194,3 +194,99 @@ func TestStateRebuilds(t *testing.T) {
 		t.Errorf("a new node: changed %v, hosts %v", s.Changed, s.Hosts)
 	}
 }
+
+// What the view derives for this node (vm100 on 198.18.0.100/24, blocks .0/26 of vm100, .64/26
+// of vm101, .128/26 of vm102, a pool 198.19.0.0/16), case by case.
+func TestStateTable(t *testing.T) {
+	wl := func(node, id, ifname, ip string) datastore.Workload {
+		return datastore.Workload{Version: 1, ID: id, Node: node, IfName: ifname, MAC: "02:00:00:00:00:01",
+			IPv4: []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr(ip), 32)}}
+	}
+	pfx := netip.MustParsePrefix
+	addr := netip.MustParseAddr
+	remote := func(p, nh string, workload bool) dataplane.RemoteRoute {
+		return dataplane.RemoteRoute{Prefix: pfx(p), NextHop: addr(nh), Workload: workload}
+	}
+	for _, tc := range []struct {
+		name      string
+		bgp       bool
+		change    func(v *view)
+		workloads map[string]netip.Addr // interface -> address
+		remote    []dataplane.RemoteRoute
+	}{{
+		name:   "blocks of other nodes through them, none for our own",
+		remote: []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+	}, {
+		name: "a local workload, and another node's (covered by its block)",
+		change: func(v *view) {
+			v.workloads["vm100/a"] = wl("vm100", "a", "cali0000000000a", "198.19.0.5")
+			v.workloads["vm101/b"] = wl("vm101", "b", "cali0000000000b", "198.19.0.70")
+		},
+		workloads: map[string]netip.Addr{"cali0000000000a": addr("198.19.0.5")},
+		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+	}, {
+		name: "an address vm102 borrowed from vm101's block gets a /32 through vm102",
+		change: func(v *view) {
+			v.workloads["vm102/c"] = wl("vm102", "c", "cali0000000000c", "198.19.0.71")
+		},
+		remote: []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.71/32", "198.18.0.102", true),
+			remote("198.19.0.128/26", "198.18.0.102", false)},
+	}, {
+		name: "a node off our uplink's subnet is not a next hop",
+		change: func(v *view) {
+			n := v.nodes["vm102"]
+			n.AddressV4 = pfx("198.18.1.102/24")
+			v.nodes["vm102"] = n
+		},
+		remote: []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false)},
+	}, {
+		name: "two records with one address: the first by key wins",
+		change: func(v *view) {
+			v.workloads["vm100/b"] = wl("vm100", "b", "cali0000000000b", "198.19.0.5")
+			v.workloads["vm100/a"] = wl("vm100", "a", "cali0000000000a", "198.19.0.5")
+		},
+		workloads: map[string]netip.Addr{"cali0000000000a": addr("198.19.0.5")},
+		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+	}, {
+		name: "two records with one interface: the first by key wins",
+		change: func(v *view) {
+			v.workloads["vm100/b"] = wl("vm100", "b", "cali0000000000a", "198.19.0.6")
+			v.workloads["vm100/a"] = wl("vm100", "a", "cali0000000000a", "198.19.0.5")
+		},
+		workloads: map[string]netip.Addr{"cali0000000000a": addr("198.19.0.5")},
+		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+	}, {
+		name: "BGP: routes from BGP only; our own block and next hops off the subnet are not used",
+		bgp:  true,
+		change: func(v *view) {
+			v.workloads["vm102/c"] = wl("vm102", "c", "cali0000000000c", "198.19.0.71")
+			v.learned = []bgp.Route{{Prefix: pfx("198.19.0.64/26"), NextHop: addr("198.18.0.101")},
+				{Prefix: pfx("198.19.0.0/26"), NextHop: addr("198.18.0.101")},
+				{Prefix: pfx("198.19.1.0/26"), NextHop: addr("198.18.7.1")},
+				{Prefix: pfx("198.19.0.71/32"), NextHop: addr("198.18.0.102")}}
+		},
+		remote: []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.71/32", "198.18.0.102", true)},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := viewFixture(tc.bgp)
+			if tc.change != nil {
+				tc.change(v)
+			}
+			s := v.state("ens32", true)
+			got := map[string]netip.Addr{}
+			for name, w := range s.Workloads {
+				got[name] = w.IPv4
+			}
+			if !stdmaps.Equal(got, tc.workloads) && (len(got) != 0 || len(tc.workloads) != 0) {
+				t.Errorf("workloads %v, want %v", got, tc.workloads)
+			}
+			if want := dataplane.RemoteOf(tc.remote...); !stdmaps.Equal(s.Remote, want) {
+				t.Errorf("remote routes %v, want %v", s.Remote, want)
+			}
+			if !slices.Equal(s.Blocks, []netip.Prefix{pfx("198.19.0.0/26")}) || s.Self != addr("198.18.0.100") ||
+				!slices.Equal(s.Pools, []netip.Prefix{pfx("198.19.0.0/16")}) || len(s.Hosts) != 3 {
+				t.Errorf("blocks %v, self %v, pools %v, hosts %v", s.Blocks, s.Self, s.Pools, s.Hosts)
+			}
+		})
+	}
+}
