@@ -207,6 +207,7 @@ func TestStateTable(t *testing.T) {
 	remote := func(p, nh string, workload bool) dataplane.RemoteRoute {
 		return dataplane.RemoteRoute{Prefix: pfx(p), NextHop: addr(nh), Workload: workload}
 	}
+	others := []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)}
 	for _, tc := range []struct {
 		name      string
 		bgp       bool
@@ -215,7 +216,7 @@ func TestStateTable(t *testing.T) {
 		remote    []dataplane.RemoteRoute
 	}{{
 		name:   "blocks of other nodes through them, none for our own",
-		remote: []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+		remote: others,
 	}, {
 		name: "a local workload, and another node's (covered by its block)",
 		change: func(v *view) {
@@ -223,7 +224,7 @@ func TestStateTable(t *testing.T) {
 			v.workloads["vm101/b"] = wl("vm101", "b", "cali0000000000b", "198.19.0.70")
 		},
 		workloads: map[string]netip.Addr{"cali0000000000a": addr("198.19.0.5")},
-		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+		remote:    others,
 	}, {
 		name: "an address vm102 borrowed from vm101's block gets a /32 through vm102",
 		change: func(v *view) {
@@ -246,7 +247,7 @@ func TestStateTable(t *testing.T) {
 			v.workloads["vm100/a"] = wl("vm100", "a", "cali0000000000a", "198.19.0.5")
 		},
 		workloads: map[string]netip.Addr{"cali0000000000a": addr("198.19.0.5")},
-		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+		remote:    others,
 	}, {
 		name: "two records with one interface: the first by key wins",
 		change: func(v *view) {
@@ -254,7 +255,7 @@ func TestStateTable(t *testing.T) {
 			v.workloads["vm100/a"] = wl("vm100", "a", "cali0000000000a", "198.19.0.5")
 		},
 		workloads: map[string]netip.Addr{"cali0000000000a": addr("198.19.0.5")},
-		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.128/26", "198.18.0.102", false)},
+		remote:    others,
 	}, {
 		name: "BGP: routes from BGP only; our own block and next hops off the subnet are not used",
 		bgp:  true,
