@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/margaynet/margay/control/agent"
+	"github.com/margaynet/margay/control/hostconv"
 )
 
 // newNodeStatusCmd prints what `calicoctl node status` prints, from this host's agent.
@@ -35,7 +35,7 @@ how its BGP sessions stand, in the form calicoctl node status prints.`,
 			} else {
 				resp.Body.Close()
 			}
-			peers := []agent.PeerJSON{}
+			peers := []hostconv.PeerStatus{}
 			resp, err := client.Get(base + "/bgp/peers")
 			if err != nil {
 				return fmt.Errorf("node status: %w", err)
@@ -74,7 +74,7 @@ how its BGP sessions stand, in the form calicoctl node status prints.`,
 }
 
 // writeStatusTable draws the peers as calicoctl does: up/down, and the session state as info.
-func writeStatusTable(w io.Writer, peers []agent.PeerJSON) {
+func writeStatusTable(w io.Writer, peers []hostconv.PeerStatus) {
 	header := []string{"PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"}
 	rows := [][]string{}
 	for _, p := range peers {

@@ -23,6 +23,7 @@ import (
 	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
@@ -376,7 +377,7 @@ func (a *Agent) datastoreAnswers(ctx context.Context) bool {
 // gives up empty blocks beyond the first.
 func (a *Agent) collectGarbage(ctx context.Context, v *view) {
 	a.collectOrphans(ctx, v)
-	prefix := a.cfg.NodeName + "/"
+	prefix := hostconv.WorkloadKey(a.cfg.NodeName, "")
 	suspects := map[string]bool{}
 	freed, err := a.ipam.GC(ctx, func(w string) bool {
 		if _, ok := v.workloads[w]; ok || !strings.HasPrefix(w, prefix) {
@@ -486,15 +487,6 @@ func (a *Agent) serveHTTP(ctx context.Context) error {
 	return nil
 }
 
-// PeerJSON is one BGP peer as /bgp/peers serves it and `margayctl node status` prints it.
-type PeerJSON struct {
-	Address string    `json:"address"`
-	Type    string    `json:"type"`
-	State   string    `json:"state"`
-	Since   time.Time `json:"since,omitzero"`
-	Info    string    `json:"info,omitempty"`
-}
-
 // serveBGPPeers answers with the sessions of the node's speaker, as calicoctl reads BIRD's.
 func (a *Agent) serveBGPPeers(w http.ResponseWriter, req *http.Request) {
 	sp := a.speaker.Load()
@@ -507,9 +499,9 @@ func (a *Agent) serveBGPPeers(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	out := []PeerJSON{}
+	out := []hostconv.PeerStatus{}
 	for _, p := range peers {
-		out = append(out, PeerJSON{Address: p.Address.String(), Type: p.Type.String(), State: p.State.String(), Since: p.Since, Info: p.Info})
+		out = append(out, hostconv.PeerStatus{Address: p.Address.String(), Type: p.Type.String(), State: p.State.String(), Since: p.Since, Info: p.Info})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)

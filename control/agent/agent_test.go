@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"io"
 	"net"
 	"net/http"
@@ -42,7 +43,7 @@ type agentHost struct {
 
 func (h *agentHost) routes(t *testing.T) map[netip.Prefix]netlink.Route {
 	t.Helper()
-	rs, err := h.ns.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: dataplane.RouteProtocol},
+	rs, err := h.ns.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: hostconv.RouteProtocol},
 		netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		t.Fatal(err)
@@ -334,7 +335,7 @@ func TestAgentWithCNIWorkload(t *testing.T) {
 	idx := uint32(h.ns.Link(t, res.HostVeth).Attrs().Index)
 	eventually(t, "CNI workload programmed", func() error {
 		if r, ok := h.routes(t)[res.IPv4]; !ok || r.LinkIndex != int(idx) {
-			return fmt.Errorf("no proto %d route for %v", dataplane.RouteProtocol, res.IPv4)
+			return fmt.Errorf("no proto %d route for %v", hostconv.RouteProtocol, res.IPv4)
 		}
 		if ep, err := set.Endpoints.Get(idx); err != nil || ep.IPv4 != res.IPv4.Addr() || ep.MAC.String() != res.MAC.String() {
 			return fmt.Errorf("endpoint %+v, %v", ep, err)

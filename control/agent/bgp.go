@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -255,7 +256,7 @@ func retainedRoutes(uplink string) ([]dataplane.RemoteRoute, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up uplink %s: %w", uplink, err)
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: dataplane.RouteProtocol, Table: unix.RT_TABLE_MAIN},
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: hostconv.RouteProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list kernel routes: %w", err)

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 )
 
 // A workload whose network namespace was deleted without CNI DEL (a runtime that crashed, a
@@ -37,7 +38,7 @@ import (
 // collectOrphans removes the records of this node's orphaned workloads (see above). It runs on
 // the loop's goroutine, in the host's network namespace.
 func (a *Agent) collectOrphans(ctx context.Context, v *view) {
-	prefix := a.cfg.NodeName + "/"
+	prefix := hostconv.WorkloadKey(a.cfg.NodeName, "")
 	revs := v.revisions[kindWorkloads]
 	suspects := map[string]int64{}
 	for key, w := range v.workloads {

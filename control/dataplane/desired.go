@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"slices"
 
@@ -208,11 +209,11 @@ func (d *desired) route(s *State, pfx netip.Prefix) (rt maps.Route, kr netlink.R
 		}
 		return maps.Route{Prefix: pfx, Flags: kind | d.inPool(pfx), Ifindex: d.uplinkIndex, NextHop: rr.NextHop},
 			netlink.Route{LinkIndex: int(d.uplinkIndex), Dst: ipNet(pfx), Gw: rr.NextHop.AsSlice(), Type: unix.RTN_UNICAST,
-				Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}, true, true
+				Table: unix.RT_TABLE_MAIN, Protocol: hostconv.RouteProtocol}, true, true
 	}
 	if d.blocks[pfx] {
 		return maps.Route{Prefix: pfx, Flags: maps.LocalBlock | d.inPool(pfx)},
-			netlink.Route{Dst: ipNet(pfx), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}, true, true
+			netlink.Route{Dst: ipNet(pfx), Type: unix.RTN_BLACKHOLE, Table: unix.RT_TABLE_MAIN, Protocol: hostconv.RouteProtocol}, true, true
 	}
 	if pfx.Bits() != 32 {
 		return
@@ -222,7 +223,7 @@ func (d *desired) route(s *State, pfx netip.Prefix) (rt maps.Route, kr netlink.R
 			idx := uint32(link.Attrs().Index)
 			return maps.Route{Prefix: pfx, Flags: maps.LocalWorkload | d.inPool(pfx), Ifindex: idx},
 				netlink.Route{LinkIndex: int(idx), Dst: ipNet(pfx), Scope: netlink.SCOPE_LINK, Type: unix.RTN_UNICAST,
-					Table: unix.RT_TABLE_MAIN, Protocol: RouteProtocol}, true, true
+					Table: unix.RT_TABLE_MAIN, Protocol: hostconv.RouteProtocol}, true, true
 		}
 	}
 	if d.hosts[pfx.Addr()] {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -18,9 +19,6 @@ import (
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 )
-
-// HostVethMAC is the MAC of every host-side cali* veth, as in Calico.
-var HostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
 
 // Reconciler makes the host match a State. It is not safe for concurrent use: one owner
 // goroutine calls Apply, at start, on every change and periodically.
@@ -453,8 +451,8 @@ func (r *Reconciler) configureInterface(link netlink.Link) (bool, error) {
 	name := link.Attrs().Name
 	changed := false
 	var errs []error
-	if !bytes.Equal(link.Attrs().HardwareAddr, HostVethMAC) {
-		if err := r.nl.LinkSetHardwareAddr(link, HostVethMAC); err != nil {
+	if !bytes.Equal(link.Attrs().HardwareAddr, hostconv.VethMAC) {
+		if err := r.nl.LinkSetHardwareAddr(link, hostconv.VethMAC); err != nil {
 			errs = append(errs, fmt.Errorf("set MAC of %s: %w", name, err))
 		}
 		changed = true
@@ -465,11 +463,7 @@ func (r *Reconciler) configureInterface(link netlink.Link) (bool, error) {
 		}
 		changed = true
 	}
-	for _, kv := range [][2]string{
-		{"ipv4/conf/" + name + "/proxy_arp", "1"},
-		{"ipv4/neigh/" + name + "/proxy_delay", "0"},
-		{"ipv4/conf/" + name + "/forwarding", "1"},
-	} {
+	for _, kv := range hostconv.VethSysctls(name) {
 		c, err := r.sysctl(kv[0], kv[1])
 		changed = changed || c
 		if err != nil {
@@ -556,7 +550,7 @@ func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, have []maps.Ro
 // syncKernelRoutes makes the main table's routes of protocol margay exactly want; a route on an
 // interface that went away meanwhile is noted in c as no error (see noteOn).
 func (r *Reconciler) syncKernelRoutes(d *desired, want map[netip.Prefix]netlink.Route, c *changes) (bool, error) {
-	have, err := r.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+	have, err := r.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: hostconv.RouteProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return false, fmt.Errorf("list kernel routes: %w", err)

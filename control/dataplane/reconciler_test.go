@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"github.com/margaynet/margay/control/hostconv"
 	"net"
 	"net/netip"
 	"os"
@@ -73,7 +74,7 @@ func (h *testHost) sysctl(t *testing.T, key string) string {
 
 func (h *testHost) kernelRoutes(t *testing.T) map[netip.Prefix]netlink.Route {
 	t.Helper()
-	rs, err := h.ns.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol},
+	rs, err := h.ns.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: hostconv.RouteProtocol},
 		netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		t.Fatal(err)
@@ -182,11 +183,11 @@ func TestReconcile(t *testing.T) {
 
 	// Hand-made damage and leftovers are repaired.
 	nl := h.ns.Netlink()
-	if err := nl.RouteDel(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("198.19.0.64/26")), Protocol: RouteProtocol}); err != nil {
+	if err := nl.RouteDel(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("198.19.0.64/26")), Protocol: hostconv.RouteProtocol}); err != nil {
 		t.Fatal(err)
 	}
 	stale := &netlink.Route{LinkIndex: h.ns.Link(t, "ens32").Attrs().Index, Dst: ipNet(netip.MustParsePrefix("198.19.9.0/26")),
-		Gw: net.ParseIP("198.18.0.9"), Protocol: RouteProtocol}
+		Gw: net.ParseIP("198.18.0.9"), Protocol: hostconv.RouteProtocol}
 	if err := nl.RouteAdd(stale); err != nil {
 		t.Fatal(err)
 	}

@@ -2,16 +2,13 @@ package dataplane
 
 import (
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"net"
 	"net/netip"
 	"slices"
 
 	"github.com/margaynet/margay/maps"
 )
-
-// RouteProtocol marks the kernel routes Margay owns (`proto margay` once named in
-// /etc/iproute2/rt_protos.d); routes of any other protocol are never touched.
-const RouteProtocol = 77
 
 // Workload is a local workload as the dataplane needs it.
 type Workload struct {
@@ -112,20 +109,6 @@ type PolicyDelta struct {
 	Stale      []maps.PolicyKey
 }
 
-// isCaliName says whether name is cali + 11 lower-case hex digits (what `^cali[0-9a-f]{11}$`
-// matches, without a regexp: Validate checks every workload in every pass).
-func isCaliName(name string) bool {
-	if len(name) != 15 || name[:4] != "cali" {
-		return false
-	}
-	for i := 4; i < len(name); i++ {
-		if c := name[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
 // Validate refuses a state the reconciler could only half apply.
 func (s State) Validate() error {
 	if s.Uplink == "" {
@@ -189,7 +172,7 @@ func validateWorkload(name string, w Workload) error {
 	if name != w.IfName {
 		return fmt.Errorf("validate state: workload %s listed as %s", w.IfName, name)
 	}
-	if !isCaliName(w.IfName) {
+	if !hostconv.IsVethName(w.IfName) {
 		return fmt.Errorf("validate state: workload interface %q is not cali + 11 hex digits", w.IfName)
 	}
 	if !w.IPv4.Is4() {

@@ -3,6 +3,7 @@ package datastore
 import (
 	"errors"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"maps"
 	"math"
 	"net"
@@ -393,7 +394,7 @@ func (w Workload) Validate() error {
 	if err := checkPrintable(w.Namespace); err != nil {
 		return fmt.Errorf("namespace: %w", err)
 	}
-	if !isCaliName(w.IfName) {
+	if !hostconv.IsVethName(w.IfName) {
 		return fmt.Errorf("ifName %q: want \"cali\" and 11 lowercase hex digits", w.IfName)
 	}
 	if err := checkPrintable(w.ContainerID); err != nil {
@@ -501,19 +502,6 @@ func checkIfName(s string) error {
 		}
 	}
 	return nil
-}
-
-func isCaliName(s string) bool {
-	hex, ok := strings.CutPrefix(s, "cali")
-	if !ok || len(hex) != 11 {
-		return false
-	}
-	for i := 0; i < len(hex); i++ {
-		if c := hex[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 func checkPrintable(s string) error {

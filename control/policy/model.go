@@ -16,6 +16,7 @@ package policy
 import (
 	"cmp"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"slices"
 	"sort"
@@ -68,7 +69,7 @@ func EndpointOf(w datastore.Workload) (Endpoint, bool) {
 	if w.Namespace != "" {
 		labels[NamespaceLabel] = w.Namespace
 	}
-	return Endpoint{Key: w.Node + "/" + w.ID, Node: w.Node, Addr: w.IPv4[0].Addr(), Labels: labels}, true
+	return Endpoint{Key: hostconv.WorkloadKey(w.Node, w.ID), Node: w.Node, Addr: w.IPv4[0].Addr(), Labels: labels}, true
 }
 
 // Flow is the first packet of a flow as policy sees it.

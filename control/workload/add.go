@@ -15,8 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/ipam"
 )
 
@@ -192,7 +192,7 @@ func ensureVeth(host netlinksafe.Handle, target ns.NetNS, hostName, ifname strin
 	la := netlink.NewLinkAttrs()
 	la.Name = hostName
 	la.MTU = mtu
-	la.HardwareAddr = dataplane.HostVethMAC
+	la.HardwareAddr = hostconv.VethMAC
 	veth := &netlink.Veth{
 		LinkAttrs:     la,
 		PeerName:      ifname,
@@ -218,8 +218,8 @@ func ensureVeth(host netlinksafe.Handle, target ns.NetNS, hostName, ifname strin
 func configureHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, mtu int, reused bool) error {
 	a := l.Attrs()
 	if reused {
-		if a.HardwareAddr.String() != dataplane.HostVethMAC.String() {
-			if err := host.LinkSetHardwareAddr(l, dataplane.HostVethMAC); err != nil {
+		if a.HardwareAddr.String() != hostconv.VethMAC.String() {
+			if err := host.LinkSetHardwareAddr(l, hostconv.VethMAC); err != nil {
 				return fmt.Errorf("set MAC of %s: %w", a.Name, err)
 			}
 		}
@@ -234,7 +234,7 @@ func configureHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, mtu
 			return fmt.Errorf("set %s up: %w", a.Name, err)
 		}
 	}
-	for _, kv := range hostSysctls(a.Name) {
+	for _, kv := range hostconv.VethSysctls(a.Name) {
 		if err := writeSysctl(kv[0], kv[1]); err != nil {
 			return err
 		}

@@ -13,8 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 )
 
 // Check verifies that the workload is set up as Add left it: the endpoint record (container,
@@ -98,10 +98,10 @@ func checkHostSide(host netlinksafe.Handle, name string, ip netip.Prefix) (int, 
 	if a.Flags&net.FlagUp == 0 {
 		return 0, mismatch("host veth %s is down", name)
 	}
-	if a.HardwareAddr.String() != dataplane.HostVethMAC.String() {
-		return 0, mismatch("host veth %s has MAC %s, want %s", name, a.HardwareAddr, dataplane.HostVethMAC)
+	if a.HardwareAddr.String() != hostconv.VethMAC.String() {
+		return 0, mismatch("host veth %s has MAC %s, want %s", name, a.HardwareAddr, hostconv.VethMAC)
 	}
-	for _, kv := range hostSysctls(name) {
+	for _, kv := range hostconv.VethSysctls(name) {
 		v, err := readSysctl(kv[0])
 		if err != nil {
 			return 0, err

@@ -15,20 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/margaynet/margay/control/dataplane"
+	"github.com/margaynet/margay/control/hostconv"
 )
-
-// hostSysctls are the settings of a host-side veth, the same as the agent's reconciler keeps
-// (control/dataplane configureInterface): proxy ARP answers the workload's ARP for 169.254.1.1
-// (should its permanent entry be flushed) without the default 0.8 s delay, and the interface
-// forwards.
-func hostSysctls(name string) [][2]string {
-	return [][2]string{
-		{"ipv4/conf/" + name + "/proxy_arp", "1"},
-		{"ipv4/neigh/" + name + "/proxy_delay", "0"},
-		{"ipv4/conf/" + name + "/forwarding", "1"},
-	}
-}
 
 // sysctlRoot is /proc/sys/net as seen by the calling thread, that is in the host namespace.
 const sysctlRoot = "/proc/sys/net"
@@ -140,7 +128,7 @@ func hostRoute(index int, ip netip.Prefix) *netlink.Route {
 }
 
 // ownRoutes lists the main table's routes through the interface: the plugin's, or the agent's
-// (protocol dataplane.RouteProtocol) that replaced it.
+// (protocol hostconv.RouteProtocol) that replaced it.
 func ownRoutes(h netlinksafe.Handle, index int) ([]netlink.Route, error) {
 	routes, err := h.RouteListFiltered(netlink.FAMILY_V4,
 		&netlink.Route{LinkIndex: index, Table: unix.RT_TABLE_MAIN},
@@ -235,8 +223,8 @@ func configureWorkload(ifname string, ip netip.Prefix, mtu int) (net.HardwareAdd
 		return nil, fmt.Errorf("add route default via %s dev %s: %w", Gateway, ifname, err)
 	}
 	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-		IP: Gateway.AsSlice(), HardwareAddr: dataplane.HostVethMAC}); err != nil {
-		return nil, fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", Gateway, dataplane.HostVethMAC, ifname, err)
+		IP: Gateway.AsSlice(), HardwareAddr: hostconv.VethMAC}); err != nil {
+		return nil, fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", Gateway, hostconv.VethMAC, ifname, err)
 	}
 	return l.Attrs().HardwareAddr, nil
 }
@@ -299,8 +287,8 @@ func checkWorkloadSide(ifname string, ip netip.Prefix, mac string, hostIndex int
 	}
 	for _, n := range neighs {
 		if n.IP.Equal(Gateway.AsSlice()) {
-			if n.State&netlink.NUD_PERMANENT == 0 || !bytes.Equal(n.HardwareAddr, dataplane.HostVethMAC) {
-				return mismatch("neighbour %s on %s is %s state %#x, want %s permanent", Gateway, ifname, n.HardwareAddr, n.State, dataplane.HostVethMAC)
+			if n.State&netlink.NUD_PERMANENT == 0 || !bytes.Equal(n.HardwareAddr, hostconv.VethMAC) {
+				return mismatch("neighbour %s on %s is %s state %#x, want %s permanent", Gateway, ifname, n.HardwareAddr, n.State, hostconv.VethMAC)
 			}
 			return nil
 		}

@@ -11,8 +11,8 @@ import (
 	"path"
 	"time"
 
-	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 )
 
 // DefaultIfName is the workload-side interface name when Spec.IfName is empty.
@@ -89,7 +89,7 @@ func HostVethName(identity string) string {
 func (s Spec) HostVeth() string { return HostVethName(s.ID) }
 
 // workloadKey returns the "<node>/<id>" that IPAM handles record.
-func (s Spec) workloadKey() string { return s.Node + "/" + s.ID }
+func (s Spec) workloadKey() string { return hostconv.WorkloadKey(s.Node, s.ID) }
 
 // withDefaults fills Name and IfName.
 func (s Spec) withDefaults() Spec {
@@ -169,7 +169,7 @@ func validIfName(s string) error {
 type Result struct {
 	Workload datastore.Workload // the endpoint record as written
 	HostVeth string             // host-side interface, cali…
-	HostMAC  net.HardwareAddr   // always dataplane.HostVethMAC
+	HostMAC  net.HardwareAddr   // always hostconv.VethMAC
 	IfName   string             // workload-side interface
 	MAC      net.HardwareAddr   // workload-side MAC
 	Netns    string             // the workload's namespace
@@ -182,7 +182,7 @@ func newResult(s Spec, rec datastore.Workload, mac net.HardwareAddr, ip netip.Pr
 	return Result{
 		Workload: rec,
 		HostVeth: s.HostVeth(),
-		HostMAC:  dataplane.HostVethMAC,
+		HostMAC:  hostconv.VethMAC,
 		IfName:   s.IfName,
 		MAC:      mac,
 		Netns:    s.Netns,

@@ -3,13 +3,13 @@ package cluster_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/margaynet/margay/control/agent"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/poll"
@@ -61,7 +61,7 @@ func TestBGPMesh(t *testing.T) {
 			if err != nil || code != 200 {
 				return fmt.Errorf("%d %v %s", code, err, body)
 			}
-			var peers []agent.PeerJSON
+			var peers []hostconv.PeerStatus
 			if err := json.Unmarshal([]byte(body), &peers); err != nil {
 				return err
 			}

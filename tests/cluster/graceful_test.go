@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -10,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/margaynet/margay/control/agent"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/tests/bird"
 	"github.com/margaynet/margay/tests/cluster"
@@ -92,7 +92,7 @@ func peersEstablished(h *cluster.Host, n int) error {
 	if err != nil || code != 200 {
 		return fmt.Errorf("%s /bgp/peers: %d %v %s", h.Name, code, err, body)
 	}
-	var peers []agent.PeerJSON
+	var peers []hostconv.PeerStatus
 	if err := json.Unmarshal([]byte(body), &peers); err != nil {
 		return err
 	}
