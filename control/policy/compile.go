@@ -32,11 +32,6 @@ type Programs struct {
 	Ingress, Egress uint32
 }
 
-// Local is a workload on this host.
-type Local struct {
-	Endpoint
-}
-
 // Result is a compiled policy state.
 type Result struct {
 	IPs       map[netip.Prefix]uint32 // policy_ips
@@ -188,12 +183,6 @@ func (c *Compiler) TakeNewRules() []uint32 {
 	out := c.newRules
 	c.newRules = nil
 	return out
-}
-
-// Rule names the rule of an id.
-func (c *Compiler) Rule(id uint32) (RuleRef, bool) {
-	r, ok := c.ruleRefs[id]
-	return r, ok
 }
 
 // RulesGeneration changes whenever the rule ids in use change: Rules' answer is the same while it
