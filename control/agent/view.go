@@ -380,11 +380,15 @@ func (w *watchers) start(ctx context.Context, withBGP bool) {
 	// An address given out or freed changes a block's record, not what the host routes: only a
 	// block that comes, goes or changes owner does.
 	go follow(ctx, w, kindBlocks, w.ds.Blocks(), func(v *view) map[string]datastore.Block { return v.blocks },
-		withSameRoutes(func(a, b datastore.Block) bool { return a.CIDR == b.CIDR && a.Node() == b.Node() }))
+		withSameRoutes(sameBlockRoutes))
 	go follow(ctx, w, kindNodes, w.ds.Nodes(), func(v *view) map[string]datastore.Node { return v.nodes })
 	go follow(ctx, w, kindPools, w.ds.Pools(), func(v *view) map[string]datastore.Pool { return v.pools })
 	go follow(ctx, w, kindPolicies, w.ds.Policies(), func(v *view) map[string]datastore.Policy { return v.policies })
 }
+
+// sameBlockRoutes says that block b routes as a did: the same CIDR and owner (its allocations
+// may differ).
+func sameBlockRoutes(a, b datastore.Block) bool { return a.CIDR == b.CIDR && a.Node() == b.Node() }
 
 // followOption tunes follow for a kind.
 type followOption[T any] func(*followConfig[T])

@@ -49,7 +49,6 @@ func TestStateIncremental(t *testing.T) {
 			rng := rand.New(rand.NewPCG(18, 19))
 			v := viewFixture(withBGP)
 			nodes := []string{"vm100", "vm101", "vm102"}
-			sameBlock := func(a, b datastore.Block) bool { return a.CIDR == b.CIDR && a.Node() == b.Node() }
 			s := v.state("ens32", false)
 			prevW, prevR := stdmaps.Clone(s.Workloads), stdmaps.Clone(s.Remote)
 			incremental := 0
@@ -81,12 +80,12 @@ func TestStateIncremental(t *testing.T) {
 						name := slices.Sorted(stdmaps.Keys(v.blocks))[rng.IntN(len(v.blocks))]
 						b := v.blocks[name]
 						b.Allocations = append(slices.Clone(b.Allocations), datastore.Allocation{Handle: fmt.Sprint(pass)})
-						put(v, kindBlocks, v.blocks, name, b, sameBlock)
+						put(v, kindBlocks, v.blocks, name, b, sameBlockRoutes)
 					case r < 19: // a block changes owner
 						name := slices.Sorted(stdmaps.Keys(v.blocks))[rng.IntN(len(v.blocks))]
 						b := v.blocks[name]
 						b.Affinity = "host:" + nodes[rng.IntN(3)]
-						put(v, kindBlocks, v.blocks, name, b, sameBlock)
+						put(v, kindBlocks, v.blocks, name, b, sameBlockRoutes)
 					default: // BGP delivers a new table
 						if withBGP {
 							v.learned = nil
@@ -170,18 +169,17 @@ func sameWorkload(a, b dataplane.Workload) bool {
 func TestStateRebuilds(t *testing.T) {
 	v := viewFixture(false)
 	v.state("ens32", false)
-	sameBlock := func(a, b datastore.Block) bool { return a.CIDR == b.CIDR && a.Node() == b.Node() }
 	if s := v.state("ens32", true); s.Changed != nil {
 		t.Error("a full pass's state names changes")
 	}
 	b := v.blocks["198.19.0.64/26"]
 	b.Allocations = []datastore.Allocation{{Handle: "h"}}
-	put(v, kindBlocks, v.blocks, "198.19.0.64/26", b, sameBlock)
+	put(v, kindBlocks, v.blocks, "198.19.0.64/26", b, sameBlockRoutes)
 	if s := v.state("ens32", false); s.Changed == nil {
 		t.Error("an address given out derived everything again")
 	}
 	b.Affinity = "host:vm102"
-	put(v, kindBlocks, v.blocks, "198.19.0.64/26", b, sameBlock)
+	put(v, kindBlocks, v.blocks, "198.19.0.64/26", b, sameBlockRoutes)
 	s := v.state("ens32", false)
 	if s.Changed != nil {
 		t.Error("a block's new owner did not derive everything again")
