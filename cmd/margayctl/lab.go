@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/margaynet/margay/control/datastore/etcdembed"
-	"github.com/margaynet/margay/tests/lab"
+	"github.com/margaynet/margay/control/lab"
 )
 
 func newLabCmd() *cobra.Command {

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/margaynet/margay/control/lab"
 	"github.com/margaynet/margay/tests/cluster"
-	"github.com/margaynet/margay/tests/lab"
 	"github.com/margaynet/margay/tests/netns"
 )
 
