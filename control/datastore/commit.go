@@ -5,8 +5,61 @@ import (
 	"fmt"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
+
+// Read is one read of a Fetch, made by a store's GetRead or ListRead: Fetch puts its answer
+// where the Read was told to.
+type Read struct {
+	op   clientv3.Op
+	take func(*etcdserverpb.RangeResponse)
+	err  error // the read cannot be made (an invalid name or store): Fetch fails with it
+}
+
+// GetRead is Get as one read of a Fetch: after Fetch succeeds, *into and *err hold what Get would
+// have returned (ErrNotFound and ErrMalformed included).
+func (s Store[T]) GetRead(name string, into *Item[T], err *error) Read {
+	if cerr := s.checkName("get", name); cerr != nil {
+		return Read{err: cerr}
+	}
+	return Read{op: clientv3.OpGet(s.Key(name)), take: func(r *etcdserverpb.RangeResponse) { *into, *err = s.got(name, r.Kvs) }}
+}
+
+// ListRead is List as one read of a Fetch: after Fetch succeeds, *into holds the valid values.
+func (s Store[T]) ListRead(into *[]Item[T]) Read {
+	if s.err != nil {
+		return Read{err: s.listErr()}
+	}
+	return Read{op: clientv3.OpGet(s.listKey(), s.listOpts()...), take: func(r *etcdserverpb.RangeResponse) { *into = s.listed(r.Kvs) }}
+}
+
+// Fetch makes the reads in one etcd transaction, so at one revision, which it returns, and in one
+// round trip where as many Gets and Lists would take one each.
+func (c *Client) Fetch(ctx context.Context, reads ...Read) (int64, error) {
+	ops := make([]clientv3.Op, 0, len(reads))
+	for _, r := range reads {
+		if r.err != nil {
+			return 0, r.err
+		}
+		ops = append(ops, r.op)
+	}
+	resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("datastore: read: %w", err)
+	}
+	if len(resp.Responses) != len(reads) {
+		return 0, fmt.Errorf("datastore: read: %d answers to %d reads", len(resp.Responses), len(reads))
+	}
+	for i, r := range reads {
+		rr := resp.Responses[i].GetResponseRange()
+		if rr == nil {
+			return 0, fmt.Errorf("datastore: read: answer %d is no range", i)
+		}
+		r.take(rr)
+	}
+	return resp.Header.Revision, nil
+}
 
 // Write is one write of an atomic Commit, made by a store's CreateWrite or UpdateWrite: the value
 // is encoded and validated when the Write is made, and written only if every Write of its

@@ -2,6 +2,7 @@ package datastore_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -62,5 +63,77 @@ func TestCommit(t *testing.T) {
 	}
 	if _, err := c.Commit(ctx, c.Handles().CreateWrite("Bad Name", handle)); err == nil {
 		t.Error("create with an invalid name: no error")
+	}
+}
+
+// Fetch answers each of its reads as Get and List would, in one transaction: found, missing and
+// malformed values side by side, lists with their malformed values skipped; an invalid name
+// fails the whole Fetch before anything is sent.
+func TestFetch(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := datastoretest.New(t)
+	for _, p := range []datastore.Pool{{Name: "a", CIDR: pfx("198.19.0.0/20")}, {Name: "b", CIDR: pfx("198.19.16.0/20"), Disabled: true}} {
+		if _, err := c.Pools().Create(ctx, p.Name, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Raw().Put(ctx, c.Pools().Key("c"), `{"version":1,"cidr":"bogus"}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Handles().Create(ctx, "w1", datastore.Handle{ID: "w1", Node: "h1", IPs: []netip.Addr{addr("198.19.0.1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Raw().Put(ctx, c.Handles().Key("w3"), `{"version":1,`); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		w1, w2, w3          datastore.Item[datastore.Handle]
+		w1Err, w2Err, w3Err error
+		pools               []datastore.Item[datastore.Pool]
+	)
+	rev, err := c.Fetch(ctx, c.Handles().GetRead("w1", &w1, &w1Err), c.Pools().ListRead(&pools),
+		c.Handles().GetRead("w2", &w2, &w2Err), c.Handles().GetRead("w3", &w3, &w3Err))
+	if err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		got  datastore.Item[datastore.Handle]
+		err  error
+	}{{"w1", w1, w1Err}, {"w2", w2, w2Err}, {"w3", w3, w3Err}} {
+		want, wantErr := c.Handles().Get(ctx, tc.name)
+		if fmt.Sprint(tc.got) != fmt.Sprint(want) || fmt.Sprint(tc.err) != fmt.Sprint(wantErr) {
+			t.Errorf("%s: fetched %+v, %v; Get gives %+v, %v", tc.name, tc.got, tc.err, want, wantErr)
+		}
+	}
+	if w1Err != nil || w1.Value.Node != "h1" || !errors.Is(w2Err, datastore.ErrNotFound) || !errors.Is(w3Err, datastore.ErrMalformed) || w3.ModRevision == 0 {
+		t.Errorf("fetched w1 %+v %v, w2 %v, w3 %+v %v", w1, w1Err, w2Err, w3, w3Err)
+	}
+	wantPools, listRev, err := c.Pools().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(pools) != fmt.Sprint(wantPools) || len(pools) != 2 {
+		t.Errorf("fetched pools %+v, List gives %+v", pools, wantPools)
+	}
+	if rev != listRev {
+		t.Errorf("fetch at revision %d, nothing written since, list at %d", rev, listRev)
+	}
+
+	// An invalid name or store fails the Fetch and leaves the other reads' targets alone.
+	var x datastore.Item[datastore.Handle]
+	var xErr error
+	pools = nil
+	if _, err := c.Fetch(ctx, c.Pools().ListRead(&pools), c.Handles().GetRead("Bad Name", &x, &xErr)); !errors.Is(err, datastore.ErrInvalid) {
+		t.Errorf("fetch of an invalid name: %v, want ErrInvalid", err)
+	}
+	var wls []datastore.Item[datastore.Workload]
+	if _, err := c.Fetch(ctx, c.Workloads("Bad Node").ListRead(&wls)); !errors.Is(err, datastore.ErrInvalid) {
+		t.Errorf("fetch from an invalid store: %v, want ErrInvalid", err)
+	}
+	if pools != nil || wls != nil {
+		t.Errorf("a failed fetch filled its targets: %v %v", pools, wls)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -82,10 +83,15 @@ func (s Store[T]) Get(ctx context.Context, name string) (Item[T], error) {
 	if err != nil {
 		return Item[T]{}, s.errorf("get", name, err)
 	}
-	if len(resp.Kvs) == 0 {
+	return s.got(name, resp.Kvs)
+}
+
+// got is Get's answer from the key-value pairs etcd returned for name.
+func (s Store[T]) got(name string, kvs []*mvccpb.KeyValue) (Item[T], error) {
+	if len(kvs) == 0 {
 		return Item[T]{}, s.errorf("get", name, ErrNotFound)
 	}
-	kv := resp.Kvs[0]
+	kv := kvs[0]
 	v, err := s.kind.decode(name, kv.Value)
 	if err != nil {
 		return Item[T]{Name: name, ModRevision: kv.ModRevision}, s.errorf("get", name, fmt.Errorf("%w: %w", ErrMalformed, err))
@@ -98,23 +104,38 @@ func (s Store[T]) Get(ctx context.Context, name string) (Item[T], error) {
 // margay_datastore_malformed_values_total and skipped.
 func (s Store[T]) List(ctx context.Context) ([]Item[T], int64, error) {
 	if s.err != nil {
-		return nil, 0, fmt.Errorf("datastore: list %s: %w: %w", s.kind.name, ErrInvalid, s.err)
+		return nil, 0, s.listErr()
 	}
-	key, opts := s.Key(s.exact), []clientv3.OpOption{}
-	if s.exact == "" {
-		opts = append(opts, clientv3.WithPrefix())
-	}
-	resp, err := s.c.cli.Get(ctx, key, opts...)
+	resp, err := s.c.cli.Get(ctx, s.listKey(), s.listOpts()...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("datastore: list %s: %w", s.kind.name, err)
 	}
-	items := make([]Item[T], 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	return s.listed(resp.Kvs), resp.Header.Revision, nil
+}
+
+func (s Store[T]) listErr() error {
+	return fmt.Errorf("datastore: list %s: %w: %w", s.kind.name, ErrInvalid, s.err)
+}
+
+// listKey and listOpts select what List reads: the store's only key, or its directory.
+func (s Store[T]) listKey() string { return s.Key(s.exact) }
+
+func (s Store[T]) listOpts() []clientv3.OpOption {
+	if s.exact == "" {
+		return []clientv3.OpOption{clientv3.WithPrefix()}
+	}
+	return nil
+}
+
+// listed is List's answer from the key-value pairs etcd returned.
+func (s Store[T]) listed(kvs []*mvccpb.KeyValue) []Item[T] {
+	items := make([]Item[T], 0, len(kvs))
+	for _, kv := range kvs {
 		if it, ok := s.decodeKV(string(kv.Key), kv.Value, kv.ModRevision); ok {
 			items = append(items, it)
 		}
 	}
-	return items, resp.Header.Revision, nil
+	return items
 }
 
 // decodeKV decodes one key-value pair, or logs, counts and skips it. It returns the name whenever

@@ -30,6 +30,11 @@ var (
 // checkNode returns ErrNodeNotRegistered, with what to check, unless node is registered.
 func (i *IPAM) checkNode(ctx context.Context, node string) error {
 	_, err := i.ds.Nodes().Get(ctx, node)
+	return nodeError(node, err)
+}
+
+// nodeError is checkNode's answer from what reading node's record returned.
+func nodeError(node string, err error) error {
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
 		return fmt.Errorf("node %q is not registered (no nodes/%s in the datastore; margay-agent registers its node when it starts): "+
@@ -94,13 +99,23 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	if err := datastore.ValidateName(req.Node); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: node: %w", err)
 	}
-	if err := i.checkNode(ctx, req.Node); err != nil {
+	// The node, the handle and the pools in one round trip: this is every ADD's path.
+	var (
+		node          datastore.Item[datastore.Node]
+		h             datastore.Item[datastore.Handle]
+		nodeErr, hErr error
+		poolItems     []datastore.Item[datastore.Pool]
+	)
+	if _, err := i.ds.Fetch(ctx, i.ds.Nodes().GetRead(req.Node, &node, &nodeErr), i.ds.Handles().GetRead(req.Handle, &h, &hErr),
+		i.ds.Pools().ListRead(&poolItems)); err != nil {
+		return Assignment{}, fmt.Errorf("assign address: %w", err)
+	}
+	if err := nodeError(req.Node, nodeErr); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: %w", err)
 	}
 	// The handle and the allocation that names it are written in one transaction, so a crash
 	// never leaves an allocation that nothing can release, nor a handle without its address.
-	h, err := i.ds.Handles().Get(ctx, req.Handle)
-	switch {
+	switch err := hErr; {
 	case err == nil && (h.Value.Node != req.Node || h.Value.Workload != req.Workload):
 		// Handing this handle's address to someone else would put it on two hosts at once.
 		return Assignment{}, fmt.Errorf("assign address: handle %s belongs to workload %q on node %s: %w",
@@ -112,8 +127,12 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	case err != nil:
 		return Assignment{}, fmt.Errorf("assign address: read handle: %w", err)
 	}
+	pools, err := enabled(poolItems)
+	if err != nil {
+		return Assignment{}, err
+	}
 
-	a, done, err := i.fromCopy(ctx, req, h)
+	a, done, err := i.fromCopy(ctx, req, h, pools)
 	if !done && err == nil {
 		a, err = i.allocate(ctx, req, h)
 	}
@@ -142,17 +161,13 @@ func (i *IPAM) existing(ctx context.Context, h datastore.Handle) (Assignment, er
 // is a synced copy (see Blocks). done is false when it did not allocate, for whatever reason: a
 // stale block lost its transaction, the blocks are full, there is none; allocate then decides
 // from etcd.
-func (i *IPAM) fromCopy(ctx context.Context, req Request, h datastore.Item[datastore.Handle]) (Assignment, bool, error) {
+func (i *IPAM) fromCopy(ctx context.Context, req Request, h datastore.Item[datastore.Handle], pools []datastore.Pool) (Assignment, bool, error) {
 	if i.blocks == nil {
 		return Assignment{}, false, nil
 	}
 	own, synced := i.blocks.affine(datastore.AffinityForNode(req.Node))
 	if !synced || !anyFree(own) {
 		return Assignment{}, false, nil
-	}
-	pools, err := i.enabledPools(ctx)
-	if err != nil {
-		return Assignment{}, false, err
 	}
 	own = slices.DeleteFunc(own, func(b datastore.Item[datastore.Block]) bool { return !inPools(pools, b.Value.CIDR) })
 	a, done, err := i.tryBlocks(ctx, own, req, h, false)
@@ -177,13 +192,16 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 				return i.Assign(ctx, req)
 			}
 		}
-		pools, err := i.enabledPools(ctx)
+		var (
+			poolItems []datastore.Item[datastore.Pool]
+			blocks    []datastore.Item[datastore.Block]
+		)
+		if _, err := i.ds.Fetch(ctx, i.ds.Pools().ListRead(&poolItems), i.ds.Blocks().ListRead(&blocks)); err != nil {
+			return Assignment{}, fmt.Errorf("assign address: list pools and blocks: %w", err)
+		}
+		pools, err := enabled(poolItems)
 		if err != nil {
 			return Assignment{}, err
-		}
-		blocks, _, err := i.ds.Blocks().List(ctx)
-		if err != nil {
-			return Assignment{}, fmt.Errorf("assign address: list blocks: %w", err)
 		}
 		affinity := datastore.AffinityForNode(req.Node)
 
@@ -305,6 +323,11 @@ func (i *IPAM) enabledPools(ctx context.Context) ([]datastore.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
+	return enabled(items)
+}
+
+// enabled returns the pools that are not disabled, in address order, or ErrNoPool.
+func enabled(items []datastore.Item[datastore.Pool]) ([]datastore.Pool, error) {
 	var pools []datastore.Pool
 	for _, it := range items {
 		if !it.Value.Disabled {

@@ -60,9 +60,17 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 
 	// A record of this ID means the workload exists already: this is a repeated ADD (or a new
 	// sandbox of the same pod) and its address must survive a failure.
-	prev, err := ds.Workloads(spec.Node).Get(ctx, spec.ID)
-	existed := err == nil
-	if err != nil && !errors.Is(err, datastore.ErrNotFound) && !errors.Is(err, datastore.ErrMalformed) {
+	// Read with the IPAM handle of the ID, in one round trip.
+	var (
+		prev          datastore.Item[datastore.Workload]
+		handle        datastore.Item[datastore.Handle]
+		prevErr, hErr error
+	)
+	if _, err := ds.Fetch(ctx, ds.Workloads(spec.Node).GetRead(spec.ID, &prev, &prevErr), ds.Handles().GetRead(spec.ID, &handle, &hErr)); err != nil {
+		return Result{}, fail(err)
+	}
+	existed := prevErr == nil
+	if err := prevErr; err != nil && !errors.Is(err, datastore.ErrNotFound) && !errors.Is(err, datastore.ErrMalformed) {
 		return Result{}, fail(err)
 	}
 	if existed && spec.Network != "" && prev.Value.Network != "" && prev.Value.Network != spec.Network {
@@ -71,7 +79,7 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 		return Result{}, fail(fmt.Errorf("%w: workload %s on node %s is attached by network %q already, not %q",
 			ErrInvalidSpec, spec.ID, spec.Node, prev.Value.Network, spec.Network))
 	}
-	if err := checkHandleOwner(ctx, ds, spec); err != nil {
+	if err := checkHandleOwner(spec, handle, hErr); err != nil {
 		return Result{}, fail(err)
 	}
 
@@ -152,10 +160,9 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 	return newResult(spec, rec, mac, ip, mtu), nil
 }
 
-// checkHandleOwner refuses an ID whose IPAM handle belongs to a workload on another node: Assign
-// would hand that workload's address out a second time.
-func checkHandleOwner(ctx context.Context, ds *datastore.Client, spec Spec) error {
-	h, err := ds.Handles().Get(ctx, spec.ID)
+// checkHandleOwner refuses an ID whose IPAM handle (h, as reading it returned with err) belongs to
+// a workload on another node: Assign would hand that workload's address out a second time.
+func checkHandleOwner(spec Spec, h datastore.Item[datastore.Handle], err error) error {
 	if errors.Is(err, datastore.ErrNotFound) {
 		return nil
 	}
