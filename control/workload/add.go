@@ -106,42 +106,34 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 			return err
 		})
 	}
-	a, err := ipm.Assign(ctx, ipam.Request{Handle: spec.ID, Node: spec.Node, Workload: spec.workloadKey()})
-	if err != nil {
-		return Result{}, fail(err)
+	// IPAM's round trips to etcd overlap the veth's netlink calls: only the addresses and the
+	// host route need the address. Assign is always waited for, so that a rollback never races it.
+	type assigned struct {
+		a   ipam.Assignment
+		err error
 	}
-	ip := netip.PrefixFrom(a.IP, 32)
-
-	mtu := spec.MTU
-	if mtu == 0 {
-		if mtu, err = defaultRouteMTU(host); err != nil {
-			return Result{}, fail(err)
-		}
-		if mtu == 0 {
-			mtu = DefaultMTU
-		}
-	}
-
+	assignment := make(chan assigned, 1)
+	go func() {
+		a, err := ipm.Assign(ctx, ipam.Request{Handle: spec.ID, Node: spec.Node, Workload: spec.workloadKey()})
+		assignment <- assigned{a, err}
+	}()
 	hostName := spec.HostVeth()
-	hostLink, created, err := ensureVeth(host, target, hostName, spec.IfName, mtu)
+	hostLink, mac, mtu, created, linkErr := prepareVeth(host, target, spec, hostName)
 	if created {
 		undo = append(undo, func(context.Context) error { return deleteHostVeth(host, hostName) })
 	}
-	if err != nil {
-		return Result{}, fail(err)
+	got := <-assignment
+	if got.err != nil || linkErr != nil {
+		return Result{}, fail(errors.Join(got.err, linkErr))
 	}
+	a := got.a
+	ip := netip.PrefixFrom(a.IP, 32)
 
-	var mac net.HardwareAddr
-	err = target.Do(func(ns.NetNS) error {
-		var err error
-		mac, err = configureWorkload(spec.IfName, ip, mtu)
-		return err
-	})
+	err = target.Do(func(ns.NetNS) error { return addWorkloadAddress(spec.IfName, ip) })
 	if err != nil {
 		return Result{}, fail(fmt.Errorf("configure %s in %s: %w", spec.IfName, spec.Netns, err))
 	}
-
-	if err := configureHost(host, hostLink, ip, mtu, !created); err != nil {
+	if err := routeHost(host, hostLink, ip, !created); err != nil {
 		return Result{}, fail(err)
 	}
 
@@ -220,9 +212,43 @@ func ensureVeth(host netlinksafe.Handle, target ns.NetNS, hostName, ifname strin
 	return l, true, nil
 }
 
-// configureHost sets the host side up with its sysctls and routes the /32 to it. For a reused veth
-// it also fixes MAC and MTU and removes Margay routes through it to other addresses.
-func configureHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, mtu int, reused bool) error {
+// prepareVeth does what needs no address: it picks the MTU (spec.MTU, else the default route's
+// interface's), makes sure of the veth pair (ensureVeth) and configures both sides but for their
+// addresses and the host route. created reports a new pair, to be deleted on rollback, also when
+// a later step failed.
+func prepareVeth(host netlinksafe.Handle, target ns.NetNS, spec Spec, hostName string) (_ netlink.Link, _ net.HardwareAddr, mtu int, created bool, _ error) {
+	mtu = spec.MTU
+	if mtu == 0 {
+		var err error
+		if mtu, err = defaultRouteMTU(host); err != nil {
+			return nil, nil, 0, false, err
+		}
+		if mtu == 0 {
+			mtu = DefaultMTU
+		}
+	}
+	hostLink, created, err := ensureVeth(host, target, hostName, spec.IfName, mtu)
+	if err != nil {
+		return nil, nil, 0, created, err
+	}
+	var mac net.HardwareAddr
+	err = target.Do(func(ns.NetNS) error {
+		var err error
+		mac, err = configureWorkload(spec.IfName, mtu)
+		return err
+	})
+	if err != nil {
+		return nil, nil, 0, created, fmt.Errorf("configure %s in %s: %w", spec.IfName, spec.Netns, err)
+	}
+	if err := configureHost(host, hostLink, mtu, !created); err != nil {
+		return nil, nil, 0, created, err
+	}
+	return hostLink, mac, mtu, created, nil
+}
+
+// configureHost sets the host side up with its sysctls; for a reused veth it also fixes MAC and
+// MTU.
+func configureHost(host netlinksafe.Handle, l netlink.Link, mtu int, reused bool) error {
 	a := l.Attrs()
 	if reused {
 		if a.HardwareAddr.String() != hostconv.VethMAC.String() {
@@ -246,6 +272,13 @@ func configureHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, mtu
 			return err
 		}
 	}
+	return nil
+}
+
+// routeHost routes the /32 to the host side; through a reused veth it also removes Margay routes
+// to other addresses.
+func routeHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, reused bool) error {
+	a := l.Attrs()
 	if err := host.RouteReplace(hostRoute(a.Index, ip)); err != nil {
 		return fmt.Errorf("add route %s dev %s: %w", ip, a.Name, err)
 	}

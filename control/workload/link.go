@@ -179,11 +179,11 @@ func peerOf(target ns.NetNS, ifname string, host netlink.Link) (bool, error) {
 	return match, err
 }
 
-// configureWorkload sets up the workload side, inside its namespace: MTU, the /32, up, the
-// link-scope route to the gateway, the default route through it and the gateway's permanent
-// neighbour entry. It replaces what is there, so a repeated ADD converges. It returns the
-// interface's MAC.
-func configureWorkload(ifname string, ip netip.Prefix, mtu int) (net.HardwareAddr, error) {
+// configureWorkload sets up the workload side, inside its namespace, but for its address
+// (addWorkloadAddress): MTU, up, the link-scope route to the gateway, the default route through
+// it and the gateway's permanent neighbour entry. It replaces what is there, so a repeated ADD
+// converges. It returns the interface's MAC.
+func configureWorkload(ifname string, mtu int) (net.HardwareAddr, error) {
 	l, err := netlinksafe.LinkByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", ifname, err)
@@ -191,25 +191,6 @@ func configureWorkload(ifname string, ip netip.Prefix, mtu int) (net.HardwareAdd
 	if l.Attrs().MTU != mtu {
 		if err := netlink.LinkSetMTU(l, mtu); err != nil {
 			return nil, fmt.Errorf("set MTU of %s to %d: %w", ifname, mtu, err)
-		}
-	}
-	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", ifname, err)
-	}
-	have := false
-	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok && p == ip {
-			have = true
-			continue
-		}
-		if err := netlink.AddrDel(l, &a); err != nil {
-			return nil, fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, ifname, err)
-		}
-	}
-	if !have {
-		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: hostNet(ip)}); err != nil {
-			return nil, fmt.Errorf("add %s to %s: %w", ip, ifname, err)
 		}
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
@@ -227,6 +208,34 @@ func configureWorkload(ifname string, ip netip.Prefix, mtu int) (net.HardwareAdd
 		return nil, fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", Gateway, hostconv.VethMAC, ifname, err)
 	}
 	return l.Attrs().HardwareAddr, nil
+}
+
+// addWorkloadAddress gives ifname (in the calling thread's namespace) ip as its only IPv4 address.
+func addWorkloadAddress(ifname string, ip netip.Prefix) error {
+	l, err := netlinksafe.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", ifname, err)
+	}
+	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", ifname, err)
+	}
+	have := false
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); ok && p == ip {
+			have = true
+			continue
+		}
+		if err := netlink.AddrDel(l, &a); err != nil {
+			return fmt.Errorf("remove stale address %s from %s: %w", a.IPNet, ifname, err)
+		}
+	}
+	if !have {
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: hostNet(ip)}); err != nil {
+			return fmt.Errorf("add %s to %s: %w", ip, ifname, err)
+		}
+	}
+	return nil
 }
 
 // checkWorkloadSide verifies inside the namespace what configureWorkload set up.
