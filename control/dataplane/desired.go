@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -97,25 +97,6 @@ func (d *desired) inPool(p netip.Prefix) maps.RouteFlags {
 	}
 	return 0
 }
-
-// plan is what a pass must tell the host, step by step; the reconciler carries it out in an
-// order that never leaves traffic without a path.
-type plan struct {
-	configure    []netlink.Link // interfaces new to the dataplane: settings, then programs
-	attach       []netlink.Link
-	putEndpoints []maps.Endpoint
-	programs     bool // an endpoint came, went or changed programs: the policy generation moves
-	putRoutes    []maps.Route
-	putKernel    []netlink.Route
-	detach       []string
-	delKernel    []netlink.Route
-	delRoutes    []netip.Prefix
-	delEndpoints []uint32
-	// prefixes are the routes to derive again: those of the workloads that changed.
-	prefixes map[netip.Prefix]bool
-}
-
-func newPlan() *plan { return &plan{prefixes: map[netip.Prefix]bool{}} }
 
 // unclaim takes the address of interface name's previous workload from the index, before the
 // workloads of a pass are set: two that swap addresses in one pass are no conflict.

@@ -4,18 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 )
@@ -219,54 +218,11 @@ func (r *Reconciler) Apply(s State) (Result, error) {
 	}
 	d := newDesired(&s, uint32(uplink.Attrs().Index))
 	d.setPolicy(s.Policy, false, false)
-	_, err = r.derive(d, &s, true)
+	p, err := r.derive(d, &s, true)
 	var c changes
 	c.note(false, err)
-	c.res.Pending = d.pendingList()
-	c.note(r.sysctl("ipv4/ip_forward", "1"))
-	if r.afterDerive != nil {
-		r.afterDerive()
-	}
-	for _, link := range d.present {
-		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.configureInterface(link))
-	}
-
-	// Additions and repairs: policy before endpoint before route before program.
-	pol, err := r.readPolicy()
-	c.note(false, err)
-	policyChanged, err := r.addPolicy(d, pol)
-	c.note(policyChanged, err)
-	epChanged, err := r.syncEndpoints(d.endpoints, false)
-	c.note(epChanged, err)
-	if policyChanged || epChanged {
-		c.note(r.bumpGeneration())
-	}
-	c.note(r.removePolicy(d, pol))
-	// The map is read once: the additions below never add what the removals take away.
-	haveRoutes, listErr := r.maps.Routes.All()
-	c.note(false, listErr)
-	if listErr == nil {
-		c.note(r.syncRoutes(d.routes, haveRoutes, false))
-	}
-	c.note(r.attachNetfilter())
-	for _, link := range d.present {
-		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
-	}
-	c.note(r.attachUplink(s.Uplink, int(d.uplinkIndex)))
-	c.note(r.syncKernelRoutes(d, d.kernel, &c))
-
-	// Removals: program, then route, then endpoint.
-	c.note(r.detachStale(d.wanted, s.Uplink))
-	if listErr == nil {
-		c.note(r.syncRoutes(d.routes, haveRoutes, true))
-	}
-	c.note(r.syncEndpoints(d.endpoints, true))
-	c.note(r.pruneCounters(d))
-
-	if len(c.errs) == 0 {
-		r.last = d
-	}
-	return c.res, errors.Join(c.errs...)
+	c.note(false, r.hostPlan(d, p))
+	return r.execute(d, p, &s, &c)
 }
 
 // Update applies only what changed between the state of the last successful pass and s, trusting
@@ -288,99 +244,26 @@ func (r *Reconciler) Update(s State) (Result, error) {
 	if err := validate(); err != nil {
 		return Result{}, err
 	}
-	// The same compilation as the last pass: the policy maps hold it already.
-	samePolicy := d.samePolicy(s.Policy)
-	// A compilation that says what changed since the one the maps hold: only that is written.
-	delta := !samePolicy && d.deltaApplies(s.Policy)
-	prevPolicy := d.policy
-	var pol *installed
-	if !samePolicy && !delta {
-		pol = d.installedPolicy() // before the endpoints change
+	// The same compilation as the last pass: the policy maps hold it already. A compilation that
+	// says what changed since the one the maps hold: only that is written.
+	same := d.samePolicy(s.Policy)
+	var step policyStep
+	switch {
+	case same:
+	case d.deltaApplies(s.Policy):
+		step = policyStep{delta: true, prev: d.policy}
+	default:
+		step.installed = d.installedPolicy() // before the endpoints change
 	}
 	if all {
 		d.setFrame(&s)
 	}
-	d.setPolicy(s.Policy, samePolicy, delta)
+	d.setPolicy(s.Policy, same, step.delta)
 	p, err := r.derive(d, &s, all)
+	p.policy = step
 	var c changes
 	c.note(false, err)
-	c.res.Pending = d.pendingList()
-
-	// Additions and changes: interface settings, policy, endpoint, route, program, kernel route.
-	if r.afterDerive != nil {
-		r.afterDerive()
-	}
-	for _, link := range p.configure {
-		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.configureInterface(link))
-	}
-	var (
-		removal       *PolicyRemoval
-		policyChanged bool
-	)
-	switch {
-	case delta:
-		_, err = r.resetRules(s.Policy.NewRules)
-		c.note(false, err)
-		var added bool
-		removal, added, err = d.pentries.AddDelta(prevPolicy, s.Policy, r.maps.Policy, r.maps.PolicyIPs)
-		c.note(added, err)
-		changed, err := r.syncPolicySettings(s.Policy)
-		c.note(changed, err)
-		policyChanged = added || changed
-	case !samePolicy:
-		policyChanged, err = r.addPolicy(d, pol)
-		c.note(policyChanged, err)
-	}
-	for _, ep := range p.putEndpoints {
-		c.note(true, r.maps.Endpoints.Put(ep))
-	}
-	if policyChanged || p.programs {
-		c.note(r.bumpGeneration())
-	}
-	switch {
-	case delta:
-		c.note(removal.Remove(r.maps.Policy))
-		d.entries = d.pentries.Map()
-	case !samePolicy:
-		c.note(r.removePolicy(d, pol))
-	}
-	if len(p.putRoutes) > 0 {
-		c.res.Changes += len(p.putRoutes) - 1
-		c.note(true, r.maps.Routes.PutAll(p.putRoutes))
-	}
-	for _, link := range p.attach {
-		c.noteOn(r, link.Attrs().Index, link.Attrs().Name)(r.attach(link.Attrs().Name, link.Attrs().Index, loader.HookFromWep, loader.HookToWep))
-	}
-	// In address order: the kernel's table takes a burst of routes (a BGP table) faster so.
-	slices.SortFunc(p.putKernel, func(a, b netlink.Route) int { return comparePrefix(prefixOf(a.Dst), prefixOf(b.Dst)) })
-	for _, kr := range p.putKernel {
-		c.noteRoute(r, d, kr, r.addRoute(kr))
-	}
-
-	// Removals: program, kernel route, map route, endpoint.
-	for _, name := range p.detach {
-		c.note(true, r.dp.DetachInterface(name))
-	}
-	for _, kr := range p.delKernel {
-		err := r.nl.RouteDel(&kr)
-		if err != nil && !errors.Is(err, unix.ESRCH) {
-			c.note(true, fmt.Errorf("delete route %v: %w", prefixOf(kr.Dst), err))
-		} else {
-			c.note(true, nil)
-		}
-	}
-	if len(p.delRoutes) > 0 {
-		c.res.Changes += len(p.delRoutes) - 1
-		c.note(true, r.maps.Routes.DeleteAll(p.delRoutes))
-	}
-	for _, idx := range p.delEndpoints {
-		c.note(true, r.maps.Endpoints.Delete(idx))
-	}
-
-	if len(c.errs) == 0 {
-		r.last = d
-	}
-	return c.res, errors.Join(c.errs...)
+	return r.execute(d, p, &s, &c)
 }
 
 // attachUplink puts from_net, and XDP unless it is off, on the uplink.
@@ -489,96 +372,6 @@ func (r *Reconciler) sysctl(key, value string) (bool, error) {
 	return true, nil
 }
 
-// syncEndpoints adds and fixes entries (removeStale false) or removes the undesired ones.
-func (r *Reconciler) syncEndpoints(want map[uint32]maps.Endpoint, removeStale bool) (bool, error) {
-	have, err := r.maps.Endpoints.List()
-	if err != nil {
-		return false, err
-	}
-	changed := false
-	var errs []error
-	if removeStale {
-		for _, ep := range have {
-			if _, ok := want[ep.Ifindex]; !ok {
-				changed = true
-				errs = append(errs, r.maps.Endpoints.Delete(ep.Ifindex))
-			}
-		}
-		return changed, errors.Join(errs...)
-	}
-	byIndex := map[uint32]maps.Endpoint{}
-	for _, ep := range have {
-		byIndex[ep.Ifindex] = ep
-	}
-	for idx, ep := range want {
-		cur, ok := byIndex[idx]
-		if ok && cur.Equal(ep) {
-			continue
-		}
-		changed = true
-		errs = append(errs, r.maps.Endpoints.Put(ep))
-	}
-	return changed, errors.Join(errs...)
-}
-
-// syncRoutes adds and fixes routes (removeStale false) or removes the undesired ones, given
-// what the map holds.
-func (r *Reconciler) syncRoutes(want map[netip.Prefix]maps.Route, have []maps.Route, removeStale bool) (bool, error) {
-	if removeStale {
-		var gone []netip.Prefix
-		for _, rt := range have {
-			if _, ok := want[rt.Prefix]; !ok {
-				gone = append(gone, rt.Prefix)
-			}
-		}
-		return len(gone) > 0, r.maps.Routes.DeleteAll(gone)
-	}
-	byPrefix := make(map[netip.Prefix]maps.Route, len(have))
-	for _, rt := range have {
-		byPrefix[rt.Prefix] = rt
-	}
-	var put []maps.Route
-	for p, rt := range want {
-		if cur, ok := byPrefix[p]; ok && cur == rt {
-			continue
-		}
-		put = append(put, rt)
-	}
-	return len(put) > 0, r.maps.Routes.PutAll(put)
-}
-
-// syncKernelRoutes makes the main table's routes of protocol margay exactly want; a route on an
-// interface that went away meanwhile is noted in c as no error (see noteOn).
-func (r *Reconciler) syncKernelRoutes(d *desired, want map[netip.Prefix]netlink.Route, c *changes) (bool, error) {
-	have, err := r.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: hostconv.RouteProtocol, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return false, fmt.Errorf("list kernel routes: %w", err)
-	}
-	changed := false
-	var errs []error
-	seen := map[netip.Prefix]bool{}
-	for _, cur := range have {
-		p := prefixOf(cur.Dst)
-		w, ok := want[p]
-		if ok && sameRoute(cur, w) && !seen[p] {
-			seen[p] = true
-			continue
-		}
-		changed = true
-		if err := r.nl.RouteDel(&cur); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("delete route %v: %w", p, err))
-		}
-	}
-	for p, w := range want {
-		if seen[p] {
-			continue
-		}
-		c.noteRoute(r, d, w, r.addRoute(w))
-	}
-	return changed, errors.Join(errs...)
-}
-
 func comparePrefix(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c
@@ -616,26 +409,6 @@ func (r *Reconciler) detach(ifname string, hook loader.Hook) (bool, error) {
 		return false, nil
 	}
 	return true, r.dp.Detach(ifname, hook)
-}
-
-// detachStale removes the programs of interfaces that are neither a wanted workload nor the
-// uplink: workloads that went away, a former uplink.
-func (r *Reconciler) detachStale(wantIfaces map[string]Workload, uplink string) (bool, error) {
-	pins, err := loader.LinkPins(r.dp.Root())
-	if err != nil {
-		return false, err
-	}
-	changed := false
-	var errs []error
-	for ifname := range pins {
-		if _, ok := wantIfaces[ifname]; ok || ifname == uplink {
-			continue
-		}
-		changed = true
-		r.log.Info("detaching from interface no longer wanted", "interface", ifname)
-		errs = append(errs, r.dp.DetachInterface(ifname))
-	}
-	return changed, errors.Join(errs...)
 }
 
 // pruneCounters drops the counters of interfaces that no longer exist; those of d's present
