@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/loader"
 )
 
@@ -156,19 +157,19 @@ func Timeout(t Timeouts, s CTState) time.Duration {
 	}
 	switch loader.MargayCtState(s) {
 	case loader.MargayCtStateCT_TCP_SYN_SENT, loader.MargayCtStateCT_TCP_SYN_ACKED:
-		return pick(t.TcpSyn, 60)
+		return pick(t.TcpSyn, hostconv.CTDefaultTCPSyn)
 	case loader.MargayCtStateCT_TCP_ESTABLISHED:
-		return pick(t.TcpEstablished, 6*3600)
+		return pick(t.TcpEstablished, hostconv.CTDefaultTCPEstablished)
 	case loader.MargayCtStateCT_TCP_FIN_WAIT:
-		return pick(t.TcpFin, 30)
+		return pick(t.TcpFin, hostconv.CTDefaultTCPFin)
 	case loader.MargayCtStateCT_TCP_CLOSED:
-		return pick(t.TcpClosed, 10)
+		return pick(t.TcpClosed, hostconv.CTDefaultTCPClosed)
 	case loader.MargayCtStateCT_UDP:
-		return pick(t.Udp, 60)
+		return pick(t.Udp, hostconv.CTDefaultUDP)
 	case loader.MargayCtStateCT_ICMP:
-		return pick(t.Icmp, 30)
+		return pick(t.Icmp, hostconv.CTDefaultICMP)
 	}
-	return pick(t.Other, 60)
+	return pick(t.Other, hostconv.CTDefaultOther)
 }
 
 // Sweep deletes the entries idle for longer than their state's timeout, and returns how many it

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/loader"
 )
 
@@ -68,11 +69,11 @@ func (e Event) String() string {
 	return fmt.Sprintf("%s %d %s %s %s %s -> %s %d", e.Kind, e.Ifindex, e.Hook, e.Reason, protoName(e.Protocol), src, dst, e.Len)
 }
 
-// The dataplane's rate limit of events, per CPU and kind (drops, traces), as in
-// bpf/include/events.h: at most EventsBurst at once, refilled at EventsRate a second.
+// The dataplane's rate limit of events, per CPU and kind (drops, traces): at most EventsBurst at
+// once, refilled at EventsRate a second (hostconv, which the programs share).
 const (
-	EventsRate  = 1000
-	EventsBurst = 100
+	EventsRate  = hostconv.EventsRate
+	EventsBurst = hostconv.EventsBurst
 )
 
 // EventsLost counts events the dataplane did not send, summed over CPUs.

@@ -13,17 +13,12 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "hostconv.h"
 #include "maps.h"
 #include "parse.h"
 #include "policy.h"
 
-/*
- * Per CPU and kind: at most EVENTS_BURST events at once, refilled at EVENTS_RATE a second (maps
- * and margayctl repeat these). Two CPUs flooded with drops send 2000 events a second, 96 KB/s
- * into the ring buffer.
- */
-#define EVENTS_RATE 1000
-#define EVENTS_BURST 100
+/* Per CPU and kind: at most EVENTS_BURST events at once, refilled at EVENTS_RATE a second. */
 #define EVENTS_INTERVAL_NS (1000000000ULL / EVENTS_RATE)
 
 /* Every DROP_* reason, and only they, are numbered from REASON_DROP_MALFORMED on. */

@@ -8,6 +8,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "csum.h"
+#include "hostconv.h"
 #include "maps.h"
 #include "parse.h"
 #include "policy.h"
@@ -17,7 +18,7 @@
 #endif
 
 /* The MAC of every host-side cali* veth, as in Calico: workloads send to it for 169.254.1.1. */
-static const __u8 host_veth_mac[ETH_ALEN] = { 0xee, 0xee, 0xee, 0xee, 0xee, 0xee };
+static const __u8 host_veth_mac[ETH_ALEN] = HOST_VETH_MAC;
 
 /*
  * What policy reads past the IPv4 header: TCP's ports and flags (the fixed header), UDP's ports,

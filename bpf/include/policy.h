@@ -16,6 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "hostconv.h"
 #include "kernel_ct.h"
 #include "maps.h"
 #include "parse.h"
@@ -215,31 +216,31 @@ static __always_inline __u64 ct_timeout_ns(const struct config_value *cfg, enum 
 	case CT_TCP_SYN_SENT:
 	case CT_TCP_SYN_ACKED:
 		s = t ? t->tcp_syn : 0;
-		def = 60;
+		def = CT_DEFAULT_TCP_SYN;
 		break;
 	case CT_TCP_ESTABLISHED:
 		s = t ? t->tcp_established : 0;
-		def = 6 * 3600;
+		def = CT_DEFAULT_TCP_ESTABLISHED;
 		break;
 	case CT_TCP_FIN_WAIT:
 		s = t ? t->tcp_fin : 0;
-		def = 30;
+		def = CT_DEFAULT_TCP_FIN;
 		break;
 	case CT_TCP_CLOSED:
 		s = t ? t->tcp_closed : 0;
-		def = 10;
+		def = CT_DEFAULT_TCP_CLOSED;
 		break;
 	case CT_UDP:
 		s = t ? t->udp : 0;
-		def = 60;
+		def = CT_DEFAULT_UDP;
 		break;
 	case CT_ICMP:
 		s = t ? t->icmp : 0;
-		def = 30;
+		def = CT_DEFAULT_ICMP;
 		break;
 	default:
 		s = t ? t->other : 0;
-		def = 60;
+		def = CT_DEFAULT_OTHER;
 		break;
 	}
 	return (__u64)(s ? s : def) * NSEC_PER_SEC;

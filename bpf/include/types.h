@@ -56,7 +56,8 @@ enum route_flags {
 	ROUTE_REMOTE_WEP = 1 << 2,   /* /32 borrowed by a workload on another host: as REMOTE_BLOCK */
 	ROUTE_LOCAL_BLOCK = 1 << 3,  /* a block this host owns (its unused addresses are blackholed) */
 	ROUTE_HOST = 1 << 4,         /* an address of a host (this one or another) */
-	ROUTE_IN_POOL = 1 << 5,      /* inside a configured IP pool */
+	ROUTE_IN_POOL = 1 << 5,      /* inside an enabled IP pool: for operators (margayctl routes,
+				      * bpftool), as DESIGN.md lays the map out; no program reads it */
 	ROUTE_LOCAL_HOST = 1 << 6,   /* an address of this host (beside ROUTE_HOST) */
 };
 

@@ -1,8 +1,9 @@
 // Package hostconv holds the conventions every part of a Margay host shares — the agent's
 // reconciler, the CNI plugin's workload set-up, the datastore's validation, the policy compiler —
 // so that each is written once: the host-side veth's name, MAC and settings, the protocol of the
-// kernel routes Margay owns, the key that names a workload across the cluster, and what the
-// agent's HTTP API answers to margayctl.
+// kernel routes Margay owns, the key that names a workload across the cluster, what the agent's
+// HTTP API answers to margayctl, and the values the BPF programs share with Go (conntrack's
+// default timeouts, the events' rate limit), which reach the C as generated constants.
 package hostconv
 
 import (
@@ -12,7 +13,7 @@ import (
 
 // VethMAC is the MAC of every host-side cali* veth, as in Calico: the workload's gateway
 // (169.254.1.1) resolves to it. The BPF programs write it as the source of what they deliver
-// to a workload (host_veth_mac in bpf/include/forward.h).
+// to a workload (HOST_VETH_MAC, generated into bpf/include/hostconv.h).
 var VethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
 
 // RouteProtocol marks the kernel routes Margay owns (`proto margay` once named in
