@@ -14,7 +14,19 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// The bpffs layout under a root: each map pinned as <root>/<map name> (MapPin), each program's
+// link as <root>/links/<interface>_<hook> (LinkPin). Every reader of the pins (margayctl, the CNI
+// plugin's wait, operators with bpftool) finds them by these two functions or this comment.
 const linksDir = "links"
+
+// MapPin is where map name (MargayMap*, e.g. "endpoints") is pinned under root.
+func MapPin(root, name string) string { return filepath.Join(root, name) }
+
+// LinkPin is where the link of hook on interface ifname is pinned under root: its presence is
+// the program's attachment.
+func LinkPin(root, ifname string, hook Hook) string {
+	return filepath.Join(root, linksDir, linkName(ifname, hook))
+}
 
 // Hook is an attach point of one program.
 type Hook string
@@ -244,7 +256,7 @@ func (d *Dataplane) DetachInterface(ifname string) error {
 }
 
 func detach(root, ifname string, hook Hook) error {
-	path := filepath.Join(root, linksDir, linkName(ifname, hook))
+	path := LinkPin(root, ifname, hook)
 	l, err := link.LoadPinnedLink(path, nil)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -347,7 +359,7 @@ func tcxAttachType(hook Hook) ebpf.AttachType {
 }
 
 func (d *Dataplane) linkPath(ifname string, hook Hook) string {
-	return filepath.Join(d.root, linksDir, linkName(ifname, hook))
+	return LinkPin(d.root, ifname, hook)
 }
 
 // linkName is the pin of a link: <interface>_<hook>, as operators find it under links/.

@@ -3,7 +3,6 @@ package maps
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -40,7 +39,7 @@ func OpenPinned(root string) (*Set, error) {
 	s := &Set{}
 	var errs []error
 	open := func(name string) *ebpf.Map {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(root, name), nil)
+		m, err := ebpf.LoadPinnedMap(loader.MapPin(root, name), nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open pinned map %s: %w", name, err))
 			return nil
@@ -48,15 +47,15 @@ func OpenPinned(root string) (*Set, error) {
 		s.owned = append(s.owned, m)
 		return m
 	}
-	s.Config = NewConfig(open("config"))
-	s.Routes = NewRoutes(open("routes"), s.Config)
-	s.Endpoints = NewEndpoints(open("endpoints"), s.Config)
-	s.Counters = NewCounters(open("counters"))
-	s.Conntrack = NewConntrack(open("conntrack"))
-	s.Policy = NewPolicy(open("policy"))
-	s.PolicyIPs = NewPolicyIPs(open("policy_ips"))
-	s.RuleHits = NewRuleHits(open("rule_hits"))
-	s.Failsafe = NewFailsafe(open("failsafe"))
+	s.Config = NewConfig(open(loader.MargayMapConfig))
+	s.Routes = NewRoutes(open(loader.MargayMapRoutes), s.Config)
+	s.Endpoints = NewEndpoints(open(loader.MargayMapEndpoints), s.Config)
+	s.Counters = NewCounters(open(loader.MargayMapCounters))
+	s.Conntrack = NewConntrack(open(loader.MargayMapConntrack))
+	s.Policy = NewPolicy(open(loader.MargayMapPolicy))
+	s.PolicyIPs = NewPolicyIPs(open(loader.MargayMapPolicyIps))
+	s.RuleHits = NewRuleHits(open(loader.MargayMapRuleHits))
+	s.Failsafe = NewFailsafe(open(loader.MargayMapFailsafe))
 	if err := errors.Join(errs...); err != nil {
 		s.Close()
 		return nil, err

@@ -5,10 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -18,6 +15,8 @@ import (
 	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
+	"github.com/margaynet/margay/loader"
 )
 
 // routing keeps the BGP speaker in line with the view: the peers the mesh, reflector and explicit
@@ -95,8 +94,8 @@ func (c Config) restartTime() time.Duration {
 // forwardingKept says whether programs an earlier agent attached are still pinned under root,
 // and so forwarding while this agent starts.
 func forwardingKept(root string) bool {
-	links, err := os.ReadDir(filepath.Join(root, "links"))
-	return err == nil && len(links) > 0
+	pins, err := loader.LinkPins(root)
+	return err == nil && len(pins) > 0
 }
 
 // sync pushes what changed in the view to the speaker, starting it on the first call. The AS

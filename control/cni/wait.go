@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
 	"github.com/margaynet/margay/control/workload"
+	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -50,7 +50,7 @@ func waitProgrammed(ctx context.Context, root string, res workload.Result, timeo
 
 func programmed(root string, res workload.Result, ifindex uint32, endpoints **maps.Endpoints) error {
 	if *endpoints == nil {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(root, "endpoints"), &ebpf.LoadPinOptions{ReadOnly: true})
+		m, err := ebpf.LoadPinnedMap(loader.MapPin(root, loader.MargayMapEndpoints), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			return fmt.Errorf("no endpoints map under %s (is margay-agent running?): %w", root, err)
 		}
@@ -66,8 +66,8 @@ func programmed(root string, res workload.Result, ifindex uint32, endpoints **ma
 	if ep.IPv4 != res.IPv4.Addr() {
 		return fmt.Errorf("the endpoint of %s is still an older one", res.HostVeth)
 	}
-	for _, hook := range []string{"from_wep", "to_wep"} {
-		if _, err := os.Stat(filepath.Join(root, "links", res.HostVeth+"_"+hook)); err != nil {
+	for _, hook := range []loader.Hook{loader.HookFromWep, loader.HookToWep} {
+		if _, err := os.Stat(loader.LinkPin(root, res.HostVeth, hook)); err != nil {
 			return fmt.Errorf("%s not attached to %s yet", hook, res.HostVeth)
 		}
 	}

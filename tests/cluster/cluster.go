@@ -22,6 +22,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/control/datastore/etcdembed"
+	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
 	"github.com/margaynet/margay/tests/poll"
@@ -373,8 +374,8 @@ func (w *Workload) WaitProgrammed(tb testing.TB) {
 			if err != nil {
 				return err
 			}
-			for _, hook := range []string{"from_wep", "to_wep"} {
-				if _, err := os.Stat(filepath.Join(w.Host.Root, "links", link.Attrs().Name+"_"+hook)); err != nil {
+			for _, hook := range []loader.Hook{loader.HookFromWep, loader.HookToWep} {
+				if _, err := os.Stat(loader.LinkPin(w.Host.Root, link.Attrs().Name, hook)); err != nil {
 					return fmt.Errorf("%s not attached yet: %w", hook, err)
 				}
 			}
