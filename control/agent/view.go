@@ -196,10 +196,10 @@ func (v *view) derive(uplink string) *derived {
 	slices.SortFunc(s.Blocks, comparePrefix)
 	for _, key := range sortedKeys(v.workloads) {
 		w := v.workloads[key]
-		if len(w.IPv4) == 0 {
+		ip, ok := w.Addr()
+		if !ok {
 			continue
 		}
-		ip := w.IPv4[0].Addr()
 		d.claimOf[key] = ip
 		if d.claims[ip]++; d.claims[ip] > 1 {
 			continue // two records claim one address: the first (by key) wins until IPAM sorts it out
@@ -232,7 +232,7 @@ func (d *derived) blockOf(ip netip.Addr) (datastore.Block, bool) {
 // local record, the /32 of another node's record whose address is borrowed. It reports false
 // when another record has the interface or the route already, which only derive sorts out.
 func (d *derived) add(v *view, key string, w datastore.Workload, ch *dataplane.Changed) bool {
-	ip := w.IPv4[0].Addr()
+	ip, _ := w.Addr() // callers skip records without one
 	b, inBlock := d.blockOf(ip)
 	if w.Node == v.node {
 		mac, err := net.ParseMAC(w.MAC)
@@ -279,11 +279,8 @@ func (d *derived) update(v *view, keys map[string]bool, ch *dataplane.Changed) b
 	for key := range keys {
 		oldIP, had := d.claimOf[key]
 		w, ok := v.workloads[key]
-		ok = ok && len(w.IPv4) > 0
-		var ip netip.Addr
-		if ok {
-			ip = w.IPv4[0].Addr()
-		}
+		ip, hasIP := w.Addr()
+		ok = ok && hasIP
 		if had && d.claims[oldIP] > 1 || ok && d.claims[ip]-btoi(had && ip == oldIP) > 0 {
 			return false
 		}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -337,7 +338,7 @@ func checkPrevResult(ctx context.Context, s *session, ws workload.Spec) error {
 		return cniError(err)
 	}
 	for _, ipc := range res.IPs {
-		if len(rec.Value.IPv4) == 0 || ipc.Address.String() != rec.Value.IPv4[0].String() {
+		if a, ok := rec.Value.Addr(); !ok || ipc.Address.String() != netip.PrefixFrom(a, 32).String() {
 			return cniError(fmt.Errorf("prevResult has %s, the endpoint %v: %w", ipc.Address.String(), rec.Value.IPv4, workload.ErrMismatch))
 		}
 	}

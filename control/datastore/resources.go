@@ -3,7 +3,6 @@ package datastore
 import (
 	"errors"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"maps"
 	"math"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/margaynet/margay/control/hostconv"
 )
 
 // CurrentVersion is the value of the "version" field of every value this package writes and
@@ -364,11 +365,13 @@ type Workload struct {
 	// Network is the name of the CNI network that attached the workload (the network config's
 	// "name"); CNI GC of a network touches only its own workloads. Empty for workloads of
 	// margayctl and for records written before margay-cni recorded it (see cmdGC).
-	Network string            `json:"network,omitempty"`
-	Netns   string            `json:"netns,omitempty"`
-	MAC     string            `json:"mac"`            // workload side of the veth
-	IPv4    []netip.Prefix    `json:"ipv4,omitempty"` // /32s
-	Labels  map[string]string `json:"labels,omitempty"`
+	Network string `json:"network,omitempty"`
+	Netns   string `json:"netns,omitempty"`
+	MAC     string `json:"mac"` // workload side of the veth
+	// IPv4 is a list, as Calico's ipNetworks is, of at most one /32: a workload has one veth and
+	// one address (see Addr).
+	IPv4   []netip.Prefix    `json:"ipv4,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 	// AddDurationSeconds is how long the CNI plugin's ADD took up to writing this record; the
 	// agent observes it into margay_cni_add_duration_seconds. 0 = not measured.
 	AddDurationSeconds float64 `json:"addDurationSeconds,omitempty"`
@@ -411,20 +414,26 @@ func (w Workload) Validate() error {
 	if hw, err := net.ParseMAC(w.MAC); err != nil || len(hw) != 6 {
 		return fmt.Errorf("mac %q: want an Ethernet address like 02:42:c6:13:00:02", w.MAC)
 	}
-	seen := make(map[netip.Prefix]int, len(w.IPv4))
 	for i, p := range w.IPv4 {
 		if !p.IsValid() || !p.Addr().Is4() || p.Bits() != 32 {
 			return fmt.Errorf("ipv4[%d]: %q is not an IPv4 /32", i, p)
 		}
-		if j, dup := seen[p]; dup {
-			return fmt.Errorf("ipv4[%d]: %s repeats ipv4[%d]", i, p, j)
-		}
-		seen[p] = i
+	}
+	if len(w.IPv4) > 1 {
+		return fmt.Errorf("ipv4 %v: a workload has one address (one veth, one /32), not %d", w.IPv4, len(w.IPv4))
 	}
 	if !(w.AddDurationSeconds >= 0) || math.IsInf(w.AddDurationSeconds, 0) {
 		return fmt.Errorf("addDurationSeconds %v: want a non-negative number of seconds", w.AddDurationSeconds)
 	}
 	return checkLabels(w.Labels)
+}
+
+// Addr is the workload's address; false for a record without one, which nothing programs.
+func (w Workload) Addr() (netip.Addr, bool) {
+	if len(w.IPv4) == 0 {
+		return netip.Addr{}, false
+	}
+	return w.IPv4[0].Addr(), true
 }
 
 func (w *Workload) version() *int { return &w.Version }

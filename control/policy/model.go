@@ -16,13 +16,13 @@ package policy
 import (
 	"cmp"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/policy/selector"
 	"github.com/margaynet/margay/maps"
 )
@@ -56,10 +56,11 @@ type Endpoint struct {
 	Labels map[string]string
 }
 
-// EndpointOf makes the Endpoint of a workload record: its first address, its labels and its
-// namespace label.
+// EndpointOf makes the Endpoint of a workload record: its address, its labels and its namespace
+// label.
 func EndpointOf(w datastore.Workload) (Endpoint, bool) {
-	if len(w.IPv4) == 0 {
+	addr, ok := w.Addr()
+	if !ok {
 		return Endpoint{}, false
 	}
 	labels := make(map[string]string, len(w.Labels)+1)
@@ -69,7 +70,7 @@ func EndpointOf(w datastore.Workload) (Endpoint, bool) {
 	if w.Namespace != "" {
 		labels[NamespaceLabel] = w.Namespace
 	}
-	return Endpoint{Key: hostconv.WorkloadKey(w.Node, w.ID), Node: w.Node, Addr: w.IPv4[0].Addr(), Labels: labels}, true
+	return Endpoint{Key: hostconv.WorkloadKey(w.Node, w.ID), Node: w.Node, Addr: addr, Labels: labels}, true
 }
 
 // Flow is the first packet of a flow as policy sees it.
