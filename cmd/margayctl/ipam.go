@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -47,11 +46,6 @@ func parseIPv4Flag(flag, s string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("--%s %q: want an IPv4 address such as 198.19.0.5", flag, s)
 	}
 	return ip, nil
-}
-
-// inPool says whether block lies inside the pool's CIDR.
-func inPool(pool, block netip.Prefix) bool {
-	return pool.Bits() <= block.Bits() && pool.Contains(block.Addr())
 }
 
 // newIPAM returns an IPAM that logs only warnings: the commands report what it did themselves.
@@ -254,72 +248,6 @@ type ipamCheckJSON struct {
 	Problems []string `json:"problems"`
 }
 
-// ipamProblems returns what ipam.Check finds, the handles whose workload record is gone, and the
-// workloads that use an address IPAM does not give them (which it may hand to someone else).
-func ipamProblems(ctx context.Context, c *datastore.Client) ([]string, error) {
-	problems, err := newIPAM(c).Check(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, p := range problems {
-		out = append(out, p.What)
-	}
-	blocks, _, err := c.Blocks().List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	handles, _, err := c.Handles().List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	workloads, err := workloadsOf(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	holder := map[netip.Addr]string{}
-	for _, b := range blocks {
-		for _, a := range b.Value.Allocations {
-			holder[a.IP] = a.Handle
-		}
-	}
-	byName := map[string]datastore.Handle{}
-	var more []string
-	for _, h := range handles {
-		byName[h.Name] = h.Value
-		if w := h.Value.Workload; w != "" {
-			if _, ok := workloads[w]; !ok {
-				more = append(more, fmt.Sprintf("handle %s holds %s for workload %s, whose record is gone", h.Name, addrList(h.Value.IPs), w))
-			}
-		}
-	}
-	for key, w := range workloads {
-		for _, p := range w.IPv4 {
-			ip := p.Addr()
-			h, ok := holder[ip]
-			switch {
-			case !ok:
-				more = append(more, fmt.Sprintf("workload %s uses %s, which is not allocated: IPAM may hand it out again", key, ip))
-			case byName[h].Workload != "" && byName[h].Workload != key:
-				more = append(more, fmt.Sprintf("workload %s uses %s, which is allocated to handle %s of workload %s", key, ip, h, byName[h].Workload))
-			}
-		}
-	}
-	slices.Sort(more)
-	return append(out, more...), nil
-}
-
-func addrList(ips []netip.Addr) string {
-	if len(ips) == 0 {
-		return "no address"
-	}
-	s := make([]string, len(ips))
-	for i, ip := range ips {
-		s[i] = ip.String()
-	}
-	return strings.Join(s, ", ")
-}
-
 func newIPAMCheckCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
@@ -332,9 +260,13 @@ func newIPAMCheckCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			problems, err := ipamProblems(ctx, c)
+			found, err := newIPAM(c).Check(ctx)
 			if err != nil {
 				return err
+			}
+			problems := make([]string, 0, len(found))
+			for _, p := range found {
+				problems = append(problems, p.What)
 			}
 			text := "no problems found"
 			if len(problems) > 0 {
@@ -391,15 +323,21 @@ hand them to the next workload while the first still uses them.`,
 				return err
 			}
 			defer c.Close()
+			im := newIPAM(c)
 			if byIP {
-				if handle, err = holderOf(ctx, c, ip); err != nil {
+				if handle, err = im.HolderOf(ctx, ip); errors.Is(err, datastore.ErrNotFound) {
+					return fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
+				} else if err != nil {
 					return err
 				}
 			}
-			if err := checkNotLive(ctx, c, handle, force); err != nil {
-				return err
+			if !force {
+				if w, err := im.LiveWorkloadOf(ctx, handle); err != nil {
+					return err
+				} else if w != "" {
+					return fmt.Errorf("ipam release: handle %s belongs to workload %s, which still exists; delete the workload first, or pass --force if it no longer runs", handle, w)
+				}
 			}
-			im := newIPAM(c)
 			js := ipamReleaseJSON{Handle: handle, Released: []string{}}
 			if byIP {
 				if handle, err = im.ReleaseIP(ctx, ip); err != nil {
@@ -422,54 +360,13 @@ hand them to the next workload while the first still uses them.`,
 			for _, a := range released {
 				js.Released = append(js.Released, a.String())
 			}
-			return g.result(cmd.OutOrStdout(), fmt.Sprintf("released handle %s: %s", handle, addrList(released)), js)
+			return g.result(cmd.OutOrStdout(), fmt.Sprintf("released handle %s: %s", handle, ipam.AddrList(released)), js)
 		},
 	}
 	cmd.Flags().StringVar(&ipFlag, "ip", "", "address to free")
 	cmd.Flags().StringVar(&handle, "handle", "", "handle whose addresses to free; the handle is deleted")
 	cmd.Flags().BoolVar(&force, "force", false, "free also when the workload holding the address still exists")
 	return cmd
-}
-
-// holderOf returns the handle that holds ip.
-func holderOf(ctx context.Context, c *datastore.Client, ip netip.Addr) (string, error) {
-	blocks, _, err := c.Blocks().List(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, b := range blocks {
-		for _, a := range b.Value.Allocations {
-			if a.IP == ip {
-				return a.Handle, nil
-			}
-		}
-	}
-	return "", fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
-}
-
-// checkNotLive refuses to free the addresses of a handle whose workload record still exists.
-func checkNotLive(ctx context.Context, c *datastore.Client, handle string, force bool) error {
-	if force {
-		return nil
-	}
-	h, err := c.Handles().Get(ctx, handle)
-	if errors.Is(err, datastore.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if h.Value.Workload == "" {
-		return nil
-	}
-	_, err = c.AllWorkloads().Get(ctx, h.Value.Workload)
-	if errors.Is(err, datastore.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	return fmt.Errorf("ipam release: handle %s belongs to workload %s, which still exists; delete the workload first, or pass --force if it no longer runs", handle, h.Value.Workload)
 }
 
 type ipamGCJSON struct {
@@ -501,53 +398,45 @@ missing at a first look and still missing --grace later.`,
 				return err
 			}
 			defer c.Close()
-			suspects, err := goneWorkloads(ctx, c)
+			im := newIPAM(c)
+			col := im.Collector("")
+			// The first look frees nothing of a workload whose record is missing; the second,
+			// --grace later, frees what is still missing.
+			var released []netip.Addr
+			for look := range 2 {
+				if look == 1 && col.Suspects() == 0 {
+					break
+				}
+				if look == 1 && grace > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s without a record; looking again in %s (--grace)\n", count(col.Suspects(), "workload"), grace)
+					select {
+					case <-time.After(grace):
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				records, err := workloadsOf(ctx, c)
+				if err != nil {
+					return err
+				}
+				freed, err := col.Run(ctx, records)
+				released = append(released, freed...)
+				if err != nil {
+					if len(released) > 0 {
+						return fmt.Errorf("%w (released %s before that)", err, ipam.AddrList(released))
+					}
+					return err
+				}
+			}
+			js := ipamGCJSON{Released: strs(released)}
+			deleted, err := im.DeleteStaleBlocks(ctx)
+			js.DeletedBlocks = strs(deleted)
 			if err != nil {
-				return err
-			}
-			if len(suspects) > 0 && grace > 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s without a record; looking again in %s (--grace)\n", count(len(suspects), "workload"), grace)
-				select {
-				case <-time.After(grace):
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			used, err := workloadAddrs(ctx, c)
-			if err != nil {
-				return err
-			}
-			var lookupErr error
-			released, err := newIPAM(c).GC(ctx, func(w string) bool {
-				if !suspects[w] {
-					return true
-				}
-				_, err := c.AllWorkloads().Get(ctx, w)
-				if err != nil && !errors.Is(err, datastore.ErrNotFound) {
-					lookupErr = err
-					return true // when in doubt, keep
-				}
-				return err == nil
-			}, func(ip netip.Addr) bool { return used[ip] })
-			if err != nil {
-				if len(released) > 0 {
-					return fmt.Errorf("%w (released %s before that)", err, addrList(released))
-				}
-				return err
-			}
-			if lookupErr != nil {
-				return fmt.Errorf("ipam gc: look up workload: %w", lookupErr)
-			}
-			js := ipamGCJSON{Released: []string{}}
-			for _, a := range released {
-				js.Released = append(js.Released, a.String())
-			}
-			if js.DeletedBlocks, err = deleteStaleBlocks(ctx, c); err != nil {
-				return fmt.Errorf("ipam gc: %w (released %s before that)", err, addrList(released))
+				return fmt.Errorf("ipam gc: %w (released %s before that)", err, ipam.AddrList(released))
 			}
 			var parts []string
 			if len(released) > 0 {
-				parts = append(parts, fmt.Sprintf("released %s: %s", count(len(released), "address"), addrList(released)))
+				parts = append(parts, fmt.Sprintf("released %s: %s", count(len(released), "address"), ipam.AddrList(released)))
 			}
 			if len(js.DeletedBlocks) > 0 {
 				parts = append(parts, fmt.Sprintf("deleted %s without a registered node or outside every pool: %s",
@@ -562,82 +451,4 @@ missing at a first look and still missing --grace later.`,
 	}
 	cmd.Flags().DurationVar(&grace, "grace", 5*time.Second, "how long a workload record must stay missing before its addresses are freed")
 	return cmd
-}
-
-// goneWorkloads returns the workloads that handles name but whose record does not exist.
-func goneWorkloads(ctx context.Context, c *datastore.Client) (map[string]bool, error) {
-	handles, _, err := c.Handles().List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	workloads, err := workloadsOf(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	gone := map[string]bool{}
-	for _, h := range handles {
-		if w := h.Value.Workload; w != "" {
-			if _, ok := workloads[w]; !ok {
-				gone[w] = true
-			}
-		}
-	}
-	return gone, nil
-}
-
-// deleteStaleBlocks deletes the empty blocks that nothing else ever deletes: those without
-// affinity, those affine to a node that is not registered (no agent runs there to give them up)
-// and those outside every pool. The delete is a compare-and-swap, so an address borrowed from the
-// block meanwhile keeps it.
-func deleteStaleBlocks(ctx context.Context, c *datastore.Client) ([]string, error) {
-	pools, _, err := c.Pools().List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	nodes, _, err := c.Nodes().List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	registered := map[string]bool{}
-	for _, n := range nodes {
-		registered[n.Name] = true
-	}
-	blocks, _, err := c.Blocks().List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	deleted := []string{}
-	for _, b := range blocks {
-		if len(b.Value.Allocations) > 0 {
-			continue
-		}
-		covered := slices.ContainsFunc(pools, func(p datastore.Item[datastore.Pool]) bool { return inPool(p.Value.CIDR, b.Value.CIDR) })
-		if b.Value.Affinity != "" && registered[b.Value.Node()] && covered {
-			continue
-		}
-		err := c.Blocks().Delete(ctx, b.Name, b.ModRevision)
-		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return deleted, err
-		}
-		deleted = append(deleted, b.Value.CIDR.String())
-	}
-	return deleted, nil
-}
-
-// workloadAddrs is every address a workload record lists.
-func workloadAddrs(ctx context.Context, c *datastore.Client) (map[netip.Addr]bool, error) {
-	wls, _, err := c.AllWorkloads().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list workloads: %w", err)
-	}
-	used := map[netip.Addr]bool{}
-	for _, w := range wls {
-		for _, p := range w.Value.IPv4 {
-			used[p.Addr()] = true
-		}
-	}
-	return used, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
 )
 
 func newNodeCmd(g *globals) *cobra.Command {
@@ -141,10 +142,15 @@ they are released.`,
 				return err
 			}
 			defer c.Close()
-			js, err := deleteNode(ctx, c, name)
-			if err != nil {
-				return err
+			rel, err := newIPAM(c).ReleaseNode(ctx, name)
+			if errors.Is(err, ipam.ErrNodeNotFound) {
+				return fmt.Errorf("node %q not found (margayctl node list shows the nodes)", name)
 			}
+			if err != nil {
+				return fmt.Errorf("node delete: %w", err)
+			}
+			js := nodeDeleteJSON{Node: name, Record: rel.Record, Workloads: nonNil(rel.Workloads), Handles: nonNil(rel.Handles),
+				Released: strs(rel.Released), DeletedBlocks: strs(rel.Deleted), OrphanedBlocks: strs(rel.Orphaned)}
 			handles := count(len(js.Handles), "handle")
 			if len(js.Released) > 0 {
 				handles += " (" + strings.Join(js.Released, ", ") + ")"
@@ -163,116 +169,19 @@ they are released.`,
 	}
 }
 
-// deleteNode removes what belongs to the node. The node record goes last, so that running the
-// command again after a failure finds the node and finishes the job.
-func deleteNode(ctx context.Context, c *datastore.Client, name string) (nodeDeleteJSON, error) {
-	js := nodeDeleteJSON{Node: name, Workloads: []string{}, Handles: []string{}, Released: []string{},
-		DeletedBlocks: []string{}, OrphanedBlocks: []string{}}
-	fail := func(err error) (nodeDeleteJSON, error) {
-		return js, fmt.Errorf("node delete %s: %w (run the command again to finish)", name, err)
+// strs writes values for output: a list, empty rather than null in JSON.
+func strs[T fmt.Stringer](vs []T) []string {
+	out := make([]string, 0, len(vs))
+	for _, v := range vs {
+		out = append(out, v.String())
 	}
-	node, err := c.Nodes().Get(ctx, name)
-	switch {
-	case err == nil:
-		js.Record = true
-	case errors.Is(err, datastore.ErrNotFound):
-	default:
-		return js, err
-	}
-	workloads, _, err := c.Workloads(name).List(ctx)
-	if err != nil {
-		return js, err
-	}
-	handles, _, err := c.Handles().List(ctx)
-	if err != nil {
-		return js, err
-	}
-	var ownHandles []string
-	for _, h := range handles {
-		if h.Value.Node == name || strings.HasPrefix(h.Value.Workload, name+"/") {
-			ownHandles = append(ownHandles, h.Name)
-		}
-	}
-	blocks, _, err := c.Blocks().List(ctx)
-	if err != nil {
-		return js, err
-	}
-	affinity := datastore.AffinityForNode(name)
-	hasBlocks := false
-	for _, b := range blocks {
-		hasBlocks = hasBlocks || b.Value.Affinity == affinity
-	}
-	if !js.Record && len(workloads) == 0 && len(ownHandles) == 0 && !hasBlocks {
-		return js, fmt.Errorf("node %q not found (margayctl node list shows the nodes)", name)
-	}
-
-	for _, w := range workloads {
-		if err := c.Workloads(name).Delete(ctx, w.Name, 0); err != nil && !errors.Is(err, datastore.ErrNotFound) {
-			return fail(err)
-		}
-		js.Workloads = append(js.Workloads, name+"/"+w.Name)
-	}
-	im := newIPAM(c)
-	for _, h := range ownHandles {
-		released, err := im.ReleaseHandle(ctx, h)
-		if err != nil {
-			return fail(err)
-		}
-		js.Handles = append(js.Handles, h)
-		for _, a := range released {
-			js.Released = append(js.Released, a.String())
-		}
-	}
-	if err := releaseBlocks(ctx, c, affinity, &js); err != nil {
-		return fail(err)
-	}
-	if js.Record {
-		if err := c.Nodes().Delete(ctx, name, node.ModRevision); err != nil && !errors.Is(err, datastore.ErrNotFound) {
-			if errors.Is(err, datastore.ErrConflict) {
-				return fail(errors.New("the node record changed meanwhile: is its agent still running?"))
-			}
-			return fail(err)
-		}
-	}
-	return js, nil
+	return out
 }
 
-// releaseBlocks deletes the empty blocks with the given affinity and takes the affinity off the
-// others, each by compare-and-swap.
-func releaseBlocks(ctx context.Context, c *datastore.Client, affinity string, js *nodeDeleteJSON) error {
-	for range 10 {
-		blocks, _, err := c.Blocks().List(ctx)
-		if err != nil {
-			return err
-		}
-		retry := false
-		for _, b := range blocks {
-			if b.Value.Affinity != affinity {
-				continue
-			}
-			if len(b.Value.Allocations) == 0 {
-				err = c.Blocks().Delete(ctx, b.Name, b.ModRevision)
-			} else {
-				nb := b.Value
-				nb.Affinity = ""
-				nb.Seq++
-				_, err = c.Blocks().Update(ctx, b.Name, nb, b.ModRevision)
-			}
-			switch {
-			case errors.Is(err, datastore.ErrConflict):
-				retry = true
-			case errors.Is(err, datastore.ErrNotFound):
-			case err != nil:
-				return err
-			case len(b.Value.Allocations) == 0:
-				js.DeletedBlocks = append(js.DeletedBlocks, b.Value.CIDR.String())
-			default:
-				js.OrphanedBlocks = append(js.OrphanedBlocks, b.Value.CIDR.String())
-			}
-		}
-		if !retry {
-			return nil
-		}
+// nonNil is s, or an empty list, which JSON writes as [] rather than null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
 	}
-	return errors.New("release blocks: they kept changing")
+	return s
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
 )
 
 func newPoolCmd(g *globals) *cobra.Command {
@@ -59,13 +59,9 @@ func parsePoolCIDR(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// getPool reads a pool and turns "not found" into a message that says where to look.
-func getPool(ctx context.Context, c *datastore.Client, name string) (datastore.Item[datastore.Pool], error) {
-	it, err := c.Pools().Get(ctx, name)
-	if errors.Is(err, datastore.ErrNotFound) {
-		return it, fmt.Errorf("pool %q not found (margayctl pool list shows the pools)", name)
-	}
-	return it, err
+// poolNotFound says where to look for the pools.
+func poolNotFound(name string) error {
+	return fmt.Errorf("pool %q not found (margayctl pool list shows the pools)", name)
 }
 
 func newPoolAddCmd(g *globals) *cobra.Command {
@@ -163,7 +159,7 @@ func newPoolListCmd(g *globals) *cobra.Command {
 			for _, p := range pools {
 				pj := poolJSON{poolSpecJSON: toPoolSpecJSON(p.Value), Size: uint64(1) << (32 - p.Value.CIDR.Bits())}
 				for _, b := range blocks {
-					if inPool(p.Value.CIDR, b.Value.CIDR) {
+					if ipam.InPool(p.Value.CIDR, b.Value.CIDR) {
 						pj.Blocks++
 						pj.Used += len(b.Value.Allocations)
 					}
@@ -203,59 +199,24 @@ disable it first (margayctl pool disable NAME) so that IPAM assigns no new addre
 				return err
 			}
 			defer c.Close()
-			pool, err := getPool(ctx, c, name)
-			if err != nil {
-				return err
-			}
-			blocks, _, err := c.Blocks().List(ctx)
-			if err != nil {
-				return err
-			}
-			var used, usedBlocks int
-			var where []string
-			for _, b := range blocks {
-				if n := len(b.Value.Allocations); n > 0 && inPool(pool.Value.CIDR, b.Value.CIDR) {
-					used += n
-					usedBlocks++
-					where = append(where, fmt.Sprintf("%s on %s", b.Value.CIDR, orDash(b.Value.Node())))
+			del, use, err := newIPAM(c).DeletePool(ctx, name, force)
+			if errors.Is(err, ipam.ErrPoolInUse) {
+				var where []string
+				for _, b := range use.Blocks {
+					where = append(where, fmt.Sprintf("%s on %s", b.CIDR, orDash(b.Node())))
 				}
-			}
-			if used > 0 && !force {
 				return fmt.Errorf("pool delete %s: in use: %s in %s (%s); delete those workloads first (margayctl pool disable %s stops new assignments), or pass --force to delete the pool anyway",
-					name, count(used, "address"), count(usedBlocks, "block"), strings.Join(where, ", "), name)
+					name, count(use.Addresses, "address"), count(len(use.Blocks), "block"), strings.Join(where, ", "), name)
 			}
-			if err := c.Pools().Delete(ctx, name, pool.ModRevision); err != nil {
-				if errors.Is(err, datastore.ErrConflict) {
-					return fmt.Errorf("pool delete %s: the pool changed while deleting it; run the command again", name)
-				}
-				return err
+			if errors.Is(err, datastore.ErrNotFound) {
+				return poolNotFound(name)
 			}
-			js := poolDeleteJSON{Pool: name, DeletedBlocks: []string{}, KeptBlocks: []string{}}
-			// Read the blocks again: one may have been claimed or filled since.
-			if blocks, _, err = c.Blocks().List(ctx); err != nil {
-				return fmt.Errorf("pool %s deleted, but listing its blocks failed: %w", name, err)
+			if err != nil {
+				return fmt.Errorf("pool delete: %w", err)
 			}
-			for _, b := range blocks {
-				if !inPool(pool.Value.CIDR, b.Value.CIDR) {
-					continue
-				}
-				if len(b.Value.Allocations) > 0 {
-					js.KeptBlocks = append(js.KeptBlocks, b.Value.CIDR.String())
-					continue
-				}
-				// Compare-and-swap: an address allocated just now keeps the block.
-				err := c.Blocks().Delete(ctx, b.Name, b.ModRevision)
-				switch {
-				case err == nil:
-					js.DeletedBlocks = append(js.DeletedBlocks, b.Value.CIDR.String())
-				case errors.Is(err, datastore.ErrConflict):
-					js.KeptBlocks = append(js.KeptBlocks, b.Value.CIDR.String())
-				case errors.Is(err, datastore.ErrNotFound):
-				default:
-					return fmt.Errorf("pool %s deleted, but deleting block %s failed: %w", name, b.Value.CIDR, err)
-				}
-			}
-			text := fmt.Sprintf("deleted pool %s (%s) and %s", name, pool.Value.CIDR, count(len(js.DeletedBlocks), "empty block"))
+			pool := del.Pool
+			js := poolDeleteJSON{Pool: name, DeletedBlocks: strs(del.Deleted), KeptBlocks: strs(del.Kept)}
+			text := fmt.Sprintf("deleted pool %s (%s) and %s", name, pool.CIDR, count(len(js.DeletedBlocks), "empty block"))
 			if len(js.KeptBlocks) > 0 {
 				text += fmt.Sprintf("; kept %s with addresses in use (%s) until their workloads release them",
 					count(len(js.KeptBlocks), "block"), strings.Join(js.KeptBlocks, ", "))
@@ -284,26 +245,14 @@ func newPoolSetDisabledCmd(g *globals, disable bool) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			// Compare-and-swap, read again when someone else changed the pool meanwhile.
-			for range 10 {
-				pool, err := getPool(ctx, c, name)
-				if err != nil {
-					return err
-				}
-				p := pool.Value
-				if p.Disabled != disable {
-					p.Disabled = disable
-					_, err = c.Pools().Update(ctx, name, p, pool.ModRevision)
-					if errors.Is(err, datastore.ErrConflict) {
-						continue
-					}
-					if err != nil {
-						return err
-					}
-				}
-				return g.result(cmd.OutOrStdout(), fmt.Sprintf("pool %s (%s) %sd", name, p.CIDR, verb), toPoolSpecJSON(p))
+			p, err := newIPAM(c).SetPoolDisabled(ctx, name, disable)
+			if errors.Is(err, datastore.ErrNotFound) {
+				return poolNotFound(name)
 			}
-			return fmt.Errorf("pool %s %s: the pool kept changing; run the command again", name, verb)
+			if err != nil {
+				return fmt.Errorf("pool %s %s: %w", name, verb, err)
+			}
+			return g.result(cmd.OutOrStdout(), fmt.Sprintf("pool %s (%s) %sd", name, p.CIDR, verb), toPoolSpecJSON(p))
 		},
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -79,10 +78,10 @@ type Agent struct {
 	dpMetrics   *dataplaneCollector
 	passMetrics *passMetrics
 
-	// gcSuspects are workloads ("<node>/<id>") that held addresses without a record at the last
-	// collection: released only if still so at the next one, so an ADD in flight (handle written,
-	// record not yet) is never collected. Owned by the loop goroutine.
-	gcSuspects map[string]bool
+	// gc is IPAM's garbage collection of this node's workloads: a workload's addresses are
+	// released only when its record was missing at two collections in a row, so an ADD in flight
+	// (handle written, record not yet) is never collected. Owned by the loop goroutine.
+	gc *ipam.Collector
 	// orphans are this node's workloads whose veth and netns were gone at the last collection,
 	// by key with the record's ModRevision: removed only if still so, unchanged, at the next
 	// (orphans.go). Owned by the loop goroutine.
@@ -138,6 +137,7 @@ func New(cfg Config, ds *datastore.Client, opts ...Option) (*Agent, error) {
 		o(a)
 	}
 	a.ipam = ipam.New(ds, ipam.WithLogger(a.log))
+	a.gc = a.ipam.Collector(cfg.NodeName)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.m = newMetrics(a.reg)
 	a.dpMetrics, a.passMetrics = newDataplaneCollector(), newPassMetrics(a.reg)
@@ -241,13 +241,14 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // register writes this node's record, keeping what operators set on it (labels, AS, reflector).
 func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) error {
-	for range 10 {
+	written := false
+	err := datastore.Retry(ctx, func() error {
 		cur, err := a.ds.Nodes().Get(ctx, a.cfg.NodeName)
 		n := datastore.Node{Version: datastore.CurrentVersion, Name: a.cfg.NodeName}
 		if err == nil {
 			n = cur.Value
 		} else if !errors.Is(err, datastore.ErrNotFound) {
-			return fmt.Errorf("agent: register node: %w", err)
+			return err
 		}
 		if err == nil && n.AddressV4 == addr && n.Uplink == uplink {
 			return nil
@@ -255,19 +256,19 @@ func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) 
 		n.AddressV4, n.Uplink = addr, uplink
 		if err == nil {
 			_, err = a.ds.Nodes().Update(ctx, a.cfg.NodeName, n, cur.ModRevision)
-		} else {
-			_, err = a.ds.Nodes().Create(ctx, a.cfg.NodeName, n)
+		} else if _, err = a.ds.Nodes().Create(ctx, a.cfg.NodeName, n); errors.Is(err, datastore.ErrExists) {
+			return datastore.ErrConflict // created meanwhile: read it
 		}
-		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrExists) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("agent: register node: %w", err)
-		}
-		a.log.Info("registered node", "node", a.cfg.NodeName, "address", addr, "uplink", uplink)
-		return nil
+		written = err == nil
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("agent: register node %s: %w", a.cfg.NodeName, err)
 	}
-	return fmt.Errorf("agent: register node %s: %w", a.cfg.NodeName, datastore.ErrConflict)
+	if written {
+		a.log.Info("registered node", "node", a.cfg.NodeName, "address", addr, "uplink", uplink)
+	}
+	return nil
 }
 
 // loop is the owner goroutine: it applies updates to the view and reconciles when something
@@ -377,28 +378,7 @@ func (a *Agent) datastoreAnswers(ctx context.Context) bool {
 // gives up empty blocks beyond the first.
 func (a *Agent) collectGarbage(ctx context.Context, v *view) {
 	a.collectOrphans(ctx, v)
-	prefix := hostconv.WorkloadKey(a.cfg.NodeName, "")
-	suspects := map[string]bool{}
-	freed, err := a.ipam.GC(ctx, func(w string) bool {
-		if _, ok := v.workloads[w]; ok || !strings.HasPrefix(w, prefix) {
-			return true // alive, or another node's to collect
-		}
-		if a.gcSuspects[w] {
-			return false
-		}
-		suspects[w] = true
-		return true
-	}, func(ip netip.Addr) bool {
-		for _, w := range v.workloads {
-			for _, p := range w.IPv4 {
-				if p.Addr() == ip {
-					return true
-				}
-			}
-		}
-		return false
-	})
-	a.gcSuspects = suspects
+	freed, err := a.gc.Run(ctx, v.workloads)
 	if err != nil {
 		a.log.Warn("ipam garbage collection", "error", err)
 		return

@@ -1,6 +1,7 @@
 package datastore_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -135,5 +136,47 @@ func TestFetch(t *testing.T) {
 	}
 	if pools != nil || wls != nil {
 		t.Errorf("a failed fetch filled its targets: %v %v", pools, wls)
+	}
+}
+
+// Retry runs an attempt again while it loses its compare-and-swap, and no more: a result other
+// than ErrConflict ends it, MaxAttempts conflicts give ErrContention, a done context stops it.
+func TestRetry(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name      string
+		conflicts int // attempts that lose before the last result
+		last      error
+		want      error
+		attempts  int
+	}{
+		{"first wins", 0, nil, nil, 1},
+		{"wins after losing", 3, nil, nil, 4},
+		{"other error", 2, datastore.ErrNotFound, datastore.ErrNotFound, 3},
+		{"always loses", datastore.MaxAttempts, nil, datastore.ErrContention, datastore.MaxAttempts},
+	} {
+		n := 0
+		err := datastore.Retry(ctx, func() error {
+			n++
+			if n <= tc.conflicts {
+				return fmt.Errorf("attempt %d: %w", n, datastore.ErrConflict)
+			}
+			return tc.last
+		})
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) || n != tc.attempts ||
+			errors.Is(tc.want, datastore.ErrContention) && errors.Is(err, datastore.ErrConflict) {
+			t.Errorf("%s: %v after %d attempts, want %v after %d", tc.name, err, n, tc.want, tc.attempts)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	n := 0
+	err := datastore.Retry(cctx, func() error {
+		n++
+		cancel()
+		return datastore.ErrConflict
+	})
+	if !errors.Is(err, context.Canceled) || n != 1 {
+		t.Errorf("cancelled: %v after %d attempts, want context.Canceled after 1", err, n)
 	}
 }

@@ -19,7 +19,7 @@ var (
 	// ErrHandleInUse: the handle is held by another node or workload.
 	ErrHandleInUse = errors.New("handle in use")
 	// ErrContention: compare-and-swap kept losing; the caller may retry.
-	ErrContention = errors.New("too much contention on ipam blocks")
+	ErrContention = datastore.ErrContention
 	// ErrNodeNotRegistered: the node has no record at nodes/<node>. IPAM gives such a node
 	// neither blocks nor addresses: nothing would route them, and the block would leak.
 	ErrNodeNotRegistered = errors.New("node not registered")
@@ -45,9 +45,6 @@ func nodeError(node string, err error) error {
 	}
 	return nil
 }
-
-// maxAttempts bounds the compare-and-swap retries of one operation.
-const maxAttempts = 100
 
 // IPAM allocates and releases workload addresses. It keeps no state of its own: etcd is the truth
 // (a Blocks copy, when given, only spares Assign a list of every block; see WithBlocks).
@@ -179,17 +176,22 @@ func (i *IPAM) fromCopy(ctx context.Context, req Request, h datastore.Item[datas
 
 // allocate assigns an address to the handle h read before (ModRevision 0: there is none yet).
 func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datastore.Handle]) (Assignment, error) {
-	for attempt := range maxAttempts {
-		if attempt > 0 {
+	var (
+		a       Assignment
+		attempt int
+	)
+	err := datastore.Retry(ctx, func() error {
+		if attempt++; attempt > 1 {
 			// A lost transaction may have lost on the handle: read it again too.
 			var err error
 			if h, err = i.ds.Handles().Get(ctx, req.Handle); errors.Is(err, datastore.ErrNotFound) {
 				h = datastore.Item[datastore.Handle]{}
 			} else if err != nil {
-				return Assignment{}, fmt.Errorf("assign address: read handle: %w", err)
+				return fmt.Errorf("assign address: read handle: %w", err)
 			} else if h.Value.Node != req.Node || h.Value.Workload != req.Workload || len(h.Value.IPs) > 0 {
 				// Another ADD of the same workload raced us and won: its address is ours.
-				return i.Assign(ctx, req)
+				a, err = i.Assign(ctx, req)
+				return err
 			}
 		}
 		var (
@@ -197,11 +199,11 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 			blocks    []datastore.Item[datastore.Block]
 		)
 		if _, err := i.ds.Fetch(ctx, i.ds.Pools().ListRead(&poolItems), i.ds.Blocks().ListRead(&blocks)); err != nil {
-			return Assignment{}, fmt.Errorf("assign address: list pools and blocks: %w", err)
+			return fmt.Errorf("assign address: list pools and blocks: %w", err)
 		}
 		pools, err := enabled(poolItems)
 		if err != nil {
-			return Assignment{}, err
+			return err
 		}
 		affinity := datastore.AffinityForNode(req.Node)
 
@@ -212,23 +214,24 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 				own = append(own, b)
 			}
 		}
-		if a, done, err := i.tryBlocks(ctx, own, req, h, false); done || err != nil {
+		var done bool
+		if a, done, err = i.tryBlocks(ctx, own, req, h, false); done || err != nil {
 			if done {
 				i.blocks.counted("etcd")
 			}
-			return a, err
+			return err
 		}
 		if anyFree(own) {
-			continue // lost a race for one of our addresses: read again
+			return datastore.ErrConflict // lost a race for one of our addresses: read again
 		}
 
 		// 2. Claim a free block.
 		claimed, stale, err := i.claim(ctx, pools, blocks, req.Node)
 		if err != nil {
-			return Assignment{}, err
+			return err
 		}
 		if claimed || stale {
-			continue // allocate from it, or from what another host claimed, on the next pass
+			return datastore.ErrConflict // allocate from it, or from what another host claimed, on the next pass
 		}
 
 		// 3. Borrow from any block with room.
@@ -238,18 +241,21 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 				others = append(others, b)
 			}
 		}
-		if a, done, err := i.tryBlocks(ctx, others, req, h, true); done || err != nil {
+		if a, done, err = i.tryBlocks(ctx, others, req, h, true); done || err != nil {
 			if done {
 				i.blocks.counted("etcd")
 			}
-			return a, err
+			return err
 		}
 		if !anyFree(others) {
-			return Assignment{}, fmt.Errorf("assign address for %s: %w", req.Handle, ErrPoolExhausted)
+			return fmt.Errorf("assign address for %s: %w", req.Handle, ErrPoolExhausted)
 		}
-		// Lost every race for the addresses we saw: look again.
+		return datastore.ErrConflict // lost every race for the addresses we saw: look again
+	})
+	if errors.Is(err, datastore.ErrContention) {
+		return Assignment{}, fmt.Errorf("assign address for %s: %w", req.Handle, err)
 	}
-	return Assignment{}, fmt.Errorf("assign address for %s: %w", req.Handle, ErrContention)
+	return a, err
 }
 
 // tryBlocks allocates in the first block with room, writing the block and the handle h (read
@@ -342,12 +348,7 @@ func enabled(items []datastore.Item[datastore.Pool]) ([]datastore.Pool, error) {
 }
 
 func inPools(pools []datastore.Pool, block netip.Prefix) bool {
-	for _, p := range pools {
-		if p.CIDR.Bits() <= block.Bits() && p.CIDR.Contains(block.Addr()) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(pools, func(p datastore.Pool) bool { return InPool(p.CIDR, block) })
 }
 
 func overlapsAny(blocks []datastore.Item[datastore.Block], cidr netip.Prefix) bool {
@@ -422,12 +423,15 @@ func (i *IPAM) EnsureBlock(ctx context.Context, node string) ([]netip.Prefix, er
 	if err := i.checkNode(ctx, node); err != nil {
 		return nil, fmt.Errorf("ensure block: %w", err)
 	}
-	for range maxAttempts {
-		blocks, _, err := i.ds.Blocks().List(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("ensure block: list blocks: %w", err)
+	var own []netip.Prefix
+	err := datastore.Retry(ctx, func() error {
+		var (
+			poolItems []datastore.Item[datastore.Pool]
+			blocks    []datastore.Item[datastore.Block]
+		)
+		if _, err := i.ds.Fetch(ctx, i.ds.Pools().ListRead(&poolItems), i.ds.Blocks().ListRead(&blocks)); err != nil {
+			return fmt.Errorf("ensure block: list pools and blocks: %w", err)
 		}
-		var own []netip.Prefix
 		for _, b := range blocks {
 			if b.Value.Node() == node {
 				own = append(own, b.Value.CIDR)
@@ -435,19 +439,23 @@ func (i *IPAM) EnsureBlock(ctx context.Context, node string) ([]netip.Prefix, er
 		}
 		if len(own) > 0 {
 			slices.SortFunc(own, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-			return own, nil
+			return nil
 		}
-		pools, err := i.enabledPools(ctx)
+		pools, err := enabled(poolItems)
 		if err != nil {
-			return nil, fmt.Errorf("ensure block: %w", err)
+			return fmt.Errorf("ensure block: %w", err)
 		}
 		claimed, stale, err := i.claim(ctx, pools, blocks, node)
 		if err != nil {
-			return nil, fmt.Errorf("ensure block: %w", err)
+			return fmt.Errorf("ensure block: %w", err)
 		}
 		if !claimed && !stale {
-			return nil, fmt.Errorf("ensure block for %s: no free block: %w", node, ErrPoolExhausted)
+			return fmt.Errorf("ensure block for %s: no free block: %w", node, ErrPoolExhausted)
 		}
+		return datastore.ErrConflict // list again: the block claimed, or another host's
+	})
+	if errors.Is(err, datastore.ErrContention) {
+		return nil, fmt.Errorf("ensure block for %s: %w", node, err)
 	}
-	return nil, fmt.Errorf("ensure block for %s: %w", node, ErrContention)
+	return own, err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/margaynet/margay/control/datastore"
 )
@@ -20,27 +21,20 @@ func (i *IPAM) ReleaseHandle(ctx context.Context, handle string) ([]netip.Addr, 
 	if err != nil {
 		return released, fmt.Errorf("release handle %s: %w", handle, err)
 	}
-	for range maxAttempts {
+	err = datastore.Retry(ctx, func() error {
 		h, err := i.ds.Handles().Get(ctx, handle)
-		if errors.Is(err, datastore.ErrNotFound) {
-			return released, nil
-		}
 		if err != nil {
-			return released, fmt.Errorf("release handle %s: %w", handle, err)
+			return err
 		}
-		err = i.ds.Handles().Delete(ctx, handle, h.ModRevision)
-		if errors.Is(err, datastore.ErrConflict) {
-			continue
-		}
-		if err != nil && !errors.Is(err, datastore.ErrNotFound) {
-			return released, fmt.Errorf("release handle %s: %w", handle, err)
-		}
-		if len(released) > 0 {
-			i.log.Debug("released", "handle", handle, "ips", released)
-		}
-		return released, nil
+		return i.ds.Handles().Delete(ctx, handle, h.ModRevision)
+	})
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		return released, fmt.Errorf("release handle %s: %w", handle, err)
 	}
-	return released, fmt.Errorf("release handle %s: %w", handle, ErrContention)
+	if len(released) > 0 {
+		i.log.Debug("released", "handle", handle, "ips", released)
+	}
+	return released, nil
 }
 
 // ReleaseIP frees one address whoever holds it, and drops it from its handle.
@@ -59,42 +53,35 @@ func (i *IPAM) ReleaseIP(ctx context.Context, ip netip.Addr) (string, error) {
 	if len(released) == 0 {
 		return "", fmt.Errorf("release %s: %w", ip, datastore.ErrNotFound)
 	}
-	for range maxAttempts {
+	err = datastore.Retry(ctx, func() error {
 		h, err := i.ds.Handles().Get(ctx, holder)
-		if errors.Is(err, datastore.ErrNotFound) {
-			return holder, nil
-		}
 		if err != nil {
-			return holder, fmt.Errorf("release %s: %w", ip, err)
+			return err
 		}
 		nh := h.Value
 		nh.IPs = slices.DeleteFunc(slices.Clone(nh.IPs), func(a netip.Addr) bool { return a == ip })
 		if len(nh.IPs) == 0 {
-			err = i.ds.Handles().Delete(ctx, holder, h.ModRevision)
-		} else {
-			_, err = i.ds.Handles().Update(ctx, holder, nh, h.ModRevision)
+			return i.ds.Handles().Delete(ctx, holder, h.ModRevision)
 		}
-		if errors.Is(err, datastore.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return holder, fmt.Errorf("release %s: %w", ip, err)
-		}
-		return holder, nil
+		_, err = i.ds.Handles().Update(ctx, holder, nh, h.ModRevision)
+		return err
+	})
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		return holder, fmt.Errorf("release %s: %w", ip, err)
 	}
-	return holder, fmt.Errorf("release %s: %w", ip, ErrContention)
+	return holder, nil
 }
 
 // removeAllocations drops the matching allocations from every block, each block by
 // compare-and-swap, and returns the addresses freed.
 func (i *IPAM) removeAllocations(ctx context.Context, match func(datastore.Allocation) bool) ([]netip.Addr, error) {
 	var released []netip.Addr
-	for range maxAttempts {
+	err := datastore.Retry(ctx, func() error {
 		blocks, _, err := i.ds.Blocks().List(ctx)
 		if err != nil {
-			return released, fmt.Errorf("list blocks: %w", err)
+			return fmt.Errorf("list blocks: %w", err)
 		}
-		retry := false
+		var lost error
 		for _, b := range blocks {
 			if !slices.ContainsFunc(b.Value.Allocations, match) {
 				continue
@@ -112,19 +99,17 @@ func (i *IPAM) removeAllocations(ctx context.Context, match func(datastore.Alloc
 			nb.Seq++
 			_, err := i.ds.Blocks().Update(ctx, b.Name, nb, b.ModRevision)
 			if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
-				retry = true
+				lost = fmt.Errorf("update block %s: %w", nb.CIDR, datastore.ErrConflict) // read again
 				continue
 			}
 			if err != nil {
-				return released, fmt.Errorf("update block %s: %w", nb.CIDR, err)
+				return fmt.Errorf("update block %s: %w", nb.CIDR, err)
 			}
 			released = append(released, freed...)
 		}
-		if !retry {
-			return released, nil
-		}
-	}
-	return released, ErrContention
+		return lost
+	})
+	return released, err
 }
 
 // ReleaseEmptyBlocks gives up the node's blocks that hold no address, keeping the first keep of
@@ -174,38 +159,115 @@ func (i *IPAM) ReleaseEmptyBlocks(ctx context.Context, node string, keep int) ([
 	return released, nil
 }
 
-// GC releases the handles whose workload is gone (live reports whether a "<node>/<id>" workload
-// still exists) and the allocations whose handle is gone unless a workload still uses the address
-// (inUse), which would hand it out twice. Handles without a workload key are left alone: only
-// their owner knows them.
-func (i *IPAM) GC(ctx context.Context, live func(workload string) bool, inUse func(netip.Addr) bool) ([]netip.Addr, error) {
+// Collector is IPAM's garbage collection, for the agent (its node's workloads, at every
+// collection) and margayctl ipam gc (every node's, twice, a grace apart). It frees the addresses
+// of workloads whose record is gone and allocations without a handle. CNI ADD writes the handle
+// before the workload's record, so a workload counts as gone only when its record was missing at
+// the Collector's previous Run too: the time between two Runs is the grace an ADD in flight gets.
+type Collector struct {
+	ipam     *IPAM
+	prefix   string          // "<node>/" of the workloads collected; "" for every node's
+	suspects map[string]bool // workloads whose record was missing at the last Run
+}
+
+// Collector returns a Collector of node's workloads, or of every node's for "".
+func (i *IPAM) Collector(node string) *Collector {
+	c := &Collector{ipam: i, suspects: map[string]bool{}}
+	if node != "" {
+		c.prefix = node + "/"
+	}
+	return c
+}
+
+// Suspects is how many workloads the last Run found without a record, to free at the next one
+// if their records are still missing.
+func (c *Collector) Suspects() int { return len(c.suspects) }
+
+// Run looks once, given every workload record by "<node>/<id>" (handles name them so): it frees
+// the handles of the workloads missing now and at the last Run, and the allocations whose handle
+// is gone unless a record uses the address (freeing it would hand it out twice). Handles without
+// a workload key are left alone: only their owner knows them. It returns the addresses freed.
+func (c *Collector) Run(ctx context.Context, records map[string]datastore.Workload) ([]netip.Addr, error) {
+	i := c.ipam
 	handles, _, err := i.ds.Handles().List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("ipam gc: %w", err)
 	}
+	inUse := make(map[netip.Addr]bool, len(records))
+	for _, w := range records {
+		if a, ok := w.Addr(); ok {
+			inUse[a] = true
+		}
+	}
 	var released []netip.Addr
 	known := map[string]bool{}
+	suspects := map[string]bool{}
 	for _, h := range handles {
 		known[h.Name] = true
-		if h.Value.Workload == "" || live(h.Value.Workload) {
+		w := h.Value.Workload
+		if _, live := records[w]; w == "" || live || !strings.HasPrefix(w, c.prefix) {
+			continue
+		}
+		if !c.suspects[w] {
+			suspects[w] = true // gone at the first look: an ADD may be writing it
 			continue
 		}
 		ips, err := i.ReleaseHandle(ctx, h.Name)
 		if err != nil {
+			c.suspects = suspects
 			return released, fmt.Errorf("ipam gc: %w", err)
 		}
-		i.log.Info("garbage-collected addresses of a workload that is gone", "handle", h.Name, "workload", h.Value.Workload, "ips", ips)
+		i.log.Info("garbage-collected addresses of a workload that is gone", "handle", h.Name, "workload", w, "ips", ips)
 		released = append(released, ips...)
 	}
-	// The handle is written before its first allocation, so an allocation without a handle is a
-	// leftover of a hand edit or of a handle deleted out of band.
+	c.suspects = suspects
+	// The handle is written with its first allocation, in one transaction, so an allocation
+	// without a handle is a leftover of a hand edit or of a handle deleted out of band.
 	orphans, err := i.removeAllocations(ctx, func(a datastore.Allocation) bool {
-		return !known[a.Handle] && !inUse(a.IP) && !i.handleExists(ctx, a.Handle)
+		return !known[a.Handle] && !inUse[a.IP] && !i.handleExists(ctx, a.Handle)
 	})
 	if err != nil {
 		return released, fmt.Errorf("ipam gc: %w", err)
 	}
 	return append(released, orphans...), nil
+}
+
+// DeleteStaleBlocks deletes the empty blocks that nothing else ever deletes: those without
+// affinity, those affine to a node that is not registered (no agent runs there to give them up)
+// and those outside every pool. The delete is a compare-and-swap, so an address borrowed from the
+// block meanwhile keeps it. It returns the blocks deleted.
+func (i *IPAM) DeleteStaleBlocks(ctx context.Context) ([]netip.Prefix, error) {
+	var (
+		pools  []datastore.Item[datastore.Pool]
+		nodes  []datastore.Item[datastore.Node]
+		blocks []datastore.Item[datastore.Block]
+	)
+	if _, err := i.ds.Fetch(ctx, i.ds.Pools().ListRead(&pools), i.ds.Nodes().ListRead(&nodes), i.ds.Blocks().ListRead(&blocks)); err != nil {
+		return nil, fmt.Errorf("delete stale blocks: %w", err)
+	}
+	registered := map[string]bool{}
+	for _, n := range nodes {
+		registered[n.Name] = true
+	}
+	var deleted []netip.Prefix
+	for _, b := range blocks {
+		if len(b.Value.Allocations) > 0 {
+			continue
+		}
+		covered := slices.ContainsFunc(pools, func(p datastore.Item[datastore.Pool]) bool { return InPool(p.Value.CIDR, b.Value.CIDR) })
+		if b.Value.Affinity != "" && registered[b.Value.Node()] && covered {
+			continue
+		}
+		err := i.ds.Blocks().Delete(ctx, b.Name, b.ModRevision)
+		if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("delete stale block %s: %w", b.Value.CIDR, err)
+		}
+		deleted = append(deleted, b.Value.CIDR)
+	}
+	return deleted, nil
 }
 
 func (i *IPAM) handleExists(ctx context.Context, id string) bool {
@@ -239,27 +301,27 @@ func (i *IPAM) Usage(ctx context.Context) ([]BlockUsage, error) {
 // Problem is an inconsistency Check found.
 type Problem struct {
 	What string
+	// Records: between IPAM and the workload records (a handle whose workload is gone, an
+	// address a workload uses that IPAM does not give it), rather than within IPAM.
+	Records bool
 }
 
-// Check looks for inconsistencies between blocks and handles: an address in two blocks, an
-// allocation without a handle, a handle listing an address no block gives it, overlapping blocks;
-// and in the IPAM configuration: blocks affine to a node that is not registered, pools that overlap
-// a registered node's uplink subnet.
+// Check looks for inconsistencies between blocks, handles and workloads: an address in two
+// blocks, an allocation without a handle, a handle listing an address no block gives it,
+// overlapping blocks, a handle whose workload's record is gone, a workload using an address IPAM
+// does not give it (which it may hand to someone else); and in the IPAM configuration: blocks
+// affine to a node that is not registered, pools that overlap a registered node's uplink subnet.
+// It reads everything at one revision, so a change under way is no inconsistency.
 func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
-	blocks, _, err := i.ds.Blocks().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("ipam check: %w", err)
-	}
-	handles, _, err := i.ds.Handles().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("ipam check: %w", err)
-	}
-	nodes, _, err := i.ds.Nodes().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("ipam check: %w", err)
-	}
-	pools, _, err := i.ds.Pools().List(ctx)
-	if err != nil {
+	var (
+		blocks    []datastore.Item[datastore.Block]
+		handles   []datastore.Item[datastore.Handle]
+		nodes     []datastore.Item[datastore.Node]
+		pools     []datastore.Item[datastore.Pool]
+		workloads []datastore.Item[datastore.Workload]
+	)
+	if _, err := i.ds.Fetch(ctx, i.ds.Blocks().ListRead(&blocks), i.ds.Handles().ListRead(&handles), i.ds.Nodes().ListRead(&nodes),
+		i.ds.Pools().ListRead(&pools), i.ds.AllWorkloads().ListRead(&workloads)); err != nil {
 		return nil, fmt.Errorf("ipam check: %w", err)
 	}
 	var problems []Problem
@@ -268,14 +330,14 @@ func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 		registered[n.Name] = true
 		for _, p := range pools {
 			if p.Value.CIDR.Overlaps(n.Value.AddressV4.Masked()) {
-				problems = append(problems, Problem{fmt.Sprintf("pool %s (%s) overlaps the uplink subnet %s of node %s",
+				problems = append(problems, Problem{What: fmt.Sprintf("pool %s (%s) overlaps the uplink subnet %s of node %s",
 					p.Name, p.Value.CIDR, n.Value.AddressV4.Masked(), n.Name)})
 			}
 		}
 	}
 	for _, b := range blocks {
 		if node := b.Value.Node(); b.Value.Affinity != "" && !registered[node] {
-			problems = append(problems, Problem{fmt.Sprintf("block %s is affine to node %s, which is not registered (%d of its addresses allocated)",
+			problems = append(problems, Problem{What: fmt.Sprintf("block %s is affine to node %s, which is not registered (%d of its addresses allocated)",
 				b.Value.CIDR, node, len(b.Value.Allocations))})
 		}
 	}
@@ -283,12 +345,12 @@ func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 	for x, b := range blocks {
 		for _, o := range blocks[x+1:] {
 			if b.Value.CIDR.Overlaps(o.Value.CIDR) {
-				problems = append(problems, Problem{fmt.Sprintf("blocks %s and %s overlap", b.Value.CIDR, o.Value.CIDR)})
+				problems = append(problems, Problem{What: fmt.Sprintf("blocks %s and %s overlap", b.Value.CIDR, o.Value.CIDR)})
 			}
 		}
 		for _, a := range b.Value.Allocations {
 			if prev, dup := holder[a.IP]; dup {
-				problems = append(problems, Problem{fmt.Sprintf("%s is allocated twice (%s, %s)", a.IP, prev, a.Handle)})
+				problems = append(problems, Problem{What: fmt.Sprintf("%s is allocated twice (%s, %s)", a.IP, prev, a.Handle)})
 			}
 			holder[a.IP] = a.Handle
 		}
@@ -298,24 +360,38 @@ func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 		byHandle[h.Name] = h.Value
 		for _, ip := range h.Value.IPs {
 			if holder[ip] != h.Name {
-				problems = append(problems, Problem{fmt.Sprintf("handle %s lists %s, which blocks give to %q", h.Name, ip, holder[ip])})
+				problems = append(problems, Problem{What: fmt.Sprintf("handle %s lists %s, which blocks give to %q", h.Name, ip, holder[ip])})
 			}
 		}
 	}
 	for ip, h := range holder {
 		if _, ok := byHandle[h]; !ok {
-			problems = append(problems, Problem{fmt.Sprintf("%s is allocated to handle %s, which does not exist", ip, h)})
+			problems = append(problems, Problem{What: fmt.Sprintf("%s is allocated to handle %s, which does not exist", ip, h)})
 		}
 	}
-	slices.SortFunc(problems, func(a, b Problem) int {
-		if a.What < b.What {
-			return -1
+	records := make(map[string]bool, len(workloads))
+	for _, w := range workloads {
+		records[w.Name] = true
+	}
+	for _, h := range handles {
+		if w := h.Value.Workload; w != "" && !records[w] {
+			problems = append(problems, Problem{What: fmt.Sprintf("handle %s holds %s for workload %s, whose record is gone", h.Name, AddrList(h.Value.IPs), w), Records: true})
 		}
-		if a.What > b.What {
-			return 1
+	}
+	for _, w := range workloads {
+		ip, ok := w.Value.Addr()
+		if !ok {
+			continue
 		}
-		return 0
-	})
+		h, allocated := holder[ip]
+		switch owner := byHandle[h].Workload; {
+		case !allocated:
+			problems = append(problems, Problem{What: fmt.Sprintf("workload %s uses %s, which is not allocated: IPAM may hand it out again", w.Name, ip), Records: true})
+		case owner != "" && owner != w.Name:
+			problems = append(problems, Problem{What: fmt.Sprintf("workload %s uses %s, which is allocated to handle %s of workload %s", w.Name, ip, h, owner), Records: true})
+		}
+	}
+	slices.SortFunc(problems, func(a, b Problem) int { return strings.Compare(a.What, b.What) })
 	return problems, nil
 }
 
@@ -351,4 +427,16 @@ func (i *IPAM) EnsureDefaultPool(ctx context.Context, pool datastore.Pool) (bool
 		return false, fmt.Errorf("ensure default pool: %w", err)
 	}
 	return true, nil
+}
+
+// AddrList writes addresses for people: "198.19.0.1, 198.19.0.2", or "no address".
+func AddrList(ips []netip.Addr) string {
+	if len(ips) == 0 {
+		return "no address"
+	}
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ", ")
 }
