@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"errors"
-	"github.com/margaynet/margay/control/hostconv"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"

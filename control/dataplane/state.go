@@ -2,11 +2,11 @@ package dataplane
 
 import (
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"net"
 	"net/netip"
 	"slices"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/maps"
 )
 

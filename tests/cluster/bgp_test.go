@@ -3,13 +3,13 @@ package cluster_test
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/poll"

@@ -3,7 +3,6 @@ package cluster_test
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/margaynet/margay/control/hostconv"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/tests/bird"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
