@@ -80,14 +80,19 @@ type Agent struct {
 
 	// gc is IPAM's garbage collection of this node's workloads: a workload's addresses are
 	// released only when its record was missing at two collections in a row, so an ADD in flight
-	// (handle written, record not yet) is never collected. Owned by the loop goroutine.
+	// (handle written, record not yet) is never collected. Owned by the collector goroutine
+	// (housekeeping.go).
 	gc *ipam.Collector
 	// orphans are this node's workloads whose veth and netns were gone at the last collection,
 	// by key with the record's ModRevision: removed only if still so, unchanged, at the next
-	// (orphans.go). Owned by the loop goroutine.
+	// (orphans.go). Owned by the collector goroutine.
 	orphans map[string]int64
 
 	pol *policyEngine // compiles policy; made by Run, owned by the loop
+
+	// beforeCollect, when set (tests), runs at the start of every collection, on the collector's
+	// goroutine: where a collection that takes long (etcd slow to answer) is made.
+	beforeCollect func(context.Context)
 
 	speaker    atomic.Pointer[bgp.Speaker] // for the HTTP handlers and metrics, once the loop started it
 	advertised atomic.Int64                // prefixes the speaker originates, for metrics
@@ -236,7 +241,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		r = a.newRouting(ctx, addr, updates, forwarding)
 		defer r.stop()
 	}
-	return a.loop(ctx, rec, set, r, uplink, updates, w)
+	// nl, made on this thread in the host's namespace, is the collector's from here on.
+	hk := a.startHousekeeping(ctx, nl, set.Conntrack)
+	defer func() {
+		cancel() // a collection under way ends with its context
+		hk.wait()
+	}()
+	return a.loop(ctx, parts{rec: rec, routing: r, uplink: uplink, updates: updates, watch: w, house: hk})
 }
 
 // register writes this node's record, keeping what operators set on it (labels, AS, reflector).
@@ -271,18 +282,26 @@ func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) 
 	return nil
 }
 
+// parts are what the owner loop drives: Run makes them, and from then on the loop owns them.
+type parts struct {
+	rec     *dataplane.Reconciler
+	routing *routing // nil without BGP
+	uplink  string
+	updates <-chan func(*view) // closures of the watchers and the speaker
+	watch   *watchers
+	house   *housekeeping // collection and sweep, beside the loop
+}
+
 // loop is the owner goroutine: it applies updates to the view and reconciles when something
 // changed (batched), when interfaces are still pending, and every ReconcileInterval.
-func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.Set, r *routing, uplink string,
-	updates <-chan func(*view), w *watchers) error {
+func (a *Agent) loop(ctx context.Context, p parts) error {
+	rec, r, uplink, updates, w, hk := p.rec, p.routing, p.uplink, p.updates, p.watch, p.house
 	v := newView(a.cfg.NodeName, r != nil)
 	deferral := a.retain(v, uplink)
 	tick := time.NewTicker(a.cfg.ReconcileInterval)
 	defer tick.Stop()
 	gc := time.NewTicker(a.cfg.GCInterval)
 	defer gc.Stop()
-	sweep := time.NewTicker(a.cfg.ConntrackSweepInterval)
-	defer sweep.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	// dirty asks for a pass; full makes it an Apply that checks everything against the kernel,
@@ -314,17 +333,9 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 			a.release(v, "not every peer sent its End-of-RIB within the restart time")
 			dirty = true
 		case <-gc.C:
-			// While etcd is unreachable the loop must go on programming what BGP learns and
-			// repairing the dataplane, not wait for etcd's return: collect only when etcd
-			// answers at once, and bound the collection.
-			if w.synced(v) && a.datastoreAnswers(ctx) {
-				gctx, cancel := context.WithTimeout(ctx, gcTimeout)
-				a.collectGarbage(gctx, v)
-				cancel()
+			if w.synced(v) && !hk.collect(v) {
+				a.log.Debug("the last collection still runs; skipping this one")
 			}
-			continue
-		case <-sweep.C:
-			a.pol.sweep(set.Conntrack)
 			continue
 		}
 		if !dirty || !w.synced(v) {
@@ -357,11 +368,11 @@ func (a *Agent) loop(ctx context.Context, rec *dataplane.Reconciler, set *maps.S
 	}
 }
 
-// gcTimeout bounds one IPAM garbage collection, which the owner loop runs itself.
+// gcTimeout bounds one collection.
 const gcTimeout = 10 * time.Second
 
 // datastoreAnswers reads this node's record within a second, to tell whether etcd is reachable
-// before the owner loop starts work that would wait for it.
+// before a collection starts work that would wait for it.
 func (a *Agent) datastoreAnswers(ctx context.Context) bool {
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -376,9 +387,12 @@ func (a *Agent) datastoreAnswers(ctx context.Context) bool {
 // collectGarbage removes the records of this node's workloads whose veth and netns are gone (a
 // runtime that never called CNI DEL), frees the addresses of workloads whose record is gone, and
 // gives up empty blocks beyond the first.
-func (a *Agent) collectGarbage(ctx context.Context, v *view) {
-	a.collectOrphans(ctx, v)
-	freed, err := a.gc.Run(ctx, v.workloads)
+func (a *Agent) collectGarbage(ctx context.Context, nl *netlink.Handle, j gcJob) {
+	if a.beforeCollect != nil {
+		a.beforeCollect(ctx)
+	}
+	a.collectOrphans(ctx, nl, j)
+	freed, err := a.gc.Run(ctx, j.workloads)
 	if err != nil {
 		a.log.Warn("ipam garbage collection", "error", err)
 		return

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,6 +78,12 @@ func (h *agentHost) get(path string) (int, string, error) {
 // datastore (address and block, no agent), and returns once the pinned maps can be opened.
 func startAgent(t testing.TB, reg *prometheus.Registry, ds *datastore.Client, tune ...func(*Config)) (*agentHost, *maps.Set) {
 	t.Helper()
+	return startAgentWith(t, reg, ds, nil, tune...)
+}
+
+// startAgentWith is startAgent with the agent's options.
+func startAgentWith(t testing.TB, reg *prometheus.Registry, ds *datastore.Client, opts []Option, tune ...func(*Config)) (*agentHost, *maps.Set) {
+	t.Helper()
 	ctx := context.Background()
 	if _, err := ds.Pools().Create(ctx, "lab", datastore.Pool{Version: 1, Name: "lab",
 		CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}); err != nil {
@@ -100,7 +107,7 @@ func startAgent(t testing.TB, reg *prometheus.Registry, ds *datastore.Client, tu
 	for _, f := range tune {
 		f(&cfg)
 	}
-	a, err := New(cfg, ds, WithLogger(datastoretest.Logger(t)), WithRegistry(reg))
+	a, err := New(cfg, ds, append([]Option{WithLogger(datastoretest.Logger(t)), WithRegistry(reg)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,6 +358,49 @@ func TestAgentWithCNIWorkload(t *testing.T) {
 		}
 		if eps, _ := set.Endpoints.List(); len(eps) != 0 {
 			return fmt.Errorf("endpoints left: %+v", eps)
+		}
+		return nil
+	})
+}
+
+// A collection that takes long (etcd slow to answer) does not hold up the owner loop: a workload
+// written while it hangs is programmed. Before collection ran on its own goroutine, the loop ran
+// it and the workload waited for it.
+func TestCollectionOffLoop(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	ds := datastoretest.New(t, datastore.WithRegisterer(reg))
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hang := func(a *Agent) {
+		a.beforeCollect = func(ctx context.Context) {
+			once.Do(func() { close(entered) })
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+	}
+	h, set := startAgentWith(t, reg, ds, []Option{hang}, func(c *Config) { c.GCInterval = 50 * time.Millisecond })
+	t.Cleanup(func() { close(release) })
+	select {
+	case <-entered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no collection started within 15 s")
+	}
+
+	wns := netns.New(t, "mgyagtw-")
+	cali := "cali0123456789b"
+	_, eth0 := netns.Veth(t, h.ns, cali, wns, "eth0")
+	if _, err := ds.Workloads("vm100").Create(ctx, "w1", datastore.Workload{Version: 1, ID: "w1", Name: "w1", Node: "vm100",
+		IfName: cali, MAC: eth0.Attrs().HardwareAddr.String(), IPv4: []netip.Prefix{netip.MustParsePrefix("198.19.0.70/32")}}); err != nil {
+		t.Fatal(err)
+	}
+	index := uint32(h.ns.Link(t, cali).Attrs().Index)
+	// Well inside gcTimeout (10 s), the longest a collection could have held the loop up.
+	poll.Until(t, "workload programmed while the collection hangs", 5*time.Second, func() error {
+		if _, err := set.Endpoints.Get(index); err != nil {
+			return err
 		}
 		return nil
 	})

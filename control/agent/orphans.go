@@ -35,18 +35,18 @@ import (
 // creates the record again; its address is safe, because IPAM frees a handle only when its
 // record was missing at two collections in a row too.
 
-// collectOrphans removes the records of this node's orphaned workloads (see above). It runs on
-// the loop's goroutine, in the host's network namespace.
-func (a *Agent) collectOrphans(ctx context.Context, v *view) {
+// collectOrphans removes the records of this node's orphaned workloads (see above), given the
+// records the loop handed over; nl looks up interfaces in the host's network namespace.
+func (a *Agent) collectOrphans(ctx context.Context, nl *netlink.Handle, j gcJob) {
 	prefix := hostconv.WorkloadKey(a.cfg.NodeName, "")
-	revs := v.revisions[kindWorkloads]
+	revs := j.revisions
 	suspects := map[string]int64{}
-	for key, w := range v.workloads {
+	for key, w := range j.workloads {
 		id, ok := strings.CutPrefix(key, prefix)
 		if !ok || w.IfName == "" {
 			continue // another node's, or nothing to look for
 		}
-		if _, err := netlink.LinkByName(w.IfName); err == nil || !isLinkNotFound(err) {
+		if _, err := nl.LinkByName(w.IfName); err == nil || !isLinkNotFound(err) {
 			continue // the veth exists (or we cannot tell)
 		}
 		switch alive, err := netnsAlive(w.Netns); {
