@@ -173,30 +173,13 @@ func newIPAMShowCmd(g *globals) *cobra.Command {
 }
 
 func (g *globals) showIP(ctx context.Context, w io.Writer, c *datastore.Client, ip netip.Addr) error {
-	js := ipHolderJSON{IP: ip.String()}
-	pools, _, err := c.Pools().List(ctx)
+	loc, err := newIPAM(c).Locate(ctx, ip)
 	if err != nil {
 		return err
 	}
-	for _, p := range pools {
-		if p.Value.CIDR.Contains(ip) {
-			js.Pool = p.Name
-		}
-	}
-	blocks, _, err := c.Blocks().List(ctx)
-	if err != nil {
-		return err
-	}
-	for _, b := range blocks {
-		if !b.Value.CIDR.Contains(ip) {
-			continue
-		}
-		js.Block, js.BlockNode = b.Value.CIDR.String(), b.Value.Node()
-		for _, a := range b.Value.Allocations {
-			if a.IP == ip {
-				js.Allocated, js.Handle = true, a.Handle
-			}
-		}
+	js := ipHolderJSON{IP: ip.String(), Pool: loc.Pool, Handle: loc.Handle, Allocated: loc.Handle != ""}
+	if loc.Block.CIDR.IsValid() {
+		js.Block, js.BlockNode = loc.Block.CIDR.String(), loc.Block.Node()
 	}
 	if !js.Allocated {
 		var text string
@@ -325,10 +308,12 @@ hand them to the next workload while the first still uses them.`,
 			defer c.Close()
 			im := newIPAM(c)
 			if byIP {
-				if handle, err = im.HolderOf(ctx, ip); errors.Is(err, datastore.ErrNotFound) {
-					return fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
-				} else if err != nil {
+				loc, err := im.Locate(ctx, ip)
+				if err != nil {
 					return err
+				}
+				if handle = loc.Handle; handle == "" {
+					return fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
 				}
 			}
 			if !force {

@@ -324,14 +324,6 @@ func (i *IPAM) claim(ctx context.Context, pools []datastore.Pool, blocks []datas
 	return false, stale, nil
 }
 
-func (i *IPAM) enabledPools(ctx context.Context) ([]datastore.Pool, error) {
-	items, _, err := i.ds.Pools().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list pools: %w", err)
-	}
-	return enabled(items)
-}
-
 // enabled returns the pools that are not disabled, in address order, or ErrNoPool.
 func enabled(items []datastore.Item[datastore.Pool]) ([]datastore.Pool, error) {
 	var pools []datastore.Pool

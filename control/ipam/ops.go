@@ -158,15 +158,18 @@ type PoolDeletion struct {
 func (i *IPAM) DeletePool(ctx context.Context, name string, force bool) (PoolDeletion, PoolUse, error) {
 	var out PoolDeletion
 	var use PoolUse
-	pool, err := i.ds.Pools().Get(ctx, name)
-	if err != nil {
+	var (
+		pool    datastore.Item[datastore.Pool]
+		poolErr error
+		blocks  []datastore.Item[datastore.Block]
+	)
+	if _, err := i.ds.Fetch(ctx, i.ds.Pools().GetRead(name, &pool, &poolErr), i.ds.Blocks().ListRead(&blocks)); err != nil {
 		return out, use, fmt.Errorf("delete pool %s: %w", name, err)
+	}
+	if poolErr != nil {
+		return out, use, fmt.Errorf("delete pool %s: %w", name, poolErr)
 	}
 	out.Pool = pool.Value
-	blocks, _, err := i.ds.Blocks().List(ctx)
-	if err != nil {
-		return out, use, fmt.Errorf("delete pool %s: %w", name, err)
-	}
 	for _, b := range blocks {
 		if n := len(b.Value.Allocations); n > 0 && InPool(pool.Value.CIDR, b.Value.CIDR) {
 			use.Addresses += n
@@ -183,7 +186,8 @@ func (i *IPAM) DeletePool(ctx context.Context, name string, force bool) (PoolDel
 		return out, use, fmt.Errorf("delete pool %s: %w", name, err)
 	}
 	// Read the blocks again: one may have been claimed or filled since.
-	if blocks, _, err = i.ds.Blocks().List(ctx); err != nil {
+	blocks, _, err := i.ds.Blocks().List(ctx)
+	if err != nil {
 		return out, use, fmt.Errorf("pool %s deleted, but listing its blocks failed: %w", name, err)
 	}
 	for _, b := range blocks {
@@ -233,20 +237,41 @@ func InPool(pool, block netip.Prefix) bool {
 	return pool.Bits() <= block.Bits() && pool.Contains(block.Addr())
 }
 
-// HolderOf returns the handle that holds ip (ErrNotFound when no block allocates it).
-func (i *IPAM) HolderOf(ctx context.Context, ip netip.Addr) (string, error) {
-	blocks, _, err := i.ds.Blocks().List(ctx)
-	if err != nil {
-		return "", err
+// Location is where an address lies in IPAM.
+type Location struct {
+	Pool   string          // the pool that contains it, "" for none
+	Block  datastore.Block // the block that contains it; a zero CIDR for none
+	Handle string          // the handle it is allocated to, "" while it is free
+}
+
+// Locate tells where ip lies: its pool, its block and the handle that holds it, from the pools
+// and blocks read in one round trip.
+func (i *IPAM) Locate(ctx context.Context, ip netip.Addr) (Location, error) {
+	var (
+		loc    Location
+		pools  []datastore.Item[datastore.Pool]
+		blocks []datastore.Item[datastore.Block]
+	)
+	if _, err := i.ds.Fetch(ctx, i.ds.Pools().ListRead(&pools), i.ds.Blocks().ListRead(&blocks)); err != nil {
+		return loc, fmt.Errorf("locate %s: %w", ip, err)
+	}
+	for _, p := range pools {
+		if p.Value.CIDR.Contains(ip) {
+			loc.Pool = p.Name
+		}
 	}
 	for _, b := range blocks {
+		if !b.Value.CIDR.Contains(ip) {
+			continue
+		}
+		loc.Block = b.Value
 		for _, a := range b.Value.Allocations {
 			if a.IP == ip {
-				return a.Handle, nil
+				loc.Handle = a.Handle
 			}
 		}
 	}
-	return "", fmt.Errorf("%s: %w", ip, datastore.ErrNotFound)
+	return loc, nil
 }
 
 // LiveWorkloadOf returns the workload ("<node>/<id>") that handle belongs to when that workload's

@@ -116,15 +116,15 @@ func (i *IPAM) removeAllocations(ctx context.Context, match func(datastore.Alloc
 // them in enabled pools (in address order) so the next workload does not have to claim again;
 // empty blocks outside every enabled pool always go. It returns the released blocks.
 func (i *IPAM) ReleaseEmptyBlocks(ctx context.Context, node string, keep int) ([]netip.Prefix, error) {
-	blocks, _, err := i.ds.Blocks().List(ctx)
-	if err != nil {
+	var (
+		poolItems []datastore.Item[datastore.Pool]
+		blocks    []datastore.Item[datastore.Block]
+	)
+	if _, err := i.ds.Fetch(ctx, i.ds.Pools().ListRead(&poolItems), i.ds.Blocks().ListRead(&blocks)); err != nil {
 		return nil, fmt.Errorf("release empty blocks: %w", err)
 	}
 	affinity := datastore.AffinityForNode(node)
-	pools, err := i.enabledPools(ctx)
-	if err != nil && !errors.Is(err, ErrNoPool) {
-		return nil, fmt.Errorf("release empty blocks: %w", err)
-	}
+	pools, _ := enabled(poolItems) // none enabled: no block is worth keeping
 	var own []datastore.Item[datastore.Block]
 	for _, b := range blocks {
 		if b.Value.Affinity == affinity {
