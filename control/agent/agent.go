@@ -95,6 +95,7 @@ type Agent struct {
 	beforeCollect func(context.Context)
 
 	speaker    atomic.Pointer[bgp.Speaker] // for the HTTP handlers and metrics, once the loop started it
+	learned    atomic.Int64                // learned routes the import policy takes, for metrics
 	advertised atomic.Int64                // prefixes the speaker originates, for metrics
 	retained   atomic.Int64                // remote routes kept from before a restart, for metrics
 
@@ -238,7 +239,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	w.start(ctx, a.cfg.BGP)
 	var r *routing
 	if a.cfg.BGP {
-		r = a.newRouting(ctx, addr, updates, forwarding)
+		r = a.newRouting(addr, forwarding)
 		defer r.stop()
 	}
 	// nl, made on this thread in the host's namespace, is the collector's from here on.
@@ -287,7 +288,7 @@ type parts struct {
 	rec     *dataplane.Reconciler
 	routing *routing // nil without BGP
 	uplink  string
-	updates <-chan func(*view) // closures of the watchers and the speaker
+	updates <-chan func(*view) // closures of the watchers
 	watch   *watchers
 	house   *housekeeping // collection and sweep, beside the loop
 }
@@ -325,6 +326,9 @@ func (a *Agent) loop(ctx context.Context, p parts) error {
 					drained = true
 				}
 			}
+		case u := <-r.updates():
+			a.learn(v, u)
+			dirty = true
 		case <-tick.C:
 			dirty, full = true, true
 		case <-retry.C:
@@ -343,6 +347,7 @@ func (a *Agent) loop(ctx context.Context, p parts) error {
 		}
 		dirty = false
 		s := v.state(uplink, full)
+		a.learned.Store(int64(v.taken))
 		if r != nil {
 			if err := r.sync(ctx, a, v); err != nil {
 				a.log.Error("bgp", "error", err)

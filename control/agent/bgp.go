@@ -20,21 +20,20 @@ import (
 )
 
 // routing keeps the BGP speaker in line with the view: the peers the mesh, reflector and explicit
-// peer settings call for, the pools learned routes must fall in, and the prefixes this node
-// originates. It is owned by the loop goroutine; the speaker hands learned routes back through
-// the update channel.
+// peer settings call for, and the prefixes this node originates. It is owned by the loop
+// goroutine, which takes the speaker's Updates (updates) and decides with the view's import
+// policy (view.learnedRoutes) which learned routes the host uses.
 type routing struct {
 	opts    []bgp.Option
 	speaker bgp.Speaker // nil until the first sync, which knows the AS number
 	peers   []bgp.Peer
 	ads     []bgp.Advertisement
-	pools   []netip.Prefix
 }
 
-// newRouting prepares the speaker for this node: router ID and source address the node's IPv4;
-// learned routes go to the loop through updates. forwarding says the dataplane of an earlier
-// agent still forwards, which makes this a graceful restart (RFC 4724) towards the peers.
-func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<- func(*view), forwarding bool) *routing {
+// newRouting prepares the speaker for this node: router ID and source address the node's IPv4.
+// forwarding says the dataplane of an earlier agent still forwards, which makes this a graceful
+// restart (RFC 4724) towards the peers.
+func (a *Agent) newRouting(self netip.Prefix, forwarding bool) *routing {
 	listen := a.cfg.BGPListen
 	if len(listen) == 0 {
 		listen = []netip.Addr{self.Addr()}
@@ -43,26 +42,6 @@ func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<
 		bgp.WithLogger(a.log.With("component", "bgp")),
 		bgp.WithListenAddresses(listen...),
 		bgp.WithLocalAddress(self.Addr()),
-		bgp.WithRouteHandler(func(routes []bgp.Route) {
-			at := time.Now()
-			select {
-			case updates <- func(v *view) {
-				v.learned = routes
-				v.dirtyRemote = true
-				if v.learnedAt.IsZero() {
-					v.learnedAt = at // the oldest change not yet programmed
-				}
-			}:
-			case <-ctx.Done():
-			}
-		}),
-		// After the routes of every peer's initial table: the retained routes can go.
-		bgp.WithSyncedHandler(func() {
-			select {
-			case updates <- func(v *view) { a.release(v, "every peer sent its End-of-RIB") }:
-			case <-ctx.Done():
-			}
-		}),
 	}
 	if a.cfg.BGPPort != 0 {
 		opts = append(opts, bgp.WithListenPort(a.cfg.BGPPort))
@@ -78,6 +57,28 @@ func (a *Agent) newRouting(ctx context.Context, self netip.Prefix, updates chan<
 	opts = append(opts, bgp.WithTimers(a.cfg.BGPHold, a.cfg.BGPKeepalive, a.cfg.BGPConnectRetry),
 		bgp.WithGracefulRestart(gr, a.cfg.restartTime()), bgp.WithRestarting(forwarding))
 	return &routing{opts: opts}
+}
+
+// updates is the speaker's channel of learned routes; nil (never ready) without BGP or before
+// the speaker runs.
+func (r *routing) updates() <-chan bgp.Update {
+	if r == nil || r.speaker == nil {
+		return nil
+	}
+	return r.speaker.Updates()
+}
+
+// learn takes an Update of the speaker into the view.
+func (a *Agent) learn(v *view, u bgp.Update) {
+	v.learned = u.Routes
+	v.dirtyRemote = true
+	if v.learnedAt.IsZero() {
+		v.learnedAt = time.Now() // the oldest change not yet programmed
+	}
+	if u.Synced {
+		// After the routes of every peer's initial table: the retained routes can go.
+		a.release(v, "every peer sent its End-of-RIB")
+	}
 }
 
 func (c Config) holdTime() time.Duration { return cmp.Or(c.BGPHold, bgp.DefaultHoldTime) }
@@ -102,13 +103,9 @@ func forwardingKept(root string) bool {
 // number (the node's own, else config/bgp's) is fixed when the speaker starts; changing it
 // resets every session anyway, so it takes an agent restart.
 func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
-	self, ok := v.nodes[v.node]
+	self, cfg, ok := v.bgpSettings()
 	if !ok {
 		return nil
-	}
-	cfg := datastore.DefaultBGPConfig()
-	if c, ok := v.bgpConfig[bgpConfigName]; ok {
-		cfg = c
 	}
 	if r.speaker == nil {
 		asn := self.ASN
@@ -136,22 +133,13 @@ func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
 			a.advertised.Store(int64(len(ads)))
 		}
 	}
-	peers := bgp.Mesh(self, mapValues(v.nodes), cfg, mapValues(v.bgpPeers))
+	peers := v.peers(self, cfg)
 	if !slices.EqualFunc(peers, r.peers, samePeer) {
 		if err := r.speaker.SetPeers(ctx, peers); err != nil {
 			errs = append(errs, fmt.Errorf("set bgp peers: %w", err))
 		} else {
 			r.peers = peers
 		}
-	}
-	var pools []netip.Prefix
-	for _, p := range v.pools {
-		pools = append(pools, p.CIDR)
-	}
-	slices.SortFunc(pools, comparePrefix)
-	if !slices.Equal(pools, r.pools) {
-		r.speaker.SetPools(pools)
-		r.pools = pools
 	}
 	return errors.Join(errs...)
 }
@@ -196,7 +184,10 @@ func mapValues[V any](m map[string]V) []V {
 // restarted with the remote routes of its predecessor retained also advertises those, with
 // their next hops, until BGP converged: a client that comes back before another would
 // otherwise take the reflector's End-of-RIB for the end of the other's routes and drop them.
-func (v *view) advertisements() []bgp.Advertisement {
+func (v *view) advertisements() []bgp.Advertisement { return v.advertisementsOf(v.der) }
+
+// advertisementsOf are the advertisements with the borrowed /32s of d.
+func (v *view) advertisementsOf(d *derived) []bgp.Advertisement {
 	var ads []bgp.Advertisement
 	if v.nodes[v.node].RouteReflectorClusterID != "" {
 		for _, r := range v.retained {
@@ -208,8 +199,8 @@ func (v *view) advertisements() []bgp.Advertisement {
 			ads = append(ads, bgp.Advertisement{Prefix: b.CIDR})
 		}
 	}
-	if v.der != nil {
-		for _, p := range v.der.lent {
+	if d != nil {
+		for _, p := range d.lent {
 			ads = append(ads, bgp.Advertisement{Prefix: p})
 		}
 	}
@@ -226,23 +217,50 @@ func (v *view) advertisements() []bgp.Advertisement {
 	return slices.CompactFunc(ads, func(a, b bgp.Advertisement) bool { return a.Prefix == b.Prefix })
 }
 
-// learnedRoutes are the BGP-learned routes the host can use: next hop on the uplink's subnet
-// (BGP between hosts of one segment, or a gateway on it) and not one of our own blocks.
-func (v *view) learnedRoutes() []dataplane.RemoteRoute {
-	self := v.nodes[v.node].AddressV4
-	own := map[netip.Prefix]bool{}
-	for _, b := range v.blocks {
-		if b.Node() == v.node {
-			own[b.CIDR] = true
-		}
+// bgpSettings are this node's record and the cluster's BGP configuration (the defaults when
+// config/bgp is not set); ok is false until the node's record is known.
+func (v *view) bgpSettings() (self datastore.Node, cfg datastore.BGPConfig, ok bool) {
+	self, ok = v.nodes[v.node]
+	cfg = datastore.DefaultBGPConfig()
+	if c, found := v.bgpConfig[bgpConfigName]; found {
+		cfg = c
 	}
+	return self, cfg, ok
+}
+
+// peers are the BGP neighbors this node should have.
+func (v *view) peers(self datastore.Node, cfg datastore.BGPConfig) []bgp.Peer {
+	return bgp.Mesh(self, mapValues(v.nodes), cfg, mapValues(v.bgpPeers))
+}
+
+// importPolicy is this node's import policy (bgp.Import) as the view has it: the node's address
+// and subnet, the pools, the peers' Accept lists and what the node advertises (with the
+// borrowed /32s of d).
+func (v *view) importPolicy(d *derived) bgp.Import {
+	self, cfg, _ := v.bgpSettings()
+	pools := make([]netip.Prefix, 0, len(v.pools))
+	for _, p := range v.pools {
+		pools = append(pools, p.CIDR)
+	}
+	ads := v.advertisementsOf(d)
+	own := make([]netip.Prefix, 0, len(ads))
+	for _, a := range ads {
+		own = append(own, a.Prefix)
+	}
+	return bgp.NewImport(self.AddressV4, pools, v.peers(self, cfg), own)
+}
+
+// learnedRoutes are the BGP-learned routes the import policy takes (d's borrowed /32s among
+// what the node advertises); v.taken counts them.
+func (v *view) learnedRoutes(d *derived) []dataplane.RemoteRoute {
+	im := v.importPolicy(d)
 	var out []dataplane.RemoteRoute
 	for _, r := range v.learned {
-		if own[r.Prefix] || !r.Prefix.Addr().Is4() || !self.IsValid() || !self.Masked().Contains(r.NextHop) || r.NextHop == self.Addr() {
-			continue
+		if im.Takes(r) {
+			out = append(out, dataplane.RemoteRoute{Prefix: r.Prefix, NextHop: r.NextHop, Workload: r.Prefix.Bits() == 32})
 		}
-		out = append(out, dataplane.RemoteRoute{Prefix: r.Prefix, NextHop: r.NextHop, Workload: r.Prefix.Bits() == 32})
 	}
+	v.taken = len(out)
 	return out
 }
 

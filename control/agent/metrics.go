@@ -67,7 +67,7 @@ func newBGPCollector(a *Agent) *bgpCollector {
 		a: a,
 		peers: prometheus.NewDesc("margay_bgp_peers", "BGP peers of this node by session state and peer type.",
 			[]string{"state", "type"}, nil),
-		learned: prometheus.NewDesc("margay_bgp_routes_learned", "Accepted best paths learned from peers.", nil, nil),
+		learned: prometheus.NewDesc("margay_bgp_routes_learned", "Best paths learned from peers that the import policy takes.", nil, nil),
 		advertised: prometheus.NewDesc("margay_bgp_routes_advertised",
 			"Prefixes this node originates: its blocks and borrowed /32s.", nil, nil),
 		retained: prometheus.NewDesc("margay_bgp_routes_retained",
@@ -97,7 +97,7 @@ func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(n), k.state, k.typ)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(len((*sp).Learned())))
+	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(c.a.learned.Load()))
 	ch <- prometheus.MustNewConstMetric(c.advertised, prometheus.GaugeValue, float64(c.a.advertised.Load()))
 	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(c.a.retained.Load()))
 }

@@ -18,6 +18,7 @@ func TestRetainedRoutes(t *testing.T) {
 	v := newView("vm100", true)
 	v.nodes["vm100"] = datastore.Node{Name: "vm100", AddressV4: netip.MustParsePrefix("198.18.0.100/24")}
 	v.blocks["own"] = datastore.Block{CIDR: netip.MustParsePrefix("198.19.0.0/26"), Affinity: "host:vm100"}
+	v.pools["pool"] = datastore.Pool{CIDR: netip.MustParsePrefix("198.19.0.0/16")} // the import policy takes what lies in it
 	v.retained = []dataplane.RemoteRoute{
 		{Prefix: netip.MustParsePrefix("198.19.0.0/26"), NextHop: netip.MustParseAddr("198.18.0.103")},  // now ours
 		{Prefix: netip.MustParsePrefix("198.19.0.64/26"), NextHop: netip.MustParseAddr("198.18.0.101")}, // BGP has it elsewhere

@@ -30,7 +30,8 @@ type view struct {
 	// it follows (workloads, policies); changedAll says a snapshot replaced them all.
 	changed    map[string]map[string]bool
 	changedAll map[string]bool
-	learned    []bgp.Route // best paths from the BGP speaker
+	learned    []bgp.Route // best paths from the BGP speaker, before the import policy
+	taken      int         // how many of them the import policy took at the last derivation
 	learnedAt  time.Time   // when the oldest learned change not yet programmed arrived
 	bgp        bool        // remote routes come from BGP, not from the datastore's blocks
 	synced     map[string]bool
@@ -70,6 +71,8 @@ func (v *view) touch(kind, name string, structural bool) {
 		v.dirtyWorkloads[name] = true
 	case kindBlocks, kindNodes, kindPools:
 		v.dirty = v.dirty || structural
+	case kindBGPPeers, kindBGPConfig:
+		v.dirtyRemote = true // the import policy's Accept lists
 	}
 }
 
@@ -82,6 +85,8 @@ func (v *view) touchAll(kind string) {
 	switch kind {
 	case kindWorkloads, kindBlocks, kindNodes, kindPools:
 		v.dirty = true
+	case kindBGPPeers, kindBGPConfig:
+		v.dirtyRemote = true
 	}
 }
 
@@ -98,8 +103,11 @@ type derived struct {
 	local   map[string]string       // record -> the interface it put in st.Workloads
 	remote  map[string]netip.Prefix // record -> the borrowed /32 it put in st.Remote
 	lent    map[string]netip.Prefix // local record -> its /32, borrowed from another node's block
-	byCIDR  map[netip.Prefix]datastore.Block
-	bits    []int // the block sizes byCIDR has
+	// lentChanged says update added or removed a borrowed /32: an advertisement, which the
+	// import policy refuses to take from a peer.
+	lentChanged bool
+	byCIDR      map[netip.Prefix]datastore.Block
+	bits        []int // the block sizes byCIDR has
 }
 
 // state is what this host should look like, for the next pass. Remote routes come from BGP, or
@@ -114,10 +122,13 @@ type derived struct {
 func (v *view) state(uplink string, rebuild bool) dataplane.State {
 	if !rebuild && !v.dirty && v.der != nil && v.der.st.Uplink == uplink {
 		ch := &dataplane.Changed{Workloads: map[string]bool{}, Remote: map[netip.Prefix]bool{}}
-		if v.dirtyRemote {
-			v.der.setLearned(v, ch)
-		}
 		if v.der.update(v, v.dirtyWorkloads, ch) {
+			// After update: a borrowed /32 it added or removed is one the import policy
+			// refuses or takes again.
+			if v.bgp && (v.dirtyRemote || v.der.lentChanged) {
+				v.der.setLearned(v, ch)
+			}
+			v.der.lentChanged = false
 			v.clean(false)
 			s := v.der.st
 			s.Changed = ch
@@ -160,11 +171,6 @@ func (v *view) derive(uplink string) *derived {
 	s := &d.st
 	s.Uplink = uplink
 	s.Workloads, s.Remote = map[string]dataplane.Workload{}, map[netip.Prefix]dataplane.RemoteRoute{}
-	if v.bgp {
-		for _, r := range v.withRetained(v.learnedRoutes()) {
-			s.Remote[r.Prefix] = r
-		}
-	}
 	for _, p := range v.pools {
 		s.Pools = append(s.Pools, p.CIDR)
 	}
@@ -207,6 +213,13 @@ func (v *view) derive(uplink string) *derived {
 		d.owner[ip] = key
 		d.add(v, key, w, nil)
 	}
+	if v.bgp {
+		// After the workloads: the import policy refuses the /32s they borrowed.
+		for _, r := range v.withRetained(v.learnedRoutes(d)) {
+			s.Remote[r.Prefix] = r
+		}
+	}
+	d.lentChanged = false
 	return d
 }
 
@@ -250,6 +263,7 @@ func (d *derived) add(v *view, key string, w datastore.Workload, ch *dataplane.C
 		}
 		if inBlock && b.Node() != v.node {
 			d.lent[key] = netip.PrefixFrom(ip, 32)
+			d.lentChanged = true
 		}
 		return true
 	}
@@ -301,6 +315,9 @@ func (d *derived) update(v *view, keys map[string]bool, ch *dataplane.Changed) b
 				delete(d.ifs, oldIf)
 				delete(d.ifOf, key)
 			}
+			if _, ok := d.lent[key]; ok {
+				d.lentChanged = true
+			}
 			delete(d.local, key)
 			delete(d.remote, key)
 			delete(d.lent, key)
@@ -324,7 +341,7 @@ func (d *derived) update(v *view, keys map[string]bool, ch *dataplane.Changed) b
 // ch the prefixes that came, went or changed.
 func (d *derived) setLearned(v *view, ch *dataplane.Changed) {
 	next := make(map[netip.Prefix]dataplane.RemoteRoute, len(d.st.Remote))
-	for _, r := range v.withRetained(v.learnedRoutes()) {
+	for _, r := range v.withRetained(v.learnedRoutes(d)) {
 		next[r.Prefix] = r
 	}
 	for p, r := range next {

@@ -64,6 +64,9 @@ func TestStateIncremental(t *testing.T) {
 						}
 						key := fmt.Sprintf("%s/w%d", node, n)
 						ip := netip.AddrFrom4([4]byte{198, 19, 0, byte(rng.IntN(200))})
+						if rng.IntN(4) == 0 {
+							ip = netip.AddrFrom4([4]byte{198, 19, 0, byte(64 + rng.IntN(16))}) // borrowed from vm101's block
+						}
 						ifname := fmt.Sprintf("cali%011x", n)
 						if rng.IntN(10) == 0 {
 							ifname = fmt.Sprintf("cali%011x", rng.IntN(30))
@@ -93,6 +96,14 @@ func TestStateIncremental(t *testing.T) {
 								if rng.IntN(2) == 0 {
 									v.learned = append(v.learned, bgp.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 1, byte(i)}), 32),
 										NextHop: netip.AddrFrom4([4]byte{198, 18, 0, byte(101 + rng.IntN(2))})})
+								}
+							}
+							// Mostly, /32s of the workloads' range too: one a local workload
+							// borrowed, and advertises, is refused, and taken again once it goes.
+							if rng.IntN(4) > 0 {
+								for i := range 16 {
+									v.learned = append(v.learned, bgp.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 0, byte(64 + i)}), 32),
+										NextHop: netip.MustParseAddr("198.18.0.101")})
 								}
 							}
 							v.dirtyRemote = true
@@ -265,6 +276,27 @@ func TestStateTable(t *testing.T) {
 				{Prefix: pfx("198.19.0.71/32"), NextHop: addr("198.18.0.102")}}
 		},
 		remote: []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false), remote("198.19.0.71/32", "198.18.0.102", true)},
+	}, {
+		name: "BGP: outside the pools only what the sending peer's Accept list names, exactly",
+		bgp:  true,
+		change: func(v *view) {
+			v.bgpPeers["gw"] = datastore.BGPPeer{Name: "gw", PeerIP: addr("198.18.0.1"), ASN: 64513, Accept: []netip.Prefix{pfx("0.0.0.0/0")}}
+			v.learned = []bgp.Route{{Prefix: pfx("0.0.0.0/0"), NextHop: addr("198.18.0.1"), Peer: addr("198.18.0.1")},
+				{Prefix: pfx("10.0.0.0/8"), NextHop: addr("198.18.0.1"), Peer: addr("198.18.0.1")},
+				{Prefix: pfx("198.20.0.0/26"), NextHop: addr("198.18.0.101"), Peer: addr("198.18.0.101")},
+				{Prefix: pfx("198.19.0.64/26"), NextHop: addr("198.18.0.101"), Peer: addr("198.18.0.101")}}
+		},
+		remote: []dataplane.RemoteRoute{remote("0.0.0.0/0", "198.18.0.1", false), remote("198.19.0.64/26", "198.18.0.101", false)},
+	}, {
+		name: "BGP: a /32 this node borrowed and advertises is not taken from a peer",
+		bgp:  true,
+		change: func(v *view) {
+			v.workloads["vm100/d"] = wl("vm100", "d", "cali0000000000d", "198.19.0.72")
+			v.learned = []bgp.Route{{Prefix: pfx("198.19.0.64/26"), NextHop: addr("198.18.0.101")},
+				{Prefix: pfx("198.19.0.72/32"), NextHop: addr("198.18.0.102")}}
+		},
+		workloads: map[string]netip.Addr{"cali0000000000d": addr("198.19.0.72")},
+		remote:    []dataplane.RemoteRoute{remote("198.19.0.64/26", "198.18.0.101", false)},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := viewFixture(tc.bgp)

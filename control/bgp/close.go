@@ -18,8 +18,8 @@ import (
 // whose remote end is a configured peer, on our listen port or the peer's port. shutdown(2)
 // leaves the descriptor to its owner: GoBGP reads end-of-file, as it would after the peer
 // closed, and closes it itself; the peer reads end-of-file too, which RFC 4724 treats as a
-// restart. The listeners go too, so that no peer reconnects before StopBgp. s.opMu must be held.
-func (s *GoBGP) closeSessions() (int, error) {
+// restart. The listeners go too, so that no peer reconnects before StopBgp. It runs on run.
+func (in *instance) closeSessions() (int, error) {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return 0, fmt.Errorf("list file descriptors: %w", err)
@@ -38,7 +38,7 @@ func (s *GoBGP) closeSessions() (int, error) {
 		}
 		remote, err := unix.Getpeername(fd)
 		if errors.Is(err, unix.ENOTCONN) {
-			if int(local.Port()) == s.listenPort && s.listensOn(local.Addr()) {
+			if int(local.Port()) == in.listenPort && in.s.listensOn(local.Addr()) {
 				listeners = append(listeners, fd)
 			}
 			continue
@@ -47,8 +47,8 @@ func (s *GoBGP) closeSessions() (int, error) {
 		if !ok {
 			continue
 		}
-		p, ok := s.peers[peerAddr.Addr()]
-		if !ok || (int(local.Port()) != s.listenPort && peerAddr.Port() != cmp.Or(p.Port, 179)) {
+		p, ok := in.peers[peerAddr.Addr()]
+		if !ok || (int(local.Port()) != in.listenPort && peerAddr.Port() != cmp.Or(p.Port, 179)) {
 			continue
 		}
 		if err := unix.Shutdown(fd, unix.SHUT_RDWR); err != nil && !errors.Is(err, unix.ENOTCONN) {

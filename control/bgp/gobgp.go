@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -17,42 +18,56 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// GoBGP is the Speaker backed by an embedded GoBGP v3 server.
+// GoBGP is the Speaker backed by an embedded GoBGP v3 server. Between Start and Stop one
+// goroutine (run) owns everything the speaker knows, as GoBGP's own server owns its state behind
+// its management channel: the methods hand it closures, GoBGP's watch hands it events, and it
+// hands out Updates. Nothing it owns is locked; the one mutex orders Start and Stop.
 type GoBGP struct {
 	asn      uint32
 	routerID netip.Addr
 	opts     options
 	log      *slog.Logger
+	updates  chan Update
 
-	opMu       sync.Mutex // serialises Start, Stop, SetPeers and Advertise
-	srv        *server.BgpServer
-	cancel     context.CancelFunc
-	watchCtx   context.Context // ends with Stop
-	logs       *logAdapter
-	done       chan struct{}
-	listenPort int
+	life sync.Mutex // serialises Start and Stop
+	cur  atomic.Pointer[instance]
+	port atomic.Int64 // the listen port of the last start
+}
+
+// instance is one run of the speaker, from Start to Stop. The fields above the line are set
+// before run starts and never change; those below belong to run.
+type instance struct {
+	s           *GoBGP
+	srv         *server.BgpServer
+	listenPort  int
+	logs        *logAdapter
+	cancelWatch context.CancelFunc
+	ops         chan func()                  // closures run by run, in order
+	events      chan *api.WatchEventResponse // GoBGP's best paths and End-of-RIB markers
+	done        chan struct{}                // closed when run returns
+
+	// ---
+	stopped    bool                        // the stop closure ran: run returns
 	peers      map[netip.Addr]Peer         // configured in GoBGP
 	advertised map[netip.Prefix]netip.Addr // prefix → next hop
+	best       map[netip.Prefix]learned    // best path per prefix, from a configured peer
 	// restarting says the next SetPeers adds the peers of a restart (WithRestarting): their
 	// sessions open with the Restart State bit and the Forwarding State bit for IPv4 unicast.
 	restarting bool
-	// lateRestart are the peers of the restart whose session has not come up yet (see
-	// keepRestartBits).
-	lateRestart map[netip.Addr]bool
-
-	mu      sync.Mutex // guards the fields below, shared with the watch callback
-	started bool
-	best    map[netip.Prefix]learned // best path per prefix, before filtering
-	accept  map[netip.Addr][]netip.Prefix
-	known   map[netip.Addr]bool
-	own     map[netip.Prefix]bool
-	pools   []netip.Prefix
-	notify  chan struct{}
+	// lateRestart are the peers of the restart whose session has not come up yet, watched by
+	// restartTick until restartUntil (see renewRestartBits).
+	lateRestart  map[netip.Addr]bool
+	restartTick  *time.Ticker
+	restartUntil time.Time
 	// eor holds the peers whose End-of-RIB for IPv4 unicast arrived since the speaker started;
 	// peersSet says SetPeers ran, so that the set of peers to wait for is known.
 	eor          map[netip.Addr]bool
 	peersSet     bool
 	syncReported bool
+	// changed says the routes (or whether they are synced) changed since the last Update was
+	// made; settle fires when the route delay after the first such change is over.
+	changed bool
+	settle  <-chan time.Time
 }
 
 type learned struct {
@@ -87,35 +102,43 @@ func New(asn uint32, routerID netip.Addr, opts ...Option) (*GoBGP, error) {
 	if !o.localAddress.IsValid() {
 		o.localAddress = routerID
 	}
-	return &GoBGP{
-		asn:        asn,
-		routerID:   routerID,
-		opts:       o,
-		log:        o.logger.With("component", "bgp"),
-		peers:      make(map[netip.Addr]Peer),
-		advertised: make(map[netip.Prefix]netip.Addr),
-		best:       make(map[netip.Prefix]learned),
-		accept:     make(map[netip.Addr][]netip.Prefix),
-		known:      make(map[netip.Addr]bool),
-		own:        make(map[netip.Prefix]bool),
-		eor:        make(map[netip.Addr]bool),
-		notify:     make(chan struct{}, 1),
-	}, nil
+	return &GoBGP{asn: asn, routerID: routerID, opts: o, log: o.logger.With("component", "bgp"), updates: make(chan Update)}, nil
 }
+
+// Updates implements Speaker.
+func (s *GoBGP) Updates() <-chan Update { return s.updates }
 
 // ListenPort returns the port the speaker listens on once started (useful with
 // WithListenPort(0)), or -1 if it does not listen.
-func (s *GoBGP) ListenPort() int {
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	return s.listenPort
+func (s *GoBGP) ListenPort() int { return int(s.port.Load()) }
+
+// do runs f on the owner goroutine of the running instance and returns its error, or
+// ErrNotStarted.
+func (s *GoBGP) do(ctx context.Context, op string, f func(in *instance) error) error {
+	in := s.cur.Load()
+	if in == nil {
+		return fmt.Errorf("%s: %w", op, ErrNotStarted)
+	}
+	return in.do(ctx, op, func() error { return f(in) })
+}
+
+func (in *instance) do(ctx context.Context, op string, f func() error) error {
+	reply := make(chan error, 1)
+	select {
+	case in.ops <- func() { reply <- f() }:
+	case <-in.done:
+		return fmt.Errorf("%s: %w", op, ErrNotStarted)
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w", op, ctx.Err())
+	}
+	return <-reply // run always finishes a closure it took
 }
 
 // Start implements Speaker.
 func (s *GoBGP) Start(ctx context.Context) error {
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	if s.srv != nil {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.cur.Load() != nil {
 		return fmt.Errorf("start speaker: %w", ErrAlreadyStarted)
 	}
 	if err := plainTCP(); err != nil {
@@ -151,28 +174,143 @@ func (s *GoBGP) Start(ctx context.Context) error {
 		return fmt.Errorf("start speaker: %w", err)
 	}
 
+	in := &instance{s: s, srv: srv, listenPort: port, logs: logs, ops: make(chan func()),
+		events: make(chan *api.WatchEventResponse), done: make(chan struct{}),
+		peers: map[netip.Addr]Peer{}, advertised: map[netip.Prefix]netip.Addr{}, best: map[netip.Prefix]learned{},
+		eor: map[netip.Addr]bool{}, restarting: s.opts.restarting && s.opts.gracefulRestart}
 	wctx, cancel := context.WithCancel(context.Background())
 	err = srv.WatchEvent(wctx, &api.WatchEventRequest{Table: &api.WatchEventRequest_Table{
 		// One watcher for both, so that a peer's End-of-RIB comes after the paths it sent before.
 		Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
 			{Type: api.WatchEventRequest_Table_Filter_EOR, Init: true}},
-	}}, s.onWatch)
+	}}, func(r *api.WatchEventResponse) {
+		// GoBGP queues events for its watcher without bound: waiting here never stalls its
+		// main loop, only the watcher's goroutine, until run takes the event.
+		select {
+		case in.events <- r:
+		case <-wctx.Done():
+		}
+	})
 	if err != nil {
 		cancel()
 		_ = srv.StopBgp(ctx, &api.StopBgpRequest{})
 		srv.Stop()
 		return fmt.Errorf("watch best paths: %w", err)
 	}
-
-	s.srv, s.cancel, s.listenPort, s.watchCtx, s.logs = srv, cancel, port, wctx, logs
-	s.restarting = s.opts.restarting && s.opts.gracefulRestart
-	s.done = make(chan struct{})
-	s.mu.Lock()
-	s.started = true
-	s.mu.Unlock()
-	go s.deliver(wctx, s.done)
+	in.cancelWatch = cancel
+	s.port.Store(int64(port))
+	s.cur.Store(in)
+	go in.run()
 	s.log.Info("bgp speaker started", "asn", s.asn, "routerID", s.routerID, "port", port)
 	return nil
+}
+
+// run is the instance's owner goroutine: it runs the methods' closures, takes GoBGP's events,
+// renews the restart bits of late peers, and hands out an Update once the route delay after a
+// change is over. An Update not taken yet is replaced by the next one: a slow receiver gets
+// the newest table, and never holds the speaker up.
+func (in *instance) run() {
+	defer close(in.done)
+	var (
+		out  chan<- Update // in.s.updates while next waits to be taken
+		next Update
+	)
+	for {
+		var restartC <-chan time.Time
+		if in.restartTick != nil {
+			restartC = in.restartTick.C
+		}
+		select {
+		case f := <-in.ops:
+			f()
+			if in.stopped {
+				return
+			}
+		case r := <-in.events:
+			in.apply(r)
+		case <-restartC:
+			if time.Now().After(in.restartUntil) || !in.renewRestartBits() {
+				in.restartTick.Stop()
+				in.restartTick = nil
+			}
+		case <-in.settle:
+			in.settle = nil
+			synced := next.Synced && out != nil // not taken yet: the newer one says it
+			next, out = in.update(), in.s.updates
+			next.Synced = next.Synced || synced
+		case out <- next:
+			out, next = nil, Update{}
+		}
+		if in.changed && in.settle == nil {
+			in.settle = time.After(in.s.opts.routeDelay)
+		}
+	}
+}
+
+// update is the Update of the routes as they are now, and the first to say Synced when every
+// configured peer's End-of-RIB is in.
+func (in *instance) update() Update {
+	in.changed = false
+	u := Update{Routes: in.routes()}
+	if in.syncReported || !in.peersSet {
+		return u
+	}
+	for addr := range in.peers {
+		if !in.eor[addr] {
+			return u
+		}
+	}
+	in.syncReported, u.Synced = true, true
+	return u
+}
+
+// routes are the best paths learned, in no particular order: sorting 100k routes for every
+// Update would cost more than programming the change.
+func (in *instance) routes() []Route {
+	out := make([]Route, 0, len(in.best))
+	for prefix, l := range in.best {
+		out = append(out, Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer})
+	}
+	return out
+}
+
+// apply records GoBGP's best-path changes and End-of-RIB markers.
+func (in *instance) apply(r *api.WatchEventResponse) {
+	t := r.GetTable()
+	if t == nil {
+		return
+	}
+	for _, p := range t.Paths {
+		if peer, ok := endOfRIB(p); ok {
+			if _, known := in.peers[peer]; known && !in.eor[peer] {
+				in.eor[peer] = true
+				in.changed = true
+			}
+			continue
+		}
+		prefix, ok := pathPrefix(p)
+		if !ok {
+			continue // not IPv4 unicast
+		}
+		peer, err := netip.ParseAddr(p.NeighborIp)
+		_, known := in.peers[peer]
+		if p.IsWithdraw || err != nil || !known {
+			// Withdrawn, originated here (no neighbor), or from a peer removed since.
+			if _, had := in.best[prefix]; had {
+				delete(in.best, prefix)
+				in.changed = true
+			}
+			continue
+		}
+		nh, ok := pathNextHop(p)
+		if !ok {
+			continue
+		}
+		if cur, had := in.best[prefix]; !had || cur != (learned{nextHop: nh, peer: peer}) {
+			in.best[prefix] = learned{nextHop: nh, peer: peer}
+			in.changed = true
+		}
+	}
 }
 
 // Stop implements Speaker. With graceful restart on (the default) it is a planned restart: the
@@ -183,55 +321,59 @@ func (s *GoBGP) Start(ctx context.Context) error {
 // restart, sessions end with a Cease and neighbors drop our routes at once. The speaker can be
 // started again; peers and advertisements must then be set again.
 func (s *GoBGP) Stop(ctx context.Context) error {
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	if s.srv == nil {
+	s.life.Lock()
+	defer s.life.Unlock()
+	in := s.cur.Load()
+	if in == nil {
 		return nil
 	}
-	s.cancel()
-	if s.opts.gracefulRestart {
-		// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes:
-		// the sessions must be gone before it runs.
-		s.logs.stopping.Store(true)
-		n, err := s.closeSessions()
-		if err != nil {
-			s.log.Warn("bgp graceful stop: close sessions", "err", err)
-		}
-		s.log.Info("bgp graceful stop: sessions closed without notification", "connections", n)
-		s.waitSessionsDown(ctx, time.Second)
-	}
-	err := s.srv.StopBgp(ctx, &api.StopBgpRequest{})
-	s.srv.Stop()
-	<-s.done
-	s.srv, s.cancel, s.done, s.watchCtx, s.lateRestart = nil, nil, nil, nil, nil
-	clear(s.peers)
-	clear(s.advertised)
-	s.mu.Lock()
-	s.started = false
-	clear(s.best)
-	clear(s.accept)
-	clear(s.known)
-	clear(s.own)
-	clear(s.eor)
-	s.peersSet, s.syncReported = false, false
-	s.mu.Unlock()
+	// Handed over whatever ctx says: the owner takes closures promptly, and a speaker must stop.
+	err := in.do(context.WithoutCancel(ctx), "stop speaker", func() error { return in.stop(ctx) })
+	<-in.done
+	s.cur.Store(nil)
 	if err != nil {
-		return fmt.Errorf("stop speaker: %w", err)
+		return err
 	}
 	s.log.Info("bgp speaker stopped")
 	return nil
 }
 
+// stop ends the instance; run returns after it.
+func (in *instance) stop(ctx context.Context) error {
+	in.stopped = true
+	in.cancelWatch()
+	if in.restartTick != nil {
+		in.restartTick.Stop()
+	}
+	if in.s.opts.gracefulRestart {
+		// StopBgp below would send Peer De-configured, a Hard Reset that flushes our routes:
+		// the sessions must be gone before it runs.
+		in.logs.stopping.Store(true)
+		n, err := in.closeSessions()
+		if err != nil {
+			in.s.log.Warn("bgp graceful stop: close sessions", "err", err)
+		}
+		in.s.log.Info("bgp graceful stop: sessions closed without notification", "connections", n)
+		in.waitSessionsDown(ctx, time.Second)
+	}
+	err := in.srv.StopBgp(ctx, &api.StopBgpRequest{})
+	in.srv.Stop()
+	if err != nil {
+		return fmt.Errorf("stop speaker: %w", err)
+	}
+	return nil
+}
+
 // waitSessionsDown waits (at most limit) until no session is Established, so that no session is
 // left for StopBgp to send its Hard Reset on.
-func (s *GoBGP) waitSessionsDown(ctx context.Context, limit time.Duration) {
+func (in *instance) waitSessionsDown(ctx context.Context, limit time.Duration) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		up := 0
-		err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		err := in.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
 			if p.GetState().GetSessionState() == api.PeerState_ESTABLISHED {
 				up++
 			}
@@ -243,7 +385,7 @@ func (s *GoBGP) waitSessionsDown(ctx context.Context, limit time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
-			s.log.Warn("bgp graceful stop: sessions still up", "count", up)
+			in.s.log.Warn("bgp graceful stop: sessions still up", "count", up)
 			return
 		case <-tick.C:
 		}
@@ -264,114 +406,85 @@ func (s *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		p.Accept = slices.Clone(p.Accept)
 		want[p.Address] = p
 	}
+	return s.do(ctx, "set peers", func(in *instance) error { return in.setPeers(ctx, want) })
+}
 
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	if s.srv == nil {
-		return fmt.Errorf("set peers: %w", ErrNotStarted)
-	}
-	// Paths can arrive as soon as AddPeer returns: know the new peers (and their Accept lists)
-	// first, so that onWatch does not discard them.
-	s.mu.Lock()
-	for addr, p := range want {
-		s.known[addr] = true
-		s.accept[addr] = p.Accept
-	}
-	s.mu.Unlock()
-
+func (in *instance) setPeers(ctx context.Context, want map[netip.Addr]Peer) error {
 	var errs []error
-	for addr, have := range s.peers {
+	for addr, have := range in.peers {
 		if w, ok := want[addr]; ok && samePeerSession(have, w) {
 			continue
 		}
-		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		if err := in.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
 			errs = append(errs, fmt.Errorf("delete peer %s: %w", addr, err))
 			continue
 		}
-		delete(s.peers, addr)
-		s.log.Info("bgp peer removed", "peer", addr)
+		delete(in.peers, addr)
+		in.s.log.Info("bgp peer removed", "peer", addr)
 	}
 	for addr, w := range want {
-		if _, ok := s.peers[addr]; ok {
-			s.peers[addr] = w // Type and Accept change without a reset
+		if _, ok := in.peers[addr]; ok {
+			in.peers[addr] = w // Type and Accept change without a reset
 			continue
 		}
-		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(w, s.restarting)}); err != nil {
+		if err := in.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: in.s.apiPeer(w, in.restarting)}); err != nil {
 			errs = append(errs, fmt.Errorf("add peer %s: %w", addr, err))
 			continue
 		}
-		s.peers[addr] = w
-		s.log.Info("bgp peer added", "peer", addr, "asn", w.ASN, "type", w.Type)
+		in.peers[addr] = w
+		in.s.log.Info("bgp peer added", "peer", addr, "asn", w.ASN, "type", w.Type)
 	}
 
-	if s.restarting {
-		s.log.Info("bgp restarting with forwarding state kept: peers told so (restart and forwarding bits); "+
-			"our routes go out once every peer sent its End-of-RIB", "peers", len(s.peers), "deferral_at_most", s.opts.restartTime)
-		s.restarting = false // peers added later meet a speaker that is up, not restarting
-		s.lateRestart = make(map[netip.Addr]bool, len(s.peers))
-		for addr := range s.peers {
-			s.lateRestart[addr] = true
+	if in.restarting {
+		in.s.log.Info("bgp restarting with forwarding state kept: peers told so (restart and forwarding bits); "+
+			"our routes go out once every peer sent its End-of-RIB", "peers", len(in.peers), "deferral_at_most", in.s.opts.restartTime)
+		in.restarting = false // peers added later meet a speaker that is up, not restarting
+		in.lateRestart = make(map[netip.Addr]bool, len(in.peers))
+		for addr := range in.peers {
+			in.lateRestart[addr] = true
 		}
-		go s.keepRestartBits(s.watchCtx, time.Now().Add(s.opts.restartTime))
+		in.restartUntil = time.Now().Add(in.s.opts.restartTime)
+		in.restartTick = time.NewTicker(100 * time.Millisecond)
 	}
-	s.mu.Lock()
-	clear(s.accept)
-	clear(s.known)
-	for addr, p := range s.peers {
-		s.known[addr] = true
-		s.accept[addr] = p.Accept
-	}
-	for addr := range s.eor {
-		if !s.known[addr] {
-			delete(s.eor, addr)
+	// Paths of a peer removed are gone with it (GoBGP withdraws them; events still on their way
+	// are dropped by apply), and so is its End-of-RIB.
+	for prefix, l := range in.best {
+		if _, ok := in.peers[l.peer]; !ok {
+			delete(in.best, prefix)
 		}
 	}
-	s.peersSet = true
-	s.mu.Unlock()
-	s.kick()
+	for addr := range in.eor {
+		if _, ok := in.peers[addr]; !ok {
+			delete(in.eor, addr)
+		}
+	}
+	in.peersSet, in.changed = true, true
 	return joinErrs("set peers", errs)
 }
 
-// keepRestartBits keeps the restart's promise to peers whose session comes up late. GoBGP ends a
-// restart (it sends its table and End-of-RIB, and its OPENs lose the Restart State and
-// Forwarding State bits) once every Established peer sent its End-of-RIB, counting peers that
-// are not up yet as done. A peer that comes back later (a GoBGP mesh peer sits 5 s in Idle after
-// its session dropped) would then see a plain OPEN: GoBGP logs "restart flag is not set", and a
-// peer that goes by RFC 4724 4.2 deletes our stale routes for want of the forwarding bit instead
-// of waiting for our End-of-RIB. Until the restart time is over,
-// such a peer, still down, is added again as a peer of the restart, so that its OPEN carries
-// both bits and its End-of-RIB is waited for again.
-func (s *GoBGP) keepRestartBits(ctx context.Context, until time.Time) {
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if time.Now().After(until) || !s.renewRestartBits(ctx) {
-			return
-		}
-	}
-}
-
-// renewRestartBits does one round of keepRestartBits and says whether a peer is still waited for.
-func (s *GoBGP) renewRestartBits(ctx context.Context) bool {
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	if s.srv == nil || len(s.lateRestart) == 0 {
+// renewRestartBits keeps the restart's promise to peers whose session comes up late, and says
+// whether a peer is still waited for. GoBGP ends a restart (it sends its table and End-of-RIB,
+// and its OPENs lose the Restart State and Forwarding State bits) once every Established peer
+// sent its End-of-RIB, counting peers that are not up yet as done. A peer that comes back later
+// (a GoBGP mesh peer sits 5 s in Idle after its session dropped) would then see a plain OPEN:
+// GoBGP logs "restart flag is not set", and a peer that goes by RFC 4724 4.2 deletes our stale
+// routes for want of the forwarding bit instead of waiting for our End-of-RIB. Until the restart
+// time is over, such a peer, still down, is added again as a peer of the restart, so that its
+// OPEN carries both bits and its End-of-RIB is waited for again.
+func (in *instance) renewRestartBits() bool {
+	if len(in.lateRestart) == 0 {
 		return false
 	}
+	ctx := context.Background()
 	var renew []netip.Addr
-	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+	err := in.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
 		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
-		if err != nil || !s.lateRestart[addr] {
+		if err != nil || !in.lateRestart[addr] {
 			return
 		}
 		switch p.GetState().GetSessionState() {
 		case api.PeerState_ESTABLISHED:
-			delete(s.lateRestart, addr)
+			delete(in.lateRestart, addr)
 		case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
 			if !p.GetGracefulRestart().GetLocalRestarting() {
 				renew = append(renew, addr)
@@ -379,28 +492,134 @@ func (s *GoBGP) renewRestartBits(ctx context.Context) bool {
 		}
 	})
 	if err != nil {
-		s.log.Warn("bgp restart: list peers", "err", err)
+		in.s.log.Warn("bgp restart: list peers", "err", err)
 		return true
 	}
 	for _, addr := range renew {
-		p, ok := s.peers[addr]
+		p, ok := in.peers[addr]
 		if !ok {
-			delete(s.lateRestart, addr)
+			delete(in.lateRestart, addr)
 			continue
 		}
 		// Not connected: deleting sends nothing.
-		err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
+		err := in.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
 		if err == nil {
-			err = s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p, true)})
+			err = in.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: in.s.apiPeer(p, true)})
 		}
 		if err != nil {
-			s.log.Warn("bgp restart: add a late peer again as restarting", "peer", addr, "err", err)
-			delete(s.lateRestart, addr)
+			in.s.log.Warn("bgp restart: add a late peer again as restarting", "peer", addr, "err", err)
+			delete(in.lateRestart, addr)
 			continue
 		}
-		s.log.Info("bgp restart: peer not back yet added again as restarting, so that it gets the restart and forwarding bits", "peer", addr)
+		in.s.log.Info("bgp restart: peer not back yet added again as restarting, so that it gets the restart and forwarding bits", "peer", addr)
 	}
-	return len(s.lateRestart) > 0
+	return len(in.lateRestart) > 0
+}
+
+// Advertise implements Speaker.
+func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
+	want := make(map[netip.Prefix]netip.Addr, len(ads))
+	for _, a := range ads {
+		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {
+			return fmt.Errorf("advertise %s: want an IPv4 prefix: %w", a.Prefix, ErrBadPrefix)
+		}
+		nh := a.NextHop
+		if !nh.IsValid() {
+			nh = s.routerID
+		}
+		if !nh.Is4() {
+			return fmt.Errorf("advertise %s: next hop %s: want an IPv4 address: %w", a.Prefix, nh, ErrBadPrefix)
+		}
+		want[a.Prefix.Masked()] = nh
+	}
+	return s.do(ctx, "advertise", func(in *instance) error { return in.advertise(ctx, want) })
+}
+
+func (in *instance) advertise(ctx context.Context, want map[netip.Prefix]netip.Addr) error {
+	var errs []error
+	for p, nh := range in.advertised {
+		if _, ok := want[p]; ok {
+			continue
+		}
+		path, err := apiPath(p, nh, true)
+		if err == nil {
+			err = in.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Path: path})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		delete(in.advertised, p)
+	}
+	for p, nh := range want {
+		if have, ok := in.advertised[p]; ok && have == nh {
+			continue
+		}
+		// A new next hop replaces the path: no withdrawal in between.
+		path, err := apiPath(p, nh, false)
+		if err == nil {
+			_, err = in.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
+			continue
+		}
+		in.advertised[p] = nh
+	}
+	return joinErrs("advertise", errs)
+}
+
+// Learned implements Speaker.
+func (s *GoBGP) Learned() []Route {
+	var out []Route
+	_ = s.do(context.Background(), "learned", func(in *instance) error {
+		out = in.routes()
+		return nil
+	})
+	// IPv4 prefixes sort on one integer each, which at 100k routes is several times quicker
+	// than comparing netip values.
+	slices.SortFunc(out, func(a, b Route) int { return cmp.Compare(prefixKey(a.Prefix), prefixKey(b.Prefix)) })
+	return out
+}
+
+// Peers implements Speaker.
+func (s *GoBGP) Peers(ctx context.Context) ([]PeerStatus, error) {
+	var out []PeerStatus
+	err := s.do(ctx, "list peers", func(in *instance) error {
+		err := in.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+			addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+			if err != nil {
+				return
+			}
+			st := PeerStatus{Address: addr, Type: in.peers[addr].Type}
+			if ss := p.GetState(); ss != nil {
+				st.State = State(ss.SessionState) // the API enum counts from Unknown = 0 as we do
+				if st.State < StateUnknown || st.State > Established {
+					st.State = StateUnknown
+				}
+			}
+			ts := p.GetTimers().GetState()
+			if st.State == Established && ts.GetUptime() != nil {
+				st.Since = ts.GetUptime().AsTime()
+			} else if ts.GetDowntime() != nil {
+				st.Since = ts.GetDowntime().AsTime()
+			}
+			st.Info = st.State.String()
+			if p.GetState().GetAdminState() == api.PeerState_DOWN {
+				st.Info = "Admin down"
+			}
+			out = append(out, st)
+		})
+		if err != nil {
+			return fmt.Errorf("list peers: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return a.Address.Compare(b.Address) })
+	return out, nil
 }
 
 // samePeerSession says whether a and b need the same GoBGP neighbor configuration.
@@ -469,88 +688,7 @@ func (s *GoBGP) apiPeer(p Peer, restarting bool) *api.Peer {
 	return ap
 }
 
-// SetPools implements Speaker.
-func (s *GoBGP) SetPools(pools []netip.Prefix) {
-	s.mu.Lock()
-	s.pools = make([]netip.Prefix, 0, len(pools))
-	for _, p := range pools {
-		s.pools = append(s.pools, p.Masked())
-	}
-	s.mu.Unlock()
-	s.kick()
-}
-
-// Advertise implements Speaker.
-func (s *GoBGP) Advertise(ctx context.Context, ads []Advertisement) error {
-	want := make(map[netip.Prefix]netip.Addr, len(ads))
-	for _, a := range ads {
-		if !a.Prefix.IsValid() || !a.Prefix.Addr().Is4() {
-			return fmt.Errorf("advertise %s: want an IPv4 prefix: %w", a.Prefix, ErrBadPrefix)
-		}
-		nh := a.NextHop
-		if !nh.IsValid() {
-			nh = s.routerID
-		}
-		if !nh.Is4() {
-			return fmt.Errorf("advertise %s: next hop %s: want an IPv4 address: %w", a.Prefix, nh, ErrBadPrefix)
-		}
-		want[a.Prefix.Masked()] = nh
-	}
-
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	if s.srv == nil {
-		return fmt.Errorf("advertise: %w", ErrNotStarted)
-	}
-	// Our own prefixes are filtered out of Learned before GoBGP withdraws or adds them.
-	s.mu.Lock()
-	for p := range want {
-		s.own[p] = true
-	}
-	s.mu.Unlock()
-
-	var errs []error
-	for p, nh := range s.advertised {
-		if _, ok := want[p]; ok {
-			continue
-		}
-		path, err := s.apiPath(p, nh, true)
-		if err == nil {
-			err = s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Path: path})
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
-			continue
-		}
-		delete(s.advertised, p)
-	}
-	for p, nh := range want {
-		if have, ok := s.advertised[p]; ok && have == nh {
-			continue
-		}
-		// A new next hop replaces the path: no withdrawal in between.
-		path, err := s.apiPath(p, nh, false)
-		if err == nil {
-			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
-			continue
-		}
-		s.advertised[p] = nh
-	}
-
-	s.mu.Lock()
-	clear(s.own)
-	for p := range s.advertised {
-		s.own[p] = true
-	}
-	s.mu.Unlock()
-	s.kick()
-	return joinErrs("advertise", errs)
-}
-
-func (s *GoBGP) apiPath(p netip.Prefix, nextHop netip.Addr, withdraw bool) (*api.Path, error) {
+func apiPath(p netip.Prefix, nextHop netip.Addr, withdraw bool) (*api.Path, error) {
 	nlri, err := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
 	if err != nil {
 		return nil, err
@@ -571,110 +709,6 @@ func (s *GoBGP) apiPath(p netip.Prefix, nextHop netip.Addr, withdraw bool) (*api
 	}, nil
 }
 
-// onWatch records best-path changes. GoBGP queues events without bound, so taking the lock
-// here never stalls its main loop.
-func (s *GoBGP) onWatch(r *api.WatchEventResponse) {
-	t := r.GetTable()
-	if t == nil {
-		return
-	}
-	changed := false
-	s.mu.Lock()
-	for _, p := range t.Paths {
-		if peer, ok := endOfRIB(p); ok {
-			if s.known[peer] && !s.eor[peer] {
-				s.eor[peer] = true
-				changed = true
-			}
-			continue
-		}
-		prefix, ok := pathPrefix(p)
-		if !ok {
-			continue // not IPv4 unicast
-		}
-		peer, err := netip.ParseAddr(p.NeighborIp)
-		if p.IsWithdraw || err != nil || !s.known[peer] {
-			// Withdrawn, originated here (no neighbor), or from a peer being removed.
-			if _, had := s.best[prefix]; had {
-				delete(s.best, prefix)
-				changed = true
-			}
-			continue
-		}
-		nh, ok := pathNextHop(p)
-		if !ok {
-			continue
-		}
-		s.best[prefix] = learned{nextHop: nh, peer: peer}
-		changed = true
-	}
-	s.mu.Unlock()
-	if changed {
-		s.kick()
-	}
-}
-
-func (s *GoBGP) kick() {
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
-
-// deliver hands the accepted routes to the route handler after every change, coalescing
-// changes that arrive while the handler runs.
-func (s *GoBGP) deliver(ctx context.Context, done chan struct{}) {
-	defer close(done)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.notify:
-		}
-		// Let a burst (a peer's full table, a flood) land before handing out a snapshot: one
-		// delivery per UPDATE would cost O(n²) for n routes.
-		if s.opts.routeDelay > 0 {
-			t := time.NewTimer(s.opts.routeDelay)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			select {
-			case <-s.notify:
-			default:
-			}
-		}
-		routes, synced := s.snapshot()
-		if s.opts.onRoutes != nil {
-			s.opts.onRoutes(routes)
-		}
-		if synced && s.opts.onSynced != nil {
-			s.opts.onSynced()
-		}
-	}
-}
-
-// snapshot returns the learned routes and whether they are the first to hold every configured
-// peer's initial table (see WithSyncedHandler), which it reports only once. Both are read under
-// one lock, so that a marker never counts before the paths that came ahead of it.
-func (s *GoBGP) snapshot() ([]Route, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	routes := s.acceptedLocked()
-	if s.syncReported || !s.peersSet {
-		return routes, false
-	}
-	for addr := range s.known {
-		if !s.eor[addr] {
-			return routes, false
-		}
-	}
-	s.syncReported = true
-	return routes, true
-}
-
 // endOfRIB reports whether p is an End-of-RIB marker for IPv4 unicast, and from which peer.
 func endOfRIB(p *api.Path) (netip.Addr, bool) {
 	if p.GetNlri() != nil || p.GetFamily().GetAfi() != api.Family_AFI_IP || p.GetFamily().GetSafi() != api.Family_SAFI_UNICAST {
@@ -684,95 +718,10 @@ func endOfRIB(p *api.Path) (netip.Addr, bool) {
 	return peer, err == nil
 }
 
-// Learned implements Speaker. Import policy: a prefix is handed out only if it is not one we
-// advertise and it lies inside a pool or is on the sending peer's Accept list.
-func (s *GoBGP) Learned() []Route {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.learnedLocked()
-}
-
-// learnedLocked is Learned; s.mu must be held.
-func (s *GoBGP) learnedLocked() []Route {
-	out := s.acceptedLocked()
-	// IPv4 prefixes sort on one integer each, which at 100k routes is several times quicker
-	// than comparing netip values.
-	slices.SortFunc(out, func(a, b Route) int { return cmp.Compare(prefixKey(a.Prefix), prefixKey(b.Prefix)) })
-	return out
-}
-
-// acceptedLocked is the routes the import policy accepts, in no particular order: what the
-// route handler gets after every change, where sorting 100k routes each time would cost more
-// than programming the change. s.mu must be held.
-func (s *GoBGP) acceptedLocked() []Route {
-	out := make([]Route, 0, len(s.best))
-	for prefix, l := range s.best {
-		if s.acceptable(prefix, l.peer) {
-			out = append(out, Route{Prefix: prefix, NextHop: l.nextHop, Peer: l.peer})
-		}
-	}
-	return out
-}
-
 // prefixKey orders IPv4 prefixes by address, then length (the speaker keeps IPv4 unicast only).
 func prefixKey(p netip.Prefix) uint64 {
 	a := p.Addr().As4()
 	return uint64(a[0])<<32 | uint64(a[1])<<24 | uint64(a[2])<<16 | uint64(a[3])<<8 | uint64(p.Bits())
-}
-
-// acceptable applies the import policy; s.mu must be held.
-func (s *GoBGP) acceptable(prefix netip.Prefix, peer netip.Addr) bool {
-	if s.own[prefix] {
-		return false
-	}
-	if slices.Contains(s.accept[peer], prefix) {
-		return true
-	}
-	for _, pool := range s.pools {
-		if pool.Bits() <= prefix.Bits() && pool.Contains(prefix.Addr()) {
-			return true
-		}
-	}
-	return false
-}
-
-// Peers implements Speaker.
-func (s *GoBGP) Peers(ctx context.Context) ([]PeerStatus, error) {
-	s.opMu.Lock()
-	defer s.opMu.Unlock()
-	if s.srv == nil {
-		return nil, fmt.Errorf("list peers: %w", ErrNotStarted)
-	}
-	var out []PeerStatus
-	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
-		addr, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
-		if err != nil {
-			return
-		}
-		st := PeerStatus{Address: addr, Type: s.peers[addr].Type}
-		if ss := p.GetState(); ss != nil {
-			st.State = State(ss.SessionState) // the API enum counts from Unknown = 0 as we do
-			if st.State < StateUnknown || st.State > Established {
-				st.State = StateUnknown
-			}
-		}
-		ts := p.GetTimers().GetState()
-		if st.State == Established && ts.GetUptime() != nil {
-			st.Since = ts.GetUptime().AsTime()
-		} else if ts.GetDowntime() != nil {
-			st.Since = ts.GetDowntime().AsTime()
-		}
-		st.Info = st.State.String()
-		if p.GetState().GetAdminState() == api.PeerState_DOWN {
-			st.Info = "Admin down"
-		}
-		out = append(out, st)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list peers: %w", err)
-	}
-	slices.SortFunc(out, func(a, b PeerStatus) int { return a.Address.Compare(b.Address) })
-	return out, nil
 }
 
 func pathPrefix(p *api.Path) (netip.Prefix, bool) {

@@ -30,8 +30,6 @@ type options struct {
 	restartTime     time.Duration
 	restarting      bool
 	clusterID       netip.Addr
-	onRoutes        func([]Route)
-	onSynced        func()
 	routeDelay      time.Duration
 }
 
@@ -96,18 +94,6 @@ func WithRouteReflectorClusterID(id netip.Addr) Option {
 	return func(o *options) { o.clusterID = id }
 }
 
-// WithRouteHandler sets a function called with the full set of accepted learned routes after
-// every change. Calls come from one goroutine, in order; changes that arrive within the route
-// delay (see WithRouteDelay) or while the function runs are coalesced into the next call.
-func WithRouteHandler(fn func([]Route)) Option { return func(o *options) { o.onRoutes = fn } }
-
-// WithSyncedHandler sets a function called once, after the route handler has been given the
-// routes of every configured peer's initial table: each peer sent its End-of-RIB marker (RFC
-// 4724) since the speaker started, or no peer is configured. A restarting node keeps the routes
-// it had until then, as RFC 4724's restarting speaker keeps its forwarding state. Peers that do
-// not negotiate graceful restart send no End-of-RIB, so with such a peer it is never called.
-func WithSyncedHandler(fn func()) Option { return func(o *options) { o.onSynced = fn } }
-
-// WithRouteDelay sets how long the speaker gathers route changes before calling the route
-// handler (default DefaultRouteDelay); 0 calls it as soon as possible.
+// WithRouteDelay sets how long the speaker gathers route changes before it makes an Update of
+// them (default DefaultRouteDelay); 0 makes it as soon as possible.
 func WithRouteDelay(d time.Duration) Option { return func(o *options) { o.routeDelay = max(d, 0) } }

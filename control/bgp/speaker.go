@@ -8,8 +8,10 @@ import (
 )
 
 // Speaker is the node's BGP speaker. The rest of Margay talks BGP only through it, so GoBGP can be
-// replaced (or faked) without touching callers. Every method is safe for concurrent use; SetPeers,
-// SetPools and Advertise are declarative and idempotent.
+// replaced (or faked) without touching callers. Every method is safe for concurrent use; SetPeers
+// and Advertise are declarative and idempotent. The speaker decides nothing about the routes it
+// learns: it hands out every best path its peers sent, and the node's import policy (Import)
+// chooses among them.
 type Speaker interface {
 	// Start starts the BGP instance and its listener.
 	Start(ctx context.Context) error
@@ -17,12 +19,14 @@ type Speaker interface {
 	Stop(ctx context.Context) error
 	// SetPeers adds, updates and removes neighbors so that they are exactly peers.
 	SetPeers(ctx context.Context, peers []Peer) error
-	// SetPools sets the prefixes learned routes must fall inside to be handed out.
-	SetPools(pools []netip.Prefix)
 	// Advertise makes ads exactly the set of prefixes this node originates, with the node's
 	// address as next hop unless an advertisement names another.
 	Advertise(ctx context.Context, ads []Advertisement) error
-	// Learned returns the current accepted best paths learned from peers, sorted by prefix.
+	// Updates delivers the routes learned from peers after they change. A receiver that falls
+	// behind misses nothing but intermediate tables: the next Update holds every route. The
+	// channel is the speaker's for its life, across Stop and Start.
+	Updates() <-chan Update
+	// Learned returns the current best paths learned from peers, sorted by prefix.
 	Learned() []Route
 	// Peers returns the state of every configured neighbor, sorted by address.
 	Peers(ctx context.Context) ([]PeerStatus, error)
@@ -73,7 +77,19 @@ type Advertisement struct {
 	NextHop netip.Addr // invalid: this node
 }
 
-// Route is an accepted best path learned from a peer.
+// Update is one delivery of the speaker.
+type Update struct {
+	// Routes are every best path learned from a configured peer, in no particular order.
+	Routes []Route
+	// Synced says that Routes hold every configured peer's initial table: each sent its
+	// End-of-RIB marker (RFC 4724) since the speaker started, or none is configured. It is set in
+	// one Update only, the first to hold them. A restarting node keeps the routes it had until
+	// then, as RFC 4724's restarting speaker keeps its forwarding state. Peers that do not
+	// negotiate graceful restart send no End-of-RIB: with such a peer no Update is Synced.
+	Synced bool
+}
+
+// Route is a best path learned from a peer.
 type Route struct {
 	Prefix  netip.Prefix
 	NextHop netip.Addr

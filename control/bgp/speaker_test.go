@@ -17,6 +17,7 @@ import (
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/tests/netns"
@@ -35,8 +36,13 @@ type testSpeaker struct {
 	*GoBGP
 	addr    netip.Addr
 	changed chan struct{}
-	observe atomic.Pointer[func([]Route)] // sees every delivery, if set
+	observe atomic.Pointer[func([]Route)] // sees every Update's routes, if set
+	synced  atomic.Int32                  // Updates that said Synced
+	atSync  atomic.Pointer[[]Route]       // the routes of the last of them
 }
+
+// server is the GoBGP server of the running instance, for looking into what it negotiated.
+func (ts *testSpeaker) server() *server.BgpServer { return ts.cur.Load().srv }
 
 // startSpeaker runs a speaker on a loopback address and a free port, with timers short
 // enough for tests.
@@ -54,20 +60,34 @@ func startSpeaker(tb testing.TB, addr string, opts ...Option) *testSpeaker {
 		WithListenAddresses(a),
 		WithListenPort(0),
 		WithTimers(9*time.Second, 3*time.Second, time.Second),
-		WithRouteHandler(func(routes []Route) {
-			if fn := ts.observe.Load(); fn != nil {
-				(*fn)(routes)
-			}
-			select {
-			case ts.changed <- struct{}{}:
-			default:
-			}
-		}),
 	}, opts...)
 	s, err := New(64512, a, opts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	// The receiver of the speaker's Updates, as the agent's loop is; it ends after Stop.
+	quit := make(chan struct{})
+	tb.Cleanup(func() { close(quit) })
+	go func() {
+		for {
+			select {
+			case <-quit:
+				return
+			case u := <-s.Updates():
+				if fn := ts.observe.Load(); fn != nil {
+					(*fn)(u.Routes)
+				}
+				if u.Synced {
+					ts.atSync.Store(&u.Routes)
+					ts.synced.Add(1)
+				}
+				select {
+				case ts.changed <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.Start(ctx); err != nil {
@@ -80,7 +100,6 @@ func startSpeaker(tb testing.TB, addr string, opts ...Option) *testSpeaker {
 			tb.Error(err)
 		}
 	})
-	s.SetPools([]netip.Prefix{pool})
 	ts.GoBGP = s
 	return ts
 }
@@ -272,90 +291,63 @@ func TestFullMesh(t *testing.T) {
 	})
 }
 
+// The speaker hands out every best path its peers send (outside the pools, a default route from
+// a node, our own block sent back); the node's import policy picks from them.
 func TestImportFilter(t *testing.T) {
 	node := startSpeaker(t, "127.0.0.21")
-	other := startSpeaker(t, "127.0.0.22") // another node: sends only what the pools allow
+	other := startSpeaker(t, "127.0.0.22") // another node: what the pools allow is taken from it
 	gw := startSpeaker(t, "127.0.0.23")    // a gateway allowed to send a default route
 	defaultRoute := netip.MustParsePrefix("0.0.0.0/0")
 	outside := netip.MustParsePrefix("10.0.0.0/24")
 	ownBlock, otherBlock := blocks[0], blocks[1]
+	self := netip.MustParsePrefix("127.0.0.21/8")
+	peers := []Peer{other.peer(), gw.peer(defaultRoute)}
 
-	setPeers(t, node, other.peer(), gw.peer(defaultRoute))
+	setPeers(t, node, peers...)
 	setPeers(t, other, node.peer())
 	setPeers(t, gw, node.peer())
 	waitEstablished(t, node, 2, 20*time.Second)
 	advertise(t, node, ownBlock)
-
-	// received reports whether GoBGP handed the prefix to us, accepted or not.
-	received := func(p netip.Prefix, from netip.Addr) func([]Route) bool {
-		return func([]Route) bool {
-			node.mu.Lock()
-			defer node.mu.Unlock()
-			l, ok := node.best[p]
-			return ok && l.peer == from
+	im := NewImport(self, []netip.Prefix{pool}, peers, []netip.Prefix{ownBlock})
+	taken := func(im Import, want map[netip.Prefix]netip.Addr) func([]Route) bool {
+		return func(routes []Route) bool {
+			var out []Route
+			for _, r := range routes {
+				if im.Takes(r) {
+					out = append(out, r)
+				}
+			}
+			return hasExactly(want)(out)
 		}
 	}
 
 	advertise(t, other, otherBlock, outside, defaultRoute)
-	waitRoutes(t, node, 10*time.Second, "the other block", hasExactly(map[netip.Prefix]netip.Addr{otherBlock: other.addr}))
-	waitRoutes(t, node, 10*time.Second, "the outside prefix received", received(outside, other.addr))
-	waitRoutes(t, node, 10*time.Second, "a default route from a node received", received(defaultRoute, other.addr))
-	if got := node.Learned(); len(got) != 1 {
-		t.Errorf("learned %v; want only %s", got, otherBlock)
+	waitRoutes(t, node, 10*time.Second, "all three of the other's prefixes received",
+		hasExactly(map[netip.Prefix]netip.Addr{otherBlock: other.addr, outside: other.addr, defaultRoute: other.addr}))
+	if got := node.Learned(); !taken(im, map[netip.Prefix]netip.Addr{otherBlock: other.addr})(got) {
+		t.Errorf("taken from %v; want only %s", got, otherBlock)
 	}
 
-	// Our own block sent back by a peer (it may compete with ours; it must never come out).
+	// Our own block sent back by a peer (it may compete with ours; it must never be taken).
 	advertise(t, other, otherBlock, outside, ownBlock)
-	waitRoutes(t, node, 10*time.Second, "the default route from a node withdrawn", func([]Route) bool {
-		return !received(defaultRoute, other.addr)(nil)
+	waitRoutes(t, node, 10*time.Second, "the default route from a node withdrawn", func(routes []Route) bool {
+		return !slices.ContainsFunc(routes, func(r Route) bool { return r.Prefix == defaultRoute })
 	})
 
 	advertise(t, gw, defaultRoute, outside)
 	want := map[netip.Prefix]netip.Addr{otherBlock: other.addr, defaultRoute: gw.addr}
-	waitRoutes(t, node, 10*time.Second, "the gateway's default route", hasExactly(want))
+	waitRoutes(t, node, 10*time.Second, "the gateway's default route taken", taken(im, want))
 
-	// Pools narrowed: the other block is no longer handed out; restored: it is again.
-	node.SetPools([]netip.Prefix{netip.MustParsePrefix("198.19.1.0/24")})
-	waitRoutes(t, node, 5*time.Second, "only the default route", hasExactly(map[netip.Prefix]netip.Addr{defaultRoute: gw.addr}))
-	node.SetPools([]netip.Prefix{pool})
-	waitRoutes(t, node, 5*time.Second, "pools restored", hasExactly(want))
+	// Pools narrowed: the other block is no longer taken.
+	narrow := NewImport(self, []netip.Prefix{netip.MustParsePrefix("198.19.1.0/24")}, peers, []netip.Prefix{ownBlock})
+	if got := node.Learned(); !taken(narrow, map[netip.Prefix]netip.Addr{defaultRoute: gw.addr})(got) {
+		t.Errorf("narrowed pools: taken from %v; want only the default route", got)
+	}
 
 	// Once we stop advertising our block, the copy a peer sends is an ordinary route.
 	advertise(t, node)
 	want[ownBlock] = other.addr
-	waitRoutes(t, node, 10*time.Second, "the former own block from the peer", hasExactly(want))
-}
-
-func TestAcceptable(t *testing.T) {
-	gw, peer := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
-	s := &GoBGP{
-		pools:  []netip.Prefix{pool},
-		own:    map[netip.Prefix]bool{blocks[0]: true},
-		accept: map[netip.Addr][]netip.Prefix{gw: {netip.MustParsePrefix("0.0.0.0/0")}},
-	}
-	tests := []struct {
-		prefix string
-		from   netip.Addr
-		want   bool
-	}{
-		{"198.19.0.64/26", peer, true},
-		{"198.19.7.1/32", peer, true},
-		{"198.19.0.0/16", peer, true},
-		{"198.18.0.0/15", peer, false}, // covers the pool but is wider
-		{"198.19.0.0/26", peer, false}, // ours
-		{"198.19.0.0/26", gw, false},   // ours, whoever sends it
-		{"10.0.0.0/8", peer, false},
-		{"0.0.0.0/0", peer, false},
-		{"0.0.0.0/0", gw, true},
-		{"10.0.0.0/8", gw, false}, // an Accept entry matches exactly
-	}
-	for _, tt := range tests {
-		t.Run(tt.prefix+" from "+tt.from.String(), func(t *testing.T) {
-			if got := s.acceptable(netip.MustParsePrefix(tt.prefix), tt.from); got != tt.want {
-				t.Errorf("acceptable = %v, want %v", got, tt.want)
-			}
-		})
-	}
+	waitRoutes(t, node, 10*time.Second, "the former own block from the peer", taken(NewImport(self, []netip.Prefix{pool}, peers, nil), want))
 }
 
 func TestSpeakerErrors(t *testing.T) {
@@ -685,7 +677,7 @@ func TestSetPeersUpdate(t *testing.T) {
 		t.Fatalf("after a Type change: %+v, %v; want the same session (since %s) as global", st, err, before.Since)
 	}
 	advertise(t, b, netip.MustParsePrefix("0.0.0.0/0"))
-	waitRoutes(t, a, 10*time.Second, "default route now accepted", hasExactly(map[netip.Prefix]netip.Addr{netip.MustParsePrefix("0.0.0.0/0"): b.addr}))
+	waitRoutes(t, a, 10*time.Second, "default route received", hasExactly(map[netip.Prefix]netip.Addr{netip.MustParsePrefix("0.0.0.0/0"): b.addr}))
 
 	// A wrong AS is a session change: the peer is re-added and cannot come up.
 	pb.ASN = 65000
@@ -706,39 +698,30 @@ func TestSetPeersUpdate(t *testing.T) {
 	}
 }
 
-// The synced handler runs once, after the route handler was given every configured peer's
-// initial table (End-of-RIB received from each), and at once when there are no peers.
+// One Update says Synced: the first to hold every configured peer's initial table (End-of-RIB
+// received from each), at once when there are no peers.
 func TestSyncedAfterEndOfRIB(t *testing.T) {
-	var synced atomic.Int32
-	var atSync atomic.Pointer[[]Route]
-	var last atomic.Pointer[[]Route]
-	a := startSpeaker(t, "127.0.0.81", WithSyncedHandler(func() {
-		synced.Add(1)
-		atSync.Store(last.Load())
-	}))
-	observe := func(routes []Route) { last.Store(&routes) }
-	a.observe.Store(&observe)
+	a := startSpeaker(t, "127.0.0.81")
 	b := startSpeaker(t, "127.0.0.82")
 	// b's table is complete before the session: a's initial table from b holds both blocks.
 	advertise(t, b, blocks[1], blocks[2])
 	setPeers(t, b, a.peer())
 	setPeers(t, a, b.peer())
 	want := map[netip.Prefix]netip.Addr{blocks[1]: b.addr, blocks[2]: b.addr}
-	waitRoutes(t, a, 20*time.Second, "synced", func([]Route) bool { return synced.Load() > 0 })
-	if got := atSync.Load(); got == nil || !hasExactly(want)(*got) {
-		t.Fatalf("routes delivered before the synced call: %v, want b's two blocks", got)
+	waitRoutes(t, a, 20*time.Second, "synced", func([]Route) bool { return a.synced.Load() > 0 })
+	if got := a.atSync.Load(); got == nil || !hasExactly(want)(*got) {
+		t.Fatalf("routes of the synced Update: %v, want b's two blocks", got)
 	}
 	// Later changes do not call it again.
 	advertise(t, b, blocks[1])
 	waitRoutes(t, a, 10*time.Second, "b's withdrawal", hasExactly(map[netip.Prefix]netip.Addr{blocks[1]: b.addr}))
-	if n := synced.Load(); n != 1 {
-		t.Errorf("synced handler called %d times, want once", n)
+	if n := a.synced.Load(); n != 1 {
+		t.Errorf("%d Updates said Synced, want one", n)
 	}
 
-	var alone atomic.Int32
-	c := startSpeaker(t, "127.0.0.83", WithSyncedHandler(func() { alone.Add(1) }))
+	c := startSpeaker(t, "127.0.0.83")
 	setPeers(t, c)
-	waitRoutes(t, c, 10*time.Second, "synced without peers", func([]Route) bool { return alone.Load() == 1 })
+	waitRoutes(t, c, 10*time.Second, "synced without peers", func([]Route) bool { return c.synced.Load() == 1 })
 }
 
 // peerView is what a speaker knows of one neighbor's last OPEN and of the messages it got.
@@ -754,7 +737,7 @@ func viewPeer(tb testing.TB, s *testSpeaker, addr netip.Addr) peerView {
 	tb.Helper()
 	var v peerView
 	found := false
-	err := s.srv.ListPeer(context.Background(), &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+	err := s.server().ListPeer(context.Background(), &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
 		found = true
 		v.established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
 		v.notificationsIn = p.GetState().GetMessages().GetReceived().GetNotification()
