@@ -206,7 +206,7 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 			Stale: res.Delta.Stale}
 	}
 	e.last = dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities,
-		Entries: e.compiler.Entries, Compiled: e.compilations, Delta: delta}
+		Tables: e.compiler, Compiled: e.compilations, Delta: delta}
 	e.lastEPs = res.Endpoints
 	e.publishRules(policiesChanged)
 	if policiesChanged {

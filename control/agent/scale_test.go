@@ -179,7 +179,7 @@ func BenchmarkPolicyEvent(b *testing.B) {
 		e.fill(v, &s)
 		switch {
 		case installed == nil || s.Policy.Delta == nil:
-			for k, val := range s.Policy.Entries(s.Policy.Programs, s.Policy.Identities) {
+			for k, val := range s.Policy.Tables.Entries(s.Policy.Programs, s.Policy.Identities) {
 				fake[k] = val
 			}
 			installed = dataplane.NewPolicyEntries(stdmaps.Clone(fake))

@@ -75,8 +75,8 @@ func (r *Reconciler) addPolicy(d *desired, in *installed) (bool, error) {
 	_, err := r.resetRules(d.policy.NewRules)
 	errs = append(errs, err)
 	changed := false
-	if d.policy.Entries != nil {
-		both := d.policy.Entries(union(in.programs, d.policy.Programs), union(in.identities, d.policy.Identities))
+	if d.policy.Tables != nil {
+		both := d.policy.Tables.Entries(union(in.programs, d.policy.Programs), union(in.identities, d.policy.Identities))
 		if in.entries == nil {
 			in.entries = map[maps.PolicyKey]maps.PolicyValue{}
 		}
@@ -252,14 +252,14 @@ func (e *PolicyEntries) AddDelta(prev, next Policy, w EntryWriter, ips *maps.Pol
 	changedI := union(newI, next.Delta.Identities)
 	rm := &PolicyRemoval{e: e, programs: next.Programs, identities: next.Identities, dirty: next.Delta.Identities,
 		wanted: map[maps.PolicyKey]maps.PolicyValue{}}
-	if next.Entries != nil {
+	if next.Tables != nil {
 		if len(newP) > 0 {
-			for k, v := range next.Entries(newP, allI) {
+			for k, v := range next.Tables.Entries(newP, allI) {
 				rm.wanted[k] = v
 			}
 		}
 		if len(changedI) > 0 {
-			for k, v := range next.Entries(allP, changedI) {
+			for k, v := range next.Tables.Entries(allP, changedI) {
 				rm.wanted[k] = v
 			}
 		}
@@ -274,12 +274,12 @@ func (e *PolicyEntries) AddDelta(prev, next Policy, w EntryWriter, ips *maps.Pol
 		// What the programs and identities that go had, or got above for the move: the compiler
 		// still knows them.
 		if len(goneP) > 0 {
-			for k := range next.Entries(goneP, allI) {
+			for k := range next.Tables.Entries(goneP, allI) {
 				rm.candidates = append(rm.candidates, k)
 			}
 		}
 		if len(goneI) > 0 {
-			for k := range next.Entries(allP, goneI) {
+			for k := range next.Tables.Entries(allP, goneI) {
 				rm.candidates = append(rm.candidates, k)
 			}
 		}

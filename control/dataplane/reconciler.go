@@ -123,8 +123,8 @@ func (d *desired) setPolicy(pol Policy, same, delta bool) {
 	}
 	switch {
 	case same, delta:
-	case pol.Entries != nil:
-		d.entries = pol.Entries(pol.Programs, pol.Identities)
+	case pol.Tables != nil:
+		d.entries = pol.Tables.Entries(pol.Programs, pol.Identities)
 		d.pentries = NewPolicyEntries(d.entries)
 	default:
 		d.entries = map[maps.PolicyKey]maps.PolicyValue{}

@@ -363,7 +363,7 @@ func TestUpdateSamePolicy(t *testing.T) {
 		calls++
 		return map[maps.PolicyKey]maps.PolicyValue{{Program: 1, Identity: 1, AllProtocols: true}: {Action: maps.ActionAllow, Rule: 1}}
 	}
-	pol := Policy{Programs: map[uint32]bool{1: true}, Identities: map[uint32]bool{1: true}, Entries: entries, Compiled: 1}
+	pol := Policy{Programs: map[uint32]bool{1: true}, Identities: map[uint32]bool{1: true}, Tables: EntriesFunc(entries), Compiled: 1}
 	base := State{Uplink: "ens32", Blocks: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/26")}, Policy: pol}
 	update := func(s State) {
 		t.Helper()

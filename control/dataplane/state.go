@@ -77,15 +77,14 @@ type Policy struct {
 	IPs map[netip.Prefix]uint32 // policy_ips: prefix -> identity
 	// Programs and Identities are the ones IPs and the workloads use.
 	Programs, Identities map[uint32]bool
-	// Entries returns the policy map entries of any programs and identities it knows, including
-	// ones the maps still hold from the previous state, so that both states read right while the
-	// maps move from one to the other.
-	Entries func(programs, identities map[uint32]bool) map[maps.PolicyKey]maps.PolicyValue
+	// Tables are the compilation's policy tables, which spell out the entries of Programs and
+	// Identities (and of those the maps still hold from the previous state); nil = none.
+	Tables PolicyTables
 	// NewRules are rule ids handed out since the last pass: their hit counters start at zero.
 	NewRules []uint32
 	Failsafe map[maps.FailsafeKey]maps.FailsafeDirection
 	Timeouts maps.Timeouts
-	// Compiled numbers the compilation IPs, Programs, Identities and Entries come from: a state
+	// Compiled numbers the compilation IPs, Programs, Identities and Tables come from: a state
 	// with the same non-zero number as the last pass's has the same policy (and the same
 	// Failsafe and Timeouts), so Update leaves the policy maps alone and spells out no entries;
 	// 0 says nothing.
@@ -94,6 +93,23 @@ type Policy struct {
 	// whose last pass applied Base writes and deletes only the entries and policy_ips prefixes of
 	// what changed, instead of spelling out and comparing all of them.
 	Delta *PolicyDelta
+}
+
+// PolicyTables are a compilation's policy tables (policy.Compiler): the policy map entries of any
+// programs and identities they know, including ones the maps still hold from the previous
+// state, so that both states read right while the maps move from one to the other. They are
+// asked for the entries of the (program, identity) pairs a pass writes or deletes, rather than
+// spelling out every entry (programs × identities) of every compilation.
+type PolicyTables interface {
+	Entries(programs, identities map[uint32]bool) map[maps.PolicyKey]maps.PolicyValue
+}
+
+// EntriesFunc makes a function PolicyTables.
+type EntriesFunc func(programs, identities map[uint32]bool) map[maps.PolicyKey]maps.PolicyValue
+
+// Entries implements PolicyTables.
+func (f EntriesFunc) Entries(programs, identities map[uint32]bool) map[maps.PolicyKey]maps.PolicyValue {
+	return f(programs, identities)
 }
 
 // PolicyDelta is what changed between two compilations. The programs and identities that came

@@ -134,7 +134,7 @@ func runIncremental(t *testing.T, seed uint64) {
 
 		// The maps as the reconciler's incremental path leaves them.
 		compiled++
-		next := dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities, Entries: inc.Entries,
+		next := dataplane.Policy{IPs: res.IPs, Programs: res.Programs, Identities: res.Identities, Tables: inc,
 			Compiled: compiled}
 		if res.Delta == nil || installed == nil {
 			if step > 0 {
