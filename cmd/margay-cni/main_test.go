@@ -27,6 +27,7 @@ import (
 	"github.com/margaynet/margay/control/cni/cnitest"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/control/workload"
 	"github.com/margaynet/margay/tests/netns"
@@ -219,15 +220,11 @@ var (
 
 func (w *world) sysctl(t testing.TB, key string) string {
 	t.Helper()
-	var v []byte
-	if err := w.host.Do(func() error {
-		var err error
-		v, err = os.ReadFile(filepath.Join("/proc/sys/net", key))
-		return err
-	}); err != nil {
+	var v string
+	if err := w.host.Do(func() (err error) { v, err = hostconv.ReadSysctl(hostconv.SysctlRoot, key); return err }); err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(v))
+	return v
 }
 
 // assertGone fails unless nothing of the workload with this ID is left.

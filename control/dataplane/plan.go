@@ -147,7 +147,7 @@ func (r *Reconciler) hostPlan(d *desired, p *plan) error {
 func (r *Reconciler) execute(d *desired, p *plan, s *State, c *changes) (Result, error) {
 	c.res.Pending = d.pendingList()
 	if p.full {
-		c.note(r.sysctl("ipv4/ip_forward", "1"))
+		c.note(hostconv.SetSysctl(r.sysctlRoot, "ipv4/ip_forward", "1"))
 	}
 	if r.afterDerive != nil {
 		r.afterDerive()

@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -26,7 +24,7 @@ type Reconciler struct {
 	maps       *maps.Set
 	nl         *netlink.Handle
 	log        *slog.Logger
-	sysctlRoot string
+	sysctlRoot string // hostconv.SysctlRoot; a directory of its own in tests
 	xdp        XDPMode
 	vethNoted  bool // the log line about a veth uplink was written
 	// last is what the last successful pass left, the baseline of Update; nil forces Apply.
@@ -90,7 +88,7 @@ func New(dp *loader.Dataplane, opts ...Option) (*Reconciler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	r := &Reconciler{dp: dp, maps: maps.FromDataplane(dp), nl: nl, log: slog.Default(), sysctlRoot: "/proc/sys/net", xdp: XDPAuto}
+	r := &Reconciler{dp: dp, maps: maps.FromDataplane(dp), nl: nl, log: slog.Default(), sysctlRoot: hostconv.SysctlRoot, xdp: XDPAuto}
 	for _, o := range opts {
 		o(r)
 	}
@@ -347,29 +345,13 @@ func (r *Reconciler) configureInterface(link netlink.Link) (bool, error) {
 		changed = true
 	}
 	for _, kv := range hostconv.VethSysctls(name) {
-		c, err := r.sysctl(kv[0], kv[1])
+		c, err := hostconv.SetSysctl(r.sysctlRoot, kv[0], kv[1])
 		changed = changed || c
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return changed, errors.Join(errs...)
-}
-
-// sysctl writes value under /proc/sys/net when it differs.
-func (r *Reconciler) sysctl(key, value string) (bool, error) {
-	path := filepath.Join(r.sysctlRoot, key)
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		return false, fmt.Errorf("read sysctl %s: %w", key, err)
-	}
-	if strings.TrimSpace(string(cur)) == value {
-		return false, nil
-	}
-	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
-		return true, fmt.Errorf("write sysctl %s: %w", key, err)
-	}
-	return true, nil
 }
 
 func comparePrefix(a, b netip.Prefix) int {

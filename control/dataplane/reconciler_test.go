@@ -5,9 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -67,9 +65,9 @@ func (h *testHost) addWorkloadVeth(t *testing.T, cali string) net.HardwareAddr {
 
 func (h *testHost) sysctl(t *testing.T, key string) string {
 	t.Helper()
-	var v []byte
-	h.do(t, func() (err error) { v, err = os.ReadFile(filepath.Join("/proc/sys/net", key)); return err })
-	return strings.TrimSpace(string(v))
+	var v string
+	h.do(t, func() (err error) { v, err = hostconv.ReadSysctl(hostconv.SysctlRoot, key); return err })
+	return v
 }
 
 func (h *testHost) kernelRoutes(t *testing.T) map[netip.Prefix]netlink.Route {

@@ -268,7 +268,7 @@ func configureHost(host netlinksafe.Handle, l netlink.Link, mtu int, reused bool
 		}
 	}
 	for _, kv := range hostconv.VethSysctls(a.Name) {
-		if err := writeSysctl(kv[0], kv[1]); err != nil {
+		if _, err := hostconv.SetSysctl(hostconv.SysctlRoot, kv[0], kv[1]); err != nil {
 			return err
 		}
 	}

@@ -102,7 +102,7 @@ func checkHostSide(host netlinksafe.Handle, name string, ip netip.Prefix) (int, 
 		return 0, mismatch("host veth %s has MAC %s, want %s", name, a.HardwareAddr, hostconv.VethMAC)
 	}
 	for _, kv := range hostconv.VethSysctls(name) {
-		v, err := readSysctl(kv[0])
+		v, err := hostconv.ReadSysctl(hostconv.SysctlRoot, kv[0])
 		if err != nil {
 			return 0, err
 		}

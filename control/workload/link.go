@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -17,24 +14,6 @@ import (
 
 	"github.com/margaynet/margay/control/hostconv"
 )
-
-// sysctlRoot is /proc/sys/net as seen by the calling thread, that is in the host namespace.
-const sysctlRoot = "/proc/sys/net"
-
-func writeSysctl(key, value string) error {
-	if err := os.WriteFile(filepath.Join(sysctlRoot, key), []byte(value), 0o644); err != nil {
-		return fmt.Errorf("write sysctl %s: %w", key, err)
-	}
-	return nil
-}
-
-func readSysctl(key string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(sysctlRoot, key))
-	if err != nil {
-		return "", fmt.Errorf("read sysctl %s: %w", key, err)
-	}
-	return strings.TrimSpace(string(b)), nil
-}
 
 // openNetns opens the workload's namespace, or fails with ErrNetnsNotFound.
 func openNetns(path string) (ns.NetNS, error) {

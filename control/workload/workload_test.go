@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/control/workload"
 	"github.com/margaynet/margay/tests/netns"
@@ -267,15 +266,11 @@ func mustLink(t *testing.T, name string) netlink.Link {
 
 func hostSysctl(t *testing.T, host *netns.NS, key string) string {
 	t.Helper()
-	var v []byte
-	if err := host.Do(func() error {
-		var err error
-		v, err = os.ReadFile(filepath.Join("/proc/sys/net", key))
-		return err
-	}); err != nil {
+	var v string
+	if err := host.Do(func() (err error) { v, err = hostconv.ReadSysctl(hostconv.SysctlRoot, key); return err }); err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(v))
+	return v
 }
 
 func runIn(path string, name string, args ...string) (string, error) {
