@@ -74,6 +74,18 @@ type Request struct {
 	Handle   string // who holds the address: freed by ReleaseHandle(Handle)
 	Node     string // the host the workload runs on
 	Workload string // "<node>/<id>" of the workload, for garbage collection
+	// HandleRead, when set, is the handle as the caller has just read it, so that Assign does
+	// not read it again (the CNI ADD reads it with the workload's record). nil: Assign reads it.
+	HandleRead *HandleRead
+}
+
+// HandleRead is a handle as a read returned it: Item and Err as Handles().GetRead leaves them
+// (Err datastore.ErrNotFound: there is none). Assign decides from it as from its own read, and
+// its writes hold only while the handle is still as read (its ModRevision; none when absent):
+// a handle another writer changed since fails the write, and Assign reads it again and retries.
+type HandleRead struct {
+	Item datastore.Item[datastore.Handle]
+	Err  error
 }
 
 // Assignment is an allocated address.
@@ -96,15 +108,24 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	if err := datastore.ValidateName(req.Node); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: node: %w", err)
 	}
-	// The node, the handle and the pools in one round trip: this is every ADD's path.
+	// The node, the handle (unless the caller read it) and the pools in one round trip: this is
+	// every ADD's path.
 	var (
 		node          datastore.Item[datastore.Node]
 		h             datastore.Item[datastore.Handle]
 		nodeErr, hErr error
 		poolItems     []datastore.Item[datastore.Pool]
 	)
-	if _, err := i.ds.Fetch(ctx, i.ds.Nodes().GetRead(req.Node, &node, &nodeErr), i.ds.Handles().GetRead(req.Handle, &h, &hErr),
-		i.ds.Pools().ListRead(&poolItems)); err != nil {
+	reads := []datastore.Read{i.ds.Nodes().GetRead(req.Node, &node, &nodeErr), i.ds.Pools().ListRead(&poolItems)}
+	if r := req.HandleRead; r != nil {
+		if r.Err == nil && r.Item.Name != req.Handle {
+			return Assignment{}, fmt.Errorf("assign address: handle %s: HandleRead is of handle %q", req.Handle, r.Item.Name)
+		}
+		h, hErr = r.Item, r.Err
+	} else {
+		reads = append(reads, i.ds.Handles().GetRead(req.Handle, &h, &hErr))
+	}
+	if _, err := i.ds.Fetch(ctx, reads...); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: %w", err)
 	}
 	if err := nodeError(req.Node, nodeErr); err != nil {
@@ -189,8 +210,11 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 			} else if err != nil {
 				return fmt.Errorf("assign address: read handle: %w", err)
 			} else if h.Value.Node != req.Node || h.Value.Workload != req.Workload || len(h.Value.IPs) > 0 {
-				// Another ADD of the same workload raced us and won: its address is ours.
-				a, err = i.Assign(ctx, req)
+				// Another ADD of the same workload raced us and won: its address is ours. (Or
+				// another workload took the handle: ErrHandleInUse.) Decided from the read above.
+				again := req
+				again.HandleRead = &HandleRead{Item: h}
+				a, err = i.Assign(ctx, again)
 				return err
 			}
 		}

@@ -60,7 +60,7 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 
 	// A record of this ID means the workload exists already: this is a repeated ADD (or a new
 	// sandbox of the same pod) and its address must survive a failure.
-	// Read with the IPAM handle of the ID, in one round trip.
+	// Read with the IPAM handle of the ID, in one round trip; Assign takes the handle as read.
 	var (
 		prev          datastore.Item[datastore.Workload]
 		handle        datastore.Item[datastore.Handle]
@@ -108,13 +108,16 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 	}
 	// IPAM's round trips to etcd overlap the veth's netlink calls: only the addresses and the
 	// host route need the address. Assign is always waited for, so that a rollback never races it.
+	// It takes the handle as read above instead of reading it again; its writes still fail, and
+	// it reads again, if another writer changed the handle since.
 	type assigned struct {
 		a   ipam.Assignment
 		err error
 	}
 	assignment := make(chan assigned, 1)
 	go func() {
-		a, err := ipm.Assign(ctx, ipam.Request{Handle: spec.ID, Node: spec.Node, Workload: spec.workloadKey()})
+		a, err := ipm.Assign(ctx, ipam.Request{Handle: spec.ID, Node: spec.Node, Workload: spec.workloadKey(),
+			HandleRead: &ipam.HandleRead{Item: handle, Err: hErr}})
 		assignment <- assigned{a, err}
 	}()
 	hostName := spec.HostVeth()
