@@ -99,9 +99,15 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 	}()
 
 	// The handle may be half written when Assign fails, so the undo is registered first;
-	// ReleaseHandle of nothing is a no-op.
+	// ReleaseHandle of nothing is a no-op. But a handle Assign refused (ErrHandleInUse) is
+	// another workload's, taken since it was read above, and Assign wrote nothing: it is not
+	// this ADD's to release.
+	var assignErr error
 	if !existed {
 		undo = append(undo, func(ctx context.Context) error {
+			if errors.Is(assignErr, ipam.ErrHandleInUse) {
+				return nil
+			}
 			_, err := ipm.ReleaseHandle(ctx, spec.ID)
 			return err
 		})
@@ -126,6 +132,7 @@ func Add(ctx context.Context, ds *datastore.Client, ipm *ipam.IPAM, spec Spec) (
 		undo = append(undo, func(context.Context) error { return deleteHostVeth(host, hostName) })
 	}
 	got := <-assignment
+	assignErr = got.err
 	if got.err != nil || linkErr != nil {
 		return Result{}, fail(errors.Join(got.err, linkErr))
 	}

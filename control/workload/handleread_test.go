@@ -2,6 +2,7 @@ package workload_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -52,6 +53,19 @@ func TestAddHandleChangedAfterRead(t *testing.T) {
 		want: func(t *testing.T, e *env, res netip.Prefix, err error, theirs ipam.Assignment) {
 			if err != nil || res.Addr() != theirs.IP {
 				t.Errorf("ADD got %s, %v; want the other ADD's %s", res, err, theirs.IP)
+			}
+		},
+	}, {
+		// Another host's workload of the same ID: refused, and the rollback of the failed ADD
+		// leaves that workload's handle and address alone.
+		name: "a workload of another node", other: "node-2",
+		want: func(t *testing.T, e *env, res netip.Prefix, err error, theirs ipam.Assignment) {
+			if !errors.Is(err, ipam.ErrHandleInUse) {
+				t.Errorf("ADD got %s, %v; want ErrHandleInUse", res, err)
+			}
+			e.host.AssertLinkGone(t, spec("raced", "").HostVeth())
+			if _, err := e.ds.Workloads(node).Get(t.Context(), "raced"); !errors.Is(err, datastore.ErrNotFound) {
+				t.Errorf("record after the failed ADD: %v, want none", err)
 			}
 		},
 	}} {
