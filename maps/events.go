@@ -58,15 +58,20 @@ type Event struct {
 }
 
 func (e Event) String() string {
-	src, dst := "-", "-"
-	if e.Src.IsValid() {
-		src, dst = e.Src.String(), e.Dst.String()
-		if e.HasPorts {
-			src = netip.AddrPortFrom(e.Src, e.SrcPort).String()
-			dst = netip.AddrPortFrom(e.Dst, e.DstPort).String()
-		}
-	}
+	src, dst := e.Addrs()
 	return fmt.Sprintf("%s %d %s %s %s %s -> %s %d", e.Kind, e.Ifindex, e.Hook, e.Reason, protoName(e.Protocol), src, dst, e.Len)
+}
+
+// Addrs returns the packet's source and destination as text: "198.19.0.5:40000" when the event
+// has the ports, the address alone when not, "-" for a packet without an IPv4 header.
+func (e Event) Addrs() (src, dst string) {
+	if !e.Src.IsValid() {
+		return "-", "-"
+	}
+	if e.HasPorts {
+		return netip.AddrPortFrom(e.Src, e.SrcPort).String(), netip.AddrPortFrom(e.Dst, e.DstPort).String()
+	}
+	return e.Src.String(), e.Dst.String()
 }
 
 // The dataplane's rate limit of events, per CPU and kind (drops, traces): at most EventsBurst at
@@ -84,6 +89,11 @@ type EventsLost struct {
 
 // Total is every event lost.
 func (l EventsLost) Total() uint64 { return l.RateLimited + l.BufferFull }
+
+// Since is what the dataplane lost between two readings of Lost: before, then l.
+func (l EventsLost) Since(before EventsLost) EventsLost {
+	return EventsLost{RateLimited: l.RateLimited - before.RateLimited, BufferFull: l.BufferFull - before.BufferFull}
+}
 
 // Events are the maps behind margayctl monitor: the ring buffer, the per-CPU rate limits and
 // lost counts, and the monitor settings. They are apart from Set, so that the other commands keep

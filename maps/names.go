@@ -71,6 +71,23 @@ func Reasons() []Reason {
 	return out
 }
 
+// ParseReason reads a reason's name as String writes it, in any case, with or without the
+// REASON_ prefix of the C enum: "drop_spoofed" and "REASON_DROP_SPOOFED" are DROP_SPOOFED. Its
+// error lists the reasons there are (but UNSPEC) and leaves naming s to the caller.
+func ParseReason(s string) (Reason, error) {
+	name := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "REASON_")
+	if v, ok := enums()["reason"].byName[name]; ok {
+		return Reason(v), nil
+	}
+	var names []string
+	for _, r := range Reasons() {
+		if r.String() != "UNSPEC" {
+			names = append(names, r.String())
+		}
+	}
+	return 0, fmt.Errorf("unknown reason (one of %s)", strings.Join(names, ", "))
+}
+
 // Hook is the attach point a counter belongs to (C enum hook).
 type Hook uint16
 

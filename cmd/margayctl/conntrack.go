@@ -12,12 +12,10 @@ import (
 	"github.com/margaynet/margay/maps"
 )
 
-// ctFilter selects flows by initiator address, responder address and protocol.
+// ctFilter holds the flags --src, --dst and --proto, which select flows by initiator address,
+// responder address and protocol.
 type ctFilter struct {
 	src, dst, proto string
-
-	srcP, dstP netip.Prefix
-	protoN     uint8
 }
 
 func (f *ctFilter) bind(cmd *cobra.Command) {
@@ -39,30 +37,25 @@ func parseAddrOrPrefix(flag, s string) (netip.Prefix, error) {
 	return netip.Prefix{}, fmt.Errorf("--%s %q: want an IPv4 address or CIDR such as 198.19.0.5 or 198.19.0.0/16", flag, s)
 }
 
-func (f *ctFilter) parse() error {
-	var err error
-	if f.srcP, err = parseAddrOrPrefix("src", f.src); err != nil {
-		return err
+func (f *ctFilter) parse() (maps.FlowFilter, error) {
+	var (
+		ff  maps.FlowFilter
+		err error
+	)
+	if ff.Src, err = parseAddrOrPrefix("src", f.src); err != nil {
+		return ff, err
 	}
-	if f.dstP, err = parseAddrOrPrefix("dst", f.dst); err != nil {
-		return err
+	if ff.Dst, err = parseAddrOrPrefix("dst", f.dst); err != nil {
+		return ff, err
 	}
 	if f.proto != "" {
-		var p datastore.Protocol
-		if p, err = datastore.ParseProtocol(f.proto); err == nil {
-			f.protoN = uint8(p)
-		}
+		p, err := datastore.ParseProtocol(f.proto)
 		if err != nil {
-			return fmt.Errorf("--proto: %w", err)
+			return ff, fmt.Errorf("--proto: %w", err)
 		}
+		ff.Protocol = uint8(p)
 	}
-	return nil
-}
-
-func (f *ctFilter) match(fl maps.Flow) bool {
-	return (!f.srcP.IsValid() || f.srcP.Contains(fl.Src)) &&
-		(!f.dstP.IsValid() || f.dstP.Contains(fl.Dst)) &&
-		(f.protoN == 0 || f.protoN == fl.Protocol)
+	return ff, nil
 }
 
 // flowJSON is a conntrack entry as conntrack list -o json prints it.
@@ -138,7 +131,8 @@ func flowRow(f maps.Flow) []string {
 }
 
 func (g *globals) listConntrack(cmd *cobra.Command, f *ctFilter) error {
-	if err := f.parse(); err != nil {
+	filter, err := f.parse()
+	if err != nil {
 		return err
 	}
 	set, err := g.open()
@@ -153,7 +147,7 @@ func (g *globals) listConntrack(cmd *cobra.Command, f *ctFilter) error {
 	rows := [][]string{}
 	js := []flowJSON{}
 	for _, fl := range flows {
-		if !f.match(fl) {
+		if !filter.Flow(fl) {
 			continue
 		}
 		rows = append(rows, flowRow(fl))

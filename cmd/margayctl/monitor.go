@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -29,27 +28,6 @@ type monitorOptions struct {
 	count            int
 	duration         time.Duration
 	flow             ctFilter // --src, --dst, --proto: the packet's source, destination and protocol
-
-	reasonSet map[maps.Reason]bool
-	ifindex   uint32
-	hookN     maps.Hook
-	hookSet   bool
-}
-
-func parseReason(s string) (maps.Reason, error) {
-	name := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "REASON_")
-	for _, r := range maps.Reasons() {
-		if r.String() == name {
-			return r, nil
-		}
-	}
-	var names []string
-	for _, r := range maps.Reasons() {
-		if r.String() != "UNSPEC" {
-			names = append(names, r.String())
-		}
-	}
-	return 0, fmt.Errorf("--reason %q: unknown reason (one of %s)", s, strings.Join(names, ", "))
 }
 
 var hooks = []maps.Hook{maps.HookFromWep, maps.HookToWep, maps.HookFromNet, maps.HookXDPFromNet}
@@ -65,63 +43,46 @@ func parseHook(s string) (maps.Hook, error) {
 	return 0, fmt.Errorf("--hook %q: unknown hook (one of %s)", s, strings.Join(names, ", "))
 }
 
-func (o *monitorOptions) parse() error {
+// parse checks the flags and returns the events they select.
+func (o *monitorOptions) parse() (maps.EventFilter, error) {
+	var f maps.EventFilter
 	if o.trace && o.dropsOnly {
-		return errors.New("--trace and --drops-only exclude each other")
+		return f, errors.New("--trace and --drops-only exclude each other")
 	}
 	if o.count < 0 || o.duration < 0 {
-		return errors.New("--count and --duration must not be negative")
+		return f, errors.New("--count and --duration must not be negative")
 	}
-	if err := o.flow.parse(); err != nil {
-		return err
+	var err error
+	if f.Flow, err = o.flow.parse(); err != nil {
+		return f, err
 	}
-	o.reasonSet = map[maps.Reason]bool{}
+	if o.dropsOnly {
+		f.Kind = maps.EventDrop
+	}
 	for _, s := range o.reasons {
-		r, err := parseReason(s)
+		r, err := maps.ParseReason(s)
 		if err != nil {
-			return err
+			return f, fmt.Errorf("--reason %q: %w", s, err)
 		}
-		o.reasonSet[r] = true
+		f.Reasons = append(f.Reasons, r)
 	}
 	if o.iface != "" {
 		if ifc, err := net.InterfaceByName(o.iface); err == nil {
-			o.ifindex = uint32(ifc.Index)
+			f.Ifindex = uint32(ifc.Index)
 		} else if n, perr := strconv.ParseUint(o.iface, 10, 32); perr == nil && n > 0 {
-			o.ifindex = uint32(n)
+			f.Ifindex = uint32(n)
 		} else {
-			return fmt.Errorf("--interface %q: %w", o.iface, err)
+			return f, fmt.Errorf("--interface %q: %w", o.iface, err)
 		}
 	}
 	if o.hook != "" {
 		h, err := parseHook(o.hook)
 		if err != nil {
-			return err
+			return f, err
 		}
-		o.hookN, o.hookSet = h, true
+		f.Hooks = []maps.Hook{h}
 	}
-	return nil
-}
-
-func (o *monitorOptions) match(e maps.Event) bool {
-	if o.dropsOnly && e.Kind != maps.EventDrop {
-		return false
-	}
-	if len(o.reasonSet) > 0 && !o.reasonSet[e.Reason] {
-		return false
-	}
-	if o.ifindex != 0 && e.Ifindex != o.ifindex {
-		return false
-	}
-	if o.hookSet && e.Hook != o.hookN {
-		return false
-	}
-	f := &o.flow
-	if (f.srcP.IsValid() || f.dstP.IsValid() || f.protoN != 0) && !e.Src.IsValid() {
-		return false // not IPv4: nothing to match an address or protocol
-	}
-	return (!f.srcP.IsValid() || f.srcP.Contains(e.Src)) &&
-		(!f.dstP.IsValid() || f.dstP.Contains(e.Dst)) &&
-		(f.protoN == 0 || f.protoN == e.Protocol)
+	return f, nil
 }
 
 // eventJSON is an event as monitor -o json prints it, one object per line.
@@ -152,16 +113,6 @@ func toEventJSON(e maps.Event) eventJSON {
 	return j
 }
 
-func eventAddr(a netip.Addr, port uint16, hasPorts bool) string {
-	if !a.IsValid() {
-		return "-"
-	}
-	if hasPorts {
-		return netip.AddrPortFrom(a, port).String()
-	}
-	return a.String()
-}
-
 const monitorLine = "%-15s  %-15s  %-12s  %-20s  %-5s  %21s -> %-21s  %d\n"
 
 func eventLine(e maps.Event) string {
@@ -169,12 +120,13 @@ func eventLine(e maps.Event) string {
 	if e.Src.IsValid() {
 		proto = datastore.Protocol(e.Protocol).String()
 	}
-	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, e.Reason, proto,
-		eventAddr(e.Src, e.SrcPort, e.HasPorts), eventAddr(e.Dst, e.DstPort, e.HasPorts), e.Len)
+	src, dst := e.Addrs()
+	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, e.Reason, proto, src, dst, e.Len)
 }
 
 func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
-	if err := o.parse(); err != nil {
+	filter, err := o.parse()
+	if err != nil {
 		return err
 	}
 	root, err := g.bpffsRoot()
@@ -243,7 +195,7 @@ func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
 		if rerr != nil {
 			return rerr
 		}
-		if !o.match(e) {
+		if !filter.Match(e) {
 			continue
 		}
 		shown++
@@ -261,9 +213,9 @@ func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	lost := lostAfter.Since(lostBefore)
 	fmt.Fprintf(errOut, "%d events shown; the dataplane lost %d events meanwhile (%d over the rate limit of %d/s per CPU, %d with the ring buffer full)\n",
-		shown, lostAfter.Total()-lostBefore.Total(), lostAfter.RateLimited-lostBefore.RateLimited, maps.EventsRate,
-		lostAfter.BufferFull-lostBefore.BufferFull)
+		shown, lost.Total(), lost.RateLimited, maps.EventsRate, lost.BufferFull)
 	return nil
 }
 

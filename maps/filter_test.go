@@ -1,0 +1,122 @@
+package maps_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/margaynet/margay/loader"
+	"github.com/margaynet/margay/maps"
+)
+
+func TestFlowFilter(t *testing.T) {
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	// A TCP flow initiated by 198.19.0.5 towards 198.18.0.1.
+	fl := maps.Flow{Protocol: unix.IPPROTO_TCP, Src: a("198.19.0.5"), Dst: a("198.18.0.1"), SrcPort: 40000, DstPort: 80}
+	for _, tc := range []struct {
+		name string
+		f    maps.FlowFilter
+		want bool
+	}{
+		{"zero", maps.FlowFilter{}, true},
+		{"initiator", maps.FlowFilter{Src: p("198.19.0.5/32")}, true},
+		{"initiator's network", maps.FlowFilter{Src: p("198.19.0.0/16")}, true},
+		{"the responder is no source", maps.FlowFilter{Src: p("198.18.0.1/32")}, false},
+		{"responder", maps.FlowFilter{Dst: p("198.18.0.0/24")}, true},
+		{"other responder", maps.FlowFilter{Dst: p("198.19.0.0/16")}, false},
+		{"protocol", maps.FlowFilter{Protocol: unix.IPPROTO_TCP}, true},
+		{"other protocol", maps.FlowFilter{Protocol: unix.IPPROTO_UDP}, false},
+		{"all three", maps.FlowFilter{Src: p("198.19.0.0/24"), Dst: p("198.18.0.1/32"), Protocol: unix.IPPROTO_TCP}, true},
+		{"all but one", maps.FlowFilter{Src: p("198.19.0.0/24"), Dst: p("198.18.0.1/32"), Protocol: unix.IPPROTO_ICMP}, false},
+	} {
+		if got := tc.f.Flow(fl); got != tc.want {
+			t.Errorf("%s: Flow = %v, want %v", tc.name, got, tc.want)
+		}
+		// An event of the same packet is selected alike.
+		ev := maps.Event{Protocol: fl.Protocol, Src: fl.Src, Dst: fl.Dst, HasPorts: true, SrcPort: fl.SrcPort, DstPort: fl.DstPort}
+		if got := tc.f.Event(ev); got != tc.want {
+			t.Errorf("%s: Event = %v, want %v", tc.name, got, tc.want)
+		}
+		// A packet without an IPv4 header only by the zero filter.
+		if got := tc.f.Event(maps.Event{}); got != tc.f.IsZero() {
+			t.Errorf("%s: Event of a non-IPv4 packet = %v, want %v", tc.name, got, tc.f.IsZero())
+		}
+	}
+}
+
+func TestEventFilter(t *testing.T) {
+	spoofed := maps.Reason(loader.MargayReasonREASON_DROP_SPOOFED)
+	deliver := maps.Reason(loader.MargayReasonREASON_PASS_DELIVER)
+	drop := maps.Event{Kind: maps.EventDrop, Ifindex: 7, Hook: maps.HookFromWep, Reason: spoofed, Protocol: unix.IPPROTO_UDP,
+		Src: netip.MustParseAddr("198.19.0.7"), Dst: netip.MustParseAddr("198.19.0.9")}
+	trace := maps.Event{Kind: maps.EventTrace, Ifindex: 7, Hook: maps.HookToWep, Reason: deliver}
+	for _, tc := range []struct {
+		name        string
+		f           maps.EventFilter
+		drop, trace bool
+	}{
+		{"zero", maps.EventFilter{}, true, true},
+		{"drops only", maps.EventFilter{Kind: maps.EventDrop}, true, false},
+		{"reasons", maps.EventFilter{Reasons: []maps.Reason{deliver, spoofed}}, true, true},
+		{"one reason", maps.EventFilter{Reasons: []maps.Reason{deliver}}, false, true},
+		{"hook", maps.EventFilter{Hooks: []maps.Hook{maps.HookFromWep}}, true, false},
+		// HookFromWep is 0: a hook given is a hook matched, not "any".
+		{"hook 0", maps.EventFilter{Hooks: []maps.Hook{maps.HookToWep}}, false, true},
+		{"interface", maps.EventFilter{Ifindex: 7}, true, true},
+		{"other interface", maps.EventFilter{Ifindex: 8}, false, false},
+		{"protocol: only the IPv4 packet", maps.EventFilter{Flow: maps.FlowFilter{Protocol: unix.IPPROTO_UDP}}, true, false},
+		{"source", maps.EventFilter{Flow: maps.FlowFilter{Src: netip.MustParsePrefix("198.18.0.0/16")}}, false, false},
+	} {
+		if got := tc.f.Match(drop); got != tc.drop {
+			t.Errorf("%s: Match(drop) = %v, want %v", tc.name, got, tc.drop)
+		}
+		if got := tc.f.Match(trace); got != tc.trace {
+			t.Errorf("%s: Match(trace) = %v, want %v", tc.name, got, tc.trace)
+		}
+	}
+}
+
+func TestParseReason(t *testing.T) {
+	for _, s := range []string{"DROP_SPOOFED", "drop_spoofed", " REASON_DROP_SPOOFED ", "reason_drop_spoofed"} {
+		if r, err := maps.ParseReason(s); err != nil || r != maps.Reason(loader.MargayReasonREASON_DROP_SPOOFED) {
+			t.Errorf("ParseReason(%q) = %v, %v; want DROP_SPOOFED", s, r, err)
+		}
+	}
+	for _, r := range maps.Reasons() {
+		if got, err := maps.ParseReason(r.String()); err != nil || got != r {
+			t.Errorf("ParseReason(%q) = %v, %v", r, got, err)
+		}
+	}
+	_, err := maps.ParseReason("DROP_NOPE")
+	if err == nil || !strings.HasPrefix(err.Error(), "unknown reason (one of ") || !strings.Contains(err.Error(), "DROP_SPOOFED, ") ||
+		strings.Contains(err.Error(), "UNSPEC") || strings.Contains(err.Error(), "DROP_NOPE") {
+		t.Errorf("ParseReason(DROP_NOPE) error = %v; want the reasons there are, UNSPEC aside", err)
+	}
+}
+
+func TestEventText(t *testing.T) {
+	e := maps.Event{Kind: maps.EventDrop, Ifindex: 3, Hook: maps.HookFromNet, Reason: maps.Reason(loader.MargayReasonREASON_DROP_SPOOFED),
+		Protocol: unix.IPPROTO_UDP, Src: netip.MustParseAddr("198.19.0.7"), Dst: netip.MustParseAddr("198.19.0.9"), Len: 58}
+	for _, tc := range []struct {
+		name     string
+		e        maps.Event
+		src, dst string
+	}{
+		{"no IPv4 header", maps.Event{}, "-", "-"},
+		{"no ports", e, "198.19.0.7", "198.19.0.9"},
+		{"ports", func() maps.Event { e := e; e.HasPorts, e.SrcPort, e.DstPort = true, 40000, 53; return e }(), "198.19.0.7:40000", "198.19.0.9:53"},
+	} {
+		if src, dst := tc.e.Addrs(); src != tc.src || dst != tc.dst {
+			t.Errorf("%s: Addrs = %q, %q; want %q, %q", tc.name, src, dst, tc.src, tc.dst)
+		}
+	}
+	if got, want := e.String(), "drop 3 from_net DROP_SPOOFED udp 198.19.0.7 -> 198.19.0.9 58"; got != want {
+		t.Errorf("String = %q, want %q", got, want)
+	}
+	before := maps.EventsLost{RateLimited: 5, BufferFull: 1}
+	if got := (maps.EventsLost{RateLimited: 9, BufferFull: 1}).Since(before); got != (maps.EventsLost{RateLimited: 4}) || got.Total() != 4 {
+		t.Errorf("Since = %+v", got)
+	}
+}
