@@ -1,15 +1,15 @@
 package main
 
 import (
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/margaynet/margay/control/agentapi"
 	"github.com/margaynet/margay/control/hostconv"
 )
 
@@ -23,33 +23,17 @@ func newNodeStatusCmd(g *globals) *cobra.Command {
 how its BGP sessions stand, in the form calicoctl node status prints.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client := &http.Client{Timeout: 5 * time.Second}
-			base := "http://" + addr
-			out := cmd.OutOrStdout()
-			if resp, err := client.Get(base + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
-				if resp != nil {
-					resp.Body.Close()
-				}
+			ctx, agent, out := cmd.Context(), agentapi.New(addr, 5*time.Second), cmd.OutOrStdout()
+			if err := agent.Healthy(ctx); err != nil {
 				fmt.Fprintln(out, "Margay process is not running.")
 				return fmt.Errorf("node status: no healthy agent at %s", addr)
-			} else {
-				resp.Body.Close()
 			}
-			peers := []hostconv.PeerStatus{}
-			resp, err := client.Get(base + "/bgp/peers")
-			if err != nil {
+			peers, err := agent.BGPPeers(ctx)
+			bgpOff := errors.Is(err, agentapi.ErrBGPOff)
+			if bgpOff {
+				peers = []hostconv.PeerStatus{}
+			} else if err != nil {
 				return fmt.Errorf("node status: %w", err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			bgpOff := resp.StatusCode == http.StatusServiceUnavailable
-			if !bgpOff {
-				if resp.StatusCode != http.StatusOK {
-					return fmt.Errorf("node status: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-				}
-				if err := json.Unmarshal(body, &peers); err != nil {
-					return fmt.Errorf("node status: decode peers: %w", err)
-				}
 			}
 			if g.output == "json" {
 				return g.render(out, nil, nil, peers)
@@ -69,7 +53,7 @@ how its BGP sessions stand, in the form calicoctl node status prints.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&addr, "agent", "127.0.0.1:9091", "health and metrics address of this host's margay-agent")
+	cmd.Flags().StringVar(&addr, "agent", agentapi.DefaultAddr, "health and metrics address of this host's margay-agent")
 	return cmd
 }
 
