@@ -40,16 +40,8 @@ func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
 	}
 	cfg.FillFrom(h.ds)
 	g.used = cfg
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	// Bounded by the dial timeout: an unreachable etcd answers quickly with what is wrong.
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = datastore.DefaultCommandTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	return datastore.New(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	return datastore.Dial(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 }
 
 func main() {

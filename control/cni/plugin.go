@@ -151,11 +151,7 @@ func (p *Plugin) open(ctx context.Context, cmd string, args *skel.CmdArgs) (*ses
 // connect waits for etcd at most the dial timeout (datastore.dialTimeout, default
 // datastore.DefaultCommandTimeout): a runtime would rather retry than hang.
 func connect(ctx context.Context, conf *netConf, log *slog.Logger) (*datastore.Client, error) {
-	cfg := conf.ds
-	cfg.DialTimeout = dialTimeout(conf)
-	cctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
-	ds, err := datastore.New(cctx, cfg, datastore.WithLogger(log))
+	ds, err := datastore.Dial(ctx, conf.ds, datastore.WithLogger(log))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			return nil, unreachableErr(conf, err)
@@ -173,7 +169,7 @@ func reachable(ctx context.Context, ds *datastore.Client, conf *netConf) error {
 	if conn := ds.Raw().ActiveConnection(); conn != nil && conn.GetState() == connectivity.Ready {
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, dialTimeout(conf))
+	cctx, cancel := context.WithTimeout(ctx, conf.ds.CommandDialTimeout())
 	defer cancel()
 	if _, err := ds.Raw().Get(cctx, conf.ds.PrefixOrDefault(), clientv3.WithCountOnly()); err != nil {
 		return unreachableErr(conf, err)
@@ -181,17 +177,10 @@ func reachable(ctx context.Context, ds *datastore.Client, conf *netConf) error {
 	return nil
 }
 
-func dialTimeout(conf *netConf) time.Duration {
-	if conf.ds.DialTimeout == 0 {
-		return datastore.DefaultCommandTimeout
-	}
-	return conf.ds.DialTimeout
-}
-
 func unreachableErr(conf *netConf, err error) *types.Error {
 	return types.NewError(types.ErrTryAgainLater,
 		fmt.Sprintf("margay-cni: etcd is unreachable at %s (no answer within %s, datastore.dialTimeout); check that it runs and that \"datastore\" in the network config points at it",
-			strings.Join(conf.ds.EndpointsOrDefault(), ","), dialTimeout(conf)), err.Error())
+			strings.Join(conf.ds.EndpointsOrDefault(), ","), conf.ds.CommandDialTimeout()), err.Error())
 }
 
 // spec builds the workload spec of a CNI call. A Kubernetes pod (K8S_POD_NAMESPACE and

@@ -82,6 +82,16 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 	}, nil
 }
 
+// Dial connects as a command does (margayctl, margay-cni): it waits for etcd at most
+// cfg.CommandDialTimeout() in all, where New waits as long as ctx lets it, so that an unreachable
+// etcd fails the command fast, naming the endpoints, instead of hanging it.
+func Dial(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
+	cfg.DialTimeout = cfg.CommandDialTimeout()
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	return New(ctx, cfg, opts...)
+}
+
 // connect creates the etcd client and reads one key until etcd answers, bounded by ctx. When an
 // attempt fails it probes the endpoints itself (TCP, then TLS), because the client library
 // reports only the deadline; the error then says what went wrong: connection refused, an

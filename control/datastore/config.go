@@ -210,6 +210,15 @@ func relativeTo(configPath, file string) string {
 // EndpointsOrDefault returns the endpoints c reaches: its own, or DefaultEndpoint.
 func (c Config) EndpointsOrDefault() []string { return c.withDefaults().Endpoints }
 
+// CommandDialTimeout is how long a command waits in all for etcd to answer (Dial): c's dial
+// timeout, else DefaultCommandTimeout.
+func (c Config) CommandDialTimeout() time.Duration {
+	if c.DialTimeout == 0 {
+		return DefaultCommandTimeout
+	}
+	return c.DialTimeout
+}
+
 // PrefixOrDefault returns the key prefix c uses: its own, or DefaultPrefix.
 func (c Config) PrefixOrDefault() string { return c.withDefaults().Prefix }
 

@@ -173,6 +173,39 @@ func TestNewUnreachable(t *testing.T) {
 	t.Logf("New: %v", err)
 }
 
+// Dial, as a command connects, gives up after the dial timeout, or DefaultCommandTimeout when
+// the config sets none, also when its context would wait longer.
+func TestDialUnreachable(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "http://" + l.Addr().String()
+	l.Close() // nothing listens there now
+
+	for _, tc := range []struct {
+		dial, bound time.Duration
+	}{{500 * time.Millisecond, 500 * time.Millisecond}, {0, datastore.DefaultCommandTimeout}} {
+		cfg := datastore.Config{Endpoints: []string{ep}, DialTimeout: tc.dial}
+		if got := cfg.CommandDialTimeout(); got != tc.bound {
+			t.Errorf("CommandDialTimeout of dial timeout %s = %s, want %s", tc.dial, got, tc.bound)
+		}
+		start := time.Now()
+		c, err := datastore.Dial(t.Context(), cfg)
+		if err == nil {
+			c.Close()
+			t.Fatal("Dial succeeded against a closed port")
+		}
+		if !strings.Contains(err.Error(), "connect to etcd at "+ep) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Dial = %v, want the endpoint and the deadline named", err)
+		}
+		if d := time.Since(start); d < tc.bound || d > 2*tc.bound+time.Second {
+			t.Errorf("Dial with dial timeout %s took %s, want about %s", tc.dial, d, tc.bound)
+		}
+	}
+}
+
 func TestAuth(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
