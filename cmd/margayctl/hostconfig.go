@@ -1,92 +1,28 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
-	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ctlconfig"
 	"github.com/margaynet/margay/loader"
 )
 
-// DefaultConfigPath is where margayctl finds its host's settings when neither --config nor
-// MARGAYCTL_CONFIG names a file, as calicoctl reads /etc/calico/calicoctl.cfg.
-const DefaultConfigPath = "/etc/margay/margayctl.cfg"
-
-// ctlFile is margayctl's config file: how to reach etcd (the fields of a datastore config file,
-// and/or datastoreConfig, the path of one such as the agent's /etc/margay/datastore.yaml), the
-// name this host's agent registered, and where it pins its maps.
-type ctlFile struct {
-	datastore.FileConfig
-	DatastoreConfig string `json:"datastoreConfig,omitempty"`
-	NodeName        string `json:"nodeName,omitempty"`
-	BPFFSRoot       string `json:"bpffsRoot,omitempty"`
-}
-
-// hostConfig is what margayctl's config file says, once loaded.
-type hostConfig struct {
-	path      string // the file read; "" when there is none
-	ds        datastore.Config
-	nodeName  string
-	bpffsRoot string
-}
-
 // hostConfig loads the config file once: --config, else MARGAYCTL_CONFIG, else
-// DefaultConfigPath when it exists. A file named explicitly must exist.
-func (g *globals) hostConfig() (*hostConfig, error) {
+// ctlconfig.DefaultPath when it exists.
+func (g *globals) hostConfig() (*ctlconfig.File, error) {
 	if g.host != nil {
 		return g.host, nil
 	}
-	path, explicit := g.configFile, true
-	if path == "" {
-		path = os.Getenv("MARGAYCTL_CONFIG")
-	}
-	if path == "" {
-		path, explicit = DefaultConfigPath, false
-	}
-	h := &hostConfig{}
-	if _, err := os.Stat(path); !explicit && errors.Is(err, fs.ErrNotExist) {
-		g.host = h
-		return h, nil
-	}
-	var f ctlFile
-	if err := datastore.LoadFileInto(path, &f); err != nil {
-		return nil, fmt.Errorf("read margayctl config: %w", err)
-	}
-	ds, err := f.FileConfig.Config(path)
+	h, err := ctlconfig.Load(g.configFile, os.Getenv)
 	if err != nil {
-		return nil, fmt.Errorf("read margayctl config: %w", err)
+		return nil, err
 	}
-	if f.DatastoreConfig != "" {
-		other, err := datastore.LoadConfigFile(relativeTo(path, f.DatastoreConfig))
-		if err != nil {
-			return nil, fmt.Errorf("read margayctl config %s: datastoreConfig: %w", path, err)
-		}
-		ds.FillFrom(other)
-	}
-	if f.NodeName != "" {
-		if err := datastore.ValidateName(f.NodeName); err != nil {
-			return nil, fmt.Errorf("read margayctl config %s: nodeName: %w", path, err)
-		}
-	}
-	if f.BPFFSRoot != "" && !filepath.IsAbs(f.BPFFSRoot) {
-		return nil, fmt.Errorf("read margayctl config %s: bpffsRoot %q: want an absolute path", path, f.BPFFSRoot)
-	}
-	h.path, h.ds, h.nodeName, h.bpffsRoot = path, ds, f.NodeName, f.BPFFSRoot
-	g.host = h
-	return h, nil
-}
-
-func relativeTo(file, name string) string {
-	if filepath.IsAbs(name) {
-		return name
-	}
-	return filepath.Join(filepath.Dir(file), name)
+	g.host = &h
+	return g.host, nil
 }
 
 // node returns the node a command works on: --node when given, else MARGAY_NODE_NAME (which the
@@ -105,14 +41,14 @@ func (g *globals) node(flag string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if h.nodeName != "" {
-		g.nodeFrom = "nodeName in " + h.path
-		return h.nodeName, nil
+	if h.NodeName != "" {
+		g.nodeFrom = "nodeName in " + h.Path
+		return h.NodeName, nil
 	}
 	g.nodeFrom = "the hostname"
 	name, err := os.Hostname()
 	if err != nil {
-		return "", fmt.Errorf("find this host's node name: %w (give --node, or nodeName in %s)", err, DefaultConfigPath)
+		return "", fmt.Errorf("find this host's node name: %w (give --node, or nodeName in %s)", err, ctlconfig.DefaultPath)
 	}
 	return name, nil
 }
@@ -127,8 +63,8 @@ func (g *globals) bpffsRoot() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if h.bpffsRoot != "" {
-		return h.bpffsRoot, nil
+	if h.BPFFSRoot != "" {
+		return h.BPFFSRoot, nil
 	}
 	return loader.DefaultRoot, nil
 }
@@ -149,10 +85,10 @@ func (g *globals) where(node string) string {
 		parts = append(parts, fmt.Sprintf("node %s (from %s)", node, g.nodeFrom))
 	}
 	parts = append(parts, "etcd "+strings.Join(g.used.EndpointsOrDefault(), ","))
-	if g.host != nil && g.host.path != "" {
-		parts = append(parts, "config "+g.host.path)
+	if g.host != nil && g.host.Path != "" {
+		parts = append(parts, "config "+g.host.Path)
 	} else {
-		parts = append(parts, fmt.Sprintf("no config file (--config, MARGAYCTL_CONFIG, %s)", DefaultConfigPath))
+		parts = append(parts, fmt.Sprintf("no config file (--config, MARGAYCTL_CONFIG, %s)", ctlconfig.DefaultPath))
 	}
 	return strings.Join(parts, "; ")
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/margaynet/margay/control/ctlconfig"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/loader"
 )
@@ -22,7 +23,7 @@ type globals struct {
 	configFile string
 	flags      *pflag.FlagSet // the root's persistent flags, to tell a given flag from its default
 
-	host     *hostConfig      // the config file, once loaded
+	host     *ctlconfig.File  // the config file, once loaded
 	used     datastore.Config // what client connected with
 	nodeFrom string           // where node() found the node name
 }
@@ -38,7 +39,7 @@ func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.FillFrom(h.ds)
+	cfg.FillFrom(h.Datastore)
 	g.used = cfg
 	// Bounded by the dial timeout: an unreachable etcd answers quickly with what is wrong.
 	return datastore.Dial(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
@@ -59,7 +60,7 @@ func newRoot() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&g.root, "bpffs-root", loader.DefaultRoot, "bpffs directory of the host's pinned maps (default: bpffsRoot of the config file, else "+loader.DefaultRoot+")")
 	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "this host's config file (YAML or JSON: etcd settings, nodeName, bpffsRoot), below flags and MARGAY_* variables (default: MARGAYCTL_CONFIG, else "+DefaultConfigPath+" if it exists)")
+	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "this host's config file (YAML or JSON: etcd settings, nodeName, bpffsRoot), below flags and MARGAY_* variables (default: MARGAYCTL_CONFIG, else "+ctlconfig.DefaultPath+" if it exists)")
 	g.flags = cmd.PersistentFlags()
 	g.ds.BindFlags(cmd.PersistentFlags())
 	cmd.PersistentFlags().Lookup("etcd-dial-timeout").Usage = fmt.Sprintf(

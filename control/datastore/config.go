@@ -157,9 +157,9 @@ func LoadFileInto(path string, v any) error {
 func (f FileConfig) Config(path string) (Config, error) {
 	c := Config{
 		Endpoints: f.Endpoints,
-		CAFile:    relativeTo(path, f.CAFile),
-		CertFile:  relativeTo(path, f.CertFile),
-		KeyFile:   relativeTo(path, f.KeyFile),
+		CAFile:    RelativeTo(path, f.CAFile),
+		CertFile:  RelativeTo(path, f.CertFile),
+		KeyFile:   RelativeTo(path, f.KeyFile),
 		Username:  f.Username,
 		Password:  f.Password,
 		Prefix:    f.Prefix,
@@ -200,7 +200,9 @@ func readConfigFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-func relativeTo(configPath, file string) string {
+// RelativeTo returns a file name as a config file at configPath means it: a relative name is
+// taken relative to that file's directory; an absolute or empty one stays as it is.
+func RelativeTo(configPath, file string) string {
 	if file == "" || filepath.IsAbs(file) {
 		return file
 	}
