@@ -147,14 +147,20 @@ func TestTLS(t *testing.T) {
 	}
 }
 
-func TestNewUnreachable(t *testing.T) {
-	t.Parallel()
+// closedEndpoint returns the URL of a port nothing listens on.
+func closedEndpoint(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep := "http://" + l.Addr().String()
-	l.Close() // nothing listens there now
+	defer l.Close()
+	return "http://" + l.Addr().String()
+}
+
+func TestNewUnreachable(t *testing.T) {
+	t.Parallel()
+	ep := closedEndpoint(t)
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
@@ -177,12 +183,7 @@ func TestNewUnreachable(t *testing.T) {
 // the config sets none, also when its context would wait longer.
 func TestDialUnreachable(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := "http://" + l.Addr().String()
-	l.Close() // nothing listens there now
+	ep := closedEndpoint(t)
 
 	for _, tc := range []struct {
 		dial, bound time.Duration
