@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
@@ -31,9 +29,7 @@ func (g *globals) checkOutput(*cobra.Command, []string) error {
 // result prints what a command changed: text for people, jsonValue with -o json.
 func (g *globals) result(w io.Writer, text string, jsonValue any) error {
 	if g.output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jsonValue)
+		return writeJSON(w, jsonValue)
 	}
 	_, err := fmt.Fprintln(w, text)
 	return err
@@ -50,7 +46,7 @@ func parseIPv4Flag(flag, s string) (netip.Addr, error) {
 
 // newIPAM returns an IPAM that logs only warnings: the commands report what it did themselves.
 func newIPAM(c *datastore.Client) *ipam.IPAM {
-	return ipam.New(c, ipam.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	return ipam.New(c, ipam.WithLogger(warnLogger(os.Stderr)))
 }
 
 // count writes n and the noun, plural unless n is 1: "1 block", "3 addresses".

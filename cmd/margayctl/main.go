@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 
@@ -42,7 +43,13 @@ func (g *globals) client(ctx context.Context) (*datastore.Client, error) {
 	cfg.FillFrom(h.Datastore)
 	g.used = cfg
 	// Bounded by the dial timeout: an unreachable etcd answers quickly with what is wrong.
-	return datastore.Dial(ctx, cfg, datastore.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	return datastore.Dial(ctx, cfg, datastore.WithLogger(warnLogger(os.Stderr)))
+}
+
+// warnLogger logs warnings and errors to w: what margayctl calls reports what it did through
+// the command's output, not its info logs.
+func warnLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 func main() {

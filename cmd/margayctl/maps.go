@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -34,32 +35,24 @@ func (g *globals) open() (*maps.Set, error) {
 
 // render writes rows as JSON or as an aligned table.
 func (g *globals) render(w io.Writer, header []string, rows [][]string, jsonValue any) error {
-	switch g.output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jsonValue)
-	case "table", "":
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		for i, h := range header {
-			if i > 0 {
-				fmt.Fprint(tw, "\t")
-			}
-			fmt.Fprint(tw, h)
-		}
-		fmt.Fprintln(tw)
-		for _, r := range rows {
-			for i, c := range r {
-				if i > 0 {
-					fmt.Fprint(tw, "\t")
-				}
-				fmt.Fprint(tw, c)
-			}
-			fmt.Fprintln(tw)
-		}
-		return tw.Flush()
+	if err := g.checkOutput(nil, nil); err != nil {
+		return err
 	}
-	return fmt.Errorf("unknown output format %q (want table or json)", g.output)
+	if g.output == "json" {
+		return writeJSON(w, jsonValue)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, r := range append([][]string{header}, rows...) {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// writeJSON writes v as indented JSON, as every command's -o json does (monitor's lines aside).
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // mapCmd is a command that lists one pinned map: each entry becomes a table row and a JSON value.

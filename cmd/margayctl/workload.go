@@ -33,7 +33,7 @@ const nodeFlagHelp = " (default: MARGAY_NODE_NAME, else nodeName of the config f
 
 // quietWorkloadLogs keeps the workload code path's info logs off the terminal; warnings still show.
 func quietWorkloadLogs(w io.Writer) {
-	slog.SetDefault(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	slog.SetDefault(warnLogger(w))
 }
 
 func parseWorkloadLabels(kvs []string) (map[string]string, error) {
