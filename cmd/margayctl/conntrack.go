@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -135,26 +136,11 @@ func (g *globals) listConntrack(cmd *cobra.Command, f *ctFilter) error {
 	if err != nil {
 		return err
 	}
-	set, err := g.open()
-	if err != nil {
-		return err
-	}
-	defer set.Close()
-	flows, err := set.Conntrack.List()
-	if err != nil {
-		return err
-	}
-	rows := [][]string{}
-	js := []flowJSON{}
-	for _, fl := range flows {
-		if !filter.Flow(fl) {
-			continue
-		}
-		rows = append(rows, flowRow(fl))
-		js = append(js, toFlowJSON(fl))
-	}
-	return g.render(cmd.OutOrStdout(),
-		[]string{"PROTO", "SRC", "DST", "STATE", "VERDICT", "PACKETS", "BYTES", "AGE", "IDLE", "RULES"}, rows, js)
+	return listMap(g, cmd.OutOrStdout(), []string{"PROTO", "SRC", "DST", "STATE", "VERDICT", "PACKETS", "BYTES", "AGE", "IDLE", "RULES"},
+		func(s *maps.Set) ([]maps.Flow, error) {
+			flows, err := s.Conntrack.List()
+			return slices.DeleteFunc(flows, func(fl maps.Flow) bool { return !filter.Flow(fl) }), err
+		}, flowRow, toFlowJSON)
 }
 
 func newConntrackCmd(g *globals) *cobra.Command {

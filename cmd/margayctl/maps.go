@@ -63,24 +63,30 @@ func mapCmd[E, J any](g *globals, use, short string, header []string, list func(
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := g.open()
-			if err != nil {
-				return err
-			}
-			defer set.Close()
-			entries, err := list(set)
-			if err != nil {
-				return err
-			}
-			var rows [][]string
-			js := []J{}
-			for _, e := range entries {
-				rows = append(rows, row(e))
-				js = append(js, asJSON(e))
-			}
-			return g.render(cmd.OutOrStdout(), header, rows, js)
+			return listMap(g, cmd.OutOrStdout(), header, list, row, asJSON)
 		},
 	}
+}
+
+// listMap prints the entries list reads from the pinned maps, each as a table row or a JSON value.
+func listMap[E, J any](g *globals, w io.Writer, header []string, list func(*maps.Set) ([]E, error),
+	row func(E) []string, asJSON func(E) J) error {
+	set, err := g.open()
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	entries, err := list(set)
+	if err != nil {
+		return err
+	}
+	var rows [][]string
+	js := []J{}
+	for _, e := range entries {
+		rows = append(rows, row(e))
+		js = append(js, asJSON(e))
+	}
+	return g.render(w, header, rows, js)
 }
 
 type routeJSON struct {
