@@ -97,8 +97,19 @@ func (r *recorder) option() SyncerOption { return WithLogger(slog.New(r)) }
 func (r *recorder) atLeast(t *testing.T, key string, n int) {
 	t.Helper()
 	from := r.logged(key)
-	eventually(t, fmt.Sprintf("%d more times %q", n, key), func() error {
+	poll.Until(t, fmt.Sprintf("%d more times %q", n, key), within, func() error {
 		if got := r.logged(key) - from; got < n {
+			return fmt.Errorf("%d times so far", got)
+		}
+		return nil
+	})
+}
+
+// inAll waits until the message was logged n times since the recorder was made.
+func (r *recorder) inAll(t *testing.T, key string, n int) {
+	t.Helper()
+	poll.Until(t, fmt.Sprintf("%d times %q", n, key), within, func() error {
+		if got := r.logged(key); got < n {
 			return fmt.Errorf("%d times so far", got)
 		}
 		return nil
@@ -107,11 +118,8 @@ func (r *recorder) atLeast(t *testing.T, key string, n int) {
 
 const reconciled = "k8s policy sync: reconciled"
 
-// eventually polls cond until it holds, for up to 10 s.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	poll.Until(t, what, 10*time.Second, cond)
-}
+// within is how long a test waits for a syncer to do something.
+const within = 10 * time.Second
 
 // stored returns the names of the stored policies with their ModRevisions.
 func stored(t *testing.T, ds *datastore.Client) map[string]int64 {
@@ -199,11 +207,11 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 	cs := fake.NewClientset(deny, web, named, broken)
 	rec := newRecorder(t)
 	stop := startSyncer(t, cs, ds, WithResync(100*time.Millisecond), rec.option())
-	eventually(t, "deny written", wantConverted(t, ds, deny))
-	eventually(t, "stale web rewritten", wantConverted(t, ds, web))
-	eventually(t, "named written without its named port", wantConverted(t, ds, named))
+	poll.Until(t, "deny written", within, wantConverted(t, ds, deny))
+	poll.Until(t, "stale web rewritten", within, wantConverted(t, ds, web))
+	poll.Until(t, "named written without its named port", within, wantConverted(t, ds, named))
 	for _, name := range []string{"knp.default.prod.gone", "knp.default.stray", "knp.default.prod.malformed"} {
-		eventually(t, "orphan "+name+" deleted", wantGone(t, ds, name))
+		poll.Until(t, "orphan "+name+" deleted", within, wantGone(t, ds, name))
 	}
 	if got, err := ds.Policies().Get(t.Context(), "knp.default.dev.named"); err != nil || len(got.Value.Ingress) != 1 {
 		t.Errorf("named: %+v, %v; want one rule, for port 443", got.Value, err)
@@ -231,16 +239,16 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "created NetworkPolicy written", wantConverted(t, ds, added))
+	poll.Until(t, "created NetworkPolicy written", within, wantConverted(t, ds, added))
 	added.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8"}}}}}
 	if added, err = np.Update(t.Context(), added, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "updated NetworkPolicy rewritten", wantConverted(t, ds, added))
+	poll.Until(t, "updated NetworkPolicy rewritten", within, wantConverted(t, ds, added))
 	if err := np.Delete(t.Context(), "egress", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "deleted NetworkPolicy's policy deleted", wantGone(t, ds, "knp.default.dev.egress"))
+	poll.Until(t, "deleted NetworkPolicy's policy deleted", within, wantGone(t, ds, "knp.default.dev.egress"))
 	// A NetworkPolicy turning unconvertible keeps its last good policy.
 	web.Spec.PodSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "x", Operator: "Gt", Values: []string{"1"}}}
 	skipped := "k8s policy sync: skipping NetworkPolicy; a stored policy of it stays as it was prod/web"
@@ -249,7 +257,7 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 		t.Fatal(err)
 	}
 	// The syncer saw the broken version (it says so once), and resynced over it since.
-	eventually(t, "the broken NetworkPolicy reported", func() error {
+	poll.Until(t, "the broken NetworkPolicy reported", within, func() error {
 		if rec.logged(skipped) == reported {
 			return errors.New("not yet")
 		}
@@ -268,9 +276,13 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 		t.Fatal(err)
 	}
 	putPolicy(t, ds, `{"name": "knp.default.dev.named", "order": 1}`)
-	startSyncer(t, cs, ds, WithResync(0))
-	eventually(t, "policy of a NetworkPolicy deleted while stopped removed", wantGone(t, ds, "knp.default.prod.deny"))
-	eventually(t, "hand-edited policy restored", wantConverted(t, ds, named))
+	restarted := newRecorder(t)
+	startSyncer(t, cs, ds, WithResync(0), restarted.option())
+	poll.Until(t, "policy of a NetworkPolicy deleted while stopped removed", within, wantGone(t, ds, "knp.default.prod.deny"))
+	poll.Until(t, "hand-edited policy restored", within, wantConverted(t, ds, named))
+	// Its first (and, without resync, only) reconcile is over: whatever it would have done to
+	// the policies that are not its own, it has.
+	restarted.inAll(t, reconciled, 1)
 	if got := stored(t, ds); got[own.Name] != before[own.Name] || got[lookalike.Name] != before[lookalike.Name] {
 		t.Errorf("policies without the knp.default. prefix were touched: %v, before %v", got, before)
 	}
@@ -294,7 +306,7 @@ spec: {podSelector: {}, policyTypes: [Ingress]}`)
 	stop()
 	ds := datastoretest.Connect(t, datastore.Config{Endpoints: e.Endpoints()})
 	startSyncer(t, cs, ds, WithResync(0))
-	eventually(t, "written by a syncer with a working datastore", wantConverted(t, ds, deny))
+	poll.Until(t, "written by a syncer with a working datastore", within, wantConverted(t, ds, deny))
 }
 
 // Two syncers (two agents) on one datastore agree: each change is written, nothing flaps, and
@@ -308,7 +320,7 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`)
 	rec1, rec2 := newRecorder(t), newRecorder(t)
 	startSyncer(t, cs, ds, WithResync(50*time.Millisecond), rec1.option())
 	startSyncer(t, cs, ds, WithResync(70*time.Millisecond), rec2.option())
-	eventually(t, "deny written", wantConverted(t, ds, deny))
+	poll.Until(t, "deny written", within, wantConverted(t, ds, deny))
 
 	web := np(t, `
 metadata: {name: web, namespace: prod}
@@ -318,7 +330,7 @@ spec:
 	if _, err := cs.NetworkingV1().NetworkPolicies("prod").Create(t.Context(), web, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "web written", wantConverted(t, ds, web))
+	poll.Until(t, "web written", within, wantConverted(t, ds, web))
 	settled := stored(t, ds)
 	rec1.atLeast(t, reconciled, 3)
 	rec2.atLeast(t, reconciled, 3)
@@ -332,7 +344,7 @@ spec:
 		t.Fatal(err)
 	}
 	putPolicy(t, ds, `{"name": "knp.default.prod.orphan", "order": 1000}`)
-	eventually(t, "edited policy restored", wantConverted(t, ds, web))
-	eventually(t, "deleted policy restored", wantConverted(t, ds, deny))
-	eventually(t, "orphan deleted", wantGone(t, ds, "knp.default.prod.orphan"))
+	poll.Until(t, "edited policy restored", within, wantConverted(t, ds, web))
+	poll.Until(t, "deleted policy restored", within, wantConverted(t, ds, deny))
+	poll.Until(t, "orphan deleted", within, wantGone(t, ds, "knp.default.prod.orphan"))
 }
