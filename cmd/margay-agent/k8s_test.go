@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 func TestKubeClientFlags(t *testing.T) {
@@ -60,16 +61,10 @@ func TestPolicySyncStartStop(t *testing.T) {
 	ds := datastoretest.New(t)
 	cs := fake.NewClientset(&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "deny"}})
 	stop := startPolicySync(context.Background(), cs, ds, datastoretest.Logger(t))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := ds.Policies().Get(t.Context(), "knp.default.prod.deny"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("policy of NetworkPolicy prod/deny not written within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, "policy of NetworkPolicy prod/deny written", 10*time.Second, func() error {
+		_, err := ds.Policies().Get(t.Context(), "knp.default.prod.deny")
+		return err
+	})
 	stopped := make(chan struct{})
 	go func() { stop(); close(stopped) }()
 	select {

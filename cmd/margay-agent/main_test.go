@@ -17,6 +17,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // The agent registers its node and attaches the uplink, leaves forwarding in place when it
@@ -48,21 +49,17 @@ func TestAgentLifecycle(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- host.Do(func() error { return run(ctx, o, log) }) }()
 	pin := filepath.Join(root, "links", "ens32_from_net")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := os.Stat(pin); err == nil {
-			break
+	poll.Until(t, "agent attached the uplink", 20*time.Second, func() error {
+		_, err := os.Stat(pin)
+		if err != nil {
+			select {
+			case err := <-done:
+				t.Fatalf("agent exited early: %v", err)
+			default:
+			}
 		}
-		select {
-		case err := <-done:
-			t.Fatalf("agent exited early: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent did not attach the uplink within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("agent: %v", err)

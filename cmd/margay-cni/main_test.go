@@ -31,6 +31,7 @@ import (
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/control/workload"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 const node = cnitest.Node
@@ -337,17 +338,13 @@ func TestAddDel(t *testing.T) {
 func ping(t testing.TB, src, dst string) {
 	t.Helper()
 	wl := &netns.NS{Name: "workload", Path: src}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, err := wl.Run("ping", "-c", "1", "-W", "1", dst)
-		if err == nil {
-			return
+	// ping may fail at once (unreachable): 50 ms between tries, not a spin.
+	poll.UntilEvery(t, fmt.Sprintf("ping %s from %s", dst, src), 50*time.Millisecond, 10*time.Second, func() error {
+		if out, err := wl.Run("ping", "-c", "1", "-W", "1", dst); err != nil {
+			return fmt.Errorf("%v\n%s", err, out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ping %s from %s: %v\n%s", dst, src, err, out)
-		}
-		time.Sleep(50 * time.Millisecond) // ping may fail at once (unreachable); poll, don't spin
-	}
+		return nil
+	})
 }
 
 func TestTwoWorkloadsPing(t *testing.T) {
