@@ -18,6 +18,7 @@ import (
 	"github.com/margaynet/margay/control/lab"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // The lab comes up as make lab brings it up (here with two hosts and the gateway, under a prefix
@@ -80,20 +81,15 @@ func TestLabUpCheckDown(t *testing.T) {
 	defer cl.Close()
 	buf := make([]byte, 64)
 	var from netip.AddrPort
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	// Each try waits for the datagram itself (300 ms): no pause between tries.
+	poll.UntilEvery(t, "a datagram from the outside client reached "+w.Name, 0, 10*time.Second, func() (err error) {
 		if _, err := cl.Write([]byte("hello")); err != nil {
 			t.Fatal(err)
 		}
 		_ = srv.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		_, ap, err := srv.ReadFromUDPAddrPort(buf)
-		if err == nil {
-			from = ap
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no datagram from the outside client reached %s: %v", w.Name, err)
-		}
-	}
+		_, from, err = srv.ReadFromUDPAddrPort(buf)
+		return err
+	})
 	if from.Addr() != netip.MustParseAddr(lab.OutsideAddr) {
 		t.Errorf("%s saw the outside client as %v, want %s (no NAT)", w.Name, from.Addr(), lab.OutsideAddr)
 	}
