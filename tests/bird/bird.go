@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Router is a BIRD daemon running in a namespace; Stop (also run at cleanup) ends it.
@@ -51,22 +52,19 @@ func Start(tb testing.TB, ns *netns.NS, conf string) *Router {
 	go func() { r.done <- r.cmd.Wait() }()
 	tb.Cleanup(r.Stop)
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := r.Birdc("show", "status"); err == nil {
-			return r
+	poll.Until(tb, "bird's control socket answers", 10*time.Second, func() error {
+		_, err := r.Birdc("show", "status")
+		if err != nil {
+			select {
+			case err := <-r.done:
+				r.done <- err
+				tb.Fatalf("bird exited at start: %v", err)
+			default:
+			}
 		}
-		select {
-		case err := <-r.done:
-			r.done <- err
-			tb.Fatalf("bird exited at start: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			tb.Fatal("bird's control socket did not answer within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
+	return r
 }
 
 // NS is the namespace BIRD runs in.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/margaynet/margay/tests/bird"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Two BIRDs in two namespaces peer over iBGP; one originates a route, the other learns it with
@@ -37,22 +38,22 @@ protocol device {}
 	rb := bird.Start(t, b, conf("198.18.0.2", "198.18.0.1", false))
 
 	want := netip.MustParsePrefix("198.19.7.0/24")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var learned bird.Route
+	if err := poll.For(30*time.Second, func() error {
 		up, err := rb.Established("peer")
 		routes, rerr := rb.Routes()
 		if err == nil && rerr == nil && up && routes[want].NextHop == netip.MustParseAddr("198.18.0.1") {
-			if routes[want].Proto != "peer" {
-				t.Errorf("learned from %q, want protocol peer", routes[want].Proto)
-			}
-			break
+			learned = routes[want]
+			return nil
 		}
-		if time.Now().After(deadline) {
-			out, _ := rb.Birdc("show", "route", "primary")
-			t.Logf("show route primary:\n%s", out)
-			t.Fatalf("b did not learn %v from a within 30s: up=%v (%v) routes=%v (%v)", want, up, err, routes, rerr)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return fmt.Errorf("up=%v (%v) routes=%v (%v)", up, err, routes, rerr)
+	}); err != nil {
+		out, _ := rb.Birdc("show", "route", "primary")
+		t.Logf("show route primary:\n%s", out)
+		t.Fatalf("b did not learn %v from a within 30s: %v", want, err)
+	}
+	if learned.Proto != "peer" {
+		t.Errorf("learned from %q, want protocol peer", learned.Proto)
 	}
 	if up, err := ra.Established("peer"); err != nil || !up {
 		t.Errorf("a's session: %v %v", up, err)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // TCPEcho connects from src to an echo server in dst, sends size random bytes and requires them
@@ -116,32 +118,40 @@ func UDPEcho(tb testing.TB, src *NS, srcIP netip.Addr, dst *NS, dstIP netip.Addr
 	}
 	defer c.Close()
 
-	deadline := time.Now().Add(timeout)
+	// Three datagrams, each sent again until echoed, all within timeout. Each try waits for its
+	// echo itself (300 ms): no pause between tries.
 	buf := make([]byte, 65536)
-	for i := range 3 {
-		msg := randomBytes(tb, size)
-		echoed := false
-		for !echoed {
-			if time.Now().After(deadline) {
-				tb.Fatalf("udp %s → %s: datagram %d not echoed within %v", src.Name, dst.Name, i, timeout)
+	echo := func(msg []byte) error {
+		if _, err := c.Write(msg); err != nil {
+			tb.Fatalf("udp %s → %s: %v", src.Name, dst.Name, err)
+		}
+		// Read until the echo of this datagram or a short timeout; late echoes of earlier
+		// retries are skipped.
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return err // timeout (or an ICMP error while the path is not ready): send again
 			}
-			if _, err := c.Write(msg); err != nil {
-				tb.Fatalf("udp %s → %s: %v", src.Name, dst.Name, err)
-			}
-			// Read until the echo of this datagram or a short timeout; late echoes of earlier
-			// retries are skipped.
-			_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-			for {
-				n, err := c.Read(buf)
-				if err != nil {
-					break // timeout (or an ICMP error while the path is not ready): send again
-				}
-				if bytes.Equal(buf[:n], msg) {
-					echoed = true
-					break
-				}
+			if bytes.Equal(buf[:n], msg) {
+				return nil
 			}
 		}
+	}
+	echoed := 0
+	var msg []byte
+	if err := poll.Every(0, timeout, func() error {
+		for ; echoed < 3; echoed, msg = echoed+1, nil {
+			if msg == nil {
+				msg = randomBytes(tb, size)
+			}
+			if err := echo(msg); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		tb.Fatalf("udp %s → %s: datagram %d not echoed within %v: %v", src.Name, dst.Name, echoed, timeout, err)
 	}
 }
 

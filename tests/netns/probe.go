@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // Probe sends a numbered UDP datagram from one namespace to an echo server in another at a fixed
@@ -129,11 +131,13 @@ func (p *Probe) Stop() ProbeResult {
 	p.mu.Unlock()
 	close(p.stop)
 	<-p.done
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if p.Received() >= p.Sent() {
-			break
+	// The echoes still in flight, for at most 2 s: those that do not come by then are lost.
+	_ = poll.Every(10*time.Millisecond, 2*time.Second, func() error {
+		if received, sent := p.Received(), p.Sent(); received < sent {
+			return fmt.Errorf("%d of %d probes back", received, sent)
 		}
-	}
+		return nil
+	})
 	p.conn.Close()
 	p.srv.Close()
 	<-p.served
