@@ -14,6 +14,7 @@ import (
 
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 // ioTimeout bounds every wait for traffic; generous, because the 2-core CI machine is noisy and
@@ -149,8 +150,7 @@ func (l *lab) path(src, dst *workload) []hop {
 // absorbs a slow reader.
 func (l *lab) expectGrowth(tb testing.TB, before map[counterKey]uint64, hops []hop, want uint64) {
 	tb.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	poll.Until(tb, "counters grew", 2*time.Second, func() error {
 		now := l.counters(tb)
 		var short []string
 		for _, h := range hops {
@@ -159,14 +159,11 @@ func (l *lab) expectGrowth(tb testing.TB, before map[counterKey]uint64, hops []h
 				short = append(short, fmt.Sprintf("%v grew by %d, want ≥ %d", h, got, want))
 			}
 		}
-		if len(short) == 0 {
-			return
+		if len(short) > 0 {
+			return errors.New("\n  " + strings.Join(short, "\n  "))
 		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("counters did not grow:\n  %s", strings.Join(short, "\n  "))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // expectSame fails unless the hops' counters are where they were.
