@@ -18,6 +18,7 @@ import (
 
 	"github.com/margaynet/margay/tests/benchsuite"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 const dialTimeout = 2 * time.Second
@@ -59,26 +60,15 @@ func startServer(tb testing.TB, ns *netns.NS) *server {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = s.iperf.Process.Kill(); _ = s.iperf.Wait() })
-	// Wait until iperf3 listens.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var err error
-		_ = ns.Do(func() error {
-			var c net.Conn
-			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(serverIP, iperfPort).String(), 200*time.Millisecond)
+	poll.Until(tb, "iperf3 -s in "+ns.Name+" listens", 5*time.Second, func() error {
+		return ns.Do(func() error {
+			c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(serverIP, iperfPort).String(), 200*time.Millisecond)
 			if err == nil {
 				c.Close()
 			}
-			return nil
+			return err
 		})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("iperf3 -s in %s does not listen: %v", ns.Name, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	})
 	return s
 }
 
