@@ -23,6 +23,7 @@ import (
 	"github.com/margaynet/margay/control/lab"
 	"github.com/margaynet/margay/tests/cluster"
 	"github.com/margaynet/margay/tests/netns"
+	"github.com/margaynet/margay/tests/poll"
 )
 
 const (
@@ -241,8 +242,9 @@ func TestDashboardQueriesReturnSeries(t *testing.T) {
 	subst := strings.NewReplacer("$__rate_interval", rangeInterval, "${__rate_interval}", rangeInterval,
 		"$__interval", rangeInterval, "${host}", "("+strings.Join(hosts, "|")+")", "$host", "("+strings.Join(hosts, "|")+")")
 	failures := map[string]string{}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	// A round of every query each second (Prometheus scrapes every second); what still fails
+	// after 30 s is reported query by query below.
+	_ = poll.Every(time.Second, 30*time.Second, func() error {
 		clear(failures)
 		for _, q := range queries {
 			expr := subst.Replace(q.expr)
@@ -260,18 +262,19 @@ func TestDashboardQueriesReturnSeries(t *testing.T) {
 				failures[q.where] = expr + ": no series"
 			}
 		}
-		if len(failures) == 0 || time.Now().After(deadline) {
-			break
+		if len(failures) > 0 {
+			return fmt.Errorf("%d queries fail", len(failures))
 		}
-		time.Sleep(time.Second)
-	}
+		return nil
+	})
 	for where, why := range failures {
 		t.Errorf("%s: %s", where, why)
 	}
 	t.Logf("%d queries of %d panels return series; %v from the lab's start", len(queries), len(d.Panels), time.Since(start).Round(time.Millisecond))
 }
 
-// sendUDP sends datagrams from ns to dst until done reports the effect, or fails after 30 s.
+// sendUDP sends datagrams from ns to dst, one every 200 ms, until done reports the effect, or
+// fails after 30 s.
 func sendUDP(t *testing.T, ns *netns.NS, dst netip.AddrPort, done func() bool) {
 	t.Helper()
 	var c *net.UDPConn
@@ -279,16 +282,13 @@ func sendUDP(t *testing.T, ns *netns.NS, dst netip.AddrPort, done func() bool) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	poll.UntilEvery(t, fmt.Sprintf("a policy drop of UDP to %v counted", dst), 200*time.Millisecond, 30*time.Second, func() error {
 		_, _ = c.Write([]byte("denied by policy"))
-		if done() {
-			return
+		if !done() {
+			return errors.New("none so far")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no policy drop of UDP to %v counted within 30s", dst)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // counted reports whether a sample of name whose labels contain labels is non-zero.
@@ -354,9 +354,10 @@ func startPrometheus(t *testing.T, targets map[string]string) string {
 		}
 	})
 	base := "http://" + addr
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if body, err := get(context.Background(), base+"/-/ready"); err == nil && strings.Contains(body, "Ready") {
-			break
+	poll.UntilEvery(t, "prometheus ready", 100*time.Millisecond, 20*time.Second, func() error {
+		body, err := get(context.Background(), base+"/-/ready")
+		if err == nil && strings.Contains(body, "Ready") {
+			return nil
 		}
 		select {
 		case <-exited:
@@ -364,19 +365,15 @@ func startPrometheus(t *testing.T, targets map[string]string) string {
 			t.Fatalf("prometheus exited:\n%s", b)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("prometheus not ready within 20s")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return fmt.Errorf("/-/ready: %q, %v", body, err)
+	})
 	return base
 }
 
 // waitTargetsUp waits until Prometheus scraped all n targets successfully.
 func waitTargetsUp(ctx context.Context, t *testing.T, api string, n int) {
 	t.Helper()
-	var last string
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+	poll.UntilEvery(t, "prometheus targets all up", 250*time.Millisecond, 20*time.Second, func() error {
 		var res struct {
 			ActiveTargets []struct {
 				Labels    map[string]string `json:"labels"`
@@ -385,8 +382,7 @@ func waitTargetsUp(ctx context.Context, t *testing.T, api string, n int) {
 			} `json:"activeTargets"`
 		}
 		if err := apiGet(ctx, api, "/api/v1/targets?state=active", &res); err != nil {
-			last = err.Error()
-			continue
+			return err
 		}
 		up := 0
 		var states []string
@@ -397,11 +393,10 @@ func waitTargetsUp(ctx context.Context, t *testing.T, api string, n int) {
 			states = append(states, fmt.Sprintf("%s %s %s", tg.Labels["instance"], tg.Health, tg.LastError))
 		}
 		if up == n && len(res.ActiveTargets) == n {
-			return
+			return nil
 		}
-		last = strings.Join(states, "; ")
-	}
-	t.Fatalf("prometheus targets not all up within 20s: %s", last)
+		return errors.New(strings.Join(states, "; "))
+	})
 }
 
 // apiGet calls the Prometheus HTTP API and decodes the data of a successful answer into v.
