@@ -268,9 +268,12 @@ func udpProbe(from, to *cluster.Workload, sport, port uint16, timeout, interval 
 	msg := []byte(fmt.Sprintf("probe %s:%d -> %s:%d", from.IP, sport, to.IP, port))
 	deadline := time.Now().Add(timeout)
 	buf := make([]byte, 2048)
-	for time.Now().Before(deadline) {
-		if _, err := c.Write(msg); err != nil {
-			return err
+	// Each try waits for the echo itself, up to interval: no pause between tries. A failed send
+	// ends the probe at once, with its error.
+	var sendErr error
+	err := poll.Every(0, timeout, func() error {
+		if _, sendErr = c.Write(msg); sendErr != nil {
+			return nil // returned below, not tried again
 		}
 		rd := time.Now().Add(interval)
 		if rd.After(deadline) {
@@ -280,14 +283,20 @@ func udpProbe(from, to *cluster.Workload, sport, port uint16, timeout, interval 
 		for {
 			n, err := c.Read(buf)
 			if err != nil {
-				break
+				return err
 			}
 			if bytes.Equal(buf[:n], msg) {
 				return nil
 			}
 		}
+	})
+	switch {
+	case sendErr != nil:
+		return sendErr
+	case err != nil:
+		return fmt.Errorf("udp %s:%d -> %s:%d: no echo within %v", from.IP, sport, to.IP, port, timeout)
 	}
-	return fmt.Errorf("udp %s:%d -> %s:%d: no echo within %v", from.IP, sport, to.IP, port, timeout)
+	return nil
 }
 
 // pingProbe sends one echo request and waits up to wait seconds for the reply.

@@ -181,14 +181,14 @@ func bgpConverge(b *testing.B, routes []maps.Route, conf string) convergence {
 	// The session's start, seen from the agent at a 5 ms grain: what comes before it is BIRD's
 	// start and the TCP and OPEN exchange, not route programming.
 	var established time.Time
-	for deadline := time.Now().Add(time.Minute); established.IsZero(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			b.Fatal("no session with BIRD within a minute")
+	poll.UntilEvery(b, "a session with BIRD", 5*time.Millisecond, time.Minute, func() error {
+		code, body, err := h.Get("/bgp/peers")
+		if err != nil || code != 200 || !strings.Contains(body, `"Established"`) {
+			return fmt.Errorf("/bgp/peers: %d %v %.300s", code, err, body)
 		}
-		if code, body, err := h.Get("/bgp/peers"); err == nil && code == 200 && strings.Contains(body, `"Established"`) {
-			established = time.Now()
-		}
-	}
+		established = time.Now()
+		return nil
+	})
 	// The map first (the agent writes it before the kernel in each pass): 200 routes spread over
 	// the table, looked up one by one, until all are there; then the whole map read in batches;
 	// then the kernel, entry by entry. Polling the whole table every 50 ms would take a core of

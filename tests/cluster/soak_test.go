@@ -270,19 +270,21 @@ func (s *soaker) cycle(i int) error {
 }
 
 // ping sends one echo request at a time from namespace ns to dst until one is answered, within
-// 10 s. ADD returned once the agent programmed the workload, so the first normally is.
+// 10 s. ADD returned once the agent programmed the workload, so the first normally is; every
+// further try counts as a retry.
 func (s *soaker) ping(ns string, src, dst netip.Addr) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, err := exec.Command("nsenter", "--net=/var/run/netns/"+ns, "ping", "-n", "-c", "1", "-W", "1", "-I", src.String(), dst.String()).CombinedOutput()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("ping: %v\n%s", err, out)
-		}
-		s.retries.Add(1)
+	tries := 0
+	var out []byte
+	err := poll.For(10*time.Second, func() (err error) {
+		tries++
+		out, err = exec.Command("nsenter", "--net=/var/run/netns/"+ns, "ping", "-n", "-c", "1", "-W", "1", "-I", src.String(), dst.String()).CombinedOutput()
+		return err
+	})
+	s.retries.Add(int64(tries - 1))
+	if err != nil {
+		return fmt.Errorf("ping: %v\n%s", err, out)
 	}
+	return nil
 }
 
 // remove runs CNI DEL for the workload and deletes its namespace.
