@@ -2,13 +2,9 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"net/netip"
 	"runtime"
 	"sync/atomic"
@@ -16,13 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 
-	"github.com/margaynet/margay/control/bgp"
 	"github.com/margaynet/margay/control/dataplane"
 	"github.com/margaynet/margay/control/datastore"
-	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
@@ -94,10 +87,7 @@ type Agent struct {
 	// goroutine: where a collection that takes long (etcd slow to answer) is made.
 	beforeCollect func(context.Context)
 
-	speaker    atomic.Pointer[bgp.Speaker] // for the HTTP handlers and metrics, once the loop started it
-	learned    atomic.Int64                // learned routes the import policy takes, for metrics
-	advertised atomic.Int64                // prefixes the speaker originates, for metrics
-	retained   atomic.Int64                // remote routes kept from before a restart, for metrics
+	bgp bgpStatus // what routing publishes, for the HTTP handlers and the metrics
 
 	ready   atomic.Bool
 	healthy atomic.Int64 // unix nanos of the owner loop's last turn
@@ -251,38 +241,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	return a.loop(ctx, parts{rec: rec, routing: r, uplink: uplink, updates: updates, watch: w, house: hk})
 }
 
-// register writes this node's record, keeping what operators set on it (labels, AS, reflector).
-func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) error {
-	written := false
-	err := datastore.Retry(ctx, func() error {
-		cur, err := a.ds.Nodes().Get(ctx, a.cfg.NodeName)
-		n := datastore.Node{Version: datastore.CurrentVersion, Name: a.cfg.NodeName}
-		if err == nil {
-			n = cur.Value
-		} else if !errors.Is(err, datastore.ErrNotFound) {
-			return err
-		}
-		if err == nil && n.AddressV4 == addr && n.Uplink == uplink {
-			return nil
-		}
-		n.AddressV4, n.Uplink = addr, uplink
-		if err == nil {
-			_, err = a.ds.Nodes().Update(ctx, a.cfg.NodeName, n, cur.ModRevision)
-		} else if _, err = a.ds.Nodes().Create(ctx, a.cfg.NodeName, n); errors.Is(err, datastore.ErrExists) {
-			return datastore.ErrConflict // created meanwhile: read it
-		}
-		written = err == nil
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("agent: register node %s: %w", a.cfg.NodeName, err)
-	}
-	if written {
-		a.log.Info("registered node", "node", a.cfg.NodeName, "address", addr, "uplink", uplink)
-	}
-	return nil
-}
-
 // parts are what the owner loop drives: Run makes them, and from then on the loop owns them.
 type parts struct {
 	rec     *dataplane.Reconciler
@@ -296,9 +254,9 @@ type parts struct {
 // loop is the owner goroutine: it applies updates to the view and reconciles when something
 // changed (batched), when interfaces are still pending, and every ReconcileInterval.
 func (a *Agent) loop(ctx context.Context, p parts) error {
-	rec, r, uplink, updates, w, hk := p.rec, p.routing, p.uplink, p.updates, p.watch, p.house
+	r, updates, w, hk := p.routing, p.updates, p.watch, p.house
 	v := newView(a.cfg.NodeName, r != nil)
-	deferral := a.retain(v, uplink)
+	deferral := a.retain(v, p.uplink)
 	tick := time.NewTicker(a.cfg.ReconcileInterval)
 	defer tick.Stop()
 	gc := time.NewTicker(a.cfg.GCInterval)
@@ -346,70 +304,37 @@ func (a *Agent) loop(ctx context.Context, p parts) error {
 			continue
 		}
 		dirty = false
-		s := v.state(uplink, full)
-		a.learned.Store(int64(v.taken))
-		if r != nil {
-			if err := r.sync(ctx, a, v); err != nil {
-				a.log.Error("bgp", "error", err)
-			}
-			if r.speaker != nil {
-				a.speaker.Store(&r.speaker)
-			}
-		}
-		a.pol.fill(v, &s)
-		pending, ok := a.reconcile(rec, s, full)
-		if ok {
-			a.pol.applied(s)
-		}
-		a.passMetrics.afterPass(v)
+		ok, pending := a.pass(ctx, v, p, full)
 		full = !ok
-		if ok && !v.learnedAt.IsZero() {
-			a.m.routeProgramming.Observe(time.Since(v.learnedAt).Seconds())
-			v.learnedAt = time.Time{}
-		}
 		if pending {
 			retry.Reset(100 * time.Millisecond) // the CNI plugin is creating the interface
 		}
 	}
 }
 
-// gcTimeout bounds one collection.
-const gcTimeout = 10 * time.Second
-
-// datastoreAnswers reads this node's record within a second, to tell whether etcd is reachable
-// before a collection starts work that would wait for it.
-func (a *Agent) datastoreAnswers(ctx context.Context) bool {
-	pctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	_, err := a.ds.Nodes().Get(pctx, a.cfg.NodeName)
-	if err != nil && !errors.Is(err, datastore.ErrNotFound) && !errors.Is(err, datastore.ErrMalformed) {
-		a.log.Warn("etcd does not answer; IPAM garbage collection skipped", "error", err)
-		return false
+// pass brings the host in line with the view, part by part: the desired state, the speaker's
+// peers and advertisements, the policy programs, the reconciler; then the pass's metrics. It
+// reports whether the reconciler succeeded (else the next pass is a full one) and whether an
+// interface is still pending.
+func (a *Agent) pass(ctx context.Context, v *view, p parts, full bool) (ok, pending bool) {
+	s := v.state(p.uplink, full)
+	if r := p.routing; r != nil {
+		a.bgp.learned.Store(int64(v.taken))
+		if err := r.sync(ctx, a, v); err != nil {
+			a.log.Error("bgp", "error", err)
+		}
 	}
-	return true
-}
-
-// collectGarbage removes the records of this node's workloads whose veth and netns are gone (a
-// runtime that never called CNI DEL), frees the addresses of workloads whose record is gone, and
-// gives up empty blocks beyond the first.
-func (a *Agent) collectGarbage(ctx context.Context, nl *netlink.Handle, j gcJob) {
-	if a.beforeCollect != nil {
-		a.beforeCollect(ctx)
+	a.pol.fill(v, &s)
+	pending, ok = a.reconcile(p.rec, s, full)
+	if ok {
+		a.pol.applied(s)
 	}
-	a.collectOrphans(ctx, nl, j)
-	freed, err := a.gc.Run(ctx, j.workloads)
-	if err != nil {
-		a.log.Warn("ipam garbage collection", "error", err)
-		return
+	a.passMetrics.afterPass(v)
+	if ok && !v.learnedAt.IsZero() {
+		a.m.routeProgramming.Observe(time.Since(v.learnedAt).Seconds())
+		v.learnedAt = time.Time{}
 	}
-	if len(freed) > 0 {
-		a.log.Info("ipam garbage collection freed addresses", "ips", freed)
-	}
-	if released, err := a.ipam.ReleaseEmptyBlocks(ctx, a.cfg.NodeName, 1); err != nil {
-		a.log.Warn("release empty blocks", "error", err)
-	} else if len(released) > 0 {
-		a.log.Info("released empty blocks", "blocks", released)
-	}
+	return ok, pending
 }
 
 func (a *Agent) reconcile(rec *dataplane.Reconciler, s dataplane.State, full bool) (pending, ok bool) {
@@ -438,80 +363,4 @@ func (a *Agent) reconcile(rec *dataplane.Reconciler, s dataplane.State, full boo
 		a.log.Info("ready")
 	}
 	return len(res.Pending) > 0, true
-}
-
-func (a *Agent) serveHTTP(ctx context.Context) error {
-	if a.cfg.HTTPAddr == "" {
-		return nil
-	}
-	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("agent: listen on %s: %w", a.cfg.HTTPAddr, err)
-	}
-	a.httpLn = ln
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		// Healthy while the owner loop turns: a pass never takes this long.
-		if time.Since(time.Unix(0, a.healthy.Load())) > a.cfg.ReconcileInterval+time.Minute {
-			http.Error(w, "owner loop stuck", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/bgp/peers", a.serveBGPPeers)
-	mux.HandleFunc("/policy", a.servePolicy)
-	if a.cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.ready.Load() {
-			http.Error(w, "not reconciled yet", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	return nil
-}
-
-// serveBGPPeers answers with the sessions of the node's speaker, as calicoctl reads BIRD's.
-func (a *Agent) serveBGPPeers(w http.ResponseWriter, req *http.Request) {
-	sp := a.speaker.Load()
-	if sp == nil {
-		http.Error(w, "bgp is not running on this node", http.StatusServiceUnavailable)
-		return
-	}
-	peers, err := (*sp).Peers(req.Context())
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	out := []hostconv.PeerStatus{}
-	for _, p := range peers {
-		out = append(out, hostconv.PeerStatus{Address: p.Address.String(), Type: p.Type.String(), State: p.State.String(), Since: p.Since, Info: p.Info})
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(out)
-}
-
-// servePolicy answers which policies (by datastore revision) the dataplane enforces.
-func (a *Agent) servePolicy(w http.ResponseWriter, _ *http.Request) {
-	if a.pol == nil {
-		http.Error(w, "not started", http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(a.pol.status.Load())
 }

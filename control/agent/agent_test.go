@@ -117,14 +117,11 @@ func startAgentWith(t testing.TB, reg *prometheus.Registry, ds *datastore.Client
 	go func() { h.done <- h.ns.Do(func() error { return a.Run(runCtx) }) }()
 	t.Cleanup(func() { cancel(); <-h.done })
 
-	set, err := maps.OpenPinned(h.root)
-	for deadline := time.Now().Add(15 * time.Second); err != nil && time.Now().Before(deadline); {
-		time.Sleep(25 * time.Millisecond)
+	var set *maps.Set
+	eventually(t, "the agent's maps pinned", func() (err error) {
 		set, err = maps.OpenPinned(h.root)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+		return err
+	})
 	t.Cleanup(func() { set.Close() })
 	return h, set
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -28,6 +29,15 @@ type routing struct {
 	speaker bgp.Speaker // nil until the first sync, which knows the AS number
 	peers   []bgp.Peer
 	ads     []bgp.Advertisement
+}
+
+// bgpStatus is what routing publishes, read by the HTTP handlers and the metrics on their own
+// goroutines.
+type bgpStatus struct {
+	speaker    atomic.Pointer[bgp.Speaker] // once the first sync started it
+	learned    atomic.Int64                // learned routes the import policy takes
+	advertised atomic.Int64                // prefixes the speaker originates
+	retained   atomic.Int64                // remote routes kept from before a restart
 }
 
 // newRouting prepares the speaker for this node: router ID and source address the node's IPv4.
@@ -120,6 +130,7 @@ func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
 			return fmt.Errorf("start bgp speaker: %w", err)
 		}
 		r.speaker = s
+		a.bgp.speaker.Store(&r.speaker)
 	}
 	var errs []error
 	// Our prefixes before the peers: a restarting speaker sends its table with its End-of-RIB
@@ -130,7 +141,7 @@ func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
 			errs = append(errs, fmt.Errorf("advertise: %w", err))
 		} else {
 			r.ads = ads
-			a.advertised.Store(int64(len(ads)))
+			a.bgp.advertised.Store(int64(len(ads)))
 		}
 	}
 	peers := v.peers(self, cfg)
@@ -311,7 +322,7 @@ func (a *Agent) retain(v *view, uplink string) <-chan time.Time {
 		return nil
 	}
 	v.retained = routes
-	a.retained.Store(int64(len(routes)))
+	a.bgp.retained.Store(int64(len(routes)))
 	deferral := a.cfg.restartTime()
 	a.log.Info("keeping the remote routes found in the kernel until bgp has every peer's table", "routes", len(routes),
 		"at_most", deferral)
@@ -349,5 +360,5 @@ func (a *Agent) release(v *view, why string) {
 	a.log.Info("bgp converged; routes kept from before the restart released", "reason", why, "kept", len(v.retained))
 	v.retained = nil
 	v.dirtyRemote = true
-	a.retained.Store(0)
+	a.bgp.retained.Store(0)
 }

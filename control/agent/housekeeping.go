@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"sync"
 	"time"
@@ -79,3 +80,42 @@ func (h *housekeeping) collect(v *view) bool {
 }
 
 func (h *housekeeping) wait() { h.wg.Wait() }
+
+// gcTimeout bounds one collection.
+const gcTimeout = 10 * time.Second
+
+// datastoreAnswers reads this node's record within a second, to tell whether etcd is reachable
+// before a collection starts work that would wait for it.
+func (a *Agent) datastoreAnswers(ctx context.Context) bool {
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := a.ds.Nodes().Get(pctx, a.cfg.NodeName)
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) && !errors.Is(err, datastore.ErrMalformed) {
+		a.log.Warn("etcd does not answer; IPAM garbage collection skipped", "error", err)
+		return false
+	}
+	return true
+}
+
+// collectGarbage removes the records of this node's workloads whose veth and netns are gone (a
+// runtime that never called CNI DEL), frees the addresses of workloads whose record is gone, and
+// gives up empty blocks beyond the first.
+func (a *Agent) collectGarbage(ctx context.Context, nl *netlink.Handle, j gcJob) {
+	if a.beforeCollect != nil {
+		a.beforeCollect(ctx)
+	}
+	a.collectOrphans(ctx, nl, j)
+	freed, err := a.gc.Run(ctx, j.workloads)
+	if err != nil {
+		a.log.Warn("ipam garbage collection", "error", err)
+		return
+	}
+	if len(freed) > 0 {
+		a.log.Info("ipam garbage collection freed addresses", "ips", freed)
+	}
+	if released, err := a.ipam.ReleaseEmptyBlocks(ctx, a.cfg.NodeName, 1); err != nil {
+		a.log.Warn("release empty blocks", "error", err)
+	} else if len(released) > 0 {
+		a.log.Info("released empty blocks", "blocks", released)
+	}
+}

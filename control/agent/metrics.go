@@ -83,7 +83,7 @@ func (c *bgpCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
-	sp := c.a.speaker.Load()
+	sp := c.a.bgp.speaker.Load()
 	if sp == nil {
 		return
 	}
@@ -97,7 +97,7 @@ func (c *bgpCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(n), k.state, k.typ)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(c.a.learned.Load()))
-	ch <- prometheus.MustNewConstMetric(c.advertised, prometheus.GaugeValue, float64(c.a.advertised.Load()))
-	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(c.a.retained.Load()))
+	ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue, float64(c.a.bgp.learned.Load()))
+	ch <- prometheus.MustNewConstMetric(c.advertised, prometheus.GaugeValue, float64(c.a.bgp.advertised.Load()))
+	ch <- prometheus.MustNewConstMetric(c.retained, prometheus.GaugeValue, float64(c.a.bgp.retained.Load()))
 }

@@ -47,12 +47,12 @@ func TestRetainedRoutes(t *testing.T) {
 	}
 
 	a := &Agent{log: slog.New(slog.DiscardHandler)}
-	a.retained.Store(3)
+	a.bgp.retained.Store(3)
 	a.release(v, "test")
 	if got := remote(); len(got) != 1 || got[netip.MustParsePrefix("198.19.0.64/26")] != netip.MustParseAddr("198.18.0.104") {
 		t.Errorf("remote routes after release: %v, want only BGP's", got)
 	}
-	if n := a.retained.Load(); n != 0 {
+	if n := a.bgp.retained.Load(); n != 0 {
 		t.Errorf("retained gauge %d after release", n)
 	}
 }

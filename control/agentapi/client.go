@@ -19,6 +19,16 @@ import (
 // DefaultAddr is where margayctl asks this host's agent, which serves on :9091 by default.
 const DefaultAddr = "127.0.0.1:9091"
 
+// The agent's endpoints.
+const (
+	PathHealthz  = "/healthz"   // 200 while the agent's owner loop turns
+	PathReadyz   = "/readyz"    // 200 once the dataplane matched the datastore
+	PathMetrics  = "/metrics"   // Prometheus
+	PathBGPPeers = "/bgp/peers" // the sessions of the node's speaker, as []hostconv.PeerStatus; 503 without BGP
+	PathPolicy   = "/policy"    // the policies (by datastore revision) the dataplane enforces
+	PathPprof    = "/debug/pprof/"
+)
+
 // ErrBGPOff says that the agent runs without its BGP speaker (margay-agent without --bgp): remote
 // routes come from the datastore, and there are no sessions to show.
 var ErrBGPOff = errors.New("bgp is not running on this node")
@@ -46,7 +56,7 @@ func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
 // Healthy returns nil when the agent answers /healthz with 200 OK: it runs and its owner loop
 // turns.
 func (c *Client) Healthy(ctx context.Context) error {
-	resp, err := c.get(ctx, "/healthz")
+	resp, err := c.get(ctx, PathHealthz)
 	if err != nil {
 		return err
 	}
@@ -61,7 +71,7 @@ func (c *Client) Healthy(ctx context.Context) error {
 // BGPPeers returns the agent's BGP sessions (/bgp/peers), an empty list when it has none, and
 // ErrBGPOff when the agent runs without BGP (503 Service Unavailable).
 func (c *Client) BGPPeers(ctx context.Context) ([]hostconv.PeerStatus, error) {
-	resp, err := c.get(ctx, "/bgp/peers")
+	resp, err := c.get(ctx, PathBGPPeers)
 	if err != nil {
 		return nil, err
 	}

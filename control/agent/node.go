@@ -1,12 +1,17 @@
 package agent
 
+// The node: which interface is the uplink, and the node's record in the datastore.
+
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/margaynet/margay/control/datastore"
 )
 
 // detectUplink returns the uplink and its IPv4 address/prefix: the named interface, or the one
@@ -52,4 +57,36 @@ func detectUplink(nl *netlink.Handle, name string) (string, netip.Prefix, error)
 		return link.Attrs().Name, netip.PrefixFrom(ip, bits), nil
 	}
 	return "", netip.Prefix{}, fmt.Errorf("uplink %s has no global IPv4 address", link.Attrs().Name)
+}
+
+// register writes this node's record, keeping what operators set on it (labels, AS, reflector).
+func (a *Agent) register(ctx context.Context, uplink string, addr netip.Prefix) error {
+	written := false
+	err := datastore.Retry(ctx, func() error {
+		cur, err := a.ds.Nodes().Get(ctx, a.cfg.NodeName)
+		n := datastore.Node{Version: datastore.CurrentVersion, Name: a.cfg.NodeName}
+		if err == nil {
+			n = cur.Value
+		} else if !errors.Is(err, datastore.ErrNotFound) {
+			return err
+		}
+		if err == nil && n.AddressV4 == addr && n.Uplink == uplink {
+			return nil
+		}
+		n.AddressV4, n.Uplink = addr, uplink
+		if err == nil {
+			_, err = a.ds.Nodes().Update(ctx, a.cfg.NodeName, n, cur.ModRevision)
+		} else if _, err = a.ds.Nodes().Create(ctx, a.cfg.NodeName, n); errors.Is(err, datastore.ErrExists) {
+			return datastore.ErrConflict // created meanwhile: read it
+		}
+		written = err == nil
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("agent: register node %s: %w", a.cfg.NodeName, err)
+	}
+	if written {
+		a.log.Info("registered node", "node", a.cfg.NodeName, "address", addr, "uplink", uplink)
+	}
+	return nil
 }
