@@ -174,13 +174,6 @@ func btoi(b bool) int {
 	return 0
 }
 
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
-
 func mapValues[V any](m map[string]V) []V {
 	out := make([]V, 0, len(m))
 	for _, k := range sortedKeys(m) {
@@ -216,7 +209,7 @@ func (v *view) advertisementsOf(d *derived) []bgp.Advertisement {
 		}
 	}
 	slices.SortFunc(ads, func(a, b bgp.Advertisement) int {
-		if c := comparePrefix(a.Prefix, b.Prefix); c != 0 {
+		if c := a.Prefix.Compare(b.Prefix); c != 0 {
 			return c
 		}
 		if a.NextHop.IsValid() != b.NextHop.IsValid() {

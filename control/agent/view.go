@@ -199,7 +199,7 @@ func (v *view) derive(uplink string) *derived {
 			}
 		}
 	}
-	slices.SortFunc(s.Blocks, comparePrefix)
+	slices.SortFunc(s.Blocks, netip.Prefix.Compare)
 	for _, key := range sortedKeys(v.workloads) {
 		w := v.workloads[key]
 		ip, ok := w.Addr()

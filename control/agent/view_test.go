@@ -157,7 +157,7 @@ func TestStateIncremental(t *testing.T) {
 						}
 					}
 				}
-				slices.SortFunc(wantAds, func(a, b bgp.Advertisement) int { return comparePrefix(a.Prefix, b.Prefix) })
+				slices.SortFunc(wantAds, func(a, b bgp.Advertisement) int { return a.Prefix.Compare(b.Prefix) })
 				if got := v.advertisements(); !slices.Equal(got, wantAds) {
 					t.Fatalf("pass %d: advertisements %v, want %v", pass, got, wantAds)
 				}

@@ -202,7 +202,7 @@ func (r *Reconciler) execute(d *desired, p *plan, s *State, c *changes) (Result,
 		c.note(r.attachUplink(s.Uplink, int(d.uplinkIndex)))
 	}
 	// In address order: the kernel's table takes a burst of routes (a BGP table) faster so.
-	slices.SortFunc(p.putKernel, func(a, b netlink.Route) int { return comparePrefix(prefixOf(a.Dst), prefixOf(b.Dst)) })
+	slices.SortFunc(p.putKernel, func(a, b netlink.Route) int { return prefixOf(a.Dst).Compare(prefixOf(b.Dst)) })
 	for _, kr := range p.putKernel {
 		c.noteRoute(r, d, kr, r.addRoute(kr))
 	}

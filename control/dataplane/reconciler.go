@@ -354,13 +354,6 @@ func (r *Reconciler) configureInterface(link netlink.Link) (bool, error) {
 	return changed, errors.Join(errs...)
 }
 
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
-
 func prefixOf(n *net.IPNet) netip.Prefix {
 	if n == nil {
 		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
