@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +12,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/manifest"
+	"github.com/margaynet/margay/control/policy"
 )
 
 func newPolicyCmd(g *globals) *cobra.Command {
@@ -41,199 +41,6 @@ writes any, so a file with a mistake leaves the policies in force as they were.`
 	}
 	cmd.AddCommand(newPolicyApplyCmd(g), newPolicyListCmd(g), newPolicyGetCmd(g), newPolicyDeleteCmd(g))
 	return cmd
-}
-
-// policyDoc is one policy document of an input file, as JSON, before it is decoded.
-type policyDoc struct {
-	index int    // 1-based, over the non-empty documents of the input
-	line  int    // line the YAML document starts on; 0 for JSON
-	data  []byte // the document as JSON
-	name  string // best effort, for messages: the name field if it is a string
-	err   error  // set when the document could not be turned into JSON
-}
-
-func (d policyDoc) label() string {
-	switch {
-	case d.name != "":
-		return fmt.Sprintf("document %d (policy %q)", d.index, d.name)
-	case d.line > 0:
-		return fmt.Sprintf("document %d (starting at line %d)", d.index, d.line)
-	}
-	return fmt.Sprintf("document %d", d.index)
-}
-
-// splitPolicyDocs reads the documents of an input: JSON (one object, several, or an array of
-// objects) or YAML (documents separated by --- lines, each a mapping or a sequence of mappings).
-func splitPolicyDocs(input []byte) ([]policyDoc, error) {
-	input = bytes.TrimPrefix(input, []byte("\xef\xbb\xbf"))
-	if looksLikeJSON(input) {
-		return splitJSONDocs(input)
-	}
-	return splitYAMLDocs(input)
-}
-
-// looksLikeJSON tells JSON from YAML: JSON opens with { or [ and then a quoted key, another
-// opening bracket or a closing one; YAML flow style such as {name: web} has a bare key.
-func looksLikeJSON(input []byte) bool {
-	rest := bytes.TrimSpace(input)
-	if len(rest) == 0 || (rest[0] != '{' && rest[0] != '[') {
-		return false
-	}
-	rest = bytes.TrimLeft(rest, "[{ \t\r\n")
-	return len(rest) == 0 || rest[0] == '"' || rest[0] == '}' || rest[0] == ']'
-}
-
-func splitJSONDocs(input []byte) ([]policyDoc, error) {
-	var docs []policyDoc
-	dec := json.NewDecoder(bytes.NewReader(input))
-	for {
-		var raw json.RawMessage
-		err := dec.Decode(&raw)
-		if errors.Is(err, io.EOF) {
-			return docs, nil
-		}
-		if err != nil {
-			var se *json.SyntaxError
-			if errors.As(err, &se) {
-				line, col := lineCol(input, se.Offset)
-				return nil, fmt.Errorf("invalid JSON at line %d, column %d: %w", line, col, err)
-			}
-			return nil, fmt.Errorf("invalid JSON: %w", err)
-		}
-		docs = appendDocs(docs, raw, 0)
-	}
-}
-
-// appendDocs adds a JSON value: an object is one document, an array one per element.
-func appendDocs(docs []policyDoc, raw []byte, line int) []policyDoc {
-	raw = bytes.TrimSpace(raw)
-	switch {
-	case bytes.Equal(raw, []byte("null")):
-		return docs
-	case len(raw) > 0 && raw[0] == '[':
-		var elems []json.RawMessage
-		if err := json.Unmarshal(raw, &elems); err != nil {
-			return append(docs, policyDoc{index: len(docs) + 1, line: line, err: err})
-		}
-		for _, e := range elems {
-			docs = append(docs, newPolicyDoc(len(docs)+1, line, e))
-		}
-		return docs
-	}
-	return append(docs, newPolicyDoc(len(docs)+1, line, raw))
-}
-
-func newPolicyDoc(index, line int, raw []byte) policyDoc {
-	d := policyDoc{index: index, line: line, data: raw}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		d.err = fmt.Errorf("want a policy (a mapping with name, selector, ingress, …), found %s", jsonKind(raw))
-		return d
-	}
-	_ = json.Unmarshal(fields["name"], &d.name)
-	return d
-}
-
-func jsonKind(raw []byte) string {
-	switch raw = bytes.TrimSpace(raw); {
-	case len(raw) == 0:
-		return "nothing"
-	case raw[0] == '[':
-		return "a list"
-	case raw[0] == '"':
-		return "a string " + string(raw)
-	}
-	return string(raw)
-}
-
-// splitYAMLDocs splits at lines that are "---" (optionally followed by a comment) and converts
-// each document to JSON; documents holding only comments and blank lines are skipped.
-func splitYAMLDocs(input []byte) ([]policyDoc, error) {
-	var docs []policyDoc
-	var cur bytes.Buffer
-	start := 1
-	flush := func() {
-		if strings.TrimSpace(cur.String()) == "" {
-			cur.Reset()
-			return
-		}
-		j, err := yaml.YAMLToJSONStrict(cur.Bytes())
-		if err != nil {
-			docs = append(docs, policyDoc{index: len(docs) + 1, line: start, err: fmt.Errorf("invalid YAML: %w", err)})
-		} else {
-			docs = appendDocs(docs, j, start)
-		}
-		cur.Reset()
-	}
-	lines := strings.SplitAfter(string(input), "\n")
-	for i, l := range lines {
-		body := strings.TrimRight(l, "\r\n")
-		if rest, ok := strings.CutPrefix(body, "---"); ok && (rest == "" || rest[0] == ' ' || rest[0] == '\t') {
-			flush()
-			start = i + 2
-			if r := strings.TrimSpace(rest); r != "" && r[0] != '#' {
-				cur.WriteString(r + "\n") // "--- {name: web}"
-				start = i + 1
-			}
-			continue
-		}
-		if body == "..." {
-			flush()
-			start = i + 2
-			continue
-		}
-		if cur.Len() == 0 && strings.TrimSpace(body) == "" {
-			start = i + 2
-			continue
-		}
-		cur.WriteString(l)
-	}
-	flush()
-	return docs, nil
-}
-
-func lineCol(input []byte, offset int64) (line, col int) {
-	if offset > int64(len(input)) {
-		offset = int64(len(input))
-	}
-	before := input[:offset]
-	line = bytes.Count(before, []byte("\n")) + 1
-	col = int(offset) - bytes.LastIndexByte(before, '\n')
-	return line, col
-}
-
-// decodePolicyDocs decodes and validates every document, and reports every one that is wrong.
-func decodePolicyDocs(docs []policyDoc) ([]datastore.Policy, []error) {
-	var (
-		out  []datastore.Policy
-		errs []error
-		seen = map[string]int{}
-	)
-	for _, d := range docs {
-		if d.err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", d.label(), d.err))
-			continue
-		}
-		p, err := datastore.DecodePolicy(d.data)
-		if err != nil {
-			msg := err.Error()
-			for _, prefix := range []string{fmt.Sprintf("policy %q: ", d.name), "policy: ", "decode policy: "} {
-				msg = strings.TrimPrefix(msg, prefix)
-			}
-			if strings.Contains(msg, "cannot unmarshal bool") && d.line > 0 {
-				msg += ` (YAML reads unquoted y, n, yes, no, on, off, true and false as booleans: quote the value)`
-			}
-			errs = append(errs, fmt.Errorf("%s: %s", d.label(), msg))
-			continue
-		}
-		if first, ok := seen[p.Name]; ok {
-			errs = append(errs, fmt.Errorf("%s: same name as document %d", d.label(), first))
-			continue
-		}
-		seen[p.Name] = d.index
-		out = append(out, p)
-	}
-	return out, errs
 }
 
 func readPolicyInput(cmd *cobra.Command, file string) ([]byte, error) {
@@ -287,14 +94,14 @@ written and the error names it. A policy of the same name is replaced as a whole
 			if err != nil {
 				return fmt.Errorf("policy apply: %w", err)
 			}
-			docs, err := splitPolicyDocs(input)
+			docs, err := manifest.Split(input)
 			if err != nil {
 				return fmt.Errorf("policy apply: %s: %w (nothing applied)", where, err)
 			}
 			if len(docs) == 0 {
 				return fmt.Errorf("policy apply: %s holds no policy", where)
 			}
-			policies, errs := decodePolicyDocs(docs)
+			policies, errs := policy.DecodeDocs(docs)
 			switch {
 			case len(errs) == 1:
 				return fmt.Errorf("policy apply: %s: %w (nothing applied)", where, errs[0])
@@ -313,32 +120,17 @@ written and the error names it. A policy of the same name is replaced as a whole
 				return err
 			}
 			defer c.Close()
+			applied, err := policy.Apply(ctx, c.Policies(), policies)
 			out := cmd.OutOrStdout()
 			results := []policyApplyJSON{}
-			for i, p := range policies {
-				result := "created"
-				old, err := c.Policies().Get(ctx, p.Name)
-				switch {
-				case err == nil:
-					result = "configured"
-					if samePolicy(old.Value, p) {
-						result = "unchanged"
-					}
-				case errors.Is(err, datastore.ErrNotFound):
-				case errors.Is(err, datastore.ErrMalformed):
-					result = "configured" // a stored value the agent cannot read: replace it
-				default:
-					return appliedSoFar(err, i, len(policies))
-				}
-				if result != "unchanged" {
-					if _, err := c.Policies().Put(ctx, p.Name, p); err != nil {
-						return appliedSoFar(err, i, len(policies))
-					}
-				}
-				results = append(results, policyApplyJSON{Name: p.Name, Result: result})
+			for _, a := range applied {
+				results = append(results, policyApplyJSON{Name: a.Name, Result: string(a.Result)})
 				if g.output != "json" {
-					fmt.Fprintf(out, "policy %q %s\n", p.Name, result)
+					fmt.Fprintf(out, "policy %q %s\n", a.Name, a.Result)
 				}
+			}
+			if err != nil {
+				return fmt.Errorf("policy apply: %w", err)
 			}
 			if g.output == "json" {
 				return g.result(out, "", results)
@@ -348,20 +140,6 @@ written and the error names it. A policy of the same name is replaced as a whole
 	}
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "YAML or JSON file of policies, - for stdin (required)")
 	return cmd
-}
-
-func appliedSoFar(err error, done, total int) error {
-	if done == 0 {
-		return fmt.Errorf("policy apply: %w (nothing applied)", err)
-	}
-	return fmt.Errorf("policy apply: %w (%d of %d policies applied before it; run the command again)", err, done, total)
-}
-
-// samePolicy compares two policies as they are stored: an empty list and a missing one are alike.
-func samePolicy(a, b datastore.Policy) bool {
-	ja, err1 := json.Marshal(a)
-	jb, err2 := json.Marshal(b)
-	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
 func policyOrder(p datastore.Policy) string {
