@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,14 @@ type Policy struct {
 	Types   []PolicyType `json:"types,omitempty"`
 	Ingress []Rule       `json:"ingress,omitempty"`
 	Egress  []Rule       `json:"egress,omitempty"`
+}
+
+// Same reports whether p and q are stored alike: the same JSON, so an empty list and a missing
+// one are alike.
+func (p Policy) Same(q Policy) bool {
+	jp, err1 := json.Marshal(p)
+	jq, err2 := json.Marshal(q)
+	return err1 == nil && err2 == nil && bytes.Equal(jp, jq)
 }
 
 // Rule actions.

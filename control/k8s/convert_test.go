@@ -159,7 +159,7 @@ spec:
 				t.Fatal(err)
 			}
 			want := policyJSON(t, c.want)
-			if !samePolicy(got, want) {
+			if !got.Same(want) {
 				t.Errorf("got  %s\nwant %s", mustJSON(got), mustJSON(want))
 			}
 			// Margay's own check, through the JSON margayctl and the agent read.
@@ -167,7 +167,7 @@ spec:
 			if err != nil {
 				t.Fatalf("converted policy fails Margay's validation: %v", err)
 			}
-			if !samePolicy(again, got) {
+			if !again.Same(got) {
 				t.Errorf("converted policy is not in stored form:\n%s\n%s", mustJSON(got), mustJSON(again))
 			}
 		})
@@ -199,7 +199,7 @@ spec:
 	}
 	want := policyJSON(t, `{"name": "knp.default.prod.web", "order": 1000, "selector": "projectcalico.org/namespace == 'prod' && app == 'web'",
 	  "types": ["Ingress"], "ingress": [{"action": "allow", "protocol": "tcp", "destination": {"ports": [8443]}}]}`)
-	if !samePolicy(got, want) {
+	if !got.Same(want) {
 		t.Errorf("got  %s\nwant %s", mustJSON(got), mustJSON(want))
 	}
 }

@@ -1,9 +1,7 @@
 package k8s
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -184,7 +182,7 @@ func (s *Syncer) reconcileAll(ctx context.Context) error {
 			if err != nil && !errors.As(err, &partial) {
 				continue // unconvertible: its stored policy stays
 			}
-			if have, err := datastore.DecodePolicy(data); err == nil && have.Name == name && samePolicy(have, want) {
+			if have, err := datastore.DecodePolicy(data); err == nil && have.Name == name && have.Same(want) {
 				continue
 			}
 		}
@@ -277,7 +275,7 @@ func (s *Syncer) report(key string, level slog.Level, msg string, err error) {
 func (s *Syncer) write(ctx context.Context, p datastore.Policy, np *networkingv1.NetworkPolicy) error {
 	old, err := s.ds.Policies().Get(ctx, p.Name)
 	switch {
-	case err == nil && samePolicy(old.Value, p):
+	case err == nil && old.Value.Same(p):
 		return nil
 	case err == nil, errors.Is(err, datastore.ErrMalformed): // the Item of a malformed value has its ModRevision
 		_, err = s.ds.Policies().Update(ctx, p.Name, p, old.ModRevision)
@@ -306,11 +304,4 @@ func (s *Syncer) delete(ctx context.Context, name string) error {
 		return nil // nothing there, or a name nothing can be stored under
 	}
 	return err
-}
-
-// samePolicy compares two policies as they are stored.
-func samePolicy(a, b datastore.Policy) bool {
-	ja, err1 := json.Marshal(a)
-	jb, err2 := json.Marshal(b)
-	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }

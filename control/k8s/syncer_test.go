@@ -147,7 +147,7 @@ func wantConverted(t *testing.T, ds *datastore.Client, np *networkingv1.NetworkP
 		if err != nil {
 			return err
 		}
-		if !samePolicy(got.Value, want) {
+		if !got.Value.Same(want) {
 			return fmt.Errorf("stored %s, want %s", mustJSON(got.Value), mustJSON(want))
 		}
 		return nil

@@ -1,9 +1,7 @@
 package policy
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -88,7 +86,7 @@ func Apply(ctx context.Context, store datastore.Store[datastore.Policy], policie
 		switch {
 		case err == nil:
 			result = ApplyConfigured
-			if samePolicy(old.Value, p) {
+			if old.Value.Same(p) {
 				result = ApplyUnchanged
 			}
 		case errors.Is(err, datastore.ErrNotFound):
@@ -112,11 +110,4 @@ func appliedSoFar(err error, done, total int) error {
 		return fmt.Errorf("%w (nothing applied)", err)
 	}
 	return fmt.Errorf("%w (%d of %d policies applied before it; run the command again)", err, done, total)
-}
-
-// samePolicy compares two policies as they are stored: an empty list and a missing one are alike.
-func samePolicy(a, b datastore.Policy) bool {
-	ja, err1 := json.Marshal(a)
-	jb, err2 := json.Marshal(b)
-	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
