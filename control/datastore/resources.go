@@ -117,6 +117,20 @@ func (c *BGPConfig) setDefaults() {
 	}
 }
 
+// EffectiveASN is the AS number node n speaks BGP with: its own, else the cluster's (cfg's, else
+// DefaultASN when cfg sets none, as the zero BGPConfig of a cluster without config/bgp). This is
+// the one statement of the rule; the speaker's AS, its mesh peers' and margayctl node list's
+// all follow it.
+func EffectiveASN(n Node, cfg BGPConfig) uint32 {
+	switch {
+	case n.ASN != 0:
+		return n.ASN
+	case cfg.ASN != 0:
+		return cfg.ASN
+	}
+	return DefaultASN
+}
+
 // BGPPeer is an explicit BGP peer (a gateway router, a route reflector outside the cluster), at
 // bgp/peers/<name>.
 type BGPPeer struct {

@@ -166,3 +166,24 @@ func deepCopy[T any](v T) T {
 	}
 	return v
 }
+
+func TestEffectiveASN(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		node, cfg uint32
+		want      uint32
+	}{
+		{"node's own", 65001, 64600, 65001},
+		{"node's own without config", 65001, 0, 65001},
+		{"the cluster's", 0, 64600, 64600},
+		{"the default", 0, 0, DefaultASN},
+	} {
+		if got := EffectiveASN(Node{ASN: tc.node}, BGPConfig{ASN: tc.cfg}); got != tc.want {
+			t.Errorf("%s: EffectiveASN(node %d, config %d) = %d, want %d", tc.name, tc.node, tc.cfg, got, tc.want)
+		}
+	}
+	// A cluster without config/bgp: DefaultBGPConfig and the zero config agree.
+	if a, b := EffectiveASN(Node{}, DefaultBGPConfig()), EffectiveASN(Node{}, BGPConfig{}); a != b || a != DefaultASN {
+		t.Errorf("EffectiveASN with the default config = %d, with none = %d; want %d", a, b, DefaultASN)
+	}
+}
