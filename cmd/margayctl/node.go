@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -36,18 +35,6 @@ type nodeJSON struct {
 	Workloads               int               `json:"workloads"`
 }
 
-// clusterASN is the AS number of nodes that set none: config/bgp's, else the default.
-func clusterASN(ctx context.Context, c *datastore.Client) (uint32, error) {
-	cfg, err := c.BGPConfig().Get(ctx)
-	if errors.Is(err, datastore.ErrNotFound) {
-		return datastore.DefaultBGPConfig().ASN, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return cfg.Value.ASN, nil
-}
-
 func newNodeListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "list",
@@ -64,43 +51,20 @@ An AS number in parentheses is the cluster's, which the node inherits.`,
 				return err
 			}
 			defer c.Close()
-			asn, err := clusterASN(ctx, c)
-			if err != nil {
-				return err
-			}
-			nodes, _, err := c.Nodes().List(ctx)
+			nodes, err := newIPAM(c).Nodes(ctx)
 			if err != nil {
 				return err
 			}
 			g.noteEmpty(cmd, len(nodes), "no nodes registered")
-			blocks, _, err := c.Blocks().List(ctx)
-			if err != nil {
-				return err
-			}
-			workloads, _, err := c.AllWorkloads().List(ctx)
-			if err != nil {
-				return err
-			}
 			var rows [][]string
 			js := []nodeJSON{}
-			for _, it := range nodes {
-				n := it.Value
-				nj := nodeJSON{Name: n.Name, Address: n.AddressV4.String(), Uplink: n.Uplink, ASN: n.ASN,
-					RouteReflectorClusterID: n.RouteReflectorClusterID, Labels: n.Labels, Blocks: []string{}}
-				asnText := strconv.FormatUint(uint64(n.ASN), 10)
-				if n.ASN == 0 {
-					nj.ASN, nj.ASNInherited = asn, true
-					asnText = "(" + strconv.FormatUint(uint64(asn), 10) + ")"
-				}
-				for _, b := range blocks {
-					if b.Value.Node() == n.Name {
-						nj.Blocks = append(nj.Blocks, b.Value.CIDR.String())
-					}
-				}
-				for _, w := range workloads {
-					if strings.HasPrefix(w.Name, n.Name+"/") {
-						nj.Workloads++
-					}
+			for _, s := range nodes {
+				n := s.Node
+				nj := nodeJSON{Name: n.Name, Address: n.AddressV4.String(), Uplink: n.Uplink, ASN: s.ASN, ASNInherited: s.ASNInherited,
+					RouteReflectorClusterID: n.RouteReflectorClusterID, Labels: n.Labels, Blocks: strs(s.Blocks), Workloads: s.Workloads}
+				asnText := strconv.FormatUint(uint64(s.ASN), 10)
+				if s.ASNInherited {
+					asnText = "(" + asnText + ")"
 				}
 				rows = append(rows, []string{n.Name, nj.Address, orDash(n.Uplink), asnText,
 					strconv.Itoa(len(nj.Blocks)), strconv.Itoa(nj.Workloads)})

@@ -146,24 +146,14 @@ func newPoolListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			pools, _, err := c.Pools().List(ctx)
-			if err != nil {
-				return err
-			}
-			blocks, _, err := c.Blocks().List(ctx)
+			pools, err := newIPAM(c).Pools(ctx)
 			if err != nil {
 				return err
 			}
 			var rows [][]string
 			js := []poolJSON{}
-			for _, p := range pools {
-				pj := poolJSON{poolSpecJSON: toPoolSpecJSON(p.Value), Size: uint64(1) << (32 - p.Value.CIDR.Bits())}
-				for _, b := range blocks {
-					if ipam.InPool(p.Value.CIDR, b.Value.CIDR) {
-						pj.Blocks++
-						pj.Used += len(b.Value.Allocations)
-					}
-				}
+			for _, s := range pools {
+				pj := poolJSON{poolSpecJSON: toPoolSpecJSON(s.Pool), Blocks: s.Blocks, Used: s.Used, Size: s.Capacity}
 				rows = append(rows, []string{pj.Name, pj.CIDR, strconv.Itoa(pj.BlockSize), strconv.FormatBool(pj.Disabled),
 					strconv.Itoa(pj.Blocks), fmt.Sprintf("%d/%d", pj.Used, pj.Size)})
 				js = append(js, pj)

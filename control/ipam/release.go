@@ -279,7 +279,7 @@ func (i *IPAM) handleExists(ctx context.Context, id string) bool {
 type BlockUsage struct {
 	CIDR     netip.Prefix
 	Node     string
-	Capacity int
+	Capacity int // the addresses of the block (Capacity)
 	Used     int
 }
 
@@ -292,7 +292,7 @@ func (i *IPAM) Usage(ctx context.Context) ([]BlockUsage, error) {
 	var out []BlockUsage
 	for _, b := range blocks {
 		out = append(out, BlockUsage{CIDR: b.Value.CIDR, Node: b.Value.Node(),
-			Capacity: 1 << (32 - b.Value.CIDR.Bits()), Used: len(b.Value.Allocations)})
+			Capacity: int(Capacity(b.Value.CIDR)), Used: len(b.Value.Allocations)})
 	}
 	slices.SortFunc(out, func(a, b BlockUsage) int { return a.CIDR.Addr().Compare(b.CIDR.Addr()) })
 	return out, nil
