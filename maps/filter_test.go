@@ -2,6 +2,9 @@ package maps_test
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -93,6 +96,50 @@ func TestParseReason(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "unknown reason (one of ") || !strings.Contains(err.Error(), "DROP_SPOOFED, ") ||
 		strings.Contains(err.Error(), "UNSPEC") || strings.Contains(err.Error(), "DROP_NOPE") {
 		t.Errorf("ParseReason(DROP_NOPE) error = %v; want the reasons there are, UNSPEC aside", err)
+	}
+}
+
+// Every hook the programs count and emit events under (HOOK_* in bpf/*.c) parses, by its C name
+// and by the name String writes, and every hook of the table parses back from its name.
+func TestParseHook(t *testing.T) {
+	srcs, err := filepath.Glob("../bpf/*.c")
+	if err != nil || len(srcs) == 0 {
+		t.Fatalf("no BPF sources in ../bpf: %v", err)
+	}
+	emitted := map[string]bool{}
+	for _, src := range srcs {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range regexp.MustCompile(`\bHOOK_[A-Z0-9_]+\b`).FindAllString(string(b), -1) {
+			emitted[name] = true
+		}
+	}
+	for _, want := range []string{"HOOK_FROM_WEP", "HOOK_TO_WEP", "HOOK_FROM_NET", "HOOK_XDP_FROM_NET", "HOOK_NF_POLICY"} {
+		if !emitted[want] {
+			t.Errorf("%s not found in bpf/*.c: does the scan still find the hooks?", want)
+		}
+	}
+	for name := range emitted {
+		short := strings.ToLower(strings.TrimPrefix(name, "HOOK_"))
+		for _, s := range []string{name, short, strings.ToUpper(short)} {
+			if h, err := maps.ParseHook(s); err != nil || h.String() != short {
+				t.Errorf("ParseHook(%q) = %v, %v; want %s", s, h, err, short)
+			}
+		}
+	}
+	if h, err := maps.ParseHook("nf_policy"); err != nil || h != maps.HookNFPolicy {
+		t.Errorf("ParseHook(nf_policy) = %v, %v; want HookNFPolicy", h, err)
+	}
+	for _, h := range maps.Hooks() {
+		if got, err := maps.ParseHook(h.String()); err != nil || got != h {
+			t.Errorf("ParseHook(%q) = %v, %v", h, got, err)
+		}
+	}
+	_, err = maps.ParseHook("to_net")
+	if err == nil || err.Error() != "unknown hook (one of from_wep, to_wep, from_net, xdp_from_net, nf_policy)" {
+		t.Errorf("ParseHook(to_net) error = %v; want the hooks there are", err)
 	}
 }
 

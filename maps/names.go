@@ -14,6 +14,7 @@ import (
 // enumNames reads the value names of the C enum from the dataplane's BTF, without their common
 // prefix: the C enum is the only place they are written.
 type enumNames struct {
+	prefix  string // of the C names, "REASON_"
 	byValue map[uint64]string
 	byName  map[string]uint64
 	order   []uint64
@@ -31,7 +32,7 @@ var enums = sync.OnceValue(func() map[string]*enumNames {
 		if err := spec.Types.TypeByName(name, &e); err != nil {
 			panic(fmt.Sprintf("enum %s missing from BTF: %v", name, err))
 		}
-		n := &enumNames{byValue: map[uint64]string{}, byName: map[string]uint64{}}
+		n := &enumNames{prefix: prefix, byValue: map[uint64]string{}, byName: map[string]uint64{}}
 		for _, v := range e.Values {
 			short := strings.TrimPrefix(v.Name, prefix)
 			n.byValue[v.Value] = short
@@ -49,6 +50,13 @@ func enumName(enum string, v uint64) string {
 		return s
 	}
 	return fmt.Sprintf("%s(%d)", enum, v)
+}
+
+// parseEnum reads the name of a value of enum, in any case, with or without the C enum's prefix.
+func parseEnum(enum, s string) (uint64, bool) {
+	e := enums()[enum]
+	v, ok := e.byName[strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), e.prefix)]
+	return v, ok
 }
 
 // Reason says why a packet left a program the way it did (C enum reason).
@@ -75,8 +83,7 @@ func Reasons() []Reason {
 // REASON_ prefix of the C enum: "drop_spoofed" and "REASON_DROP_SPOOFED" are DROP_SPOOFED. Its
 // error lists the reasons there are (but UNSPEC) and leaves naming s to the caller.
 func ParseReason(s string) (Reason, error) {
-	name := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(s)), "REASON_")
-	if v, ok := enums()["reason"].byName[name]; ok {
+	if v, ok := parseEnum("reason", s); ok {
 		return Reason(v), nil
 	}
 	var names []string
@@ -92,6 +99,34 @@ func ParseReason(s string) (Reason, error) {
 type Hook uint16
 
 func (h Hook) String() string { return strings.ToLower(enumName("hook", uint64(h))) }
+
+// Hooks lists every hook the dataplane knows, in numeric order.
+func Hooks() []Hook {
+	var out []Hook
+	for _, v := range enums()["hook"].order {
+		out = append(out, Hook(v))
+	}
+	return out
+}
+
+// HookNames lists the names of Hooks as String writes them: from_wep, to_wep, …
+func HookNames() []string {
+	var out []string
+	for _, h := range Hooks() {
+		out = append(out, h.String())
+	}
+	return out
+}
+
+// ParseHook reads a hook's name as String writes it, in any case, with or without the HOOK_
+// prefix of the C enum: "nf_policy" and "HOOK_NF_POLICY" are HookNFPolicy. Its error lists the
+// hooks there are and leaves naming s to the caller.
+func ParseHook(s string) (Hook, error) {
+	if v, ok := parseEnum("hook", s); ok {
+		return Hook(v), nil
+	}
+	return 0, fmt.Errorf("unknown hook (one of %s)", strings.Join(HookNames(), ", "))
+}
 
 // RouteFlags classify a route (C enum route_flags).
 type RouteFlags uint32

@@ -30,19 +30,6 @@ type monitorOptions struct {
 	flow             ctFilter // --src, --dst, --proto: the packet's source, destination and protocol
 }
 
-var hooks = []maps.Hook{maps.HookFromWep, maps.HookToWep, maps.HookFromNet, maps.HookXDPFromNet}
-
-func parseHook(s string) (maps.Hook, error) {
-	var names []string
-	for _, h := range hooks {
-		if h.String() == strings.ToLower(s) {
-			return h, nil
-		}
-		names = append(names, h.String())
-	}
-	return 0, fmt.Errorf("--hook %q: unknown hook (one of %s)", s, strings.Join(names, ", "))
-}
-
 // parse checks the flags and returns the events they select.
 func (o *monitorOptions) parse() (maps.EventFilter, error) {
 	var f maps.EventFilter
@@ -76,9 +63,9 @@ func (o *monitorOptions) parse() (maps.EventFilter, error) {
 		}
 	}
 	if o.hook != "" {
-		h, err := parseHook(o.hook)
+		h, err := maps.ParseHook(o.hook)
 		if err != nil {
-			return f, err
+			return f, fmt.Errorf("--hook %q: %w", o.hook, err)
 		}
 		f.Hooks = []maps.Hook{h}
 	}
@@ -246,7 +233,7 @@ two share the events between them.`,
 	f.BoolVar(&o.dropsOnly, "drops-only", false, "only drop events, also when another monitor traces")
 	f.StringSliceVar(&o.reasons, "reason", nil, "only these reasons, such as DROP_SPOOFED or FWD_LOCAL (repeat or separate by commas)")
 	f.StringVar(&o.iface, "interface", "", "only packets handled on this interface (name or ifindex)")
-	f.StringVar(&o.hook, "hook", "", "only this hook: from_wep, to_wep, from_net or xdp_from_net")
+	f.StringVar(&o.hook, "hook", "", "only this hook: "+strings.Join(maps.HookNames(), ", "))
 	f.StringVar(&o.flow.src, "src", "", "only packets from this address or CIDR")
 	f.StringVar(&o.flow.dst, "dst", "", "only packets to this address or CIDR")
 	f.StringVar(&o.flow.proto, "proto", "", "only this protocol: tcp, udp, icmp, sctp, udplite or a number")
