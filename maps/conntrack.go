@@ -59,23 +59,7 @@ type Flow struct {
 }
 
 func (f Flow) String() string {
-	return fmt.Sprintf("%s %s:%d -> %s:%d %s %s", protoName(f.Protocol), f.Src, f.SrcPort, f.Dst, f.DstPort, f.State, f.Verdict)
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_SCTP:
-		return "sctp"
-	case unix.IPPROTO_UDPLITE:
-		return "udplite"
-	}
-	return fmt.Sprintf("proto-%d", p)
+	return fmt.Sprintf("%s %s:%d -> %s:%d %s %s", hostconv.ProtocolName(f.Protocol), f.Src, f.SrcPort, f.Dst, f.DstPort, f.State, f.Verdict)
 }
 
 // Monotonic is CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.

@@ -59,7 +59,7 @@ type Event struct {
 
 func (e Event) String() string {
 	src, dst := e.Addrs()
-	return fmt.Sprintf("%s %d %s %s %s %s -> %s %d", e.Kind, e.Ifindex, e.Hook, e.Reason, protoName(e.Protocol), src, dst, e.Len)
+	return fmt.Sprintf("%s %d %s %s %s %s -> %s %d", e.Kind, e.Ifindex, e.Hook, e.Reason, hostconv.ProtocolName(e.Protocol), src, dst, e.Len)
 }
 
 // Addrs returns the packet's source and destination as text: "198.19.0.5:40000" when the event

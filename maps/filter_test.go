@@ -162,6 +162,15 @@ func TestEventText(t *testing.T) {
 	if got, want := e.String(), "drop 3 from_net DROP_SPOOFED udp 198.19.0.7 -> 198.19.0.9 58"; got != want {
 		t.Errorf("String = %q, want %q", got, want)
 	}
+	// A protocol without a name is its number, as hostconv.ProtocolName writes it.
+	gre := e
+	gre.Protocol = 47
+	if got, want := gre.String(), "drop 3 from_net DROP_SPOOFED 47 198.19.0.7 -> 198.19.0.9 58"; got != want {
+		t.Errorf("String = %q, want %q", got, want)
+	}
+	if got, want := (maps.Flow{Protocol: 47, Src: e.Src, Dst: e.Dst}).String(), "47 198.19.0.7:0 -> 198.19.0.9:0 "; !strings.HasPrefix(got, want) {
+		t.Errorf("Flow.String = %q, want it to start with %q", got, want)
+	}
 	before := maps.EventsLost{RateLimited: 5, BufferFull: 1}
 	if got := (maps.EventsLost{RateLimited: 9, BufferFull: 1}).Since(before); got != (maps.EventsLost{RateLimited: 4}) || got.Total() != 4 {
 		t.Errorf("Since = %+v", got)

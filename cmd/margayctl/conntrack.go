@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -50,11 +50,9 @@ func (f *ctFilter) parse() (maps.FlowFilter, error) {
 		return ff, err
 	}
 	if f.proto != "" {
-		p, err := datastore.ParseProtocol(f.proto)
-		if err != nil {
+		if ff.Protocol, err = hostconv.ParseProtocol(f.proto); err != nil {
 			return ff, fmt.Errorf("--proto: %w", err)
 		}
-		ff.Protocol = uint8(p)
 	}
 	return ff, nil
 }
@@ -81,10 +79,8 @@ type flowJSON struct {
 	IdleSeconds  float64 `json:"idleSeconds"`
 }
 
-func hasPorts(p uint8) bool { return datastore.Protocol(p).HasPorts() }
-
 func toFlowJSON(f maps.Flow) flowJSON {
-	return flowJSON{Proto: datastore.Protocol(f.Protocol).String(), Protocol: f.Protocol, Src: f.Src.String(), SrcPort: f.SrcPort,
+	return flowJSON{Proto: hostconv.ProtocolName(f.Protocol), Protocol: f.Protocol, Src: f.Src.String(), SrcPort: f.SrcPort,
 		Dst: f.Dst.String(), DstPort: f.DstPort, State: f.State.String(), Verdict: f.Verdict.String(),
 		KernelNAT: f.KernelNAT, Generation: f.Generation, RuleEgress: f.RuleEgress, RuleIngress: f.RuleIngress,
 		PacketsOrig: f.Packets[0], PacketsReply: f.Packets[1], BytesOrig: f.Bytes[0], BytesReply: f.Bytes[1],
@@ -92,7 +88,7 @@ func toFlowJSON(f maps.Flow) flowJSON {
 }
 
 func endpoint(proto uint8, a netip.Addr, port uint16) string {
-	if hasPorts(proto) {
+	if hostconv.ProtocolHasPorts(proto) {
 		return netip.AddrPortFrom(a, port).String()
 	}
 	return a.String()
@@ -125,7 +121,7 @@ func flowVerdict(f maps.Flow) string {
 }
 
 func flowRow(f maps.Flow) []string {
-	return []string{datastore.Protocol(f.Protocol).String(), endpoint(f.Protocol, f.Src, f.SrcPort), endpoint(f.Protocol, f.Dst, f.DstPort),
+	return []string{hostconv.ProtocolName(f.Protocol), endpoint(f.Protocol, f.Src, f.SrcPort), endpoint(f.Protocol, f.Dst, f.DstPort),
 		f.State.String(), flowVerdict(f),
 		fmt.Sprintf("%d/%d", f.Packets[0], f.Packets[1]), fmt.Sprintf("%d/%d", f.Bytes[0], f.Bytes[1]),
 		shortDuration(f.Age), shortDuration(f.Idle), flowRules(f)}

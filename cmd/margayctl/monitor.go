@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -93,7 +93,7 @@ func toEventJSON(e maps.Event) eventJSON {
 	j := eventJSON{Time: e.Time, Kind: e.Kind.String(), Interface: ifName(e.Ifindex), Ifindex: e.Ifindex,
 		Hook: e.Hook.String(), Reason: e.Reason.String(), Len: e.Len}
 	if e.Src.IsValid() {
-		j.Proto, j.Protocol = datastore.Protocol(e.Protocol).String(), e.Protocol
+		j.Proto, j.Protocol = hostconv.ProtocolName(e.Protocol), e.Protocol
 		j.Src, j.Dst = e.Src.String(), e.Dst.String()
 		j.SrcPort, j.DstPort = e.SrcPort, e.DstPort
 	}
@@ -105,7 +105,7 @@ const monitorLine = "%-15s  %-15s  %-12s  %-20s  %-5s  %21s -> %-21s  %d\n"
 func eventLine(e maps.Event) string {
 	proto := "-"
 	if e.Src.IsValid() {
-		proto = datastore.Protocol(e.Protocol).String()
+		proto = hostconv.ProtocolName(e.Protocol)
 	}
 	src, dst := e.Addrs()
 	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, e.Reason, proto, src, dst, e.Len)

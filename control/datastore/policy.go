@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/control/policy/selector"
 )
 
@@ -91,31 +92,17 @@ type ICMPMatch struct {
 // case) or a number.
 type Protocol uint8
 
-var protocolNames = map[string]Protocol{"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "udplite": 136}
-
-// ParseProtocol reads a protocol name or number 1-255.
+// ParseProtocol reads a protocol name or number 1-255 (hostconv.ParseProtocol).
 func ParseProtocol(s string) (Protocol, error) {
-	if p, ok := protocolNames[strings.ToLower(s)]; ok {
-		return p, nil
-	}
-	n, err := strconv.ParseUint(s, 10, 8)
-	if err != nil || n == 0 || strconv.FormatUint(n, 10) != s {
-		return 0, fmt.Errorf("protocol %q: want tcp, udp, icmp, sctp, udplite or a number 1-255", s)
-	}
-	return Protocol(n), nil
+	p, err := hostconv.ParseProtocol(s)
+	return Protocol(p), err
 }
 
-func (p Protocol) String() string {
-	for name, v := range protocolNames {
-		if v == p {
-			return name
-		}
-	}
-	return strconv.Itoa(int(p))
-}
+// String is the protocol's name, else its number (hostconv.ProtocolName): "tcp", "47".
+func (p Protocol) String() string { return hostconv.ProtocolName(uint8(p)) }
 
 // HasPorts reports whether the protocol carries ports.
-func (p Protocol) HasPorts() bool { return p == 6 || p == 17 || p == 132 || p == 136 }
+func (p Protocol) HasPorts() bool { return hostconv.ProtocolHasPorts(uint8(p)) }
 
 // MarshalJSON writes the name of a known protocol, else the number.
 func (p Protocol) MarshalJSON() ([]byte, error) {

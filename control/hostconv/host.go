@@ -2,7 +2,8 @@
 // reconciler, the CNI plugin's workload set-up, the datastore's validation, the policy compiler —
 // so that each is written once: the host-side veth's name, MAC and settings, how sysctls are read
 // and written, the protocol of the kernel routes Margay owns, the key that names a workload
-// across the cluster, what the agent's HTTP API answers to margayctl, and the values the BPF
+// across the cluster, what the agent's HTTP API answers to margayctl, the names of IP protocols
+// (policies, conntrack entries and events write them alike), and the values the BPF
 // programs share with Go (conntrack's default timeouts, the events' rate limit), which reach the
 // C as generated constants.
 package hostconv
