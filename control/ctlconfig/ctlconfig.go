@@ -1,14 +1,19 @@
-// Package ctlconfig reads margayctl's config file: how to reach etcd, the node name this host's
-// agent registered and where it pins its maps. deploy/install.sh installs it as
-// /etc/margay/margayctl.cfg (deploy/systemd/margayctl.cfg), and the lab writes one per host.
+// Package ctlconfig reads and writes margayctl's config file: how to reach etcd, the node name
+// this host's agent registered and where it pins its maps. deploy/install.sh installs it as
+// /etc/margay/margayctl.cfg (deploy/systemd/margayctl.cfg), and the lab writes one per host
+// (Write).
 package ctlconfig
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/margaynet/margay/control/datastore"
 )
@@ -71,13 +76,61 @@ func Read(path string) (File, error) {
 		}
 		ds.FillFrom(other)
 	}
-	if f.NodeName != "" {
-		if err := datastore.ValidateName(f.NodeName); err != nil {
-			return File{}, fmt.Errorf("read margayctl config %s: nodeName: %w", path, err)
-		}
-	}
-	if f.BPFFSRoot != "" && !filepath.IsAbs(f.BPFFSRoot) {
-		return File{}, fmt.Errorf("read margayctl config %s: bpffsRoot %q: want an absolute path", path, f.BPFFSRoot)
+	if err := check(f.NodeName, f.BPFFSRoot); err != nil {
+		return File{}, fmt.Errorf("read margayctl config %s: %w", path, err)
 	}
 	return File{Path: path, Datastore: ds, NodeName: f.NodeName, BPFFSRoot: f.BPFFSRoot}, nil
+}
+
+// check reports what is wrong with a file's own settings: an invalid nodeName, a relative
+// bpffsRoot.
+func check(nodeName, bpffsRoot string) error {
+	if nodeName != "" {
+		if err := datastore.ValidateName(nodeName); err != nil {
+			return fmt.Errorf("nodeName: %w", err)
+		}
+	}
+	if bpffsRoot != "" && !filepath.IsAbs(bpffsRoot) {
+		return fmt.Errorf("bpffsRoot %q: want an absolute path", bpffsRoot)
+	}
+	return nil
+}
+
+// Marshal returns f as a config file (YAML) that Read reads back to f, its Path aside: comment
+// first, each of its lines as a "# " line, then the settings, etcd's inline. A relative TLS file
+// name is written as it is, and Read takes it relative to the file. Marshal refuses what Read
+// would: an invalid nodeName, a relative bpffsRoot.
+func Marshal(f File, comment string) ([]byte, error) {
+	if err := check(f.NodeName, f.BPFFSRoot); err != nil {
+		return nil, fmt.Errorf("write margayctl config: %w", err)
+	}
+	body, err := yaml.Marshal(format{FileConfig: f.Datastore.FileConfig(), NodeName: f.NodeName, BPFFSRoot: f.BPFFSRoot})
+	if err != nil {
+		return nil, fmt.Errorf("write margayctl config: %w", err)
+	}
+	var b bytes.Buffer
+	if comment != "" {
+		for line := range strings.SplitSeq(comment, "\n") {
+			b.WriteString(strings.TrimRight("# "+line, " ") + "\n")
+		}
+	}
+	b.Write(body)
+	return b.Bytes(), nil
+}
+
+// Write writes Marshal(f, comment) to path. A file it creates is readable by everyone (0644)
+// unless it holds an etcd password (0600).
+func Write(path string, f File, comment string) error {
+	b, err := Marshal(f, comment)
+	if err != nil {
+		return err
+	}
+	mode := os.FileMode(0o644)
+	if f.Datastore.Password != "" {
+		mode = 0o600
+	}
+	if err := os.WriteFile(path, b, mode); err != nil {
+		return fmt.Errorf("write margayctl config: %w", err)
+	}
+	return nil
 }

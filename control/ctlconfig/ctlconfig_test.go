@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/margaynet/margay/control/ctlconfig"
+	"github.com/margaynet/margay/control/datastore"
 )
 
 func write(t *testing.T, dir, name, body string) string {
@@ -90,6 +91,61 @@ func TestLoad(t *testing.T) {
 	if _, err := os.Stat(ctlconfig.DefaultPath); errors.Is(err, fs.ErrNotExist) {
 		if f, err := ctlconfig.Load("", getenv("")); err != nil || !reflect.DeepEqual(f, ctlconfig.File{}) {
 			t.Errorf("Load with no file = %+v, %v; want an empty File", f, err)
+		}
+	}
+}
+
+// Write writes what Read reads back.
+func TestWriteRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []ctlconfig.File{
+		{NodeName: "vm100", BPFFSRoot: "/sys/fs/bpf/margay-lab/vm100", Datastore: datastore.Config{Endpoints: []string{"http://198.18.0.2:2379"}}},
+		{NodeName: "vm7", Datastore: datastore.Config{Endpoints: []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"},
+			CAFile: "/etc/margay/ca.pem", CertFile: "/etc/margay/cert.pem", KeyFile: "/etc/margay/key.pem",
+			Username: "margay", Password: "secret", Prefix: "/other/", DialTimeout: 2 * time.Second}},
+		{},
+	} {
+		path := filepath.Join(dir, "margayctl.cfg")
+		_ = os.Remove(path)
+		if err := ctlconfig.Write(path, f, "margayctl's settings\ninside a lab host"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ctlconfig.Read(path)
+		f.Path = path
+		if err != nil || !reflect.DeepEqual(got, f) {
+			body, _ := os.ReadFile(path)
+			t.Errorf("Read(Write(%+v)) = %+v, %v; file:\n%s", f, got, err, body)
+		}
+		want := fs.FileMode(0o644)
+		if f.Datastore.Password != "" {
+			want = 0o600
+		}
+		if st, err := os.Stat(path); err != nil || st.Mode().Perm() != want {
+			t.Errorf("mode of the file of %+v = %v, %v; want %v", f, st, err, want)
+		}
+	}
+
+	b, err := ctlconfig.Marshal(ctlconfig.File{NodeName: "vm100", Datastore: datastore.Config{Endpoints: []string{"http://198.18.0.2:2379"}}}, "a comment\n\nof lines")
+	if want := "# a comment\n#\n# of lines\nendpoints:\n- http://198.18.0.2:2379\nnodeName: vm100\n"; err != nil || string(b) != want {
+		t.Errorf("Marshal = %q, %v; want %q", b, err, want)
+	}
+	// What Read refuses, Marshal and Write refuse.
+	for _, bad := range []struct {
+		f    ctlconfig.File
+		want string
+	}{
+		{ctlconfig.File{NodeName: "vm/7"}, "nodeName: "},
+		{ctlconfig.File{BPFFSRoot: "sys/fs/bpf"}, `bpffsRoot "sys/fs/bpf": want an absolute path`},
+	} {
+		if _, err := ctlconfig.Marshal(bad.f, ""); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("Marshal(%+v) = %v; want an error with %q", bad.f, err, bad.want)
+		}
+		path := filepath.Join(dir, "bad.cfg")
+		if err := ctlconfig.Write(path, bad.f, ""); err == nil {
+			t.Errorf("Write(%+v) succeeded", bad.f)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("Write(%+v) left a file: %v", bad.f, err)
 		}
 	}
 }

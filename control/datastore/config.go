@@ -173,6 +173,18 @@ func (f FileConfig) Config(path string) (Config, error) {
 	return c, nil
 }
 
+// FileConfig is c as a config file writes it, which FileConfig.Config reads back to c when its
+// TLS file names are absolute (relative ones are taken relative to the file): the dial timeout as
+// a Go duration, "" for none.
+func (c Config) FileConfig() FileConfig {
+	f := FileConfig{Endpoints: c.Endpoints, CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
+		Username: c.Username, Password: c.Password, Prefix: c.Prefix}
+	if c.DialTimeout != 0 {
+		f.DialTimeout = c.DialTimeout.String()
+	}
+	return f
+}
+
 // maxConfigFile bounds what LoadConfigFile reads: a datastore config is a few lines.
 const maxConfigFile = 1 << 20
 

@@ -3,6 +3,7 @@ package datastore_test
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -200,5 +201,22 @@ func TestLoadConfigFileNotRegular(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("LoadConfigFile(%s): %v, want an error saying %q", c.path, err, c.want)
 		}
+	}
+}
+
+// Config.FileConfig is the inverse of FileConfig.Config for absolute TLS file names.
+func TestConfigFileConfig(t *testing.T) {
+	t.Parallel()
+	full := datastore.Config{Endpoints: []string{"https://198.18.0.2:2379", "https://198.18.0.3:2379"}, CAFile: "/etc/margay/ca.pem",
+		CertFile: "/etc/margay/cert.pem", KeyFile: "/etc/margay/key.pem", Username: "u", Password: "p", Prefix: "/x/",
+		DialTimeout: 1500 * time.Millisecond}
+	for _, c := range []datastore.Config{full, {}} {
+		got, err := c.FileConfig().Config("/etc/margay/datastore.yaml")
+		if err != nil || !reflect.DeepEqual(got, c) {
+			t.Errorf("FileConfig().Config = %+v, %v; want %+v", got, err, c)
+		}
+	}
+	if f := (datastore.Config{}).FileConfig(); f.DialTimeout != "" {
+		t.Errorf("dialTimeout of no timeout = %q, want none", f.DialTimeout)
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/margaynet/margay/control/ctlconfig"
+	"github.com/margaynet/margay/control/datastore"
 )
 
 // HostConfig is the margayctl config file of a lab host (vm100, …): its etcd endpoint, node name
@@ -28,9 +31,9 @@ func (l *Lab) writeHostConfig(h Host) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	body := fmt.Sprintf("# margayctl's settings inside lab host %s (margayctl lab exec %s sets MARGAYCTL_CONFIG to this file)\n"+
-		"nodeName: %s\nbpffsRoot: %s\nendpoints: [%s]\n", h.Name, h.Name, h.Name, l.cfg.bpffsRoot(h.Name), l.cfg.etcdEndpoint())
-	return os.WriteFile(path, []byte(body), 0o644)
+	return ctlconfig.Write(path, ctlconfig.File{NodeName: h.Name, BPFFSRoot: l.cfg.bpffsRoot(h.Name),
+		Datastore: datastore.Config{Endpoints: []string{l.cfg.etcdEndpoint()}}},
+		fmt.Sprintf("margayctl's settings inside lab host %s (margayctl lab exec %s sets MARGAYCTL_CONFIG to this file)", h.Name, h.Name))
 }
 
 // Command returns the command that runs argv inside the lab host or workload name (vm100, w100,
