@@ -118,11 +118,7 @@ func (r *routing) sync(ctx context.Context, a *Agent, v *view) error {
 		return nil
 	}
 	if r.speaker == nil {
-		asn := self.ASN
-		if asn == 0 {
-			asn = cfg.ASN
-		}
-		s, err := bgp.New(asn, self.AddressV4.Addr(), r.opts...)
+		s, err := bgp.New(datastore.EffectiveASN(self, cfg), self.AddressV4.Addr(), r.opts...)
 		if err != nil {
 			return fmt.Errorf("create bgp speaker: %w", err)
 		}

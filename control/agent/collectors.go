@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
+	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -138,7 +139,7 @@ func (m *passMetrics) afterPass(v *view) {
 		}
 		blocks++
 		used += len(b.Allocations)
-		size += 1 << (32 - b.CIDR.Bits())
+		size += int(ipam.Capacity(b.CIDR))
 	}
 	m.blocks.Set(float64(blocks))
 	m.addresses.WithLabelValues("used").Set(float64(used))

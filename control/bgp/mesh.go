@@ -17,10 +17,6 @@ import (
 // Nodes without an address, and anything at self's own address, are skipped. The result is
 // sorted by address and never holds an address twice.
 func Mesh(self datastore.Node, nodes []datastore.Node, cfg datastore.BGPConfig, peers []datastore.BGPPeer) []Peer {
-	clusterASN := cfg.ASN
-	if clusterASN == 0 {
-		clusterASN = datastore.DefaultASN
-	}
 	selfAddr := self.AddressV4.Addr()
 	selfRR := self.RouteReflectorClusterID != ""
 
@@ -37,13 +33,9 @@ func Mesh(self datastore.Node, nodes []datastore.Node, cfg datastore.BGPConfig, 
 		if !selfRR && !nodeRR && !cfg.MeshEnabled() {
 			continue
 		}
-		asn := n.ASN
-		if asn == 0 {
-			asn = clusterASN
-		}
 		byAddr[addr.String()] = Peer{
 			Address:              addr,
-			ASN:                  asn,
+			ASN:                  datastore.EffectiveASN(n, cfg),
 			Type:                 PeerMesh,
 			RouteReflectorClient: selfRR && !nodeRR,
 		}

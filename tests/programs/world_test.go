@@ -147,9 +147,7 @@ const (
 
 var programs = []program{fromWep, toWep, fromNet, xdpFromNet}
 
-func (p program) String() string {
-	return [...]string{"from_wep", "to_wep", "from_net", "xdp_from_net"}[p]
-}
+func (p program) String() string { return p.hook().String() }
 
 func (p program) hook() maps.Hook {
 	return [...]maps.Hook{maps.HookFromWep, maps.HookToWep, maps.HookFromNet, maps.HookXDPFromNet}[p]
