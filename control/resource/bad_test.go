@@ -418,3 +418,52 @@ spec:
 		t.Errorf("errors:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// Manifests that Calico accepts and Margay supports, among them Calico's defaults given
+// explicitly and the policy names of both Calico's rules (up to v3.31 and since v3.32).
+var goodManifests = []struct {
+	name string
+	doc  string
+}{
+	{"policy in a tier, named without the tier (Calico v3.32 on)", manifest("GlobalNetworkPolicy", "name: allow-dns", "tier: security")},
+	{"policy in a tier, named <tier>.<name> (Calico up to v3.31)", manifest("NetworkPolicy", "name: security.allow-dns", "tier: security")},
+	{"policy in the default tier, named default.<name>", manifest("GlobalNetworkPolicy", "name: default.allow-dns", "")},
+	{"policy converted from Kubernetes", manifest("NetworkPolicy", "name: knp.default.allow.dns", "")},
+	{"name of 253 bytes", manifest("Profile", "name: "+strings.Repeat("a", 253), "")},
+	{"tier name of 63 bytes", tier(strings.Repeat("t", 63), "")},
+	{"the default tier as Calico creates it", tier("default", "order: 1000000, defaultAction: Deny")},
+	{"the kube-admin tier as Calico creates it", tier("kube-admin", "order: 1000, defaultAction: Pass")},
+	{"every action", gnp("ingress: [{action: Log}, {action: Pass}, {action: Deny}, {action: Allow}]")},
+	{"protocols by name and number", gnp(`ingress: [{action: Allow, protocol: SCTP, destination: {ports: [9]}}, ` +
+		`{action: Allow, protocol: "17", notProtocol: UDPLite, source: {ports: ["1:2"]}}, {action: Allow, protocol: 255}]`)},
+	{"ICMP type and code at their limits", rule("action: Allow, protocol: 1, ipVersion: 4, icmp: {type: 254, code: 255}, notICMP: {type: 0}")},
+	{"nets and notNets", rule("action: Allow, source: {nets: [198.18.0.0/15, 10.0.0.1/32], notNets: [198.18.0.0/24]}")},
+	{"global() alone in a rule's namespaceSelector", rule(`action: Allow, source: {namespaceSelector: " global() ", selector: "has(a)"}`)},
+	{"service account names", rule("action: Allow, source: {serviceAccounts: {names: [api]}}")},
+	{"explicit empty selectors", np(`selector: "", serviceAccountSelector: ""`)},
+	{"performance hint", np("performanceHints: [AssumeNeededOnEveryNode]")},
+	{"pool with Calico's defaults given", pool("cidr: 198.19.0.0/16, blockSize: 26, ipipMode: Never, vxlanMode: Never, " +
+		"natOutgoing: false, nodeSelector: all(), allowedUses: [Workload, Tunnel], assignmentMode: Automatic")},
+	{"disabled pool smaller than a block", pool("cidr: 198.19.0.0/27, disabled: true")},
+	{"tunnel-only pool", pool("cidr: 198.19.0.0/16, blockSize: 20, allowedUses: [Tunnel]")},
+	{"peer with Calico's defaults given", peer("peerIP: 198.18.0.254, asNumber: 64513, node: node1, sourceAddress: UseNodeIP, " +
+		"nextHopMode: Auto, reversePeering: Auto, password: {}")},
+	{"peer AS in dotted form", peer(`peerIP: 198.18.0.254, asNumber: "1.10"`)},
+	{"BGP configuration with Calico's defaults given", bgpcf("logSeverityScreen: info, nodeToNodeMeshEnabled: true, asNumber: 64512, " +
+		"serviceLoadBalancerAggregation: Enabled, listenPort: 179, programClusterRoutes: EnabledNoEncapOnly")},
+	{"mesh off", bgpcf("nodeToNodeMeshEnabled: false")},
+}
+
+func TestGoodManifests(t *testing.T) {
+	for _, tt := range goodManifests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := decodeYAML(t, tt.doc)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if err := r.Validate(); err != nil {
+				t.Errorf("Validate: %v", err)
+			}
+		})
+	}
+}

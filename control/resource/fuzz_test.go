@@ -29,6 +29,9 @@ func FuzzDecode(f *testing.F) {
 	for _, m := range everyField {
 		manifests = append(manifests, m)
 	}
+	for _, tt := range goodManifests {
+		manifests = append(manifests, tt.doc)
+	}
 	for _, m := range manifests {
 		doc, err := yaml.YAMLToJSON([]byte(m))
 		if err != nil {
