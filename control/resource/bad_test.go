@@ -82,6 +82,10 @@ var badManifests = []struct {
 		want: "spec.ingress[0].destination.ports[0]: invalid port 70000: want 1 to 65535"},
 	{name: "port name with a blank", doc: rule(`action: Allow, protocol: TCP, destination: {ports: ["my port"]}`),
 		want: `spec.ingress[0].destination.ports[0]: invalid named port "my port"`},
+	{name: "empty protocol", doc: rule(`action: Allow, protocol: ""`), want: "spec.ingress[0].protocol: invalid protocol: an empty string"},
+	{name: "nested too deep", json: true,
+		doc:  `{"apiVersion":"projectcalico.org/v3","kind":"Tier","spec":` + strings.Repeat(`[`, 40) + strings.Repeat(`]`, 40) + `}`,
+		want: "the document is nested more than 32 levels deep, at spec[0][0]"},
 	{name: "protocol above 255", doc: rule(`action: Allow, protocol: 300`),
 		want: "spec.ingress[0].protocol: invalid protocol: 300 is not a number from 0 to 255"},
 	{name: "ICMP type with words, as in Calico's ICMP page", doc: "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\n" +

@@ -83,7 +83,7 @@ func describeSyntax(err error) error {
 	if errors.Is(err, io.ErrUnexpectedEOF) {
 		return errors.New("invalid JSON: unexpected end of the document")
 	}
-	return fmt.Errorf("invalid JSON: %w", err)
+	return err
 }
 
 type jsonParser struct {
@@ -107,7 +107,7 @@ func (p *jsonParser) value(at path, depth int) (*jsonValue, error) {
 		return &jsonValue{kind: jsonString, text: t}, nil
 	case json.Delim:
 		if depth >= maxDepth {
-			return nil, fmt.Errorf("nested more than %d levels deep at %s", maxDepth, at)
+			return nil, fmt.Errorf("the document is nested more than %d levels deep, at %s", maxDepth, at)
 		}
 		if t == '[' {
 			return p.array(at, depth)

@@ -181,7 +181,7 @@ func uint8OrString(v *jsonValue) (uint8, string, error) {
 			return uint8(n), "", nil
 		}
 		if v.text == "" {
-			return 0, "", errors.New("empty")
+			return 0, "", errors.New("an empty string")
 		}
 		return 0, v.text, nil
 	}
