@@ -9,7 +9,9 @@
 // writes itself and users only read (Kind.ReadOnly). Their Go types have the fields of
 // Calico's (github.com/projectcalico/calico, api/pkg/apis/projectcalico/v3 and, for Node and
 // WorkloadEndpoint, libcalico-go/lib/apis/internalapi) with the same JSON names and the same
-// omitempty rules. Port, Protocol, ASNumber and Duration are Calico's int-or-string forms.
+// omitempty rules, but for the status of IPPool and Tier, which Calico's controllers write,
+// and IPPool's deprecated ipip and nat-outgoing, which Calico refuses. Port, Protocol,
+// ASNumber and Duration are Calico's int-or-string forms.
 //
 // # Decoding
 //
