@@ -46,6 +46,13 @@ type BGPPassword struct {
 	SecretKeyRef *SecretKeySelector `json:"secretKeyRef,omitempty"`
 }
 
+// SecretKeySelector names a key of a Kubernetes secret, as Kubernetes' core/v1 type does.
+type SecretKeySelector struct {
+	Name     string `json:"name,omitempty"`
+	Key      string `json:"key"`
+	Optional *bool  `json:"optional,omitempty"`
+}
+
 // NextHopMode says how the next hop of routes sent to a peer is chosen.
 type NextHopMode string
 
@@ -211,7 +218,9 @@ func checkPassword(errs *errList, at path, p *BGPPassword) {
 	if p == nil || p.SecretKeyRef == nil {
 		return
 	}
-	checkSecretKeyRef(errs, at.child("secretKeyRef"), p.SecretKeyRef)
+	if p.SecretKeyRef.Key == "" {
+		errs.addf(at.child("secretKeyRef").child("key"), "required")
+	}
 	errs.unsupported(at.child("secretKeyRef"), whySecrets)
 }
 

@@ -242,20 +242,3 @@ func checkOneOf[T ~string](errs *errList, at path, v T, allowed ...T) bool {
 	errs.addf(at, "%q is not one of %s", v, strings.Join(want, ", "))
 	return false
 }
-
-// checkSecretKeyRef checks a reference to a key of a Kubernetes secret.
-func checkSecretKeyRef(errs *errList, at path, ref *SecretKeySelector) {
-	if ref == nil {
-		return
-	}
-	if ref.Key == "" {
-		errs.addf(at.child("key"), "required")
-	}
-}
-
-// SecretKeySelector names a key of a Kubernetes secret, as Kubernetes' core/v1 type does.
-type SecretKeySelector struct {
-	Name     string `json:"name,omitempty"`
-	Key      string `json:"key"`
-	Optional *bool  `json:"optional,omitempty"`
-}
