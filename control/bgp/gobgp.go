@@ -207,8 +207,8 @@ func (s *GoBGP) Start(ctx context.Context) error {
 
 // run is the instance's owner goroutine: it runs the methods' closures, takes GoBGP's events,
 // renews the restart bits of late peers, and hands out an Update once the route delay after a
-// change is over. An Update not taken yet is replaced by the next one: a slow receiver gets
-// the newest table, and never holds the speaker up.
+// change is over. A receiver busy with the last Update never holds the speaker up: the changes
+// since gather, and make the next Update once it took that one.
 func (in *instance) run() {
 	defer close(in.done)
 	var (
@@ -235,13 +235,14 @@ func (in *instance) run() {
 			}
 		case <-in.settle:
 			in.settle = nil
-			synced := next.Synced && out != nil // not taken yet: the newer one says it
 			next, out = in.update(), in.s.updates
-			next.Synced = next.Synced || synced
 		case out <- next:
 			out, next = nil, Update{}
 		}
-		if in.changed && in.settle == nil {
+		// While an Update waits to be taken, changes wait too: a new table every route delay
+		// would copy the whole table again and again (100k routes during a burst) for a
+		// receiver busy with the last one. Once it is taken, the changes since follow.
+		if in.changed && in.settle == nil && out == nil {
 			in.settle = time.After(in.s.opts.routeDelay)
 		}
 	}
