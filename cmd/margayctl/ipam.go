@@ -190,24 +190,11 @@ func (g *globals) showIP(ctx context.Context, w io.Writer, c *datastore.Client, 
 		return g.result(w, text, js)
 	}
 
-	h, err := c.Handles().Get(ctx, js.Handle)
-	switch {
-	case err == nil:
-		js.Node, js.Workload = h.Value.Node, h.Value.Workload
-	case !errors.Is(err, datastore.ErrNotFound):
+	h, err := newIPAM(c).HolderOf(ctx, js.Handle)
+	if err != nil {
 		return err
 	}
-	if js.Workload != "" {
-		wl, err := c.AllWorkloads().Get(ctx, js.Workload)
-		switch {
-		case err == nil:
-			js.Name, js.Namespace = wl.Value.Name, wl.Value.Namespace
-		case errors.Is(err, datastore.ErrNotFound):
-			js.WorkloadGone = true
-		default:
-			return err
-		}
-	}
+	js.Node, js.Workload, js.Name, js.Namespace, js.WorkloadGone = h.Node, h.Workload, h.Name, h.Namespace, h.RecordGone
 	name := js.Name
 	if js.Namespace != "" {
 		name = js.Namespace + "/" + js.Name
@@ -302,46 +289,26 @@ hand them to the next workload while the first still uses them.`,
 				return err
 			}
 			defer c.Close()
-			im := newIPAM(c)
-			if byIP {
-				loc, err := im.Locate(ctx, ip)
-				if err != nil {
-					return err
-				}
-				if handle = loc.Handle; handle == "" {
-					return fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
-				}
-			}
-			if !force {
-				if w, err := im.LiveWorkloadOf(ctx, handle); err != nil {
-					return err
-				} else if w != "" {
-					return fmt.Errorf("ipam release: handle %s belongs to workload %s, which still exists; delete the workload first, or pass --force if it no longer runs", handle, w)
-				}
-			}
-			js := ipamReleaseJSON{Handle: handle, Released: []string{}}
-			if byIP {
-				if handle, err = im.ReleaseIP(ctx, ip); err != nil {
-					if errors.Is(err, datastore.ErrNotFound) {
-						return fmt.Errorf("ipam release: %s is not allocated", ip)
-					}
-					return fmt.Errorf("ipam release: %w", err)
-				}
-				js.Handle, js.Released = handle, []string{ip.String()}
-				return g.result(cmd.OutOrStdout(), fmt.Sprintf("released %s (handle %s)", ip, handle), js)
-			}
-			_, getErr := c.Handles().Get(ctx, handle)
-			released, err := im.ReleaseHandle(ctx, handle)
-			if err != nil {
+			rel, err := newIPAM(c).Release(ctx, ipam.ReleaseRequest{IP: ip, Handle: handle, Force: force})
+			var live *ipam.LiveError
+			switch {
+			case errors.As(err, &live):
+				return fmt.Errorf("ipam release: handle %s belongs to workload %s, which still exists; delete the workload first, or pass --force if it no longer runs", live.Handle, live.Workload)
+			case errors.Is(err, ipam.ErrNotAllocated):
+				return fmt.Errorf("ipam release: %s is not allocated (margayctl ipam show --ip %s tells where it lies)", ip, ip)
+			case errors.Is(err, ipam.ErrNoHandle):
+				return fmt.Errorf("ipam release: handle %s does not exist and holds no address", handle)
+			case err != nil:
 				return fmt.Errorf("ipam release: %w", err)
 			}
-			if len(released) == 0 && errors.Is(getErr, datastore.ErrNotFound) {
-				return fmt.Errorf("ipam release: handle %s does not exist and holds no address", handle)
-			}
-			for _, a := range released {
+			js := ipamReleaseJSON{Handle: rel.Handle, Released: []string{}}
+			for _, a := range rel.IPs {
 				js.Released = append(js.Released, a.String())
 			}
-			return g.result(cmd.OutOrStdout(), fmt.Sprintf("released handle %s: %s", handle, ipam.AddrList(released)), js)
+			if byIP {
+				return g.result(cmd.OutOrStdout(), fmt.Sprintf("released %s (handle %s)", ip, rel.Handle), js)
+			}
+			return g.result(cmd.OutOrStdout(), fmt.Sprintf("released handle %s: %s", rel.Handle, ipam.AddrList(rel.IPs)), js)
 		},
 	}
 	cmd.Flags().StringVar(&ipFlag, "ip", "", "address to free")

@@ -274,23 +274,123 @@ func (i *IPAM) Locate(ctx context.Context, ip netip.Addr) (Location, error) {
 	return loc, nil
 }
 
-// LiveWorkloadOf returns the workload ("<node>/<id>") that handle belongs to when that workload's
-// record still exists, else "": freeing its addresses would hand them to the next workload while
-// the first still uses them.
-func (i *IPAM) LiveWorkloadOf(ctx context.Context, handle string) (string, error) {
+// Holder is who holds a handle: its record's node and workload, and the workload record's name
+// and namespace.
+type Holder struct {
+	Handle   string
+	Node     string // "" when the handle has no record (HandleMissing)
+	Workload string // "<node>/<id>", "" when the handle names none
+	// Name and Namespace are the workload record's (a pod's, say).
+	Name, Namespace string
+	// HandleMissing: the handle has no record (its addresses do not say who took them);
+	// RecordGone: the handle names a workload whose record is gone (a candidate for collection).
+	HandleMissing, RecordGone bool
+}
+
+// Live says whether the holder's workload record still exists: freeing its addresses would hand
+// them to the next workload while the first still uses them.
+func (h Holder) Live() bool { return h.Workload != "" && !h.RecordGone }
+
+// HolderOf reads who holds handle: its record, then the workload record it names.
+func (i *IPAM) HolderOf(ctx context.Context, handle string) (Holder, error) {
+	out := Holder{Handle: handle}
 	h, err := i.ds.Handles().Get(ctx, handle)
-	if errors.Is(err, datastore.ErrNotFound) {
-		return "", nil
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		out.HandleMissing = true
+		return out, nil
+	case err != nil:
+		return out, fmt.Errorf("holder of %s: %w", handle, err)
 	}
-	if err != nil || h.Value.Workload == "" {
-		return "", err
+	out.Node, out.Workload = h.Value.Node, h.Value.Workload
+	if out.Workload == "" {
+		return out, nil
 	}
-	_, err = i.ds.AllWorkloads().Get(ctx, h.Value.Workload)
-	if errors.Is(err, datastore.ErrNotFound) {
-		return "", nil
+	w, err := i.ds.AllWorkloads().Get(ctx, out.Workload)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		out.RecordGone = true
+	case err != nil:
+		return out, fmt.Errorf("holder of %s: %w", handle, err)
+	default:
+		out.Name, out.Namespace = w.Value.Name, w.Value.Namespace
 	}
+	return out, nil
+}
+
+// Errors of Release.
+var (
+	// ErrNotAllocated: the address to release is held by no handle.
+	ErrNotAllocated = errors.New("address not allocated")
+	// ErrNoHandle: the handle to release has no record and holds no address.
+	ErrNoHandle = errors.New("handle does not exist and holds no address")
+)
+
+// LiveError says that the handle to release belongs to a workload whose record still exists
+// (see Holder.Live), so Release refused without Force.
+type LiveError struct{ Handle, Workload string }
+
+func (e *LiveError) Error() string {
+	return fmt.Sprintf("handle %s belongs to workload %s, which still exists", e.Handle, e.Workload)
+}
+
+// ReleaseRequest says what Release frees: one address (IP), or every address of a handle
+// (Handle); Force frees them also when the workload holding them still exists.
+type ReleaseRequest struct {
+	IP     netip.Addr
+	Handle string
+	Force  bool
+}
+
+// Released is what Release freed, and from which handle.
+type Released struct {
+	Handle string
+	IPs    []netip.Addr
+}
+
+// Release frees what req names, as an operator asks it: an address must be allocated
+// (ErrNotAllocated), a handle must exist or hold addresses (ErrNoHandle), and a workload whose
+// record still exists keeps its addresses unless req.Force (*LiveError). Releasing a handle
+// deletes it; releasing an address drops it from its handle.
+func (i *IPAM) Release(ctx context.Context, req ReleaseRequest) (Released, error) {
+	if req.IP.IsValid() == (req.Handle != "") {
+		return Released{}, fmt.Errorf("release: give an address or a handle: %w", datastore.ErrInvalid)
+	}
+	handle := req.Handle
+	if req.IP.IsValid() {
+		loc, err := i.Locate(ctx, req.IP)
+		if err != nil {
+			return Released{}, err
+		}
+		if handle = loc.Handle; handle == "" {
+			return Released{}, fmt.Errorf("release %s: %w", req.IP, ErrNotAllocated)
+		}
+	} else if err := datastore.ValidateName(handle); err != nil {
+		return Released{}, fmt.Errorf("release: handle: %w", err)
+	}
+	h, err := i.HolderOf(ctx, handle)
 	if err != nil {
-		return "", err
+		return Released{}, err
 	}
-	return h.Value.Workload, nil
+	if !req.Force && h.Live() {
+		return Released{}, &LiveError{Handle: handle, Workload: h.Workload}
+	}
+	if req.IP.IsValid() {
+		holder, err := i.ReleaseIP(ctx, req.IP)
+		if errors.Is(err, datastore.ErrNotFound) {
+			return Released{}, fmt.Errorf("release %s: %w", req.IP, ErrNotAllocated) // freed meanwhile
+		}
+		if err != nil {
+			return Released{}, err
+		}
+		return Released{Handle: holder, IPs: []netip.Addr{req.IP}}, nil
+	}
+	ips, err := i.ReleaseHandle(ctx, handle)
+	if err != nil {
+		return Released{Handle: handle, IPs: ips}, err
+	}
+	if len(ips) == 0 && h.HandleMissing {
+		return Released{Handle: handle}, fmt.Errorf("release handle %s: %w", handle, ErrNoHandle)
+	}
+	return Released{Handle: handle, IPs: ips}, nil
 }
