@@ -226,4 +226,3 @@ func TestPolicyApplyStdin(t *testing.T) {
 		t.Errorf("stored s2 = %+v, %v", p, ok)
 	}
 }
-
