@@ -82,7 +82,7 @@ func newHost(tb testing.TB, mode loader.TCMode, name, addr, block string) *host 
 		block: netip.MustParsePrefix(block),
 		mode:  mode,
 	}
-	sysctl(tb, h.ns, "ipv4/ip_forward", "1")
+	h.ns.MustSysctl(tb, "ipv4/ip_forward", "1")
 
 	root := netns.BPFFS(tb)
 	// Loader logs go to the test's output: shown with -v or when the test fails.
@@ -140,8 +140,8 @@ func (h *host) addWorkload(tb testing.TB, name, ip string) *workload {
 	w.mac = w.ns.Link(tb, "eth0").Attrs().HardwareAddr
 
 	h.ns.SetMAC(tb, w.cali, hostVethMAC)
-	sysctl(tb, h.ns, "ipv4/conf/"+w.cali+"/proxy_arp", "1")
-	sysctl(tb, h.ns, "ipv4/conf/"+w.cali+"/forwarding", "1")
+	h.ns.MustSysctl(tb, "ipv4/conf/"+w.cali+"/proxy_arp", "1")
+	h.ns.MustSysctl(tb, "ipv4/conf/"+w.cali+"/forwarding", "1")
 	h.ns.RouteDev(tb, netip.PrefixFrom(w.ip, 32).String(), w.cali)
 	w.caliIndex = uint32(h.ns.Link(tb, w.cali).Attrs().Index)
 
@@ -243,12 +243,5 @@ func (h *host) detach(tb testing.TB) {
 	})
 	if err != nil {
 		tb.Fatalf("%s: %v", h.name, err)
-	}
-}
-
-func sysctl(tb testing.TB, ns *netns.NS, key, value string) {
-	tb.Helper()
-	if err := ns.Sysctl(key, value); err != nil {
-		tb.Fatalf("sysctl %s=%s in %s: %v", key, value, ns.Name, err)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/margaynet/margay/control/hostconv"
 )
 
 // NS is a named network namespace that lives as long as the test.
@@ -182,10 +184,12 @@ func (n *NS) MustRun(tb testing.TB, name string, args ...string) string {
 	return out
 }
 
-// Sysctl writes a value under /proc/sys/net in the namespace, e.g. "ipv4/ip_forward".
+// Sysctl sets a value under /proc/sys/net in the namespace, e.g. "ipv4/ip_forward" (written
+// only when it differs, as the agent and the CNI plugin set theirs).
 func (n *NS) Sysctl(key, value string) error {
 	return n.Do(func() error {
-		return os.WriteFile(filepath.Join("/proc/sys/net", key), []byte(value), 0o644)
+		_, err := hostconv.SetSysctl(hostconv.SysctlRoot, key, value)
+		return err
 	})
 }
 
