@@ -33,8 +33,9 @@ type Policy struct {
 	Order *float64 `json:"order,omitempty"`
 	// Selector picks the workloads the policy applies to; empty means all().
 	Selector string `json:"selector,omitempty"`
-	// Types lists the directions the policy governs. Left out: Ingress, plus Egress when there
-	// are egress rules, as Calico does.
+	// Types lists the directions the policy governs. Left out, as Calico defaults it: Egress
+	// when there are egress rules and no ingress rules, Ingress and Egress when there are both,
+	// else Ingress. (A policy written through the store keeps the types it was given then.)
 	Types   []PolicyType `json:"types,omitempty"`
 	Ingress []Rule       `json:"ingress,omitempty"`
 	Egress  []Rule       `json:"egress,omitempty"`
@@ -328,12 +329,21 @@ func (e *EntityRule) normalize() {
 	}
 }
 
+// DefaultTypes is Calico's default of a policy's types for a policy with or without ingress and
+// egress rules: ingress rules or none, Ingress; egress rules only, Egress; both, both.
+func DefaultTypes(ingress, egress bool) []PolicyType {
+	switch {
+	case ingress && egress:
+		return []PolicyType{PolicyIngress, PolicyEgress}
+	case egress:
+		return []PolicyType{PolicyEgress}
+	}
+	return []PolicyType{PolicyIngress}
+}
+
 func (p *Policy) setDefaults() {
 	if len(p.Types) == 0 {
-		p.Types = []PolicyType{PolicyIngress}
-		if len(p.Egress) > 0 {
-			p.Types = append(p.Types, PolicyEgress)
-		}
+		p.Types = DefaultTypes(len(p.Ingress) > 0, len(p.Egress) > 0)
 	}
 	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
 		for i := range rules {
