@@ -61,6 +61,11 @@ type Rule struct {
 	// Protocol, when set, must match; ports need tcp, udp, sctp or udplite, icmp needs icmp.
 	Protocol *Protocol  `json:"protocol,omitempty"`
 	ICMP     *ICMPMatch `json:"icmp,omitempty"`
+	// NotProtocol, when set, must not match: the rule takes every other protocol.
+	NotProtocol *Protocol `json:"notProtocol,omitempty"`
+	// NotICMP, when set, must not match: the rule takes every ICMP packet but those of this
+	// type (and code); it needs protocol icmp, as icmp does.
+	NotICMP *ICMPMatch `json:"notICMP,omitempty"`
 	// Source and Destination match the two ends; in an ingress rule the destination is the
 	// selected workload itself, in an egress rule the source is.
 	Source      EntityRule `json:"source,omitzero"`
@@ -255,13 +260,22 @@ func (r Rule) Validate() error {
 	if r.Action != ActionAllow && r.Action != ActionDeny {
 		return fmt.Errorf("action %q: want allow or deny", r.Action)
 	}
-	if r.ICMP != nil {
+	for _, m := range []struct {
+		name string
+		m    *ICMPMatch
+	}{{"icmp", r.ICMP}, {"notICMP", r.NotICMP}} {
+		if m.m == nil {
+			continue
+		}
 		if r.Protocol == nil || *r.Protocol != 1 {
-			return errors.New("icmp: needs protocol icmp")
+			return fmt.Errorf("%s: needs protocol icmp", m.name)
 		}
-		if r.ICMP.Code != nil && r.ICMP.Type == nil {
-			return errors.New("icmp: code without type")
+		if m.m.Code != nil && m.m.Type == nil {
+			return fmt.Errorf("%s: code without type", m.name)
 		}
+	}
+	if r.NotProtocol != nil && r.Protocol != nil && *r.NotProtocol == *r.Protocol {
+		return fmt.Errorf("notProtocol %s: the same as protocol, so the rule matches nothing", *r.NotProtocol)
 	}
 	for _, side := range []struct {
 		name string

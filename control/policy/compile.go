@@ -46,12 +46,18 @@ type Result struct {
 
 // progRule is a rule of a program: its own end decided, its peer reduced to a match id.
 type progRule struct {
-	id     uint32 // rule id
-	allow  bool
-	proto  uint8
-	dports intervals
-	sports intervals
-	match  uint32 // 0: any peer
+	id       uint32 // rule id
+	allow    bool
+	proto    uint8
+	notProto uint8 // 0: none
+	dports   intervals
+	sports   intervals
+	match    uint32 // 0: any peer
+}
+
+// takes says whether the rule applies to protocol proto at all (its ports aside).
+func (r *progRule) takes(proto uint8) bool {
+	return (r.proto == 0 || r.proto == proto) && r.notProto != proto
 }
 
 type cell struct {
@@ -216,7 +222,8 @@ func (c *Compiler) program(s *Set, ep *Endpoint, dir Direction) (uint32, error) 
 		if err != nil {
 			return 0, err
 		}
-		pr := progRule{id: id, allow: r.allow, proto: r.proto, dports: r.dports, sports: r.sports, match: c.matchID(r.peer)}
+		pr := progRule{id: id, allow: r.allow, proto: r.proto, notProto: r.notProto, dports: r.dports, sports: r.sports,
+			match: c.matchID(r.peer)}
 		prs = append(prs, pr)
 		fmt.Fprintf(&text, "%s|", r.text)
 	}
@@ -442,7 +449,8 @@ func (c *Compiler) compileCell(p, ident uint32) ([]maps.PolicyKey, []maps.Policy
 		vals = append(vals, maps.PolicyValue{Action: cl.action, Rule: cl.rule})
 	}
 
-	// Protocols no rule names: the first rule for any protocol (it has no ports) decides.
+	// Protocols no rule names (in protocol or notProtocol): the first rule for any protocol (it
+	// has no ports) decides; a rule for all but one protocol takes them too.
 	other := defaultDeny
 	for _, r := range rules {
 		if r.proto == 0 && r.dports.isAll() && r.sports.isAll() {
@@ -457,6 +465,9 @@ func (c *Compiler) compileCell(p, ident uint32) ([]maps.PolicyKey, []maps.Policy
 		if r.proto != 0 {
 			protos[r.proto] = true
 		}
+		if r.notProto != 0 {
+			protos[r.notProto] = true
+		}
 	}
 	for _, proto := range slices.Sorted(func(yield func(uint8) bool) {
 		for x := range protos {
@@ -467,7 +478,7 @@ func (c *Compiler) compileCell(p, ident uint32) ([]maps.PolicyKey, []maps.Policy
 	}) {
 		var pr []*progRule
 		for _, r := range rules {
-			if r.proto == 0 || r.proto == proto {
+			if r.takes(proto) {
 				pr = append(pr, r)
 			}
 		}

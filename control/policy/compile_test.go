@@ -194,7 +194,16 @@ func (g gen) rule() datastore.Rule {
 		r.Action = datastore.ActionDeny
 	}
 	var protoPorts bool
-	switch g.r.IntN(5) {
+	icmp := func() *datastore.ICMPMatch {
+		t := uint8(8)
+		m := &datastore.ICMPMatch{Type: &t}
+		if g.r.IntN(2) == 0 {
+			c := uint8(0)
+			m.Code = &c
+		}
+		return m
+	}
+	switch g.r.IntN(6) {
 	case 0, 1:
 		p := datastore.Protocol(6)
 		r.Protocol, protoPorts = &p, true
@@ -204,14 +213,15 @@ func (g gen) rule() datastore.Rule {
 	case 3:
 		p := datastore.Protocol(1)
 		r.Protocol = &p
-		if g.r.IntN(2) == 0 {
-			t := uint8(8)
-			r.ICMP = &datastore.ICMPMatch{Type: &t}
-			if g.r.IntN(2) == 0 {
-				c := uint8(0)
-				r.ICMP.Code = &c
-			}
+		switch g.r.IntN(3) {
+		case 0:
+			r.ICMP = icmp()
+		case 1:
+			r.NotICMP = icmp()
 		}
+	case 4: // every protocol but one
+		np := datastore.Protocol([]uint8{1, 6, 17}[g.r.IntN(3)])
+		r.NotProtocol = &np
 	}
 	r.Source = g.entity(protoPorts && g.r.IntN(3) == 0)
 	r.Destination = g.entity(protoPorts)

@@ -262,14 +262,16 @@ func (m match) matchesRegion(p netip.Prefix) bool {
 
 // rule is a validated rule, ready to match.
 type rule struct {
-	ref    RuleRef
-	text   string // canonical JSON of the rule, part of program identities
-	allow  bool
-	proto  uint8 // 0: any
-	dports intervals
-	sports intervals
-	peer   match // the other end
-	local  match // the selected workload's own end
+	ref   RuleRef
+	text  string // canonical JSON of the rule, part of program identities
+	allow bool
+	proto uint8 // 0: any
+	// notProto is a protocol the rule does not take (0: none).
+	notProto uint8
+	dports   intervals
+	sports   intervals
+	peer     match // the other end
+	local    match // the selected workload's own end
 }
 
 type parsedPolicy struct {
@@ -342,13 +344,15 @@ func parseRule(r datastore.Rule, ref RuleRef) (rule, error) {
 	if r.Protocol != nil {
 		pr.proto = uint8(*r.Protocol)
 	}
-	if r.ICMP != nil && r.ICMP.Type != nil {
-		t := uint16(*r.ICMP.Type) << 8
-		if r.ICMP.Code != nil {
-			pr.dports = intervals{{t | uint16(*r.ICMP.Code), t | uint16(*r.ICMP.Code)}}
-		} else {
-			pr.dports = intervals{{t, t | 0xff}}
-		}
+	if r.NotProtocol != nil {
+		pr.notProto = uint8(*r.NotProtocol)
+	}
+	// ICMP type and code travel as a port: type << 8 | code.
+	if iv, ok := icmpPorts(r.ICMP); ok {
+		pr.dports = intervals{iv}
+	}
+	if iv, ok := icmpPorts(r.NotICMP); ok {
+		pr.dports = pr.dports.minus(intervals{iv})
 	}
 	peer, local := r.Source, r.Destination
 	if ref.Direction == Egress {
@@ -361,14 +365,26 @@ func parseRule(r datastore.Rule, ref RuleRef) (rule, error) {
 	if pr.local, err = newMatch(local); err != nil {
 		return pr, err
 	}
-	pr.text = fmt.Sprintf("%s %v proto=%d d=%v s=%v peer{%s} local{%s}", ref, pr.allow, pr.proto, pr.dports,
-		pr.sports, pr.peer.key(), pr.local.key())
+	pr.text = fmt.Sprintf("%s %v proto=%d notproto=%d d=%v s=%v peer{%s} local{%s}", ref, pr.allow, pr.proto, pr.notProto,
+		pr.dports, pr.sports, pr.peer.key(), pr.local.key())
 	return pr, nil
+}
+
+// icmpPorts is the port interval of an ICMP type (every code) or type and code.
+func icmpPorts(m *datastore.ICMPMatch) (interval, bool) {
+	if m == nil || m.Type == nil {
+		return interval{}, false
+	}
+	t := uint16(*m.Type) << 8
+	if m.Code != nil {
+		return interval{t | uint16(*m.Code), t | uint16(*m.Code)}, true
+	}
+	return interval{t, t | 0xff}, true
 }
 
 // matchesTraffic reports whether the rule's protocol and ports match.
 func (r *rule) matchesTraffic(f Flow) bool {
-	if r.proto != 0 && r.proto != f.Proto {
+	if r.proto != 0 && r.proto != f.Proto || r.notProto != 0 && r.notProto == f.Proto {
 		return false
 	}
 	return r.dports.contains(f.DstPort) && r.sports.contains(f.SrcPort)
