@@ -70,6 +70,9 @@ type Rule struct {
 	// selected workload itself, in an egress rule the source is.
 	Source      EntityRule `json:"source,omitzero"`
 	Destination EntityRule `json:"destination,omitzero"`
+	// Annotations are the operator's notes on the rule (a Calico rule's metadata.annotations),
+	// kept for them and never matched.
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // EntityRule matches one end of a flow; every field that is set must match.
@@ -364,6 +367,7 @@ func (p *Policy) setDefaults() {
 			rules[i].Action = strings.ToLower(rules[i].Action)
 			rules[i].Source.normalize()
 			rules[i].Destination.normalize()
+			rules[i].Annotations = nilIfEmpty(rules[i].Annotations)
 		}
 	}
 	if len(p.Ingress) == 0 {
