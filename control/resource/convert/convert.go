@@ -1,0 +1,108 @@
+package convert
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/margaynet/margay/control/resource"
+)
+
+// ErrNotYet is wrapped by the errors about fields Calico accepts that Margay's datastore cannot
+// hold yet (Calico's policy model comes in steps); it wraps resource.ErrUnsupported, so that
+// errors.Is tells both kinds of "not supported" from invalid input.
+var ErrNotYet = fmt.Errorf("%w yet", resource.ErrUnsupported)
+
+// Why a field is not supported yet: each reason completes "not supported by Margay yet (...)".
+const (
+	whyTiers      = "tiers come with Calico's policy model; every policy is in tier default"
+	whyActions    = "Margay's rules allow or deny; Log and Pass come with tiers"
+	whyIPVersion  = "Margay is IPv4-only: leave ipVersion out"
+	whyNegations  = "notProtocol and notICMP come with Calico's policy model"
+	whyNamespaces = "namespace selectors come with namespaced policies"
+	whySAs        = "service account matches come with Calico's policy model"
+	whyHints      = "performance hints come with Calico's policy model"
+	whyLabels     = "Margay's records hold no labels or annotations for this kind"
+	whyPools      = "Margay's pools hold a CIDR, a block size and disabled"
+	whyPeers      = "Margay's peers hold a node, a peer IP and an AS number"
+	whyBGPConfig  = "Margay's BGP configuration holds an AS number and the node-to-node mesh"
+	whyHostEPs    = "it concerns host endpoints, which Margay does not have"
+)
+
+// fieldErrs collects every problem of a resource, each naming its field.
+type fieldErrs []error
+
+func (e *fieldErrs) notYet(at, why string) {
+	*e = append(*e, fmt.Errorf("%s: %w (%s)", at, ErrNotYet, why))
+}
+
+func (e *fieldErrs) addf(at, format string, args ...any) {
+	*e = append(*e, fmt.Errorf("%s: %s", at, fmt.Sprintf(format, args...)))
+}
+
+func (e fieldErrs) err() error { return errors.Join(e...) }
+
+// check runs the record's own validation, for what only Margay limits (rule counts, ...); a
+// resource that passed resource.Validate rarely fails it.
+func (e *fieldErrs) check(v interface{ Validate() error }) {
+	if len(*e) == 0 {
+		if err := v.Validate(); err != nil {
+			e.addf("spec", "%s", err)
+		}
+	}
+}
+
+// checkMeta refuses the labels and annotations a record cannot hold: every label but the ones
+// in keep (with their values), every annotation. Name, namespace, uid, resourceVersion and
+// creationTimestamp are the caller's.
+func checkMeta(e *fieldErrs, m *resource.ObjectMeta, keep map[string]string) {
+	for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
+		if v, ok := keep[k]; !ok || v != m.Labels[k] {
+			e.notYet("metadata.labels["+strconv.Quote(k)+"]", whyLabels)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(m.Annotations)) {
+		e.notYet("metadata.annotations["+strconv.Quote(k)+"]", whyLabels)
+	}
+}
+
+// FromV3 converts a resource of a kind Margay stores (GlobalNetworkPolicy, IPPool, BGPPeer,
+// BGPConfiguration) into its record: a datastore.Policy, Pool, BGPPeer or BGPConfig. The
+// resource should have passed Validate; FromV3 fills in Calico's defaults itself. Every field
+// the record cannot hold is an error wrapping ErrNotYet, all of them joined.
+func FromV3(r resource.Resource) (any, error) {
+	switch r := r.(type) {
+	case *resource.GlobalNetworkPolicy:
+		return PolicyFromV3(r)
+	case *resource.IPPool:
+		return PoolFromV3(r)
+	case *resource.BGPPeer:
+		return PeerFromV3(r)
+	case *resource.BGPConfiguration:
+		return BGPConfigFromV3(r)
+	case *resource.NetworkPolicy:
+		return nil, fmt.Errorf("kind: %w (NetworkPolicy: namespaced policies come with Calico's policy model; a GlobalNetworkPolicy is stored)", ErrNotYet)
+	case *resource.Profile, *resource.Tier:
+		return nil, fmt.Errorf("kind: %w (%s: profiles and tiers come with Calico's policy model)", ErrNotYet, r.Kind())
+	case *resource.Node, *resource.WorkloadEndpoint:
+		return nil, fmt.Errorf("kind: %s is read-only: Margay writes it itself", r.Kind())
+	}
+	return nil, fmt.Errorf("convert: unknown resource %T", r)
+}
+
+// parseNet reads a CIDR or a bare address (a /32), as Calico's nets take them.
+func parseNet(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func ptr[T any](v T) *T { return &v }
