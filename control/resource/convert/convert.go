@@ -74,6 +74,9 @@ func checkMeta(e *fieldErrs, m *resource.ObjectMeta, keep map[string]string) {
 // resource should have passed Validate; FromV3 fills in Calico's defaults itself. Every field
 // the record cannot hold is an error wrapping ErrNotYet, all of them joined.
 func FromV3(r resource.Resource) (any, error) {
+	if err := CheckKind(r.Kind()); err != nil {
+		return nil, err
+	}
 	switch r := r.(type) {
 	case *resource.GlobalNetworkPolicy:
 		return PolicyFromV3(r)
@@ -83,14 +86,26 @@ func FromV3(r resource.Resource) (any, error) {
 		return PeerFromV3(r)
 	case *resource.BGPConfiguration:
 		return BGPConfigFromV3(r)
-	case *resource.NetworkPolicy:
-		return nil, fmt.Errorf("kind: %w (NetworkPolicy: namespaced policies come with Calico's policy model; a GlobalNetworkPolicy is stored)", ErrNotYet)
-	case *resource.Profile, *resource.Tier:
-		return nil, fmt.Errorf("kind: %w (%s: profiles and tiers come with Calico's policy model)", ErrNotYet, r.Kind())
-	case *resource.Node, *resource.WorkloadEndpoint:
-		return nil, fmt.Errorf("kind: %s is read-only: Margay writes it itself", r.Kind())
 	}
-	return nil, fmt.Errorf("convert: unknown resource %T", r)
+	return nil, fmt.Errorf("convert: no record for %T", r)
+}
+
+// CheckKind says whether resources of kind k can be written: nil for the kinds Margay stores,
+// an error wrapping ErrNotYet for those it does not store yet, and an error for the read-only
+// kinds, which Margay writes itself.
+func CheckKind(k resource.Kind) error {
+	switch k {
+	case resource.KindGlobalNetworkPolicy, resource.KindIPPool, resource.KindBGPPeer, resource.KindBGPConfiguration:
+		return nil
+	case resource.KindNetworkPolicy:
+		return fmt.Errorf("kind: %w (NetworkPolicy: namespaced policies come with Calico's policy model; GlobalNetworkPolicy is stored)", ErrNotYet)
+	case resource.KindProfile, resource.KindTier:
+		return fmt.Errorf("kind: %w (%s: profiles and tiers come with Calico's policy model)", ErrNotYet, k)
+	}
+	if k.ReadOnly() {
+		return fmt.Errorf("kind: %s is read-only: Margay writes it itself", k)
+	}
+	return fmt.Errorf("kind: %q is not a kind Margay reads", k)
 }
 
 // parseNet reads a CIDR or a bare address (a /32), as Calico's nets take them.

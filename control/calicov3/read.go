@@ -1,0 +1,128 @@
+package calicov3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/resource"
+	"github.com/margaynet/margay/control/resource/convert"
+)
+
+// List reads the resources of kind, as calicoctl get KIND lists them: in the namespace given,
+// or in every namespace when it is "" (for the namespaced kinds; the others have none). A
+// resource's resourceVersion is its record's etcd revision. It also returns the revision of the
+// read. The BGPConfiguration default is listed when the cluster has one stored.
+func List(ctx context.Context, c *datastore.Client, kind resource.Kind, namespace string) ([]resource.Resource, int64, error) {
+	switch kind {
+	case resource.KindGlobalNetworkPolicy:
+		return listOf(ctx, c.Policies(), func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
+	case resource.KindIPPool:
+		return listOf(ctx, c.Pools(), func(p datastore.Pool) (resource.Resource, error) { return convert.PoolToV3(p), nil })
+	case resource.KindBGPPeer:
+		return listOf(ctx, c.BGPPeers(), func(p datastore.BGPPeer) (resource.Resource, error) { return convert.PeerToV3(p), nil })
+	case resource.KindBGPConfiguration:
+		return listOf(ctx, c.BGPConfig().Store(), func(b datastore.BGPConfig) (resource.Resource, error) { return convert.BGPConfigToV3(b), nil })
+	case resource.KindNode:
+		return listOf(ctx, c.Nodes(), func(n datastore.Node) (resource.Resource, error) { return convert.NodeToV3(n), nil })
+	case resource.KindWorkloadEndpoint:
+		all, rev, err := listOf(ctx, c.AllWorkloads(), func(w datastore.Workload) (resource.Resource, error) { return convert.WorkloadToV3(w) })
+		if err != nil || namespace == "" {
+			return all, rev, err
+		}
+		var out []resource.Resource
+		for _, r := range all {
+			if r.Metadata().Namespace == namespace {
+				out = append(out, r)
+			}
+		}
+		return out, rev, nil
+	}
+	if err := convert.CheckKind(kind); err != nil {
+		return nil, 0, fmt.Errorf("get %s: %w", kind, err)
+	}
+	return nil, 0, fmt.Errorf("get %s: not a kind Margay reads", kind)
+}
+
+func listOf[T any](ctx context.Context, s datastore.Store[T], toV3 func(T) (resource.Resource, error)) ([]resource.Resource, int64, error) {
+	items, rev, err := s.List(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]resource.Resource, 0, len(items))
+	for _, it := range items {
+		r, err := toV3(it.Value)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s %s: %w", s.Kind(), it.Name, err)
+		}
+		r.Metadata().ResourceVersion = strconv.FormatInt(it.ModRevision, 10)
+		out = append(out, r)
+	}
+	return out, rev, nil
+}
+
+// Get reads one resource of kind by name (and namespace, for the namespaced kinds: "" is
+// resource.DefaultNamespace). A missing one is ErrNotExist.
+func Get(ctx context.Context, c *datastore.Client, kind resource.Kind, name, namespace string) (resource.Resource, error) {
+	ref := Ref{Kind: kind, Name: name}
+	if kind.Namespaced() {
+		if namespace == "" {
+			namespace = resource.DefaultNamespace
+		}
+		ref.Namespace = namespace
+	}
+	var (
+		r   resource.Resource
+		err error
+	)
+	switch kind {
+	case resource.KindGlobalNetworkPolicy:
+		r, err = getOf(ctx, c.Policies(), name, func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
+	case resource.KindIPPool:
+		r, err = getOf(ctx, c.Pools(), name, func(p datastore.Pool) (resource.Resource, error) { return convert.PoolToV3(p), nil })
+	case resource.KindBGPPeer:
+		r, err = getOf(ctx, c.BGPPeers(), name, func(p datastore.BGPPeer) (resource.Resource, error) { return convert.PeerToV3(p), nil })
+	case resource.KindBGPConfiguration:
+		if name != resource.DefaultBGPConfigurationName {
+			return nil, fmt.Errorf("%w: %s", ErrNotExist, ref)
+		}
+		s := c.BGPConfig()
+		r, err = getOf(ctx, s.Store(), s.Name(), func(b datastore.BGPConfig) (resource.Resource, error) { return convert.BGPConfigToV3(b), nil })
+	case resource.KindNode:
+		r, err = getOf(ctx, c.Nodes(), name, func(n datastore.Node) (resource.Resource, error) { return convert.NodeToV3(n), nil })
+	default:
+		// Workload endpoints are named by Calico's rule, not by their key: look through them.
+		all, _, lerr := List(ctx, c, kind, namespace)
+		if lerr != nil {
+			return nil, lerr
+		}
+		for _, r := range all {
+			if r.Metadata().Name == name {
+				return r, nil
+			}
+		}
+		return nil, fmt.Errorf("%w: %s", ErrNotExist, ref)
+	}
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotExist, ref)
+	}
+	return r, err
+}
+
+func getOf[T any](ctx context.Context, s datastore.Store[T], name string, toV3 func(T) (resource.Resource, error)) (resource.Resource, error) {
+	if datastore.ValidateName(name) != nil {
+		return nil, datastore.ErrNotFound // no resource can have this name
+	}
+	it, err := s.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := toV3(it.Value)
+	if err != nil {
+		return nil, err
+	}
+	r.Metadata().ResourceVersion = strconv.FormatInt(it.ModRevision, 10)
+	return r, nil
+}
