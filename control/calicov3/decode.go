@@ -80,7 +80,7 @@ func Decode(input []byte, action Action) ([]Doc, error) {
 			seen[ref] = s.Index
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %s", label(s), indent(err)))
+			errs = append(errs, fmt.Errorf("%s:%s", label(s), indent(err)))
 			continue
 		}
 		docs = append(docs, d)
@@ -126,7 +126,7 @@ func decodeDoc(s manifest.Doc, action Action) (Doc, error) {
 func indent(err error) string {
 	msg := err.Error()
 	if !strings.Contains(msg, "\n") {
-		return msg
+		return " " + msg
 	}
 	return "\n    " + strings.ReplaceAll(msg, "\n", "\n    ")
 }

@@ -16,8 +16,9 @@ import (
 func PolicyFromV3(p *resource.GlobalNetworkPolicy) (datastore.Policy, error) {
 	p = p.Defaulted()
 	var e fieldErrs
-	checkMeta(&e, &p.ObjectMeta, map[string]string{resource.TierLabel: resource.DefaultTierName})
 	s := &p.Spec
+	// Calico's tier label always names the policy's tier: a wrong tier is spec.tier's error.
+	checkMeta(&e, &p.ObjectMeta, map[string]string{resource.TierLabel: s.Tier})
 	if s.Tier != resource.DefaultTierName {
 		e.notYet("spec.tier", whyTiers)
 	}
