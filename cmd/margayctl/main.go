@@ -66,12 +66,13 @@ func newRoot() *cobra.Command {
 		SilenceUsage: true,
 	}
 	cmd.PersistentFlags().StringVar(&g.root, "bpffs-root", loader.DefaultRoot, "bpffs directory of the host's pinned maps (default: bpffsRoot of the config file, else "+loader.DefaultRoot+")")
-	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	cmd.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json (get: also wide and yaml)")
 	cmd.PersistentFlags().StringVar(&g.configFile, "config", "", "this host's config file (YAML or JSON: etcd settings, nodeName, bpffsRoot), below flags and MARGAY_* variables (default: MARGAYCTL_CONFIG, else "+ctlconfig.DefaultPath+" if it exists)")
 	g.flags = cmd.PersistentFlags()
 	g.ds.BindFlags(cmd.PersistentFlags())
 	cmd.PersistentFlags().Lookup("etcd-dial-timeout").Usage = fmt.Sprintf(
 		"how long to wait for etcd to answer before failing (default %s; env MARGAY_ETCD_DIAL_TIMEOUT)", datastore.DefaultCommandTimeout)
-	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g), newWorkloadCmd(g), newBGPCmd(g), newPolicyCmd(g), newConntrackCmd(g), newMonitorCmd(g), newLabCmd())
+	cmd.AddCommand(newRoutesCmd(g), newEndpointsCmd(g), newCountersCmd(g), newPoolCmd(g), newIPAMCmd(g), newNodeCmd(g), newWorkloadCmd(g), newBGPCmd(g), newPolicyCmd(g), newConntrackCmd(g), newMonitorCmd(g), newLabCmd(),
+		newApplyCmd(g), newCreateCmd(g), newReplaceCmd(g), newDeleteCmd(g), newGetCmd(g))
 	return cmd
 }

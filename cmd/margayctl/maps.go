@@ -41,6 +41,11 @@ func (g *globals) render(w io.Writer, header []string, rows [][]string, jsonValu
 	if g.output == "json" {
 		return writeJSON(w, jsonValue)
 	}
+	return renderTable(w, header, rows)
+}
+
+// renderTable writes rows as an aligned table under header.
+func renderTable(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, r := range append([][]string{header}, rows...) {
 		fmt.Fprintln(tw, strings.Join(r, "\t"))

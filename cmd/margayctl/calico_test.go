@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/margaynet/margay/control/manifest"
+	"github.com/margaynet/margay/control/resource"
+)
+
+func calicoDoc(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile("../../control/resource/testdata/calico-docs/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// decodeOne reads the one resource of a YAML document, as apply -f would.
+func decodeOne(t *testing.T, y string) resource.Resource {
+	t.Helper()
+	docs, err := manifest.Split([]byte(y))
+	if err != nil || len(docs) != 1 || docs[0].Err != nil {
+		t.Fatalf("split: %v, %d documents:\n%s", err, len(docs), y)
+	}
+	r, err := resource.Decode(docs[0].Data)
+	if err != nil {
+		t.Fatalf("decode: %v\n%s", err, y)
+	}
+	return r
+}
+
+// canonical is r with Calico's defaults, as JSON, without the revision it was read at.
+func canonical(t *testing.T, r resource.Resource) string {
+	t.Helper()
+	r = resource.Defaulted(r)
+	r.Metadata().ResourceVersion = ""
+	b, err := resource.Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func (e *dsEnv) revision(t *testing.T) int64 {
+	t.Helper()
+	resp, err := e.c.Raw().Get(context.Background(), "revision-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+func TestCalicoManifests(t *testing.T) {
+	e := newDSEnv(t)
+	pool := "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pool-1\nspec:\n  cidr: 198.19.0.0/16\n"
+	bgpConfig := "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64513\n  nodeToNodeMeshEnabled: true\n"
+	docs := []string{calicoDoc(t, "globalnetworkpolicy.yaml"), pool, calicoDoc(t, "bgppeer.yaml"), bgpConfig}
+	all := writeFile(t, "all.yaml", strings.Join(docs, "---\n"))
+	replaced := writeFile(t, "replace.yaml", `apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: allow-tcp-6379
+spec:
+  selector: role == 'database'
+  order: 10
+  ingress:
+    - action: Allow
+      protocol: TCP
+      destination:
+        ports: [6379, "7000:7010"]
+`)
+
+	// Each bad document comes after good ones: the file changes nothing.
+	bad := func(name, doc string) string { return writeFile(t, name, pool+"---\n"+doc) }
+	unchanged := func(t *testing.T, before *int64) {
+		if rev := e.revision(t); rev != *before {
+			t.Errorf("etcd revision moved from %d to %d: something was written", *before, rev)
+		}
+	}
+	var before int64
+	remember := func(t *testing.T) { before = e.revision(t) }
+	getsBack := func(kind, name, doc string) dsStep {
+		return dsStep{name: "get " + kind + " " + name + " -o yaml", args: []string{"get", kind, name, "-o", "yaml"},
+			check: func(t *testing.T, out string) {
+				if got, want := canonical(t, decodeOne(t, out)), canonical(t, decodeOne(t, doc)); got != want {
+					t.Errorf("read back:\n got %s\nwant %s", got, want)
+				}
+			}}
+	}
+	e.run(t, []dsStep{
+		{name: "apply four kinds", args: []string{"apply", "-f", all}, want: []string{"Successfully applied 4 resource(s)"}},
+		getsBack("gnp", "allow-tcp-6379", docs[0]),
+		getsBack("IPPool", "pool-1", docs[1]),
+		getsBack("bgppeers", "some.name", docs[2]),
+		getsBack("bgpconfig", "default", docs[3]),
+		{name: "get pools", args: []string{"get", "pool"}, want: []string{"NAME", "CIDR", "SELECTOR", "pool-1", "198.19.0.0/16", "all()"}},
+		{name: "get pools -o wide", args: []string{"get", "ippools", "-o", "wide"}, want: []string{"IPIPMODE", "VXLANMODE", "Never"}},
+		{name: "get gnp list -o yaml", args: []string{"get", "globalnetworkpolicies", "-o", "yaml"},
+			want: []string{"apiVersion: projectcalico.org/v3", "kind: GlobalNetworkPolicyList", "items:", "name: allow-tcp-6379", "resourceVersion:"}},
+		{name: "get -o json", args: []string{"get", "bgppeer", "some.name", "-o", "json"}, want: []string{`"kind": "BGPPeer"`, `"peerIP": "192.168.1.1"`}},
+		{name: "get bgp peers", args: []string{"get", "bgppeer"}, want: []string{"PEERIP", "192.168.1.1", "rack1-host1", "63400"}},
+		{name: "the old commands see them", args: []string{"pool", "list"}, want: []string{"pool-1", "198.19.0.0/16"}},
+		{name: "replace", args: []string{"replace", "-f", replaced}, want: []string{"Successfully replaced 1 'GlobalNetworkPolicy' resource(s)"}},
+		getsBack("gnp", "allow-tcp-6379", strings.Replace(mustReadFile(t, replaced), "order: 10", "order: 10\n  types: [Ingress]", 1)),
+		{name: "create what exists", setup: remember, args: []string{"create", "-f", all}, wantErr: "resource already exists: GlobalNetworkPolicy(allow-tcp-6379)",
+			check: func(t *testing.T, _ string) { unchanged(t, &before) }},
+		{name: "unknown field", setup: remember, args: []string{"apply", "-f", bad("unknown.yaml", strings.Replace(docs[2], "peerIP:", "peerIp: 1.2.3.4\n  peerIPs:", 1))},
+			wantErr: `document 2 (BGPPeer "some.name", line 8): spec.peerIPs: unknown field (did you mean "peerIP"?)`,
+			check:   func(t *testing.T, _ string) { unchanged(t, &before) }},
+		{name: "action Log", setup: remember, args: []string{"apply", "-f", bad("log.yaml", strings.Replace(docs[0], "action: Allow\n      metadata", "action: Log\n      metadata", 1))},
+			wantErr: "spec.ingress[0].action: not supported by Margay yet (Log",
+			check:   func(t *testing.T, _ string) { unchanged(t, &before) }},
+		{name: "namespaced NetworkPolicy", setup: remember, args: []string{"apply", "-f", bad("np.yaml", calicoDoc(t, "networkpolicy.yaml"))},
+			wantErr: "kind: not supported by Margay yet (NetworkPolicy",
+			check:   func(t *testing.T, _ string) { unchanged(t, &before) }},
+		{name: "read-only Node", setup: remember, args: []string{"create", "-f", bad("node.yaml", calicoDoc(t, "node.yaml"))},
+			wantErr: "kind: Node is read-only",
+			check:   func(t *testing.T, _ string) { unchanged(t, &before) }},
+		{name: "delete -f", args: []string{"delete", "-f", all}, want: []string{"Successfully deleted 4 resource(s)"}},
+		{name: "delete what is gone", args: []string{"delete", "gnp", "allow-tcp-6379"}, wantErr: "resource does not exist: GlobalNetworkPolicy(allow-tcp-6379)"},
+		{name: "get what is gone", args: []string{"get", "ippool", "pool-1"}, wantErr: "resource does not exist: IPPool(pool-1)"},
+		{name: "get an unknown kind", args: []string{"get", "hostendpoints"}, wantErr: `resource type "hostendpoints" is not supported`},
+		{name: "-o on apply", args: []string{"apply", "-f", all, "-o", "yaml"}, wantErr: "only reports what it wrote"},
+	})
+	if _, err := e.c.Pools().Get(context.Background(), "pool-1"); err == nil {
+		t.Error("pool-1 still stored after delete -f")
+	}
+}
+
+func mustReadFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
