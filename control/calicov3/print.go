@@ -90,7 +90,7 @@ func columns(kind resource.Kind, wide bool) ([]string, func(resource.Resource) [
 		if wide {
 			return []string{"NAME", "ASN", "IPV4", "IPV6"}, func(r resource.Resource) []string {
 				n := r.(*resource.Node)
-				asn, v4, v6 := "(64512)", "", ""
+				asn, v4, v6 := "(global)", "", ""
 				if b := n.Spec.BGP; b != nil {
 					v4, v6 = b.IPv4Address, b.IPv6Address
 					if b.ASNumber != nil {
