@@ -299,3 +299,32 @@ func TestEncodeListAndTable(t *testing.T) {
 		t.Errorf("Table = %v %v", h, rows)
 	}
 }
+
+// As calicoctl: a resourceVersion (say, from another cluster's calicoctl get) does not stop a
+// creation; an update is conditional on it.
+func TestResourceVersion(t *testing.T) {
+	ctx := context.Background()
+	c := datastoretest.New(t)
+	doc := `{"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", "metadata": {"name": "gw", "resourceVersion": "4711", "uid": "x", "creationTimestamp": "2024-01-02T03:04:05Z"}, "spec": {"peerIP": "198.18.0.254", "asNumber": 65001}}`
+	docs, err := Decode([]byte(doc), ActionApply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Apply(ctx, c, docs); err != nil {
+		t.Fatalf("apply with a foreign resourceVersion: %v", err)
+	}
+	if _, err := Apply(ctx, c, docs); !errors.Is(err, ErrStale) {
+		t.Errorf("update at a stale resourceVersion: %v", err)
+	}
+	got, err := Get(ctx, c, resource.KindBGPPeer, "gw", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := resource.Encode(got)
+	if docs, err = Decode(b, ActionReplace); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Replace(ctx, c, docs); err != nil {
+		t.Errorf("replace at the revision read: %v", err)
+	}
+}

@@ -180,7 +180,8 @@ func storeAt[T any](ctx context.Context, s datastore.Store[T], name string, ref 
 			return fmt.Errorf("%w: %s", ErrExists, ref)
 		case action == ActionReplace && !exists:
 			return fmt.Errorf("%w: %s", ErrNotExist, ref)
-		case rev != 0 && (!exists || old.ModRevision != rev):
+		case rev != 0 && exists && old.ModRevision != rev:
+			// As calicoctl: a creation ignores the resourceVersion, an update is conditional on it.
 			return fmt.Errorf("%w: %s", ErrStale, ref)
 		}
 		if check != nil {

@@ -280,6 +280,9 @@ func (r Rule) Validate() error {
 	if r.NotProtocol != nil && r.Protocol != nil && *r.NotProtocol == *r.Protocol {
 		return fmt.Errorf("notProtocol %s: the same as protocol, so the rule matches nothing", *r.NotProtocol)
 	}
+	if err := checkLabels(r.Annotations); err != nil {
+		return fmt.Errorf("annotations: %w", err)
+	}
 	for _, side := range []struct {
 		name string
 		e    EntityRule
