@@ -48,7 +48,7 @@ func newCalicoWriteCmd(g *globals, action calicov3.Action, short string, op writ
 			if file == "" {
 				return errors.New("-f FILE is required (- reads stdin)")
 			}
-			input, err := readPolicyInput(cmd, file)
+			input, err := readInput(cmd, file)
 			if err != nil {
 				return err
 			}

@@ -43,7 +43,7 @@ writes any, so a file with a mistake leaves the policies in force as they were.`
 	return cmd
 }
 
-func readPolicyInput(cmd *cobra.Command, file string) ([]byte, error) {
+func readInput(cmd *cobra.Command, file string) ([]byte, error) {
 	if file == "-" {
 		return io.ReadAll(cmd.InOrStdin())
 	}
@@ -90,7 +90,7 @@ written and the error names it. A policy of the same name is replaced as a whole
 			if file == "-" {
 				where = "stdin"
 			}
-			input, err := readPolicyInput(cmd, file)
+			input, err := readInput(cmd, file)
 			if err != nil {
 				return fmt.Errorf("policy apply: %w", err)
 			}

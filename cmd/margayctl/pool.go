@@ -99,19 +99,13 @@ func newPoolAddCmd(g *globals) *cobra.Command {
 				if p.Name == name {
 					return fmt.Errorf("pool add: pool %q already exists with %s (margayctl pool delete %s removes it)", name, p.Value.CIDR, name)
 				}
-				if p.Value.CIDR.Overlaps(prefix) {
-					return fmt.Errorf("pool add %s: %s overlaps pool %s (%s); pick a CIDR outside every pool", name, prefix, p.Name, p.Value.CIDR)
-				}
 			}
 			nodes, _, err := c.Nodes().List(ctx)
 			if err != nil {
 				return err
 			}
-			for _, n := range nodes {
-				if sub := n.Value.AddressV4.Masked(); sub.Overlaps(prefix) {
-					return fmt.Errorf("pool add %s: %s overlaps the uplink subnet %s of node %s (address %s): workload addresses there "+
-						"would collide with the hosts' own; pick a CIDR outside every node's subnet", name, prefix, sub, n.Name, n.Value.AddressV4)
-				}
+			if err := ipam.PoolConflict(pool, pools, nodes); err != nil {
+				return fmt.Errorf("pool add %s: %w; pick a CIDR outside every pool and every node's subnet", name, err)
 			}
 			if _, err := c.Pools().Create(ctx, name, pool); err != nil {
 				if errors.Is(err, datastore.ErrExists) {

@@ -217,7 +217,7 @@ func TestWriteChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := apply(`{"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "b"}, "spec": {"cidr": "198.19.64.0/18"}}`); err == nil ||
-		!strings.Contains(err.Error(), "overlaps IPPool a") {
+		!strings.Contains(err.Error(), "overlaps pool a (198.19.0.0/16)") {
 		t.Errorf("overlapping pools: %v", err)
 	}
 	if err := apply(`{"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "a"}, "spec": {"cidr": "198.19.0.0/16", "blockSize": 28}}`); err == nil ||

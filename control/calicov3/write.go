@@ -228,15 +228,8 @@ func checkPool(ctx context.Context, c *datastore.Client, p datastore.Pool, old *
 	if _, err := c.Fetch(ctx, c.Pools().ListRead(&pools), c.Nodes().ListRead(&nodes)); err != nil {
 		return err
 	}
-	for _, o := range pools {
-		if o.Name != p.Name && o.Value.CIDR.Overlaps(p.CIDR) {
-			return fmt.Errorf("spec.cidr: %s overlaps IPPool %s (%s)", p.CIDR, o.Name, o.Value.CIDR)
-		}
-	}
-	for _, n := range nodes {
-		if sub := n.Value.AddressV4.Masked(); sub.Overlaps(p.CIDR) {
-			return fmt.Errorf("spec.cidr: %s overlaps the uplink subnet %s of node %s: workload addresses there would collide with the hosts' own", p.CIDR, sub, n.Name)
-		}
+	if err := ipam.PoolConflict(p, pools, nodes); err != nil {
+		return fmt.Errorf("spec.cidr: %w", err)
 	}
 	return nil
 }

@@ -25,6 +25,8 @@ var (
 	ErrNodeNotRegistered = errors.New("node not registered")
 	// ErrPoolOverlapsUplink: the pool overlaps a registered node's uplink subnet.
 	ErrPoolOverlapsUplink = errors.New("pool overlaps a node's uplink subnet")
+	// ErrPoolOverlap: the pool overlaps another pool.
+	ErrPoolOverlap = errors.New("pool overlaps another pool")
 )
 
 // checkNode returns ErrNodeNotRegistered, with what to check, unless node is registered.

@@ -411,13 +411,9 @@ func (i *IPAM) EnsureDefaultPool(ctx context.Context, pool datastore.Pool) (bool
 	if err != nil {
 		return false, fmt.Errorf("ensure default pool: %w", err)
 	}
-	for _, n := range nodes {
-		if sub := n.Value.AddressV4.Masked(); sub.IsValid() && sub.Overlaps(pool.CIDR) {
-			return false, fmt.Errorf("ensure default pool: %s overlaps the uplink subnet %s of node %s (address %s): workload "+
-				"addresses there would collide with the hosts' own; set the default pool (margay-agent --default-pool) to a CIDR "+
-				"outside every node's subnet, or add a pool first (margayctl pool add): %w",
-				pool.CIDR, sub, n.Name, n.Value.AddressV4, ErrPoolOverlapsUplink)
-		}
+	if err := PoolConflict(pool, nil, nodes); err != nil {
+		return false, fmt.Errorf("ensure default pool: %w; set the default pool (margay-agent --default-pool) to a CIDR "+
+			"outside every node's subnet, or add a pool first (margayctl pool add)", err)
 	}
 	_, err = i.ds.Pools().Create(ctx, pool.Name, pool)
 	if errors.Is(err, datastore.ErrExists) {
@@ -427,6 +423,25 @@ func (i *IPAM) EnsureDefaultPool(ctx context.Context, pool datastore.Pool) (bool
 		return false, fmt.Errorf("ensure default pool: %w", err)
 	}
 	return true, nil
+}
+
+// PoolConflict says why pool cannot join pools and nodes: it overlaps another of the pools
+// (ErrPoolOverlap) or a node's uplink subnet (ErrPoolOverlapsUplink: workload addresses there
+// would collide with the hosts' own); nil when it can. A pool of pool's name among pools is the
+// one it replaces.
+func PoolConflict(pool datastore.Pool, pools []datastore.Item[datastore.Pool], nodes []datastore.Item[datastore.Node]) error {
+	for _, p := range pools {
+		if p.Name != pool.Name && p.Value.CIDR.Overlaps(pool.CIDR) {
+			return fmt.Errorf("%s overlaps pool %s (%s): %w", pool.CIDR, p.Name, p.Value.CIDR, ErrPoolOverlap)
+		}
+	}
+	for _, n := range nodes {
+		if sub := n.Value.AddressV4.Masked(); sub.IsValid() && sub.Overlaps(pool.CIDR) {
+			return fmt.Errorf("%s overlaps the uplink subnet %s of node %s (address %s): workload addresses there would collide "+
+				"with the hosts' own: %w", pool.CIDR, sub, n.Name, n.Value.AddressV4, ErrPoolOverlapsUplink)
+		}
+	}
+	return nil
 }
 
 // AddrList writes addresses for people: "198.19.0.1, 198.19.0.2", or "no address".
