@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/control/manifest"
 	"github.com/margaynet/margay/control/resource"
 )
@@ -138,4 +141,27 @@ func mustReadFile(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestCalicoGetReadOnly(t *testing.T) {
+	e := newDSEnv(t)
+	datastoretest.RegisterNodes(t, e.c, "vm1")
+	w := datastore.Workload{Version: datastore.CurrentVersion, ID: "prod.web-0", Name: "web-0", Namespace: "prod", Node: "vm1",
+		IfName: "cali0123456789a", MAC: "02:42:c6:13:00:02", IPv4: []netip.Prefix{netip.MustParsePrefix("198.19.0.5/32")}}
+	if _, err := e.c.Workloads("vm1").Create(context.Background(), w.ID, w); err != nil {
+		t.Fatal(err)
+	}
+	e.run(t, []dsStep{
+		{name: "nodes", args: []string{"get", "nodes", "-o", "wide"}, want: []string{"NAME", "ASN", "IPV4", "vm1", "198.18.0.1/24"}},
+		{name: "weps in default", args: []string{"get", "wep"}, check: func(t *testing.T, out string) {
+			if strings.Contains(out, "web-0") {
+				t.Errorf("a workload of namespace prod listed in default:\n%s", out)
+			}
+		}},
+		{name: "weps in prod", args: []string{"get", "workloadendpoints", "-n", "prod"}, want: []string{"WORKLOAD", "web-0", "vm1", "198.19.0.5/32", "cali0123456789a"}},
+		{name: "every wep, wide", args: []string{"get", "wep", "-A", "-o", "wide"}, want: []string{"NAMESPACE", "prod", "vm1-k8s-web--0-eth0"}},
+		{name: "one wep as YAML", args: []string{"get", "wep", "vm1-k8s-web--0-eth0", "-n", "prod", "-o", "yaml"},
+			want: []string{"kind: WorkloadEndpoint", "namespace: prod", "orchestrator: k8s", "pod: web-0"}},
+		{name: "a node cannot be deleted", args: []string{"delete", "node", "vm1"}, wantErr: "Node is read-only"},
+	})
 }
