@@ -10,6 +10,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
+	"github.com/margaynet/margay/control/k8s"
 	"github.com/margaynet/margay/control/resource"
 	"github.com/margaynet/margay/control/resource/convert"
 )
@@ -326,5 +327,31 @@ func TestResourceVersion(t *testing.T) {
 	}
 	if _, err := Replace(ctx, c, docs); err != nil {
 		t.Errorf("replace at the revision read: %v", err)
+	}
+}
+
+// The policies of Kubernetes NetworkPolicies are not GlobalNetworkPolicies: not listed, not
+// deleted.
+func TestKubernetesPolicies(t *testing.T) {
+	if kubernetesPolicyPrefix != k8s.PolicyPrefix {
+		t.Fatalf("kubernetesPolicyPrefix %q, k8s.PolicyPrefix %q", kubernetesPolicyPrefix, k8s.PolicyPrefix)
+	}
+	ctx := context.Background()
+	c := datastoretest.New(t)
+	name := k8s.PolicyPrefix + "prod.web"
+	if _, err := c.Policies().Create(ctx, name, datastore.Policy{Version: 1, Name: name, Types: []datastore.PolicyType{datastore.PolicyIngress}}); err != nil {
+		t.Fatal(err)
+	}
+	if items, _, err := List(ctx, c, resource.KindGlobalNetworkPolicy, ""); err != nil || len(items) != 0 {
+		t.Errorf("List = %v, %v; want none", items, err)
+	}
+	if _, err := Get(ctx, c, resource.KindGlobalNetworkPolicy, name, ""); !errors.Is(err, ErrNotExist) {
+		t.Errorf("Get: %v", err)
+	}
+	if _, err := DeleteRefs(ctx, c, []Ref{{Kind: resource.KindGlobalNetworkPolicy, Name: name}}); !errors.Is(err, ErrNotExist) {
+		t.Errorf("DeleteRefs: %v", err)
+	}
+	if _, err := c.Policies().Get(ctx, name); err != nil {
+		t.Errorf("the policy is gone: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/resource"
@@ -18,7 +19,14 @@ import (
 func List(ctx context.Context, c *datastore.Client, kind resource.Kind, namespace string) ([]resource.Resource, int64, error) {
 	switch kind {
 	case resource.KindGlobalNetworkPolicy:
-		return listOf(ctx, c.Policies(), func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
+		all, rev, err := listOf(ctx, c.Policies(), func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
+		var out []resource.Resource
+		for _, r := range all {
+			if !kubernetesPolicy(r.Metadata().Name) {
+				out = append(out, r)
+			}
+		}
+		return out, rev, err
 	case resource.KindIPPool:
 		return listOf(ctx, c.Pools(), func(p datastore.Pool) (resource.Resource, error) { return convert.PoolToV3(p), nil })
 	case resource.KindBGPPeer:
@@ -45,6 +53,14 @@ func List(ctx context.Context, c *datastore.Client, kind resource.Kind, namespac
 	}
 	return nil, 0, fmt.Errorf("get %s: not a kind Margay reads", kind)
 }
+
+// kubernetesPolicyPrefix starts the names of the policies that margay-agent
+// --k8s-policy-sync keeps for Kubernetes NetworkPolicies (k8s.PolicyPrefix; not imported, which
+// would bring the Kubernetes client into margayctl). Calico shows them as namespaced
+// NetworkPolicies, never as GlobalNetworkPolicies, and only the sync writes them.
+const kubernetesPolicyPrefix = "knp.default."
+
+func kubernetesPolicy(name string) bool { return strings.HasPrefix(name, kubernetesPolicyPrefix) }
 
 func listOf[T any](ctx context.Context, s datastore.Store[T], toV3 func(T) (resource.Resource, error)) ([]resource.Resource, int64, error) {
 	items, rev, err := s.List(ctx)
@@ -79,6 +95,9 @@ func Get(ctx context.Context, c *datastore.Client, kind resource.Kind, name, nam
 	)
 	switch kind {
 	case resource.KindGlobalNetworkPolicy:
+		if kubernetesPolicy(name) {
+			return nil, fmt.Errorf("%w: %s (a Kubernetes NetworkPolicy's: margayctl policy get %s shows it)", ErrNotExist, ref, name)
+		}
 		r, err = getOf(ctx, c.Policies(), name, func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
 	case resource.KindIPPool:
 		r, err = getOf(ctx, c.Pools(), name, func(p datastore.Pool) (resource.Resource, error) { return convert.PoolToV3(p), nil })

@@ -241,6 +241,9 @@ func remove(ctx context.Context, c *datastore.Client, ref Ref, rev int64) error 
 	}
 	switch ref.Kind {
 	case resource.KindGlobalNetworkPolicy:
+		if kubernetesPolicy(ref.Name) {
+			return fmt.Errorf("%w: %s (a Kubernetes NetworkPolicy's, which the agent keeps: delete the NetworkPolicy)", ErrNotExist, ref)
+		}
 		return removeAt(ctx, c.Policies(), ref.Name, ref, rev, nil)
 	case resource.KindIPPool:
 		return removeAt(ctx, c.Pools(), ref.Name, ref, rev, func() error {
