@@ -21,7 +21,6 @@ const (
 	whyTiers      = "tiers come with Calico's policy model; every policy is in tier default"
 	whyActions    = "Margay's rules allow or deny; Log and Pass come with tiers"
 	whyIPVersion  = "Margay is IPv4-only: leave ipVersion out"
-	whyNegations  = "notProtocol and notICMP come with Calico's policy model"
 	whyNamespaces = "namespace selectors come with namespaced policies"
 	whySAs        = "service account matches come with Calico's policy model"
 	whyHints      = "performance hints come with Calico's policy model"

@@ -103,10 +103,15 @@ func ruleFromV3(e *fieldErrs, at string, r resource.Rule) datastore.Rule {
 		out.ICMP = &datastore.ICMPMatch{Type: icmpFromV3(e, at+".icmp.type", r.ICMP.Type), Code: icmpFromV3(e, at+".icmp.code", r.ICMP.Code)}
 	}
 	if r.NotProtocol != nil {
-		e.notYet(at+".notProtocol", whyNegations)
+		n, ok := r.NotProtocol.Num()
+		if !ok {
+			e.addf(at+".notProtocol", "%q is not a protocol Margay knows", r.NotProtocol)
+		}
+		out.NotProtocol = ptr(datastore.Protocol(n))
 	}
 	if r.NotICMP != nil {
-		e.notYet(at+".notICMP", whyNegations)
+		out.NotICMP = &datastore.ICMPMatch{Type: icmpFromV3(e, at+".notICMP.type", r.NotICMP.Type),
+			Code: icmpFromV3(e, at+".notICMP.code", r.NotICMP.Code)}
 	}
 	if r.HTTP != nil {
 		e.notYet(at+".http", "application layer policy needs a proxy, which Margay does not have")
@@ -191,6 +196,12 @@ func ruleToV3(r datastore.Rule) resource.Rule {
 	}
 	if r.ICMP != nil {
 		out.ICMP = &resource.ICMPFields{Type: icmpToV3(r.ICMP.Type), Code: icmpToV3(r.ICMP.Code)}
+	}
+	if r.NotProtocol != nil {
+		out.NotProtocol = ptr(ProtocolToV3(uint8(*r.NotProtocol)))
+	}
+	if r.NotICMP != nil {
+		out.NotICMP = &resource.ICMPFields{Type: icmpToV3(r.NotICMP.Type), Code: icmpToV3(r.NotICMP.Code)}
 	}
 	if len(r.Annotations) > 0 {
 		out.Metadata = &resource.RuleMetadata{Annotations: maps.Clone(r.Annotations)}
