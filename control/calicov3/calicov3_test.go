@@ -333,9 +333,6 @@ func TestResourceVersion(t *testing.T) {
 // The policies of Kubernetes NetworkPolicies are not GlobalNetworkPolicies: not listed, not
 // deleted.
 func TestKubernetesPolicies(t *testing.T) {
-	if kubernetesPolicyPrefix != k8s.PolicyPrefix {
-		t.Fatalf("kubernetesPolicyPrefix %q, k8s.PolicyPrefix %q", kubernetesPolicyPrefix, k8s.PolicyPrefix)
-	}
 	ctx := context.Background()
 	c := datastoretest.New(t)
 	name := k8s.PolicyPrefix + "prod.web"

@@ -54,13 +54,12 @@ func List(ctx context.Context, c *datastore.Client, kind resource.Kind, namespac
 	return nil, 0, fmt.Errorf("get %s: not a kind Margay reads", kind)
 }
 
-// kubernetesPolicyPrefix starts the names of the policies that margay-agent
-// --k8s-policy-sync keeps for Kubernetes NetworkPolicies (k8s.PolicyPrefix; not imported, which
-// would bring the Kubernetes client into margayctl). Calico shows them as namespaced
-// NetworkPolicies, never as GlobalNetworkPolicies, and only the sync writes them.
-const kubernetesPolicyPrefix = "knp.default."
-
-func kubernetesPolicy(name string) bool { return strings.HasPrefix(name, kubernetesPolicyPrefix) }
+// kubernetesPolicy says whether a policy is one margay-agent --k8s-policy-sync keeps for a
+// Kubernetes NetworkPolicy. Calico shows those as namespaced NetworkPolicies, never as
+// GlobalNetworkPolicies, and only the sync writes them.
+func kubernetesPolicy(name string) bool {
+	return strings.HasPrefix(name, datastore.KubernetesPolicyPrefix)
+}
 
 func listOf[T any](ctx context.Context, s datastore.Store[T], toV3 func(T) (resource.Resource, error)) ([]resource.Resource, int64, error) {
 	items, rev, err := s.List(ctx)

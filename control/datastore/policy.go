@@ -49,6 +49,11 @@ func (p Policy) Same(q Policy) bool {
 	return err1 == nil && err2 == nil && bytes.Equal(jp, jq)
 }
 
+// KubernetesPolicyPrefix starts the name of every policy margay-agent keeps for a Kubernetes
+// NetworkPolicy (knp.default.<namespace>.<name>, as in Calico): its own, and no one else's to
+// write (control/k8s).
+const KubernetesPolicyPrefix = "knp.default."
+
 // Rule actions.
 const (
 	ActionAllow = "allow"

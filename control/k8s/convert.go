@@ -21,7 +21,7 @@ import (
 
 // PolicyPrefix starts the name of every policy made from a NetworkPolicy, as in Calico. The
 // Syncer owns the policies with this prefix and no others.
-const PolicyPrefix = "knp.default."
+const PolicyPrefix = datastore.KubernetesPolicyPrefix
 
 // PolicyOrder is the order of every policy made from a NetworkPolicy: Calico's.
 const PolicyOrder = 1000.0
