@@ -296,8 +296,15 @@ func (c *Client) BGPConfig() Singleton[BGPConfig] {
 // BGPPeers stores explicit BGP peers at bgp/peers/<name>.
 func (c *Client) BGPPeers() Store[BGPPeer] { return newStore(c, bgpPeerKind, "bgp/peers/", "") }
 
-// Policies stores the network policies at policies/<name>.
+// Policies stores the network policies at policies/<name>, a namespaced one at
+// policies/<namespace>/<name> (names are Policy.Key).
 func (c *Client) Policies() Store[Policy] { return newStore(c, policyKind, "policies/", "") }
+
+// Tiers stores the policy tiers at tiers/<name>.
+func (c *Client) Tiers() Store[Tier] { return newStore(c, tierKind, "tiers/", "") }
+
+// Profiles stores the profiles at profiles/<name>.
+func (c *Client) Profiles() Store[Profile] { return newStore(c, profileKind, "profiles/", "") }
 
 // Nodes stores nodes at nodes/<name>.
 func (c *Client) Nodes() Store[Node] { return newStore(c, nodeKind, "nodes/", "") }

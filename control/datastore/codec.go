@@ -106,7 +106,11 @@ var (
 	bgpPeerKind   = newKind("bgppeer", ValidateName, func(name string, v *BGPPeer) error {
 		return bindField(&v.Name, "name", name)
 	})
-	policyKind = newKind("policy", ValidateName, func(name string, v *Policy) error {
+	policyKind = newKind("policy", checkPolicyName, bindPolicy)
+	tierKind   = newKind("tier", ValidateName, func(name string, v *Tier) error {
+		return bindField(&v.Name, "name", name)
+	})
+	profileKind = newKind("profile", ValidateName, func(name string, v *Profile) error {
 		return bindField(&v.Name, "name", name)
 	})
 	nodeKind = newKind("node", ValidateName, func(name string, v *Node) error {
@@ -139,6 +143,7 @@ var (
 // kindNames are the kind labels of the metrics.
 var kindNames = []string{
 	poolKind.name, bgpConfigKind.name, bgpPeerKind.name, nodeKind.name, blockKind.name, handleKind.name, allWorkloadsKind.name,
+	policyKind.name, tierKind.name, profileKind.name,
 }
 
 // bgpConfigName is the one name in the BGPConfig store: its key is config/bgp.

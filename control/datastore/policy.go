@@ -29,16 +29,45 @@ const (
 type Policy struct {
 	Version int    `json:"version"`
 	Name    string `json:"name"`
-	// Order ranks policies: lower first; policies without an order come last, then by name.
+	// Namespace is a namespaced NetworkPolicy's namespace, empty for a global one. A namespaced
+	// policy is stored at policies/<namespace>/<name> (see Key); its selector, and the
+	// selectors of its rules without a namespaceSelector, see only its namespace's workloads.
+	Namespace string `json:"namespace,omitempty"`
+	// Tier is the tier the policy is in; empty means DefaultTier.
+	Tier string `json:"tier,omitempty"`
+	// Order ranks policies within their tier: lower first; policies without an order come last,
+	// then by name.
 	Order *float64 `json:"order,omitempty"`
 	// Selector picks the workloads the policy applies to; empty means all().
 	Selector string `json:"selector,omitempty"`
+	// NamespaceSelector (global policies only) narrows Selector to the workloads of the
+	// namespaces whose labels match (Calico's pcns. labels); ServiceAccountSelector narrows it to
+	// the workloads whose service account's labels match (pcsa. labels).
+	NamespaceSelector      string `json:"namespaceSelector,omitempty"`
+	ServiceAccountSelector string `json:"serviceAccountSelector,omitempty"`
 	// Types lists the directions the policy governs. Left out, as Calico defaults it: Egress
 	// when there are egress rules and no ingress rules, Ingress and Egress when there are both,
 	// else Ingress. (A policy written through the store keeps the types it was given then.)
 	Types   []PolicyType `json:"types,omitempty"`
 	Ingress []Rule       `json:"ingress,omitempty"`
 	Egress  []Rule       `json:"egress,omitempty"`
+}
+
+// Key is the policy's name in the store: <namespace>/<name> for a namespaced policy, else its
+// name. Rule references and metrics name policies by it.
+func (p Policy) Key() string {
+	if p.Namespace != "" {
+		return p.Namespace + "/" + p.Name
+	}
+	return p.Name
+}
+
+// TierName is the policy's tier, DefaultTier when it names none.
+func (p Policy) TierName() string {
+	if p.Tier == "" {
+		return DefaultTier
+	}
+	return p.Tier
 }
 
 // Same reports whether p and q are stored alike: the same JSON, so an empty list and a missing
@@ -54,15 +83,19 @@ func (p Policy) Same(q Policy) bool {
 // write (control/k8s).
 const KubernetesPolicyPrefix = "knp.default."
 
-// Rule actions.
+// Rule actions. Allow and deny decide; log counts the rule and reports the flow, then the next
+// rule goes on; pass skips the rest of the tier, to the next tier that selects the workload, or
+// to its profiles.
 const (
 	ActionAllow = "allow"
 	ActionDeny  = "deny"
+	ActionLog   = "log"
+	ActionPass  = "pass"
 )
 
 // Rule matches packets and says what to do with them.
 type Rule struct {
-	Action string `json:"action"` // allow or deny
+	Action string `json:"action"` // allow, deny, log or pass
 	// Protocol, when set, must match; ports need tcp, udp, sctp or udplite, icmp needs icmp.
 	Protocol *Protocol  `json:"protocol,omitempty"`
 	ICMP     *ICMPMatch `json:"icmp,omitempty"`
@@ -86,14 +119,34 @@ type EntityRule struct {
 	NotNets     []netip.Prefix `json:"notNets,omitempty"`     // ... in none of them
 	Selector    string         `json:"selector,omitempty"`    // a workload whose labels match
 	NotSelector string         `json:"notSelector,omitempty"` // not a workload whose labels match
-	Ports       []PortRange    `json:"ports,omitempty"`       // the port is in one of them
-	NotPorts    []PortRange    `json:"notPorts,omitempty"`    // ... in none of them
+	// NamespaceSelector picks the namespaces whose workloads Selector sees (their pcns.
+	// labels); without it a namespaced policy's selectors see its own namespace, a global
+	// policy's every workload.
+	NamespaceSelector string `json:"namespaceSelector,omitempty"`
+	// ServiceAccounts, when set, must match the workload's service account.
+	ServiceAccounts *ServiceAccountMatch `json:"serviceAccounts,omitempty"`
+	// Ports and NotPorts hold numbers, ranges and names: a name is the port of that name on the
+	// workload at this end (its Ports), with the rule's protocol.
+	Ports    []PortRange `json:"ports,omitempty"`    // the port is in one of them
+	NotPorts []PortRange `json:"notPorts,omitempty"` // ... in none of them
+}
+
+// ServiceAccountMatch matches a workload's service account by name and by its labels.
+type ServiceAccountMatch struct {
+	Names    []string `json:"names,omitempty"`    // one of these
+	Selector string   `json:"selector,omitempty"` // its labels (pcsa.) match
 }
 
 // IsZero reports whether e matches everything.
 func (e EntityRule) IsZero() bool {
 	return len(e.Nets) == 0 && len(e.NotNets) == 0 && e.Selector == "" && e.NotSelector == "" &&
-		len(e.Ports) == 0 && len(e.NotPorts) == 0
+		len(e.Ports) == 0 && len(e.NotPorts) == 0 && e.NamespaceSelector == "" && e.ServiceAccounts == nil
+}
+
+// SelectsWorkloads reports whether e can match only workloads: it has a selector, a namespace
+// selector or a service account match.
+func (e EntityRule) SelectsWorkloads() bool {
+	return e.Selector != "" || e.NamespaceSelector != "" || e.ServiceAccounts != nil
 }
 
 // ICMPMatch matches an ICMP type, and a code of it.
@@ -150,11 +203,26 @@ func (p *Protocol) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// PortRange is a port or an inclusive range; JSON takes 80, "80" or "8000:8080".
-type PortRange struct{ Lo, Hi uint16 }
+// PortRange is a port, an inclusive range or a named port; JSON takes 80, "80", "8000:8080" or
+// "http".
+type PortRange struct {
+	Lo, Hi uint16
+	// Name, when set, is a named port (Lo and Hi are 0): the port of that name of the workload
+	// at the rule's end.
+	Name string
+}
 
-// ParsePortRange reads "80" or "8000:8080".
+// Named reports whether r is a named port.
+func (r PortRange) Named() bool { return r.Name != "" }
+
+// ParsePortRange reads "80", "8000:8080" or a port name ("http").
 func ParsePortRange(s string) (PortRange, error) {
+	if s != "" && (s[0] < '0' || s[0] > '9') {
+		if err := ValidatePortName(s); err != nil {
+			return PortRange{}, fmt.Errorf("port %q: want a port 0-65535, a range lo:hi or a port name: %w", s, err)
+		}
+		return PortRange{Name: s}, nil
+	}
 	lo, hi, isRange := strings.Cut(s, ":")
 	l, err := strconv.ParseUint(lo, 10, 16)
 	if err != nil {
@@ -172,16 +240,45 @@ func ParsePortRange(s string) (PortRange, error) {
 	return PortRange{Lo: uint16(l), Hi: uint16(h)}, nil
 }
 
+// ValidatePortName checks a port name as Kubernetes does (an IANA service name): 1 to 15
+// lowercase letters, digits and hyphens, with a letter, and no hyphen first, last or twice in a
+// row.
+func ValidatePortName(s string) error {
+	switch {
+	case s == "" || len(s) > 15:
+		return fmt.Errorf("a port name is 1 to 15 characters, not %d", len(s))
+	case strings.Contains(s, "--") || s[0] == '-' || s[len(s)-1] == '-':
+		return errors.New("a port name has no hyphen first, last or next to another")
+	}
+	letter := false
+	for _, c := range []byte(s) {
+		switch {
+		case c >= 'a' && c <= 'z':
+			letter = true
+		case c >= '0' && c <= '9' || c == '-':
+		default:
+			return fmt.Errorf("%q is not allowed in a port name (lowercase letters, digits and hyphens)", c)
+		}
+	}
+	if !letter {
+		return errors.New("a port name needs a letter")
+	}
+	return nil
+}
+
 func (r PortRange) String() string {
+	if r.Named() {
+		return r.Name
+	}
 	if r.Lo == r.Hi {
 		return strconv.Itoa(int(r.Lo))
 	}
 	return fmt.Sprintf("%d:%d", r.Lo, r.Hi)
 }
 
-// MarshalJSON writes a number for a single port, "lo:hi" for a range.
+// MarshalJSON writes a number for a single port, "lo:hi" for a range, the name of a named port.
 func (r PortRange) MarshalJSON() ([]byte, error) {
-	if r.Lo == r.Hi {
+	if !r.Named() && r.Lo == r.Hi {
 		return []byte(r.String()), nil
 	}
 	return json.Marshal(r.String())
@@ -228,8 +325,24 @@ func (p Policy) Validate() error {
 	if p.Order != nil && (math.IsNaN(*p.Order) || math.IsInf(*p.Order, 0)) {
 		return errors.New("order: not a finite number")
 	}
-	if _, err := selector.Parse(p.Selector); err != nil {
-		return fmt.Errorf("selector: %w", err)
+	if p.Namespace != "" {
+		if err := ValidateNamespace(p.Namespace); err != nil {
+			return fmt.Errorf("namespace: %w", err)
+		}
+		if p.NamespaceSelector != "" {
+			return errors.New("namespaceSelector: only a global policy has one (a namespaced policy selects in its namespace)")
+		}
+	}
+	if p.Tier != "" {
+		if err := ValidateName(p.Tier); err != nil {
+			return fmt.Errorf("tier: %w", err)
+		}
+	}
+	for _, sel := range []struct{ name, s string }{{"selector", p.Selector}, {"namespaceSelector", p.NamespaceSelector},
+		{"serviceAccountSelector", p.ServiceAccountSelector}} {
+		if _, err := selector.Parse(sel.s); err != nil {
+			return fmt.Errorf("%s: %w", sel.name, err)
+		}
 	}
 	seen := map[PolicyType]bool{}
 	for i, t := range p.Types {
@@ -250,14 +363,22 @@ func (p Policy) Validate() error {
 	if len(p.Egress) > 0 && !seen[PolicyEgress] {
 		return errors.New("egress rules, but types leaves out Egress")
 	}
-	for i, r := range p.Ingress {
-		if err := r.Validate(); err != nil {
-			return fmt.Errorf("ingress[%d]: %w", i, err)
-		}
-	}
-	for i, r := range p.Egress {
-		if err := r.Validate(); err != nil {
-			return fmt.Errorf("egress[%d]: %w", i, err)
+	return validateRules(p.Ingress, p.Egress, true)
+}
+
+// validateRules checks the rules of a policy or a profile (pass: whether Pass is allowed).
+func validateRules(ingress, egress []Rule, pass bool) error {
+	for _, dir := range []struct {
+		name  string
+		rules []Rule
+	}{{"ingress", ingress}, {"egress", egress}} {
+		for i, r := range dir.rules {
+			if err := r.Validate(); err != nil {
+				return fmt.Errorf("%s[%d]: %w", dir.name, i, err)
+			}
+			if r.Action == ActionPass && !pass {
+				return fmt.Errorf("%s[%d]: action pass: a profile comes after every tier, so there is nothing to pass to", dir.name, i)
+			}
 		}
 	}
 	return nil
@@ -265,8 +386,10 @@ func (p Policy) Validate() error {
 
 // Validate reports the first thing wrong with r.
 func (r Rule) Validate() error {
-	if r.Action != ActionAllow && r.Action != ActionDeny {
-		return fmt.Errorf("action %q: want allow or deny", r.Action)
+	switch r.Action {
+	case ActionAllow, ActionDeny, ActionLog, ActionPass:
+	default:
+		return fmt.Errorf("action %q: want allow, deny, log or pass", r.Action)
 	}
 	for _, m := range []struct {
 		name string
@@ -318,16 +441,41 @@ func (e EntityRule) validate(proto *Protocol) error {
 			return err
 		}
 	}
-	if _, err := selector.Parse(e.Selector); err != nil {
-		return fmt.Errorf("selector: %w", err)
+	for _, sel := range []struct{ name, s string }{{"selector", e.Selector}, {"notSelector", e.NotSelector},
+		{"namespaceSelector", e.NamespaceSelector}} {
+		if _, err := selector.Parse(sel.s); err != nil {
+			return fmt.Errorf("%s: %w", sel.name, err)
+		}
 	}
-	if _, err := selector.Parse(e.NotSelector); err != nil {
-		return fmt.Errorf("notSelector: %w", err)
+	if sa := e.ServiceAccounts; sa != nil {
+		if len(sa.Names) == 0 && sa.Selector == "" {
+			return errors.New("serviceAccounts: give names, a selector or both")
+		}
+		if len(sa.Names) > MaxMatchesPerList {
+			return fmt.Errorf("serviceAccounts.names: %d entries, limit %d", len(sa.Names), MaxMatchesPerList)
+		}
+		for i, n := range sa.Names {
+			if err := ValidateName(n); err != nil {
+				return fmt.Errorf("serviceAccounts.names[%d]: %w", i, err)
+			}
+		}
+		if _, err := selector.Parse(sa.Selector); err != nil {
+			return fmt.Errorf("serviceAccounts.selector: %w", err)
+		}
 	}
 	if len(e.Ports)+len(e.NotPorts) > 0 && (proto == nil || !proto.HasPorts()) {
 		return errors.New("ports need protocol tcp, udp, sctp or udplite")
 	}
 	for i, r := range append(append([]PortRange(nil), e.Ports...), e.NotPorts...) {
+		if r.Named() {
+			if r.Lo != 0 || r.Hi != 0 {
+				return fmt.Errorf("port %d: named port %q with numbers", i, r.Name)
+			}
+			if err := ValidatePortName(r.Name); err != nil {
+				return fmt.Errorf("port %d: %w", i, err)
+			}
+			continue
+		}
 		if r.Hi < r.Lo {
 			return fmt.Errorf("port range %d: %s ends before it starts", i, r)
 		}
@@ -339,7 +487,17 @@ func (p *Policy) version() *int { return &p.Version }
 
 // normalize makes empty lists nil, as they are written (omitempty), so that a value reads back
 // the same.
+func normalizeRule(r *Rule) {
+	r.Action = strings.ToLower(r.Action)
+	r.Source.normalize()
+	r.Destination.normalize()
+	r.Annotations = nilIfEmpty(r.Annotations)
+}
+
 func (e *EntityRule) normalize() {
+	if e.ServiceAccounts != nil && len(e.ServiceAccounts.Names) == 0 {
+		e.ServiceAccounts.Names = nil
+	}
 	if len(e.Nets) == 0 {
 		e.Nets = nil
 	}
@@ -367,15 +525,15 @@ func DefaultTypes(ingress, egress bool) []PolicyType {
 }
 
 func (p *Policy) setDefaults() {
+	if p.Tier == DefaultTier {
+		p.Tier = ""
+	}
 	if len(p.Types) == 0 {
 		p.Types = DefaultTypes(len(p.Ingress) > 0, len(p.Egress) > 0)
 	}
 	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
 		for i := range rules {
-			rules[i].Action = strings.ToLower(rules[i].Action)
-			rules[i].Source.normalize()
-			rules[i].Destination.normalize()
-			rules[i].Annotations = nilIfEmpty(rules[i].Annotations)
+			normalizeRule(&rules[i])
 		}
 	}
 	if len(p.Ingress) == 0 {

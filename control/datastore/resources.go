@@ -386,6 +386,12 @@ type Workload struct {
 	// one address (see Addr).
 	IPv4   []netip.Prefix    `json:"ipv4,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+	// Profiles name the profiles the workload takes labels and, after every tier, rules from,
+	// in order (Calico's profiles: a Docker network's, a namespace's). A workload without
+	// profiles allows what no tier decides.
+	Profiles []string `json:"profiles,omitempty"`
+	// Ports are its named ports (a pod's container ports), which rules may name.
+	Ports []EndpointPort `json:"ports,omitempty"`
 	// AddDurationSeconds is how long the CNI plugin's ADD took up to writing this record; the
 	// agent observes it into margay_cni_add_duration_seconds. 0 = not measured.
 	AddDurationSeconds float64 `json:"addDurationSeconds,omitempty"`
@@ -439,6 +445,17 @@ func (w Workload) Validate() error {
 	if !(w.AddDurationSeconds >= 0) || math.IsInf(w.AddDurationSeconds, 0) {
 		return fmt.Errorf("addDurationSeconds %v: want a non-negative number of seconds", w.AddDurationSeconds)
 	}
+	if err := checkProfileNames(w.Profiles); err != nil {
+		return err
+	}
+	if len(w.Ports) > MaxMatchesPerList {
+		return fmt.Errorf("ports: %d, limit %d", len(w.Ports), MaxMatchesPerList)
+	}
+	for i, p := range w.Ports {
+		if err := p.validate(); err != nil {
+			return fmt.Errorf("ports[%d]: %w", i, err)
+		}
+	}
 	return checkLabels(w.Labels)
 }
 
@@ -455,6 +472,12 @@ func (w *Workload) setDefaults() {
 	w.Labels = nilIfEmpty(w.Labels)
 	if len(w.IPv4) == 0 {
 		w.IPv4 = nil
+	}
+	if len(w.Profiles) == 0 {
+		w.Profiles = nil
+	}
+	if len(w.Ports) == 0 {
+		w.Ports = nil
 	}
 }
 

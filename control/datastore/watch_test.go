@@ -128,7 +128,10 @@ margay_datastore_malformed_values_total{kind="bgppeer"} 0
 margay_datastore_malformed_values_total{kind="block"} 0
 margay_datastore_malformed_values_total{kind="handle"} 0
 margay_datastore_malformed_values_total{kind="node"} 0
+margay_datastore_malformed_values_total{kind="policy"} 0
 margay_datastore_malformed_values_total{kind="pool"} 2
+margay_datastore_malformed_values_total{kind="profile"} 0
+margay_datastore_malformed_values_total{kind="tier"} 0
 margay_datastore_malformed_values_total{kind="workload"} 0
 `), "margay_datastore_malformed_values_total"); err != nil {
 		t.Fatal(err)
