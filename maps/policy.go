@@ -100,6 +100,9 @@ type PolicyValue struct {
 	// Rule is the rule id whose hits the flow counts (0: default deny); for ActionSourcePort the
 	// table to look up next.
 	Rule uint32
+	// Log is a Log rule that matched before the deciding one (0: none): counted and reported
+	// when a flow starts.
+	Log uint32
 }
 
 // Policy is the policy LPM trie.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -9,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/maps"
 )
 
@@ -44,25 +46,33 @@ type Result struct {
 	Delta *Delta
 }
 
-// progRule is a rule of a program: its own end decided, its peer reduced to a match id.
+// progRule is a step of a program: a rule, its own end decided and its peer reduced to a match
+// id, or the end of a tier or of the profiles.
 type progRule struct {
-	id       uint32 // rule id
-	allow    bool
+	id       uint32 // rule id; 0 for an end
+	action   action
+	end      end
+	group    int
 	proto    uint8
 	notProto uint8 // 0: none
 	dports   intervals
 	sports   intervals
-	match    uint32 // 0: any peer
+	// peerPorts, when set, are the ports at the peer's end (the destination's for egress, the
+	// source's for ingress), which name ports: resolved per identity.
+	peerPorts *portSpec
+	peerDst   bool   // the peer's end is the destination (egress)
+	match     uint32 // 0: any peer
 }
 
 // takes says whether the rule applies to protocol proto at all (its ports aside).
-func (r *progRule) takes(proto uint8) bool {
-	return (r.proto == 0 || r.proto == proto) && r.notProto != proto
-}
+func (r *progRule) takes(proto uint8) bool { return takesProto(r.proto, r.notProto, proto) }
 
+// cell is what a (program, identity, protocol, port) entry says: the action, the rule to count,
+// and a Log rule that matched before it.
 type cell struct {
 	action maps.PolicyAction
 	rule   uint32
+	log    uint32
 }
 
 // Compiler keeps the numbering of identities, programs, tables and rules across compilations.
@@ -72,13 +82,17 @@ type Compiler struct {
 	matchByID map[uint32]match
 	nextMatch uint32
 
-	identities map[uint32]string   // id -> content
-	identityOf map[string]uint32   // content -> id
-	identSet   map[uint32][]uint32 // id -> sorted match ids
+	identities map[uint32]string                   // id -> content
+	identityOf map[string]uint32                   // content -> id
+	identSet   map[uint32][]uint32                 // id -> sorted match ids
+	identPorts map[uint32][]datastore.EndpointPort // id -> the named ports of its workloads
 
 	programs  map[uint32]string
 	programOf map[string]uint32
 	progRules map[uint32][]progRule
+	// portNames are the names the programs' rules give peers' ports, with how many rules give
+	// them: identities carry the ports of those names.
+	portNames map[string]int
 
 	tables  map[uint32]string
 	tableOf map[string]uint32
@@ -121,6 +135,7 @@ type tableEntry struct {
 func NewCompiler(maxRules uint32) *Compiler {
 	return &Compiler{matches: map[string]uint32{}, matchByID: map[uint32]match{},
 		identities: map[uint32]string{}, identityOf: map[string]uint32{}, identSet: map[uint32][]uint32{},
+		identPorts: map[uint32][]datastore.EndpointPort{}, portNames: map[string]int{},
 		programs: map[uint32]string{}, programOf: map[string]uint32{}, progRules: map[uint32][]progRule{},
 		tables: map[uint32]string{}, tableOf: map[string]uint32{}, tableAt: map[uint32][]tableEntry{},
 		ruleOf: map[string]uint32{}, ruleRefs: map[uint32]RuleRef{}, nextRule: 1, maxRules: maxRules,
@@ -204,17 +219,23 @@ func (c *Compiler) Rules() map[uint32]RuleRef {
 	return out
 }
 
-// program compiles the rules for a local workload into a program id; 0 when none select it.
+// program compiles the walk of a local workload into a program id; 0 when nothing applies.
 func (c *Compiler) program(s *Set, ep *Endpoint, dir Direction) (uint32, error) {
-	rules, selected := s.rulesFor(ep, dir)
-	if !selected {
+	steps := s.walk(ep, dir)
+	if steps == nil {
 		return 0, nil
 	}
 	var (
 		prs  []progRule
 		text strings.Builder
 	)
-	for _, r := range rules {
+	for _, st := range steps {
+		if st.r == nil {
+			prs = append(prs, progRule{end: st.end, group: st.group, dports: allPorts, sports: allPorts})
+			fmt.Fprintf(&text, "end %d %d|", st.end, st.group)
+			continue
+		}
+		r := st.r
 		if !r.local.matches(ep.Addr, ep) {
 			continue // its condition on the workload's own end never holds
 		}
@@ -222,10 +243,23 @@ func (c *Compiler) program(s *Set, ep *Endpoint, dir Direction) (uint32, error) 
 		if err != nil {
 			return 0, err
 		}
-		pr := progRule{id: id, allow: r.allow, proto: r.proto, notProto: r.notProto, dports: r.dports, sports: r.sports,
+		pr := progRule{id: id, action: r.action, group: st.group, proto: r.proto, notProto: r.notProto,
 			match: c.matchID(r.peer)}
+		// The workload's own end's named ports are known now; the peer's wait for its identity.
+		own, peer := &r.dst, &r.src
+		if dir == Egress {
+			own, peer = peer, own
+		}
+		ownSet := own.set(r.proto, ep.Ports)
+		pr.dports, pr.sports = ownSet, peer.set(r.proto, nil)
+		if dir == Egress {
+			pr.dports, pr.sports = pr.sports, pr.dports
+		}
+		if peer.named() {
+			pr.peerPorts, pr.peerDst = peer, dir == Egress
+		}
 		prs = append(prs, pr)
-		fmt.Fprintf(&text, "%s|", r.text)
+		fmt.Fprintf(&text, "%s g%d own=%v|", r.text, st.group, ownSet)
 	}
 	content := text.String()
 	if id, ok := c.programOf[content]; ok {
@@ -235,13 +269,49 @@ func (c *Compiler) program(s *Set, ep *Endpoint, dir Direction) (uint32, error) 
 	c.programs[id] = content
 	c.programOf[content] = id
 	c.progRules[id] = prs
+	for _, pr := range prs {
+		if pr.peerPorts != nil {
+			for _, n := range slices.Concat(pr.peerPorts.names, pr.peerPorts.notNames) {
+				c.portNames[n]++
+			}
+		}
+	}
 	return id, nil
 }
 
-func (c *Compiler) identity(set []uint32) uint32 {
+// portsOf are the named ports of ep that the programs' rules name: part of its identity.
+func (c *Compiler) portsOf(ep *Endpoint) []datastore.EndpointPort {
+	var out []datastore.EndpointPort
+	for _, p := range ep.Ports {
+		if c.portNames[p.Name] > 0 {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b datastore.EndpointPort) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+	})
+	return slices.Compact(out)
+}
+
+// portNamesKey is the text of the port names in use: identities change when it does.
+func (c *Compiler) portNamesKey() string {
+	var names []string
+	for n, k := range c.portNames {
+		if k > 0 {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return strings.Join(names, ",")
+}
+
+func (c *Compiler) identity(set []uint32, ports []datastore.EndpointPort) uint32 {
 	var b strings.Builder
 	for _, m := range set {
 		fmt.Fprintf(&b, "%s;", c.matchKey(m))
+	}
+	for _, p := range ports {
+		fmt.Fprintf(&b, "port %s %d %d;", p.Name, p.Protocol, p.Port)
 	}
 	content := b.String()
 	if id, ok := c.identityOf[content]; ok {
@@ -259,6 +329,7 @@ func (c *Compiler) identity(set []uint32) uint32 {
 	c.identities[id] = content
 	c.identityOf[content] = id
 	c.identSet[id] = set
+	c.identPorts[id] = ports
 	return id
 }
 
@@ -322,11 +393,11 @@ func (c *Compiler) Compile(s *Set, all []Endpoint, local []Endpoint) (*Result, e
 				set = append(set, id)
 			}
 		}
-		ident := c.identity(set)
+		ident := c.identity(set, nil)
 		res.IPs[p] = ident
 		res.Identities[ident] = true
 	}
-	if labels {
+	if labels || c.portNamesKey() != "" {
 		for i := range all {
 			ep := &all[i]
 			if !ep.Addr.Is4() {
@@ -338,7 +409,7 @@ func (c *Compiler) Compile(s *Set, all []Endpoint, local []Endpoint) (*Result, e
 					set = append(set, id)
 				}
 			}
-			ident := c.identity(set)
+			ident := c.identity(set, c.portsOf(ep))
 			res.IPs[netip.PrefixFrom(ep.Addr, 32)] = ident
 			res.Identities[ident] = true
 		}
@@ -372,8 +443,7 @@ func (c *Compiler) Entries(programs, identities map[uint32]bool) map[maps.Policy
 	for t := range tables {
 		for _, e := range c.tableAt[t] {
 			for _, blk := range prefixBlocks(e.lo, e.hi) {
-				out[maps.PolicyKey{Program: t, Port: blk.port, PortBits: blk.bits}] =
-					maps.PolicyValue{Action: e.c.action, Rule: e.c.rule}
+				out[maps.PolicyKey{Program: t, Port: blk.port, PortBits: blk.bits}] = e.c.value()
 			}
 		}
 	}
@@ -424,11 +494,8 @@ func (c *Compiler) dropCell(p, ident uint32, stale bool) {
 
 var defaultDeny = cell{action: maps.ActionDeny}
 
-func ruleCell(r *progRule) cell {
-	if r.allow {
-		return cell{action: maps.ActionAllow, rule: r.id}
-	}
-	return cell{action: maps.ActionDeny, rule: r.id}
+func (cl cell) value() maps.PolicyValue {
+	return maps.PolicyValue{Action: cl.action, Rule: cl.rule, Log: cl.log}
 }
 
 // compileCell builds the entries of program p for identity ident.
@@ -436,9 +503,20 @@ func (c *Compiler) compileCell(p, ident uint32) ([]maps.PolicyKey, []maps.Policy
 	var rules []*progRule
 	for i := range c.progRules[p] {
 		r := &c.progRules[p][i]
-		if r.match == 0 || slices.Contains(c.identSet[ident], r.match) {
-			rules = append(rules, r)
+		if r.match != 0 && !slices.Contains(c.identSet[ident], r.match) {
+			continue
 		}
+		if r.peerPorts != nil {
+			// The peer's named ports, as this identity's workloads have them.
+			rr := *r
+			if set := r.peerPorts.set(r.proto, c.identPorts[ident]); r.peerDst {
+				rr.dports = set
+			} else {
+				rr.sports = set
+			}
+			r = &rr
+		}
+		rules = append(rules, r)
 	}
 	var (
 		keys []maps.PolicyKey
@@ -446,19 +524,18 @@ func (c *Compiler) compileCell(p, ident uint32) ([]maps.PolicyKey, []maps.Policy
 	)
 	emit := func(k maps.PolicyKey, cl cell) {
 		keys = append(keys, k)
-		vals = append(vals, maps.PolicyValue{Action: cl.action, Rule: cl.rule})
+		vals = append(vals, cl.value())
 	}
 
-	// Protocols no rule names (in protocol or notProtocol): the first rule for any protocol (it
-	// has no ports) decides; a rule for all but one protocol takes them too.
-	other := defaultDeny
+	// Protocols no rule names (in protocol or notProtocol): the rules for any protocol (they
+	// have no ports) decide.
+	var anyProto []*progRule
 	for _, r := range rules {
-		if r.proto == 0 && r.dports.isAll() && r.sports.isAll() {
-			other = ruleCell(r)
-			break
+		if r.proto == 0 {
+			anyProto = append(anyProto, r)
 		}
 	}
-	emit(maps.PolicyKey{Program: p, Identity: ident, AllProtocols: true}, other)
+	emit(maps.PolicyKey{Program: p, Identity: ident, AllProtocols: true}, evalAt(anyProto, 0, 0))
 
 	protos := map[uint8]bool{}
 	for _, r := range rules {
@@ -507,6 +584,45 @@ func (c *Compiler) compileCell(p, ident uint32) ([]maps.PolicyKey, []maps.Policy
 	return keys, vals
 }
 
+// evalAt walks rules (all taking the protocol) for destination port d and source port s: the
+// first Allow or Deny, or end, that matches decides; Log rules before it are remembered; Pass
+// skips the rest of its group.
+func evalAt(rules []*progRule, d, s uint16) cell {
+	var log uint32
+	for i := 0; i < len(rules); i++ {
+		r := rules[i]
+		if !r.dports.contains(d) || !r.sports.contains(s) {
+			continue
+		}
+		act := r.action
+		if r.end != endNone {
+			switch r.end {
+			case endPass:
+				continue
+			case endAllow:
+				act = actAllow
+			default:
+				act = actDeny
+			}
+		}
+		switch act {
+		case actLog:
+			if log == 0 {
+				log = r.id
+			}
+		case actPass:
+			for i+1 < len(rules) && rules[i+1].group == r.group {
+				i++
+			}
+		case actAllow:
+			return cell{action: maps.ActionAllow, rule: r.id, log: log}
+		default:
+			return cell{action: maps.ActionDeny, rule: r.id, log: log}
+		}
+	}
+	return cell{action: maps.ActionDeny, log: log}
+}
+
 type segment struct {
 	lo, hi uint16
 	c      cell
@@ -540,7 +656,8 @@ func boundaries(sets []intervals) []interval {
 	return out
 }
 
-// portFunction is the first-match result of rules over destination ports, merged into segments.
+// portFunction is the walk's result over destination ports, merged into segments; where it
+// also depends on the source port, a segment names a source-port table.
 func (c *Compiler) portFunction(rules []*progRule) []segment {
 	sets := make([]intervals, len(rules))
 	for i, r := range rules {
@@ -549,22 +666,23 @@ func (c *Compiler) portFunction(rules []*progRule) []segment {
 	var segs []segment
 	for _, piece := range boundaries(sets) {
 		var (
-			pending []*progRule // rules that match only some source ports, before the decider
-			decided = defaultDeny
+			active []*progRule // the rules that take this piece's destination ports
+			ssets  []intervals
 		)
 		for _, r := range rules {
 			if !r.dports.contains(piece.lo) {
 				continue
 			}
-			if r.sports.isAll() {
-				decided = ruleCell(r)
-				break
+			active = append(active, r)
+			if !r.sports.isAll() {
+				ssets = append(ssets, r.sports)
 			}
-			pending = append(pending, r)
 		}
-		cl := decided
-		if len(pending) > 0 {
-			cl = c.sourcePortTable(pending, decided)
+		var cl cell
+		if len(ssets) == 0 {
+			cl = evalAt(active, piece.lo, 0)
+		} else {
+			cl = c.sourcePortTable(active, piece.lo, ssets)
 		}
 		if n := len(segs); n > 0 && segs[n-1].c == cl {
 			segs[n-1].hi = piece.hi
@@ -575,31 +693,24 @@ func (c *Compiler) portFunction(rules []*progRule) []segment {
 	return segs
 }
 
-// sourcePortTable numbers the first-match function of rules over source ports, with fallback
-// where none matches.
-func (c *Compiler) sourcePortTable(rules []*progRule, fallback cell) cell {
-	sets := make([]intervals, len(rules))
-	for i, r := range rules {
-		sets[i] = r.sports
-	}
+// sourcePortTable is the walk's result at destination port d over source ports: one cell when
+// it is the same for all, else the number of a table of it.
+func (c *Compiler) sourcePortTable(rules []*progRule, d uint16, sets []intervals) cell {
 	var entries []tableEntry
 	for _, piece := range boundaries(sets) {
-		cl := fallback
-		for _, r := range rules {
-			if r.sports.contains(piece.lo) {
-				cl = ruleCell(r)
-				break
-			}
-		}
+		cl := evalAt(rules, d, piece.lo)
 		if n := len(entries); n > 0 && entries[n-1].c == cl {
 			entries[n-1].hi = piece.hi
 			continue
 		}
 		entries = append(entries, tableEntry{piece.lo, piece.hi, cl})
 	}
+	if len(entries) == 1 {
+		return entries[0].c
+	}
 	var b strings.Builder
 	for _, e := range entries {
-		fmt.Fprintf(&b, "%d-%d:%d/%d;", e.lo, e.hi, e.c.action, e.c.rule)
+		fmt.Fprintf(&b, "%d-%d:%d/%d/%d;", e.lo, e.hi, e.c.action, e.c.rule, e.c.log)
 	}
 	content := b.String()
 	id, ok := c.tableOf[content]
@@ -652,6 +763,7 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) {
 		delete(c.identityOf, c.identities[id])
 		delete(c.identities, id)
 		delete(c.identSet, id)
+		delete(c.identPorts, id)
 		for p := range c.cells {
 			c.dropCell(p, id, false)
 		}
@@ -676,6 +788,15 @@ func (c *Compiler) Retain(programs, identities map[uint32]bool) {
 		return
 	}
 	for _, p := range deadPrograms {
+		for _, pr := range c.progRules[p] {
+			if pr.peerPorts != nil {
+				for _, n := range slices.Concat(pr.peerPorts.names, pr.peerPorts.notNames) {
+					if c.portNames[n]--; c.portNames[n] <= 0 {
+						delete(c.portNames, n)
+					}
+				}
+			}
+		}
 		delete(c.programOf, c.programs[p])
 		delete(c.programs, p)
 		delete(c.progRules, p)

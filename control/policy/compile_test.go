@@ -48,14 +48,20 @@ func (d *dataplane) lookup(program, identity uint32, proto uint8, port uint16) (
 }
 
 func (d *dataplane) decide(program uint32, peer netip.Addr, f Flow) (maps.PolicyAction, uint32) {
+	v := d.value(program, peer, f)
+	return v.Action, v.Rule
+}
+
+// value is the entry the programs end with for a flow: a deny without a rule when none.
+func (d *dataplane) value(program uint32, peer netip.Addr, f Flow) maps.PolicyValue {
 	v, ok := d.lookup(program, d.identity(peer), f.Proto, f.DstPort)
 	if ok && v.Action == maps.ActionSourcePort {
 		v, ok = d.lookup(v.Rule, 0, 0, f.SrcPort)
 	}
 	if !ok {
-		return maps.ActionDeny, 0
+		return maps.PolicyValue{Action: maps.ActionDeny}
 	}
-	return v.Action, v.Rule
+	return v
 }
 
 func (d *dataplane) failsafe(host netip.Addr, f Flow, dir maps.FailsafeDirection) bool {
@@ -152,10 +158,57 @@ func (g gen) ports() []datastore.PortRange {
 				hi = 0xffff
 			}
 		}
+		if g.r.IntN(4) == 0 {
+			out = append(out, datastore.PortRange{Name: g.pick(portNames)})
+			continue
+		}
 		out = append(out, datastore.PortRange{Lo: lo, Hi: hi})
 	}
 	return out
 }
+
+// portNames are the names rules give ports; workloads have some of them (endpointPorts).
+var portNames = []string{"http", "dns", "metrics"}
+
+// endpointPorts are named ports workloads may have: a name can be a port of another number, or
+// of another protocol, on another workload, and "metrics" is on none.
+var endpointPorts = []datastore.EndpointPort{
+	{Name: "http", Protocol: 6, Port: 80}, {Name: "http", Protocol: 6, Port: 8080}, {Name: "dns", Protocol: 17, Port: 53},
+	{Name: "dns", Protocol: 6, Port: 53}, {Name: "http", Protocol: 17, Port: 110},
+}
+
+// RandomWorkloadExtras gives a workload what rules beyond labels look at: named ports, a service
+// account, profiles, its namespace's labels.
+func randomExtras(r *rand.Rand, ep *Endpoint) {
+	for _, p := range endpointPorts {
+		if r.IntN(3) == 0 && !slices.ContainsFunc(ep.Ports, func(q datastore.EndpointPort) bool {
+			return q.Name == p.Name && q.Protocol == p.Protocol
+		}) {
+			ep.Ports = append(ep.Ports, p)
+		}
+	}
+	if r.IntN(2) == 0 {
+		sa := []string{"sa1", "sa2"}[r.IntN(2)]
+		ep.Labels[ServiceAccountLabel] = sa
+		ep.Labels[ServiceAccountPrefix+NameLabel] = sa
+		if r.IntN(2) == 0 {
+			ep.Labels[ServiceAccountPrefix+"role"] = g0.pick(labelValues)
+		}
+	}
+	if ns, ok := ep.Labels[NamespaceLabel]; ok {
+		ep.Labels[NamespacePrefix+NameLabel] = ns
+		ep.Labels[NamespacePrefix+"team"] = map[string]string{"prod": "a", "dev": "b"}[ns]
+	}
+	switch r.IntN(4) {
+	case 0:
+		ep.Profiles = []string{"pa"}
+		ep.Labels["tier"] = "web" // pa's labelsToApply, under its own
+	case 1:
+		ep.Profiles = []string{"pb", "pz"} // pz does not exist
+	}
+}
+
+var g0 = gen{rand.New(rand.NewPCG(0, 0))}
 
 func (g gen) nets() []netip.Prefix {
 	var out []netip.Prefix
@@ -179,6 +232,18 @@ func (g gen) entity(ports bool) datastore.EntityRule {
 	if g.r.IntN(6) == 0 {
 		e.NotSelector = g.selector()
 	}
+	if g.r.IntN(6) == 0 {
+		e.NamespaceSelector = []string{"all()", `team == "a"`, `projectcalico.org/name == "dev"`, "has(team)", "global()"}[g.r.IntN(5)]
+	}
+	if g.r.IntN(7) == 0 {
+		e.ServiceAccounts = &datastore.ServiceAccountMatch{}
+		if g.r.IntN(2) == 0 {
+			e.ServiceAccounts.Names = []string{"sa1"}
+		}
+		if g.r.IntN(2) == 0 || len(e.ServiceAccounts.Names) == 0 {
+			e.ServiceAccounts.Selector = fmt.Sprintf("role == %q", g.pick(labelValues))
+		}
+	}
 	if ports && g.r.IntN(2) == 0 {
 		e.Ports = g.ports()
 	}
@@ -188,10 +253,20 @@ func (g gen) entity(ports bool) datastore.EntityRule {
 	return e
 }
 
-func (g gen) rule() datastore.Rule {
+func (g gen) rule() datastore.Rule { return g.ruleWith(true) }
+
+// ruleWith makes a random rule; pass says whether Pass may be its action (not in profiles).
+func (g gen) ruleWith(pass bool) datastore.Rule {
 	r := datastore.Rule{Action: datastore.ActionAllow}
-	if g.r.IntN(4) == 0 {
+	switch g.r.IntN(10) {
+	case 0, 1:
 		r.Action = datastore.ActionDeny
+	case 2:
+		r.Action = datastore.ActionLog
+	case 3:
+		if pass {
+			r.Action = datastore.ActionPass
+		}
 	}
 	var protoPorts bool
 	icmp := func() *datastore.ICMPMatch {
@@ -232,6 +307,15 @@ func (g gen) policies() []datastore.Policy {
 	var out []datastore.Policy
 	for i := range 1 + g.r.IntN(5) {
 		p := datastore.Policy{Version: 1, Name: fmt.Sprintf("p%d", i), Selector: g.selector()}
+		p.Tier = []string{"", "", "sec", "plat"}[g.r.IntN(4)]
+		switch g.r.IntN(6) {
+		case 0:
+			p.Namespace = g.pick(namespaces)
+		case 1:
+			p.NamespaceSelector = []string{`team == "b"`, "all()", "global()"}[g.r.IntN(3)]
+		case 2:
+			p.ServiceAccountSelector = fmt.Sprintf("role == %q", g.pick(labelValues))
+		}
 		if g.r.IntN(3) > 0 {
 			o := float64(g.r.IntN(4) * 100)
 			p.Order = &o
@@ -259,6 +343,38 @@ func (g gen) policies() []datastore.Policy {
 		out = append(out, decodeRoundTrip(p))
 	}
 	return out
+}
+
+// tiers are the tier records of the random inputs: "sec" passes by default, "plat" has no
+// record (it sorts last and denies).
+func (g gen) tiers() []datastore.Tier {
+	o := float64(g.r.IntN(3) * 600000)
+	action := []string{datastore.TierPass, datastore.TierDeny}[g.r.IntN(2)]
+	return []datastore.Tier{{Version: 1, Name: "sec", Order: &o, DefaultAction: action}}
+}
+
+// profiles are the profiles of the random inputs: "pa" applies tier=web.
+func (g gen) profiles() []datastore.Profile {
+	var out []datastore.Profile
+	for _, name := range []string{"pa", "pb"} {
+		pr := datastore.Profile{Version: 1, Name: name}
+		if name == "pa" {
+			pr.LabelsToApply = map[string]string{"tier": "web"}
+		}
+		for range g.r.IntN(3) {
+			pr.Ingress = append(pr.Ingress, g.ruleWith(false))
+		}
+		for range g.r.IntN(3) {
+			pr.Egress = append(pr.Egress, g.ruleWith(false))
+		}
+		out = append(out, pr)
+	}
+	return out
+}
+
+// input is a random policy set with its tiers and profiles.
+func (g gen) input() Input {
+	return Input{Policies: g.policies(), Tiers: g.tiers(), Profiles: g.profiles()}
 }
 
 // decodeRoundTrip applies defaults the way the datastore does.
@@ -306,6 +422,7 @@ func (g gen) world() world {
 		if g.r.IntN(4) != 0 {
 			ep.Labels[selector.NamespaceLabel] = g.pick(namespaces)
 		}
+		randomExtras(g.r, &ep)
 		wd.all = append(wd.all, ep)
 		if ep.Node == "host1" {
 			wd.local = append(wd.local, ep)
@@ -322,7 +439,7 @@ func (g gen) world() world {
 
 func (g gen) flow(wd world) Flow {
 	f := Flow{Src: wd.addrs[g.r.IntN(len(wd.addrs))], Dst: wd.addrs[g.r.IntN(len(wd.addrs))]}
-	ports := []uint16{0, 1, 10, 19, 20, 22, 30, 53, 80, 100, 110, 119, 120, 65535, uint16(g.r.IntN(65536))}
+	ports := []uint16{0, 1, 10, 19, 20, 22, 30, 53, 80, 100, 110, 119, 120, 8080, 65535, uint16(g.r.IntN(65536))}
 	switch g.r.IntN(5) {
 	case 0, 1:
 		f.Proto = 6
@@ -364,20 +481,60 @@ func TestCompileMatchesReference(t *testing.T) {
 	for seed := range uint64(rounds) {
 		g := gen{rand.New(rand.NewPCG(seed, 7))}
 		wd := g.world()
-		ps := g.policies()
-		s, err := NewSet(ps)
+		in := g.input()
+		s, err := Build(in)
 		if err != nil {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
 		c := NewCompiler(65536)
 		d := compileWorld(t, c, s, wd)
+		rules := c.Rules()
 		for range 300 {
 			f := g.flow(wd)
 			want, wdir := s.AllowedOn(wd.w, "host1", f)
 			got, gdir := d.allowed(f)
 			if got != want || (!got && gdir != wdir) {
-				t.Fatalf("seed %d: %v: compiled says %v (%v), reference %v (%v)\npolicies: %+v",
-					seed, f, got, gdir, want, wdir, ps)
+				t.Fatalf("seed %d: %v: compiled says %v (%v), reference %v (%v)\ninput: %+v",
+					seed, f, got, gdir, want, wdir, in)
+			}
+			// Each direction on its own: the action, the rule that decided and the Log rule.
+			for _, x := range []struct {
+				ep   *Endpoint
+				dir  Direction
+				peer netip.Addr
+			}{{wd.w.Endpoints[f.Src], Egress, f.Dst}, {wd.w.Endpoints[f.Dst], Ingress, f.Src}} {
+				if x.ep == nil || x.ep.Node != "host1" {
+					continue
+				}
+				pg := d.local[x.ep.Addr]
+				prog := pg.Ingress
+				if x.dir == Egress {
+					prog = pg.Egress
+				}
+				ref := s.Decide(x.ep, x.dir, x.peer, wd.w.Endpoints[x.peer], f)
+				if prog == 0 {
+					if ref.Selected || !ref.Allow {
+						t.Fatalf("seed %d: %v %s of %s: no program, but the reference has %+v", seed, f, x.dir, x.ep.Key, ref)
+					}
+					continue
+				}
+				v := d.value(prog, x.peer, f)
+				name := func(id uint32) string {
+					if id == 0 {
+						return "-"
+					}
+					return rules[id].String()
+				}
+				refName := func(r *RuleRef) string {
+					if r == nil {
+						return "-"
+					}
+					return r.String()
+				}
+				if (v.Action == maps.ActionAllow) != ref.Allow || name(v.Rule) != refName(ref.Rule) || name(v.Log) != refName(ref.Log) {
+					t.Fatalf("seed %d: %v %s of %s: compiled %v rule %s log %s, reference allow %v rule %s log %s\ninput: %+v",
+						seed, f, x.dir, x.ep.Key, v.Action, name(v.Rule), name(v.Log), ref.Allow, refName(ref.Rule), refName(ref.Log), in)
+				}
 			}
 		}
 	}

@@ -16,6 +16,16 @@ func RandomPolicies(seed uint64) []datastore.Policy {
 	return gen{rand.New(rand.NewPCG(seed, 7))}.policies()
 }
 
+// RandomExtras gives a random workload named ports, a service account, profiles and its
+// namespace's labels, as the compiler's tests do.
+func RandomExtras(r *rand.Rand, ep *Endpoint) { randomExtras(r, ep) }
+
+// RandomTiersAndProfiles are the tier records and profiles of the compiler's tests.
+func RandomTiersAndProfiles(seed uint64) ([]datastore.Tier, []datastore.Profile) {
+	g := gen{rand.New(rand.NewPCG(seed, 7))}
+	return g.tiers(), g.profiles()
+}
+
 // DescribeIdentity spells identity id out by the matches it holds, without their numbers.
 func (c *Compiler) DescribeIdentity(id uint32) string {
 	if _, ok := c.identSet[id]; !ok {
@@ -24,6 +34,9 @@ func (c *Compiler) DescribeIdentity(id uint32) string {
 	var keys []string
 	for _, m := range c.identSet[id] {
 		keys = append(keys, c.matchKey(m))
+	}
+	for _, p := range c.identPorts[id] {
+		keys = append(keys, fmt.Sprintf("port %s %d %d", p.Name, p.Protocol, p.Port))
 	}
 	slices.Sort(keys)
 	return "{" + strings.Join(keys, "; ") + "}"
@@ -51,15 +64,19 @@ func (c *Compiler) describeRule(id uint32) string {
 
 func (c *Compiler) describeValue(v maps.PolicyValue) string {
 	if v.Action != maps.ActionSourcePort {
-		if v.Rule == 0 {
-			return v.Action.String()
+		out := v.Action.String()
+		if v.Rule != 0 {
+			out += " " + c.describeRule(v.Rule)
 		}
-		return v.Action.String() + " " + c.describeRule(v.Rule)
+		if v.Log != 0 {
+			out += " log " + c.describeRule(v.Log)
+		}
+		return out
 	}
 	var b strings.Builder
 	b.WriteString("table(")
 	for _, e := range c.tableAt[v.Rule] {
-		fmt.Fprintf(&b, "%d-%d: %s; ", e.lo, e.hi, c.describeValue(maps.PolicyValue{Action: e.c.action, Rule: e.c.rule}))
+		fmt.Fprintf(&b, "%d-%d: %s; ", e.lo, e.hi, c.describeValue(e.c.value()))
 	}
 	b.WriteString(")")
 	return b.String()

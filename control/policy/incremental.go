@@ -55,17 +55,21 @@ type incEndpoint struct {
 }
 
 type incState struct {
-	set       *Set
-	eps       map[string]*incEndpoint
-	byAddr    map[netip.Addr][]string // keys of the workloads holding each address, ascending
-	ids       []uint32                // the matches the sets are over, ascending
-	idSet     map[uint32]bool
-	labels    bool
-	regions   map[netip.Prefix]uint32
-	ips       map[netip.Prefix]uint32
-	endpoints map[netip.Addr]Programs
-	progRefs  map[uint32]int
-	identRefs map[uint32]int
+	set    *Set
+	eps    map[string]*incEndpoint
+	byAddr map[netip.Addr][]string // keys of the workloads holding each address, ascending
+	ids    []uint32                // the matches the sets are over, ascending
+	idSet  map[uint32]bool
+	labels bool // some match reads labels, or some rule names peers' ports: workloads have identities
+	// matchLabels says some match reads labels; portNames is the compiler's portNamesKey the
+	// identities were made with.
+	matchLabels bool
+	portNames   string
+	regions     map[netip.Prefix]uint32
+	ips         map[netip.Prefix]uint32
+	endpoints   map[netip.Addr]Programs
+	progRefs    map[uint32]int
+	identRefs   map[uint32]int
 }
 
 // Incremental reports whether Update has a base to work from: false before the first Update, and
@@ -74,7 +78,9 @@ func (c *Compiler) Incremental() bool { return c.inc != nil }
 
 // Pending reports whether an Update without changes would change the result: Retain forgot
 // matches that identities still name.
-func (c *Compiler) Pending() bool { return c.inc != nil && len(c.deadMatches) > 0 }
+func (c *Compiler) Pending() bool {
+	return c.inc != nil && (len(c.deadMatches) > 0 || c.portNamesKey() != c.inc.portNames)
+}
 
 func (in *incState) ref(refs map[uint32]int, id uint32, n int) {
 	if id == 0 {
@@ -217,7 +223,7 @@ func (c *Compiler) Update(s *Set, changes []Change) (*Result, error) {
 					set = append(set, id)
 				}
 			}
-			regions[p] = c.identity(set)
+			regions[p] = c.identity(set, nil)
 			in.ref(in.identRefs, regions[p], 1)
 		}
 		for p, id := range in.regions {
@@ -232,6 +238,8 @@ func (c *Compiler) Update(s *Set, changes []Change) (*Result, error) {
 			}
 		}
 		in.regions = regions
+		in.matchLabels = labels
+		labels = labels || c.portNamesKey() != ""
 		relabel := labels != in.labels
 		in.labels = labels
 		// Every workload against the new matches only.
@@ -253,6 +261,15 @@ func (c *Compiler) Update(s *Set, changes []Change) (*Result, error) {
 		}
 	}
 
+	// Rules that name peers' ports came or went: every workload's identity carries other ports.
+	if names := c.portNamesKey(); names != in.portNames {
+		in.portNames = names
+		in.labels = in.matchLabels || names != ""
+		for k := range in.eps {
+			needSet[k] = true
+		}
+	}
+
 	// The identities of the workloads whose match sets changed.
 	for _, k := range slices.Sorted(stdmaps.Keys(needSet)) {
 		e := in.eps[k]
@@ -271,7 +288,7 @@ func (c *Compiler) Update(s *Set, changes []Change) (*Result, error) {
 		e.counted = in.labels && e.ep.Addr.Is4()
 		e.ident = 0
 		if e.counted {
-			e.ident = c.identity(slices.Clone(e.set))
+			e.ident = c.identity(slices.Clone(e.set), c.portsOf(&e.ep))
 			in.ref(in.identRefs, e.ident, 1)
 		}
 		touched[e.ep.Addr] = true

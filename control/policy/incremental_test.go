@@ -53,6 +53,15 @@ func runIncremental(t *testing.T, seed uint64) {
 	inc, full := policy.NewCompiler(1<<16), policy.NewCompiler(1<<16)
 	eps := map[string]policy.Endpoint{}
 	var pols []datastore.Policy
+	tiers, profiles := policy.RandomTiersAndProfiles(seed)
+	mustSet := func(t *testing.T, ps []datastore.Policy) *policy.Set {
+		t.Helper()
+		s, err := policy.Build(policy.Input{Policies: ps, Tiers: tiers, Profiles: profiles})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
 	set := mustSet(t, pols)
 	// The policy map and policy_ips as the incremental path leaves them.
 	var (
@@ -95,7 +104,9 @@ func runIncremental(t *testing.T, seed uint64) {
 			case k < 4 || len(keys) == 0: // a workload comes
 				node := fmt.Sprintf("host%d", 1+r.IntN(3))
 				key := fmt.Sprintf("%s/w%d-%d", node, step, r.IntN(1000))
-				put(key, policy.Endpoint{Key: key, Node: node, Addr: addrs[r.IntN(len(addrs))], Labels: labels()})
+				ep := policy.Endpoint{Key: key, Node: node, Addr: addrs[r.IntN(len(addrs))], Labels: labels()}
+				policy.RandomExtras(r, &ep)
+				put(key, ep)
 			case k < 6: // one goes
 				key := keys[r.IntN(len(keys))]
 				delete(eps, key)
@@ -103,7 +114,8 @@ func runIncremental(t *testing.T, seed uint64) {
 			case k < 8: // one is relabelled
 				key := keys[r.IntN(len(keys))]
 				ep := eps[key]
-				ep.Labels = labels()
+				ep.Labels, ep.Ports, ep.Profiles = labels(), nil, nil
+				policy.RandomExtras(r, &ep)
 				put(key, ep)
 			case k < 9: // a policy changes
 				pols = mutatePolicies(r, pols, seed*1000+uint64(step))
@@ -205,15 +217,6 @@ func union(a, b map[uint32]bool) map[uint32]bool {
 	}
 	maps.Copy(out, b)
 	return out
-}
-
-func mustSet(t *testing.T, ps []datastore.Policy) *policy.Set {
-	t.Helper()
-	s, err := policy.NewSet(ps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // mutatePolicies replaces, adds or removes one policy.

@@ -1,13 +1,28 @@
 // Package policy turns network policies into what the BPF programs look up, and says in plain Go
 // what they mean.
 //
-// Semantics (Calico's, which include Kubernetes NetworkPolicy's): policies are ordered by order,
-// then name. For a workload and a direction, the policies that select it and govern that
-// direction are walked in order, and their rules in order; the first rule that matches decides.
-// A workload that no policy selects in a direction allows everything in it; a selected one denies
-// whatever no rule allows. A flow is allowed when the sender's egress and the receiver's ingress
-// both allow it. The host a workload runs on may always reach it, and failsafe ports between
-// workloads and hosts are never cut.
+// Semantics (Calico's, which include Kubernetes NetworkPolicy's): policies are grouped in tiers;
+// tiers are ordered by order, then name, and the policies of a tier by order, then name. For a
+// workload and a direction, each tier with a policy that selects the workload and governs that
+// direction is walked in turn, its policies' rules in order:
+//
+//   - the first Allow or Deny rule that matches decides;
+//   - a Log rule that matches is counted and reported, and the walk goes on;
+//   - a Pass rule that matches ends the tier: the walk goes on with the next tier;
+//   - when no rule of the tier decides, its default action does: Deny, or Pass.
+//
+// After the tiers come the workload's profiles (rules the same way, Pass excepted): when the walk
+// reaches them, the first rule that decides decides, else Deny. A workload without profiles
+// allows what reaches that point, and one that no tier selects and has no profiles allows
+// everything in that direction. A flow is allowed when the sender's egress and the receiver's
+// ingress both allow it. The host a workload runs on may always reach it, and failsafe ports
+// between workloads and hosts are never cut.
+//
+// Selectors see a workload's labels, its profiles' labelsToApply under them, and the labels Calico
+// gives it: projectcalico.org/namespace, pcns.projectcalico.org/name and, for a service account,
+// pcsa.projectcalico.org/name. A namespaced policy selects in its namespace, and so do its rules'
+// selectors unless they give a namespaceSelector; a namespaceSelector matches the pcns. labels,
+// a service account selector the pcsa. labels (Calico's rewriting).
 //
 // Set.Allowed is the reference: a straightforward walk of the rules. Compiler builds the BPF
 // maps; tests hold the two against each other.
@@ -32,6 +47,18 @@ import (
 // global() matches exactly the workloads without it.
 const NamespaceLabel = selector.NamespaceLabel
 
+// The labels and prefixes of Calico's rewriting of namespace and service account matches.
+const (
+	// ServiceAccountLabel carries a workload's service account (Kubernetes pods).
+	ServiceAccountLabel = "projectcalico.org/serviceaccount"
+	// NamespacePrefix starts the labels a namespaceSelector sees: the namespace's labels.
+	NamespacePrefix = "pcns."
+	// ServiceAccountPrefix starts the labels a service account selector sees.
+	ServiceAccountPrefix = "pcsa."
+	// NameLabel, under either prefix, is the namespace's or the service account's name.
+	NameLabel = "projectcalico.org/name"
+)
+
 // Direction is ingress or egress.
 type Direction uint8
 
@@ -54,23 +81,36 @@ type Endpoint struct {
 	Node   string
 	Addr   netip.Addr
 	Labels map[string]string
+	// Profiles are the workload's profiles, in order; Ports its named ports.
+	Profiles []string
+	Ports    []datastore.EndpointPort
 }
 
-// EndpointOf makes the Endpoint of a workload record: its address, its labels and its namespace
-// label.
-func EndpointOf(w datastore.Workload) (Endpoint, bool) {
+// EndpointOf makes the Endpoint of a workload record: its address, its labels and Calico's
+// namespace and service account labels. It leaves out its profiles' labels: EndpointWith.
+func EndpointOf(w datastore.Workload) (Endpoint, bool) { return EndpointWith(w, nil) }
+
+// EndpointWith is EndpointOf with the labelsToApply of the workload's profiles under its own
+// labels (profiles: every profile, by name).
+func EndpointWith(w datastore.Workload, profiles map[string]datastore.Profile) (Endpoint, bool) {
 	addr, ok := w.Addr()
 	if !ok {
 		return Endpoint{}, false
 	}
-	labels := make(map[string]string, len(w.Labels)+1)
-	for k, v := range w.Labels {
-		labels[k] = v
-	}
+	labels := datastore.ProfileLabels(w.Labels, w.Profiles, profiles)
 	if w.Namespace != "" {
 		labels[NamespaceLabel] = w.Namespace
+		if _, ok := labels[NamespacePrefix+NameLabel]; !ok {
+			labels[NamespacePrefix+NameLabel] = w.Namespace
+		}
 	}
-	return Endpoint{Key: hostconv.WorkloadKey(w.Node, w.ID), Node: w.Node, Addr: addr, Labels: labels}, true
+	if sa, ok := labels[ServiceAccountLabel]; ok {
+		if _, ok := labels[ServiceAccountPrefix+NameLabel]; !ok {
+			labels[ServiceAccountPrefix+NameLabel] = sa
+		}
+	}
+	return Endpoint{Key: hostconv.WorkloadKey(w.Node, w.ID), Node: w.Node, Addr: addr, Labels: labels,
+		Profiles: slices.Clone(w.Profiles), Ports: slices.Clone(w.Ports)}, true
 }
 
 // Flow is the first packet of a flow as policy sees it.
@@ -86,14 +126,20 @@ func (f Flow) String() string {
 	return fmt.Sprintf("proto %d %s:%d -> %s:%d", f.Proto, f.Src, f.SrcPort, f.Dst, f.DstPort)
 }
 
-// RuleRef names a rule: its policy, direction and place.
+// RuleRef names a rule: its policy (Policy.Key) or profile, direction and place.
 type RuleRef struct {
-	Policy    string    `json:"policy"`
+	Policy    string    `json:"policy,omitempty"`
+	Profile   string    `json:"profile,omitempty"`
 	Direction Direction `json:"-"`
 	Index     int       `json:"index"`
 }
 
-func (r RuleRef) String() string { return fmt.Sprintf("%s/%s/%d", r.Policy, r.Direction, r.Index) }
+func (r RuleRef) String() string {
+	if r.Profile != "" {
+		return fmt.Sprintf("profile:%s/%s/%d", r.Profile, r.Direction, r.Index)
+	}
+	return fmt.Sprintf("%s/%s/%d", r.Policy, r.Direction, r.Index)
+}
 
 // interval is an inclusive range of ports.
 type interval struct{ lo, hi uint16 }
@@ -157,23 +203,65 @@ func (s intervals) String() string {
 	return b.String()
 }
 
-func portSet(ports, notPorts []datastore.PortRange) intervals {
-	set := allPorts
-	if len(ports) > 0 {
-		ivs := make([]interval, len(ports))
-		for i, p := range ports {
-			ivs[i] = interval{p.Lo, p.Hi}
+// portSpec is a rule's ports at one end: numbers, ranges and names. A name is the port of that
+// name, with the rule's protocol, on the workload at that end.
+type portSpec struct {
+	any      bool // no ports: every port (notPorts aside)
+	nums     intervals
+	names    []string
+	notNums  intervals
+	notNames []string
+}
+
+func newPortSpec(ports, notPorts []datastore.PortRange) portSpec {
+	split := func(rs []datastore.PortRange) (intervals, []string) {
+		var ivs []interval
+		var names []string
+		for _, r := range rs {
+			if r.Named() {
+				names = append(names, r.Name)
+			} else {
+				ivs = append(ivs, interval{r.Lo, r.Hi})
+			}
 		}
-		set = normalize(ivs)
+		slices.Sort(names)
+		return normalize(ivs), slices.Compact(names)
 	}
-	if len(notPorts) > 0 {
-		ivs := make([]interval, len(notPorts))
-		for i, p := range notPorts {
-			ivs[i] = interval{p.Lo, p.Hi}
+	ps := portSpec{any: len(ports) == 0}
+	ps.nums, ps.names = split(ports)
+	ps.notNums, ps.notNames = split(notPorts)
+	return ps
+}
+
+// named reports whether the set depends on the workload at that end.
+func (ps *portSpec) named() bool { return len(ps.names)+len(ps.notNames) > 0 }
+
+// set is the ports the spec takes for protocol proto, its names resolved against ports (the
+// named ports of the workload at that end; none when it is no workload).
+func (ps *portSpec) set(proto uint8, ports []datastore.EndpointPort) intervals {
+	resolve := func(names []string) []interval {
+		var out []interval
+		for _, p := range ports {
+			if uint8(p.Protocol) == proto {
+				if _, found := slices.BinarySearch(names, p.Name); found {
+					out = append(out, interval{p.Port, p.Port})
+				}
+			}
 		}
-		set = set.minus(normalize(ivs))
+		return out
+	}
+	set := allPorts
+	if !ps.any {
+		set = normalize(append(slices.Clone([]interval(ps.nums)), resolve(ps.names)...))
+	}
+	if cut := append(slices.Clone([]interval(ps.notNums)), resolve(ps.notNames)...); len(cut) > 0 {
+		set = set.minus(normalize(cut))
 	}
 	return set
+}
+
+func (ps *portSpec) String() string {
+	return fmt.Sprintf("any=%v nums=%v names=%v not=%v notNames=%v", ps.any, ps.nums, ps.names, ps.notNums, ps.notNames)
 }
 
 // match is one end of a rule: where the address is and whose labels it carries.
@@ -260,74 +348,255 @@ func (m match) matchesRegion(p netip.Prefix) bool {
 	return m.sel == nil
 }
 
+// action is what a rule, or the end of a tier, does.
+type action uint8
+
+const (
+	actAllow action = iota
+	actDeny
+	actLog  // count and report, and go on
+	actPass // go on with the next tier
+)
+
+func actionOf(s string) action {
+	switch s {
+	case datastore.ActionAllow:
+		return actAllow
+	case datastore.ActionLog:
+		return actLog
+	case datastore.ActionPass:
+		return actPass
+	}
+	return actDeny
+}
+
+func (a action) String() string { return [...]string{"allow", "deny", "log", "pass"}[a] }
+
 // rule is a validated rule, ready to match.
 type rule struct {
-	ref   RuleRef
-	text  string // canonical JSON of the rule, part of program identities
-	allow bool
-	proto uint8 // 0: any
+	ref    RuleRef
+	text   string // canonical text of the rule, part of program identities
+	action action
+	proto  uint8 // 0: any
 	// notProto is a protocol the rule does not take (0: none).
 	notProto uint8
-	dports   intervals
-	sports   intervals
+	// dst and src are the destination and source ports; ICMP type and code travel as the
+	// destination port.
+	dst, src portSpec
 	peer     match // the other end
 	local    match // the selected workload's own end
 }
 
+// ports returns the rule's destination and source port sets, the names resolved against the
+// workloads at either end (nil: none).
+func (r *rule) ports(dstEP, srcEP *Endpoint) (dports, sports intervals) {
+	of := func(ep *Endpoint) []datastore.EndpointPort {
+		if ep == nil {
+			return nil
+		}
+		return ep.Ports
+	}
+	return r.dst.set(r.proto, of(dstEP)), r.src.set(r.proto, of(srcEP))
+}
+
 type parsedPolicy struct {
-	name  string
+	name  string // Policy.Key
 	order *float64
-	sel   selector.Selector
+	sel   selector.Selector // with its namespace, namespace and service account selectors
 	types [2]bool
 	rules [2][]rule
 }
 
-// Set is a validated, ordered set of policies.
-type Set struct {
+type parsedTier struct {
+	name     string
+	order    *float64
+	pass     bool // default action Pass
 	policies []parsedPolicy
 }
 
-// NewSet checks and orders policies. A malformed policy is an error naming it.
-func NewSet(ps []datastore.Policy) (*Set, error) {
-	s := &Set{}
-	for _, p := range ps {
+type parsedProfile struct {
+	rules [2][]rule
+}
+
+// Set is a validated, ordered set of policies, with their tiers and the profiles.
+type Set struct {
+	tiers    []parsedTier
+	profiles map[string]*parsedProfile
+	n        int
+}
+
+// Input is what a Set is built from.
+type Input struct {
+	Policies []datastore.Policy
+	// Tiers are the tier records; the default tier needs none, and a tier that policies name
+	// without a record sorts last and denies (it cannot be made by margayctl).
+	Tiers    []datastore.Tier
+	Profiles []datastore.Profile
+}
+
+// NewSet checks and orders policies, all in the default tier unless they name another. A
+// malformed policy is an error naming it.
+func NewSet(ps []datastore.Policy) (*Set, error) { return Build(Input{Policies: ps}) }
+
+// Build checks and orders policies, tiers and profiles. A malformed one is an error naming it.
+func Build(in Input) (*Set, error) {
+	s := &Set{profiles: map[string]*parsedProfile{}}
+	defaultOrder := datastore.DefaultTierOrder
+	tiers := map[string]*parsedTier{datastore.DefaultTier: {name: datastore.DefaultTier, order: &defaultOrder}}
+	for _, t := range in.Tiers {
+		if err := t.Validate(); err != nil {
+			return nil, fmt.Errorf("tier %q: %w", t.Name, err)
+		}
+		tiers[t.Name] = &parsedTier{name: t.Name, order: t.Order, pass: t.DefaultAction == datastore.TierPass}
+	}
+	for _, p := range in.Policies {
 		pp, err := parse(p)
 		if err != nil {
-			return nil, fmt.Errorf("policy %q: %w", p.Name, err)
+			return nil, fmt.Errorf("policy %q: %w", p.Key(), err)
 		}
-		s.policies = append(s.policies, pp)
+		t := tiers[p.TierName()]
+		if t == nil {
+			t = &parsedTier{name: p.TierName()}
+			tiers[t.name] = t
+		}
+		t.policies = append(t.policies, pp)
+		s.n++
 	}
-	slices.SortFunc(s.policies, func(a, b parsedPolicy) int {
+	for _, pr := range in.Profiles {
+		if err := pr.Validate(); err != nil {
+			return nil, fmt.Errorf("profile %q: %w", pr.Name, err)
+		}
+		pp := &parsedProfile{}
+		for dir, rules := range [2][]datastore.Rule{pr.Ingress, pr.Egress} {
+			for i, r := range rules {
+				x, err := parseRule(r, RuleRef{Profile: pr.Name, Direction: Direction(dir), Index: i}, "")
+				if err != nil {
+					return nil, fmt.Errorf("profile %q: %s[%d]: %w", pr.Name, Direction(dir), i, err)
+				}
+				pp.rules[dir] = append(pp.rules[dir], x)
+			}
+		}
+		s.profiles[pr.Name] = pp
+	}
+	byOrder := func(an string, ao *float64, bn string, bo *float64) int {
 		switch {
-		case a.order != nil && b.order != nil && *a.order != *b.order:
-			return cmp.Compare(*a.order, *b.order)
-		case a.order != nil && b.order == nil:
+		case ao != nil && bo != nil && *ao != *bo:
+			return cmp.Compare(*ao, *bo)
+		case ao != nil && bo == nil:
 			return -1
-		case a.order == nil && b.order != nil:
+		case ao == nil && bo != nil:
 			return 1
 		}
-		return strings.Compare(a.name, b.name)
-	})
+		return strings.Compare(an, bn)
+	}
+	for _, t := range tiers {
+		if len(t.policies) == 0 {
+			continue
+		}
+		slices.SortFunc(t.policies, func(a, b parsedPolicy) int { return byOrder(a.name, a.order, b.name, b.order) })
+		s.tiers = append(s.tiers, *t)
+	}
+	slices.SortFunc(s.tiers, func(a, b parsedTier) int { return byOrder(a.name, a.order, b.name, b.order) })
 	return s, nil
 }
 
 // Len is the number of policies.
-func (s *Set) Len() int { return len(s.policies) }
+func (s *Set) Len() int { return s.n }
+
+// namespaced narrows sel to the workloads of namespace ns (when set).
+func namespaced(ns string, sel selector.Selector) selector.Selector {
+	if ns == "" {
+		return sel
+	}
+	return selector.And(selector.Equal(NamespaceLabel, ns), sel)
+}
+
+// policySelector is the selector a policy applies by: Calico's rewriting of its namespace, its
+// namespaceSelector and its serviceAccountSelector into one.
+func policySelector(p datastore.Policy) (selector.Selector, error) {
+	var sels []selector.Selector
+	for _, x := range []struct{ text, prefix, allAs string }{
+		{p.Selector, "", ""},
+		{p.NamespaceSelector, NamespacePrefix, NamespaceLabel},
+		{p.ServiceAccountSelector, ServiceAccountPrefix, ""},
+	} {
+		if x.text == "" {
+			continue
+		}
+		sel, err := selector.Parse(x.text)
+		if err != nil {
+			return selector.Selector{}, err
+		}
+		if x.prefix != "" {
+			sel = sel.Prefixed(x.prefix, x.allAs)
+		}
+		sels = append(sels, sel)
+	}
+	return namespaced(p.Namespace, selector.And(sels...)), nil
+}
+
+// entitySelector is Calico's rewriting of a rule end's selector, namespaceSelector and
+// serviceAccounts into one selector ("" when the end selects no workloads), for a rule of a
+// policy in namespace ns ("" for a global policy or a profile).
+func entitySelector(e datastore.EntityRule, ns string) (string, error) {
+	var sels []selector.Selector
+	if sa := e.ServiceAccounts; sa != nil {
+		if sa.Selector != "" {
+			sel, err := selector.Parse(sa.Selector)
+			if err != nil {
+				return "", err
+			}
+			sels = append(sels, sel.Prefixed(ServiceAccountPrefix, ""))
+		}
+		if len(sa.Names) > 0 {
+			sels = append(sels, selector.In(ServiceAccountLabel, sa.Names))
+		}
+	}
+	if e.Selector != "" {
+		sel, err := selector.Parse(e.Selector)
+		if err != nil {
+			return "", err
+		}
+		sels = append(sels, sel)
+	}
+	var nsSel selector.Selector
+	switch {
+	case e.NamespaceSelector != "":
+		sel, err := selector.Parse(e.NamespaceSelector)
+		if err != nil {
+			return "", err
+		}
+		nsSel = sel.Prefixed(NamespacePrefix, NamespaceLabel)
+	case ns != "":
+		nsSel = selector.Equal(NamespaceLabel, ns)
+	}
+	if len(sels) == 0 && e.NotSelector == "" && e.NamespaceSelector == "" {
+		return "", nil // nets and ports only: any address, in a namespace or not
+	}
+	sel := selector.And(sels...)
+	if !nsSel.IsAll() {
+		sel = selector.And(nsSel, sel)
+	}
+	if sel.IsAll() && len(sels) == 0 && e.NamespaceSelector == "" {
+		return "", nil // only a notSelector, in a global policy
+	}
+	return sel.String(), nil
+}
 
 func parse(p datastore.Policy) (parsedPolicy, error) {
 	if err := p.Validate(); err != nil {
 		return parsedPolicy{}, err
 	}
-	sel, err := selector.Parse(p.Selector)
+	sel, err := policySelector(p)
 	if err != nil {
 		return parsedPolicy{}, err
 	}
-	pp := parsedPolicy{name: p.Name, order: p.Order, sel: sel}
+	pp := parsedPolicy{name: p.Key(), order: p.Order, sel: sel}
 	pp.types[Ingress] = p.AppliesTo(datastore.PolicyIngress)
 	pp.types[Egress] = p.AppliesTo(datastore.PolicyEgress)
 	for dir, rules := range [2][]datastore.Rule{p.Ingress, p.Egress} {
 		for i, r := range rules {
-			pr, err := parseRule(r, RuleRef{Policy: p.Name, Direction: Direction(dir), Index: i})
+			pr, err := parseRule(r, RuleRef{Policy: p.Key(), Direction: Direction(dir), Index: i}, p.Namespace)
 			if err != nil {
 				return parsedPolicy{}, fmt.Errorf("%s[%d]: %w", Direction(dir), i, err)
 			}
@@ -337,10 +606,11 @@ func parse(p datastore.Policy) (parsedPolicy, error) {
 	return pp, nil
 }
 
-func parseRule(r datastore.Rule, ref RuleRef) (rule, error) {
-	pr := rule{ref: ref, allow: r.Action == datastore.ActionAllow,
-		dports: portSet(r.Destination.Ports, r.Destination.NotPorts),
-		sports: portSet(r.Source.Ports, r.Source.NotPorts)}
+// parseRule parses a rule of a policy in namespace ns ("" for a global policy or a profile).
+func parseRule(r datastore.Rule, ref RuleRef, ns string) (rule, error) {
+	pr := rule{ref: ref, action: actionOf(r.Action),
+		dst: newPortSpec(r.Destination.Ports, r.Destination.NotPorts),
+		src: newPortSpec(r.Source.Ports, r.Source.NotPorts)}
 	if r.Protocol != nil {
 		pr.proto = uint8(*r.Protocol)
 	}
@@ -349,14 +619,22 @@ func parseRule(r datastore.Rule, ref RuleRef) (rule, error) {
 	}
 	// ICMP type and code travel as a port: type << 8 | code.
 	if iv, ok := icmpPorts(r.ICMP); ok {
-		pr.dports = intervals{iv}
+		pr.dst = portSpec{nums: intervals{iv}}
 	}
 	if iv, ok := icmpPorts(r.NotICMP); ok {
-		pr.dports = pr.dports.minus(intervals{iv})
+		pr.dst.notNums = intervals{iv}
 	}
-	peer, local := r.Source, r.Destination
+	ends := [2]datastore.EntityRule{r.Source, r.Destination}
+	for i := range ends {
+		sel, err := entitySelector(ends[i], ns)
+		if err != nil {
+			return pr, err
+		}
+		ends[i].Selector = sel
+	}
+	peer, local := ends[0], ends[1]
 	if ref.Direction == Egress {
-		peer, local = r.Destination, r.Source
+		peer, local = ends[1], ends[0]
 	}
 	var err error
 	if pr.peer, err = newMatch(peer); err != nil {
@@ -365,8 +643,8 @@ func parseRule(r datastore.Rule, ref RuleRef) (rule, error) {
 	if pr.local, err = newMatch(local); err != nil {
 		return pr, err
 	}
-	pr.text = fmt.Sprintf("%s %v proto=%d notproto=%d d=%v s=%v peer{%s} local{%s}", ref, pr.allow, pr.proto, pr.notProto,
-		pr.dports, pr.sports, pr.peer.key(), pr.local.key())
+	pr.text = fmt.Sprintf("%s %s proto=%d notproto=%d d{%s} s{%s} peer{%s} local{%s}", ref, pr.action, pr.proto, pr.notProto,
+		&pr.dst, &pr.src, pr.peer.key(), pr.local.key())
 	return pr, nil
 }
 
@@ -382,53 +660,129 @@ func icmpPorts(m *datastore.ICMPMatch) (interval, bool) {
 	return interval{t, t | 0xff}, true
 }
 
-// matchesTraffic reports whether the rule's protocol and ports match.
-func (r *rule) matchesTraffic(f Flow) bool {
-	if r.proto != 0 && r.proto != f.Proto || r.notProto != 0 && r.notProto == f.Proto {
-		return false
-	}
-	return r.dports.contains(f.DstPort) && r.sports.contains(f.SrcPort)
+// takesProto reports whether the rule applies to protocol proto at all (its ports aside).
+func takesProto(proto, notProto, p uint8) bool {
+	return (proto == 0 || proto == p) && notProto != p
 }
 
-// rulesFor lists, in order, the rules of the policies that select ep in direction dir, and
-// whether any policy does.
-func (s *Set) rulesFor(ep *Endpoint, dir Direction) ([]*rule, bool) {
-	var out []*rule
-	selected := false
-	for i := range s.policies {
-		p := &s.policies[i]
-		if !p.types[dir] || !p.sel.Matches(ep.Labels) {
-			continue
+// end is how a tier, or the profiles, end when no rule decides.
+type end uint8
+
+const (
+	endNone  end = iota // a rule, not an end
+	endDeny             // a tier with default action Deny, or the profiles
+	endPass             // a tier with default action Pass
+	endAllow            // the end of the walk of a workload without profiles
+)
+
+// link is a step of a workload's walk in one direction: a rule, or the end of its group (a
+// tier, or the profiles).
+type link struct {
+	r     *rule
+	end   end
+	group int // the tier's place among those that select the workload; the profiles last
+}
+
+// walk lists, in order, the steps for ep in direction dir: the rules of each tier that selects
+// it, each followed by the tier's end, then those of its profiles, then the final end. It is nil
+// when no tier selects it and it has no profiles.
+func (s *Set) walk(ep *Endpoint, dir Direction) []link {
+	var out []link
+	group := 0
+	for ti := range s.tiers {
+		t := &s.tiers[ti]
+		selected := false
+		for pi := range t.policies {
+			p := &t.policies[pi]
+			if !p.types[dir] || !p.sel.Matches(ep.Labels) {
+				continue
+			}
+			selected = true
+			for j := range p.rules[dir] {
+				out = append(out, link{r: &p.rules[dir][j], group: group})
+			}
 		}
-		selected = true
-		for j := range p.rules[dir] {
-			out = append(out, &p.rules[dir][j])
+		if selected {
+			e := endDeny
+			if t.pass {
+				e = endPass
+			}
+			out = append(out, link{end: e, group: group})
+			group++
 		}
 	}
-	return out, selected
+	if len(ep.Profiles) == 0 {
+		if out == nil {
+			return nil
+		}
+		return append(out, link{end: endAllow, group: group})
+	}
+	for _, name := range ep.Profiles {
+		if pr := s.profiles[name]; pr != nil {
+			for j := range pr.rules[dir] {
+				out = append(out, link{r: &pr.rules[dir][j], group: group})
+			}
+		}
+	}
+	return append(out, link{end: endDeny, group: group})
 }
 
 // Decision is what one direction of policy says about a flow.
 type Decision struct {
 	Allow    bool
-	Selected bool     // some policy selects the workload in this direction
-	Rule     *RuleRef // the rule that decided; nil for "no policy" and "default deny"
+	Selected bool     // some tier selects the workload in this direction, or it has profiles
+	Rule     *RuleRef // the rule that decided; nil for "no policy" and a tier's or the profiles' end
+	// Log is the first Log rule that matched before the decision (nil: none).
+	Log *RuleRef
 }
 
 // Decide walks the rules for workload ep in direction dir: the flow's peer is at peer, held by
 // peerEP (nil: no workload).
 func (s *Set) Decide(ep *Endpoint, dir Direction, peer netip.Addr, peerEP *Endpoint, f Flow) Decision {
-	rules, selected := s.rulesFor(ep, dir)
-	if !selected {
+	steps := s.walk(ep, dir)
+	if steps == nil {
 		return Decision{Allow: true}
 	}
-	for _, r := range rules {
-		if r.matchesTraffic(f) && r.local.matches(ep.Addr, ep) && r.peer.matches(peer, peerEP) {
+	dstEP, srcEP := ep, peerEP
+	if dir == Egress {
+		dstEP, srcEP = peerEP, ep
+	}
+	d := Decision{Selected: true}
+	for i := 0; i < len(steps); i++ {
+		st := steps[i]
+		if st.r == nil {
+			if st.end == endPass {
+				continue
+			}
+			d.Allow = st.end == endAllow
+			return d
+		}
+		r := st.r
+		if !takesProto(r.proto, r.notProto, f.Proto) {
+			continue
+		}
+		dports, sports := r.ports(dstEP, srcEP)
+		if !dports.contains(f.DstPort) || !sports.contains(f.SrcPort) ||
+			!r.local.matches(ep.Addr, ep) || !r.peer.matches(peer, peerEP) {
+			continue
+		}
+		switch r.action {
+		case actLog:
+			if d.Log == nil {
+				ref := r.ref
+				d.Log = &ref
+			}
+		case actPass:
+			for i+1 < len(steps) && steps[i+1].group == st.group {
+				i++ // to the group's end, which the loop steps over
+			}
+		default:
 			ref := r.ref
-			return Decision{Allow: r.allow, Selected: true, Rule: &ref}
+			d.Allow, d.Rule = r.action == actAllow, &ref
+			return d
 		}
 	}
-	return Decision{Selected: true}
+	return d // not reached: every walk ends with an end that decides
 }
 
 // World is what the reference evaluation needs besides the policies.
