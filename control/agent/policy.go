@@ -95,7 +95,7 @@ type policyEngine struct {
 	rulesGen uint64 // the compiler's RulesGeneration that rules is of
 	m        *policyMetrics
 
-	filled map[string]int64 // the policies (name -> ModRevision) of the last fill
+	filled filled // the policies, tiers and profiles of the last fill
 	status atomic.Pointer[PolicyStatus]
 
 	// set is the policy set of the last compilation: a pass whose policies did not change
@@ -105,10 +105,24 @@ type policyEngine struct {
 	compilations uint64 // successful ones, numbering dataplane.Policy.Compiled
 }
 
-// PolicyStatus is what /policy serves: the policies the dataplane enforces, by the datastore
-// revision of each, and the policy generation, as of the last successful pass.
+// filled are the items (name -> ModRevision) of a fill.
+type filled struct{ policies, tiers, profiles map[string]int64 }
+
+// values lists the values of m by key.
+func values[T any](m map[string]T) []T {
+	out := make([]T, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+// PolicyStatus is what /policy serves: the policies, tiers and profiles the dataplane enforces,
+// by the datastore revision of each (policies by Policy.Key), as of the last successful pass.
 type PolicyStatus struct {
 	Policies   map[string]int64 `json:"policies"`
+	Tiers      map[string]int64 `json:"tiers"`
+	Profiles   map[string]int64 `json:"profiles"`
 	Rules      int              `json:"rules"`
 	Programs   int              `json:"programs"`
 	Identities int              `json:"identities"`
@@ -140,7 +154,7 @@ func newPolicyEngine(log *slog.Logger, maxRules uint32, failsafe map[maps.Failsa
 		}}
 	empty := map[uint32]policy.RuleRef{}
 	e.rules.Store(&empty)
-	e.status.Store(&PolicyStatus{Policies: map[string]int64{}})
+	e.status.Store(&PolicyStatus{Policies: map[string]int64{}, Tiers: map[string]int64{}, Profiles: map[string]int64{}})
 	reg.MustRegister(e.m.policies, e.m.compileErrors, e.m.compile, e.m.ctEntries, e.m.ctExpired)
 	return e
 }
@@ -149,8 +163,12 @@ func newPolicyEngine(log *slog.Logger, maxRules uint32, failsafe map[maps.Failsa
 // Only what changed since the last fill is compiled: the workloads put or deleted, or everything
 // when the policies changed. A failed compilation keeps the previous policy, and logs why.
 func (e *policyEngine) fill(v *view, s *dataplane.State) {
-	policiesChanged := e.set == nil || len(v.changed[kindPolicies]) > 0 || v.changedAll[kindPolicies]
-	allWorkloads := !e.compiler.Incremental() || v.changedAll[kindWorkloads]
+	policiesChanged := e.set == nil
+	for kind := range policyKinds {
+		policiesChanged = policiesChanged || len(v.changed[kind]) > 0 || v.changedAll[kind]
+	}
+	// A profile's labels are its workloads' labels: they change with it.
+	allWorkloads := !e.compiler.Incremental() || v.changedAll[kindWorkloads] || v.changedAll[kindProfiles]
 	if !policiesChanged && !allWorkloads && len(v.changed[kindWorkloads]) == 0 && !e.compiler.Pending() {
 		e.complete(v, s, false, nil)
 		return
@@ -159,15 +177,19 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	set := e.set
 	var err error
 	if policiesChanged {
-		ps := make([]datastore.Policy, 0, len(v.policies))
-		for _, name := range sortedKeys(v.policies) {
-			ps = append(ps, v.policies[name])
-		}
-		set, err = policy.NewSet(ps)
+		set, err = policy.Build(policy.Input{Policies: values(v.policies), Tiers: values(v.tiers), Profiles: values(v.profiles)})
 	}
 	var res *policy.Result
 	if err == nil {
-		keys := slices.Sorted(stdmaps.Keys(v.changed[kindWorkloads]))
+		changed := stdmaps.Clone(v.changed[kindWorkloads])
+		if len(v.changed[kindProfiles]) > 0 && !allWorkloads {
+			for key, w := range v.workloads {
+				if slices.ContainsFunc(w.Profiles, func(p string) bool { return v.changed[kindProfiles][p] }) {
+					changed[key] = true
+				}
+			}
+		}
+		keys := slices.Sorted(stdmaps.Keys(changed))
 		if allWorkloads {
 			keys = sortedKeys(v.workloads)
 		}
@@ -175,7 +197,7 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 		for _, key := range keys {
 			ch := policy.Change{Key: key}
 			if w, ok := v.workloads[key]; ok {
-				if ep, ok := policy.EndpointOf(w); ok {
+				if ep, ok := policy.EndpointWith(w, v.profiles); ok {
 					ch.Endpoint, ch.Local = &ep, ep.Node == v.node
 				}
 			}
@@ -195,7 +217,9 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 		return
 	}
 	clear(v.changed[kindWorkloads])
-	clear(v.changed[kindPolicies])
+	for kind := range policyKinds {
+		clear(v.changed[kind])
+	}
 	clear(v.changedAll)
 	e.set = set
 	e.m.policies.Set(float64(set.Len()))
@@ -210,7 +234,8 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	e.lastEPs = res.Endpoints
 	e.publishRules(policiesChanged)
 	if policiesChanged {
-		e.filled = stdmaps.Clone(v.revisions[kindPolicies])
+		e.filled = filled{policies: stdmaps.Clone(v.revisions[kindPolicies]), tiers: stdmaps.Clone(v.revisions[kindTiers]),
+			profiles: stdmaps.Clone(v.revisions[kindProfiles])}
 	}
 	if res.Delta != nil {
 		e.complete(v, s, false, res.Delta.Endpoints)
@@ -273,7 +298,8 @@ func (e *policyEngine) publishRules(force bool) {
 func (e *policyEngine) applied(s dataplane.State) {
 	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
 	e.publishRules(false)
-	e.status.Store(&PolicyStatus{Policies: e.filled, Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
+	e.status.Store(&PolicyStatus{Policies: e.filled.policies, Tiers: e.filled.tiers, Profiles: e.filled.profiles,
+		Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
 		Identities: len(s.Policy.Identities)})
 }
 
@@ -335,7 +361,11 @@ func (c *ruleHitsCollector) Collect(ch chan<- prometheus.Metric) {
 		sums[r].bytes += b
 	}
 	for _, r := range order {
-		lv := []string{r.Policy, r.Direction.String(), strconv.Itoa(r.Index)}
+		owner := r.Policy
+		if r.Profile != "" {
+			owner = "profile:" + r.Profile
+		}
+		lv := []string{owner, r.Direction.String(), strconv.Itoa(r.Index)}
 		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(sums[r].packets), lv...)
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sums[r].bytes), lv...)
 	}

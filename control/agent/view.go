@@ -25,6 +25,8 @@ type view struct {
 	bgpConfig map[string]datastore.BGPConfig // the config/bgp singleton, when BGP is on
 	bgpPeers  map[string]datastore.BGPPeer
 	policies  map[string]datastore.Policy
+	tiers     map[string]datastore.Tier
+	profiles  map[string]datastore.Profile
 	revisions map[string]map[string]int64 // kind -> name -> ModRevision, for kinds that ask for it
 	// changed are the items put or deleted since the policy engine last took them, for the kinds
 	// it follows (workloads, policies); changedAll says a snapshot replaced them all.
@@ -55,8 +57,10 @@ type view struct {
 func newView(node string, withBGP bool) *view {
 	return &view{node: node, workloads: map[string]datastore.Workload{}, blocks: map[string]datastore.Block{},
 		nodes: map[string]datastore.Node{}, pools: map[string]datastore.Pool{}, bgpConfig: map[string]datastore.BGPConfig{},
-		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{}, revisions: map[string]map[string]int64{kindPolicies: {}, kindWorkloads: {}},
-		changed: map[string]map[string]bool{kindPolicies: {}, kindWorkloads: {}}, changedAll: map[string]bool{},
+		bgpPeers: map[string]datastore.BGPPeer{}, policies: map[string]datastore.Policy{},
+		tiers: map[string]datastore.Tier{}, profiles: map[string]datastore.Profile{},
+		revisions: map[string]map[string]int64{kindPolicies: {}, kindTiers: {}, kindProfiles: {}, kindWorkloads: {}},
+		changed:   map[string]map[string]bool{kindPolicies: {}, kindTiers: {}, kindProfiles: {}, kindWorkloads: {}}, changedAll: map[string]bool{},
 		bgp: withBGP, synced: map[string]bool{}, dirtyWorkloads: map[string]bool{}}
 }
 
@@ -381,9 +385,14 @@ const (
 	kindBGPConfig = "bgpconfig"
 	kindBGPPeers  = "bgppeers"
 	kindPolicies  = "policies"
+	kindTiers     = "tiers"
+	kindProfiles  = "profiles"
 
 	bgpConfigName = "bgp" // the name of the config/bgp singleton's only item
 )
+
+// policyKinds are the kinds policy is made of, by their singular names.
+var policyKinds = map[string]string{kindPolicies: "policy", kindTiers: "tier", kindProfiles: "profile"}
 
 func (w *watchers) start(ctx context.Context, withBGP bool) {
 	if withBGP {
@@ -398,6 +407,8 @@ func (w *watchers) start(ctx context.Context, withBGP bool) {
 	go follow(ctx, w, kindNodes, w.ds.Nodes(), func(v *view) map[string]datastore.Node { return v.nodes })
 	go follow(ctx, w, kindPools, w.ds.Pools(), func(v *view) map[string]datastore.Pool { return v.pools })
 	go follow(ctx, w, kindPolicies, w.ds.Policies(), func(v *view) map[string]datastore.Policy { return v.policies })
+	go follow(ctx, w, kindTiers, w.ds.Tiers(), func(v *view) map[string]datastore.Tier { return v.tiers })
+	go follow(ctx, w, kindProfiles, w.ds.Profiles(), func(v *view) map[string]datastore.Profile { return v.profiles })
 }
 
 // sameBlockRoutes says that block b routes as a did: the same CIDR and owner (its allocations
@@ -419,7 +430,8 @@ func withSameRoutes[T any](f func(old, new T) bool) followOption[T] {
 // synced reports whether every kind delivered its first snapshot: reconciling earlier would
 // remove what the missing kinds still want.
 func (w *watchers) synced(v *view) bool {
-	base := v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools] && v.synced[kindPolicies]
+	base := v.synced[kindWorkloads] && v.synced[kindBlocks] && v.synced[kindNodes] && v.synced[kindPools] &&
+		v.synced[kindPolicies] && v.synced[kindTiers] && v.synced[kindProfiles]
 	return base && (!v.bgp || v.synced[kindBGPConfig] && v.synced[kindBGPPeers])
 }
 
@@ -461,10 +473,10 @@ func follow[T any](ctx context.Context, w *watchers, kind string, store datastor
 			}
 		case datastore.EventDelete:
 			name := ev.Name
-			if ev.Malformed && kind == kindPolicies {
-				// A policy made malformed by hand keeps its last good version in force: dropping
-				// it would open (or close) everything it governed.
-				w.log.Error("malformed policy; its previous version stays in force", "policy", name)
+			if what, ok := policyKinds[kind]; ok && ev.Malformed {
+				// A policy, tier or profile made malformed by hand keeps its last good version in
+				// force: dropping it would open (or close) everything it governed.
+				w.log.Error("malformed "+what+"; its previous version stays in force", what, name)
 				return
 			}
 			u = func(v *view) {
