@@ -17,6 +17,8 @@ var decoders = []func(t *testing.T, name string, data []byte){
 	func(t *testing.T, name string, data []byte) { roundTrip(t, allWorkloadsKind, name, data) },
 	func(t *testing.T, name string, data []byte) { roundTrip(t, nodeWorkloadsKind("host1"), name, data) },
 	func(t *testing.T, name string, data []byte) { roundTrip(t, policyKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, tierKind, name, data) },
+	func(t *testing.T, name string, data []byte) { roundTrip(t, profileKind, name, data) },
 }
 
 // roundTrip checks that whatever decode accepts passes Validate, encodes, and decodes to the same
@@ -70,6 +72,18 @@ func FuzzDecode(f *testing.F) {
 		{8, "deny", `{"version":1,"types":["Egress"],"egress":[{"action":"Deny","protocol":"icmp","icmp":{"type":8,"code":0},"destination":{"notNets":["198.18.0.0/15"],"notSelector":"has(x)"}}]}`},
 		{8, "bad", `{"version":1,"selector":"app ==","ingress":[{"action":"allow","destination":{"ports":[80]}}]}`},
 		{8, "e", `{"version":1,"ingress":[{"action":"Allow","destination":{"ports":[],"nets":[]}}]}`},
+		{8, "prod/web", `{"version":1,"namespace":"prod","tier":"sec","selector":"app == 'web'","ingress":[{"action":"Log","source":{"namespaceSelector":"team == 'a'","serviceAccounts":{"names":["sa"],"selector":"role == 'x'"}}},{"action":"pass","protocol":"tcp","destination":{"ports":["http",80]}}]}`},
+		{8, "g", `{"version":1,"namespaceSelector":"all()","serviceAccountSelector":"has(x)","tier":"default","ingress":[{"action":"allow","protocol":"udp","source":{"notPorts":["dns"]}}]}`},
+		{8, "Prod/x", `{"version":1,"ingress":[]}`},
+		{8, "prod/x", `{"version":1,"namespace":"dev"}`},
+		{9, "sec", `{"version":1,"order":100,"defaultAction":"Pass"}`},
+		{9, "default", `{"version":1,"order":1000000}`},
+		{9, "default", `{"version":1,"order":5}`},
+		{9, "t", `{"version":1,"defaultAction":"Allow"}`},
+		{10, "net1", `{"version":1,"labelsToApply":{"net":"one"},"ingress":[{"action":"allow","source":{"selector":"net == 'one'"}}],"egress":[{"action":"allow"}]}`},
+		{10, "p", `{"version":1,"ingress":[{"action":"pass"}]}`},
+		{6, "host1/w4", `{"version":1,"id":"w4","name":"web","node":"host1","ifName":"cali0b7f49da20d","mac":"02:42:c6:13:00:04","profiles":["net1","kns.prod"],"ports":[{"name":"http","protocol":"tcp","port":8080}]}`},
+		{6, "host1/w5", `{"version":1,"id":"w5","name":"web","node":"host1","ifName":"cali0b7f49da20e","mac":"02:42:c6:13:00:05","profiles":["a","a"],"ports":[{"name":"HTTP","protocol":"icmp","port":0}]}`},
 		{0, "p", `null`},
 		{0, "p", `{"version":1.5}`},
 		{4, "198.19.0.0-26", `{"version":1,"cidr":"198.19.0.0/26","allocations":[{"ip":"198.19.0.1","handle":"h"},{"ip":"198.19.0.1","handle":"h"}]}`},

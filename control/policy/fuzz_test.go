@@ -20,6 +20,9 @@ func FuzzPolicy(f *testing.F) {
 		`{"name":"y","unknown":1}`,
 		`{"name":"c","selector":"app contains 'e' && !global()","ingress":[{"action":"allow","source":{"selector":"role starts with 'f' || tier endswith 'b'"}}]}`,
 		`{"name":"g","selector":"global()","egress":[{"action":"deny","destination":{"notSelector":"(has(app) && has(role)) || app notin {'web',}"}}]}`,
+		`{"name":"t","namespace":"prod","tier":"sec","ingress":[{"action":"log"},{"action":"pass","source":{"namespaceSelector":"team == 'b'"}},{"action":"allow","protocol":"tcp","destination":{"ports":["http"]}}]}`,
+		`{"name":"sa","namespaceSelector":"all()","serviceAccountSelector":"role == 'fe'","egress":[{"action":"allow","protocol":"udp","destination":{"ports":["dns",53],"serviceAccounts":{"names":["sa1"]}}}]}`,
+		`{"name":"n","tier":"plat","types":["Ingress","Egress"],"egress":[{"action":"pass","protocol":"tcp","destination":{"notPorts":["http"]}}]}`,
 	} {
 		f.Add([]byte(s), uint64(1))
 	}
@@ -31,11 +34,11 @@ func FuzzPolicy(f *testing.F) {
 			}
 			return
 		}
-		s, err := NewSet([]datastore.Policy{p})
-		if err != nil {
-			t.Fatalf("DecodePolicy accepted %s, NewSet refused it: %v", data, err)
-		}
 		g := gen{rand.New(rand.NewPCG(seed, 3))}
+		s, err := Build(Input{Policies: []datastore.Policy{p}, Tiers: g.tiers(), Profiles: g.profiles()})
+		if err != nil {
+			t.Fatalf("DecodePolicy accepted %s, Build refused it: %v", data, err)
+		}
 		wd := g.world()
 		c := NewCompiler(65536)
 		d := compileWorld(t, c, s, wd)
