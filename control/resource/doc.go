@@ -48,9 +48,12 @@
 // or require each other, labels and annotations as Kubernetes has them. It reports every
 // problem of a resource at once (errors.Join of *FieldError), each with its path and reason.
 //
-// Margay is stricter than Calico in three places: a notICMP match, like icmp, needs protocol
-// ICMP or ICMPv6; a BGPConfiguration's asNumber must not be 0 (reserved, RFC 7607); and a
-// namespace must be a DNS-1123 label, as Kubernetes requires.
+// Margay is stricter than Calico in four places: a notICMP match, like icmp, needs protocol
+// ICMP or ICMPv6; a BGPConfiguration's asNumber must not be 0 (reserved, RFC 7607); a
+// namespace must be a DNS-1123 label, as Kubernetes requires; and a named port in a rule must
+// be a name an endpoint's port can have (a Kubernetes port name, an IANA service name: 1 to 15
+// lowercase letters, digits and inner single hyphens, with a letter), where Calico takes any
+// name and then matches no port with it.
 //
 // # Defaults
 //
@@ -72,9 +75,8 @@
 //
 //   - IPv6 anywhere: ipVersion 6, protocol or notProtocol ICMPv6 (58), IPv6 CIDRs in nets and
 //     notNets, IPv6 pools and peers;
-//   - in rules: http (application layer policy), services (Kubernetes Services), named ports,
-//     serviceAccounts.selector; in policies: serviceAccountSelector (Margay's workloads carry
-//     their service account's name, which serviceAccounts.names matches, but not its labels);
+//   - in rules: http (application layer policy), services (Kubernetes Services);
+//   - in Profile: the action Pass (a profile's rules come after every tier);
 //   - in GlobalNetworkPolicy: doNotTrack, preDNAT and applyOnForward (host endpoints);
 //   - in IPPool: ipipMode and vxlanMode other than Never, natOutgoing, disableBGPExport,
 //     nodeSelector other than all(), namespaceSelector, allowedUses LoadBalancer,
@@ -95,8 +97,11 @@
 // Everything else belongs to the policy model Margay takes from Calico (DESIGN.md): the actions
 // Allow, Deny, Log and Pass, tiers, profiles, notProtocol and notICMP, a rule's and a
 // GlobalNetworkPolicy's namespaceSelector (Margay's workloads carry their namespace's labels
-// as pcns.<key>), serviceAccounts.names (the projectcalico.org/serviceaccount label), and
-// performanceHints, which never change what a policy allows. Node and WorkloadEndpoint are
+// as pcns.<key>), serviceAccounts (names: the projectcalico.org/serviceaccount label; selector,
+// and a policy's serviceAccountSelector: the service account's labels, as pcsa.<key>), named
+// ports (the ports of the endpoint at that end), and performanceHints, which never change what
+// a policy allows. What of it Margay's datastore cannot hold yet, control/resource/convert
+// refuses by field. Node and WorkloadEndpoint are
 // validated as Calico does; they are read-only, so nothing in them is marked unsupported.
 //
 // # Encoding

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Limits of Calico's CRD schemas.
@@ -86,7 +88,6 @@ func checkPolicy(errs *errList, at path, f policyFields) {
 	if f.serviceAccountSelector != "" {
 		checkSelector(errs, at.child("serviceAccountSelector"), f.serviceAccountSelector)
 		checkNoGlobal(errs, at.child("serviceAccountSelector"), f.serviceAccountSelector)
-		errs.unsupported(at.child("serviceAccountSelector"), whySAPolicy)
 	}
 	seenHint := make(map[PolicyPerformanceHint]bool)
 	for i, h := range f.hints {
@@ -246,7 +247,6 @@ func checkEntity(errs *errList, at path, e *EntityRule, proto *Protocol) {
 	checkPorts(errs, at.child("notPorts"), e.NotPorts, proto)
 	if sa := e.ServiceAccounts; sa != nil && sa.Selector != "" {
 		checkSelector(errs, at.child("serviceAccounts").child("selector"), sa.Selector)
-		errs.unsupported(at.child("serviceAccounts").child("selector"), whySAPolicy)
 	}
 }
 
@@ -264,7 +264,11 @@ func checkPorts(errs *errList, at path, ports []Port, proto *Protocol) {
 			if p.Min != 0 || p.Max != 0 {
 				errs.addf(at.index(i), "a named port has no numbers")
 			}
-			errs.unsupported(at.index(i), whyNamedPorts)
+			// Calico takes any name here, but an endpoint's ports are named as Kubernetes
+			// names a container's (checkEndpointPort): another name matches no port.
+			if msgs := validation.IsValidPortName(p.Name); len(msgs) > 0 {
+				errs.addf(at.index(i), "%q names no port an endpoint can have: %s", p.Name, strings.Join(msgs, "; "))
+			}
 		case p.Min == 0 || p.Max == 0:
 			numeric = true
 			errs.addf(at.index(i), "port 0: want 1 to 65535")

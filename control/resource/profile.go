@@ -26,6 +26,16 @@ func (p *Profile) Validate() error {
 	const at path = "spec"
 	checkRules(&errs, at.child("ingress"), p.Spec.Ingress)
 	checkRules(&errs, at.child("egress"), p.Spec.Egress)
+	for _, dir := range []struct {
+		name  string
+		rules []Rule
+	}{{"ingress", p.Spec.Ingress}, {"egress", p.Spec.Egress}} {
+		for i, r := range dir.rules {
+			if r.Action == Pass {
+				errs.unsupported(at.child(dir.name).index(i).child("action"), whyProfilePass)
+			}
+		}
+	}
 	checkLabels(&errs, at.child("labelsToApply"), p.Spec.LabelsToApply)
 	return errs.err()
 }

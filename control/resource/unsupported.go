@@ -7,8 +7,7 @@ const (
 	whyIPv6          = "Margay is IPv4-only"
 	whyHTTP          = "application layer policy needs a proxy, which Margay does not have"
 	whyServices      = "Margay does not follow Kubernetes Services"
-	whyNamedPorts    = "Margay's workloads carry no named ports: use port numbers"
-	whySAPolicy      = "Margay's workloads carry their service account's name, not its labels"
+	whyProfilePass   = "a profile's rules come after every tier, so Pass has nothing to pass to: use Deny"
 	whyHostEndpoints = "it concerns host endpoints, which Margay does not have"
 
 	whyEncapsulation = "Margay routes without encapsulation"
