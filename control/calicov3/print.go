@@ -3,6 +3,8 @@ package calicov3
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -34,15 +36,15 @@ func EncodeList(kind resource.Kind, items []resource.Resource, revision int64) (
 }
 
 // Table is the table calicoctl get prints for resources of kind: its header and a row per
-// resource; wide adds columns (-o wide), and allNamespaces a NAMESPACE column first for the
-// namespaced kinds (-A).
-func Table(kind resource.Kind, items []resource.Resource, wide, allNamespaces bool) ([]string, [][]string) {
+// resource; wide adds columns (-o wide), and printNamespace a NAMESPACE column first for the
+// namespaced kinds (calicoctl prints it with -A and with -n).
+func Table(kind resource.Kind, items []resource.Resource, wide, printNamespace bool) ([]string, [][]string) {
 	header, row := columns(kind, wide)
 	var rows [][]string
 	for _, r := range items {
 		rows = append(rows, row(r))
 	}
-	if allNamespaces && kind.Namespaced() {
+	if printNamespace && kind.Namespaced() {
 		header = append([]string{"NAMESPACE"}, header...)
 		for i, r := range items {
 			rows[i] = append([]string{r.Metadata().Namespace}, rows[i]...)
@@ -58,6 +60,33 @@ func columns(kind resource.Kind, wide bool) ([]string, func(resource.Resource) [
 			return []string{"NAME", "ORDER", "SELECTOR"}, func(r resource.Resource) []string {
 				p := r.(*resource.GlobalNetworkPolicy)
 				return []string{p.Name, order(p.Spec.Order), p.Spec.Selector}
+			}
+		}
+	case resource.KindNetworkPolicy:
+		if wide {
+			return []string{"NAME", "TIER", "ORDER", "SELECTOR"}, func(r resource.Resource) []string {
+				p := r.(*resource.NetworkPolicy)
+				return []string{p.Name, resource.TierOrDefault(p.Spec.Tier), order(p.Spec.Order), p.Spec.Selector}
+			}
+		}
+		return []string{"NAME", "TIER"}, func(r resource.Resource) []string {
+			p := r.(*resource.NetworkPolicy)
+			return []string{p.Name, resource.TierOrDefault(p.Spec.Tier)}
+		}
+	case resource.KindTier:
+		return []string{"NAME", "ORDER"}, func(r resource.Resource) []string {
+			t := r.(*resource.Tier)
+			return []string{t.Name, order(t.Spec.Order)}
+		}
+	case resource.KindProfile:
+		if wide {
+			return []string{"NAME", "LABELS"}, func(r resource.Resource) []string {
+				p := r.(*resource.Profile)
+				var labels []string
+				for _, k := range slices.Sorted(maps.Keys(p.Spec.LabelsToApply)) {
+					labels = append(labels, k+"="+p.Spec.LabelsToApply[k])
+				}
+				return []string{p.Name, strings.Join(labels, ",")}
 			}
 		}
 	case resource.KindIPPool:
@@ -125,5 +154,5 @@ func order(o *float64) string {
 	if o == nil {
 		return ""
 	}
-	return strconv.FormatFloat(*o, 'g', -1, 64)
+	return strconv.FormatFloat(*o, 'f', -1, 64)
 }

@@ -1,9 +1,11 @@
 package calicov3
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,18 +17,47 @@ import (
 // List reads the resources of kind, as calicoctl get KIND lists them: in the namespace given,
 // or in every namespace when it is "" (for the namespaced kinds; the others have none). A
 // resource's resourceVersion is its record's etcd revision. It also returns the revision of the
-// read. The BGPConfiguration default is listed when the cluster has one stored.
+// read. The BGPConfiguration default is listed when the cluster has one stored; the tier
+// default always (it needs no record: without one it is Calico's, order 1000000 and Deny), and
+// the tiers by order, as calicoctl lists them. The policies margay-agent keeps for Kubernetes
+// NetworkPolicies (knp.default.*) are neither GlobalNetworkPolicies nor NetworkPolicies here.
 func List(ctx context.Context, c *datastore.Client, kind resource.Kind, namespace string) ([]resource.Resource, int64, error) {
 	switch kind {
-	case resource.KindGlobalNetworkPolicy:
-		all, rev, err := listOf(ctx, c.Policies(), func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
+	case resource.KindGlobalNetworkPolicy, resource.KindNetworkPolicy:
+		all, rev, err := listOf(ctx, c.Policies(), func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyResourceToV3(p), nil })
 		var out []resource.Resource
 		for _, r := range all {
-			if !kubernetesPolicy(r.Metadata().Name) {
+			m := r.Metadata()
+			if r.Kind() == kind && !(kind == resource.KindGlobalNetworkPolicy && kubernetesPolicy(m.Name)) &&
+				(namespace == "" || m.Namespace == namespace) {
 				out = append(out, r)
 			}
 		}
 		return out, rev, err
+	case resource.KindTier:
+		all, rev, err := listOf(ctx, c.Tiers(), func(t datastore.Tier) (resource.Resource, error) { return convert.TierToV3(t), nil })
+		if err != nil {
+			return nil, 0, err
+		}
+		if !slices.ContainsFunc(all, func(r resource.Resource) bool { return r.Metadata().Name == resource.DefaultTierName }) {
+			all = append(all, convert.DefaultTierV3())
+		}
+		// As calicoctl get tier: by order, those without one last; then by name.
+		slices.SortStableFunc(all, func(a, b resource.Resource) int {
+			oa, ob := a.(*resource.Tier).Spec.Order, b.(*resource.Tier).Spec.Order
+			switch {
+			case oa != nil && ob != nil && *oa != *ob:
+				return cmp.Compare(*oa, *ob)
+			case oa != nil && ob == nil:
+				return -1
+			case oa == nil && ob != nil:
+				return 1
+			}
+			return strings.Compare(a.Metadata().Name, b.Metadata().Name)
+		})
+		return all, rev, nil
+	case resource.KindProfile:
+		return listOf(ctx, c.Profiles(), func(p datastore.Profile) (resource.Resource, error) { return convert.ProfileToV3(p), nil })
 	case resource.KindIPPool:
 		return listOf(ctx, c.Pools(), func(p datastore.Pool) (resource.Resource, error) { return convert.PoolToV3(p), nil })
 	case resource.KindBGPPeer:
@@ -95,9 +126,22 @@ func Get(ctx context.Context, c *datastore.Client, kind resource.Kind, name, nam
 	switch kind {
 	case resource.KindGlobalNetworkPolicy:
 		if kubernetesPolicy(name) {
-			return nil, fmt.Errorf("%w: %s (a Kubernetes NetworkPolicy's: margayctl policy get %s shows it)", ErrNotExist, ref, name)
+			return nil, fmt.Errorf("%w: %s (the policy margay-agent --k8s-policy-sync keeps for a Kubernetes NetworkPolicy: kubectl get networkpolicy shows its source, the agent's /policy what it enforces)", ErrNotExist, ref)
 		}
 		r, err = getOf(ctx, c.Policies(), name, func(p datastore.Policy) (resource.Resource, error) { return convert.PolicyToV3(p), nil })
+	case resource.KindNetworkPolicy:
+		if datastore.ValidateNamespace(namespace) != nil {
+			return nil, fmt.Errorf("%w: %s", ErrNotExist, ref)
+		}
+		r, err = getOf(ctx, c.Policies(), name, func(p datastore.Policy) (resource.Resource, error) { return convert.NetworkPolicyToV3(p), nil },
+			namespace+"/")
+	case resource.KindTier:
+		r, err = getOf(ctx, c.Tiers(), name, func(t datastore.Tier) (resource.Resource, error) { return convert.TierToV3(t), nil })
+		if errors.Is(err, datastore.ErrNotFound) && name == resource.DefaultTierName {
+			return convert.DefaultTierV3(), nil
+		}
+	case resource.KindProfile:
+		r, err = getOf(ctx, c.Profiles(), name, func(p datastore.Profile) (resource.Resource, error) { return convert.ProfileToV3(p), nil })
 	case resource.KindIPPool:
 		r, err = getOf(ctx, c.Pools(), name, func(p datastore.Pool) (resource.Resource, error) { return convert.PoolToV3(p), nil })
 	case resource.KindBGPPeer:
@@ -129,11 +173,12 @@ func Get(ctx context.Context, c *datastore.Client, kind resource.Kind, name, nam
 	return r, err
 }
 
-func getOf[T any](ctx context.Context, s datastore.Store[T], name string, toV3 func(T) (resource.Resource, error)) (resource.Resource, error) {
+// getOf reads name (under dir, for a namespaced policy: "<namespace>/") of s as a resource.
+func getOf[T any](ctx context.Context, s datastore.Store[T], name string, toV3 func(T) (resource.Resource, error), dir ...string) (resource.Resource, error) {
 	if datastore.ValidateName(name) != nil {
 		return nil, datastore.ErrNotFound // no resource can have this name
 	}
-	it, err := s.Get(ctx, name)
+	it, err := s.Get(ctx, strings.Join(dir, "")+name)
 	if err != nil {
 		return nil, err
 	}

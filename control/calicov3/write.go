@@ -38,6 +38,7 @@ var (
 	ErrNotExist  = errors.New("resource does not exist")
 	ErrStale     = errors.New("update conflict: the resource changed since the resourceVersion given")
 	ErrPeerExtra = errors.New("the stored peer holds what a BGPPeer cannot")
+	ErrTierInUse = errors.New("cannot delete a non-empty tier")
 )
 
 // Result is what a write did: which resources, in order, out of how many.
@@ -114,9 +115,13 @@ func DeleteRefs(ctx context.Context, c *datastore.Client, refs []Ref) (Result, e
 }
 
 // write does action with each document, in order, each by compare-and-swap; it stops at the
-// first error, which names the document, and returns what it did before.
+// first error, which names the document, and returns what it did before. What the datastore
+// decides is checked for every document first (check), so that such a file writes nothing.
 func write(ctx context.Context, c *datastore.Client, action Action, docs []Doc) (Result, error) {
 	res := Result{Action: action, Total: len(docs)}
+	if err := check(ctx, c, action, docs); err != nil {
+		return res, err
+	}
 	for _, d := range docs {
 		ref := RefOf(d.Resource)
 		var err error
@@ -135,10 +140,135 @@ func write(ctx context.Context, c *datastore.Client, action Action, docs []Doc) 
 	return res, nil
 }
 
+// check refuses, before anything is written, the documents that the datastore's state makes
+// wrong, as Calico refuses them: a policy whose tier exists neither in the datastore nor as a
+// Tier earlier in the same input, and the deletion of a tier that still holds policies (but
+// for those the input deletes before it). Every such document is reported, as Decode reports
+// its errors.
+func check(ctx context.Context, c *datastore.Client, action Action, docs []Doc) error {
+	var (
+		tiers    []datastore.Item[datastore.Tier]
+		policies []datastore.Item[datastore.Policy]
+		reads    []datastore.Read
+	)
+	for _, d := range docs {
+		switch p := d.record.(type) {
+		case datastore.Policy:
+			if p.Tier != "" && reads == nil {
+				reads = append(reads, c.Tiers().ListRead(&tiers))
+			}
+		case nil:
+			if action == ActionDelete && d.Resource.Kind() == resource.KindTier && len(reads) == 0 {
+				reads = append(reads, c.Policies().ListRead(&policies))
+			}
+		}
+	}
+	if len(reads) == 0 {
+		return nil
+	}
+	if _, err := c.Fetch(ctx, reads...); err != nil {
+		return err
+	}
+	stored := map[string]bool{}
+	for _, t := range tiers {
+		stored[t.Name] = true
+	}
+	inTier := map[string][]Ref{} // the stored policies of each tier
+	for _, it := range policies {
+		p := it.Value
+		inTier[p.TierName()] = append(inTier[p.TierName()], policyRef(p))
+	}
+	var (
+		errs    []error
+		created = map[string]int{} // tier: the document that creates it
+		deleted = map[Ref]bool{}
+	)
+	for _, d := range docs {
+		var err error
+		switch rec := d.record.(type) {
+		case datastore.Tier:
+			created[rec.Name] = d.Source.Index
+		case datastore.Policy:
+			if rec.Tier != "" && !stored[rec.Tier] && created[rec.Tier] == 0 {
+				err = tierMissing(rec.Tier, docs, d)
+			}
+		case nil:
+			ref := RefOf(d.Resource)
+			deleted[ref] = true
+			if ref.Kind == resource.KindTier {
+				var left []string
+				for _, p := range inTier[ref.Name] {
+					if !deleted[p] {
+						left = append(left, p.String())
+					}
+				}
+				if len(left) > 0 {
+					err = tierInUse(ref.Name, left)
+				}
+			}
+		}
+		if err != nil {
+			errs = append(errs, docError{d.Label(), err})
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %d of %d documents refused, nothing written:\n%w", ErrInvalid, len(errs), len(docs), errors.Join(errs...))
+	}
+	return nil
+}
+
+// tierMissing is the error of document d, a policy in tier, which no stored tier and no Tier
+// before it in docs is.
+func tierMissing(tier string, docs []Doc, d Doc) error {
+	later := ""
+	for _, o := range docs {
+		if t, ok := o.record.(datastore.Tier); ok && t.Name == tier && o.Source.Index > d.Source.Index {
+			later = fmt.Sprintf(": document %d creates it, after this one; put the Tier first", o.Source.Index)
+		}
+	}
+	if later == "" {
+		later = ": create the Tier first (in this file, before its policies, or with margayctl apply -f)"
+	}
+	return fmt.Errorf("spec.tier: %w: Tier(%s)%s", ErrNotExist, tier, later)
+}
+
+// tierInUse is the error of deleting tier, which still holds the policies left.
+func tierInUse(tier string, left []string) error {
+	more := ""
+	if len(left) > 5 {
+		more, left = fmt.Sprintf(" and %d more", len(left)-5), left[:5]
+	}
+	return fmt.Errorf("metadata.name: %w: Tier(%s) still holds %s%s; delete or move them first, as Calico requires",
+		ErrTierInUse, tier, strings.Join(left, ", "), more)
+}
+
+// policyRef names a policy record as the resource it is.
+func policyRef(p datastore.Policy) Ref {
+	if p.Namespace != "" {
+		return Ref{Kind: resource.KindNetworkPolicy, Namespace: p.Namespace, Name: p.Name}
+	}
+	return Ref{Kind: resource.KindGlobalNetworkPolicy, Name: p.Name}
+}
+
 func put(ctx context.Context, c *datastore.Client, action Action, ref Ref, d Doc) error {
 	switch rec := d.record.(type) {
 	case datastore.Policy:
-		return store(ctx, c.Policies(), ref, rec, action, d.revision, nil)
+		return storeAt(ctx, c.Policies(), rec.Key(), ref, rec, action, d.revision, func(*datastore.Policy) error {
+			if rec.Tier == "" {
+				return nil
+			}
+			// check saw the tier; it may have gone since.
+			if _, err := c.Tiers().Get(ctx, rec.Tier); errors.Is(err, datastore.ErrNotFound) {
+				return fmt.Errorf("spec.tier: %w: Tier(%s): create the Tier first", ErrNotExist, rec.Tier)
+			} else if err != nil && !errors.Is(err, datastore.ErrMalformed) {
+				return err
+			}
+			return nil
+		})
+	case datastore.Tier:
+		return store(ctx, c.Tiers(), ref, rec, action, d.revision, nil)
+	case datastore.Profile:
+		return store(ctx, c.Profiles(), ref, rec, action, d.revision, nil)
 	case datastore.Pool:
 		return store(ctx, c.Pools(), ref, rec, action, d.revision, func(old *datastore.Pool) error {
 			return checkPool(ctx, c, rec, old)
@@ -239,14 +369,44 @@ func remove(ctx context.Context, c *datastore.Client, ref Ref, rev int64) error 
 	if err := convert.CheckKind(ref.Kind); err != nil {
 		return err
 	}
+	if err := checkRef(ref, ActionDelete); err != nil {
+		return err
+	}
 	switch ref.Kind {
 	case resource.KindGlobalNetworkPolicy:
 		if kubernetesPolicy(ref.Name) {
 			return fmt.Errorf("%w: %s (a Kubernetes NetworkPolicy's, which the agent keeps: delete the NetworkPolicy)", ErrNotExist, ref)
 		}
 		return removeAt(ctx, c.Policies(), ref.Name, ref, rev, nil)
+	case resource.KindNetworkPolicy:
+		if datastore.ValidateNamespace(ref.Namespace) != nil || datastore.ValidateName(ref.Name) != nil {
+			return fmt.Errorf("%w: %s", ErrNotExist, ref) // no policy can have this name
+		}
+		return removeAt(ctx, c.Policies(), ref.Namespace+"/"+ref.Name, ref, rev, nil)
+	case resource.KindTier:
+		return removeAt(ctx, c.Tiers(), ref.Name, ref, rev, func(modRev int64) error {
+			// As Calico: a tier goes only once its policies have (check saw them, and now
+			// again, for a policy written since). A policy written between this look and the
+			// deletion keeps its tier name, as with calicoctl, and the tier is gone.
+			items, _, err := c.Policies().List(ctx)
+			if err != nil {
+				return err
+			}
+			var left []string
+			for _, it := range items {
+				if it.Value.TierName() == ref.Name {
+					left = append(left, policyRef(it.Value).String())
+				}
+			}
+			if len(left) > 0 {
+				return tierInUse(ref.Name, left)
+			}
+			return c.Tiers().Delete(ctx, ref.Name, modRev)
+		})
+	case resource.KindProfile:
+		return removeAt(ctx, c.Profiles(), ref.Name, ref, rev, nil)
 	case resource.KindIPPool:
-		return removeAt(ctx, c.Pools(), ref.Name, ref, rev, func() error {
+		return removeAt(ctx, c.Pools(), ref.Name, ref, rev, func(int64) error {
 			// IPAM deletes the pool's empty blocks with it, and keeps a pool in use.
 			quiet := ipam.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
 			_, _, err := ipam.New(c, quiet).DeletePool(ctx, ref.Name, false)
@@ -264,8 +424,9 @@ func remove(ctx context.Context, c *datastore.Client, ref Ref, rev int64) error 
 	return fmt.Errorf("calicov3: cannot delete %s", ref)
 }
 
-// removeAt deletes key name of s by compare-and-swap (or with del, when set, after the checks).
-func removeAt[T any](ctx context.Context, s datastore.Store[T], name string, ref Ref, rev int64, del func() error) error {
+// removeAt deletes key name of s by compare-and-swap (or with del, when set, after the checks,
+// given the revision read).
+func removeAt[T any](ctx context.Context, s datastore.Store[T], name string, ref Ref, rev int64, del func(modRev int64) error) error {
 	return datastore.Retry(ctx, func() error {
 		old, err := s.Get(ctx, name)
 		switch {
@@ -277,7 +438,11 @@ func removeAt[T any](ctx context.Context, s datastore.Store[T], name string, ref
 			return fmt.Errorf("%w: %s", ErrStale, ref)
 		}
 		if del != nil {
-			return del()
+			err := del(old.ModRevision)
+			if errors.Is(err, datastore.ErrNotFound) {
+				return fmt.Errorf("%w: %s", ErrNotExist, ref)
+			}
+			return err
 		}
 		err = s.Delete(ctx, name, old.ModRevision)
 		if errors.Is(err, datastore.ErrNotFound) {

@@ -18,24 +18,28 @@ var ErrNotYet = fmt.Errorf("%w yet", resource.ErrUnsupported)
 
 // Why a field is not supported yet: each reason completes "not supported by Margay yet (...)".
 const (
-	whyTiers      = "tiers come with Calico's policy model; every policy is in tier default"
-	whyActions    = "Margay's rules allow or deny; Log and Pass come with tiers"
-	whyIPVersion  = "Margay is IPv4-only: leave ipVersion out"
-	whyNamespaces = "namespace selectors come with namespaced policies"
-	whySAs        = "service account matches come with Calico's policy model"
-	whyHints      = "performance hints come with Calico's policy model"
-	whyLabels     = "Margay's records hold no labels or annotations for this kind"
-	whyPools      = "Margay's pools hold a CIDR, a block size and disabled"
-	whyPeers      = "Margay's peers hold a node, a peer IP and an AS number"
-	whyBGPConfig  = "Margay's BGP configuration holds an AS number and the node-to-node mesh"
-	whyHostEPs    = "it concerns host endpoints, which Margay does not have"
+	whyIPVersion = "Margay is IPv4-only, and its rules hold no IP version: leave ipVersion out"
+	whyHints     = "Margay's policy records hold no performance hints"
+	whyLabels    = "Margay's records hold no labels or annotations for this kind"
+	whyPools     = "Margay's pools hold a CIDR, a block size and disabled"
+	whyPeers     = "Margay's peers hold a node, a peer IP and an AS number"
+	whyBGPConfig = "Margay's BGP configuration holds an AS number and the node-to-node mesh"
 )
+
+// Why a field is not supported at all: it completes "not supported by Margay (...)", as
+// control/resource's reasons do.
+const whyHostEPs = "it concerns host endpoints, which Margay does not have"
 
 // fieldErrs collects every problem of a resource, each naming its field.
 type fieldErrs []error
 
 func (e *fieldErrs) notYet(at, why string) {
 	*e = append(*e, fmt.Errorf("%s: %w (%s)", at, ErrNotYet, why))
+}
+
+// unsupported records a field Calico accepts and Margay will not support (resource.ErrUnsupported).
+func (e *fieldErrs) unsupported(at, why string) {
+	*e = append(*e, fmt.Errorf("%s: %w (%s)", at, resource.ErrUnsupported, why))
 }
 
 func (e *fieldErrs) addf(at, format string, args ...any) {
@@ -68,10 +72,11 @@ func checkMeta(e *fieldErrs, m *resource.ObjectMeta, keep map[string]string) {
 	}
 }
 
-// FromV3 converts a resource of a kind Margay stores (GlobalNetworkPolicy, IPPool, BGPPeer,
-// BGPConfiguration) into its record: a datastore.Policy, Pool, BGPPeer or BGPConfig. The
-// resource should have passed Validate; FromV3 fills in Calico's defaults itself. Every field
-// the record cannot hold is an error wrapping ErrNotYet, all of them joined.
+// FromV3 converts a resource of a kind Margay stores (GlobalNetworkPolicy, NetworkPolicy, Tier,
+// Profile, IPPool, BGPPeer, BGPConfiguration) into its record: a datastore.Policy, Tier,
+// Profile, Pool, BGPPeer or BGPConfig. The resource should have passed Validate; FromV3 fills in
+// Calico's defaults itself. Every field the record cannot hold is an error wrapping ErrNotYet
+// (or resource.ErrUnsupported, for what Margay will not do), all of them joined.
 func FromV3(r resource.Resource) (any, error) {
 	if err := CheckKind(r.Kind()); err != nil {
 		return nil, err
@@ -79,6 +84,12 @@ func FromV3(r resource.Resource) (any, error) {
 	switch r := r.(type) {
 	case *resource.GlobalNetworkPolicy:
 		return PolicyFromV3(r)
+	case *resource.NetworkPolicy:
+		return NetworkPolicyFromV3(r)
+	case *resource.Tier:
+		return TierFromV3(r)
+	case *resource.Profile:
+		return ProfileFromV3(r)
 	case *resource.IPPool:
 		return PoolFromV3(r)
 	case *resource.BGPPeer:
@@ -90,16 +101,12 @@ func FromV3(r resource.Resource) (any, error) {
 }
 
 // CheckKind says whether resources of kind k can be written: nil for the kinds Margay stores,
-// an error wrapping ErrNotYet for those it does not store yet, and an error for the read-only
-// kinds, which Margay writes itself.
+// and an error for the read-only kinds, which Margay writes itself.
 func CheckKind(k resource.Kind) error {
 	switch k {
-	case resource.KindGlobalNetworkPolicy, resource.KindIPPool, resource.KindBGPPeer, resource.KindBGPConfiguration:
+	case resource.KindGlobalNetworkPolicy, resource.KindNetworkPolicy, resource.KindTier, resource.KindProfile,
+		resource.KindIPPool, resource.KindBGPPeer, resource.KindBGPConfiguration:
 		return nil
-	case resource.KindNetworkPolicy:
-		return fmt.Errorf("kind: %w (NetworkPolicy: namespaced policies come with Calico's policy model; GlobalNetworkPolicy is stored)", ErrNotYet)
-	case resource.KindProfile, resource.KindTier:
-		return fmt.Errorf("kind: %w (%s: profiles and tiers come with Calico's policy model)", ErrNotYet, k)
 	}
 	if k.ReadOnly() {
 		return fmt.Errorf("kind: %s is read-only: Margay writes it itself", k)

@@ -3,6 +3,7 @@ package convert
 import (
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 
 	"github.com/margaynet/margay/control/datastore"
@@ -43,7 +44,7 @@ const (
 const workloadInterface = "eth0"
 
 // WorkloadToV3 is the WorkloadEndpoint of a workload record, named as Calico names it
-// (WorkloadEndpointName). A record with a namespace is a Kubernetes pod (orchestrator k8s),
+// (WorkloadEndpointName), with the record's profiles and named ports. A record with a namespace is a Kubernetes pod (orchestrator k8s),
 // any other a CNI container (orchestrator cni, in namespace default). Workload endpoints are
 // read-only: the CNI plugin writes them.
 func WorkloadToV3(w datastore.Workload) (*resource.WorkloadEndpoint, error) {
@@ -67,6 +68,10 @@ func WorkloadToV3(w datastore.Workload) (*resource.WorkloadEndpoint, error) {
 	}
 	for _, p := range w.IPv4 {
 		s.IPNetworks = append(s.IPNetworks, p.String())
+	}
+	s.Profiles = slices.Clone(w.Profiles)
+	for _, p := range w.Ports {
+		s.Ports = append(s.Ports, resource.WorkloadEndpointPort{Name: p.Name, Protocol: ProtocolToV3(uint8(p.Protocol)), Port: p.Port})
 	}
 	if out.Labels == nil {
 		out.Labels = map[string]string{}
