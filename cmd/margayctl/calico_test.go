@@ -165,3 +165,67 @@ func TestCalicoGetReadOnly(t *testing.T) {
 		{name: "a node cannot be deleted", args: []string{"delete", "node", "vm1"}, wantErr: "Node is read-only"},
 	})
 }
+
+func policyModel(t *testing.T) string {
+	t.Helper()
+	return mustReadFile(t, "../../control/resource/testdata/policy-model/manifests.yaml")
+}
+
+// rows are the lines of a table, each with its columns joined by one space.
+func rows(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		lines = append(lines, strings.Join(strings.Fields(l), " "))
+	}
+	return lines
+}
+
+func wantRows(want ...string) func(t *testing.T, out string) {
+	return func(t *testing.T, out string) {
+		t.Helper()
+		if got := rows(out); strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+}
+
+// Tiers, namespaced policies and profiles: written with apply, read with get as calicoctl
+// prints them, deleted by name (-n for a NetworkPolicy's namespace).
+func TestCalicoPolicyModel(t *testing.T) {
+	e := newDSEnv(t)
+	model := policyModel(t)
+	docs := strings.Split(model, "\n---\n")
+	e.run(t, []dsStep{
+		{name: "apply", args: []string{"apply", "-f", writeFile(t, "model.yaml", model)}, want: []string{"Successfully applied 7 resource(s)"}},
+		{name: "get tier", args: []string{"get", "tier"}, check: wantRows("NAME ORDER", "security 100", "platform 200", "default 1000000")},
+		{name: "get tier -o yaml", args: []string{"get", "tier", "security", "-o", "yaml"}, check: func(t *testing.T, out string) {
+			if got, want := canonical(t, decodeOne(t, out)), canonical(t, decodeOne(t, docs[0])); got != want {
+				t.Errorf("read back:\n got %s\nwant %s", got, want)
+			}
+		}},
+		{name: "get networkpolicy: namespace default", args: []string{"get", "networkpolicy"}, check: wantRows("NAME TIER", "default-deny default")},
+		{name: "get policy -A", args: []string{"get", "policy", "-A"},
+			check: wantRows("NAMESPACE NAME TIER", "default default-deny default", "shop platform.api platform")},
+		{name: "get np -n shop -o wide", args: []string{"get", "np", "-n", "shop", "-o", "wide"},
+			check: wantRows("NAMESPACE NAME TIER ORDER SELECTOR", `shop platform.api platform 100 app == "api"`)},
+		{name: "get np NAME -n shop -o yaml", args: []string{"get", "np", "platform.api", "-n", "shop", "-o", "yaml"}, check: func(t *testing.T, out string) {
+			if got, want := canonical(t, decodeOne(t, out)), canonical(t, decodeOne(t, docs[4])); got != want {
+				t.Errorf("read back:\n got %s\nwant %s", got, want)
+			}
+		}},
+		{name: "get np NAME in another namespace", args: []string{"get", "np", "platform.api"}, wantErr: "resource does not exist: NetworkPolicy(default/platform.api)"},
+		{name: "get gnp -o wide", args: []string{"get", "gnp", "-o", "wide"},
+			check: wantRows("NAME ORDER SELECTOR", "block-bad-networks 20 all()", `security.quarantine 10 quarantine == "true"`)},
+		{name: "get profile -o wide", args: []string{"get", "profiles", "-o", "wide"}, check: wantRows("NAME LABELS", "dev-apps stage=development,team=web")},
+		{name: "get -n and -A", args: []string{"get", "np", "-n", "shop", "-A"}, wantErr: "give -n NAMESPACE or -A, not both"},
+		{name: "delete a tier with policies", args: []string{"delete", "tier", "platform"},
+			wantErr: "cannot delete a non-empty tier: Tier(platform) still holds NetworkPolicy(shop/platform.api)"},
+		{name: "delete the default tier", args: []string{"delete", "tier", "default"}, wantErr: "the default tier cannot be deleted"},
+		{name: "delete np -n", args: []string{"delete", "np", "platform.api", "-n", "shop"}, want: []string{"Successfully deleted 1 'NetworkPolicy' resource(s)"}},
+		{name: "delete np in default", args: []string{"delete", "networkpolicies", "platform.api"}, wantErr: "resource does not exist: NetworkPolicy(default/platform.api)"},
+		{name: "then the tier", args: []string{"delete", "tier", "platform"}, want: []string{"Successfully deleted 1 'Tier' resource(s)"}},
+		{name: "-n of a kind without namespaces", args: []string{"delete", "tier", "security", "-n", "shop"}, wantErr: "-n NAMESPACE: Tier is not namespaced"},
+		{name: "-n with -f", args: []string{"delete", "-f", writeFile(t, "x.yaml", docs[0]), "-n", "shop"}, wantErr: "-n NAMESPACE goes with KIND NAME"},
+		{name: "get profile", args: []string{"get", "profile", "dev-apps", "-o", "json"}, want: []string{`"labelsToApply": {`, `"stage": "development"`}},
+	})
+}
