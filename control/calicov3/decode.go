@@ -97,7 +97,7 @@ func decode(input []byte, action Action, records bool) ([]Doc, error) {
 		if err == nil {
 			ref := RefOf(d.Resource)
 			if first, dup := seen[ref]; dup {
-				err = fmt.Errorf("%s again (also document %d)", ref, first)
+				err = fmt.Errorf("metadata.name: %s again (also document %d)", ref, first)
 			}
 			seen[ref] = s.Index
 		}
