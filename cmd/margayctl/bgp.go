@@ -11,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/margaynet/margay/control/calicov3"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/resource"
 )
 
 // peerJSON is a peer as margayctl prints it: the secret replaced by whether there is one.
@@ -40,17 +42,37 @@ func readSecret(r io.Reader, file string) (string, error) {
 }
 
 func newBGPCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "bgp", Short: "Explicit BGP peers (gateways, route reflectors)", PersistentPreRunE: g.checkOutput}
-	peer := &cobra.Command{Use: "peer", Short: "Add, list and delete explicit BGP peers"}
+	cmd := &cobra.Command{Use: "bgp", Short: "Explicit BGP peers (gateways, route reflectors): what a BGPPeer cannot hold, and aliases", PersistentPreRunE: g.checkOutput}
+	peer := &cobra.Command{Use: "peer", Short: "Add, list and delete explicit BGP peers",
+		Long: `Margay's first BGP peer commands, kept for the scripts that use them and for what Calico's
+BGPPeer cannot hold:
+
+  margayctl bgp peer add NAME --peer-ip IP [--asn N] [--node NODE]
+                                  alias of margayctl create -f with a BGPPeer {peerIP, asNumber, node}
+  margayctl bgp peer add ... --accept CIDR... | --password-file FILE
+                                  no Calico form: a BGPPeer has no accept list, and its password is a
+                                  Kubernetes secret Margay cannot read; written as Margay's peer record
+  margayctl bgp peer list         the peers with their accept lists and whether a password is set
+                                  (margayctl get bgppeer shows what a BGPPeer holds)
+  margayctl bgp peer delete NAME  alias of margayctl delete bgppeer NAME`}
 
 	var ip, node, passwordFile string
 	var asn uint32
 	var accept []string
 	add := &cobra.Command{
 		Use:   "add NAME --peer-ip IP --asn N [--node NODE] [--accept CIDR …] [--password-file FILE]",
-		Short: "Peer every node (or --node) with a router; --accept lets it send prefixes outside the pools",
+		Short: "Peer every node (or --node) with a router (alias of create -f with a BGPPeer); --accept and --password-file have no Calico form",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(accept) == 0 && passwordFile == "" {
+				if g.output != "table" && g.output != "" {
+					return g.checkNoOutput(cmd, args)
+				}
+				return g.calicoWriteResources(cmd, calicov3.ActionCreate, calicov3.Create, &resource.BGPPeer{
+					ObjectMeta: resource.ObjectMeta{Name: args[0]},
+					Spec:       resource.BGPPeerSpec{Node: node, PeerIP: ip, ASNumber: resource.ASNumber(asn)}})
+			}
+			// What a BGPPeer cannot hold: Margay's own peer record.
 			p := datastore.BGPPeer{Version: datastore.CurrentVersion, Name: args[0], ASN: asn, Node: node}
 			var err error
 			if p.PeerIP, err = netip.ParseAddr(ip); err != nil {
@@ -92,7 +114,7 @@ func newBGPCmd(g *globals) *cobra.Command {
 
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List the explicit BGP peers",
+		Short: "List the explicit BGP peers with their accept lists and whether a password is set (what a BGPPeer holds: margayctl get bgppeer)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -131,20 +153,12 @@ func newBGPCmd(g *globals) *cobra.Command {
 		},
 	}
 	del := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Remove an explicit BGP peer",
-		Args:  cobra.ExactArgs(1),
+		Use:     "delete NAME",
+		Short:   "Alias of margayctl delete bgppeer NAME: remove an explicit BGP peer",
+		Args:    cobra.ExactArgs(1),
+		PreRunE: g.checkNoOutput,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := g.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			if err := c.BGPPeers().Delete(ctx, args[0], 0); err != nil {
-				return fmt.Errorf("bgp peer delete: %w", err)
-			}
-			return nil
+			return g.calicoDelete(cmd, resource.KindBGPPeer, "", args)
 		},
 	}
 	peer.AddCommand(add, list, del)

@@ -89,3 +89,21 @@ func TestBGPPeerCommands(t *testing.T) {
 		t.Errorf("list after delete: %s", out)
 	}
 }
+
+// bgp peer add without --accept and --password-file, and bgp peer delete, are aliases of the
+// Calico forms: the peer is the BGPPeer margayctl get bgppeer shows.
+func TestBGPPeerAliases(t *testing.T) {
+	e := newDSEnv(t)
+	e.run(t, []dsStep{
+		{name: "add", args: []string{"bgp", "peer", "add", "rr", "--peer-ip", "198.18.0.5", "--asn", "65001", "--node", "vm1"},
+			want: []string{"Successfully created 1 'BGPPeer' resource(s)"}},
+		{name: "get bgppeer", args: []string{"get", "bgppeer"}, check: wantRows("NAME PEERIP NODE ASN", "rr 198.18.0.5 vm1 65001")},
+		{name: "add again", args: []string{"bgp", "peer", "add", "rr", "--peer-ip", "198.18.0.6"}, wantErr: "resource already exists: BGPPeer(rr)"},
+		{name: "a bad address", args: []string{"bgp", "peer", "add", "x", "--peer-ip", "not-an-ip"}, wantErr: `document 1 (BGPPeer "x"): spec.peerIP:`},
+		{name: "with an accept list: Margay's record", args: []string{"bgp", "peer", "add", "gw", "--peer-ip", "198.18.0.1", "--accept", "0.0.0.0/0"},
+			want: []string{"added BGP peer gw: 198.18.0.1 AS 64512"}},
+		{name: "which get shows as far as a BGPPeer can", args: []string{"get", "bgppeer", "gw", "-o", "yaml"}, want: []string{"peerIP: 198.18.0.1", "asNumber: 64512"}},
+		{name: "delete", args: []string{"bgp", "peer", "delete", "rr"}, want: []string{"Successfully deleted 1 'BGPPeer' resource(s)"}},
+		{name: "delete again", args: []string{"bgp", "peer", "delete", "rr"}, wantErr: "resource does not exist: BGPPeer(rr)"},
+	})
+}

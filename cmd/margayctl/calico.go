@@ -91,6 +91,28 @@ func (g *globals) calicoWriteResources(cmd *cobra.Command, action calicov3.Actio
 	return g.calicoWrite(cmd, func(c *datastore.Client) (calicov3.Result, error) { return op(cmd.Context(), c, docs) })
 }
 
+// calicoUpdate reads the resource of kind named, changes it and replaces it, at the revision
+// read: margayctl get KIND NAME -o yaml, an edit, margayctl replace -f, in one command.
+func (g *globals) calicoUpdate(cmd *cobra.Command, kind resource.Kind, name, ns string, change func(resource.Resource)) error {
+	return g.calicoWrite(cmd, func(c *datastore.Client) (calicov3.Result, error) {
+		fail := calicov3.Result{Action: calicov3.ActionReplace, Total: 1}
+		r, err := calicov3.Get(cmd.Context(), c, kind, name, ns)
+		if err != nil {
+			return fail, err
+		}
+		change(r)
+		b, err := resource.Encode(r)
+		if err != nil {
+			return fail, err
+		}
+		docs, err := calicov3.Decode(b, calicov3.ActionReplace)
+		if err != nil {
+			return fail, err
+		}
+		return calicov3.Replace(cmd.Context(), c, docs)
+	})
+}
+
 // calicoDelete is delete KIND NAME...: the resources of kind named, in namespace ns for a
 // namespaced kind ("" is default).
 func (g *globals) calicoDelete(cmd *cobra.Command, kind resource.Kind, ns string, names []string) error {
@@ -186,14 +208,8 @@ networkpolicy (np, policy), tier, profile, ippool (pool), bgppeer, bgpconfigurat
 workloadendpoint) are read in -n NAMESPACE (default: default), or in every namespace with -A.`,
 		Example: "  margayctl get gnp\n  margayctl get tier\n  margayctl get networkpolicy -A -o wide\n" +
 			"  margayctl get ippool default-ipv4-ippool -o yaml\n  margayctl get wep -A -o wide",
-		Args: cobra.RangeArgs(1, 2),
-		PersistentPreRunE: func(*cobra.Command, []string) error {
-			switch g.output {
-			case "table", "", "wide", "yaml", "json":
-				return nil
-			}
-			return fmt.Errorf("unknown output format %q (want yaml, json or wide)", g.output)
-		},
+		Args:              cobra.RangeArgs(1, 2),
+		PersistentPreRunE: g.checkGetOutput,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind, err := calicov3.ParseKind(args[0])
 			if err != nil {
@@ -209,6 +225,15 @@ workloadendpoint) are read in -n NAMESPACE (default: default), or in every names
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace of a namespaced kind (default: default)")
 	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "every namespace, of a namespaced kind")
 	return cmd
+}
+
+// checkGetOutput refuses an -o that get cannot print.
+func (g *globals) checkGetOutput(*cobra.Command, []string) error {
+	switch g.output {
+	case "table", "", "wide", "yaml", "json":
+		return nil
+	}
+	return fmt.Errorf("unknown output format %q (want yaml, json or wide)", g.output)
 }
 
 // calicoGet is get KIND [NAME] [-n NAMESPACE | -A], printed as -o asks.
@@ -251,6 +276,7 @@ func (g *globals) calicoGet(cmd *cobra.Command, kind resource.Kind, name, namesp
 		if data, err = calicov3.EncodeList(kind, items, rev); err != nil {
 			return err
 		}
+		g.noteEmpty(cmd, len(items), fmt.Sprintf("no %s resources", kind))
 	}
 	switch g.output {
 	case "yaml":

@@ -72,7 +72,7 @@ func (g *globals) bpffsRoot() (string, error) {
 // noteEmpty says on stderr, for a table listing with no rows, which etcd (and config file) the
 // command asked: an empty listing is often the wrong etcd (127.0.0.1 inside a lab host, say).
 func (g *globals) noteEmpty(cmd *cobra.Command, n int, what string) {
-	if n == 0 && g.output == "table" {
+	if n == 0 && (g.output == "table" || g.output == "wide") {
 		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", what, g.where(""))
 	}
 }

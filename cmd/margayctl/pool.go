@@ -3,21 +3,33 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/margaynet/margay/control/calicov3"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/control/resource"
 )
 
 func newPoolCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:               "pool",
-		Short:             "Manage the IP pools that workload addresses come from",
-		PersistentPreRunE: g.checkOutput,
+		Use:   "pool",
+		Short: "Aliases of the Calico forms for IPPools, and the pools' occupancy",
+		Long: `Margay's first pool commands, kept for the scripts that use them. add, delete, enable and disable
+are aliases of the Calico forms and run them (control/calicov3):
+
+  margayctl pool add NAME --cidr CIDR [--block-size N] [--disabled]
+                                  margayctl create -f with an IPPool {cidr, blockSize, disabled}
+  margayctl pool delete NAME      margayctl delete ippool NAME
+  margayctl pool disable NAME     margayctl get ippool NAME -o yaml, spec.disabled: true,
+  margayctl pool enable NAME      margayctl replace -f (false to enable)
+
+list shows what no Calico form shows, each pool's blocks and addresses in use (the pools
+themselves: margayctl get ippool), and delete --force deletes a pool whose blocks hold
+addresses, which margayctl delete ippool refuses.`,
 	}
 	cmd.AddCommand(newPoolAddCmd(g), newPoolListCmd(g), newPoolDeleteCmd(g),
 		newPoolSetDisabledCmd(g, true), newPoolSetDisabledCmd(g, false))
@@ -44,26 +56,6 @@ type poolJSON struct {
 	Size   uint64 `json:"ipsTotal"`
 }
 
-// parsePoolCIDR parses --cidr and says how to fix what is wrong with it.
-func parsePoolCIDR(s string) (netip.Prefix, error) {
-	if s == "" {
-		return netip.Prefix{}, errors.New("--cidr is required, e.g. --cidr 198.19.0.0/16")
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, fmt.Errorf("--cidr %q: want an IPv4 CIDR such as 198.19.0.0/16", s)
-	}
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("--cidr %s has host bits set: did you mean %s?", p, p.Masked())
-	}
-	return p, nil
-}
-
-// poolNotFound says where to look for the pools.
-func poolNotFound(name string) error {
-	return fmt.Errorf("pool %q not found (margayctl pool list shows the pools)", name)
-}
-
 func newPoolAddCmd(g *globals) *cobra.Command {
 	var (
 		cidr      string
@@ -72,58 +64,23 @@ func newPoolAddCmd(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:     "add NAME --cidr CIDR",
-		Short:   "Create an IP pool",
+		Short:   "Alias of margayctl create -f with an IPPool: create an IP pool",
 		Example: "  margayctl pool add lab --cidr 198.19.0.0/16 --block-size 26",
 		Args:    cobra.ExactArgs(1),
+		PreRunE: g.checkNoOutput,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := args[0]
-			prefix, err := parsePoolCIDR(cidr)
-			if err != nil {
-				return err
+			if cidr == "" {
+				return errors.New("--cidr is required, e.g. --cidr 198.19.0.0/16")
 			}
-			pool := datastore.Pool{Version: datastore.CurrentVersion, Name: name, CIDR: prefix, BlockSize: blockSize, Disabled: disabled}
-			if err := pool.Validate(); err != nil {
-				return fmt.Errorf("pool add %s: %w", name, err)
-			}
-			ctx := cmd.Context()
-			c, err := g.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			pools, _, err := c.Pools().List(ctx)
-			if err != nil {
-				return err
-			}
-			for _, p := range pools {
-				if p.Name == name {
-					return fmt.Errorf("pool add: pool %q already exists with %s (margayctl pool delete %s removes it)", name, p.Value.CIDR, name)
-				}
-			}
-			nodes, _, err := c.Nodes().List(ctx)
-			if err != nil {
-				return err
-			}
-			if err := ipam.PoolConflict(pool, pools, nodes); err != nil {
-				return fmt.Errorf("pool add %s: %w; pick a CIDR outside every pool and every node's subnet", name, err)
-			}
-			if _, err := c.Pools().Create(ctx, name, pool); err != nil {
-				if errors.Is(err, datastore.ErrExists) {
-					return fmt.Errorf("pool add: pool %q already exists", name)
-				}
-				return err
-			}
-			state := ""
-			if disabled {
-				state = ", disabled"
-			}
-			return g.result(cmd.OutOrStdout(), fmt.Sprintf("created pool %s: %s in /%d blocks%s", name, prefix, blockSize, state), toPoolSpecJSON(pool))
+			pool := &resource.IPPool{ObjectMeta: resource.ObjectMeta{Name: args[0]},
+				Spec: resource.IPPoolSpec{CIDR: cidr, BlockSize: blockSize, Disabled: disabled}}
+			return g.calicoWriteResources(cmd, calicov3.ActionCreate, calicov3.Create, pool)
 		},
 	}
-	cmd.Flags().StringVar(&cidr, "cidr", "", "IPv4 CIDR of the pool, e.g. 198.19.0.0/16")
+	cmd.Flags().StringVar(&cidr, "cidr", "", "IPv4 CIDR of the pool, e.g. 198.19.0.0/16 (spec.cidr)")
 	cmd.Flags().IntVar(&blockSize, "block-size", datastore.DefaultBlockSize,
-		fmt.Sprintf("prefix length of the blocks a node claims (%d..%d)", datastore.MinBlockSize, datastore.MaxBlockSize))
-	cmd.Flags().BoolVar(&disabled, "disabled", false, "create the pool disabled: IPAM assigns no address from it")
+		fmt.Sprintf("prefix length of the blocks a node claims, %d..%d (spec.blockSize)", datastore.MinBlockSize, datastore.MaxBlockSize))
+	cmd.Flags().BoolVar(&disabled, "disabled", false, "create the pool disabled: IPAM assigns no address from it (spec.disabled)")
 	return cmd
 }
 
@@ -131,8 +88,9 @@ func newPoolListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   "List the IP pools with their blocks and the addresses in use",
+		Short:   "List the IP pools with their blocks and the addresses in use (the pools themselves: margayctl get ippool)",
 		Args:    cobra.NoArgs,
+		PreRunE: g.checkOutput,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			c, err := g.client(ctx)
@@ -167,76 +125,75 @@ type poolDeleteJSON struct {
 func newPoolDeleteCmd(g *globals) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete an IP pool and its empty blocks",
-		Long: `Delete an IP pool and its empty blocks.
+		Use:   "delete NAME [--force]",
+		Short: "Alias of margayctl delete ippool NAME: delete an IP pool and its empty blocks (--force: also one in use)",
+		Long: `Alias of margayctl delete ippool NAME: delete an IP pool and its empty blocks.
 
-A pool whose blocks still hold addresses is kept unless --force is given; with --force the pool
-goes, and the blocks in use stay until their workloads release the addresses. To drain a pool,
-disable it first (margayctl pool disable NAME) so that IPAM assigns no new address from it.`,
+A pool whose blocks still hold addresses is kept. --force, which has no Calico form, deletes
+it anyway: the pool goes, and the blocks in use stay until their workloads release the
+addresses. To drain a pool, disable it first (margayctl pool disable NAME) so that IPAM assigns
+no new address from it.`,
 		Args: cobra.ExactArgs(1),
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if force {
+				return g.checkOutput(cmd, args)
+			}
+			return g.checkNoOutput(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := args[0]
-			ctx := cmd.Context()
-			c, err := g.client(ctx)
-			if err != nil {
+			if !force {
+				err := g.calicoDelete(cmd, resource.KindIPPool, "", args)
+				if errors.Is(err, ipam.ErrPoolInUse) {
+					return fmt.Errorf("%w; or margayctl pool delete %s --force deletes the pool anyway", err, args[0])
+				}
 				return err
 			}
-			defer c.Close()
-			del, use, err := newIPAM(c).DeletePool(ctx, name, force)
-			if errors.Is(err, ipam.ErrPoolInUse) {
-				var where []string
-				for _, b := range use.Blocks {
-					where = append(where, fmt.Sprintf("%s on %s", b.CIDR, orDash(b.Node())))
-				}
-				return fmt.Errorf("pool delete %s: in use: %s in %s (%s); delete those workloads first (margayctl pool disable %s stops new assignments), or pass --force to delete the pool anyway",
-					name, count(use.Addresses, "address"), count(len(use.Blocks), "block"), strings.Join(where, ", "), name)
-			}
-			if errors.Is(err, datastore.ErrNotFound) {
-				return poolNotFound(name)
-			}
-			if err != nil {
-				return fmt.Errorf("pool delete: %w", err)
-			}
-			pool := del.Pool
-			js := poolDeleteJSON{Pool: name, DeletedBlocks: strs(del.Deleted), KeptBlocks: strs(del.Kept)}
-			text := fmt.Sprintf("deleted pool %s (%s) and %s", name, pool.CIDR, count(len(js.DeletedBlocks), "empty block"))
-			if len(js.KeptBlocks) > 0 {
-				text += fmt.Sprintf("; kept %s with addresses in use (%s) until their workloads release them",
-					count(len(js.KeptBlocks), "block"), strings.Join(js.KeptBlocks, ", "))
-			}
-			return g.result(cmd.OutOrStdout(), text, js)
+			return g.forceDeletePool(cmd, args[0])
 		},
 	}
-	cmd.Flags().BoolVar(&force, "force", false, "delete the pool even though its blocks hold addresses")
+	cmd.Flags().BoolVar(&force, "force", false, "delete the pool even though its blocks hold addresses (no Calico form)")
 	return cmd
 }
 
+// forceDeletePool is pool delete --force: IPAM's deletion of a pool (the one margayctl delete
+// ippool runs), told to go on although the pool's blocks hold addresses.
+func (g *globals) forceDeletePool(cmd *cobra.Command, name string) error {
+	ctx := cmd.Context()
+	c, err := g.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	del, _, err := newIPAM(c).DeletePool(ctx, name, true)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return fmt.Errorf("pool %q not found (margayctl get ippool shows the pools)", name)
+	}
+	if err != nil {
+		return fmt.Errorf("pool delete: %w", err)
+	}
+	js := poolDeleteJSON{Pool: name, DeletedBlocks: strs(del.Deleted), KeptBlocks: strs(del.Kept)}
+	text := fmt.Sprintf("deleted pool %s (%s) and %s", name, del.Pool.CIDR, count(len(js.DeletedBlocks), "empty block"))
+	if len(js.KeptBlocks) > 0 {
+		text += fmt.Sprintf("; kept %s with addresses in use (%s) until their workloads release them",
+			count(len(js.KeptBlocks), "block"), strings.Join(js.KeptBlocks, ", "))
+	}
+	return g.result(cmd.OutOrStdout(), text, js)
+}
+
 func newPoolSetDisabledCmd(g *globals, disable bool) *cobra.Command {
-	verb, short := "enable", "Let IPAM assign addresses from a pool again"
+	verb, short := "enable", "Let IPAM assign addresses from a pool again (spec.disabled: false, through margayctl replace)"
 	if disable {
-		verb, short = "disable", "Stop IPAM assigning addresses from a pool (no new blocks either); addresses in use stay"
+		verb, short = "disable", "Stop IPAM assigning addresses from a pool, no new blocks either (spec.disabled: true, through margayctl replace); addresses in use stay"
 	}
 	return &cobra.Command{
-		Use:   verb + " NAME",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Use:     verb + " NAME",
+		Short:   short,
+		Args:    cobra.ExactArgs(1),
+		PreRunE: g.checkNoOutput,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := args[0]
-			ctx := cmd.Context()
-			c, err := g.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			p, err := newIPAM(c).SetPoolDisabled(ctx, name, disable)
-			if errors.Is(err, datastore.ErrNotFound) {
-				return poolNotFound(name)
-			}
-			if err != nil {
-				return fmt.Errorf("pool %s %s: %w", name, verb, err)
-			}
-			return g.result(cmd.OutOrStdout(), fmt.Sprintf("pool %s (%s) %sd", name, p.CIDR, verb), toPoolSpecJSON(p))
+			return g.calicoUpdate(cmd, resource.KindIPPool, args[0], "", func(r resource.Resource) {
+				r.(*resource.IPPool).Spec.Disabled = disable
+			})
 		},
 	}
 }

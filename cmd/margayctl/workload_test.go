@@ -163,7 +163,7 @@ func TestHostConfigFile(t *testing.T) {
 	// So do the cluster-wide listings when they come out empty (here: no pool, node, policy or peer
 	// in this etcd).
 	for _, l := range []struct{ args, what string }{
-		{"pool list", "no pools"}, {"node list", "no nodes registered"}, {"policy list", "no policies"},
+		{"pool list", "no pools"}, {"node list", "no nodes registered"}, {"policy list", "no GlobalNetworkPolicy resources"}, {"get profile", "no Profile resources"},
 		{"bgp peer list", "no explicit bgp peers"},
 	} {
 		want := l.what + ": etcd " + ep + "; config " + empty

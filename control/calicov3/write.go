@@ -409,7 +409,15 @@ func remove(ctx context.Context, c *datastore.Client, ref Ref, rev int64) error 
 		return removeAt(ctx, c.Pools(), ref.Name, ref, rev, func(int64) error {
 			// IPAM deletes the pool's empty blocks with it, and keeps a pool in use.
 			quiet := ipam.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
-			_, _, err := ipam.New(c, quiet).DeletePool(ctx, ref.Name, false)
+			_, use, err := ipam.New(c, quiet).DeletePool(ctx, ref.Name, false)
+			if errors.Is(err, ipam.ErrPoolInUse) {
+				var where []string
+				for _, b := range use.Blocks {
+					where = append(where, fmt.Sprintf("%s on %s", b.CIDR, b.Node()))
+				}
+				return fmt.Errorf("%w: %s in %s (%s); delete those workloads first (spec.disabled: true stops new assignments)",
+					err, plural(use.Addresses, "address", "addresses"), plural(len(use.Blocks), "block", "blocks"), strings.Join(where, ", "))
+			}
 			return err
 		})
 	case resource.KindBGPPeer:
@@ -450,4 +458,12 @@ func removeAt[T any](ctx context.Context, s datastore.Store[T], name string, ref
 		}
 		return err
 	})
+}
+
+// plural is n and the noun for n: "1 block", "2 blocks".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
