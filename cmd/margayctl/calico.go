@@ -141,7 +141,10 @@ func (g *globals) calicoWrite(cmd *cobra.Command, write func(*datastore.Client) 
 	if err == nil || len(res.Done) > 0 {
 		fmt.Fprintln(cmd.OutOrStdout(), res)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, calicov3.ErrInvalid):
+		return err // refused before anything was written: as Decode's errors
+	case err != nil:
 		return fmt.Errorf("hit error: %w", err)
 	}
 	return nil
