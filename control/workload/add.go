@@ -312,5 +312,5 @@ func routeHost(host netlinksafe.Handle, l netlink.Link, ip netip.Prefix, reused 
 func sameRecord(a, b datastore.Workload) bool {
 	return a.ID == b.ID && a.Name == b.Name && a.Namespace == b.Namespace && a.Node == b.Node && a.IfName == b.IfName &&
 		a.ContainerID == b.ContainerID && a.Network == b.Network && a.Netns == b.Netns && a.MAC == b.MAC &&
-		slices.Equal(a.IPv4, b.IPv4) && maps.Equal(a.Labels, b.Labels)
+		slices.Equal(a.IPv4, b.IPv4) && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.Ports, b.Ports)
 }

@@ -57,6 +57,9 @@ type Spec struct {
 	IfName      string            // workload-side interface; default DefaultIfName
 	MTU         int               // 0: the MTU of the host's default-route interface, else DefaultMTU
 	Labels      map[string]string // policy labels
+	// Ports are the workload's named ports (a pod's named container ports), which rules may
+	// name.
+	Ports []datastore.EndpointPort
 	// Started is when the runtime's ADD began (the CNI plugin sets it): Add records the time
 	// from then to the record's write in the record, for the agent's CNI latency metric. Zero
 	// records nothing.
@@ -150,6 +153,7 @@ func (s Spec) record(mac net.HardwareAddr, ip netip.Prefix) datastore.Workload {
 		MAC:         mac.String(),
 		IPv4:        []netip.Prefix{ip},
 		Labels:      s.Labels,
+		Ports:       s.Ports,
 	}
 }
 

@@ -127,6 +127,7 @@ func TestAddCheckDel(t *testing.T) {
 	e := newEnv(t, "198.19.0.0/16", 26)
 	path, _ := workloadNS(t)
 	s := spec("web-1", path)
+	s.Ports = []datastore.EndpointPort{{Name: "http", Protocol: 6, Port: 8080}, {Name: "dns", Protocol: 17, Port: 53}}
 	res, err := e.add(s)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +200,8 @@ func TestAddCheckDel(t *testing.T) {
 	}
 	if w := rec.Value; w.IfName != res.HostVeth || w.MAC != res.MAC.String() || !slices.Equal(w.IPv4, []netip.Prefix{res.IPv4}) ||
 		w.Netns != path || w.ContainerID != "ctr-web-1" || w.Name != "web-1" || w.Labels["app"] != "web" ||
-		w.AddDurationSeconds != 0 { // no Started: nothing measured
+		w.AddDurationSeconds != 0 || // no Started: nothing measured
+		!slices.Equal(w.Ports, s.Ports) {
 		t.Errorf("record %+v", w)
 	}
 	h, err := e.ds.Handles().Get(t.Context(), "web-1")
@@ -221,6 +223,17 @@ func TestAddCheckDel(t *testing.T) {
 	}
 	if idx := e.host.Link(t, res.HostVeth).Attrs().Index; idx != l.Attrs().Index {
 		t.Errorf("repeated add recreated the veth (index %d, was %d)", idx, l.Attrs().Index)
+	}
+	if again, err := e.ds.Workloads(node).Get(t.Context(), "web-1"); err != nil || again.ModRevision != rec.ModRevision {
+		t.Errorf("repeated add rewrote the record (revision %d, was %d): %v", again.ModRevision, rec.ModRevision, err)
+	}
+	// A repeated ADD whose named ports changed (the pod's did) writes them.
+	s.Ports = s.Ports[:1]
+	if _, err := e.add(s); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.ds.Workloads(node).Get(t.Context(), "web-1"); err != nil || !slices.Equal(got.Value.Ports, s.Ports) {
+		t.Errorf("after an ADD with other ports, record ports %v (%v), want %v", got.Value.Ports, err, s.Ports)
 	}
 
 	// Break the workload: Check names it, a repeated ADD repairs it.
@@ -368,6 +381,8 @@ func TestAddFailuresLeaveNothing(t *testing.T) {
 			{ID: "ok", Node: node, Netns: p3, IfName: "a-name-longer-than-15"},
 			{ID: "ok", Node: node, Netns: p3, MTU: 20},
 			{ID: "ok", Node: node, Netns: p3, Labels: map[string]string{"": "x"}},
+			{ID: "ok", Node: node, Netns: p3, Ports: []datastore.EndpointPort{{Name: "http", Protocol: 6}}},
+			{ID: "ok", Node: node, Netns: p3, Ports: []datastore.EndpointPort{{Name: "HTTP", Protocol: 6, Port: 80}}},
 		} {
 			if _, err := e.add(s); !errors.Is(err, workload.ErrInvalidSpec) {
 				t.Errorf("add %+v: %v, want ErrInvalidSpec", s, err)
