@@ -215,9 +215,11 @@ type PortRange struct {
 // Named reports whether r is a named port.
 func (r PortRange) Named() bool { return r.Name != "" }
 
-// ParsePortRange reads "80", "8000:8080" or a port name ("http").
+// ParsePortRange reads "80", "8000:8080" or a port name ("http"). A port name is what holds
+// anything but digits and colons: it may start with a digit ("9p" and "8080-http" are valid
+// Kubernetes port names), since it must hold a letter.
 func ParsePortRange(s string) (PortRange, error) {
-	if s != "" && (s[0] < '0' || s[0] > '9') {
+	if strings.ContainsFunc(s, func(c rune) bool { return c != ':' && (c < '0' || c > '9') }) {
 		if err := ValidatePortName(s); err != nil {
 			return PortRange{}, fmt.Errorf("port %q: want a port 0-65535, a range lo:hi or a port name: %w", s, err)
 		}

@@ -44,3 +44,37 @@ func TestProtocolText(t *testing.T) {
 		t.Errorf("ParseProtocol(gre) error = %v", err)
 	}
 }
+
+// Ports, ranges and port names, a name starting with a digit among them (Kubernetes allows
+// "9p" and "8080-http"), read and written back the same.
+func TestParsePortRange(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want PortRange
+	}{
+		{"80", PortRange{Lo: 80, Hi: 80}},
+		{"8000:8080", PortRange{Lo: 8000, Hi: 8080}},
+		{"http", PortRange{Name: "http"}},
+		{"9p", PortRange{Name: "9p"}},
+		{"8080-http", PortRange{Name: "8080-http"}},
+	} {
+		got, err := ParsePortRange(c.in)
+		if err != nil || got != c.want {
+			t.Errorf("ParsePortRange(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
+			continue
+		}
+		b, err := json.Marshal(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back PortRange
+		if err := json.Unmarshal(b, &back); err != nil || back != got {
+			t.Errorf("%q: JSON %s reads back as %+v, %v", c.in, b, back, err)
+		}
+	}
+	for _, bad := range []string{"", "8080:80", "70000", "80-", "-80", "1:2:3", "Http", "80 ", "1-2", "a--b", "sixteen-letters1"} {
+		if got, err := ParsePortRange(bad); err == nil {
+			t.Errorf("ParsePortRange(%q) = %+v, want an error", bad, got)
+		}
+	}
+}
