@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"os"
@@ -976,4 +978,63 @@ current-context: x
 			return nil
 		})
 	}
+}
+
+// ADD of a pod by the real binaries, against an HTTP server speaking the API server's protocol
+// (reached through a relay into the host namespace): the record holds the labels of the pod, its
+// namespace and its service account, and the pod's named container ports.
+func TestAddKubernetes(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	objects := map[string]string{
+		"/api/v1/namespaces/prod/pods/web": `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod","labels":{"app":"web"}},` +
+			`"spec":{"serviceAccountName":"web-sa","containers":[` +
+			`{"name":"app","ports":[{"name":"http","containerPort":8080,"protocol":"TCP"},{"containerPort":9090},{"name":"dns","containerPort":53,"protocol":"UDP"}]},` +
+			`{"name":"sidecar","ports":[{"name":"http","containerPort":8080,"protocol":"TCP"},{"name":"assoc","containerPort":3868,"protocol":"SCTP"}]}]}}`,
+		"/api/v1/namespaces/prod":                        `{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"prod","labels":{"team":"a"}}}`,
+		"/api/v1/namespaces/prod/serviceaccounts/web-sa": `{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"web-sa","namespace":"prod","labels":{"role":"frontend"}}}`,
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if body, ok := objects[r.URL.Path]; ok {
+			_, _ = rw.Write([]byte(body))
+			return
+		}
+		http.Error(rw, `{"kind":"Status","message":"not found"}`, http.StatusNotFound)
+	}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://`+w.host.Relay(t, u.Host)+`"}}]
+users: [{name: u, user: {}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path, _ := workloadNS(t)
+	args := "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1"
+	conf := w.conf("1.0.0", map[string]any{"kubernetes": map[string]any{"kubeconfig": kc}})
+	if o := run(t, w.host, call{cmd: "ADD", containerID: "c1", netns: path, args: args, conf: conf}); o.err != nil {
+		t.Fatalf("ADD: %v\nstderr: %s", o.err, o.stderr)
+	}
+	rec, err := w.ds.Workloads(node).Get(t.Context(), "prod.web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPorts := []datastore.EndpointPort{{Name: "http", Protocol: 6, Port: 8080}, {Name: "dns", Protocol: 17, Port: 53}, {Name: "assoc", Protocol: 132, Port: 3868}}
+	if !slices.Equal(rec.Value.Ports, wantPorts) {
+		t.Errorf("record ports %v, want %v", rec.Value.Ports, wantPorts)
+	}
+	for k, v := range map[string]string{"app": "web", "pcns.team": "a", "pcns.projectcalico.org/name": "prod",
+		"projectcalico.org/serviceaccount": "web-sa", "pcsa.projectcalico.org/name": "web-sa", "pcsa.role": "frontend"} {
+		if rec.Value.Labels[k] != v {
+			t.Errorf("record label %s = %q, want %q (labels %v)", k, rec.Value.Labels[k], v, rec.Value.Labels)
+		}
+	}
+	w.mustDel(t, "c1", path, args)
+	w.assertGone(t, "prod.web")
 }

@@ -47,8 +47,8 @@ type netConf struct {
 	// BPFFSRoot is where the agent pins its maps and links (default /sys/fs/bpf/margay).
 	BPFFSRoot string `json:"bpffsRoot,omitempty"`
 	// Kubernetes, when set, makes ADD of a pod (K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS)
-	// read the pod's labels from the API server into the workload's labels (k8s.WorkloadLabels).
-	// Calico's plugin takes the same key.
+	// read the pod, its namespace and its service account from the API server into the
+	// workload's labels and named ports (podlabels.Read). Calico's plugin takes the same key.
 	Kubernetes *kubernetesConf `json:"kubernetes,omitempty"`
 	// AgentSocket is where this host's margay-agent serves CNI calls (wire.DefaultSocket when
 	// empty); "off" makes margay-cni run every call in its own process.

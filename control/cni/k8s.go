@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -26,14 +27,12 @@ import (
 // retry than wait.
 const k8sTimeout = 10 * time.Second
 
-// maxObject bounds the size of a pod or namespace read from the API server.
+// maxObject bounds the size of a pod, namespace or service account read from the API server.
 const maxObject = 4 << 20
 
-// kubeAPI is what ADD reads from the Kubernetes API server.
-type kubeAPI interface {
-	Pod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
-	Namespace(ctx context.Context, name string) (*corev1.Namespace, error)
-}
+// kubeAPI is what ADD reads from the Kubernetes API server: a pod, its namespace and its service
+// account.
+type kubeAPI = podlabels.Source
 
 // newKubeAPI returns the API server client of the kubeconfig file; tests replace it. It speaks
 // plain HTTP through client-go's transport (TLS, tokens, client certificates and exec plugins as
@@ -72,6 +71,12 @@ func (r *restAPI) Namespace(ctx context.Context, name string) (*corev1.Namespace
 	var ns corev1.Namespace
 	err := r.get(ctx, "namespaces", name, &ns, "api", "v1", "namespaces", name)
 	return &ns, err
+}
+
+func (r *restAPI) ServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	var sa corev1.ServiceAccount
+	err := r.get(ctx, "serviceaccounts", name, &sa, "api", "v1", "namespaces", namespace, "serviceaccounts", name)
+	return &sa, err
 }
 
 // get reads the object at the path of segments into into. A status other than 200 becomes the
@@ -113,42 +118,28 @@ func (r *restAPI) get(ctx context.Context, resource, name string, into any, segm
 	return nil
 }
 
-// workloadLabels reads the pod and its namespace and returns the pod's workload labels.
-func workloadLabels(ctx context.Context, api kubeAPI, namespace, pod string) (map[string]string, error) {
-	if err := podlabels.CheckNames(namespace, pod); err != nil {
-		return nil, err
-	}
-	p, err := api.Pod(ctx, namespace, pod)
-	if err != nil {
-		return nil, fmt.Errorf("k8s: get pod %s/%s: %w", namespace, pod, err)
-	}
-	ns, err := api.Namespace(ctx, namespace)
-	if err != nil {
-		return nil, fmt.Errorf("k8s: get namespace %s (of pod %s): %w", namespace, pod, err)
-	}
-	return podlabels.Of(p, ns)
-}
-
-// podLabels reads the labels of the pod's workload (podlabels.Of) from the API server that
-// "kubernetes": {"kubeconfig": …} names. An API server that cannot be reached, times out or is
-// overloaded is code 11 (try again later); any other failure code 999 with what went wrong.
-func podLabels(ctx context.Context, conf *kubernetesConf, namespace, pod string) (map[string]string, error) {
+// podWorkload reads what the pod's workload record takes from Kubernetes (podlabels.Read: the
+// labels of the pod, its namespace and its service account, and the pod's named ports) from the
+// API server that "kubernetes": {"kubeconfig": …} names; log gets what is left out. An API
+// server that cannot be reached, times out or is overloaded is code 11 (try again later); any
+// other failure code 999 with what went wrong.
+func podWorkload(ctx context.Context, conf *kubernetesConf, namespace, pod string, log *slog.Logger) (podlabels.Workload, error) {
 	api, err := newKubeAPI(conf.Kubeconfig)
 	if err != nil {
-		return nil, invalidConf("kubernetes.kubeconfig %s: %v", conf.Kubeconfig, err)
+		return podlabels.Workload{}, invalidConf("kubernetes.kubeconfig %s: %v", conf.Kubeconfig, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, k8sTimeout)
 	defer cancel()
-	labels, err := workloadLabels(ctx, api, namespace, pod)
+	w, err := podlabels.Read(ctx, api, namespace, pod, log)
 	if err != nil {
 		code := uint(types.ErrInternal)
 		if unreachable(err) {
 			code = types.ErrTryAgainLater
 		}
-		return nil, types.NewError(code, fmt.Sprintf("margay-cni: cannot read the labels of pod %s/%s from the Kubernetes API server "+
+		return podlabels.Workload{}, types.NewError(code, fmt.Sprintf("margay-cni: cannot read the labels of pod %s/%s from the Kubernetes API server "+
 			"(kubeconfig %s)", namespace, pod, conf.Kubeconfig), err.Error())
 	}
-	return labels, nil
+	return w, nil
 }
 
 // unreachable reports errors that go away by themselves: the API server unreachable, slow or

@@ -1,11 +1,13 @@
 package cni
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -21,11 +24,15 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/margaynet/margay/control/datastore"
 )
 
 func TestParseConfKubernetes(t *testing.T) {
@@ -84,6 +91,10 @@ func (a clientsetAPI) Namespace(ctx context.Context, name string) (*corev1.Names
 	return a.c.Namespaces().Get(ctx, name, metav1.GetOptions{})
 }
 
+func (a clientsetAPI) ServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	return a.c.ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+}
+
 // addInProcess runs ADD in this process, in the world's host namespace (where the plugin runs),
 // so that the fake API server is what it reads.
 func (w *world) addInProcess(t *testing.T, containerID, nsPath, args string, set map[string]any) error {
@@ -96,13 +107,19 @@ func (w *world) addInProcess(t *testing.T, containerID, nsPath, args string, set
 
 var kubeConf = map[string]any{"kubernetes": map[string]any{"kubeconfig": "/etc/cni/net.d/margay-kubeconfig"}}
 
-// ADD of a pod reads its labels, and its namespace's, from the API server into the record.
+// ADD of a pod reads its labels, its namespace's and its service account's, and its named
+// ports, from the API server into the record.
 func TestAddKubernetesLabels(t *testing.T) {
 	w := newWorld(t, "198.19.0.0/16")
 	_, asked := fakeAPI(t,
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod", Labels: map[string]string{"team": "a"}}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web-sa", Labels: map[string]string{"role": "frontend"}}},
 		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web", Labels: map[string]string{"app": "web"}},
-			Spec: corev1.PodSpec{ServiceAccountName: "web-sa"}})
+			Spec: corev1.PodSpec{ServiceAccountName: "web-sa", Containers: []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{
+				{Name: "http", ContainerPort: 8080},
+				{ContainerPort: 9090}, // no name: no named port
+				{Name: "dns", Protocol: corev1.ProtocolUDP, ContainerPort: 53},
+			}}}}})
 	path, _ := workloadNS(t)
 	args := "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1"
 	if err := w.addInProcess(t, "c1", path, args, kubeConf); err != nil {
@@ -122,9 +139,15 @@ func TestAddKubernetesLabels(t *testing.T) {
 		"projectcalico.org/serviceaccount": "web-sa",
 		"pcns.team":                        "a",
 		"pcns.kubernetes.io/metadata.name": "prod",
+		"pcns.projectcalico.org/name":      "prod",
+		"pcsa.projectcalico.org/name":      "web-sa",
+		"pcsa.role":                        "frontend",
 	}
 	if !maps.Equal(rec.Value.Labels, want) {
 		t.Errorf("record labels\n got %v\nwant %v", rec.Value.Labels, want)
+	}
+	if want := []datastore.EndpointPort{{Name: "http", Protocol: 6, Port: 8080}, {Name: "dns", Protocol: 17, Port: 53}}; !slices.Equal(rec.Value.Ports, want) {
+		t.Errorf("record ports %v, want %v", rec.Value.Ports, want)
 	}
 	w.mustDel(t, "c1", path, args)
 	w.assertGone(t, "prod.web")
@@ -135,8 +158,8 @@ func TestAddKubernetesLabels(t *testing.T) {
 	if err := w.addInProcess(t, "plain", p2, "", kubeConf); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	if rec, err := w.ds.Workloads(node).Get(t.Context(), "plain"); err != nil || rec.Value.Labels != nil || *asked != "" {
-		t.Errorf("plain container: labels %v (%v), API asked with %q", rec.Value.Labels, err, *asked)
+	if rec, err := w.ds.Workloads(node).Get(t.Context(), "plain"); err != nil || rec.Value.Labels != nil || rec.Value.Ports != nil || *asked != "" {
+		t.Errorf("plain container: labels %v, ports %v (%v), API asked with %q", rec.Value.Labels, rec.Value.Ports, err, *asked)
 	}
 	w.mustDel(t, "plain", p2, "")
 }
@@ -172,6 +195,16 @@ func TestAddKubernetesFailure(t *testing.T) {
 		check(t, err, types.ErrTryAgainLater, "cannot read the labels of pod prod/web from the Kubernetes API server (kubeconfig /etc/cni/net.d/margay-kubeconfig)")
 		noEth0(t, path)
 	})
+	t.Run("service account unreadable", func(t *testing.T) {
+		cs, _ := fakeAPI(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod"}},
+			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web"}, Spec: corev1.PodSpec{ServiceAccountName: "web-sa"}})
+		cs.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewServiceUnavailable("the server is currently unable to handle the request")
+		})
+		path, _ := workloadNS(t)
+		check(t, w.addInProcess(t, "c1", path, args, kubeConf), types.ErrTryAgainLater, "get service account prod/web-sa")
+		noEth0(t, path)
+	})
 	t.Run("no such pod", func(t *testing.T) {
 		fakeAPI(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod"}})
 		path, _ := workloadNS(t)
@@ -180,15 +213,48 @@ func TestAddKubernetesFailure(t *testing.T) {
 	})
 }
 
+// A service account that the API server does not let margay-cni read (an RBAC role from before
+// it read them) or that is gone costs the workload only that account's own labels: ADD works.
+func TestAddKubernetesServiceAccountForbidden(t *testing.T) {
+	w := newWorld(t, "198.19.0.0/16")
+	cs, _ := fakeAPI(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prod"}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web-sa", Labels: map[string]string{"role": "frontend"}}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web"}, Spec: corev1.PodSpec{ServiceAccountName: "web-sa"}})
+	cs.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts"}, "web-sa", errors.New("RBAC: not allowed"))
+	})
+	path, _ := workloadNS(t)
+	args := "K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web"
+	if err := w.addInProcess(t, "c1", path, args, kubeConf); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	rec, err := w.ds.Workloads(node).Get(t.Context(), "prod.web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := rec.Value.Labels; l["pcsa.projectcalico.org/name"] != "web-sa" || l["projectcalico.org/serviceaccount"] != "web-sa" || l["pcsa.role"] != "" {
+		t.Errorf("record labels %v: want the service account's name labels, not its own", l)
+	}
+	w.mustDel(t, "c1", path, args)
+	w.assertGone(t, "prod.web")
+}
+
 // The plugin's own API client, against an HTTP server speaking the API server's protocol: the
 // objects it serves become labels, and its error statuses the right CNI codes.
 func TestKubeAPIOverHTTP(t *testing.T) {
-	pod := `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod","labels":{"app":"web"}},"spec":{"serviceAccountName":"web-sa"}}`
+	pod := `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"prod","labels":{"app":"web"}},"spec":{"serviceAccountName":"web-sa",` +
+		`"containers":[{"name":"app","ports":[{"name":"http","containerPort":8080,"protocol":"TCP"},{"containerPort":9090}]}]}}`
 	ns := `{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"prod","labels":{"team":"a"}}}`
-	var paths []string
+	sa := `{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"web-sa","namespace":"prod","labels":{"role":"frontend"}}}`
+	var (
+		mu    sync.Mutex
+		paths []string
+	)
 	// TLS, as clientcmd hands a token only to an https server.
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		paths = append(paths, r.URL.Path)
+		mu.Unlock()
 		if r.Header.Get("Authorization") != "Bearer t0ken" {
 			http.Error(w, `{"kind":"Status","message":"no token"}`, http.StatusUnauthorized)
 			return
@@ -198,6 +264,12 @@ func TestKubeAPIOverHTTP(t *testing.T) {
 			_, _ = w.Write([]byte(pod))
 		case "/api/v1/namespaces/prod":
 			_, _ = w.Write([]byte(ns))
+		case "/api/v1/namespaces/prod/serviceaccounts/web-sa":
+			_, _ = w.Write([]byte(sa))
+		case "/api/v1/namespaces/prod/pods/nosa":
+			_, _ = w.Write([]byte(strings.Replace(pod, `"web-sa"`, `"gone-sa"`, 1)))
+		case "/api/v1/namespaces/prod/serviceaccounts/gone-sa":
+			http.Error(w, `{"kind":"Status","message":"serviceaccounts \"gone-sa\" is forbidden: User \"system:serviceaccount:kube-system:margay-node\" cannot get resource \"serviceaccounts\""}`, http.StatusForbidden)
 		case "/api/v1/namespaces/busy/pods/web":
 			http.Error(w, `{"kind":"Status","message":"the server is currently unable to handle the request"}`, http.StatusServiceUnavailable)
 		default:
@@ -217,17 +289,37 @@ current-context: x
 		t.Fatal(err)
 	}
 	conf := &kubernetesConf{Kubeconfig: kubeconfig}
-	labels, err := podLabels(t.Context(), conf, "prod", "web")
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	pw, err := podWorkload(t.Context(), conf, "prod", "web", log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{"app": "web", "projectcalico.org/namespace": "prod", "projectcalico.org/orchestrator": "k8s",
-		"projectcalico.org/serviceaccount": "web-sa", "pcns.team": "a", "pcns.kubernetes.io/metadata.name": "prod"}
-	if !maps.Equal(labels, want) {
-		t.Errorf("labels %v, want %v", labels, want)
+		"projectcalico.org/serviceaccount": "web-sa", "pcns.team": "a", "pcns.kubernetes.io/metadata.name": "prod",
+		"pcns.projectcalico.org/name": "prod", "pcsa.projectcalico.org/name": "web-sa", "pcsa.role": "frontend"}
+	if !maps.Equal(pw.Labels, want) {
+		t.Errorf("labels %v, want %v", pw.Labels, want)
 	}
-	if !slices.Equal(paths, []string{"/api/v1/namespaces/prod/pods/web", "/api/v1/namespaces/prod"}) {
-		t.Errorf("requests %v", paths)
+	if want := []datastore.EndpointPort{{Name: "http", Protocol: 6, Port: 8080}}; !slices.Equal(pw.Ports, want) {
+		t.Errorf("ports %v, want %v", pw.Ports, want)
+	}
+	mu.Lock()
+	got := slices.Sorted(slices.Values(paths))
+	mu.Unlock()
+	if !slices.Equal(got, []string{"/api/v1/namespaces/prod", "/api/v1/namespaces/prod/pods/web", "/api/v1/namespaces/prod/serviceaccounts/web-sa"}) {
+		t.Errorf("requests %v", got)
+	}
+	// Forbidden to read the service account: its own labels go, with a warning, and nothing fails.
+	pw, err = podWorkload(t.Context(), conf, "prod", "nosa", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pw.Labels["pcsa.projectcalico.org/name"] != "gone-sa" || pw.Labels["pcsa.role"] != "" || len(pw.Ports) != 1 {
+		t.Errorf("service account forbidden: labels %v, ports %v", pw.Labels, pw.Ports)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "cannot get resource") {
+		t.Errorf("the forbidden read was not logged as a warning:\n%s", logs.String())
 	}
 	for _, c := range []struct {
 		ns, pod string
@@ -237,7 +329,7 @@ current-context: x
 		{"prod", "gone", types.ErrInternal, "not found"},
 		{"busy", "web", types.ErrTryAgainLater, "unable to handle"},
 	} {
-		_, err := podLabels(t.Context(), conf, c.ns, c.pod)
+		_, err := podWorkload(t.Context(), conf, c.ns, c.pod, log)
 		te, ok := errors.AsType[*types.Error](err)
 		if !ok || te.Code != c.code || !strings.Contains(te.Details, c.want) {
 			t.Errorf("%s/%s: %v, want code %d with %q", c.ns, c.pod, err, c.code, c.want)
@@ -247,7 +339,7 @@ current-context: x
 	if err := os.WriteFile(kubeconfig, []byte(strings.Replace(cfg, "token: t0ken", "token: wrong", 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := podLabels(t.Context(), conf, "prod", "web"); err == nil || !strings.Contains(err.Error(), "no token") {
+	if _, err := podWorkload(t.Context(), conf, "prod", "web", log); err == nil || !strings.Contains(err.Error(), "no token") {
 		t.Errorf("wrong token: %v", err)
 	}
 }

@@ -219,10 +219,12 @@ func (p *Plugin) add(ctx context.Context, args *skel.CmdArgs, start time.Time) (
 	ws.Started = start // the record carries the ADD's duration, process start and etcd connection included
 	if s.conf.Kubernetes != nil && ws.Namespace != "" {
 		// Before anything is set up, so that a failure leaves nothing to undo.
-		if ws.Labels, err = podLabels(ctx, s.conf.Kubernetes, ws.Namespace, ws.Name); err != nil {
+		pw, err := podWorkload(ctx, s.conf.Kubernetes, ws.Namespace, ws.Name, s.log)
+		if err != nil {
 			s.log.Error("add failed: no pod labels", "workload", ws.ID, "err", err)
 			return nil, err
 		}
+		ws.Labels, ws.Ports = pw.Labels, pw.Ports
 	}
 	res, err := workload.Add(ctx, s.ds, s.ipam(), ws)
 	if err != nil {

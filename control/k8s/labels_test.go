@@ -5,14 +5,19 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/margaynet/margay/control/datastore"
 )
 
 func namespace(name string, labels map[string]string) *corev1.Namespace {
@@ -44,6 +49,7 @@ func TestWorkloadLabels(t *testing.T) {
 			"pcns.team":                   "b",           // forged namespace label: dropped
 		}),
 		pod("bare", "job", "", nil),
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "web-sa", Labels: map[string]string{"role": "frontend"}}},
 	)
 	got, err := WorkloadLabels(t.Context(), cs, "prod", "web-1")
 	if err != nil {
@@ -56,6 +62,9 @@ func TestWorkloadLabels(t *testing.T) {
 		"projectcalico.org/serviceaccount": "web-sa",
 		"pcns.team":                        "a",
 		"pcns.kubernetes.io/metadata.name": "prod",
+		"pcns.projectcalico.org/name":      "prod",
+		"pcsa.projectcalico.org/name":      "web-sa",
+		"pcsa.role":                        "frontend",
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("labels\n got %v\nwant %v", got, want)
@@ -75,9 +84,41 @@ func TestWorkloadLabels(t *testing.T) {
 		"projectcalico.org/namespace":      "bare",
 		"projectcalico.org/orchestrator":   "k8s",
 		"pcns.kubernetes.io/metadata.name": "bare",
+		"pcns.projectcalico.org/name":      "bare",
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("labels\n got %v\nwant %v", got, want)
+	}
+
+	// Margay's RBAC role from before it read service accounts: the service account's own
+	// labels go, the ADD does not fail.
+	cs.PrependReactor("get", "serviceaccounts", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "serviceaccounts"}, "web-sa", errors.New("RBAC: not allowed"))
+	})
+	got, err = WorkloadLabels(t.Context(), cs, "prod", "web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got["pcsa.role"]; ok || got["pcsa.projectcalico.org/name"] != "web-sa" || got["pcns.team"] != "a" {
+		t.Errorf("labels with the service account forbidden: %v", got)
+	}
+	if !strings.Contains(logs.String(), "RBAC: not allowed") {
+		t.Errorf("the forbidden read was not logged:\n%s", logs)
+	}
+}
+
+// ReadWorkload gives the pod's named ports too, as margay-cni records them.
+func TestReadWorkloadPorts(t *testing.T) {
+	captureLog(t)
+	p := pod("prod", "web", "", nil)
+	p.Spec.Containers = []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{
+		{Name: "http", ContainerPort: 8080}, {ContainerPort: 9090}, {Name: "dns", Protocol: corev1.ProtocolUDP, ContainerPort: 53}}}}
+	w, err := ReadWorkload(t.Context(), fake.NewClientset(namespace("prod", nil), p).CoreV1(), "prod", "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []datastore.EndpointPort{{Name: "http", Protocol: 6, Port: 8080}, {Name: "dns", Protocol: 17, Port: 53}}; !slices.Equal(w.Ports, want) {
+		t.Errorf("ports %v, want %v", w.Ports, want)
 	}
 }
 
