@@ -85,7 +85,7 @@ rm -f "$ds"
 if [ -s "$CNI_TOKEN_DIR/token" ] && [ -n "${KUBERNETES_SERVICE_HOST:-}" ]; then
 	ca=$(base64 <"$CNI_TOKEN_DIR/ca.crt" | tr -d '\n')
 	write "$CNI_NET_DIR/margay-kubeconfig" 0600 <<KUBECONFIG
-# Written by margay's install-cni: margay-cni reads pod and namespace labels with it.
+# Written by margay's install-cni: margay-cni reads pods, namespaces and service accounts with it.
 apiVersion: v1
 kind: Config
 clusters:

@@ -173,8 +173,15 @@ func TestManifestRBAC(t *testing.T) {
 	if role == nil {
 		t.Fatalf("no ClusterRoleBinding binds a ClusterRole of the manifest to %s/%s", namespace, sa)
 	}
-	for _, want := range []struct{ group, resource string }{
-		{"", "pods"}, {"", "namespaces"}, {"", "nodes"}, {"networking.k8s.io", "networkpolicies"},
+	for _, want := range []struct {
+		group, resource string
+		verbs           []string
+	}{
+		{"", "pods", []string{"get", "list", "watch"}},
+		{"", "namespaces", []string{"get", "list", "watch"}},
+		{"", "nodes", []string{"get", "list", "watch"}},
+		{"", "serviceaccounts", []string{"get"}}, // margay-cni, one at a time
+		{"networking.k8s.io", "networkpolicies", []string{"get", "list", "watch"}},
 	} {
 		verbs := map[string]bool{}
 		for _, r := range role.Rules {
@@ -184,14 +191,14 @@ func TestManifestRBAC(t *testing.T) {
 				}
 			}
 		}
-		for _, v := range []string{"get", "list", "watch"} {
+		for _, v := range want.verbs {
 			if !verbs[v] {
 				t.Errorf("ClusterRole %s does not grant %s on %q %s", role.Name, v, want.group, want.resource)
 			}
 		}
 		for v := range verbs {
-			if !slices.Contains([]string{"get", "list", "watch"}, v) {
-				t.Errorf("ClusterRole %s grants %s on %q %s: Margay only reads", role.Name, v, want.group, want.resource)
+			if !slices.Contains(want.verbs, v) {
+				t.Errorf("ClusterRole %s grants %s on %q %s: Margay only needs %v", role.Name, v, want.group, want.resource, want.verbs)
 			}
 		}
 	}
