@@ -44,20 +44,6 @@ func networkPolicyOf(name string) (namespace, npName string, ok bool) {
 	return namespace, npName, true
 }
 
-// PartialError is the error of a NetworkPolicy that PolicyFromNetworkPolicy converted only in
-// part: it left out what Margay's policy model cannot express (named ports). The policy returned
-// with it is valid and safe to write: without the dropped ports, the rules allow less than the
-// NetworkPolicy does, never more, so what they would have allowed stays denied.
-type PartialError struct {
-	NetworkPolicy string   // "<namespace>/<name>"
-	Dropped       []string // each with its place, e.g. `ingress[0].ports[1]: named port "http"`
-}
-
-func (e *PartialError) Error() string {
-	return fmt.Sprintf("k8s: NetworkPolicy %s: left out what Margay does not support (%s); the traffic it would allow "+
-		"stays denied: use port numbers instead", e.NetworkPolicy, strings.Join(e.Dropped, ", "))
-}
-
 // PolicyFromNetworkPolicy converts a Kubernetes NetworkPolicy into a Margay policy the way Calico
 // does:
 //
@@ -70,15 +56,13 @@ func (e *PartialError) Error() string {
 //     namespaceSelector (matched against the pcns.<key> namespace labels WorkloadLabels adds)
 //     with an optional podSelector, ipBlock (nets, its except as notNets). An empty from/to means
 //     every source or destination. IPv6 blocks are left out: they can match no IPv4 traffic;
-//   - ports: protocol TCP (default), UDP or SCTP, a port number, endPort making a range; ports
-//     apply to the destination, the selected pod for ingress and the peer for egress.
+//   - ports: protocol TCP (default), UDP or SCTP, a port number, endPort making a range, or a
+//     port name (port: "http"); ports apply to the destination, the selected pod for ingress and
+//     the peer for egress. A named port is a destination port of the rule, which Margay
+//     resolves against the named ports of the workload at the destination end: for ingress the
+//     selected pod's, for egress the peer pod's, as Kubernetes means it.
 //
-// Named ports (port: "http") cannot be expressed: Margay's rules match port numbers and no pod's
-// container ports. They are left out, and so is a rule whose ports are all named, so that the
-// policy still isolates the pods it selects and the traffic to those ports stays denied (it fails
-// closed; skipping the whole policy would open the pods to everything). The policy is returned
-// together with a *PartialError that names the NetworkPolicy and every port left out. Any other
-// error means there is no policy.
+// An error means there is no policy.
 //
 // The result passes Margay's own validation (datastore.DecodePolicy) and is in the form the
 // datastore stores, so it compares equal to a stored copy.
@@ -91,15 +75,11 @@ func PolicyFromNetworkPolicy(np *networkingv1.NetworkPolicy) (datastore.Policy, 
 	if err != nil {
 		return datastore.Policy{}, fmt.Errorf("k8s: NetworkPolicy %s/%s: %w", np.Namespace, np.Name, err)
 	}
-	if len(c.dropped) > 0 {
-		return p, &PartialError{NetworkPolicy: np.Namespace + "/" + np.Name, Dropped: c.dropped}
-	}
 	return p, nil
 }
 
 type converter struct {
 	namespace string
-	dropped   []string
 }
 
 func (c *converter) convert(np *networkingv1.NetworkPolicy) (datastore.Policy, error) {
@@ -176,12 +156,9 @@ type portGroup struct {
 
 // rules converts one ingress or egress rule: one allow rule per peer and protocol.
 func (c *converter) rules(where string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, egress bool) ([]datastore.Rule, error) {
-	groups, err := c.portGroups(where, ports)
+	groups, err := portGroups(where, ports)
 	if err != nil {
 		return nil, err
-	}
-	if len(groups) == 0 {
-		return nil, nil // every port was named: the rule allows nothing Margay can express
 	}
 	ends := []datastore.EntityRule{{}} // no peers: everything
 	if len(peers) > 0 {
@@ -216,9 +193,8 @@ func (c *converter) rules(where string, peers []networkingv1.NetworkPolicyPeer, 
 var protocols = map[corev1.Protocol]datastore.Protocol{corev1.ProtocolTCP: 6, corev1.ProtocolUDP: 17, corev1.ProtocolSCTP: 132}
 
 // portGroups groups the ports of a rule by protocol, in the order the protocols first appear. No
-// ports: one group matching everything. Named ports are left out and recorded; when all are, no
-// group is left.
-func (c *converter) portGroups(where string, ports []networkingv1.NetworkPolicyPort) ([]portGroup, error) {
+// ports: one group matching everything.
+func portGroups(where string, ports []networkingv1.NetworkPolicyPort) ([]portGroup, error) {
 	if len(ports) == 0 {
 		return []portGroup{{all: true}}, nil
 	}
@@ -250,7 +226,16 @@ func (c *converter) portGroups(where string, ports []networkingv1.NetworkPolicyP
 			g := group(proto)
 			g.all, g.ports = true, nil
 		case port.Port.Type == intstr.String:
-			c.dropped = append(c.dropped, fmt.Sprintf("%s: named port %q", at, port.Port.StrVal))
+			name := port.Port.StrVal
+			if err := datastore.ValidatePortName(name); err != nil {
+				return nil, fmt.Errorf("%s: port %q: %w", at, name, err)
+			}
+			if port.EndPort != nil {
+				return nil, fmt.Errorf("%s: endPort with the named port %q", at, name)
+			}
+			if g := group(proto); !g.all {
+				g.ports = append(g.ports, datastore.PortRange{Name: name})
+			}
 		default:
 			lo := port.Port.IntVal
 			if lo < 1 || lo > 65535 {

@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 
@@ -174,33 +173,77 @@ spec:
 	}
 }
 
-// Named ports are left out, failing closed: the policy still selects its pods, the rule keeps its
-// numeric ports, a rule with only named ports goes, and the error names the policy and the ports.
+// Named ports become named destination ports of the rule, grouped with the numeric ones by
+// protocol: for ingress they name the selected pod's ports, for egress the peer's, and in both
+// the destination is the end that has them.
 func TestPolicyFromNetworkPolicyNamedPorts(t *testing.T) {
-	got, err := PolicyFromNetworkPolicy(np(t, `
+	for _, c := range []struct{ name, np, want string }{
+		{"ingress", `
 metadata: {name: web, namespace: prod}
 spec:
   podSelector: {matchLabels: {app: web}}
   ingress:
-  - ports: [{port: http}, {port: 8443}]
-  - ports: [{protocol: UDP, port: dns}]
-    from: [{podSelector: {}}]`))
-	var partial *PartialError
-	if !errors.As(err, &partial) {
-		t.Fatalf("err = %v, want a *PartialError", err)
-	}
-	for _, s := range []string{"prod/web", `ingress[0].ports[0]: named port "http"`, `ingress[1].ports[0]: named port "dns"`} {
-		if !strings.Contains(err.Error(), s) {
-			t.Errorf("error %q does not name %q", err, s)
-		}
-	}
-	if len(partial.Dropped) != 2 {
-		t.Errorf("Dropped = %q, want 2 entries", partial.Dropped)
-	}
-	want := policyJSON(t, `{"name": "knp.default.prod.web", "order": 1000, "selector": "projectcalico.org/namespace == 'prod' && app == 'web'",
-	  "types": ["Ingress"], "ingress": [{"action": "allow", "protocol": "tcp", "destination": {"ports": [8443]}}]}`)
-	if !got.Same(want) {
-		t.Errorf("got  %s\nwant %s", mustJSON(got), mustJSON(want))
+  - ports: [{port: http}, {port: 8443}, {protocol: TCP, port: 8080-http}]
+  - ports: [{protocol: UDP, port: dns}, {protocol: SCTP, port: assoc}]
+    from: [{podSelector: {}}]`,
+			`{"name": "knp.default.prod.web", "order": 1000, "selector": "projectcalico.org/namespace == 'prod' && app == 'web'", "types": ["Ingress"],
+			  "ingress": [
+			    {"action": "allow", "protocol": "tcp", "destination": {"ports": ["http", 8443, "8080-http"]}},
+			    {"action": "allow", "protocol": "udp", "source": {"selector": "projectcalico.org/namespace == 'prod'"}, "destination": {"ports": ["dns"]}},
+			    {"action": "allow", "protocol": "sctp", "source": {"selector": "projectcalico.org/namespace == 'prod'"}, "destination": {"ports": ["assoc"]}}
+			  ]}`},
+		{"egress", `
+metadata: {name: client, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: db}}}, {namespaceSelector: {matchLabels: {team: a}}}]
+    ports: [{port: postgres}, {protocol: UDP, port: 9p}]
+  - ports: [{port: https}]`,
+			`{"name": "knp.default.prod.client", "order": 1000, "selector": "projectcalico.org/namespace == 'prod' && app == 'client'", "types": ["Egress"],
+			  "egress": [
+			    {"action": "allow", "protocol": "tcp", "destination": {"selector": "projectcalico.org/namespace == 'prod' && app == 'db'", "ports": ["postgres"]}},
+			    {"action": "allow", "protocol": "udp", "destination": {"selector": "projectcalico.org/namespace == 'prod' && app == 'db'", "ports": ["9p"]}},
+			    {"action": "allow", "protocol": "tcp", "destination": {"selector": "has(projectcalico.org/namespace) && pcns.team == 'a'", "ports": ["postgres"]}},
+			    {"action": "allow", "protocol": "udp", "destination": {"selector": "has(projectcalico.org/namespace) && pcns.team == 'a'", "ports": ["9p"]}},
+			    {"action": "allow", "protocol": "tcp", "destination": {"ports": ["https"]}}
+			  ]}`},
+		{"a whole protocol takes in its named ports", `
+metadata: {name: p, namespace: prod}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: http}, {protocol: TCP}, {protocol: UDP, port: dns}]}]`,
+			`{"name": "knp.default.prod.p", "order": 1000, "selector": "projectcalico.org/namespace == 'prod'", "types": ["Ingress"],
+			  "ingress": [
+			    {"action": "allow", "protocol": "tcp"},
+			    {"action": "allow", "protocol": "udp", "destination": {"ports": ["dns"]}}
+			  ]}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := PolicyFromNetworkPolicy(np(t, c.np))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := policyJSON(t, c.want)
+			if !got.Same(want) {
+				t.Errorf("got  %s\nwant %s", mustJSON(got), mustJSON(want))
+			}
+			for _, r := range append(append([]datastore.Rule(nil), got.Ingress...), got.Egress...) {
+				for _, pr := range r.Destination.Ports {
+					if pr.Named() && (pr.Lo != 0 || pr.Hi != 0) {
+						t.Errorf("named port %q with numbers %d-%d", pr.Name, pr.Lo, pr.Hi)
+					}
+				}
+				if len(r.Source.Ports)+len(r.Source.NotPorts)+len(r.Destination.NotPorts) > 0 {
+					t.Errorf("rule %s: ports outside destination.ports", mustJSON(r))
+				}
+			}
+			again, err := datastore.DecodePolicy([]byte(mustJSON(got)))
+			if err != nil || !again.Same(got) {
+				t.Errorf("converted policy does not read back the same: %v\n%s", err, mustJSON(got))
+			}
+		})
 	}
 }
 
@@ -244,6 +287,12 @@ spec: {podSelector: {}, ingress: [{ports: [{port: 90, endPort: 80}]}]}`, "endPor
 		{"endPort without port", `
 metadata: {name: p, namespace: prod}
 spec: {podSelector: {}, ingress: [{ports: [{endPort: 80}]}]}`, "endPort without port"},
+		{"named port with endPort", `
+metadata: {name: p, namespace: prod}
+spec: {podSelector: {}, ingress: [{ports: [{port: http, endPort: 90}]}]}`, `ingress[0].ports[0]: endPort with the named port "http"`},
+		{"bad port name", `
+metadata: {name: p, namespace: prod}
+spec: {podSelector: {}, egress: [{ports: [{port: HTTP}]}]}`, `egress[0].ports[0]: port "HTTP"`},
 		{"port 0", `
 metadata: {name: p, namespace: prod}
 spec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}`, "port 0 outside 1-65535"},
@@ -261,10 +310,6 @@ spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {` +
 			p, err := PolicyFromNetworkPolicy(np(t, c.np))
 			if err == nil {
 				t.Fatalf("converted to %s, want an error with %q", mustJSON(p), c.want)
-			}
-			var partial *PartialError
-			if errors.As(err, &partial) {
-				t.Fatalf("got a partial conversion (%v), want an error", err)
 			}
 			if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "NetworkPolicy prod/p") && c.name != "no namespace" && c.name != "name too long" {
 				t.Errorf("error %q, want it to name the policy and say %q", err, c.want)

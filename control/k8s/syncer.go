@@ -33,8 +33,7 @@ const DefaultResync = 5 * time.Minute
 // whose NetworkPolicy is gone. It never touches a policy without that prefix.
 //
 // It writes only what changed, so any number of agents may run it side by side. A NetworkPolicy
-// that cannot be converted is logged and skipped; a stored policy of it stays as it was. One with
-// named ports is written without them (see PartialError) and logged.
+// that cannot be converted is logged and skipped; a stored policy of it stays as it was.
 type Syncer struct {
 	client kubernetes.Interface
 	ds     *datastore.Client
@@ -178,8 +177,7 @@ func (s *Syncer) reconcileAll(ctx context.Context) error {
 		delete(stored, name)
 		if ok {
 			want, err := PolicyFromNetworkPolicy(np)
-			var partial *PartialError
-			if err != nil && !errors.As(err, &partial) {
+			if err != nil {
 				continue // unconvertible: its stored policy stays
 			}
 			if have, err := datastore.DecodePolicy(data); err == nil && have.Name == name && have.Same(want) {
@@ -248,26 +246,21 @@ func (s *Syncer) sync(ctx context.Context, key string) error {
 		return err
 	}
 	p, err := PolicyFromNetworkPolicy(np)
-	var partial *PartialError
-	switch {
-	case errors.As(err, &partial):
-		s.report(key, slog.LevelWarn, "k8s policy sync: NetworkPolicy converted in part", err)
-	case err != nil:
-		s.report(key, slog.LevelError, "k8s policy sync: skipping NetworkPolicy; a stored policy of it stays as it was", err)
+	if err != nil {
+		s.report(key, "k8s policy sync: skipping NetworkPolicy; a stored policy of it stays as it was", err)
 		return nil
-	default:
-		delete(s.reported, key)
 	}
+	delete(s.reported, key)
 	return s.write(ctx, p, np)
 }
 
 // report logs a conversion problem of key once, until it changes.
-func (s *Syncer) report(key string, level slog.Level, msg string, err error) {
+func (s *Syncer) report(key string, msg string, err error) {
 	if s.reported[key] == err.Error() {
 		return
 	}
 	s.reported[key] = err.Error()
-	s.log.Log(context.Background(), level, msg, "networkPolicy", key, "err", err)
+	s.log.Error(msg, "networkPolicy", key, "err", err)
 }
 
 // write stores p unless the stored copy equals it. It writes by compare-and-swap, so that of

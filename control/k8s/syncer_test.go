@@ -139,8 +139,7 @@ func stored(t *testing.T, ds *datastore.Client) map[string]int64 {
 func wantConverted(t *testing.T, ds *datastore.Client, np *networkingv1.NetworkPolicy) func() error {
 	return func() error {
 		want, err := PolicyFromNetworkPolicy(np)
-		var partial *PartialError
-		if err != nil && !errors.As(err, &partial) {
+		if err != nil {
 			return err
 		}
 		got, err := ds.Policies().Get(t.Context(), want.Name)
@@ -209,12 +208,13 @@ spec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: ["1"]}]}}
 	stop := startSyncer(t, cs, ds, WithResync(100*time.Millisecond), rec.option())
 	poll.Until(t, "deny written", within, wantConverted(t, ds, deny))
 	poll.Until(t, "stale web rewritten", within, wantConverted(t, ds, web))
-	poll.Until(t, "named written without its named port", within, wantConverted(t, ds, named))
+	poll.Until(t, "named written with its named port", within, wantConverted(t, ds, named))
 	for _, name := range []string{"knp.default.prod.gone", "knp.default.stray", "knp.default.prod.malformed"} {
 		poll.Until(t, "orphan "+name+" deleted", within, wantGone(t, ds, name))
 	}
-	if got, err := ds.Policies().Get(t.Context(), "knp.default.dev.named"); err != nil || len(got.Value.Ingress) != 1 {
-		t.Errorf("named: %+v, %v; want one rule, for port 443", got.Value, err)
+	if got, err := ds.Policies().Get(t.Context(), "knp.default.dev.named"); err != nil || len(got.Value.Ingress) != 1 ||
+		fmt.Sprint(got.Value.Ingress[0].Destination.Ports) != "[http 443]" {
+		t.Errorf("named: %+v, %v; want one rule, for ports http and 443", got.Value, err)
 	}
 
 	// Idempotent: several resyncs later nothing was written again, and what is not ours was
