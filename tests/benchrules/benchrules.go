@@ -49,7 +49,6 @@ func (r Rules) Ports(i int) (lo, hi uint16) {
 
 // Policy is the rules as ingress rules of a policy on every workload (selector all()).
 func (r Rules) Policy() datastore.Policy {
-	tcp := datastore.Protocol(6)
 	p := datastore.Policy{
 		Version:  datastore.CurrentVersion,
 		Name:     fmt.Sprintf("bench-%d", r.N),
@@ -57,13 +56,7 @@ func (r Rules) Policy() datastore.Policy {
 		Types:    []datastore.PolicyType{datastore.PolicyIngress},
 	}
 	for i := range r.N {
-		lo, hi := r.Ports(i)
-		p.Ingress = append(p.Ingress, datastore.Rule{
-			Action:      datastore.ActionAllow,
-			Protocol:    &tcp,
-			Source:      datastore.EntityRule{Nets: []netip.Prefix{r.Net(i)}},
-			Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: lo, Hi: hi}}},
-		})
+		p.Ingress = append(p.Ingress, r.rule(i))
 	}
 	return p
 }
@@ -92,7 +85,16 @@ func portMatch(lo, hi uint16) string {
 // writes the programs' and the identities' entries into set. It returns the compiler (which
 // knows the rule ids) and the result (which holds the endpoints' programs).
 func (r Rules) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
-	ps, err := policy.NewSet([]datastore.Policy{r.Policy()})
+	return install(set, policy.Input{Policies: []datastore.Policy{r.Policy()}}, all, local)
+}
+
+// Last is the rule the measured flow matches: the last ingress rule of Policy.
+func (r Rules) Last() policy.RuleRef {
+	return policy.RuleRef{Policy: r.Policy().Key(), Direction: policy.Ingress, Index: r.N - 1}
+}
+
+func install(set *maps.Set, in policy.Input, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
+	ps, err := policy.Build(in)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -112,6 +114,162 @@ func (r Rules) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Com
 		}
 	}
 	return c, res, nil
+}
+
+// Tiered is the n rules of Rules spread over Tiers tiers and then Profiles profiles, so that the
+// measured flow walks through every tier and, when there are profiles, into them (issue 20):
+//
+//   - The n-1 rules it does not match are dealt out in order, as evenly as the division allows,
+//     to the tiers and then the profiles: group g of the G = Tiers+Profiles groups holds rules
+//     (n-1)·g/G up to (n-1)·(g+1)/G.
+//   - Tier t (order t, one ingress policy selecting all()) ends the walk of the client's flows
+//     with a Pass, except the last tier when there are no profiles: an even tier with a Pass rule
+//     for TCP from LastNet (any port: a flow to another port of the same client passes too) and
+//     default action Deny, an odd tier with no such rule and default action Pass. So both ways a
+//     tier passes are walked.
+//   - The last rule, the allow of the measured flow, ends the last profile or, without profiles,
+//     the last tier. The last tier's default action is Deny, and so is the profiles' end: a flow
+//     that no rule allows walks everything and is denied at the end.
+//   - The last profile also allows all egress, as Calico's namespace profiles do: every workload
+//     has the profiles, so without it the client could send nothing. (Profiles thus give the
+//     client an egress program, one more lookup per first packet that flat Rules do not make.)
+//
+// Tiers is at least 1. The pass rules come on top of the n rules; PassRules says how many.
+type Tiered struct {
+	Rules
+	Tiers, Profiles int
+}
+
+// TierName is the name of tier i.
+func (t Tiered) TierName(i int) string { return fmt.Sprintf("bench-tier-%02d", i) }
+
+// ProfileNames are the profiles' names, in the order every workload lists them.
+func (t Tiered) ProfileNames() []string {
+	out := make([]string, t.Profiles)
+	for i := range out {
+		out[i] = fmt.Sprintf("bench-profile-%02d", i)
+	}
+	return out
+}
+
+// passes says whether tier i passes the client's flows, and how: by a rule (even tiers) or by
+// its default action (odd ones).
+func (t Tiered) passes(i int) (byRule, byDefault bool) {
+	if i == t.Tiers-1 && t.Profiles == 0 {
+		return false, false
+	}
+	return i%2 == 0, i%2 == 1
+}
+
+// PassRules is the number of Pass rules.
+func (t Tiered) PassRules() int {
+	n := 0
+	for i := range t.Tiers {
+		if byRule, _ := t.passes(i); byRule {
+			n++
+		}
+	}
+	return n
+}
+
+// group is the range of the rules the measured flow does not match that group g holds.
+func (t Tiered) group(g int) (lo, hi int) {
+	groups := t.Tiers + t.Profiles
+	return (t.N - 1) * g / groups, (t.N - 1) * (g + 1) / groups
+}
+
+// rule is rule i of Rules.
+func (r Rules) rule(i int) datastore.Rule {
+	tcp := datastore.Protocol(6)
+	lo, hi := r.Ports(i)
+	return datastore.Rule{
+		Action:      datastore.ActionAllow,
+		Protocol:    &tcp,
+		Source:      datastore.EntityRule{Nets: []netip.Prefix{r.Net(i)}},
+		Destination: datastore.EntityRule{Ports: []datastore.PortRange{{Lo: lo, Hi: hi}}},
+	}
+}
+
+// Input is the tiers, their policies and the profiles.
+func (t Tiered) Input() policy.Input {
+	tcp := datastore.Protocol(6)
+	var in policy.Input
+	for i := range t.Tiers {
+		order := float64(i)
+		byRule, byDefault := t.passes(i)
+		tier := datastore.Tier{Version: datastore.CurrentVersion, Name: t.TierName(i), Order: &order, DefaultAction: datastore.TierDeny}
+		if byDefault {
+			tier.DefaultAction = datastore.TierPass
+		}
+		p := datastore.Policy{
+			Version:  datastore.CurrentVersion,
+			Name:     fmt.Sprintf("bench-%d-t%02d", t.N, i),
+			Tier:     tier.Name,
+			Order:    &order,
+			Selector: "all()",
+			Types:    []datastore.PolicyType{datastore.PolicyIngress},
+		}
+		lo, hi := t.group(i)
+		for j := lo; j < hi; j++ {
+			p.Ingress = append(p.Ingress, t.rule(j))
+		}
+		switch {
+		case byRule:
+			p.Ingress = append(p.Ingress, datastore.Rule{Action: datastore.ActionPass, Protocol: &tcp,
+				Source: datastore.EntityRule{Nets: []netip.Prefix{t.LastNet}}})
+		case !byDefault:
+			p.Ingress = append(p.Ingress, t.rule(t.N-1))
+		}
+		in.Tiers = append(in.Tiers, tier)
+		in.Policies = append(in.Policies, p)
+	}
+	for i, name := range t.ProfileNames() {
+		pr := datastore.Profile{Version: datastore.CurrentVersion, Name: name}
+		lo, hi := t.group(t.Tiers + i)
+		for j := lo; j < hi; j++ {
+			pr.Ingress = append(pr.Ingress, t.rule(j))
+		}
+		if i == t.Profiles-1 {
+			pr.Ingress = append(pr.Ingress, t.rule(t.N-1))
+			pr.Egress = []datastore.Rule{{Action: datastore.ActionAllow}}
+		}
+		in.Profiles = append(in.Profiles, pr)
+	}
+	return in
+}
+
+// Last is the rule the measured flow matches: the last ingress rule of the last profile, or of
+// the last tier's policy without profiles.
+func (t Tiered) Last() policy.RuleRef {
+	in := t.Input()
+	if t.Profiles > 0 {
+		pr := in.Profiles[t.Profiles-1]
+		return policy.RuleRef{Profile: pr.Name, Direction: policy.Ingress, Index: len(pr.Ingress) - 1}
+	}
+	p := in.Policies[t.Tiers-1]
+	return policy.RuleRef{Policy: p.Key(), Direction: policy.Ingress, Index: len(p.Ingress) - 1}
+}
+
+// LastEgress is the rule that allows the client's egress: the last profile's, or none (ok
+// false) without profiles, where no policy governs egress.
+func (t Tiered) LastEgress() (ref policy.RuleRef, ok bool) {
+	if t.Profiles == 0 {
+		return policy.RuleRef{}, false
+	}
+	return policy.RuleRef{Profile: t.ProfileNames()[t.Profiles-1], Direction: policy.Egress, Index: 0}, true
+}
+
+// Install is Rules.Install for the tiered rules; every endpoint is given the profiles.
+func (t Tiered) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
+	withProfiles := func(eps []policy.Endpoint) []policy.Endpoint {
+		out := make([]policy.Endpoint, len(eps))
+		for i, ep := range eps {
+			ep.Profiles = t.ProfileNames()
+			out[i] = ep
+		}
+		return out
+	}
+	return install(set, t.Input(), withProfiles(all), withProfiles(local))
 }
 
 // Scale policies (issue 18): a cluster's worth of Kubernetes-style policies over workloads
