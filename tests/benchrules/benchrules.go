@@ -85,7 +85,7 @@ func portMatch(lo, hi uint16) string {
 // writes the programs' and the identities' entries into set. It returns the compiler (which
 // knows the rule ids) and the result (which holds the endpoints' programs).
 func (r Rules) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
-	return install(set, policy.Input{Policies: []datastore.Policy{r.Policy()}}, all, local)
+	return Install(set, policy.Input{Policies: []datastore.Policy{r.Policy()}}, all, local)
 }
 
 // Last is the rule the measured flow matches: the last ingress rule of Policy.
@@ -93,7 +93,16 @@ func (r Rules) Last() policy.RuleRef {
 	return policy.RuleRef{Policy: r.Policy().Key(), Direction: policy.Ingress, Index: r.N - 1}
 }
 
-func install(set *maps.Set, in policy.Input, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
+// AllowEgress is a policy that allows all egress of every workload. Beside Rules it gives the
+// client the egress program that the profiles of Tiered give it, with neither tiers nor
+// profiles.
+func AllowEgress() datastore.Policy {
+	return datastore.Policy{Version: datastore.CurrentVersion, Name: "bench-egress", Selector: "all()",
+		Types: []datastore.PolicyType{datastore.PolicyEgress}, Egress: []datastore.Rule{{Action: datastore.ActionAllow}}}
+}
+
+// Install is what Rules.Install and Tiered.Install do, for any input.
+func Install(set *maps.Set, in policy.Input, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
 	ps, err := policy.Build(in)
 	if err != nil {
 		return nil, nil, err
@@ -269,7 +278,7 @@ func (t Tiered) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Co
 		}
 		return out
 	}
-	return install(set, t.Input(), withProfiles(all), withProfiles(local))
+	return Install(set, t.Input(), withProfiles(all), withProfiles(local))
 }
 
 // Scale policies (issue 18): a cluster's worth of Kubernetes-style policies over workloads
