@@ -41,29 +41,38 @@ const (
 var wepAMAC = net.HardwareAddr{0x02, 0x00, 0xc6, 0x13, 0x00, 0x01} // the client's eth0
 var wepBMAC = net.HardwareAddr{0x02, 0x00, 0xc6, 0x13, 0x00, 0x02} // the server's eth0
 
-// bpfFixture is a namespace with the two workload veths and one dataplane per rule count (0: no
-// policy), each with the same routes and endpoints and its own policy maps. Test runs only read
-// the ifindex of the namespace, so the dataplanes share its interfaces.
+// bpfFixture is a namespace with the two workload veths and one dataplane per layout (always
+// one without policy), each with the same routes and endpoints and its own policy maps. Test
+// runs only read the ifindex of the namespace, so the dataplanes share its interfaces.
 type bpfFixture struct {
 	ns      *netns.NS
 	ifindex map[string]uint32
-	hosts   map[int]*margayHost // by rule count
+	hosts   map[layout]*margayHost
 }
 
-func newBPFFixture(tb testing.TB, counts []int) *bpfFixture {
+// flat is the layouts of the rule counts, in one policy each.
+func flat(counts []int) []layout {
+	out := make([]layout, len(counts))
+	for i, n := range counts {
+		out[i] = layout{rules: n}
+	}
+	return out
+}
+
+func newBPFFixture(tb testing.TB, layouts []layout) *bpfFixture {
 	tb.Helper()
-	f := &bpfFixture{ns: netns.New(tb, "mgpb"), ifindex: map[string]uint32{}, hosts: map[int]*margayHost{}}
+	f := &bpfFixture{ns: netns.New(tb, "mgpb"), ifindex: map[string]uint32{}, hosts: map[layout]*margayHost{}}
 	for _, name := range []string{wepA, wepB} {
 		netns.Veth(tb, f.ns, name, netns.New(tb, "mgpbpeer"), "eth0")
 		f.ns.SetMAC(tb, name, hostVethMAC.String())
 		f.ifindex[name] = uint32(f.ns.Link(tb, name).Attrs().Index)
 	}
-	for _, n := range append([]int{0}, counts...) {
+	for _, l := range append([]layout{{}}, layouts...) {
 		h := loadMargay(tb, f.ns)
-		h.install(tb, n,
+		h.install(tb, l,
 			maps.Endpoint{Ifindex: f.ifindex[wepA], IPv4: clientIP, MAC: wepAMAC},
 			maps.Endpoint{Ifindex: f.ifindex[wepB], IPv4: serverIP, MAC: wepBMAC})
-		f.hosts[n] = h
+		f.hosts[l] = h
 	}
 	return f
 }
@@ -71,7 +80,7 @@ func newBPFFixture(tb testing.TB, counts []int) *bpfFixture {
 // bpfCase is from_wep of one dataplane on one packet the client sends to the server.
 type bpfCase struct {
 	name    string
-	rules   int // which dataplane
+	dp      layout // which dataplane
 	packet  []byte
 	sport   uint16 // clientPort for established flows, clientPort+1 for first packets
 	dport   uint16
@@ -85,6 +94,9 @@ type bpfCase struct {
 	// baseline is the case this one is reported as a ratio to: the no-policy established flow
 	// measured with the same repeat.
 	baseline string
+	// flat, for a tiered layout, is the case of the same packet with the same rules in one
+	// policy: this one is also reported as the per-round ratio to it.
+	flat string
 }
 
 // TCP flags.
@@ -93,32 +105,43 @@ const (
 	tcpACK = 0x10
 )
 
-func (f *bpfFixture) cases(counts []int) []bpfCase {
+// cases are, for the layouts (none excepted, which every list has first): established flows
+// and denied first packets, run repeatPerCall times per call, against the no-policy established
+// flow; then allowed first packets, one run per call, against the no-policy established flow run
+// the same way. A tiered layout's case names as its flat the case of the flat layout with its
+// rule count and, with profiles, with benchrules.AllowEgress (which layouts must then hold): the
+// same rules and the same directions looked up, without tiers or profiles.
+func (f *bpfFixture) cases(layouts []layout) []bpfCase {
 	fwd, deny := loader.MargayReasonREASON_FWD_LOCAL, loader.MargayReasonREASON_DROP_POLICY_INGRESS
-	top := counts[len(counts)-1]
-	est := func(name string, n int, repeat uint32, calls int, baseline string) bpfCase {
-		port := portFor(n, top)
-		return bpfCase{name: name, rules: n, packet: tcpFrame(clientIP, serverIP, clientPort, port, tcpACK), sport: clientPort, dport: port,
-			verdict: tcActRedirect, reason: fwd, repeat: repeat, calls: calls, established: true, baseline: baseline}
+	top := 0
+	for _, l := range layouts {
+		top = max(top, l.rules)
 	}
-	cs := []bpfCase{est("established/none", 0, repeatPerCall, callsPerRound, "")}
-	for _, n := range counts {
-		cs = append(cs, est(fmt.Sprintf("established/rules=%d", n), n, repeatPerCall, callsPerRound, "established/none"))
-	}
-	for _, n := range counts {
-		cs = append(cs, bpfCase{name: fmt.Sprintf("first-denied/rules=%d", n), rules: n,
-			packet: tcpFrame(clientIP, serverIP, clientPort+1, deniedPort, tcpSYN), sport: clientPort + 1, dport: deniedPort,
-			verdict: tcActShot, reason: deny, repeat: repeatPerCall, calls: callsPerRound, baseline: "established/none"})
-	}
-	cs = append(cs, est("established-r1/none", 0, 1, singleCalls, ""))
-	for _, n := range append([]int{0}, counts...) {
-		name := fmt.Sprintf("first-allowed-r1/rules=%d", n)
-		if n == 0 {
-			name = "first-allowed-r1/none"
+	flatOf := func(kind string, l layout) string {
+		if l.tiers == 0 {
+			return ""
 		}
-		port := portFor(n, top)
-		cs = append(cs, bpfCase{name: name, rules: n, packet: tcpFrame(clientIP, serverIP, clientPort+1, port, tcpSYN), sport: clientPort + 1, dport: port,
-			verdict: tcActRedirect, reason: fwd, repeat: 1, calls: singleCalls, baseline: "established-r1/none"})
+		return kind + "/" + layout{rules: l.rules, egress: l.profiles > 0}.String()
+	}
+	est := func(kind string, l layout, repeat uint32, calls int, baseline string) bpfCase {
+		port := portFor(l.rules, top)
+		return bpfCase{name: kind + "/" + l.String(), dp: l, packet: tcpFrame(clientIP, serverIP, clientPort, port, tcpACK), sport: clientPort, dport: port,
+			verdict: tcActRedirect, reason: fwd, repeat: repeat, calls: calls, established: true, baseline: baseline, flat: flatOf(kind, l)}
+	}
+	cs := []bpfCase{est("established", layout{}, repeatPerCall, callsPerRound, "")}
+	for _, l := range layouts {
+		cs = append(cs, est("established", l, repeatPerCall, callsPerRound, "established/none"))
+	}
+	for _, l := range layouts {
+		cs = append(cs, bpfCase{name: "first-denied/" + l.String(), dp: l,
+			packet: tcpFrame(clientIP, serverIP, clientPort+1, deniedPort, tcpSYN), sport: clientPort + 1, dport: deniedPort,
+			verdict: tcActShot, reason: deny, repeat: repeatPerCall, calls: callsPerRound, baseline: "established/none", flat: flatOf("first-denied", l)})
+	}
+	cs = append(cs, est("established-r1", layout{}, 1, singleCalls, ""))
+	for _, l := range append([]layout{{}}, layouts...) {
+		port := portFor(l.rules, top)
+		cs = append(cs, bpfCase{name: "first-allowed-r1/" + l.String(), dp: l, packet: tcpFrame(clientIP, serverIP, clientPort+1, port, tcpSYN), sport: clientPort + 1, dport: port,
+			verdict: tcActRedirect, reason: fwd, repeat: 1, calls: singleCalls, baseline: "established-r1/none", flat: flatOf("first-allowed-r1", l)})
 	}
 	return cs
 }
@@ -135,21 +158,23 @@ func portFor(n, top int) uint16 {
 func (f *bpfFixture) ct(c bpfCase) (loader.MargayCtValue, error) {
 	k := ctKey(clientIP, c.sport, serverIP, c.dport)
 	var v loader.MargayCtValue
-	err := f.hosts[c.rules].dp.Maps().Conntrack.Lookup(&k, &v)
+	err := f.hosts[c.dp].dp.Maps().Conntrack.Lookup(&k, &v)
 	return v, err
 }
 
 func (f *bpfFixture) deleteCT(c bpfCase) error {
 	k := ctKey(clientIP, c.sport, serverIP, c.dport)
-	return f.hosts[c.rules].dp.Maps().Conntrack.Delete(&k)
+	return f.hosts[c.dp].dp.Maps().Conntrack.Delete(&k)
 }
 
 // check proves, before anything is timed, that c takes the intended path: one run returns the
 // intended verdict and counts the packet under the intended reason; an established flow has an
-// allowing entry (with policy, naming the last rule); a denied first packet leaves no entry.
+// allowing entry (with policy, naming the last rule, and the rule that allows the client's
+// egress where a policy governs it: for tiered layouts, the allow after every tier passed); a
+// denied first packet leaves no entry.
 func (f *bpfFixture) check(tb testing.TB, c bpfCase) {
 	tb.Helper()
-	h := f.hosts[c.rules]
+	h := f.hosts[c.dp]
 	a := f.ifindex[wepA]
 	if !c.established {
 		if _, err := f.ct(c); !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -179,8 +204,9 @@ func (f *bpfFixture) check(tb testing.TB, c bpfCase) {
 		}
 	case err != nil:
 		tb.Fatalf("%s: no conntrack entry after an allowed packet: %v", c.name, err)
-	case v.Verdict != loader.MargayCtVerdictCT_VERDICT_ALLOW || v.RuleIngress != h.lastRule:
-		tb.Fatalf("%s: conntrack verdict %d rule %d, want allow by rule %d (the last)", c.name, v.Verdict, v.RuleIngress, h.lastRule)
+	case v.Verdict != loader.MargayCtVerdictCT_VERDICT_ALLOW || v.RuleIngress != h.lastRule || v.RuleEgress != h.lastEgress:
+		tb.Fatalf("%s: conntrack verdict %d rules %d (ingress) and %d (egress), want allow by rules %d (the last) and %d",
+			c.name, v.Verdict, v.RuleIngress, v.RuleEgress, h.lastRule, h.lastEgress)
 	}
 	if !c.established && c.verdict != tcActShot {
 		if err := f.deleteCT(c); err != nil {
@@ -202,7 +228,7 @@ func (f *bpfFixture) round(tb testing.TB, cs []bpfCase, first int, scale int) []
 		for i := range cs {
 			j := (first + i) % len(cs)
 			c := cs[j]
-			prog := f.hosts[c.rules].dp.Programs().FromWep
+			prog := f.hosts[c.dp].dp.Programs().FromWep
 			calls := max(1, c.calls/scale)
 			var sum uint64
 			for range calls {
@@ -240,8 +266,49 @@ func (f *bpfFixture) round(tb testing.TB, cs []bpfCase, first int, scale int) []
 // run per call with the entry deleted between calls, against the no-policy established flow
 // measured the same way (one run per call includes the kernel's timer reads).
 func BenchmarkPolicyBPF(b *testing.B) {
-	f := newBPFFixture(b, ruleCounts)
-	cs := f.cases(ruleCounts)
+	benchBPF(b, flat(ruleCounts), "")
+}
+
+// Tiers and profiles measured by BenchmarkPolicyBPFTiers, at the largest rule count.
+var (
+	tierCounts    = []int{1, 10, 50}
+	profileCounts = []int{0, 1, 5}
+)
+
+// tiered is the layouts of n rules spread over each number of tiers and of profiles, after the
+// flat layouts of n rules they are compared with, without and with an egress policy.
+func tiered(n int, tiers, profiles []int) []layout {
+	out := []layout{{rules: n}, {rules: n, egress: true}}
+	for _, t := range tiers {
+		for _, p := range profiles {
+			out = append(out, layout{rules: n, tiers: t, profiles: p})
+		}
+	}
+	return out
+}
+
+// BenchmarkPolicyBPFTiers is BenchmarkPolicyBPF's measurement with the largest rule set spread
+// over 1, 10 and 50 tiers and then 0, 1 and 5 profiles (benchrules.Tiered: the measured flow
+// passes every tier, by a Pass rule or the tier's default action, and is allowed by the last
+// rule of the last profile, or of the last tier without profiles; the denied flow walks as far
+// and is denied at the end), beside the same rules in one policy, all in the same interleaved
+// rounds. Profiles, which every workload has, also give the client an egress program (the last
+// profile allows all egress): a first packet then looks up the client's egress as well. So the
+// flat rules are measured twice, alone and with a policy that allows all egress (rules=N,egress),
+// and each tiered case is also reported as the median, min and max over the rounds of its ratio
+// to the flat case of the same packet that looks up the same directions: the cost of tiers and
+// profiles themselves.
+func BenchmarkPolicyBPFTiers(b *testing.B) {
+	n := ruleCounts[len(ruleCounts)-1]
+	benchBPF(b, tiered(n, tierCounts, profileCounts), fmt.Sprintf("%d rules; ", n))
+}
+
+// benchBPF checks and measures the cases of the layouts in bpfRounds interleaved rounds and
+// reports each case's median and range, its ratio to its baseline and, for tiered layouts, to
+// the flat case.
+func benchBPF(b *testing.B, layouts []layout, title string) {
+	f := newBPFFixture(b, layouts)
+	cs := f.cases(layouts)
 	for _, c := range cs {
 		f.check(b, c)
 	}
@@ -249,28 +316,56 @@ func BenchmarkPolicyBPF(b *testing.B) {
 	for r := range bpfRounds {
 		rounds = append(rounds, f.round(b, cs, r, 1))
 	}
-	byName := map[string]stats{}
+	index := map[string]int{}
 	for i, c := range cs {
+		index[c.name] = i
+	}
+	column := func(i int) []float64 {
 		v := make([]float64, len(rounds))
 		for r := range rounds {
 			v[r] = rounds[r][i]
 		}
-		byName[c.name] = summarize(v)
+		return v
+	}
+	perRoundRatio := func(i, j int) []float64 {
+		v := make([]float64, len(rounds))
+		for r := range rounds {
+			v[r] = rounds[r][i] / rounds[r][j]
+		}
+		return v
+	}
+	tiers := false
+	for _, c := range cs {
+		tiers = tiers || c.flat != ""
+	}
+	width := 28
+	for _, c := range cs {
+		width = max(width, len(c.name))
 	}
 	var table strings.Builder
-	fmt.Fprintf(&table, "%-28s %10s %10s %10s %8s  (%d rounds)\n", "case", "ns/pkt", "min", "max", "ratio", bpfRounds)
-	for _, c := range cs {
-		s := byName[c.name]
+	fmt.Fprintf(&table, "%-*s %10s %10s %10s %8s", width, "case", "ns/pkt", "min", "max", "ratio")
+	if tiers {
+		fmt.Fprintf(&table, " %20s", "x flat (min-max)")
+	}
+	fmt.Fprintf(&table, "  (%d rounds)\n", bpfRounds)
+	for i, c := range cs {
+		s := summarize(column(i))
 		m := map[string]float64{"ns/pkt": s.med, "min_ns/pkt": s.min, "max_ns/pkt": s.max}
 		ratio := 1.0
 		if c.baseline != "" {
-			ratio = s.med / byName[c.baseline].med
+			ratio = s.med / summarize(column(index[c.baseline])).med
 			m["x_"+strings.Split(c.baseline, "/")[0]] = ratio
 		}
-		fmt.Fprintf(&table, "%-28s %10.1f %10.1f %10.1f %8.2f\n", c.name, s.med, s.min, s.max, ratio)
+		fmt.Fprintf(&table, "%-*s %10.1f %10.1f %10.1f %8.2f", width, c.name, s.med, s.min, s.max, ratio)
+		if c.flat != "" {
+			r := summarize(perRoundRatio(i, index[c.flat]))
+			m["x_flat"], m["min_x_flat"], m["max_x_flat"] = r.med, r.min, r.max
+			fmt.Fprintf(&table, " %8.2f (%.2f-%.2f)", r.med, r.min, r.max)
+		}
+		table.WriteString("\n")
 		report(b, c.name, m)
 	}
-	fmt.Fprintf(os.Stdout, "from_wep per packet, medians; ratio to the no-policy established flow of the same repeat:\n%s", table.String())
+	fmt.Fprintf(os.Stdout, "from_wep per packet, medians; %sratio to the no-policy established flow of the same repeat:\n%s", title, table.String())
 }
 
 // tcpFrame is a 64-byte Ethernet/IPv4/TCP frame from the client's eth0 to the host veth, with

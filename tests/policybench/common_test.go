@@ -2,12 +2,14 @@ package policybench_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"testing"
 
+	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/policy"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
@@ -55,6 +57,59 @@ func benchRules(n int) benchrules.Rules {
 	return benchrules.Rules{N: n, Base: ruleBase, BasePort: basePort, LastNet: clientNet, LastLo: allowedPort(n), LastHi: allowedPort(n)}
 }
 
+// layout is the policy of a dataplane: none (rules 0), the n rules of benchRules in one policy
+// (tiers 0; with egress, and benchrules.AllowEgress beside it), or the same n rules spread over
+// tiers and then profiles (benchrules.Tiered).
+type layout struct {
+	rules, tiers, profiles int
+	egress                 bool
+}
+
+func (l layout) String() string {
+	switch {
+	case l.rules == 0:
+		return "none"
+	case l.tiers == 0 && l.egress:
+		return fmt.Sprintf("rules=%d,egress", l.rules)
+	case l.tiers == 0:
+		return fmt.Sprintf("rules=%d", l.rules)
+	}
+	return fmt.Sprintf("rules=%d,tiers=%d,profiles=%d", l.rules, l.tiers, l.profiles)
+}
+
+// flatEgress is benchRules with benchrules.AllowEgress.
+type flatEgress struct{ benchrules.Rules }
+
+func (r flatEgress) Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error) {
+	return benchrules.Install(set, policy.Input{Policies: []datastore.Policy{r.Policy(), benchrules.AllowEgress()}}, all, local)
+}
+
+func (r flatEgress) LastEgress() (policy.RuleRef, bool) {
+	return policy.RuleRef{Policy: benchrules.AllowEgress().Key(), Direction: policy.Egress}, true
+}
+
+// ruleSet is a rule set as a dataplane installs it.
+type ruleSet interface {
+	Install(set *maps.Set, all, local []policy.Endpoint) (*policy.Compiler, *policy.Result, error)
+	// Last is the rule that allows the measured flow.
+	Last() policy.RuleRef
+}
+
+// egressRuleSet is a rule set that also governs the client's egress.
+type egressRuleSet interface {
+	LastEgress() (policy.RuleRef, bool)
+}
+
+func (l layout) ruleSet() ruleSet {
+	switch {
+	case l.tiers == 0 && l.egress:
+		return flatEgress{benchRules(l.rules)}
+	case l.tiers == 0:
+		return benchRules(l.rules)
+	}
+	return benchrules.Tiered{Rules: benchRules(l.rules), Tiers: l.tiers, Profiles: l.profiles}
+}
+
 // margayHost is a loaded dataplane with the client and the server as its workloads.
 type margayHost struct {
 	ns   *netns.NS
@@ -62,9 +117,10 @@ type margayHost struct {
 	set  *maps.Set
 	root string
 	// lastRule is the rule id of the last rule (0 without policy): the one the flow matches.
-	lastRule uint32
-	server   maps.Endpoint
-	client   maps.Endpoint
+	// lastEgress is that of the rule that allows the client's egress (0: no policy governs it).
+	lastRule, lastEgress uint32
+	server               maps.Endpoint
+	client               maps.Endpoint
 }
 
 // loadMargay loads a dataplane into a private bpffs. Its cleanup also removes any link pinned
@@ -86,9 +142,9 @@ func loadMargay(tb testing.TB, ns *netns.NS) *margayHost {
 	return &margayHost{ns: ns, dp: dp, set: maps.FromDataplane(dp), root: root}
 }
 
-// install writes what the agent would for the two workloads: their routes and endpoints and, for
-// n > 0, the n-rule policy compiled as the agent compiles it.
-func (h *margayHost) install(tb testing.TB, n int, client, server maps.Endpoint) {
+// install writes what the agent would for the two workloads: their routes and endpoints and,
+// with rules, the layout's policy compiled as the agent compiles it.
+func (h *margayHost) install(tb testing.TB, l layout, client, server maps.Endpoint) {
 	tb.Helper()
 	routes := []maps.Route{
 		{Prefix: hostBlock, Flags: maps.LocalBlock | maps.InPool},
@@ -100,27 +156,43 @@ func (h *margayHost) install(tb testing.TB, n int, client, server maps.Endpoint)
 			tb.Fatal(err)
 		}
 	}
-	if n > 0 {
+	if l.rules > 0 {
 		eps := []policy.Endpoint{
 			{Key: "bench/client", Node: "bench", Addr: client.IPv4, Labels: map[string]string{}},
 			{Key: "bench/server", Node: "bench", Addr: server.IPv4, Labels: map[string]string{}},
 		}
-		c, res, err := benchRules(n).Install(h.set, eps, eps)
+		rs := l.ruleSet()
+		c, res, err := rs.Install(h.set, eps, eps)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		client.IngressProgram, client.EgressProgram = res.Endpoints[client.IPv4].Ingress, res.Endpoints[client.IPv4].Egress
 		server.IngressProgram, server.EgressProgram = res.Endpoints[server.IPv4].Ingress, res.Endpoints[server.IPv4].Egress
 		if server.IngressProgram == 0 {
-			tb.Fatalf("%d rules: the server has no ingress program", n)
+			tb.Fatalf("%v: the server has no ingress program", l)
+		}
+		egress, hasEgress := policy.RuleRef{}, false
+		if e, ok := rs.(egressRuleSet); ok {
+			egress, hasEgress = e.LastEgress()
+		}
+		if hasEgress != (client.EgressProgram != 0) {
+			tb.Fatalf("%v: the client's egress program is %d, want one: %v", l, client.EgressProgram, hasEgress)
 		}
 		for id, ref := range c.Rules() {
-			if ref.Direction == policy.Ingress && ref.Index == n-1 {
+			switch ref {
+			case rs.Last():
 				h.lastRule = id
+			case egress:
+				if hasEgress {
+					h.lastEgress = id
+				}
 			}
 		}
 		if h.lastRule == 0 {
-			tb.Fatalf("%d rules: no rule id for the last rule", n)
+			tb.Fatalf("%v: no rule id for the last rule", l)
+		}
+		if hasEgress && h.lastEgress == 0 {
+			tb.Fatalf("%v: no rule id for the egress rule", l)
 		}
 	}
 	for _, ep := range []maps.Endpoint{client, server} {

@@ -86,7 +86,7 @@ func newTopology(tb testing.TB, mode string, n int) *topology {
 		// FORWARD drops everything: traffic that does not take the eBPF path does not arrive.
 		t.host.IPTablesRestore(tb, benchrules.ForwardDrop)
 		t.margay = loadMargay(tb, t.host)
-		t.margay.install(tb, n,
+		t.margay.install(tb, layout{rules: n},
 			maps.Endpoint{Ifindex: t.ifindex[wepA], IPv4: clientIP, MAC: macs[wepA]},
 			maps.Endpoint{Ifindex: t.ifindex[wepB], IPv4: serverIP, MAC: macs[wepB]})
 		err := t.host.Do(func() error {
@@ -317,8 +317,19 @@ func TestPolicyBenchSetup(t *testing.T) {
 		})
 	}
 	t.Run("bpf", func(t *testing.T) {
-		f := newBPFFixture(t, []int{setupRules})
-		cs := f.cases([]int{setupRules})
+		f := newBPFFixture(t, flat([]int{setupRules}))
+		cs := f.cases(flat([]int{setupRules}))
+		for _, c := range cs {
+			f.check(t, c)
+		}
+		if r := f.round(t, cs, 0, 1000); len(r) != len(cs) {
+			t.Fatalf("round measured %d cases, want %d", len(r), len(cs))
+		}
+	})
+	t.Run("bpf-tiers", func(t *testing.T) {
+		layouts := tiered(setupRules, []int{1, 3}, []int{0, 2})
+		f := newBPFFixture(t, layouts)
+		cs := f.cases(layouts)
 		for _, c := range cs {
 			f.check(t, c)
 		}
