@@ -48,6 +48,7 @@ type bpfFixture struct {
 	ns      *netns.NS
 	ifindex map[string]uint32
 	hosts   map[layout]*margayHost
+	slices  int // of each case's calls in a round (see round); 0 or 1: one
 }
 
 // flat is the layouts of the rule counts, in one policy each.
@@ -218,44 +219,66 @@ func (f *bpfFixture) check(tb testing.TB, c bpfCase) {
 // round measures every case for its calls×repeat runs, one after the other, starting with case
 // number first%len(cs) so that none always runs first. It returns ns per run in the order of cs.
 // Every call's verdict is checked, and an allowed first packet's conntrack entry must be there
-// to delete after each call. scale divides every case's calls, for a quick run in a test.
+// to delete after each call. scale divides every case's calls, for a quick run in a test. With
+// f.slices > 1 each case's calls are split into that many slices, and the round runs every
+// case's first slice, then every case's second (starting one case further), and so on: the
+// machine's drift within a round then falls on all the cases alike.
 func (f *bpfFixture) round(tb testing.TB, cs []bpfCase, first int, scale int) []float64 {
 	tb.Helper()
-	out := make([]float64, len(cs))
+	parts := max(1, f.slices)
+	sums := make([]uint64, len(cs))
+	counts := make([]int, len(cs))
 	a := f.ifindex[wepA]
 	ctx := bpfbench.SKBContext(a)
 	err := f.ns.Do(func() error {
-		for i := range cs {
-			j := (first + i) % len(cs)
-			c := cs[j]
-			prog := f.hosts[c.dp].dp.Programs().FromWep
-			calls := max(1, c.calls/scale)
-			var sum uint64
-			for range calls {
-				verdict, ns, err := bpfbench.Run(prog, c.packet, ctx, c.repeat)
+		for k := range parts {
+			for i := range cs {
+				j := (first + k + i) % len(cs)
+				c := cs[j]
+				calls := max(1, c.calls/scale)
+				n := calls*(k+1)/parts - calls*k/parts
+				sum, err := f.calls(c, ctx, n)
 				if err != nil {
-					return fmt.Errorf("%s: %w", c.name, err)
+					return err
 				}
-				if verdict != c.verdict {
-					return fmt.Errorf("%s: verdict %d after %d runs, want %d", c.name, verdict, c.repeat, c.verdict)
-				}
-				if !c.established && c.verdict != tcActShot {
-					if err := f.deleteCT(c); err != nil {
-						return fmt.Errorf("%s: delete the conntrack entry the packet made: %w", c.name, err)
-					}
-				}
-				sum += uint64(ns)
+				sums[j] += sum
+				counts[j] += n
 			}
-			// The kernel rounds each call's mean down to whole nanoseconds: half a
-			// nanosecond lost on average.
-			out[j] = float64(sum)/float64(calls) + 0.5
 		}
 		return nil
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	out := make([]float64, len(cs))
+	for j := range cs {
+		// The kernel rounds each call's mean down to whole nanoseconds: half a nanosecond lost
+		// on average.
+		out[j] = float64(sums[j])/float64(counts[j]) + 0.5
+	}
 	return out
+}
+
+// calls makes n test runs of case c, repeat runs each, and returns the sum of their ns per run.
+func (f *bpfFixture) calls(c bpfCase, ctx []byte, n int) (uint64, error) {
+	prog := f.hosts[c.dp].dp.Programs().FromWep
+	var sum uint64
+	for range n {
+		verdict, ns, err := bpfbench.Run(prog, c.packet, ctx, c.repeat)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", c.name, err)
+		}
+		if verdict != c.verdict {
+			return 0, fmt.Errorf("%s: verdict %d after %d runs, want %d", c.name, verdict, c.repeat, c.verdict)
+		}
+		if !c.established && c.verdict != tcActShot {
+			if err := f.deleteCT(c); err != nil {
+				return 0, fmt.Errorf("%s: delete the conntrack entry the packet made: %w", c.name, err)
+			}
+		}
+		sum += uint64(ns)
+	}
+	return sum, nil
 }
 
 // BenchmarkPolicyBPF: from_wep on the client's veth, a TCP packet to a workload on the same host
@@ -266,14 +289,18 @@ func (f *bpfFixture) round(tb testing.TB, cs []bpfCase, first int, scale int) []
 // run per call with the entry deleted between calls, against the no-policy established flow
 // measured the same way (one run per call includes the kernel's timer reads).
 func BenchmarkPolicyBPF(b *testing.B) {
-	benchBPF(b, flat(ruleCounts), "")
+	benchBPF(b, flat(ruleCounts), "", 1)
 }
 
-// Tiers and profiles measured by BenchmarkPolicyBPFTiers, at the largest rule count.
+// Tiers and profiles measured by BenchmarkPolicyBPFTiers, at the largest rule count, and the
+// slices it cuts each case's calls into in a round: it compares cases whose differences are
+// smaller than this machine's drift over a round of one block per case.
 var (
 	tierCounts    = []int{1, 10, 50}
 	profileCounts = []int{0, 1, 5}
 )
+
+const tierSlices = 10
 
 // tiered is the layouts of n rules spread over each number of tiers and of profiles, after the
 // flat layouts of n rules they are compared with, without and with an egress policy.
@@ -300,14 +327,15 @@ func tiered(n int, tiers, profiles []int) []layout {
 // profiles themselves.
 func BenchmarkPolicyBPFTiers(b *testing.B) {
 	n := ruleCounts[len(ruleCounts)-1]
-	benchBPF(b, tiered(n, tierCounts, profileCounts), fmt.Sprintf("%d rules; ", n))
+	benchBPF(b, tiered(n, tierCounts, profileCounts), fmt.Sprintf("%d rules, %d slices a round; ", n, tierSlices), tierSlices)
 }
 
-// benchBPF checks and measures the cases of the layouts in bpfRounds interleaved rounds and
-// reports each case's median and range, its ratio to its baseline and, for tiered layouts, to
-// the flat case.
-func benchBPF(b *testing.B, layouts []layout, title string) {
+// benchBPF checks and measures the cases of the layouts in bpfRounds interleaved rounds, each
+// case's calls in a round cut into slices (see round), and reports each case's median and
+// range, its ratio to its baseline and, for tiered layouts, to the flat case.
+func benchBPF(b *testing.B, layouts []layout, title string, slices int) {
 	f := newBPFFixture(b, layouts)
+	f.slices = slices
 	cs := f.cases(layouts)
 	for _, c := range cs {
 		f.check(b, c)

@@ -329,6 +329,7 @@ func TestPolicyBenchSetup(t *testing.T) {
 	t.Run("bpf-tiers", func(t *testing.T) {
 		layouts := tiered(setupRules, []int{1, 3}, []int{0, 2})
 		f := newBPFFixture(t, layouts)
+		f.slices = tierSlices
 		cs := f.cases(layouts)
 		for _, c := range cs {
 			f.check(t, c)
