@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -353,6 +355,36 @@ func (w *Workload) Del() error {
 func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	c.tb.Helper()
 	return c.StartWorkload(h, name)()
+}
+
+// EditRecord changes the workload's record in ds as an orchestrator would: the CNI plugin writes
+// neither namespace nor labels, profiles or named ports. edit gets the record as stored; it is
+// written back by compare-and-swap, read and edited again after a conflict.
+func (w *Workload) EditRecord(tb testing.TB, ds *datastore.Client, edit func(*datastore.Workload)) {
+	tb.Helper()
+	ctx := tb.Context()
+	want := netip.PrefixFrom(w.IP, 32)
+	for attempt := 0; ; attempt++ {
+		items, _, err := ds.AllWorkloads().List(ctx)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		i := slices.IndexFunc(items, func(it datastore.Item[datastore.Workload]) bool {
+			return slices.Contains(it.Value.IPv4, want)
+		})
+		if i < 0 {
+			tb.Fatalf("no workload record holds %s (%s)", w.IP, w.Name)
+		}
+		v := items[i].Value
+		edit(&v)
+		_, err = ds.Workloads(v.Node).Update(ctx, v.ID, v, items[i].ModRevision)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, datastore.ErrConflict) || attempt > 5 {
+			tb.Fatalf("edit the record of %s: %v", w.Name, err)
+		}
+	}
 }
 
 // WaitProgrammed waits until the workload's host agent has programmed it: its endpoint in the

@@ -31,29 +31,7 @@ import (
 // would: the CNI plugin writes none.
 func setWorkloadLabels(t *testing.T, ds *datastore.Client, w *cluster.Workload, namespace string, labels map[string]string) {
 	t.Helper()
-	ctx := t.Context()
-	want := netip.PrefixFrom(w.IP, 32)
-	for attempt := 0; ; attempt++ {
-		items, _, err := ds.AllWorkloads().List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := slices.IndexFunc(items, func(it datastore.Item[datastore.Workload]) bool {
-			return slices.Contains(it.Value.IPv4, want)
-		})
-		if i < 0 {
-			t.Fatalf("no workload record holds %s (%s)", w.IP, w.Name)
-		}
-		v := items[i].Value
-		v.Namespace, v.Labels = namespace, labels
-		_, err = ds.Workloads(v.Node).Update(ctx, v.ID, v, items[i].ModRevision)
-		if err == nil {
-			return
-		}
-		if !errors.Is(err, datastore.ErrConflict) || attempt > 5 {
-			t.Fatalf("label %s: %v", w.Name, err)
-		}
-	}
+	w.EditRecord(t, ds, func(v *datastore.Workload) { v.Namespace, v.Labels = namespace, labels })
 }
 
 // workloadRecord returns the datastore record of w.
