@@ -140,34 +140,40 @@ func checkAllowed(t *testing.T, f policytest.Flow, from, to *cluster.Workload) {
 
 // checkDenied requires a connection of the flow, tried once the policies are in force, to time
 // out (a policy drop is silent), and the host the reference names to count a policy drop of the
-// denying direction meanwhile: the sender's for egress, the receiver's for ingress. The connect
-// waits less than the SYN's first retransmission, so one SYN is sent and dropped.
+// denying direction meanwhile: the sender's for egress, the receiver's for ingress. The first
+// connect waits less than the SYN's first retransmission, so one SYN is sent and dropped; when no
+// drop was counted (a loaded machine may stall the dialer past its deadline before the SYN goes),
+// it is tried again, longer. A try that connects fails the check at once.
 func checkDenied(t *testing.T, f policytest.Flow, from, to *cluster.Workload, dir policy.Direction) {
 	t.Helper()
 	host, reason := from.Host, "DROP_POLICY_EGRESS"
 	if dir == policy.Ingress {
 		host, reason = to.Host, "DROP_POLICY_INGRESS"
 	}
-	before := dataplaneDrops(t, host, reason)
-	err := tcpProbe(from, to, 0, f.Port, 750*time.Millisecond)
-	var ne net.Error
-	switch {
-	case err == nil:
-		t.Errorf("%s → %s:%d is denied (%s), but it connected", f.From, f.To, f.Port, dir)
-		return
-	case !errors.As(err, &ne) || !ne.Timeout():
-		t.Errorf("%s → %s:%d is denied (%s), and failed, but not by a timeout as a drop makes it: %v", f.From, f.To, f.Port, dir, err)
-	}
-	var after float64
-	if err := poll.For(5*time.Second, func() error {
-		if after = dataplaneDrops(t, host, reason); after <= before {
-			return errors.New("not counted")
+	var before, after float64
+	for _, timeout := range []time.Duration{750 * time.Millisecond, 1500 * time.Millisecond, 3 * time.Second} {
+		before = dataplaneDrops(t, host, reason)
+		err := tcpProbe(from, to, 0, f.Port, timeout)
+		var ne net.Error
+		switch {
+		case err == nil:
+			t.Errorf("%s → %s:%d is denied (%s), but it connected", f.From, f.To, f.Port, dir)
+			return
+		case !errors.As(err, &ne) || !ne.Timeout():
+			t.Errorf("%s → %s:%d is denied (%s), and failed, but not by a timeout as a drop makes it: %v", f.From, f.To, f.Port, dir, err)
+			return
 		}
-		return nil
-	}); err != nil {
-		t.Errorf("%s → %s:%d is denied (%s) and did not connect, but %s counted no %s (%v before, %v after)",
-			f.From, f.To, f.Port, dir, host.Name, reason, before, after)
+		if poll.For(2*time.Second, func() error {
+			if after = dataplaneDrops(t, host, reason); after <= before {
+				return errors.New("not counted")
+			}
+			return nil
+		}) == nil {
+			return
+		}
 	}
+	t.Errorf("%s → %s:%d is denied (%s) and did not connect, but %s counted no %s for it (%v before the last try, %v after)",
+		f.From, f.To, f.Port, dir, host.Name, reason, before, after)
 }
 
 // policyState is what is in force: the names of the tiers, profiles and policies written, with
