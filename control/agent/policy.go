@@ -106,7 +106,7 @@ type policyEngine struct {
 }
 
 // filled are the items (name -> ModRevision) of a fill.
-type filled struct{ policies, tiers, profiles map[string]int64 }
+type filled struct{ policies, tiers, profiles, workloads map[string]int64 }
 
 // values lists the values of m by key.
 func values[T any](m map[string]T) []T {
@@ -120,9 +120,12 @@ func values[T any](m map[string]T) []T {
 // PolicyStatus is what /policy serves: the policies, tiers and profiles the dataplane enforces,
 // by the datastore revision of each (policies by Policy.Key), as of the last successful pass.
 type PolicyStatus struct {
-	Policies   map[string]int64 `json:"policies"`
-	Tiers      map[string]int64 `json:"tiers"`
-	Profiles   map[string]int64 `json:"profiles"`
+	Policies map[string]int64 `json:"policies"`
+	Tiers    map[string]int64 `json:"tiers"`
+	Profiles map[string]int64 `json:"profiles"`
+	// Workloads are the workload records ("<node>/<id>") whose labels, profiles and ports the
+	// policy in force was compiled with.
+	Workloads  map[string]int64 `json:"workloads"`
 	Rules      int              `json:"rules"`
 	Programs   int              `json:"programs"`
 	Identities int              `json:"identities"`
@@ -154,7 +157,8 @@ func newPolicyEngine(log *slog.Logger, maxRules uint32, failsafe map[maps.Failsa
 		}}
 	empty := map[uint32]policy.RuleRef{}
 	e.rules.Store(&empty)
-	e.status.Store(&PolicyStatus{Policies: map[string]int64{}, Tiers: map[string]int64{}, Profiles: map[string]int64{}})
+	e.status.Store(&PolicyStatus{Policies: map[string]int64{}, Tiers: map[string]int64{}, Profiles: map[string]int64{},
+		Workloads: map[string]int64{}})
 	reg.MustRegister(e.m.policies, e.m.compileErrors, e.m.compile, e.m.ctEntries, e.m.ctExpired)
 	return e
 }
@@ -179,7 +183,10 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	if policiesChanged {
 		set, err = policy.Build(policy.Input{Policies: values(v.policies), Tiers: values(v.tiers), Profiles: values(v.profiles)})
 	}
-	var res *policy.Result
+	var (
+		res     *policy.Result
+		changes []policy.Change
+	)
 	if err == nil {
 		changed := stdmaps.Clone(v.changed[kindWorkloads])
 		if len(v.changed[kindProfiles]) > 0 && !allWorkloads {
@@ -193,7 +200,7 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 		if allWorkloads {
 			keys = sortedKeys(v.workloads)
 		}
-		changes := make([]policy.Change, 0, len(keys))
+		changes = make([]policy.Change, 0, len(keys))
 		for _, key := range keys {
 			ch := policy.Change{Key: key}
 			if w, ok := v.workloads[key]; ok {
@@ -234,8 +241,23 @@ func (e *policyEngine) fill(v *view, s *dataplane.State) {
 	e.lastEPs = res.Endpoints
 	e.publishRules(policiesChanged)
 	if policiesChanged {
-		e.filled = filled{policies: stdmaps.Clone(v.revisions[kindPolicies]), tiers: stdmaps.Clone(v.revisions[kindTiers]),
-			profiles: stdmaps.Clone(v.revisions[kindProfiles])}
+		e.filled.policies = stdmaps.Clone(v.revisions[kindPolicies])
+		e.filled.tiers = stdmaps.Clone(v.revisions[kindTiers])
+		e.filled.profiles = stdmaps.Clone(v.revisions[kindProfiles])
+	}
+	// The workloads compiled: a new map (readers hold the old one) of the records' revisions.
+	if allWorkloads || e.filled.workloads == nil {
+		e.filled.workloads = stdmaps.Clone(v.revisions[kindWorkloads])
+	} else if len(changes) > 0 {
+		ws := stdmaps.Clone(e.filled.workloads)
+		for _, ch := range changes {
+			if rev, ok := v.revisions[kindWorkloads][ch.Key]; ok {
+				ws[ch.Key] = rev
+			} else {
+				delete(ws, ch.Key)
+			}
+		}
+		e.filled.workloads = ws
 	}
 	if res.Delta != nil {
 		e.complete(v, s, false, res.Delta.Endpoints)
@@ -299,7 +321,8 @@ func (e *policyEngine) applied(s dataplane.State) {
 	e.compiler.Retain(s.Policy.Programs, s.Policy.Identities)
 	e.publishRules(false)
 	e.status.Store(&PolicyStatus{Policies: e.filled.policies, Tiers: e.filled.tiers, Profiles: e.filled.profiles,
-		Rules: len(*e.rules.Load()), Programs: len(s.Policy.Programs),
+		Workloads: e.filled.workloads,
+		Rules:     len(*e.rules.Load()), Programs: len(s.Policy.Programs),
 		Identities: len(s.Policy.Identities)})
 }
 

@@ -44,14 +44,18 @@ func TestCalicoExamples(t *testing.T) {
 		waits[i] = c.StartWorkload(hosts[w.Host], w.Name)
 	}
 	wls := map[string]*cluster.Workload{}
+	revs := map[string]int64{}
 	for i, w := range policytest.World {
 		cw := waits[i]()
-		cw.EditRecord(t, c.DS, func(v *datastore.Workload) {
+		key, rev := cw.EditRecord(t, c.DS, func(v *datastore.Workload) {
 			v.Namespace, v.Labels, v.Profiles, v.Ports = w.Namespace, stdmaps.Clone(w.Labels), slices.Clone(w.Profiles), slices.Clone(w.Ports)
 		})
+		revs[key] = rev
 		echoServers(t, cw, policytest.Ports, nil)
 		wls[w.Name] = cw
 	}
+	// Every agent must have compiled the records as edited: the examples' verdicts depend on them.
+	cluster.WaitCompiled(t, hosts, revs)
 
 	var inForce policyState
 	// Baseline: net1 alone (it allows everything), and every workload reaches every other once

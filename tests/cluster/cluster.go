@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/margaynet/margay/control/agentapi"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/control/datastore/etcdembed"
@@ -357,10 +359,39 @@ func (c *Cluster) AddWorkload(h *Host, name string) *Workload {
 	return c.StartWorkload(h, name)()
 }
 
+// WaitCompiled waits until the agent of every host reports (on /policy) that the policy in force
+// was compiled with each of the workload records at least at the given revision (key:
+// "<node>/<id>", as EditRecord returns): its labels, profiles and named ports count.
+func WaitCompiled(tb testing.TB, hosts []*Host, revs map[string]int64) {
+	tb.Helper()
+	for _, h := range hosts {
+		poll.Until(tb, "the agent of "+h.Name+" compiles the workload records", 60*time.Second, func() error {
+			code, body, err := h.Get(agentapi.PathPolicy)
+			if err != nil {
+				return err
+			}
+			var st struct {
+				Workloads map[string]int64 `json:"workloads"`
+			}
+			if code != 200 || json.Unmarshal([]byte(body), &st) != nil {
+				return fmt.Errorf("/policy: %d %s", code, body)
+			}
+			for key, rev := range revs {
+				if st.Workloads[key] < rev {
+					return fmt.Errorf("workload %s at revision %d, want %d", key, st.Workloads[key], rev)
+				}
+			}
+			return nil
+		})
+	}
+}
+
 // EditRecord changes the workload's record in ds as an orchestrator would: the CNI plugin writes
 // neither namespace nor labels, profiles or named ports. edit gets the record as stored; it is
 // written back by compare-and-swap, read and edited again after a conflict.
-func (w *Workload) EditRecord(tb testing.TB, ds *datastore.Client, edit func(*datastore.Workload)) {
+//
+// It returns the record's key ("<node>/<id>") and its new revision, for WaitCompiled.
+func (w *Workload) EditRecord(tb testing.TB, ds *datastore.Client, edit func(*datastore.Workload)) (string, int64) {
 	tb.Helper()
 	ctx := tb.Context()
 	want := netip.PrefixFrom(w.IP, 32)
@@ -377,9 +408,9 @@ func (w *Workload) EditRecord(tb testing.TB, ds *datastore.Client, edit func(*da
 		}
 		v := items[i].Value
 		edit(&v)
-		_, err = ds.Workloads(v.Node).Update(ctx, v.ID, v, items[i].ModRevision)
+		rev, err := ds.Workloads(v.Node).Update(ctx, v.ID, v, items[i].ModRevision)
 		if err == nil {
-			return
+			return items[i].Name, rev
 		}
 		if !errors.Is(err, datastore.ErrConflict) || attempt > 5 {
 			tb.Fatalf("edit the record of %s: %v", w.Name, err)

@@ -31,7 +31,7 @@ import (
 // would: the CNI plugin writes none.
 func setWorkloadLabels(t *testing.T, ds *datastore.Client, w *cluster.Workload, namespace string, labels map[string]string) {
 	t.Helper()
-	w.EditRecord(t, ds, func(v *datastore.Workload) { v.Namespace, v.Labels = namespace, labels })
+	_, _ = w.EditRecord(t, ds, func(v *datastore.Workload) { v.Namespace, v.Labels = namespace, labels })
 }
 
 // workloadRecord returns the datastore record of w.
