@@ -464,3 +464,48 @@ spec:
 		t.Error("an unselected pod is cut off")
 	}
 }
+
+// TestNetworkPolicyNamedPorts: a named port is the selected pod's port for ingress and the peer
+// pod's for egress, as Kubernetes means it (the pods' container ports, which margay-cni records).
+func TestNetworkPolicyNamedPorts(t *testing.T) {
+	c := newCluster(t)
+	web2, db, tool := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("10.0.1.2")
+	c.world.Endpoints[web2].Ports = []datastore.EndpointPort{{Name: "http", Protocol: 6, Port: 8080}}
+	c.world.Endpoints[db].Ports = []datastore.EndpointPort{{Name: "metrics", Protocol: 6, Port: 9090}, {Name: "http", Protocol: 6, Port: 8081}}
+	var ps []datastore.Policy
+	for _, doc := range []string{`
+metadata: {name: web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: http}]}]`, `
+metadata: {name: tool, namespace: dev}
+spec:
+  podSelector: {matchLabels: {app: tool}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: metrics}]}]`} {
+		p, err := PolicyFromNetworkPolicy(np(t, doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	set, err := policy.NewSet(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct {
+		src, dst netip.Addr
+		port     uint16
+		want     bool
+	}{
+		{db, web2, 8080, true},    // web-2's http
+		{db, web2, 8081, false},   // db's http, not web-2's
+		{tool, db, 9090, true},    // db's metrics
+		{tool, db, 8081, false},   // not a metrics port
+		{tool, web2, 9090, false}, // web-2 has no metrics port
+	} {
+		if got, _ := set.Allowed(c.world, policy.Flow{Src: f.src, Dst: f.dst, Proto: 6, SrcPort: 40000, DstPort: f.port}); got != f.want {
+			t.Errorf("tcp %v -> %v:%d: allowed=%v, want %v", f.src, f.dst, f.port, got, f.want)
+		}
+	}
+}
