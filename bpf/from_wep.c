@@ -36,7 +36,7 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		return verdict;
 
 	/* A packet eBPF may forward finds its flow first: an established one carries its route. */
-	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns());
+	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns(), ifindex, HOOK_FROM_WEP);
 	if (ipv4_forwardable(pkt.ip))
 		flow_parse(&fc, pkt.ip, (void *)(long)skb->data_end);
 

@@ -92,7 +92,7 @@ static __always_inline int nf_policy_handle(struct bpf_nf_ctx *ctx, __u32 *ifind
 		*reason = REASON_DROP_MALFORMED;
 		return NF_DROP;
 	}
-	flow_ctx_init(&fc, bpf_ktime_get_ns());
+	flow_ctx_init(&fc, bpf_ktime_get_ns(), *ifindex, HOOK_NF_POLICY);
 	flow_parse(&fc, (struct iphdr *)buf, buf + n);
 	if (fc.flow_error) {
 		*reason = REASON_DROP_FRAGMENT;

@@ -135,7 +135,8 @@ type MargayEvent struct {
 	Protocol  uint8
 	Kind      MargayEventKind
 	Flags     MargayEventFlags
-	Pad       [5]uint8
+	Pad       [1]uint8
+	Rule      uint32
 }
 
 type MargayEventFlags uint8
@@ -148,13 +149,14 @@ const (
 type MargayEventKind uint8
 
 const (
-	MargayEventKindEVENT_DROP  MargayEventKind = 1
-	MargayEventKindEVENT_TRACE MargayEventKind = 2
+	MargayEventKindEVENT_DROP       MargayEventKind = 1
+	MargayEventKindEVENT_TRACE      MargayEventKind = 2
+	MargayEventKindEVENT_POLICY_LOG MargayEventKind = 3
 )
 
 type MargayEventState struct {
 	_        structs.HostLayout
-	Tat      [2]uint64
+	Tat      [3]uint64
 	LostRate uint64
 	LostFull uint64
 }
@@ -232,7 +234,7 @@ type MargayPolicyValue struct {
 	_      structs.HostLayout
 	Rule   uint32
 	Action MargayPolicyAction
-	Pad    [3]uint8
+	Log    [3]uint8
 }
 
 type MargayReason uint16

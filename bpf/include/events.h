@@ -2,7 +2,9 @@
 /*
  * events.h: drop and trace events for margayctl monitor, through the events ring buffer, at a
  * bounded rate per CPU so that a flood of drops costs the dataplane little and cannot fill the
- * buffer faster than a reader empties it. Sending never changes a verdict or a counter.
+ * buffer faster than a reader empties it. Sending never changes a verdict or a counter. Policy
+ * log events (a Log rule that matched a flow's first packet) are sent from policy.h, which knows
+ * the flow, under a rate limit of their own.
  */
 #ifndef MARGAY_EVENTS_H
 #define MARGAY_EVENTS_H
@@ -16,7 +18,6 @@
 #include "hostconv.h"
 #include "maps.h"
 #include "parse.h"
-#include "policy.h"
 
 /* Per CPU and kind: at most EVENTS_BURST events at once, refilled at EVENTS_RATE a second. */
 #define EVENTS_INTERVAL_NS (1000000000ULL / EVENTS_RATE)
@@ -42,12 +43,12 @@ static __always_inline enum event_kind event_kind_of(enum reason reason)
 }
 
 /*
- * The rate limit (GCRA): an event may go when the theoretical arrival time of the next one lies
- * at most EVENTS_BURST - 1 intervals ahead of now. Per-CPU state: no other CPU writes it.
+ * The rate limit (GCRA) of one kind's bucket (tat, one of st's): an event may go when the
+ * theoretical arrival time of the next one lies at most EVENTS_BURST - 1 intervals ahead of now.
+ * Per-CPU state: no other CPU writes it.
  */
-static __always_inline bool events_allowed(struct event_state *st, enum event_kind kind, __u64 now)
+static __always_inline bool events_allowed(struct event_state *st, __u64 *tat, __u64 now)
 {
-	__u64 *tat = &st->tat[kind == EVENT_TRACE];
 	__u64 t = *tat > now ? *tat : now;
 
 	if (t - now > (EVENTS_BURST - 1) * EVENTS_INTERVAL_NS) {
@@ -102,7 +103,7 @@ static __noinline void emit_event_slow(struct iphdr *ip, void *data_end, __u32 i
 	if (!st)
 		return;
 	now = bpf_ktime_get_ns();
-	if (!events_allowed(st, kind, now))
+	if (!events_allowed(st, &st->tat[kind == EVENT_TRACE ? EVENT_BUCKET_TRACE : EVENT_BUCKET_DROP], now))
 		return;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -116,6 +117,7 @@ static __noinline void emit_event_slow(struct iphdr *ip, void *data_end, __u32 i
 	e->len = len;
 	e->kind = kind;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	e->rule = 0;
 	if (ip) {
 		event_tuple_ip(e, ip, data_end);
 	} else {

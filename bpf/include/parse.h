@@ -4,6 +4,7 @@
 #define MARGAY_PARSE_H
 
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
 #include <bpf/bpf_endian.h>
 
@@ -65,6 +66,12 @@ ok:
 static __always_inline bool ipv4_is_fragment(const struct iphdr *ip)
 {
 	return ip->frag_off & bpf_htons(IP_MF | IP_OFFSET);
+}
+
+/* Protocols whose header starts with a source and a destination port. */
+static __always_inline bool proto_has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP || proto == IPPROTO_UDPLITE;
 }
 
 #endif /* MARGAY_PARSE_H */

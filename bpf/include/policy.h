@@ -16,6 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "events.h"
 #include "hostconv.h"
 #include "kernel_ct.h"
 #include "maps.h"
@@ -55,11 +56,6 @@ enum flow_result {
 	FLOW_OK = 0,
 	FLOW_FRAGMENT_UNKNOWN = 1, /* a later fragment whose first fragment left no ports */
 };
-
-static __always_inline bool proto_has_ports(__u8 proto)
-{
-	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP || proto == IPPROTO_UDPLITE;
-}
 
 static __always_inline bool icmp_is_echo(__u8 type)
 {
@@ -251,12 +247,20 @@ static __always_inline bool ct_expired(const struct ct_value *ct, const struct c
 	return now > ct->last_seen && now - ct->last_seen > ct_timeout_ns(cfg, ct->state);
 }
 
+/* The Log rule of a policy value: 24 bits, little-endian; 0 for none. */
+static __always_inline __u32 policy_value_log(const struct policy_value *v)
+{
+	return (__u32)v->log[0] | (__u32)v->log[1] << 8 | (__u32)v->log[2] << 16;
+}
+
 /*
  * The action of a program for a peer: one lookup for the peer's identity, one in the program
- * (and a second one when the answer depends on the source port).
+ * (and a second one when the answer depends on the source port). *rule gets the deciding rule,
+ * *log the Log rule that matched before it (0: none), both from the last value looked up: a
+ * source-port table's entry, not the entry that named the table.
  */
 static __always_inline enum policy_action policy_lookup(__u32 program, __be32 peer, __u8 proto, __be16 port,
-							__be16 sport, __u32 *rule)
+							__be16 sport, __u32 *rule, __u32 *log)
 {
 	struct route_key ik = { .prefixlen = 32, .addr = peer };
 	struct policy_key key = { .prefixlen = 96, .program = program, .protocol = proto, .port = port };
@@ -273,9 +277,11 @@ static __always_inline enum policy_action policy_lookup(__u32 program, __be32 pe
 	}
 	if (!v) {
 		*rule = 0;
+		*log = 0;
 		return POLICY_DENY;
 	}
 	*rule = v->rule;
+	*log = policy_value_log(v);
 	return v->action;
 }
 
@@ -313,23 +319,27 @@ static __always_inline struct endpoint *local_endpoint(const struct route_value 
  * and drt (NULL: none): the initiator's egress policy where it is a local workload, then the
  * responder's ingress policy where it is. This host's own address may always reach its workloads
  * (as Kubernetes requires for probes), and failsafe ports between workloads and hosts are never
- * cut.
+ * cut. *rule_* get the deciding rule of each direction looked up, *log_* the Log rule that
+ * matched before it (0: none, or that direction was not looked up).
  */
 static __always_inline enum ct_verdict policy_check(__be32 saddr, __be32 daddr, __be16 sport, __be16 port, __u8 proto,
 						    const struct route_value *srt, const struct route_value *drt,
-						    __u32 *rule_egress, __u32 *rule_ingress)
+						    __u32 *rule_egress, __u32 *rule_ingress, __u32 *log_egress,
+						    __u32 *log_ingress)
 {
 	struct endpoint *sep = local_endpoint(srt);
 	struct endpoint *dep = local_endpoint(drt);
 
 	*rule_egress = 0;
 	*rule_ingress = 0;
+	*log_egress = 0;
+	*log_ingress = 0;
 	if (sep && sep->egress_program && !failsafe_port(drt, proto, port, FAILSAFE_INBOUND) &&
-	    policy_lookup(sep->egress_program, daddr, proto, port, sport, rule_egress) != POLICY_ALLOW)
+	    policy_lookup(sep->egress_program, daddr, proto, port, sport, rule_egress, log_egress) != POLICY_ALLOW)
 		return CT_VERDICT_DENY_EGRESS;
 	if (dep && dep->ingress_program && !(srt && (srt->flags & ROUTE_LOCAL_HOST)) &&
 	    !failsafe_port(srt, proto, port, FAILSAFE_OUTBOUND) &&
-	    policy_lookup(dep->ingress_program, saddr, proto, port, sport, rule_ingress) != POLICY_ALLOW)
+	    policy_lookup(dep->ingress_program, saddr, proto, port, sport, rule_ingress, log_ingress) != POLICY_ALLOW)
 		return CT_VERDICT_DENY_INGRESS;
 	return CT_VERDICT_ALLOW;
 }
@@ -463,18 +473,25 @@ struct flow_ctx {
 	__u8 in_known;      /* enum kernel_nat */
 	__u8 out_reason;    /* enum reason */
 	__u8 out_kernel_nat;
+	/* Where the run is, for the policy log events of a new flow. */
+	__u32 ifindex;
+	enum hook hook;
+	__u8 _pad2[2];
 };
 
 /*
  * Start a run's flow context at now: conntrack's clock. Timeouts are seconds, so the TC programs
  * give the tick's clock (bpf_ktime_get_coarse_ns), which costs no clock source read; netfilter
- * programs may not call that helper and give bpf_ktime_get_ns. Both are CLOCK_MONOTONIC.
+ * programs may not call that helper and give bpf_ktime_get_ns. Both are CLOCK_MONOTONIC. ifindex
+ * and hook say where the program runs, as its counters and events do.
  */
-static __always_inline void flow_ctx_init(struct flow_ctx *fc, __u64 now)
+static __always_inline void flow_ctx_init(struct flow_ctx *fc, __u64 now, __u32 ifindex, enum hook hook)
 {
 	__u32 zero = 0;
 
 	__builtin_memset(fc, 0, sizeof(*fc));
+	fc->ifindex = ifindex;
+	fc->hook = hook;
 	fc->cfg = bpf_map_lookup_elem(&config, &zero);
 	if (fc->cfg) {
 		fc->generation = fc->cfg->policy_generation;
@@ -624,6 +641,66 @@ static __always_inline void flow_keep_routes(struct flow_ctx *fc)
 }
 
 /*
+ * A policy log event for the packet fc holds, whose flow a Log rule matched: out of line, since
+ * only a new flow's first packet gets here, and only when its policy logs. Rate-limited per CPU
+ * as the drop and trace events are, in a bucket of its own. The tuple is the packet's, as its
+ * drop or trace event has it; the ports those of the flow (a later fragment's from its first).
+ */
+static __noinline void policy_log_event(const struct flow_ctx *fc, __u32 rule)
+{
+	const struct flow *f = &fc->f;
+	struct event_state *st;
+	struct event *e;
+	__u32 zero = 0;
+	__u64 now;
+
+	st = bpf_map_lookup_elem(&events_state, &zero);
+	if (!st)
+		return;
+	now = bpf_ktime_get_ns();
+	if (!events_allowed(st, &st->tat[EVENT_BUCKET_POLICY_LOG], now))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		st->lost_full++;
+		return;
+	}
+	e->timestamp = now;
+	e->ifindex = fc->ifindex;
+	e->hook = fc->hook;
+	e->reason = REASON_UNSPEC;
+	e->saddr = f->saddr;
+	e->daddr = f->daddr;
+	e->protocol = f->protocol;
+	e->flags = EVENT_F_IPV4;
+	e->sport = e->dport = 0;
+	if (proto_has_ports(f->protocol)) {
+		e->sport = f->sport;
+		e->dport = f->dport;
+		e->flags |= EVENT_F_PORTS;
+	}
+	e->len = fc->in_len;
+	e->kind = EVENT_POLICY_LOG;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	e->rule = rule;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * A Log rule (a policy value's log) matched the first packet of the flow fc holds: it counts in
+ * rule_hits as a deciding rule does and sends a policy log event, then policy goes on. Only a new
+ * flow's first packet logs, where its deciding rules count: neither the packets of an established
+ * flow nor a re-check after a policy change do, nor an ICMP error allowed on its own.
+ */
+static __always_inline void policy_log(const struct flow_ctx *fc, __u32 rule)
+{
+	if (!rule)
+		return;
+	count_rule(rule, fc->in_len);
+	policy_log_event(fc, rule);
+}
+
+/*
  * The first packet of a flow this host's conntrack does not know (ct_policy's cold path, kept out
  * of line so that the code an established flow runs stays small): related ICMP errors, the
  * kernel's NAT, policy, and the new entry with the routes fc holds. fc->in_* hold the packet's
@@ -651,6 +728,7 @@ static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
 	__be32 saddr = f->saddr, daddr = f->daddr;
 	__be16 sport = f->sport, port = f->policy_port;
 	struct route_value *srt, *drt;
+	__u32 log_egress, log_ingress;
 	enum ct_verdict v;
 	int dir;
 
@@ -681,13 +759,16 @@ static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
 		srt = drt;
 		drt = t;
 	}
-	v = policy_check(saddr, daddr, sport, port, f->protocol, srt, drt, &fresh->rule_egress, &fresh->rule_ingress);
+	v = policy_check(saddr, daddr, sport, port, f->protocol, srt, drt, &fresh->rule_egress, &fresh->rule_ingress,
+			 &log_egress, &log_ingress);
 	if (v == CT_VERDICT_ALLOW && f->icmp_error)
 		return TC_ACT_UNSPEC; /* an error about no known flow: allowed on its own, never a flow */
 	if (v != CT_VERDICT_ALLOW) {
 		/* Denied first packets leave no entry: a flood of them cannot fill the table. */
 		count_rule(fresh->rule_egress, len);
 		count_rule(fresh->rule_ingress, len);
+		policy_log(fc, log_egress);
+		policy_log(fc, log_ingress);
 		fc->out_reason = deny_reason(v);
 		return TC_ACT_SHOT;
 	}
@@ -712,13 +793,16 @@ static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
 	bpf_map_update_elem(&conntrack, &fc->key, fresh, BPF_ANY);
 	count_rule(fresh->rule_egress, len);
 	count_rule(fresh->rule_ingress, len);
+	policy_log(fc, log_egress);
+	policy_log(fc, log_ingress);
 	fc->out_kernel_nat = fresh->kernel_nat;
 	return TC_ACT_UNSPEC;
 }
 
 /*
  * Policy changed since the verdict of fc's live entry: check the flow again, as its initiator
- * opened it. Out of line: an established flow's packets run it once per policy change.
+ * opened it. Out of line: an established flow's packets run it once per policy change. Log rules
+ * logged the flow's first packet: a re-check neither counts nor logs them again.
  */
 static __noinline void ct_recheck(struct flow_ctx *fc)
 {
@@ -726,7 +810,7 @@ static __noinline void ct_recheck(struct flow_ctx *fc)
 	const struct ct_key *key = &fc->key;
 	__be32 s, d;
 	__be16 sport;
-	__u32 re, ri;
+	__u32 re, ri, le, li;
 
 	if (!ct)
 		return;
@@ -734,7 +818,7 @@ static __noinline void ct_recheck(struct flow_ctx *fc)
 	d = ct->initiator_is_a ? key->addr_b : key->addr_a;
 	sport = ct->initiator_is_a ? key->port_a : key->port_b;
 	ct->verdict = policy_check(s, d, sport, ct->policy_port, key->protocol, route_lookup(s), route_lookup(d), &re,
-				   &ri);
+				   &ri, &le, &li);
 	ct->rule_egress = re;
 	ct->rule_ingress = ri;
 	ct->generation = fc->generation;

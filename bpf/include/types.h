@@ -117,10 +117,17 @@ struct policy_key {
 	__be16 port;    /* destination port; ICMP: type << 8 | code; in a source-port table the source port */
 };
 
+/*
+ * What a policy entry decides. log is the id of a Log rule (an index in rule_hits, < MAX_RULES)
+ * that matched the flow before the deciding rule, 24 bits little-endian; 0: none. The first
+ * packet of a flow (the one that opens its conntrack entry, or is denied) counts it in rule_hits
+ * and sends an EVENT_POLICY_LOG event; it never changes the verdict. In a POLICY_SPORT entry it
+ * is unused: the source-port table's entry carries the log of its ports.
+ */
 struct policy_value {
 	__u32 rule;                 /* rule id for the hit counters (0: default deny); POLICY_SPORT: the table */
 	enum policy_action action;
-	__u8 _pad[3];
+	__u8 log[3];                /* Log rule id, little-endian; 0: none */
 };
 
 /* Conntrack. */
@@ -248,11 +255,13 @@ struct frag_value {
 /*
  * Events for margayctl monitor, sent through the events ring buffer. Every DROP_* reason (all of
  * them are numbered from REASON_DROP_MALFORMED on) makes a drop event; any other packet makes a
- * trace event while MONITOR_TRACE is set.
+ * trace event while MONITOR_TRACE is set. A Log rule that matched a flow's first packet (a policy
+ * value's log) makes a policy log event, beside the packet's own drop or trace event.
  */
 enum event_kind : __u8 {
 	EVENT_DROP = 1,
 	EVENT_TRACE = 2,
+	EVENT_POLICY_LOG = 3, /* rule is the Log rule; reason is REASON_UNSPEC: the verdict is not the log's */
 };
 
 /* Which parts of an event the packet had in its linear data. */
@@ -274,7 +283,16 @@ struct event {
 	__u8 protocol;
 	enum event_kind kind;
 	enum event_flags flags;
-	__u8 _pad[5];
+	__u8 _pad[1];
+	__u32 rule; /* EVENT_POLICY_LOG: the Log rule's id (rule_hits); 0 in other events */
+};
+
+/* The rate limit bucket of each kind in event_state's tat. */
+enum event_bucket {
+	EVENT_BUCKET_DROP = 0,
+	EVENT_BUCKET_TRACE = 1,
+	EVENT_BUCKET_POLICY_LOG = 2,
+	EVENT_BUCKETS = 3,
 };
 
 /*
@@ -282,7 +300,7 @@ struct event {
  * next event) and what was not sent.
  */
 struct event_state {
-	__u64 tat[2];    /* [0] drop, [1] trace events */
+	__u64 tat[EVENT_BUCKETS]; /* by enum event_bucket: drop, trace and policy log events */
 	__u64 lost_rate; /* events over the rate limit */
 	__u64 lost_full; /* events the ring buffer had no room for */
 };

@@ -103,12 +103,13 @@ type BareEvent struct {
 	Protocol  uint8
 	Kind      uint8
 	Flags     uint8
-	Pad       [5]uint8
+	Pad       [1]uint8
+	Rule      uint32
 }
 
 type BareEventState struct {
 	_        structs.HostLayout
-	Tat      [2]uint64
+	Tat      [3]uint64
 	LostRate uint64
 	LostFull uint64
 }
@@ -161,7 +162,7 @@ type BarePolicyValue struct {
 	_      structs.HostLayout
 	Rule   uint32
 	Action uint8
-	Pad    [3]uint8
+	Log    [3]uint8
 }
 
 type BareRouteKey struct {
