@@ -226,6 +226,54 @@ func TestNames(t *testing.T) {
 
 // Operators inspect the pinned maps with bpftool: BTF must give it the field names of every map,
 // and every pinned map but the ring buffer (which has no key or value) must carry BTF.
+// TestPolicyLog: a policy value's Log rule goes into the map's 24 bits and comes back from Lookup
+// and List, beside the action and the deciding rule; a Log that does not fit is refused and leaves
+// the entry as it was.
+func TestPolicyLog(t *testing.T) {
+	set, _ := loadSet(t)
+	k80 := maps.PolicyKey{Program: 1, Identity: 2, Protocol: 6, Port: 80, PortBits: 16}
+	kTable := maps.PolicyKey{Program: maps.SourcePortTable | 1, Port: 1024, PortBits: 6}
+	want := map[maps.PolicyKey]maps.PolicyValue{
+		k80:    {Action: maps.ActionAllow, Rule: 7, Log: 0x123456},
+		kTable: {Action: maps.ActionDeny, Rule: 9, Log: maps.MaxPolicyLog},
+		{Program: 1, Identity: 2, AllProtocols: true}: {Action: maps.ActionDeny, Log: 1},
+		{Program: 1, Identity: 3, AllProtocols: true}: {Action: maps.ActionAllow, Rule: 4},
+	}
+	for k, v := range want {
+		if err := set.Policy.Put(k, v); err != nil {
+			t.Fatalf("Put(%v, %+v): %v", k, v, err)
+		}
+	}
+	if got, err := set.Policy.Lookup(1, 2, 6, 80); err != nil || got != want[k80] {
+		t.Errorf("Lookup(1, 2, tcp, 80) = %+v, %v; want %+v", got, err, want[k80])
+	}
+	if got, err := set.Policy.Lookup(maps.SourcePortTable|1, 0, 0, 1030); err != nil || got != want[kTable] {
+		t.Errorf("Lookup(table, 1030) = %+v, %v; want %+v", got, err, want[kTable])
+	}
+	got, err := set.Policy.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Errorf("List() = %+v, want %+v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("List()[%v] = %+v, want %+v", k, got[k], v)
+		}
+	}
+
+	for _, log := range []uint32{1 << 24, 1<<32 - 1} {
+		err := set.Policy.Put(k80, maps.PolicyValue{Action: maps.ActionDeny, Rule: 8, Log: log})
+		if err == nil || !strings.Contains(err.Error(), "24 bits") {
+			t.Errorf("Put with Log %d: %v, want an error about its 24 bits", log, err)
+		}
+	}
+	if v, err := set.Policy.Lookup(1, 2, 6, 80); err != nil || v != want[k80] {
+		t.Errorf("after the refused Puts, Lookup = %+v, %v; want %+v unchanged", v, err, want[k80])
+	}
+}
+
 func TestBPFToolShowsFieldNames(t *testing.T) {
 	bpftool, err := exec.LookPath("bpftool")
 	if err != nil {
@@ -242,7 +290,7 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 	}
 	// One entry in each hash and trie; arrays always hold theirs.
 	if err := set.Policy.Put(maps.PolicyKey{Program: 1, Identity: 2, Protocol: 6, Port: 80, PortBits: 16},
-		maps.PolicyValue{Action: maps.ActionAllow, Rule: 7}); err != nil {
+		maps.PolicyValue{Action: maps.ActionAllow, Rule: 7, Log: 5}); err != nil {
 		t.Fatal(err)
 	}
 	if err := set.PolicyIPs.Put(netip.MustParsePrefix("0.0.0.0/0"), 2); err != nil {
@@ -282,7 +330,7 @@ func TestBPFToolShowsFieldNames(t *testing.T) {
 		{"endpoints", []string{"ipv4", "mac", "ingress_program", "egress_program"}, nil},
 		{"counters", []string{"ifindex", "hook", "reason", "HOOK_FROM_WEP", "REASON_FWD_LOCAL", "packets", "bytes"}, nil},
 		{"conntrack", []string{"addr_a", "port_b", "protocol", "last_seen", "generation", "rule_ingress", "CT_TCP_ESTABLISHED", "CT_VERDICT_ALLOW"}, nil},
-		{"policy", []string{"program", "identity", "protocol", "port", "rule", "POLICY_ALLOW"}, nil},
+		{"policy", []string{"program", "identity", "protocol", "port", "rule", "POLICY_ALLOW", "log"}, nil},
 		{"policy_ips", []string{"prefixlen", "addr"}, nil},
 		{"failsafe", []string{"protocol", "port", "FAILSAFE_INBOUND"}, nil},
 		{"frags", []string{"saddr", "daddr", "id", "sport", "dport"}, nil},

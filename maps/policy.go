@@ -100,9 +100,27 @@ type PolicyValue struct {
 	// Rule is the rule id whose hits the flow counts (0: default deny); for ActionSourcePort the
 	// table to look up next.
 	Rule uint32
-	// Log is a Log rule that matched before the deciding one (0: none): counted and reported
-	// when a flow starts.
+	// Log is the id of a Log rule (a rule_hits index) that matched the flow before Rule; 0: none.
+	// The dataplane counts it and sends a policy log event for a flow's first packet only; it
+	// never changes the verdict. It fits in 24 bits (MaxPolicyLog). For ActionSourcePort it is
+	// unused: the source-port table's entries carry the log of their ports.
 	Log uint32
+}
+
+// MaxPolicyLog is the largest Log a policy value holds: the map keeps 24 bits of it.
+const MaxPolicyLog = 1<<24 - 1
+
+func (v PolicyValue) raw() (loader.MargayPolicyValue, error) {
+	if v.Log > MaxPolicyLog {
+		return loader.MargayPolicyValue{}, fmt.Errorf("log rule %d does not fit the value's 24 bits (at most %d)", v.Log, MaxPolicyLog)
+	}
+	return loader.MargayPolicyValue{Rule: v.Rule, Action: loader.MargayPolicyAction(v.Action),
+		Log: [3]uint8{uint8(v.Log), uint8(v.Log >> 8), uint8(v.Log >> 16)}}, nil
+}
+
+func policyValueFromRaw(r loader.MargayPolicyValue) PolicyValue {
+	return PolicyValue{Action: PolicyAction(r.Action), Rule: r.Rule,
+		Log: uint32(r.Log[0]) | uint32(r.Log[1])<<8 | uint32(r.Log[2])<<16}
 }
 
 // Policy is the policy LPM trie.
@@ -117,7 +135,10 @@ func (p *Policy) Put(k PolicyKey, v PolicyValue) error {
 	if err != nil {
 		return err
 	}
-	rv := loader.MargayPolicyValue{Rule: v.Rule, Action: loader.MargayPolicyAction(v.Action)}
+	rv, err := v.raw()
+	if err != nil {
+		return fmt.Errorf("put policy %v: %w", k, err)
+	}
 	if err := p.m.Put(&rk, &rv); err != nil {
 		return fmt.Errorf("put policy %v: %w", k, err)
 	}
@@ -147,14 +168,14 @@ func (p *Policy) Lookup(program, identity uint32, proto uint8, port uint16) (Pol
 		}
 		return PolicyValue{}, err
 	}
-	return PolicyValue{Action: PolicyAction(rv.Action), Rule: rv.Rule}, nil
+	return policyValueFromRaw(rv), nil
 }
 
 // List returns every entry.
 func (p *Policy) List() (map[PolicyKey]PolicyValue, error) {
 	out := map[PolicyKey]PolicyValue{}
 	err := each(p.m, func(k loader.MargayPolicyKey, v loader.MargayPolicyValue) {
-		out[policyKeyFromRaw(k)] = PolicyValue{Action: PolicyAction(v.Action), Rule: v.Rule}
+		out[policyKeyFromRaw(k)] = policyValueFromRaw(v)
 	}, func() { clear(out) })
 	if err != nil {
 		return nil, fmt.Errorf("list policy: %w", err)
