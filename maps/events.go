@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -26,6 +28,10 @@ const (
 	EventDrop = EventKind(loader.MargayEventKindEVENT_DROP)
 	// EventTrace: any other packet, while tracing is on.
 	EventTrace = EventKind(loader.MargayEventKindEVENT_TRACE)
+	// EventPolicyLog: a policy Log rule matched a flow's first packet (Calico's Log action). It
+	// names the rule (Event.Rule); its Reason is REASON_UNSPEC, since the verdict is not the
+	// log's: the packet's own drop or trace event, if any, follows.
+	EventPolicyLog = EventKind(loader.MargayEventKindEVENT_POLICY_LOG)
 )
 
 func (k EventKind) String() string {
@@ -34,6 +40,8 @@ func (k EventKind) String() string {
 		return "drop"
 	case EventTrace:
 		return "trace"
+	case EventPolicyLog:
+		return "log"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -55,11 +63,38 @@ type Event struct {
 	HasPorts         bool
 	SrcPort, DstPort uint16
 	Len              uint32 // the whole packet's length, as counted
+	// Rule is the Log rule of an EventPolicyLog: its id in the rule_hits map, which the agent's
+	// margay_policy_rule_hits_* metrics name by policy, direction and index. 0 in other events.
+	Rule uint32
 }
 
+// String prints a drop or trace event on one line; a policy log event as Calico's Log action's
+// lines read, with the rule id: "log rule=7 IN=12 HOOK=from_wep SRC=198.19.0.1 DST=198.19.0.2
+// LEN=86 PROTO=TCP SPT=40000 DPT=80".
 func (e Event) String() string {
+	if e.Kind == EventPolicyLog {
+		return e.LogLine(strconv.FormatUint(uint64(e.Ifindex), 10))
+	}
 	src, dst := e.Addrs()
 	return fmt.Sprintf("%s %d %s %s %s %s -> %s %d", e.Kind, e.Ifindex, e.Hook, e.Reason, hostconv.ProtocolName(e.Protocol), src, dst, e.Len)
+}
+
+// LogLine is the policy log event e as Calico's Log action's lines read (String), with the
+// interface named in.
+func (e Event) LogLine(in string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s rule=%d IN=%s HOOK=%s", e.Kind, e.Rule, in, e.Hook)
+	if e.Src.IsValid() {
+		fmt.Fprintf(&b, " SRC=%s DST=%s", e.Src, e.Dst)
+	}
+	fmt.Fprintf(&b, " LEN=%d", e.Len)
+	if e.Src.IsValid() {
+		fmt.Fprintf(&b, " PROTO=%s", strings.ToUpper(hostconv.ProtocolName(e.Protocol)))
+	}
+	if e.HasPorts {
+		fmt.Fprintf(&b, " SPT=%d DPT=%d", e.SrcPort, e.DstPort)
+	}
+	return b.String()
 }
 
 // Addrs returns the packet's source and destination as text: "198.19.0.5:40000" when the event
@@ -74,8 +109,8 @@ func (e Event) Addrs() (src, dst string) {
 	return e.Src.String(), e.Dst.String()
 }
 
-// The dataplane's rate limit of events, per CPU and kind (drops, traces): at most EventsBurst at
-// once, refilled at EventsRate a second (hostconv, which the programs share).
+// The dataplane's rate limit of events, per CPU and kind (drops, traces, policy logs): at most
+// EventsBurst at once, refilled at EventsRate a second (hostconv, which the programs share).
 const (
 	EventsRate  = hostconv.EventsRate
 	EventsBurst = hostconv.EventsBurst
@@ -248,7 +283,7 @@ func decodeEvent(raw []byte, wall int64) (Event, error) {
 		return Event{}, fmt.Errorf("decode %d-byte event: %w", len(raw), err)
 	}
 	e := Event{Time: time.Unix(0, wall+int64(v.Timestamp)), Kind: EventKind(v.Kind), Ifindex: v.Ifindex,
-		Hook: Hook(v.Hook), Reason: Reason(v.Reason), Len: v.Len}
+		Hook: Hook(v.Hook), Reason: Reason(v.Reason), Len: v.Len, Rule: v.Rule}
 	if v.Flags&loader.MargayEventFlagsEVENT_F_IPV4 != 0 {
 		e.Protocol = v.Protocol
 		e.Src, e.Dst = addrFromBE32(v.Saddr), addrFromBE32(v.Daddr)

@@ -55,28 +55,35 @@ func TestEventFilter(t *testing.T) {
 	drop := maps.Event{Kind: maps.EventDrop, Ifindex: 7, Hook: maps.HookFromWep, Reason: spoofed, Protocol: unix.IPPROTO_UDP,
 		Src: netip.MustParseAddr("198.19.0.7"), Dst: netip.MustParseAddr("198.19.0.9")}
 	trace := maps.Event{Kind: maps.EventTrace, Ifindex: 7, Hook: maps.HookToWep, Reason: deliver}
+	// A policy log event of the dropped packet: no reason of its own.
+	log := drop
+	log.Kind, log.Reason, log.Rule = maps.EventPolicyLog, 0, 12
 	for _, tc := range []struct {
-		name        string
-		f           maps.EventFilter
-		drop, trace bool
+		name             string
+		f                maps.EventFilter
+		drop, trace, log bool
 	}{
-		{"zero", maps.EventFilter{}, true, true},
-		{"drops only", maps.EventFilter{Kind: maps.EventDrop}, true, false},
-		{"reasons", maps.EventFilter{Reasons: []maps.Reason{deliver, spoofed}}, true, true},
-		{"one reason", maps.EventFilter{Reasons: []maps.Reason{deliver}}, false, true},
-		{"hook", maps.EventFilter{Hooks: []maps.Hook{maps.HookFromWep}}, true, false},
+		{"zero", maps.EventFilter{}, true, true, true},
+		{"drops only", maps.EventFilter{Kind: maps.EventDrop}, true, false, false},
+		{"logs only", maps.EventFilter{Kind: maps.EventPolicyLog}, false, false, true},
+		{"reasons", maps.EventFilter{Reasons: []maps.Reason{deliver, spoofed}}, true, true, false},
+		{"one reason", maps.EventFilter{Reasons: []maps.Reason{deliver}}, false, true, false},
+		{"hook", maps.EventFilter{Hooks: []maps.Hook{maps.HookFromWep}}, true, false, true},
 		// HookFromWep is 0: a hook given is a hook matched, not "any".
-		{"hook 0", maps.EventFilter{Hooks: []maps.Hook{maps.HookToWep}}, false, true},
-		{"interface", maps.EventFilter{Ifindex: 7}, true, true},
-		{"other interface", maps.EventFilter{Ifindex: 8}, false, false},
-		{"protocol: only the IPv4 packet", maps.EventFilter{Flow: maps.FlowFilter{Protocol: unix.IPPROTO_UDP}}, true, false},
-		{"source", maps.EventFilter{Flow: maps.FlowFilter{Src: netip.MustParsePrefix("198.18.0.0/16")}}, false, false},
+		{"hook 0", maps.EventFilter{Hooks: []maps.Hook{maps.HookToWep}}, false, true, false},
+		{"interface", maps.EventFilter{Ifindex: 7}, true, true, true},
+		{"other interface", maps.EventFilter{Ifindex: 8}, false, false, false},
+		{"protocol: only the IPv4 packet", maps.EventFilter{Flow: maps.FlowFilter{Protocol: unix.IPPROTO_UDP}}, true, false, true},
+		{"source", maps.EventFilter{Flow: maps.FlowFilter{Src: netip.MustParsePrefix("198.18.0.0/16")}}, false, false, false},
 	} {
 		if got := tc.f.Match(drop); got != tc.drop {
 			t.Errorf("%s: Match(drop) = %v, want %v", tc.name, got, tc.drop)
 		}
 		if got := tc.f.Match(trace); got != tc.trace {
 			t.Errorf("%s: Match(trace) = %v, want %v", tc.name, got, tc.trace)
+		}
+		if got := tc.f.Match(log); got != tc.log {
+			t.Errorf("%s: Match(log) = %v, want %v", tc.name, got, tc.log)
 		}
 	}
 }
@@ -170,6 +177,20 @@ func TestEventText(t *testing.T) {
 	}
 	if got, want := (maps.Flow{Protocol: 47, Src: e.Src, Dst: e.Dst}).String(), "47 198.19.0.7:0 -> 198.19.0.9:0 "; !strings.HasPrefix(got, want) {
 		t.Errorf("Flow.String = %q, want it to start with %q", got, want)
+	}
+	// A policy log event reads as Calico's Log lines do, with the rule.
+	log := e
+	log.Kind, log.Reason, log.Rule = maps.EventPolicyLog, 0, 12
+	log.Protocol, log.HasPorts, log.SrcPort, log.DstPort = unix.IPPROTO_TCP, true, 40000, 80
+	if got, want := log.String(), "log rule=12 IN=3 HOOK=from_net SRC=198.19.0.7 DST=198.19.0.9 LEN=58 PROTO=TCP SPT=40000 DPT=80"; got != want {
+		t.Errorf("String = %q, want %q", got, want)
+	}
+	log.Protocol, log.HasPorts = unix.IPPROTO_ICMP, false
+	if got, want := log.LogLine("cali0a"), "log rule=12 IN=cali0a HOOK=from_net SRC=198.19.0.7 DST=198.19.0.9 LEN=58 PROTO=ICMP"; got != want {
+		t.Errorf("LogLine = %q, want %q", got, want)
+	}
+	if got := maps.EventPolicyLog.String(); got != "log" {
+		t.Errorf("EventPolicyLog.String() = %q, want log", got)
 	}
 	before := maps.EventsLost{RateLimited: 5, BufferFull: 1}
 	if got := (maps.EventsLost{RateLimited: 9, BufferFull: 1}).Since(before); got != (maps.EventsLost{RateLimited: 4}) || got.Total() != 4 {

@@ -23,6 +23,7 @@ import (
 // monitorOptions are the flags of margayctl monitor.
 type monitorOptions struct {
 	trace, dropsOnly bool
+	logsOnly         bool
 	reasons          []string
 	iface, hook      string
 	count            int
@@ -36,6 +37,9 @@ func (o *monitorOptions) parse() (maps.EventFilter, error) {
 	if o.trace && o.dropsOnly {
 		return f, errors.New("--trace and --drops-only exclude each other")
 	}
+	if o.logsOnly && (o.trace || o.dropsOnly) {
+		return f, errors.New("--logs-only excludes --trace and --drops-only")
+	}
 	if o.count < 0 || o.duration < 0 {
 		return f, errors.New("--count and --duration must not be negative")
 	}
@@ -45,6 +49,9 @@ func (o *monitorOptions) parse() (maps.EventFilter, error) {
 	}
 	if o.dropsOnly {
 		f.Kind = maps.EventDrop
+	}
+	if o.logsOnly {
+		f.Kind = maps.EventPolicyLog
 	}
 	for _, s := range o.reasons {
 		r, err := maps.ParseReason(s)
@@ -79,7 +86,8 @@ type eventJSON struct {
 	Interface string    `json:"interface"`
 	Ifindex   uint32    `json:"ifindex"`
 	Hook      string    `json:"hook"`
-	Reason    string    `json:"reason"`
+	Reason    string    `json:"reason,omitempty"` // none in a policy log event: the verdict is not the log's
+	Rule      uint32    `json:"rule,omitempty"`   // a policy log event's Log rule (rule_hits id)
 	Proto     string    `json:"proto,omitempty"`
 	Protocol  uint8     `json:"protocol,omitempty"`
 	Src       string    `json:"src,omitempty"`
@@ -92,6 +100,9 @@ type eventJSON struct {
 func toEventJSON(e maps.Event) eventJSON {
 	j := eventJSON{Time: e.Time, Kind: e.Kind.String(), Interface: ifName(e.Ifindex), Ifindex: e.Ifindex,
 		Hook: e.Hook.String(), Reason: e.Reason.String(), Len: e.Len}
+	if e.Kind == maps.EventPolicyLog {
+		j.Reason, j.Rule = "", e.Rule
+	}
 	if e.Src.IsValid() {
 		j.Proto, j.Protocol = hostconv.ProtocolName(e.Protocol), e.Protocol
 		j.Src, j.Dst = e.Src.String(), e.Dst.String()
@@ -102,13 +113,19 @@ func toEventJSON(e maps.Event) eventJSON {
 
 const monitorLine = "%-15s  %-15s  %-12s  %-20s  %-5s  %21s -> %-21s  %d\n"
 
+// eventLine is an event's line of the table. A policy log event's reason is its Log rule: "LOG
+// rule=7" (Calico's Log action), followed by its packet's drop or trace line, if any.
 func eventLine(e maps.Event) string {
 	proto := "-"
 	if e.Src.IsValid() {
 		proto = hostconv.ProtocolName(e.Protocol)
 	}
+	reason := e.Reason.String()
+	if e.Kind == maps.EventPolicyLog {
+		reason = fmt.Sprintf("LOG rule=%d", e.Rule)
+	}
 	src, dst := e.Addrs()
-	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, e.Reason, proto, src, dst, e.Len)
+	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, reason, proto, src, dst, e.Len)
 }
 
 func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
@@ -210,20 +227,24 @@ func newMonitorCmd(g *globals) *cobra.Command {
 	o := &monitorOptions{}
 	cmd := &cobra.Command{
 		Use:   "monitor",
-		Short: "Stream the dataplane's drop events, and with --trace every packet's, until Ctrl-C",
-		Long: `Stream drop and trace events from the dataplane's ring buffer: one line per packet with the
-interface and hook that handled it, the reason it was counted under and its 5-tuple (ports of TCP,
-UDP, SCTP and UDP-Lite when the packet's linear data held them). -o json prints one JSON object
-per line.
+		Short: "Stream the dataplane's drop and policy log events, and with --trace every packet's, until Ctrl-C",
+		Long: `Stream drop, policy log and trace events from the dataplane's ring buffer: one line per packet
+with the interface and hook that handled it, the reason it was counted under and its 5-tuple
+(ports of TCP, UDP, SCTP and UDP-Lite when the packet's linear data held them). -o json prints
+one JSON object per line.
 
-Every dropped packet makes a drop event. --trace turns on trace events, for every other packet,
-while the command runs. The programs send at most ` + strconv.Itoa(maps.EventsBurst) + ` events at once and ` + strconv.Itoa(maps.EventsRate) + ` a second per
+Every dropped packet makes a drop event. A policy rule with action Log that matches the first
+packet of a flow makes a log event (kind "log", REASON "LOG rule=<id>", the id of the rule in
+the rule_hits map and in margay_policy_rule_hits_*), before the packet's own drop event if it is
+denied; the flow's later packets log nothing. --trace turns on trace events, for every other
+packet, while the command runs. The programs send at most ` + strconv.Itoa(maps.EventsBurst) + ` events at once and ` + strconv.Itoa(maps.EventsRate) + ` a second per
 CPU and kind, so a flood costs forwarding little; what is over is counted, and printed (to stderr)
-when the command ends. The filters apply here, not in the dataplane. Run one monitor at a time:
-two share the events between them.`,
+when the command ends. The filters apply here, not in the dataplane (log events have no reason:
+--reason leaves them out). Run one monitor at a time: two share the events between them.`,
 		Example: `  margayctl monitor
   margayctl monitor --reason DROP_SPOOFED --interface cali1234567890a
-  margayctl monitor --trace --src 198.19.0.5 --proto tcp --count 20 -o json`,
+  margayctl monitor --trace --src 198.19.0.5 --proto tcp --count 20 -o json
+  margayctl monitor --logs-only --interface cali1234567890a`,
 		Args:    cobra.NoArgs,
 		PreRunE: g.checkOutput,
 		RunE:    func(cmd *cobra.Command, _ []string) error { return g.monitor(cmd, o) },
@@ -231,6 +252,7 @@ two share the events between them.`,
 	f := cmd.Flags()
 	f.BoolVar(&o.trace, "trace", false, "also trace every packet that is not dropped, while the command runs")
 	f.BoolVar(&o.dropsOnly, "drops-only", false, "only drop events, also when another monitor traces")
+	f.BoolVar(&o.logsOnly, "logs-only", false, "only policy log events (rules with action Log)")
 	f.StringSliceVar(&o.reasons, "reason", nil, "only these reasons, such as DROP_SPOOFED or FWD_LOCAL (repeat or separate by commas)")
 	f.StringVar(&o.iface, "interface", "", "only packets handled on this interface (name or ifindex)")
 	f.StringVar(&o.hook, "hook", "", "only this hook: "+strings.Join(maps.HookNames(), ", "))

@@ -214,3 +214,118 @@ func TestMonitor(t *testing.T) {
 		t.Error("monitor of a root without pins succeeded")
 	}
 }
+
+// TestMonitorPolicyLog: a Log rule in the receiver's ingress policy logs the first packet of every
+// flow the host delivers to it (to_wep on lo, a new source port each time): monitor prints these
+// policy log events with the rule, in the table and as JSON, and --logs-only keeps them alone
+// among trace events.
+func TestMonitorPolicyLog(t *testing.T) {
+	const program, rule, logRule = 5, 3, 12
+	root := netns.BPFFS(t)
+	d, err := loader.Load(loader.WithRoot(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	set := maps.FromDataplane(d)
+	wep := netip.MustParseAddr("198.19.0.1")
+	if err := set.Routes.Put(maps.Route{Prefix: netip.PrefixFrom(wep, 32), Flags: maps.LocalWorkload, Ifindex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Endpoints.Put(maps.Endpoint{Ifindex: 1, IPv4: wep, MAC: []byte{0x0a, 0x58, 0xc6, 0x13, 0x00, 0x01},
+		IngressProgram: program}); err != nil {
+		t.Fatal(err)
+	}
+	// No policy_ips: every peer has identity 0.
+	if err := set.Policy.Put(maps.PolicyKey{Program: program, AllProtocols: true},
+		maps.PolicyValue{Action: maps.ActionAllow, Rule: rule, Log: logRule}); err != nil {
+		t.Fatal(err)
+	}
+	ev := maps.EventsFromDataplane(d)
+
+	var (
+		stop = make(chan struct{})
+		wg   sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		frame := udpFrame("198.18.0.1", wep.String())
+		for sport := uint16(1024); ; sport++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			binary.BigEndian.PutUint16(frame[34:], sport) // a new flow: UDP without a checksum
+			if v, err := d.Programs().ToWep.Run(&ebpf.RunOptions{Data: frame}); err != nil || v != 0 {
+				t.Errorf("run to_wep: verdict %d, %v; want TC_ACT_OK", v, err)
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	run := func(args ...string) (string, string) {
+		t.Helper()
+		out, errOut, err := monitorctl(t, append([]string{"--bpffs-root", root, "monitor"}, args...)...)
+		if err != nil {
+			t.Fatalf("margayctl monitor %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
+		}
+		return out, errOut
+	}
+
+	out, _ := run("--count", "2")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("monitor --count 2:\n%s", out)
+	}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) != 10 || strings.Join(f[1:6], " ") != "lo to_wep LOG rule=12 udp" || !strings.HasPrefix(f[6], "198.18.0.1:") ||
+			strings.Join(f[7:], " ") != "-> 198.19.0.1:53 58" {
+			t.Errorf("log event line %q", l)
+		}
+	}
+
+	out, _ = run("--count", "2", "-o", "json", "--hook", "to_wep", "--dst", "198.19.0.1")
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var e eventJSON
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		if e.Kind != "log" || e.Rule != logRule || e.Reason != "" || e.Interface != "lo" || e.Hook != "to_wep" ||
+			e.Proto != "udp" || e.Src != "198.18.0.1" || e.SrcPort < 1024 || e.Dst != "198.19.0.1" || e.DstPort != 53 || e.Len != 58 {
+			t.Errorf("log event %q", l)
+		}
+		if strings.Contains(l, `"reason"`) {
+			t.Errorf("log event with a reason: %q", l)
+		}
+	}
+
+	// Tracing on: each packet makes a trace event too; --logs-only shows the logs alone, and
+	// --reason leaves them out.
+	if _, err := ev.SetTrace(true); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = run("--logs-only", "--count", "4", "-o", "json")
+	if strings.Count(out, `"kind":"log"`) != 4 || strings.Contains(out, `"trace"`) {
+		t.Errorf("monitor --logs-only with tracing on:\n%s", out)
+	}
+	out, _ = run("--reason", "PASS_DELIVER", "--count", "4", "-o", "json")
+	if strings.Count(out, `"kind":"trace"`) != 4 || strings.Contains(out, `"log"`) {
+		t.Errorf("monitor --reason PASS_DELIVER with tracing on:\n%s", out)
+	}
+	if _, err := ev.SetTrace(false); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, args := range [][]string{{"--logs-only", "--drops-only"}, {"--logs-only", "--trace"}} {
+		if out, errOut, err := monitorctl(t, append([]string{"--bpffs-root", root, "monitor", "--duration", "1s"}, args...)...); err == nil {
+			t.Errorf("monitor %s succeeded:\n%s%s", strings.Join(args, " "), out, errOut)
+		}
+	}
+}
