@@ -33,7 +33,7 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 		return verdict;
 
 	/* The flow first: an established one carries the routes of both its addresses. */
-	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns(), skb->ifindex, HOOK_FROM_NET);
+	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns());
 	flow_parse(&fc, pkt.ip, (void *)(long)skb->data_end);
 	rt = flow_route(&fc, SIDE_DST, pkt.ip->daddr);
 	if (!rt) {
@@ -47,7 +47,7 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 			return TC_ACT_SHOT;
 		}
 		/* The receiver's ingress policy; what goes to the kernel instead meets it in to_wep. */
-		verdict = tc_policy_forward(skb, &pkt, &fc, reason);
+		verdict = tc_policy_forward(skb, &pkt, &fc, HOOK_FROM_NET, reason);
 		if (verdict != TC_ACT_UNSPEC)
 			return verdict;
 		return redirect_local(skb, &pkt, &fc, reason);

@@ -36,7 +36,7 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 		return verdict;
 
 	/* A packet eBPF may forward finds its flow first: an established one carries its route. */
-	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns(), ifindex, HOOK_FROM_WEP);
+	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns());
 	if (ipv4_forwardable(pkt.ip))
 		flow_parse(&fc, pkt.ip, (void *)(long)skb->data_end);
 
@@ -58,7 +58,7 @@ static __always_inline int from_wep_handle(struct __sk_buff *skb, enum reason *r
 	if (to_kernel && nf_policy_on(&fc))
 		return TC_ACT_OK;
 	kernel_reason = *reason;
-	verdict = tc_policy_forward(skb, &pkt, &fc, reason);
+	verdict = tc_policy_forward(skb, &pkt, &fc, HOOK_FROM_WEP, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 	if (to_kernel) {

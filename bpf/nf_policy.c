@@ -92,13 +92,14 @@ static __always_inline int nf_policy_handle(struct bpf_nf_ctx *ctx, __u32 *ifind
 		*reason = REASON_DROP_MALFORMED;
 		return NF_DROP;
 	}
-	flow_ctx_init(&fc, bpf_ktime_get_ns(), *ifindex, HOOK_NF_POLICY);
+	flow_ctx_init(&fc, bpf_ktime_get_ns());
 	flow_parse(&fc, (struct iphdr *)buf, buf + n);
 	if (fc.flow_error) {
 		*reason = REASON_DROP_FRAGMENT;
 		return NF_DROP;
 	}
-	verdict = ct_policy(NULL, &fc, skb->len, NAT_PROBE_NONE, nf_kernel_nat(skb), &kernel_nat, reason);
+	verdict = ct_policy(NULL, &fc, skb->len, *ifindex, HOOK_NF_POLICY, NAT_PROBE_NONE, nf_kernel_nat(skb), &kernel_nat,
+			    reason);
 	if (verdict == TC_ACT_SHOT)
 		return NF_DROP;
 	*reason = kernel_nat ? REASON_PASS_NAT : REASON_PASS_KERNEL;

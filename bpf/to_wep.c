@@ -25,8 +25,8 @@ static __always_inline int to_wep_handle(struct __sk_buff *skb, enum reason *rea
 	 * flow the kernel translated arrives here translated (a Service's backend as destination) and
 	 * is checked so; its entry sends the backend's replies back through the kernel.
 	 */
-	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns(), skb->ifindex, HOOK_TO_WEP);
-	verdict = tc_policy(skb, &pkt, &fc, NAT_PROBE_EGRESS, &kernel_nat, reason);
+	flow_ctx_init(&fc, bpf_ktime_get_coarse_ns());
+	verdict = tc_policy(skb, &pkt, &fc, HOOK_TO_WEP, NAT_PROBE_EGRESS, &kernel_nat, reason);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 

@@ -230,6 +230,18 @@ type MargayPolicyKey struct {
 	Port      uint16
 }
 
+type MargayPolicyQuery struct {
+	_       structs.HostLayout
+	Program uint32
+	Peer    uint32
+	Port    uint16
+	Sport   uint16
+	Proto   uint8
+	Pad     [3]uint8
+	Rule    uint32
+	Log     uint32
+}
+
 type MargayPolicyValue struct {
 	_      structs.HostLayout
 	Rule   uint32
@@ -294,26 +306,27 @@ type MargayRouteValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	MargayMapConfig      = "config"
-	MargayMapConntrack   = "conntrack"
-	MargayMapCounters    = "counters"
-	MargayMapCtScratch   = "ct_scratch"
-	MargayMapEndpoints   = "endpoints"
-	MargayMapEvents      = "events"
-	MargayMapEventsState = "events_state"
-	MargayMapFailsafe    = "failsafe"
-	MargayMapFrags       = "frags"
-	MargayMapMonitor     = "monitor"
-	MargayMapNfScratch   = "nf_scratch"
-	MargayMapPolicy      = "policy"
-	MargayMapPolicyIps   = "policy_ips"
-	MargayMapRoutes      = "routes"
-	MargayMapRuleHits    = "rule_hits"
-	MargayProgFromNet    = "from_net"
-	MargayProgFromWep    = "from_wep"
-	MargayProgNfPolicy   = "nf_policy"
-	MargayProgToWep      = "to_wep"
-	MargayProgXdpFromNet = "xdp_from_net"
+	MargayMapConfig        = "config"
+	MargayMapConntrack     = "conntrack"
+	MargayMapCounters      = "counters"
+	MargayMapCtScratch     = "ct_scratch"
+	MargayMapEndpoints     = "endpoints"
+	MargayMapEvents        = "events"
+	MargayMapEventsState   = "events_state"
+	MargayMapFailsafe      = "failsafe"
+	MargayMapFrags         = "frags"
+	MargayMapMonitor       = "monitor"
+	MargayMapNfScratch     = "nf_scratch"
+	MargayMapPolicy        = "policy"
+	MargayMapPolicyIps     = "policy_ips"
+	MargayMapPolicyScratch = "policy_scratch"
+	MargayMapRoutes        = "routes"
+	MargayMapRuleHits      = "rule_hits"
+	MargayProgFromNet      = "from_net"
+	MargayProgFromWep      = "from_wep"
+	MargayProgNfPolicy     = "nf_policy"
+	MargayProgToWep        = "to_wep"
+	MargayProgXdpFromNet   = "xdp_from_net"
 )
 
 // LoadMargay returns the embedded CollectionSpec for Margay.
@@ -369,21 +382,22 @@ type MargayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MargayMapSpecs struct {
-	Config      *ebpf.MapSpec `ebpf:"config"`
-	Conntrack   *ebpf.MapSpec `ebpf:"conntrack"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	CtScratch   *ebpf.MapSpec `ebpf:"ct_scratch"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	EventsState *ebpf.MapSpec `ebpf:"events_state"`
-	Failsafe    *ebpf.MapSpec `ebpf:"failsafe"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	Monitor     *ebpf.MapSpec `ebpf:"monitor"`
-	NfScratch   *ebpf.MapSpec `ebpf:"nf_scratch"`
-	Policy      *ebpf.MapSpec `ebpf:"policy"`
-	PolicyIps   *ebpf.MapSpec `ebpf:"policy_ips"`
-	Routes      *ebpf.MapSpec `ebpf:"routes"`
-	RuleHits    *ebpf.MapSpec `ebpf:"rule_hits"`
+	Config        *ebpf.MapSpec `ebpf:"config"`
+	Conntrack     *ebpf.MapSpec `ebpf:"conntrack"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	CtScratch     *ebpf.MapSpec `ebpf:"ct_scratch"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	EventsState   *ebpf.MapSpec `ebpf:"events_state"`
+	Failsafe      *ebpf.MapSpec `ebpf:"failsafe"`
+	Frags         *ebpf.MapSpec `ebpf:"frags"`
+	Monitor       *ebpf.MapSpec `ebpf:"monitor"`
+	NfScratch     *ebpf.MapSpec `ebpf:"nf_scratch"`
+	Policy        *ebpf.MapSpec `ebpf:"policy"`
+	PolicyIps     *ebpf.MapSpec `ebpf:"policy_ips"`
+	PolicyScratch *ebpf.MapSpec `ebpf:"policy_scratch"`
+	Routes        *ebpf.MapSpec `ebpf:"routes"`
+	RuleHits      *ebpf.MapSpec `ebpf:"rule_hits"`
 }
 
 // MargayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -412,21 +426,22 @@ func (o *MargayObjects) Close() error {
 //
 // It can be passed to LoadMargayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MargayMaps struct {
-	Config      *ebpf.Map `ebpf:"config"`
-	Conntrack   *ebpf.Map `ebpf:"conntrack"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	CtScratch   *ebpf.Map `ebpf:"ct_scratch"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Events      *ebpf.Map `ebpf:"events"`
-	EventsState *ebpf.Map `ebpf:"events_state"`
-	Failsafe    *ebpf.Map `ebpf:"failsafe"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	Monitor     *ebpf.Map `ebpf:"monitor"`
-	NfScratch   *ebpf.Map `ebpf:"nf_scratch"`
-	Policy      *ebpf.Map `ebpf:"policy"`
-	PolicyIps   *ebpf.Map `ebpf:"policy_ips"`
-	Routes      *ebpf.Map `ebpf:"routes"`
-	RuleHits    *ebpf.Map `ebpf:"rule_hits"`
+	Config        *ebpf.Map `ebpf:"config"`
+	Conntrack     *ebpf.Map `ebpf:"conntrack"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	CtScratch     *ebpf.Map `ebpf:"ct_scratch"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	Events        *ebpf.Map `ebpf:"events"`
+	EventsState   *ebpf.Map `ebpf:"events_state"`
+	Failsafe      *ebpf.Map `ebpf:"failsafe"`
+	Frags         *ebpf.Map `ebpf:"frags"`
+	Monitor       *ebpf.Map `ebpf:"monitor"`
+	NfScratch     *ebpf.Map `ebpf:"nf_scratch"`
+	Policy        *ebpf.Map `ebpf:"policy"`
+	PolicyIps     *ebpf.Map `ebpf:"policy_ips"`
+	PolicyScratch *ebpf.Map `ebpf:"policy_scratch"`
+	Routes        *ebpf.Map `ebpf:"routes"`
+	RuleHits      *ebpf.Map `ebpf:"rule_hits"`
 }
 
 func (m *MargayMaps) Close() error {
@@ -444,6 +459,7 @@ func (m *MargayMaps) Close() error {
 		m.NfScratch,
 		m.Policy,
 		m.PolicyIps,
+		m.PolicyScratch,
 		m.Routes,
 		m.RuleHits,
 	)

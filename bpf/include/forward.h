@@ -162,11 +162,12 @@ static __always_inline int tc_forwardable(const struct iphdr *ip, enum reason *r
 }
 
 /*
- * Conntrack and policy for the parsed packet. Returns TC_ACT_UNSPEC when it may go on; otherwise
- * TC_ACT_SHOT with *reason set. *kernel_nat: the kernel translates the flow (see kernel_ct.h).
+ * Conntrack and policy for the parsed packet, by the program at hook. Returns TC_ACT_UNSPEC when
+ * it may go on; otherwise TC_ACT_SHOT with *reason set. *kernel_nat: the kernel translates the
+ * flow (see kernel_ct.h).
  */
 static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet *pkt, struct flow_ctx *fc,
-				     enum nat_probe probe, bool *kernel_nat, enum reason *reason)
+				     enum hook hook, enum nat_probe probe, bool *kernel_nat, enum reason *reason)
 {
 	*kernel_nat = false;
 	flow_parse(fc, pkt->ip, (void *)(long)skb->data_end);
@@ -174,7 +175,7 @@ static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet 
 		*reason = REASON_DROP_FRAGMENT;
 		return TC_ACT_SHOT;
 	}
-	return ct_policy(skb, fc, skb->len, probe, KNAT_NONE, kernel_nat, reason);
+	return ct_policy(skb, fc, skb->len, skb->ifindex, hook, probe, KNAT_NONE, kernel_nat, reason);
 }
 
 /*
@@ -183,10 +184,10 @@ static __always_inline int tc_policy(struct __sk_buff *skb, const struct packet 
  * it translates, so that it reverses the translation (un-DNAT a Service's reply, say).
  */
 static __always_inline int tc_policy_forward(struct __sk_buff *skb, const struct packet *pkt, struct flow_ctx *fc,
-					     enum reason *reason)
+					     enum hook hook, enum reason *reason)
 {
 	bool kernel_nat;
-	int verdict = tc_policy(skb, pkt, fc, NAT_PROBE_INGRESS, &kernel_nat, reason);
+	int verdict = tc_policy(skb, pkt, fc, hook, NAT_PROBE_INGRESS, &kernel_nat, reason);
 
 	if (verdict == TC_ACT_UNSPEC && kernel_nat) {
 		*reason = REASON_PASS_NAT;

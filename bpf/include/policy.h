@@ -254,35 +254,91 @@ static __always_inline __u32 policy_value_log(const struct policy_value *v)
 }
 
 /*
- * The action of a program for a peer: one lookup for the peer's identity, one in the program
- * (and a second one when the answer depends on the source port). *rule gets the deciding rule,
- * *log the Log rule that matched before it (0: none), both from the last value looked up: a
- * source-port table's entry, not the entry that named the table.
+ * A question to policy_lookup and its answer: in a per-CPU map value rather than on the stack,
+ * so that a call costs the caller no knowledge of its stack (see policy_lookup).
  */
-static __always_inline enum policy_action policy_lookup(__u32 program, __be32 peer, __u8 proto, __be16 port,
-							__be16 sport, __u32 *rule, __u32 *log)
+struct policy_query {
+	__u32 program;
+	__be32 peer;
+	__be16 port;
+	__be16 sport;
+	__u8 proto;
+	__u8 _pad[3];
+	__u32 rule; /* answer: the deciding rule (0: none, the default deny) */
+	__u32 log;  /* answer: the Log rule that matched before it (0: none) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct policy_query);
+	__uint(max_entries, 1);
+} policy_scratch SEC(".maps");
+
+/*
+ * The action of program q->program for the peer q->peer: one lookup for the peer's identity, one
+ * in the program (and a second one when the answer depends on the source port). q->rule gets the
+ * deciding rule, q->log the Log rule that matched before it, both from the last value looked up:
+ * a source-port table's entry, not the entry that named the table.
+ *
+ * A global function: the verifier checks it once and takes its answer for any action, where the
+ * outcomes of an inlined lookup (no identity, no entry, a source-port table, ...) would multiply
+ * the paths of the new flow's code after it, which from_wep reaches in many ways.
+ */
+__noinline int policy_lookup(struct policy_query *q)
 {
-	struct route_key ik = { .prefixlen = 32, .addr = peer };
-	struct policy_key key = { .prefixlen = 96, .program = program, .protocol = proto, .port = port };
+	struct route_key ik = { .prefixlen = 32 };
+	struct policy_key key = { .prefixlen = 96 };
 	struct policy_value *v;
 	__u32 *identity;
 
+	if (!q)
+		return POLICY_DENY;
+	ik.addr = q->peer;
+	key.program = q->program;
+	key.protocol = q->proto;
+	key.port = q->port;
 	identity = bpf_map_lookup_elem(&policy_ips, &ik);
 	key.identity = identity ? *identity : 0;
 	v = bpf_map_lookup_elem(&policy, &key);
 	if (v && v->action == POLICY_SPORT) {
-		struct policy_key sk = { .prefixlen = 96, .program = v->rule, .port = sport };
+		struct policy_key sk = { .prefixlen = 96, .program = v->rule, .port = q->sport };
 
 		v = bpf_map_lookup_elem(&policy, &sk);
 	}
 	if (!v) {
-		*rule = 0;
-		*log = 0;
+		q->rule = 0;
+		q->log = 0;
 		return POLICY_DENY;
 	}
-	*rule = v->rule;
-	*log = policy_value_log(v);
+	q->rule = v->rule;
+	q->log = policy_value_log(v);
 	return v->action;
+}
+
+/* policy_lookup of a program for a peer: *rule and *log get its answer. */
+static __always_inline enum policy_action policy_ask(__u32 program, __be32 peer, __u8 proto, __be16 port,
+						     __be16 sport, __u32 *rule, __u32 *log)
+{
+	struct policy_query *q;
+	__u32 zero = 0;
+	int action;
+
+	q = bpf_map_lookup_elem(&policy_scratch, &zero);
+	if (!q) {
+		*rule = 0;
+		*log = 0;
+		return POLICY_DENY; /* never: the array has its one entry on every CPU */
+	}
+	q->program = program;
+	q->peer = peer;
+	q->port = port;
+	q->sport = sport;
+	q->proto = proto;
+	action = policy_lookup(q);
+	*rule = q->rule;
+	*log = q->log;
+	return (enum policy_action)action;
 }
 
 /* A host at the other end, on a failsafe port of the given direction. */
@@ -335,11 +391,11 @@ static __always_inline enum ct_verdict policy_check(__be32 saddr, __be32 daddr, 
 	*log_egress = 0;
 	*log_ingress = 0;
 	if (sep && sep->egress_program && !failsafe_port(drt, proto, port, FAILSAFE_INBOUND) &&
-	    policy_lookup(sep->egress_program, daddr, proto, port, sport, rule_egress, log_egress) != POLICY_ALLOW)
+	    policy_ask(sep->egress_program, daddr, proto, port, sport, rule_egress, log_egress) != POLICY_ALLOW)
 		return CT_VERDICT_DENY_EGRESS;
 	if (dep && dep->ingress_program && !(srt && (srt->flags & ROUTE_LOCAL_HOST)) &&
 	    !failsafe_port(srt, proto, port, FAILSAFE_OUTBOUND) &&
-	    policy_lookup(dep->ingress_program, saddr, proto, port, sport, rule_ingress, log_ingress) != POLICY_ALLOW)
+	    policy_ask(dep->ingress_program, saddr, proto, port, sport, rule_ingress, log_ingress) != POLICY_ALLOW)
 		return CT_VERDICT_DENY_INGRESS;
 	return CT_VERDICT_ALLOW;
 }
@@ -473,25 +529,21 @@ struct flow_ctx {
 	__u8 in_known;      /* enum kernel_nat */
 	__u8 out_reason;    /* enum reason */
 	__u8 out_kernel_nat;
-	/* Where the run is, for the policy log events of a new flow. */
-	__u32 ifindex;
-	enum hook hook;
+	__u32 in_ifindex;   /* where the program runs, for a policy log event */
+	__u16 in_hook;      /* enum hook */
 	__u8 _pad2[2];
 };
 
 /*
  * Start a run's flow context at now: conntrack's clock. Timeouts are seconds, so the TC programs
  * give the tick's clock (bpf_ktime_get_coarse_ns), which costs no clock source read; netfilter
- * programs may not call that helper and give bpf_ktime_get_ns. Both are CLOCK_MONOTONIC. ifindex
- * and hook say where the program runs, as its counters and events do.
+ * programs may not call that helper and give bpf_ktime_get_ns. Both are CLOCK_MONOTONIC.
  */
-static __always_inline void flow_ctx_init(struct flow_ctx *fc, __u64 now, __u32 ifindex, enum hook hook)
+static __always_inline void flow_ctx_init(struct flow_ctx *fc, __u64 now)
 {
 	__u32 zero = 0;
 
 	__builtin_memset(fc, 0, sizeof(*fc));
-	fc->ifindex = ifindex;
-	fc->hook = hook;
 	fc->cfg = bpf_map_lookup_elem(&config, &zero);
 	if (fc->cfg) {
 		fc->generation = fc->cfg->policy_generation;
@@ -641,63 +693,77 @@ static __always_inline void flow_keep_routes(struct flow_ctx *fc)
 }
 
 /*
- * A policy log event for the packet fc holds, whose flow a Log rule matched: out of line, since
- * only a new flow's first packet gets here, and only when its policy logs. Rate-limited per CPU
- * as the drop and trace events are, in a bucket of its own. The tuple is the packet's, as its
- * drop or trace event has it; the ports those of the flow (a later fragment's from its first).
+ * Count a Log rule (e->rule) in rule_hits as a deciding rule is counted and send its policy log
+ * event e (all but its timestamp filled in), rate-limited per CPU as the drop and trace events
+ * are, in a bucket of its own. A global function: the verifier checks it once, not on every path
+ * of the new flow's code that logs; e, on the caller's stack, holds no pointer that the verifier
+ * could forget across the call.
  */
-static __noinline void policy_log_event(const struct flow_ctx *fc, __u32 rule)
+__noinline int policy_log_send(struct event *e)
 {
-	const struct flow *f = &fc->f;
 	struct event_state *st;
-	struct event *e;
+	struct event *out;
 	__u32 zero = 0;
 	__u64 now;
 
+	if (!e)
+		return 0;
+	count_rule(e->rule, e->len);
 	st = bpf_map_lookup_elem(&events_state, &zero);
 	if (!st)
-		return;
+		return 0;
 	now = bpf_ktime_get_ns();
 	if (!events_allowed(st, &st->tat[EVENT_BUCKET_POLICY_LOG], now))
-		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
+		return 0;
+	out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
+	if (!out) {
 		st->lost_full++;
-		return;
+		return 0;
 	}
-	e->timestamp = now;
-	e->ifindex = fc->ifindex;
-	e->hook = fc->hook;
-	e->reason = REASON_UNSPEC;
-	e->saddr = f->saddr;
-	e->daddr = f->daddr;
-	e->protocol = f->protocol;
-	e->flags = EVENT_F_IPV4;
-	e->sport = e->dport = 0;
-	if (proto_has_ports(f->protocol)) {
-		e->sport = f->sport;
-		e->dport = f->dport;
-		e->flags |= EVENT_F_PORTS;
-	}
-	e->len = fc->in_len;
-	e->kind = EVENT_POLICY_LOG;
-	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	e->rule = rule;
-	bpf_ringbuf_submit(e, 0);
+	__builtin_memcpy(out, e, sizeof(*out));
+	out->timestamp = now;
+	bpf_ringbuf_submit(out, 0);
+	return 0;
 }
 
 /*
  * A Log rule (a policy value's log) matched the first packet of the flow fc holds: it counts in
- * rule_hits as a deciding rule does and sends a policy log event, then policy goes on. Only a new
- * flow's first packet logs, where its deciding rules count: neither the packets of an established
- * flow nor a re-check after a policy change do, nor an ICMP error allowed on its own.
+ * rule_hits as a deciding rule does and sends a policy log event, then policy goes on. The
+ * event's tuple is the packet's, as its drop or trace event has it, with the flow's ports (a later
+ * fragment's from its first). Only a new flow's first packet logs, where its deciding rules count:
+ * neither the packets of an established flow nor a re-check after a policy change do, nor an ICMP
+ * error allowed on its own.
  */
-static __always_inline void policy_log(const struct flow_ctx *fc, __u32 rule)
+static __always_inline void policy_log(const struct flow_ctx *fc, __u32 log_egress, __u32 log_ingress)
 {
-	if (!rule)
+	const struct flow *f = &fc->f;
+	struct event e = {
+		.ifindex = fc->in_ifindex,
+		.hook = fc->in_hook,
+		.reason = REASON_UNSPEC,
+		.saddr = f->saddr,
+		.daddr = f->daddr,
+		.len = fc->in_len,
+		.protocol = f->protocol,
+		.kind = EVENT_POLICY_LOG,
+		.flags = EVENT_F_IPV4,
+	};
+
+	if (!(log_egress | log_ingress))
 		return;
-	count_rule(rule, fc->in_len);
-	policy_log_event(fc, rule);
+	if (proto_has_ports(f->protocol)) {
+		e.sport = f->sport;
+		e.dport = f->dport;
+		e.flags |= EVENT_F_PORTS;
+	}
+	if (log_egress) {
+		e.rule = log_egress;
+		policy_log_send(&e);
+	}
+	if (log_ingress) {
+		e.rule = log_ingress;
+		policy_log_send(&e);
+	}
 }
 
 /*
@@ -767,8 +833,7 @@ static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
 		/* Denied first packets leave no entry: a flood of them cannot fill the table. */
 		count_rule(fresh->rule_egress, len);
 		count_rule(fresh->rule_ingress, len);
-		policy_log(fc, log_egress);
-		policy_log(fc, log_ingress);
+		policy_log(fc, log_egress, log_ingress);
 		fc->out_reason = deny_reason(v);
 		return TC_ACT_SHOT;
 	}
@@ -793,8 +858,7 @@ static __noinline int ct_new(struct __sk_buff *skb, struct flow_ctx *fc)
 	bpf_map_update_elem(&conntrack, &fc->key, fresh, BPF_ANY);
 	count_rule(fresh->rule_egress, len);
 	count_rule(fresh->rule_ingress, len);
-	policy_log(fc, log_egress);
-	policy_log(fc, log_ingress);
+	policy_log(fc, log_egress, log_ingress);
 	fc->out_kernel_nat = fresh->kernel_nat;
 	return TC_ACT_UNSPEC;
 }
@@ -825,13 +889,14 @@ static __noinline void ct_recheck(struct flow_ctx *fc)
 }
 
 /*
- * Conntrack and policy for the packet fc was parsed from (flow_parse). Returns TC_ACT_UNSPEC
- * when the packet may go on, or TC_ACT_SHOT with *reason set. *kernel_nat says that the kernel
- * translates the flow, so the packet must stay on the kernel path. A new flow's entry keeps the
- * routes fc holds.
+ * Conntrack and policy for the packet fc was parsed from (flow_parse), by the program at hook on
+ * ifindex. Returns TC_ACT_UNSPEC when the packet may go on, or TC_ACT_SHOT with *reason set.
+ * *kernel_nat says that the kernel translates the flow, so the packet must stay on the kernel
+ * path. A new flow's entry keeps the routes fc holds.
  */
-static __always_inline int ct_policy(struct __sk_buff *skb, struct flow_ctx *fc, __u64 len, enum nat_probe probe,
-				     enum kernel_nat known, bool *kernel_nat, enum reason *reason)
+static __always_inline int ct_policy(struct __sk_buff *skb, struct flow_ctx *fc, __u64 len, __u32 ifindex,
+				     enum hook hook, enum nat_probe probe, enum kernel_nat known, bool *kernel_nat,
+				     enum reason *reason)
 {
 	const struct flow *f = &fc->f;
 	struct ct_value *ct = fc->ct;
@@ -842,6 +907,8 @@ static __always_inline int ct_policy(struct __sk_buff *skb, struct flow_ctx *fc,
 	*kernel_nat = false;
 	if (!ct) {
 		fc->in_len = len;
+		fc->in_ifindex = ifindex;
+		fc->in_hook = hook;
 		fc->in_probe = probe;
 		fc->in_known = known;
 		fc->out_kernel_nat = false;
