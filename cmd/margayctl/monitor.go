@@ -16,12 +16,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/margaynet/margay/control/agentapi"
 	"github.com/margaynet/margay/control/hostconv"
 	"github.com/margaynet/margay/maps"
 )
 
 // monitorOptions are the flags of margayctl monitor.
 type monitorOptions struct {
+	agent            string // this host's agent, which names rule ids
 	trace, dropsOnly bool
 	logsOnly         bool
 	reasons          []string
@@ -86,8 +88,9 @@ type eventJSON struct {
 	Interface string    `json:"interface"`
 	Ifindex   uint32    `json:"ifindex"`
 	Hook      string    `json:"hook"`
-	Reason    string    `json:"reason,omitempty"` // none in a policy log event: the verdict is not the log's
-	Rule      uint32    `json:"rule,omitempty"`   // a policy log event's Log rule (rule_hits id)
+	Reason    string    `json:"reason,omitempty"`   // none in a policy log event: the verdict is not the log's
+	Rule      uint32    `json:"rule,omitempty"`     // a policy log event's Log rule (rule_hits id)
+	RuleName  string    `json:"ruleName,omitempty"` // and its policy/direction/index, when the agent names it
 	Proto     string    `json:"proto,omitempty"`
 	Protocol  uint8     `json:"protocol,omitempty"`
 	Src       string    `json:"src,omitempty"`
@@ -97,11 +100,11 @@ type eventJSON struct {
 	Len       uint32    `json:"len"`
 }
 
-func toEventJSON(e maps.Event) eventJSON {
+func toEventJSON(e maps.Event, ruleName string) eventJSON {
 	j := eventJSON{Time: e.Time, Kind: e.Kind.String(), Interface: ifName(e.Ifindex), Ifindex: e.Ifindex,
 		Hook: e.Hook.String(), Reason: e.Reason.String(), Len: e.Len}
 	if e.Kind == maps.EventPolicyLog {
-		j.Reason, j.Rule = "", e.Rule
+		j.Reason, j.Rule, j.RuleName = "", e.Rule, ruleName
 	}
 	if e.Src.IsValid() {
 		j.Proto, j.Protocol = hostconv.ProtocolName(e.Protocol), e.Protocol
@@ -114,8 +117,9 @@ func toEventJSON(e maps.Event) eventJSON {
 const monitorLine = "%-15s  %-15s  %-12s  %-20s  %-5s  %21s -> %-21s  %d\n"
 
 // eventLine is an event's line of the table. A policy log event's reason is its Log rule: "LOG
-// rule=7" (Calico's Log action), followed by its packet's drop or trace line, if any.
-func eventLine(e maps.Event) string {
+// rule=7" (Calico's Log action), with its name when the agent gives it ("LOG
+// web/ingress/0"), followed by its packet's drop or trace line, if any.
+func eventLine(e maps.Event, ruleName string) string {
 	proto := "-"
 	if e.Src.IsValid() {
 		proto = hostconv.ProtocolName(e.Protocol)
@@ -123,6 +127,9 @@ func eventLine(e maps.Event) string {
 	reason := e.Reason.String()
 	if e.Kind == maps.EventPolicyLog {
 		reason = fmt.Sprintf("LOG rule=%d", e.Rule)
+		if ruleName != "" {
+			reason = "LOG " + ruleName
+		}
 	}
 	src, dst := e.Addrs()
 	return fmt.Sprintf(monitorLine, e.Time.Format("15:04:05.000000"), ifName(e.Ifindex), e.Hook, reason, proto, src, dst, e.Len)
@@ -190,6 +197,7 @@ func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
 		fmt.Fprintf(out, monitorLine[:len(monitorLine)-3]+"%s\n", "TIME", "INTERFACE", "HOOK", "REASON", "PROTO", "SRC", "DST", "LEN")
 	}
 	enc := json.NewEncoder(out)
+	names := &ruleNames{agent: agentapi.New(o.agent, 2*time.Second)}
 	shown := 0
 	for o.count == 0 || shown < o.count {
 		e, rerr := r.Read()
@@ -204,9 +212,9 @@ func (g *globals) monitor(cmd *cobra.Command, o *monitorOptions) (err error) {
 		}
 		shown++
 		if g.output == "json" {
-			err = enc.Encode(toEventJSON(e))
+			err = enc.Encode(toEventJSON(e, names.name(ctx, e)))
 		} else {
-			_, err = io.WriteString(out, eventLine(e))
+			_, err = io.WriteString(out, eventLine(e, names.name(ctx, e)))
 		}
 		if err != nil {
 			return err
@@ -260,6 +268,34 @@ when the command ends. The filters apply here, not in the dataplane (log events 
 	f.StringVar(&o.flow.dst, "dst", "", "only packets to this address or CIDR")
 	f.StringVar(&o.flow.proto, "proto", "", "only this protocol: tcp, udp, icmp, sctp, udplite or a number")
 	f.IntVar(&o.count, "count", 0, "stop after this many events (0: no limit)")
+	f.StringVar(&o.agent, "agent", agentapi.DefaultAddr, "this host's margay-agent, which names the rules of policy log events")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until Ctrl-C)")
 	return cmd
+}
+
+// ruleNames names the Log rules of policy log events through the agent (/policy/rules): asked
+// again when an event names a rule it does not know, at most once a second; without an agent,
+// events show the rule id alone.
+type ruleNames struct {
+	agent *agentapi.Client
+	rules map[uint32]agentapi.Rule
+	asked time.Time
+}
+
+func (n *ruleNames) name(ctx context.Context, e maps.Event) string {
+	if e.Kind != maps.EventPolicyLog {
+		return ""
+	}
+	r, ok := n.rules[e.Rule]
+	if !ok && time.Since(n.asked) >= time.Second {
+		n.asked = time.Now()
+		if rules, err := n.agent.PolicyRules(ctx); err == nil {
+			n.rules = rules
+			r, ok = rules[e.Rule]
+		}
+	}
+	if !ok {
+		return ""
+	}
+	return r.String()
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/margaynet/margay/control/agentapi"
 	"github.com/margaynet/margay/loader"
 	"github.com/margaynet/margay/maps"
 	"github.com/margaynet/margay/tests/netns"
@@ -109,8 +113,12 @@ func TestMonitor(t *testing.T) {
 		wg.Wait()
 	}()
 
+	// No agent names the rules (a port nothing listens on), unless a run says --agent.
 	run := func(args ...string) (string, string) {
 		t.Helper()
+		if !slices.Contains(args, "--agent") {
+			args = append(args, "--agent", "127.0.0.1:1")
+		}
 		out, errOut, err := monitorctl(t, append([]string{"--bpffs-root", root, "monitor"}, args...)...)
 		if err != nil {
 			t.Fatalf("margayctl monitor %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
@@ -269,8 +277,12 @@ func TestMonitorPolicyLog(t *testing.T) {
 		wg.Wait()
 	}()
 
+	// No agent names the rules (a port nothing listens on), unless a run says --agent.
 	run := func(args ...string) (string, string) {
 		t.Helper()
+		if !slices.Contains(args, "--agent") {
+			args = append(args, "--agent", "127.0.0.1:1")
+		}
 		out, errOut, err := monitorctl(t, append([]string{"--bpffs-root", root, "monitor"}, args...)...)
 		if err != nil {
 			t.Fatalf("margayctl monitor %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
@@ -289,6 +301,25 @@ func TestMonitorPolicyLog(t *testing.T) {
 			strings.Join(f[7:], " ") != "-> 198.19.0.1:53 58" {
 			t.Errorf("log event line %q", l)
 		}
+	}
+
+	// With the agent's names of the rules (its /policy/rules, served here as the agent serves it).
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != agentapi.PathPolicyRules {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[uint32]agentapi.Rule{
+			logRule: {Policy: "prod/web", Direction: "ingress", Index: 0}, rule: {Profile: "net1", Direction: "ingress", Index: 2}})
+	}))
+	defer agent.Close()
+	out, _ = run("--count", "1", "--agent", strings.TrimPrefix(agent.URL, "http://"))
+	if f := strings.Fields(strings.Split(strings.TrimSpace(out), "\n")[1]); len(f) < 6 || strings.Join(f[3:5], " ") != "LOG prod/web/ingress/0" {
+		t.Errorf("log event line with the agent's names:\n%s", out)
+	}
+	out, _ = run("--count", "1", "-o", "json", "--agent", strings.TrimPrefix(agent.URL, "http://"))
+	if !strings.Contains(out, `"rule":12,"ruleName":"prod/web/ingress/0"`) {
+		t.Errorf("log event with the agent's names: %s", out)
 	}
 
 	out, _ = run("--count", "2", "-o", "json", "--hook", "to_wep", "--dst", "198.19.0.1")

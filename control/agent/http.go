@@ -39,6 +39,7 @@ func (a *Agent) serveHTTP(ctx context.Context) error {
 	})
 	mux.HandleFunc(agentapi.PathBGPPeers, a.serveBGPPeers)
 	mux.HandleFunc(agentapi.PathPolicy, a.servePolicy)
+	mux.HandleFunc(agentapi.PathPolicyRules, a.servePolicyRules)
 	if a.cfg.Pprof {
 		mux.HandleFunc(agentapi.PathPprof, pprof.Index)
 		mux.HandleFunc(agentapi.PathPprof+"cmdline", pprof.Cmdline)
@@ -85,6 +86,20 @@ func (a *Agent) serveBGPPeers(w http.ResponseWriter, req *http.Request) {
 }
 
 // servePolicy answers which policies (by datastore revision) the dataplane enforces.
+// servePolicyRules names the rule ids the dataplane counts and logs.
+func (a *Agent) servePolicyRules(w http.ResponseWriter, _ *http.Request) {
+	if a.pol == nil {
+		http.Error(w, "not started", http.StatusServiceUnavailable)
+		return
+	}
+	out := map[uint32]agentapi.Rule{}
+	for id, r := range *a.pol.rules.Load() {
+		out[id] = agentapi.Rule{Policy: r.Policy, Profile: r.Profile, Direction: r.Direction.String(), Index: r.Index}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
 func (a *Agent) servePolicy(w http.ResponseWriter, _ *http.Request) {
 	if a.pol == nil {
 		http.Error(w, "not started", http.StatusServiceUnavailable)

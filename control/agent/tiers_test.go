@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/margaynet/margay/control/agentapi"
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/datastore/datastoretest"
 	"github.com/margaynet/margay/maps"
@@ -157,6 +158,32 @@ func TestAgentTiersAndProfiles(t *testing.T) {
 		}
 		if st.Tiers["sec"] == 0 || st.Profiles["net1"] == 0 || st.Policies["prod/web"] == 0 || st.Policies["sec.gate"] == 0 {
 			return fmt.Errorf("status %s", body)
+		}
+		return nil
+	})
+	// The rule ids of the maps have names: the Log rule's is what a policy log event carries.
+	eventually(t, "/policy/rules names the Log rule", func() error {
+		ep, err := set.Endpoints.Get(idx)
+		if err != nil {
+			return err
+		}
+		v, err := decide(set, ep.IngressProgram, client, 6, 8080)
+		if err != nil || v.Log == 0 {
+			return fmt.Errorf("no Log rule: %+v, %v", v, err)
+		}
+		_, body, err := h.get(agentapi.PathPolicyRules)
+		if err != nil {
+			return err
+		}
+		var rules map[uint32]agentapi.Rule
+		if err := json.Unmarshal([]byte(body), &rules); err != nil {
+			return err
+		}
+		if got := rules[v.Log].String(); got != "sec.gate/ingress/0" {
+			return fmt.Errorf("rule %d is %q, want sec.gate/ingress/0 (%s)", v.Log, got, body)
+		}
+		if got := rules[v.Rule].String(); got != "prod/web/ingress/0" {
+			return fmt.Errorf("rule %d is %q, want prod/web/ingress/0", v.Rule, got)
 		}
 		return nil
 	})

@@ -26,7 +26,10 @@ const (
 	PathMetrics  = "/metrics"   // Prometheus
 	PathBGPPeers = "/bgp/peers" // the sessions of the node's speaker, as []hostconv.PeerStatus; 503 without BGP
 	PathPolicy   = "/policy"    // the policies (by datastore revision) the dataplane enforces
-	PathPprof    = "/debug/pprof/"
+	// PathPolicyRules names the rules behind the rule ids of rule_hits and of policy log events,
+	// as map[id]Rule.
+	PathPolicyRules = "/policy/rules"
+	PathPprof       = "/debug/pprof/"
 )
 
 // ErrBGPOff says that the agent runs without its BGP speaker (margay-agent without --bgp): remote
@@ -66,6 +69,39 @@ func (c *Client) Healthy(ctx context.Context) error {
 		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	return nil
+}
+
+// Rule names a policy rule (or a profile's): what a rule id of the dataplane stands for.
+type Rule struct {
+	Policy    string `json:"policy,omitempty"` // Policy.Key: <name> or <namespace>/<name>
+	Profile   string `json:"profile,omitempty"`
+	Direction string `json:"direction"` // ingress or egress
+	Index     int    `json:"index"`
+}
+
+func (r Rule) String() string {
+	if r.Profile != "" {
+		return fmt.Sprintf("profile:%s/%s/%d", r.Profile, r.Direction, r.Index)
+	}
+	return fmt.Sprintf("%s/%s/%d", r.Policy, r.Direction, r.Index)
+}
+
+// PolicyRules returns the rules the agent's dataplane counts, by rule id (/policy/rules).
+func (c *Client) PolicyRules(ctx context.Context) (map[uint32]Rule, error) {
+	resp, err := c.get(ctx, PathPolicyRules)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	rules := map[uint32]Rule{}
+	if err := json.Unmarshal(body, &rules); err != nil {
+		return nil, fmt.Errorf("decode rules: %w", err)
+	}
+	return rules, nil
 }
 
 // BGPPeers returns the agent's BGP sessions (/bgp/peers), an empty list when it has none, and
