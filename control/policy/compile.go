@@ -492,7 +492,6 @@ func (c *Compiler) dropCell(p, ident uint32, stale bool) {
 	delete(c.cells[p], ident)
 }
 
-
 func (cl cell) value() maps.PolicyValue {
 	return maps.PolicyValue{Action: cl.action, Rule: cl.rule, Log: cl.log}
 }
