@@ -1,7 +1,6 @@
 package calicov3
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,16 +43,7 @@ func List(ctx context.Context, c *datastore.Client, kind resource.Kind, namespac
 		}
 		// As calicoctl get tier: by order, those without one last; then by name.
 		slices.SortStableFunc(all, func(a, b resource.Resource) int {
-			oa, ob := a.(*resource.Tier).Spec.Order, b.(*resource.Tier).Spec.Order
-			switch {
-			case oa != nil && ob != nil && *oa != *ob:
-				return cmp.Compare(*oa, *ob)
-			case oa != nil && ob == nil:
-				return -1
-			case oa == nil && ob != nil:
-				return 1
-			}
-			return strings.Compare(a.Metadata().Name, b.Metadata().Name)
+			return datastore.CompareOrder(a.Metadata().Name, a.(*resource.Tier).Spec.Order, b.Metadata().Name, b.(*resource.Tier).Spec.Order)
 		})
 		return all, rev, nil
 	case resource.KindProfile:

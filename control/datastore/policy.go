@@ -533,16 +533,18 @@ func (p *Policy) setDefaults() {
 	if len(p.Types) == 0 {
 		p.Types = DefaultTypes(len(p.Ingress) > 0, len(p.Egress) > 0)
 	}
-	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
-		for i := range rules {
-			normalizeRule(&rules[i])
+	normalizeRules(&p.Ingress, &p.Egress)
+}
+
+// normalizeRules normalizes the rules of a policy or profile, and makes empty lists nil.
+func normalizeRules(lists ...*[]Rule) {
+	for _, rules := range lists {
+		for i := range *rules {
+			normalizeRule(&(*rules)[i])
 		}
-	}
-	if len(p.Ingress) == 0 {
-		p.Ingress = nil
-	}
-	if len(p.Egress) == 0 {
-		p.Egress = nil
+		if len(*rules) == 0 {
+			*rules = nil
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -95,17 +96,21 @@ func (p *Profile) version() *int { return &p.Version }
 
 func (p *Profile) setDefaults() {
 	p.LabelsToApply = nilIfEmpty(p.LabelsToApply)
-	for _, rules := range [][]Rule{p.Ingress, p.Egress} {
-		for i := range rules {
-			normalizeRule(&rules[i])
-		}
+	normalizeRules(&p.Ingress, &p.Egress)
+}
+
+// CompareOrder orders by order (lower first; none last), then by name: how Calico orders
+// tiers, and policies within a tier.
+func CompareOrder(aName string, aOrder *float64, bName string, bOrder *float64) int {
+	switch {
+	case aOrder != nil && bOrder != nil && *aOrder != *bOrder:
+		return cmp.Compare(*aOrder, *bOrder)
+	case aOrder != nil && bOrder == nil:
+		return -1
+	case aOrder == nil && bOrder != nil:
+		return 1
 	}
-	if len(p.Ingress) == 0 {
-		p.Ingress = nil
-	}
-	if len(p.Egress) == 0 {
-		p.Egress = nil
-	}
+	return strings.Compare(aName, bName)
 }
 
 // EndpointPort is a named port of a workload (a container port of a pod): rules name it.

@@ -478,17 +478,7 @@ func Build(in Input) (*Set, error) {
 		}
 		s.profiles[pr.Name] = pp
 	}
-	byOrder := func(an string, ao *float64, bn string, bo *float64) int {
-		switch {
-		case ao != nil && bo != nil && *ao != *bo:
-			return cmp.Compare(*ao, *bo)
-		case ao != nil && bo == nil:
-			return -1
-		case ao == nil && bo != nil:
-			return 1
-		}
-		return strings.Compare(an, bn)
-	}
+	byOrder := datastore.CompareOrder
 	for _, t := range tiers {
 		if len(t.policies) == 0 {
 			continue
