@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -324,8 +323,8 @@ func (p Policy) Validate() error {
 	if err := ValidateName(p.Name); err != nil {
 		return fmt.Errorf("name: %w", err)
 	}
-	if p.Order != nil && (math.IsNaN(*p.Order) || math.IsInf(*p.Order, 0)) {
-		return errors.New("order: not a finite number")
+	if err := checkOrder(p.Order); err != nil {
+		return err
 	}
 	if p.Namespace != "" {
 		if err := ValidateNamespace(p.Namespace); err != nil {

@@ -44,8 +44,8 @@ func (t Tier) Validate() error {
 	if err := ValidateName(t.Name); err != nil {
 		return fmt.Errorf("name: %w", err)
 	}
-	if t.Order != nil && (math.IsNaN(*t.Order) || math.IsInf(*t.Order, 0)) {
-		return errors.New("order: not a finite number")
+	if err := checkOrder(t.Order); err != nil {
+		return err
 	}
 	if t.DefaultAction != TierDeny && t.DefaultAction != TierPass {
 		return fmt.Errorf("defaultAction %q: want %s or %s", t.DefaultAction, TierDeny, TierPass)
@@ -97,6 +97,14 @@ func (p *Profile) version() *int { return &p.Version }
 func (p *Profile) setDefaults() {
 	p.LabelsToApply = nilIfEmpty(p.LabelsToApply)
 	normalizeRules(&p.Ingress, &p.Egress)
+}
+
+// checkOrder refuses an order that is not a finite number.
+func checkOrder(order *float64) error {
+	if order != nil && (math.IsNaN(*order) || math.IsInf(*order, 0)) {
+		return errors.New("order: not a finite number")
+	}
+	return nil
 }
 
 // CompareOrder orders by order (lower first; none last), then by name: how Calico orders

@@ -27,18 +27,18 @@ const (
 	// OrchestratorLabel is "k8s" for a pod.
 	OrchestratorLabel = "projectcalico.org/orchestrator"
 	// ServiceAccountLabel holds the pod's spec.serviceAccountName.
-	ServiceAccountLabel = "projectcalico.org/serviceaccount"
+	ServiceAccountLabel = policy.ServiceAccountLabel
 	// Orchestrator is the value of OrchestratorLabel.
 	Orchestrator = "k8s"
 	// NamespaceLabelPrefix is put before the key of each of the namespace's labels.
-	NamespaceLabelPrefix = "pcns."
+	NamespaceLabelPrefix = policy.NamespacePrefix
 	// ServiceAccountLabelPrefix is put before the key of each of the service account's labels.
-	ServiceAccountLabelPrefix = "pcsa."
+	ServiceAccountLabelPrefix = policy.ServiceAccountPrefix
 	// NameLabel, after NamespaceLabelPrefix, holds the namespace's name, and after
 	// ServiceAccountLabelPrefix the service account's: Calico's profiles kns.<namespace> and
 	// ksa.<namespace>.<account> apply these, so that a namespaceSelector or a service account
 	// selector can name one by name.
-	NameLabel = "projectcalico.org/name"
+	NameLabel = policy.NameLabel
 	// reservedPrefix is the prefix of the labels Margay sets itself.
 	reservedPrefix = "projectcalico.org/"
 	// metadataNameLabel is the label Kubernetes gives every namespace: its name.

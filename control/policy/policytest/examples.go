@@ -11,6 +11,7 @@ import (
 	"fmt"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy"
 )
 
 // Workload is a workload of the fixed world.
@@ -36,12 +37,12 @@ func workload(name, ns string, host int, sa string, labels map[string]string, pr
 		l[k] = v
 	}
 	for k, v := range namespaceLabels[ns] {
-		l["pcns."+k] = v
+		l[policy.NamespacePrefix+k] = v
 	}
 	if sa != "" {
-		l["projectcalico.org/serviceaccount"] = sa
+		l[policy.ServiceAccountLabel] = sa
 		for k, v := range accountLabels[sa] {
-			l["pcsa."+k] = v
+			l[policy.ServiceAccountPrefix+k] = v
 		}
 	}
 	return Workload{Name: name, Namespace: ns, Host: host, Labels: l, Profiles: profiles, Ports: ports}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/policy/selector"
 	"github.com/margaynet/margay/control/resource"
 )
 
@@ -76,7 +77,7 @@ func WorkloadToV3(w datastore.Workload) (*resource.WorkloadEndpoint, error) {
 	if out.Labels == nil {
 		out.Labels = map[string]string{}
 	}
-	out.Labels["projectcalico.org/namespace"] = ns
+	out.Labels[selector.NamespaceLabel] = ns
 	out.Labels["projectcalico.org/orchestrator"] = orch
 	name, err := ids.Name()
 	if err != nil {
