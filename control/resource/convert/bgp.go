@@ -51,11 +51,7 @@ func PeerFromV3(p *resource.BGPPeer) (datastore.BGPPeer, error) {
 			e.notYet("spec."+f.name, whyPeers)
 		}
 	}
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.BGPPeer{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 // PeerToV3 is the BGPPeer of a peer record. A record's password and accept list (set with
@@ -122,11 +118,7 @@ func BGPConfigFromV3(c *resource.BGPConfiguration) (datastore.BGPConfig, error) 
 			e.notYet("spec."+f.name, whyBGPConfig)
 		}
 	}
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.BGPConfig{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 // BGPConfigToV3 is the BGPConfiguration default of the cluster's BGP record, with Calico's

@@ -48,14 +48,20 @@ func (e *fieldErrs) addf(at, format string, args ...any) {
 
 func (e fieldErrs) err() error { return errors.Join(e...) }
 
-// check runs the record's own validation, for what only Margay limits (rule counts, ...); a
-// resource that passed resource.Validate rarely fails it.
-func (e *fieldErrs) check(v interface{ Validate() error }) {
+// finish runs the record's own validation, for what only Margay limits (rule counts, ...; a
+// resource that passed resource.Validate rarely fails it), when nothing else was wrong, and
+// returns the record, or the zero record and every problem.
+func finish[T interface{ Validate() error }](e *fieldErrs, out T) (T, error) {
 	if len(*e) == 0 {
-		if err := v.Validate(); err != nil {
+		if err := out.Validate(); err != nil {
 			e.addf("spec", "%s", err)
 		}
 	}
+	if err := e.err(); err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
 }
 
 // checkMeta refuses the labels and annotations a record cannot hold: every label but the ones

@@ -43,11 +43,7 @@ func PolicyFromV3(p *resource.GlobalNetworkPolicy) (datastore.Policy, error) {
 	out := policyFromV3(&e, &p.ObjectMeta, policySpec{s.Tier, s.Order, s.Selector, s.Types, s.Ingress, s.Egress,
 		s.ServiceAccountSelector, s.PerformanceHints})
 	out.NamespaceSelector = s.NamespaceSelector
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.Policy{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 // NetworkPolicyFromV3 converts a NetworkPolicy into a policy record of its namespace
@@ -63,11 +59,7 @@ func NetworkPolicyFromV3(p *resource.NetworkPolicy) (datastore.Policy, error) {
 	if out.Namespace == "" {
 		out.Namespace = resource.DefaultNamespace
 	}
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.Policy{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 func policyFromV3(e *fieldErrs, m *resource.ObjectMeta, s policySpec) datastore.Policy {
@@ -146,11 +138,7 @@ func TierFromV3(t *resource.Tier) (datastore.Tier, error) {
 	if t.Spec.Order != nil {
 		out.Order = ptr(*t.Spec.Order)
 	}
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.Tier{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 // TierToV3 is the Tier of a tier record, with Calico's defaults.
@@ -181,11 +169,7 @@ func ProfileFromV3(p *resource.Profile) (datastore.Profile, error) {
 	}
 	out.Ingress = rulesFromV3(&e, "spec.ingress", p.Spec.Ingress)
 	out.Egress = rulesFromV3(&e, "spec.egress", p.Spec.Egress)
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.Profile{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 // ProfileToV3 is the Profile of a profile record.

@@ -39,11 +39,7 @@ func PoolFromV3(p *resource.IPPool) (datastore.Pool, error) {
 		}
 	}
 	out := datastore.Pool{Version: datastore.CurrentVersion, Name: p.Name, CIDR: cidr, BlockSize: s.BlockSize, Disabled: s.Disabled}
-	e.check(out)
-	if err := e.err(); err != nil {
-		return datastore.Pool{}, err
-	}
-	return out, nil
+	return finish(&e, out)
 }
 
 // PoolToV3 is the IPPool of a pool record, with Calico's defaults.
