@@ -1,0 +1,262 @@
+package docker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/control/workload"
+)
+
+// The address spaces the IPAM driver answers; both mean "Margay's pools".
+const (
+	LocalAddressSpace  = "MargayLocal"
+	GlobalAddressSpace = "MargayGlobal"
+)
+
+// Pool IDs: poolAny for a network without --subnet (addresses from any enabled pool), else
+// poolPrefix + the subnet, so the ID carries all the plugin needs and it keeps no state.
+const (
+	poolAny    = "margay-any"
+	poolPrefix = "margay-"
+)
+
+// HandlePrefix starts the IPAM handle of every address RequestAddress allocates.
+const HandlePrefix = "docker-"
+
+// gatewayOption is RequestAddress's option naming a gateway request, and RequestPool's answer
+// key giving the gateway.
+const gatewayOption = "com.docker.network.gateway"
+
+var (
+	anyNet     = netip.MustParsePrefix("0.0.0.0/0")
+	gatewayNet = netip.PrefixFrom(workload.Gateway, 32)
+)
+
+// poolRef is a decoded pool ID: any pool, or a subnet inside one.
+type poolRef struct {
+	any    bool
+	subnet netip.Prefix
+}
+
+func (p poolRef) id() string {
+	if p.any {
+		return poolAny
+	}
+	return poolPrefix + p.subnet.String()
+}
+
+func (p poolRef) cidr() netip.Prefix {
+	if p.any {
+		return anyNet
+	}
+	return p.subnet
+}
+
+func parsePoolID(id string) (poolRef, error) {
+	if id == poolAny {
+		return poolRef{any: true}, nil
+	}
+	s, ok := strings.CutPrefix(id, poolPrefix)
+	if ok {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() && p.Masked() == p {
+			return poolRef{subnet: p}, nil
+		}
+	}
+	return poolRef{}, badf("pool ID %q is not one of margay-ipam's (is the network's IPAM driver margay-ipam?)", id)
+}
+
+func checkAddressSpace(as string) error {
+	switch as {
+	case LocalAddressSpace, GlobalAddressSpace:
+		return nil
+	}
+	return badf("address space %q is not margay-ipam's (%s or %s)", as, LocalAddressSpace, GlobalAddressSpace)
+}
+
+// requestPool answers a network's pool: without --subnet every enabled Margay pool, else the
+// subnet, which must lie inside an enabled Margay pool. Only IPv4; no --ip-range.
+func (s *Server) requestPool(ctx context.Context, req requestPoolRequest) (requestPoolResponse, error) {
+	if req.V6 {
+		return requestPoolResponse{}, badf("IPv6 is not supported: create the network without --ipv6")
+	}
+	if err := checkAddressSpace(req.AddressSpace); err != nil {
+		return requestPoolResponse{}, err
+	}
+	if req.SubPool != "" {
+		return requestPoolResponse{}, badf("--ip-range is not supported: give --subnet (inside a Margay pool) only")
+	}
+	ref := poolRef{any: true}
+	if req.Pool != "" {
+		p, err := netip.ParsePrefix(req.Pool)
+		if err != nil || !p.Addr().Is4() {
+			return requestPoolResponse{}, badf("subnet %q: want an IPv4 CIDR", req.Pool)
+		}
+		if p.Masked() != p {
+			return requestPoolResponse{}, badf("subnet %s has host bits set (%s)", p, p.Masked())
+		}
+		if err := s.insidePool(ctx, p); err != nil {
+			return requestPoolResponse{}, err
+		}
+		ref = poolRef{subnet: p}
+	}
+	return requestPoolResponse{
+		PoolID: ref.id(),
+		Pool:   ref.cidr().String(),
+		Data:   map[string]string{gatewayOption: gatewayNet.String()},
+	}, nil
+}
+
+// insidePool checks that subnet lies inside an enabled pool.
+func (s *Server) insidePool(ctx context.Context, subnet netip.Prefix) error {
+	items, _, err := s.ds.Pools().List(ctx)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, it := range items {
+		p := it.Value
+		names = append(names, p.CIDR.String())
+		if p.CIDR.Bits() <= subnet.Bits() && p.CIDR.Contains(subnet.Addr()) {
+			if p.Disabled {
+				return badf("subnet %s is inside pool %s (%s), which is disabled", subnet, p.Name, p.CIDR)
+			}
+			return nil
+		}
+	}
+	slices.Sort(names)
+	if len(names) == 0 {
+		return badf("subnet %s: there is no Margay IP pool", subnet)
+	}
+	return badf("subnet %s is not inside a Margay IP pool (pools: %s)", subnet, strings.Join(names, ", "))
+}
+
+func (s *Server) releasePool(_ context.Context, req releasePoolRequest) (struct{}, error) {
+	_, err := parsePoolID(req.PoolID)
+	return struct{}{}, err
+}
+
+// requestAddress allocates a container's address under a new handle docker-<random>, which
+// CreateEndpoint finds by the address and ReleaseAddress frees. A gateway request is answered
+// 169.254.1.1 without allocating.
+func (s *Server) requestAddress(ctx context.Context, req requestAddressRequest) (requestAddressResponse, error) {
+	ref, err := parsePoolID(req.PoolID)
+	if err != nil {
+		return requestAddressResponse{}, err
+	}
+	if req.Options[requestAddressType] == gatewayOption {
+		return requestAddressResponse{Address: gatewayNet.String()}, nil
+	}
+	if req.Address != "" {
+		ip, err := parseAddress(req.Address)
+		if err != nil {
+			return requestAddressResponse{}, err
+		}
+		if !ref.cidr().Contains(ip) {
+			return requestAddressResponse{}, badf("address %s is outside the network's subnet %s", ip, ref.cidr())
+		}
+		// TODO(issue 21): ipam.Request.IP, assigning a given address.
+		return requestAddressResponse{}, fmt.Errorf("address %s: a fixed address (--ip) is not supported yet", ip)
+	}
+	if !ref.any {
+		// TODO(issue 21): ipam.Request.Within, addresses from the subnet only.
+		return requestAddressResponse{}, fmt.Errorf("network subnet %s: addresses from a --subnet network are not supported yet; create the network without --subnet", ref.subnet)
+	}
+	handle, err := newHandle()
+	if err != nil {
+		return requestAddressResponse{}, err
+	}
+	// No workload key: IPAM's garbage collection frees the handles whose workload record is
+	// gone, and this one's record does not exist until CreateEndpoint, which is to key the
+	// handle to it (docs/docker.md). Until then only ReleaseAddress frees it.
+	a, err := s.ipam.Assign(ctx, ipam.Request{Handle: handle, Node: s.node})
+	if err != nil {
+		if errors.Is(err, ipam.ErrPoolExhausted) {
+			return requestAddressResponse{}, fmt.Errorf("no free address in the Margay pools: %w", err)
+		}
+		return requestAddressResponse{}, err
+	}
+	s.log.Info("docker address assigned", "ip", a.IP, "handle", handle, "block", a.Block, "borrowed", a.Borrowed)
+	return requestAddressResponse{Address: netip.PrefixFrom(a.IP, 32).String()}, nil
+}
+
+// requestAddressType is the RequestAddress option saying what the address is for.
+const requestAddressType = "RequestAddressType"
+
+// releaseAddress frees the address's docker-… handle. An address that is free already is not an
+// error (dockerd repeats releases after a crash); one held by a CNI workload, or by a container of
+// another node, is refused.
+func (s *Server) releaseAddress(ctx context.Context, req releaseAddressRequest) (struct{}, error) {
+	ref, err := parsePoolID(req.PoolID)
+	if err != nil {
+		return struct{}{}, err
+	}
+	ip, err := parseAddress(req.Address)
+	if err != nil {
+		return struct{}{}, err
+	}
+	if ip == workload.Gateway {
+		return struct{}{}, nil
+	}
+	if !ref.cidr().Contains(ip) {
+		return struct{}{}, badf("address %s is outside the network's subnet %s", ip, ref.cidr())
+	}
+	loc, err := s.ipam.Locate(ctx, ip)
+	if err != nil {
+		return struct{}{}, err
+	}
+	if loc.Handle == "" {
+		s.log.Info("docker address already free", "ip", ip)
+		return struct{}{}, nil
+	}
+	if !strings.HasPrefix(loc.Handle, HandlePrefix) {
+		return struct{}{}, fmt.Errorf("address %s belongs to %s, not to a Docker container; left alone", ip, loc.Handle)
+	}
+	h, err := s.ds.Handles().Get(ctx, loc.Handle)
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		return struct{}{}, err
+	}
+	if err == nil && h.Value.Node != s.node {
+		return struct{}{}, fmt.Errorf("address %s is held by a container of node %s, not %s; left alone", ip, h.Value.Node, s.node)
+	}
+	freed, err := s.ipam.ReleaseHandle(ctx, loc.Handle)
+	if err != nil {
+		return struct{}{}, err
+	}
+	s.log.Info("docker address released", "ip", ip, "handle", loc.Handle, "freed", ipam.AddrList(freed))
+	return struct{}{}, nil
+}
+
+// parseAddress takes an address as dockerd gives it: bare, or with a prefix length.
+func parseAddress(s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, badf("no address")
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		p, perr := netip.ParsePrefix(s)
+		if perr != nil {
+			return netip.Addr{}, badf("address %q: want an IPv4 address", s)
+		}
+		ip = p.Addr()
+	}
+	if !ip.Is4() {
+		return netip.Addr{}, badf("address %s: want an IPv4 address", ip)
+	}
+	return ip, nil
+}
+
+func newHandle() (string, error) {
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("new IPAM handle: %w", err)
+	}
+	return HandlePrefix + hex.EncodeToString(b), nil
+}
