@@ -77,6 +77,10 @@ type createEndpointRequest struct {
 	Options    map[string]any
 }
 
+type createEndpointResponse struct {
+	Interface *endpointInterface `json:",omitempty"` // nil: dockerd's address and MAC stand
+}
+
 type endpointRequest struct { // DeleteEndpoint, EndpointOperInfo, Leave, Program/RevokeExternalConnectivity
 	NetworkID  string
 	EndpointID string

@@ -42,6 +42,11 @@ func pool(name, cidr string, blockSize int, disabled bool) datastore.Pool {
 // server in it.
 func newEnv(t *testing.T, pools ...datastore.Pool) *env {
 	t.Helper()
+	return newEnvWith(t, nil, pools...)
+}
+
+func newEnvWith(t *testing.T, opts []docker.Option, pools ...datastore.Pool) *env {
+	t.Helper()
 	ds := datastoretest.New(t)
 	for _, p := range pools {
 		if _, err := ds.Pools().Create(t.Context(), p.Name, p); err != nil {
@@ -52,7 +57,7 @@ func newEnv(t *testing.T, pools ...datastore.Pool) *env {
 	log := datastoretest.Logger(t)
 	ipm := ipam.New(ds, ipam.WithLogger(log))
 	host := netns.New(t, "dkh")
-	srv := docker.New(ds, ipm, node, docker.WithLogger(log), docker.WithNetns(host.Do))
+	srv := docker.New(ds, ipm, node, append([]docker.Option{docker.WithLogger(log), docker.WithNetns(host.Do)}, opts...)...)
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
 	return &env{ds: ds, ipam: ipm, host: host, url: ts.URL}
@@ -339,7 +344,7 @@ func TestUnknownEndpoint(t *testing.T) {
 	// Deleting what is not there succeeds: dockerd repeats deletes after a crash.
 	e.ok(t, "/NetworkDriver.DeleteEndpoint", ep)
 	e.ok(t, "/NetworkDriver.RevokeExternalConnectivity", ep)
-	e.fails(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]any{"Address": "198.18.0.5/32"}}, "not implemented yet")
+	e.fails(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]any{"Address": "198.18.0.5/32"}}, "was not given out by margay-ipam")
 	e.fails(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid}, "no Interface.Address")
 }
 

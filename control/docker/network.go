@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/workload"
@@ -84,23 +85,75 @@ func (s *Server) swarmOnly(_ context.Context, _ networkRequest) (struct{}, error
 	return struct{}{}, badf("swarm networks are not supported: margay is a local-scope driver")
 }
 
-// createEndpoint is the host half of workload.Add; see docs/docker.md.
-func (s *Server) createEndpoint(_ context.Context, req createEndpointRequest) (struct{}, error) {
+// NetworkPrefix starts the Network field of the records of Docker endpoints: "docker:<name>".
+const NetworkPrefix = "docker:"
+
+// createEndpoint makes the endpoint a workload: the address must be one RequestAddress gave out
+// on this node; the network's profile is ensured; workload.AddHost makes the veth pair in the host
+// namespace (container side TempVethName) and the record, with the network's profile; last the
+// address's handle is keyed to the record, so IPAM's garbage collection frees it with the record.
+func (s *Server) createEndpoint(ctx context.Context, req createEndpointRequest) (createEndpointResponse, error) {
+	var none createEndpointResponse
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
-		return struct{}{}, err
+		return none, err
 	}
 	if req.Interface == nil || req.Interface.Address == "" {
-		return struct{}{}, badf("no Interface.Address: create the network with --ipam-driver margay-ipam")
+		return none, badf("no Interface.Address: create the network with --ipam-driver margay-ipam")
 	}
 	if req.Interface.AddressIPv6 != "" {
-		return struct{}{}, badf("IPv6 is not supported")
+		return none, badf("IPv6 is not supported")
 	}
-	if _, err := parseAddress(req.Interface.Address); err != nil {
-		return struct{}{}, err
+	if req.Interface.MacAddress != "" {
+		return none, badf("--mac-address is not supported: the kernel chooses the container's MAC")
 	}
-	// TODO(issue 21): workload.AddHost (veth in the host namespace, peer TempVethName), the
-	// profile of the network's name, the endpoint record with the docker-… handle.
-	return struct{}{}, errors.New("creating endpoints is not implemented yet (issue 21)")
+	ip, err := parseAddress(req.Interface.Address)
+	if err != nil {
+		return none, err
+	}
+	loc, err := s.ipam.Locate(ctx, ip)
+	if err != nil {
+		return none, err
+	}
+	if !strings.HasPrefix(loc.Handle, HandlePrefix) {
+		return none, fmt.Errorf("address %s was not given out by margay-ipam (holder %q)", ip, loc.Handle)
+	}
+	h, err := s.ds.Handles().Get(ctx, loc.Handle)
+	if err != nil {
+		return none, fmt.Errorf("address %s: %w", ip, err)
+	}
+	key := s.node + "/" + req.EndpointID
+	if h.Value.Node != s.node || (h.Value.Workload != "" && h.Value.Workload != key) {
+		return none, fmt.Errorf("address %s belongs to %q on node %s, not to endpoint %s here", ip, h.Value.Workload, h.Value.Node, req.EndpointID)
+	}
+	name, err := s.networkName(ctx, req.NetworkID)
+	if err != nil {
+		return none, fmt.Errorf("network %s: %w", req.NetworkID, err)
+	}
+	if err := s.ensureProfile(ctx, name); err != nil {
+		return none, err
+	}
+	spec := workload.HostSpec{ID: req.EndpointID, Node: s.node, Network: NetworkPrefix + name, PeerName: TempVethName(req.EndpointID),
+		IP: netip.PrefixFrom(ip, 32), Profiles: []string{name}, Log: s.log}
+	if err := s.do(func() error {
+		_, err := workload.AddHost(ctx, s.ds, spec)
+		return err
+	}); err != nil {
+		return none, err
+	}
+	if h.Value.Workload == "" {
+		h.Value.Workload = key
+		if _, err := s.ds.Handles().Update(ctx, h.Name, h.Value, h.ModRevision); err != nil {
+			err = fmt.Errorf("key address %s's handle to the endpoint: %w", ip, err)
+			// dockerd does not delete an endpoint whose creation failed: undo the workload.
+			if derr := s.do(func() error {
+				return workload.Del(context.WithoutCancel(ctx), s.ds, s.ipam, workload.Spec{ID: req.EndpointID, Node: s.node, Log: s.log})
+			}); derr != nil {
+				err = errors.Join(err, fmt.Errorf("roll back: %w", derr))
+			}
+			return none, err
+		}
+	}
+	return none, nil
 }
 
 // endpoint returns the endpoint's record, or an error naming it when there is none.
@@ -147,7 +200,7 @@ func (s *Server) join(ctx context.Context, req joinRequest) (joinResponse, error
 	if req.SandboxKey == "" {
 		return joinResponse{}, badf("no SandboxKey")
 	}
-	if _, err := s.endpoint(ctx, req.EndpointID); err != nil {
+	if err := s.setNetns(ctx, req.EndpointID, req.SandboxKey); err != nil {
 		return joinResponse{}, err
 	}
 	return joinResponse{
@@ -158,12 +211,29 @@ func (s *Server) join(ctx context.Context, req joinRequest) (joinResponse, error
 	}, nil
 }
 
+// leave forgets the sandbox; dockerd takes the interface out of it (or it goes with it).
 func (s *Server) leave(ctx context.Context, req endpointRequest) (struct{}, error) {
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
 		return struct{}{}, err
 	}
-	_, err := s.endpoint(ctx, req.EndpointID)
-	return struct{}{}, err
+	return struct{}{}, s.setNetns(ctx, req.EndpointID, "")
+}
+
+// setNetns records the endpoint's sandbox (its network namespace's path) in its record.
+func (s *Server) setNetns(ctx context.Context, eid, netns string) error {
+	store := s.ds.Workloads(s.node)
+	return datastore.Retry(ctx, func() error {
+		it, err := store.Get(ctx, eid)
+		if errors.Is(err, datastore.ErrNotFound) {
+			return fmt.Errorf("endpoint %s not found on node %s", eid, s.node)
+		}
+		if err != nil || it.Value.Netns == netns {
+			return err
+		}
+		it.Value.Netns = netns
+		_, err = store.Update(ctx, eid, it.Value, it.ModRevision)
+		return err
+	})
 }
 
 func (s *Server) discover(_ context.Context, _ discoveryRequest) (struct{}, error) {

@@ -30,6 +30,8 @@ type Server struct {
 	// do runs netlink work with the calling thread in the host's network namespace. The
 	// plugin runs in the host namespace, so the default calls fn; tests run it in theirs.
 	do func(fn func() error) error
+	// networkName tells a network's name, which names its profile.
+	networkName NetworkNamer
 }
 
 // Option configures a Server.
@@ -42,9 +44,16 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 // calling thread in the host's network namespace (tests use a namespace standing for the host).
 func WithNetns(do func(fn func() error) error) Option { return func(s *Server) { s.do = do } }
 
+// WithNetworkNamer sets how the server learns a network's name (default: it cannot, and
+// CreateEndpoint fails); DockerAPINamer asks dockerd.
+func WithNetworkNamer(n NetworkNamer) Option { return func(s *Server) { s.networkName = n } }
+
 // New returns the server of node, working on ds and ipm.
 func New(ds *datastore.Client, ipm *ipam.IPAM, node string, opts ...Option) *Server {
 	s := &Server{ds: ds, ipam: ipm, node: node, log: slog.Default(), do: func(fn func() error) error { return fn() }}
+	s.networkName = func(context.Context, string) (string, error) {
+		return "", errors.New("the plugin has no way to learn network names (no dockerd API socket given)")
+	}
 	for _, o := range opts {
 		o(s)
 	}
