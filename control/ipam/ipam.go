@@ -76,6 +76,11 @@ type Request struct {
 	Handle   string // who holds the address: freed by ReleaseHandle(Handle)
 	Node     string // the host the workload runs on
 	Workload string // "<node>/<id>" of the workload, for garbage collection
+	// Within, when valid, restricts the address to this IPv4 prefix (Docker's --subnet; a /32
+	// asks for that one address, Docker's --ip): only blocks overlapping it are used, claimed or
+	// borrowed from, and ErrPoolExhausted means no address of it is free. The zero Prefix
+	// allows any address of the enabled pools.
+	Within netip.Prefix
 	// HandleRead, when set, is the handle as the caller has just read it, so that Assign does
 	// not read it again (the CNI ADD reads it with the workload's record). nil: Assign reads it.
 	HandleRead *HandleRead
@@ -109,6 +114,9 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	}
 	if err := datastore.ValidateName(req.Node); err != nil {
 		return Assignment{}, fmt.Errorf("assign address: node: %w", err)
+	}
+	if req.Within.IsValid() && (!req.Within.Addr().Is4() || req.Within.Masked() != req.Within) {
+		return Assignment{}, fmt.Errorf("assign address: within %s: want a masked IPv4 prefix", req.Within)
 	}
 	// The node, the handle (unless the caller read it) and the pools in one round trip: this is
 	// every ADD's path.
@@ -151,6 +159,9 @@ func (i *IPAM) Assign(ctx context.Context, req Request) (Assignment, error) {
 	if err != nil {
 		return Assignment{}, err
 	}
+	if pools = req.pools(pools); len(pools) == 0 {
+		return Assignment{}, fmt.Errorf("assign address for %s: no enabled pool overlaps %s: %w", req.Handle, req.Within, ErrPoolExhausted)
+	}
 
 	a, done, err := i.fromCopy(ctx, req, h, pools)
 	if !done && err == nil {
@@ -186,7 +197,7 @@ func (i *IPAM) fromCopy(ctx context.Context, req Request, h datastore.Item[datas
 		return Assignment{}, false, nil
 	}
 	own, synced := i.blocks.affine(datastore.AffinityForNode(req.Node))
-	if !synced || !anyFree(own) {
+	if !synced || !anyFree(own, req.span()) {
 		return Assignment{}, false, nil
 	}
 	own = slices.DeleteFunc(own, func(b datastore.Item[datastore.Block]) bool { return !inPools(pools, b.Value.CIDR) })
@@ -231,6 +242,7 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 		if err != nil {
 			return err
 		}
+		pools = req.pools(pools)
 		affinity := datastore.AffinityForNode(req.Node)
 
 		// 1. A block of our own with room.
@@ -247,12 +259,12 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 			}
 			return err
 		}
-		if anyFree(own) {
+		if anyFree(own, req.span()) {
 			return datastore.ErrConflict // lost a race for one of our addresses: read again
 		}
 
 		// 2. Claim a free block.
-		claimed, stale, err := i.claim(ctx, pools, blocks, req.Node)
+		claimed, stale, err := i.claim(ctx, pools, blocks, req.Node, req.span())
 		if err != nil {
 			return err
 		}
@@ -273,7 +285,7 @@ func (i *IPAM) allocate(ctx context.Context, req Request, h datastore.Item[datas
 			}
 			return err
 		}
-		if !anyFree(others) {
+		if !anyFree(others, req.span()) {
 			return fmt.Errorf("assign address for %s: %w", req.Handle, ErrPoolExhausted)
 		}
 		return datastore.ErrConflict // lost every race for the addresses we saw: look again
@@ -292,7 +304,7 @@ func (i *IPAM) tryBlocks(ctx context.Context, blocks []datastore.Item[datastore.
 		return a.Value.CIDR.Addr().Compare(b.Value.CIDR.Addr())
 	})
 	for _, b := range blocks {
-		ip, ok := firstFree(b.Value)
+		ip, ok := firstFree(b.Value, req.span())
 		if !ok {
 			continue
 		}
@@ -323,14 +335,14 @@ func (i *IPAM) tryBlocks(ctx context.Context, blocks []datastore.Item[datastore.
 // claim creates the first block of an enabled pool that does not exist yet, with node affinity.
 // stale reports that another host claimed a block our list did not show: the list is out of date,
 // so the pools may not be as full as it says.
-func (i *IPAM) claim(ctx context.Context, pools []datastore.Pool, blocks []datastore.Item[datastore.Block], node string) (claimed, stale bool, err error) {
+func (i *IPAM) claim(ctx context.Context, pools []datastore.Pool, blocks []datastore.Item[datastore.Block], node string, span netip.Prefix) (claimed, stale bool, err error) {
 	exists := make(map[netip.Prefix]bool, len(blocks))
 	for _, b := range blocks {
 		exists[b.Value.CIDR] = true
 	}
 	for _, p := range pools {
 		for cidr := range blocksOf(p) {
-			if exists[cidr] || overlapsAny(blocks, cidr) {
+			if exists[cidr] || !cidr.Overlaps(span) || overlapsAny(blocks, cidr) {
 				continue
 			}
 			_, err := i.ds.Blocks().Create(ctx, datastore.BlockKeyName(cidr), datastore.Block{
@@ -396,18 +408,44 @@ func blocksOf(p datastore.Pool) func(func(netip.Prefix) bool) {
 	}
 }
 
-// firstFree is the lowest address of the block that nobody holds. Calico routes /32s, so the
-// block's first and last addresses are as usable as any other.
-func firstFree(b datastore.Block) (netip.Addr, bool) {
+// anySpan is the span of a request without Within.
+var anySpan = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+
+// span is the prefix the request's address must lie in: Within, or every IPv4 address.
+func (r Request) span() netip.Prefix {
+	if r.Within.IsValid() {
+		return r.Within
+	}
+	return anySpan
+}
+
+// pools keeps the pools that overlap the request's span.
+func (r Request) pools(pools []datastore.Pool) []datastore.Pool {
+	span := r.span()
+	return slices.DeleteFunc(pools, func(p datastore.Pool) bool { return !p.CIDR.Overlaps(span) })
+}
+
+// firstFree is the lowest address of the block, inside span, that nobody holds. Calico routes
+// /32s, so the block's first and last addresses are as usable as any other.
+func firstFree(b datastore.Block, span netip.Prefix) (netip.Addr, bool) {
+	cidr := b.CIDR
+	switch {
+	case !cidr.Overlaps(span):
+		return netip.Addr{}, false
+	case span.Bits() > cidr.Bits():
+		cidr = span // prefixes nest: the overlap is the longer one
+	}
 	used := make(map[netip.Addr]bool, len(b.Allocations))
 	for _, a := range b.Allocations {
-		used[a.IP] = true
+		if cidr.Contains(a.IP) {
+			used[a.IP] = true
+		}
 	}
-	size := uint64(1) << (32 - b.CIDR.Bits())
+	size := uint64(1) << (32 - cidr.Bits())
 	if uint64(len(used)) >= size {
 		return netip.Addr{}, false
 	}
-	base := u32(b.CIDR.Addr())
+	base := u32(cidr.Addr())
 	for n := range size {
 		ip := addr(base + uint32(n))
 		if !used[ip] {
@@ -417,9 +455,9 @@ func firstFree(b datastore.Block) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-func anyFree(blocks []datastore.Item[datastore.Block]) bool {
+func anyFree(blocks []datastore.Item[datastore.Block], span netip.Prefix) bool {
 	for _, b := range blocks {
-		if _, ok := firstFree(b.Value); ok {
+		if _, ok := firstFree(b.Value, span); ok {
 			return true
 		}
 	}
@@ -463,7 +501,7 @@ func (i *IPAM) EnsureBlock(ctx context.Context, node string) ([]netip.Prefix, er
 		if err != nil {
 			return fmt.Errorf("ensure block: %w", err)
 		}
-		claimed, stale, err := i.claim(ctx, pools, blocks, node)
+		claimed, stale, err := i.claim(ctx, pools, blocks, node, anySpan)
 		if err != nil {
 			return fmt.Errorf("ensure block: %w", err)
 		}
