@@ -288,17 +288,37 @@ func TestRequestAndReleaseAddress(t *testing.T) {
 	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "bridge-pool"}, "not one of margay-ipam's")
 }
 
-// --ip and --subnet networks need IPAM support that is not there yet (docs/docker.md): the
-// plugin says so instead of handing out an address outside what was asked.
+// --subnet networks take addresses from their subnet only; --ip asks for one address.
 func TestFixedAddressAndSubnet(t *testing.T) {
 	e := defaultEnv(t)
-	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-198.18.4.0/24", "Address": "198.18.5.1"}, "outside the network's subnet 198.18.4.0/24")
-	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-198.18.4.0/24", "Address": "banana"}, "IPv4 address")
-	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-198.18.4.0/24", "Address": "198.18.4.9"}, "--ip) is not supported yet")
-	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-198.18.4.0/24"}, "not supported yet")
-	blocks, _, err := e.ds.Blocks().List(t.Context())
-	if err != nil || len(blocks) != 0 {
-		t.Errorf("blocks after refused requests: %v, %v", blocks, err)
+	ctx := t.Context()
+	sub := "margay-198.18.4.0/24"
+	request := func(poolID, address string) string {
+		t.Helper()
+		return e.ok(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": poolID, "Address": address})["Address"].(string)
+	}
+	if got := request(sub, ""); got != "198.18.4.0/32" {
+		t.Errorf("first of the subnet: %s", got)
+	}
+	if got := request(sub, "198.18.4.9"); got != "198.18.4.9/32" {
+		t.Errorf("--ip 198.18.4.9: %s", got)
+	}
+	if got := request("margay-any", "198.18.200.7"); got != "198.18.200.7/32" {
+		t.Errorf("--ip without --subnet: %s", got)
+	}
+	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": sub, "Address": "198.18.4.9"}, "198.18.4.9 is in use")
+	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-any", "Address": "10.1.1.1"}, "in no enabled Margay pool")
+	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-any", "Address": "198.19.1.1"}, "in no enabled Margay pool")
+	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": sub, "Address": "198.18.5.1"}, "outside the network's subnet 198.18.4.0/24")
+	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": sub, "Address": "banana"}, "IPv4 address")
+
+	// A full subnet: its own error, though the pool has room.
+	tiny := "margay-198.18.9.0/31"
+	request(tiny, "")
+	request(tiny, "")
+	e.fails(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": tiny}, "no free address in the network's subnet 198.18.9.0/31")
+	if loc, err := e.ipam.Locate(ctx, netip.MustParseAddr("198.18.9.2")); err != nil || loc.Handle != "" {
+		t.Errorf("address outside the full subnet taken: %+v, %v", loc, err)
 	}
 }
 

@@ -154,6 +154,10 @@ func (s *Server) requestAddress(ctx context.Context, req requestAddressRequest) 
 	if req.Options[requestAddressType] == gatewayOption {
 		return requestAddressResponse{Address: gatewayNet.String()}, nil
 	}
+	var within netip.Prefix // the zero Prefix: any address of the pools
+	if !ref.any {
+		within = ref.subnet
+	}
 	if req.Address != "" {
 		ip, err := parseAddress(req.Address)
 		if err != nil {
@@ -162,12 +166,7 @@ func (s *Server) requestAddress(ctx context.Context, req requestAddressRequest) 
 		if !ref.cidr().Contains(ip) {
 			return requestAddressResponse{}, badf("address %s is outside the network's subnet %s", ip, ref.cidr())
 		}
-		// TODO(issue 21): ipam.Request.IP, assigning a given address.
-		return requestAddressResponse{}, fmt.Errorf("address %s: a fixed address (--ip) is not supported yet", ip)
-	}
-	if !ref.any {
-		// TODO(issue 21): ipam.Request.Within, addresses from the subnet only.
-		return requestAddressResponse{}, fmt.Errorf("network subnet %s: addresses from a --subnet network are not supported yet; create the network without --subnet", ref.subnet)
+		within = netip.PrefixFrom(ip, 32)
 	}
 	handle, err := newHandle()
 	if err != nil {
@@ -176,11 +175,15 @@ func (s *Server) requestAddress(ctx context.Context, req requestAddressRequest) 
 	// No workload key: IPAM's garbage collection frees the handles whose workload record is
 	// gone, and this one's record does not exist until CreateEndpoint, which is to key the
 	// handle to it (docs/docker.md). Until then only ReleaseAddress frees it.
-	a, err := s.ipam.Assign(ctx, ipam.Request{Handle: handle, Node: s.node})
-	if err != nil {
-		if errors.Is(err, ipam.ErrPoolExhausted) {
-			return requestAddressResponse{}, fmt.Errorf("no free address in the Margay pools: %w", err)
-		}
+	a, err := s.ipam.Assign(ctx, ipam.Request{Handle: handle, Node: s.node, Within: within})
+	switch {
+	case errors.Is(err, ipam.ErrPoolExhausted) && req.Address != "":
+		return requestAddressResponse{}, fmt.Errorf("address %s is in use, or in no enabled Margay pool: %w", req.Address, err)
+	case errors.Is(err, ipam.ErrPoolExhausted) && within.IsValid():
+		return requestAddressResponse{}, fmt.Errorf("no free address in the network's subnet %s: %w", within, err)
+	case errors.Is(err, ipam.ErrPoolExhausted):
+		return requestAddressResponse{}, fmt.Errorf("no free address in the Margay pools: %w", err)
+	case err != nil:
 		return requestAddressResponse{}, err
 	}
 	s.log.Info("docker address assigned", "ip", a.IP, "handle", handle, "block", a.Block, "borrowed", a.Borrowed)
