@@ -113,7 +113,20 @@ func TestEndpointLifecycle(t *testing.T) {
 	if again := e.host.Link(t, hostName); again.Attrs().Index != hostLink.Attrs().Index {
 		t.Errorf("veth replaced after the move")
 	}
+	// dockerd renames it; ProgramExternalConnectivity then writes the gateway's neighbour entry.
+	moved, err := sb.Netlink().LinkByName(tmpName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Netlink().LinkSetName(moved, "eth0"); err != nil {
+		t.Fatal(err)
+	}
 	e.ok(t, "/NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": nid, "EndpointID": eid})
+	neighs, err := sb.Netlink().NeighList(moved.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil || len(neighs) != 1 || neighs[0].IP.String() != "169.254.1.1" || neighs[0].State != netlink.NUD_PERMANENT ||
+		neighs[0].HardwareAddr.String() != hostconv.VethMAC.String() {
+		t.Errorf("neighbours of eth0: %+v, %v", neighs, err)
+	}
 	e.ok(t, "/NetworkDriver.Leave", map[string]any{"NetworkID": nid, "EndpointID": eid})
 	if r, _ := e.ds.Workloads(node).Get(ctx, eid); r.Value.Netns != "" {
 		t.Errorf("netns after Leave: %q", r.Value.Netns)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 
@@ -240,13 +241,30 @@ func (s *Server) discover(_ context.Context, _ discoveryRequest) (struct{}, erro
 	return struct{}{}, nil
 }
 
-// programExternal is where the container's permanent neighbour entry for 169.254.1.1 is to be
-// written (its interface is in the sandbox by then); TODO(issue 21).
+// programExternal writes the container's permanent neighbour entry for 169.254.1.1, as
+// workload.Add does for a CNI pod: dockerd calls it once the interface is in the sandbox (for
+// the sandbox's gateway endpoint), and a neighbour entry does not survive the move. An interface
+// not found there is logged, not failed: proxy ARP on the host side answers for the gateway too.
 func (s *Server) programExternal(ctx context.Context, req endpointRequest) (struct{}, error) {
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
 		return struct{}{}, err
 	}
-	_, err := s.endpoint(ctx, req.EndpointID)
+	w, err := s.endpoint(ctx, req.EndpointID)
+	if err != nil {
+		return struct{}{}, err
+	}
+	if w.Netns == "" {
+		return struct{}{}, fmt.Errorf("endpoint %s has not joined a sandbox", req.EndpointID)
+	}
+	mac, err := net.ParseMAC(w.MAC)
+	if err != nil {
+		return struct{}{}, fmt.Errorf("endpoint %s: MAC %q: %w", req.EndpointID, w.MAC, err)
+	}
+	err = workload.SetGatewayNeighbour(w.Netns, mac)
+	if errors.Is(err, workload.ErrNoInterface) || errors.Is(err, workload.ErrNetnsNotFound) {
+		s.log.Warn("no permanent neighbour for the gateway; proxy ARP answers instead", "endpoint", req.EndpointID, "err", err)
+		return struct{}{}, nil
+	}
 	return struct{}{}, err
 }
 

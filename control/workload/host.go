@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -182,4 +183,36 @@ func ensureHostPair(host netlinksafe.Handle, hostName, peerName string, mtu int,
 		return nil, nil, true, fmt.Errorf("look up new veth %s: %w", peerName, err)
 	}
 	return l, p.Attrs().HardwareAddr, true, nil
+}
+
+// ErrNoInterface: SetGatewayNeighbour found no interface of the MAC in the namespace.
+var ErrNoInterface = errors.New("no interface of that MAC in the workload namespace")
+
+// SetGatewayNeighbour writes, in the namespace at netnsPath, the permanent neighbour entry of
+// 169.254.1.1 (lladdr ee:ee:ee:ee:ee:ee) on the interface whose MAC is mac: what Add writes, for a
+// workload whose runtime moved the interface in itself (a neighbour entry does not survive the
+// move).
+func SetGatewayNeighbour(netnsPath string, mac net.HardwareAddr) error {
+	target, err := openNetns(netnsPath)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	return target.Do(func(ns.NetNS) error {
+		links, err := netlinksafe.LinkList()
+		if err != nil {
+			return fmt.Errorf("list interfaces in %s: %w", netnsPath, err)
+		}
+		for _, l := range links {
+			if l.Attrs().HardwareAddr.String() != mac.String() {
+				continue
+			}
+			if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+				IP: Gateway.AsSlice(), HardwareAddr: hostconv.VethMAC}); err != nil {
+				return fmt.Errorf("add neighbour %s lladdr %s dev %s: %w", Gateway, hostconv.VethMAC, l.Attrs().Name, err)
+			}
+			return nil
+		}
+		return fmt.Errorf("%w: %s in %s", ErrNoInterface, mac, netnsPath)
+	})
 }
