@@ -18,7 +18,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 # port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks).
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus \
 	iperf3 ethtool linux-perf
-BINARIES := margay-agent margay-cni margay-cni-direct margayctl
+BINARIES := margay-agent margay-cni margay-cni-direct margay-docker margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?=
 
@@ -44,7 +44,7 @@ deps: ## Install missing Debian packages (clang-19, llvm-19, libbpf-dev, bpftool
 generate: deps ## Compile the C programs with the pinned clang and regenerate the Go bindings
 	$(GO) generate ./...
 
-build: ## Build bin/margay-agent, bin/margay-cni, bin/margay-cni-direct and bin/margayctl
+build: ## Build bin/margay-agent, bin/margay-cni, bin/margay-cni-direct, bin/margay-docker and bin/margayctl
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES))
 
