@@ -229,6 +229,15 @@ func (s *Server) releaseAddress(ctx context.Context, req releaseAddressRequest) 
 	if err == nil && h.Value.Node != s.node {
 		return struct{}{}, fmt.Errorf("address %s is held by a container of node %s, not %s; left alone", ip, h.Value.Node, s.node)
 	}
+	if eid, keyed := strings.CutPrefix(h.Value.Workload, s.node+"/"); err == nil && keyed {
+		// An endpoint whose record still claims the address: freeing it would hand it out twice.
+		// (dockerd deletes the endpoint first; IPAM GC frees the handle once the record is gone.)
+		if _, rerr := s.ds.Workloads(s.node).Get(ctx, eid); rerr == nil {
+			return struct{}{}, fmt.Errorf("address %s is still used by endpoint %s; delete the endpoint first", ip, eid)
+		} else if !errors.Is(rerr, datastore.ErrNotFound) && !errors.Is(rerr, datastore.ErrMalformed) {
+			return struct{}{}, rerr
+		}
+	}
 	freed, err := s.ipam.ReleaseHandle(ctx, loc.Handle)
 	if err != nil {
 		return struct{}{}, err
