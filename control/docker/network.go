@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/workload"
@@ -241,10 +242,17 @@ func (s *Server) discover(_ context.Context, _ discoveryRequest) (struct{}, erro
 	return struct{}{}, nil
 }
 
+// neighbourWait bounds how long the background retry of programExternal waits for the
+// container's namespace and interface.
+const neighbourWait = 30 * time.Second
+
 // programExternal writes the container's permanent neighbour entry for 169.254.1.1, as
-// workload.Add does for a CNI pod: dockerd calls it once the interface is in the sandbox (for
-// the sandbox's gateway endpoint), and a neighbour entry does not survive the move. An interface
-// not found there is logged, not failed: proxy ARP on the host side answers for the gateway too.
+// workload.Add does for a CNI pod (a neighbour entry does not survive the interface's move into
+// the container, so dockerd's move loses any written before). dockerd 20.10 calls it right after
+// Join, before the container's namespace exists (the runtime makes it when the container starts,
+// and dockerd moves the interface in then): when the namespace or the interface is not there yet,
+// a background retry writes the entry once they are, for up to neighbourWait. Until then, and if
+// that fails, proxy ARP on the host side answers for the gateway.
 func (s *Server) programExternal(ctx context.Context, req endpointRequest) (struct{}, error) {
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
 		return struct{}{}, err
@@ -261,11 +269,44 @@ func (s *Server) programExternal(ctx context.Context, req endpointRequest) (stru
 		return struct{}{}, fmt.Errorf("endpoint %s: MAC %q: %w", req.EndpointID, w.MAC, err)
 	}
 	err = workload.SetGatewayNeighbour(w.Netns, mac)
-	if errors.Is(err, workload.ErrNoInterface) || errors.Is(err, workload.ErrNetnsNotFound) {
-		s.log.Warn("no permanent neighbour for the gateway; proxy ARP answers instead", "endpoint", req.EndpointID, "err", err)
+	if notYet(err) {
+		go s.neighbourLater(req.EndpointID, w.Netns, mac)
 		return struct{}{}, nil
 	}
 	return struct{}{}, err
+}
+
+func notYet(err error) bool {
+	return errors.Is(err, workload.ErrNoInterface) || errors.Is(err, workload.ErrNetnsNotFound)
+}
+
+// neighbourLater retries SetGatewayNeighbour until the container's namespace holds the
+// interface, the endpoint's record is gone or names another sandbox, or neighbourWait passed.
+func (s *Server) neighbourLater(eid, netnsPath string, mac net.HardwareAddr) {
+	ctx, cancel := context.WithTimeout(context.Background(), neighbourWait)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for {
+		select {
+		case <-ctx.Done():
+			s.log.Warn("no permanent neighbour for the gateway; proxy ARP answers instead", "endpoint", eid, "netns", netnsPath, "err", err)
+			return
+		case <-tick.C:
+		}
+		if err = workload.SetGatewayNeighbour(netnsPath, mac); !notYet(err) {
+			break
+		}
+		if w, gerr := s.endpoint(ctx, eid); gerr != nil || w.Netns != netnsPath {
+			return // deleted, or left, meanwhile
+		}
+	}
+	if err != nil {
+		s.log.Warn("no permanent neighbour for the gateway; proxy ARP answers instead", "endpoint", eid, "netns", netnsPath, "err", err)
+		return
+	}
+	s.log.Info("permanent neighbour for the gateway written", "endpoint", eid, "netns", netnsPath)
 }
 
 func (s *Server) revokeExternal(_ context.Context, req endpointRequest) (struct{}, error) {
