@@ -128,6 +128,23 @@ func TestDockerdSmoke(t *testing.T) {
 			t.Errorf("the container lacks %q", want)
 		}
 	}
+	// --subnet and --ip; a subnet outside the pools is refused with the plugin's message.
+	if out, err := dockerCmd("network", "create", "--driver", "margay", "--ipam-driver", "margay-ipam", "--subnet", "10.9.0.0/24", "smoke-bad"); err == nil ||
+		!strings.Contains(out, "not inside a Margay IP pool") {
+		t.Errorf("subnet outside the pools: %v", err)
+		_, _ = dockerCmd("network", "rm", "smoke-bad")
+	}
+	if _, err := dockerCmd("network", "create", "--driver", "margay", "--ipam-driver", "margay-ipam", "--subnet", "198.19.4.0/24", "smoke2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = dockerCmd("network", "rm", "smoke2") })
+	if out, err := dockerCmd("run", "--rm", "--net", "smoke2", "--ip", "198.19.4.9", "margay-probe:smoke", "/probe"); err != nil || !strings.Contains(out, "198.19.4.9/32") {
+		t.Errorf("--ip 198.19.4.9: %v", err)
+	}
+	if out, err := dockerCmd("run", "--rm", "--net", "smoke2", "margay-probe:smoke", "/probe"); err != nil || !strings.Contains(out, "198.19.4.0/32") {
+		t.Errorf("--subnet 198.19.4.0/24: %v", err)
+	}
+
 	ws, _, err := ds.Workloads(node).List(t.Context())
 	t.Logf("records after the container: %+v, %v", ws, err)
 	if p, err := ds.Profiles().Get(t.Context(), "smoke1"); err != nil {

@@ -141,7 +141,7 @@ func (s *Server) wrap(path string, fn func(context.Context, []byte) (any, error)
 				status = http.StatusBadRequest
 			}
 			s.log.Warn("docker plugin call failed", "call", path, "err", err, "duration", time.Since(start))
-			writeErr(w, status, fmt.Errorf("%s: %w", path, err))
+			writeErr(w, status, err) // dockerd prefixes the call's name itself
 			return
 		}
 		s.log.Debug("docker plugin call", "call", path, "duration", time.Since(start))
