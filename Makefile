@@ -17,7 +17,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 # Debian packages the build, the tests and the lab need (prometheus: tests/observability runs it on a
 # port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks).
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus \
-	iperf3 ethtool linux-perf
+	iperf3 ethtool linux-perf docker.io busybox-static
 BINARIES := margay-agent margay-cni margay-cni-direct margay-docker margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?=
