@@ -15,7 +15,11 @@ export BPF2GO_STRIP := $(STRIP)
 export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 # Debian packages the build, the tests and the lab need (prometheus: tests/observability runs it on a
-# port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks).
+# port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks;
+# docker.io and busybox-static: a dockerd per lab host and the containers' image). No package's
+# service is started: a policy-rc.d that refuses (Debian's mechanism, which container images ship)
+# is put in place for the install when the machine has none, so that no system dockerd makes a
+# docker0 bridge and firewall rules in the machine's own namespace.
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus \
 	iperf3 ethtool linux-perf docker.io busybox-static
 BINARIES := margay-agent margay-cni margay-cni-direct margay-docker margayctl
@@ -34,7 +38,9 @@ deps: ## Install missing Debian packages (clang-19, llvm-19, libbpf-dev, bpftool
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "deps: installing$$missing"; \
+		rcd=""; if [ ! -e /usr/sbin/policy-rc.d ]; then rcd=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' >$$rcd; chmod 755 $$rcd; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		st=$$?; [ -z "$$rcd" ] || rm -f $$rcd; [ $$st -eq 0 ]; \
 	fi
 	@# Name Margay's route protocol, so that ip route prints "proto margay" as Calico's shows "proto bird".
 	@if [ -d /etc/iproute2 ] && ! grep -qs '^77[[:space:]]' /etc/iproute2/rt_protos.d/*.conf; then \
