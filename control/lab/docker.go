@@ -39,6 +39,16 @@ type DockerHost struct {
 	// CgroupParent is the cgroup the host's containers go under (dockerd --cgroup-parent), so
 	// that several dockerds do not share /docker and StopDocker can find what is left.
 	CgroupParent string
+	// Client is the docker client binary (default "docker", the first on PATH): Debian's is
+	// /usr/bin/docker (20.10, as dockerd), a newer one may be in /usr/local/bin.
+	Client string
+}
+
+func (h DockerHost) client() string {
+	if h.Client == "" {
+		return "docker"
+	}
+	return h.Client
 }
 
 // Sock is the host's dockerd API socket.
@@ -188,7 +198,7 @@ func (h DockerHost) StopDocker(ctx context.Context) error {
 
 // Docker runs the docker client against the host's dockerd and returns its combined output.
 func (h DockerHost) Docker(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "docker", append([]string{"-H", "unix://" + h.Sock()}, args...)...)
+	cmd := exec.CommandContext(ctx, h.client(), append([]string{"-H", "unix://" + h.Sock()}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%s: docker %s: %w: %s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
@@ -236,7 +246,7 @@ func (h DockerHost) ImportBusybox(ctx context.Context, tag string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, "docker", "-H", "unix://"+h.Sock(), "import", "--change", `CMD ["/bin/sh"]`, "-", tag)
+	cmd := exec.CommandContext(ctx, h.client(), "-H", "unix://"+h.Sock(), "import", "--change", `CMD ["/bin/sh"]`, "-", tag)
 	cmd.Stdin = bytes.NewReader(img)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: docker import: %w: %s", h.Name, err, out)
