@@ -382,7 +382,7 @@ func TestJoinAndDeleteEndpoint(t *testing.T) {
 	}
 	ep := map[string]any{"NetworkID": nid, "EndpointID": eid}
 	out := e.ok(t, "/NetworkDriver.Join", map[string]any{"NetworkID": nid, "EndpointID": eid, "SandboxKey": ws, "Options": map[string]any{}})
-	want := `{"DisableGatewayService":true,"Gateway":"169.254.1.1","InterfaceName":{"DstPrefix":"eth","SrcName":"` + docker.TempVethName(eid) +
+	want := `{"DisableGatewayService":true,"Gateway":"169.254.1.1","InterfaceName":{"DstPrefix":"cali","SrcName":"` + docker.TempVethName(eid) +
 		`"},"StaticRoutes":[{"Destination":"169.254.1.1/32","RouteType":1}]}`
 	if got, _ := json.Marshal(out); string(got) != want {
 		t.Errorf("join:\n got %s\nwant %s", got, want)

@@ -123,7 +123,7 @@ func TestDockerdSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"198.19.0.0/32", "eth0\t00000000\t0101FEA9", "eth0\t0101FEA9\t00000000", "169.254.1.1      0x1         0x6         ee:ee:ee:ee:ee:ee"} {
+	for _, want := range []string{"198.19.0.0/32", "cali0\t00000000\t0101FEA9", "cali0\t0101FEA9\t00000000", "169.254.1.1      0x1         0x6         ee:ee:ee:ee:ee:ee"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the container lacks %q", want)
 		}

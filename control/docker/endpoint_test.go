@@ -93,7 +93,7 @@ func TestEndpointLifecycle(t *testing.T) {
 		t.Errorf("profile overwritten: %+v", p.Value)
 	}
 
-	// dockerd's part of Join: move the peer into the sandbox, name it eth0.
+	// dockerd's part of Join: move the peer into the sandbox, name it cali0.
 	sandbox, _ := netns.Detached(t, "dks")
 	out = e.ok(t, "/NetworkDriver.Join", map[string]any{"NetworkID": nid, "EndpointID": eid, "SandboxKey": sandbox})
 	if n := out["InterfaceName"].(map[string]any)["SrcName"]; n != tmpName {
@@ -118,14 +118,14 @@ func TestEndpointLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sb.Netlink().LinkSetName(moved, "eth0"); err != nil {
+	if err := sb.Netlink().LinkSetName(moved, "cali0"); err != nil {
 		t.Fatal(err)
 	}
 	e.ok(t, "/NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": nid, "EndpointID": eid})
 	neighs, err := sb.Netlink().NeighList(moved.Attrs().Index, netlink.FAMILY_V4)
 	if err != nil || len(neighs) != 1 || neighs[0].IP.String() != "169.254.1.1" || neighs[0].State != netlink.NUD_PERMANENT ||
 		neighs[0].HardwareAddr.String() != hostconv.VethMAC.String() {
-		t.Errorf("neighbours of eth0: %+v, %v", neighs, err)
+		t.Errorf("neighbours of cali0: %+v, %v", neighs, err)
 	}
 	e.ok(t, "/NetworkDriver.Leave", map[string]any{"NetworkID": nid, "EndpointID": eid})
 	if r, _ := e.ds.Workloads(node).Get(ctx, eid); r.Value.Netns != "" {

@@ -18,6 +18,11 @@ import (
 // TempVethName is the container side's name in the host namespace between CreateEndpoint and
 // Join, when dockerd moves it into the container and renames it: "tmp" and 11 hex digits of the
 // same hash as the host side's (workload.HostVethName), 14 bytes.
+// ContainerIfPrefix is Join's DstPrefix: dockerd names the container's interface cali0, as
+// Calico's Docker plugin did (the walkthrough's `docker exec … ip a` shows cali0); CNI pods keep
+// the runtime's eth0.
+const ContainerIfPrefix = "cali"
+
 func TempVethName(endpointID string) string {
 	sum := sha1.Sum([]byte(endpointID))
 	return "tmp" + hex.EncodeToString(sum[:])[:11]
@@ -206,7 +211,7 @@ func (s *Server) join(ctx context.Context, req joinRequest) (joinResponse, error
 		return joinResponse{}, err
 	}
 	return joinResponse{
-		InterfaceName:         interfaceName{SrcName: TempVethName(req.EndpointID), DstPrefix: "eth"},
+		InterfaceName:         interfaceName{SrcName: TempVethName(req.EndpointID), DstPrefix: ContainerIfPrefix},
 		Gateway:               workload.Gateway.String(),
 		StaticRoutes:          []staticRoute{{Destination: gatewayNet.String(), RouteType: routeConnected}},
 		DisableGatewayService: true,
