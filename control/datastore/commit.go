@@ -69,6 +69,8 @@ type Write struct {
 	put  clientv3.Op
 	what string // "create ipam/handles/h1", for errors
 	err  error
+	// condOnly: a condition without a write (UnchangedSince).
+	condOnly bool
 }
 
 // CreateWrite is Create as one write of a Commit: it holds while name does not exist.
@@ -90,6 +92,31 @@ func (s Store[T]) UpdateWrite(name string, v T, modRev int64) Write {
 		what: "update " + s.kind.name + " " + name, err: err}
 }
 
+// DeleteWrite is Delete as one write of a Commit: it holds while name's ModRevision is modRev.
+func (s Store[T]) DeleteWrite(name string, modRev int64) Write {
+	err := s.checkName("delete", name)
+	if err == nil && modRev <= 0 {
+		err = s.errorf("delete", name, fmt.Errorf("%w modRevision %d: want the revision read", ErrInvalid, modRev))
+	}
+	key := s.Key(name)
+	return Write{cmp: clientv3.Compare(clientv3.ModRevision(key), "=", modRev), put: clientv3.OpDelete(key),
+		what: "delete " + s.kind.name + " " + name, err: err}
+}
+
+// UnchangedSince is a condition of a Commit that writes nothing: it holds while no value of the
+// store was created or changed after revision rev (a Fetch's). Deletions do not break it.
+func (s Store[T]) UnchangedSince(rev int64) Write {
+	var err error
+	if s.err != nil {
+		err = s.listErr()
+	}
+	cmp := clientv3.Compare(clientv3.ModRevision(s.listKey()), "<", rev+1)
+	if s.exact == "" {
+		cmp = cmp.WithPrefix()
+	}
+	return Write{cmp: cmp, what: fmt.Sprintf("no %s written since revision %d", s.kind.name, rev), err: err, condOnly: true}
+}
+
 // Commit makes every write or none, in one etcd transaction, and returns the new revision. It
 // fails with ErrConflict when any write no longer holds (a key created or changed since it was
 // read, or gone): the caller reads again.
@@ -101,7 +128,10 @@ func (c *Client) Commit(ctx context.Context, writes ...Write) (int64, error) {
 		if w.err != nil {
 			return 0, w.err
 		}
-		cmps, ops, whats = append(cmps, w.cmp), append(ops, w.put), append(whats, w.what)
+		cmps, whats = append(cmps, w.cmp), append(whats, w.what)
+		if !w.condOnly {
+			ops = append(ops, w.put)
+		}
 	}
 	resp, err := c.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {

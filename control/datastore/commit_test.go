@@ -180,3 +180,62 @@ func TestRetry(t *testing.T) {
 		t.Errorf("cancelled: %v after %d attempts, want context.Canceled after 1", err, n)
 	}
 }
+
+// DeleteWrite deletes at a revision; UnchangedSince holds while no value of its store was created
+// or changed after a Fetch's revision, deletions aside: the guard of "delete the profile that no
+// workload names any more".
+func TestCommitDeleteUnchangedSince(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	c := datastoretest.New(t)
+	prof := datastore.Profile{Version: datastore.CurrentVersion, Name: "net1"}
+	w := datastore.Workload{Version: datastore.CurrentVersion, ID: "w1", Name: "w1", Node: "h1", IfName: "cali0123456789a", MAC: "02:42:c6:13:00:02"}
+	if _, err := c.Profiles().Create(ctx, "net1", prof); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Workloads("h1").Create(ctx, "w1", w); err != nil {
+		t.Fatal(err)
+	}
+	read := func() (int64, datastore.Item[datastore.Profile]) {
+		t.Helper()
+		var ws []datastore.Item[datastore.Workload]
+		var p datastore.Item[datastore.Profile]
+		var perr error
+		rev, err := c.Fetch(ctx, c.AllWorkloads().ListRead(&ws), c.Profiles().GetRead("net1", &p, &perr))
+		if err != nil || perr != nil {
+			t.Fatal(err, perr)
+		}
+		return rev, p
+	}
+	rev, p := read()
+	// A workload written since (on another node): the delete does not happen.
+	w2 := w
+	w2.ID, w2.Node = "w2", "h2"
+	if _, err := c.Workloads("h2").Create(ctx, "w2", w2); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Commit(ctx, c.Profiles().DeleteWrite("net1", p.ModRevision), c.AllWorkloads().UnchangedSince(rev))
+	if !errors.Is(err, datastore.ErrConflict) {
+		t.Fatalf("delete after a workload was written: %v, want ErrConflict", err)
+	}
+	if _, err := c.Profiles().Get(ctx, "net1"); err != nil {
+		t.Fatalf("profile deleted by a failed commit: %v", err)
+	}
+	// Deletions since the read do not count; a stale profile revision does.
+	rev, p = read()
+	if err := c.Workloads("h2").Delete(ctx, "w2", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Commit(ctx, c.Profiles().DeleteWrite("net1", p.ModRevision-1), c.AllWorkloads().UnchangedSince(rev)); !errors.Is(err, datastore.ErrConflict) {
+		t.Fatalf("delete at a stale revision: %v, want ErrConflict", err)
+	}
+	if _, err := c.Commit(ctx, c.Profiles().DeleteWrite("net1", p.ModRevision), c.AllWorkloads().UnchangedSince(rev)); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := c.Profiles().Get(ctx, "net1"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("profile after the delete: %v", err)
+	}
+	if _, err := c.Commit(ctx, c.Profiles().DeleteWrite("net1", 0)); !errors.Is(err, datastore.ErrInvalid) {
+		t.Errorf("delete at revision 0: %v, want ErrInvalid", err)
+	}
+}
