@@ -105,6 +105,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer ds.Close()
 	srv := docker.New(ds, ipam.New(ds, ipam.WithLogger(log)), o.node, docker.WithLogger(log),
 		docker.WithNetworkNamer(docker.DockerAPINamer(o.dockerSock)))
+	defer srv.Close()
 	listeners, files, err := listen(o)
 	if err != nil {
 		return err

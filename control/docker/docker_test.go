@@ -32,6 +32,7 @@ type env struct {
 	ipam *ipam.IPAM
 	host *netns.NS
 	url  string
+	srv  *docker.Server
 }
 
 func pool(name, cidr string, blockSize int, disabled bool) datastore.Pool {
@@ -58,9 +59,10 @@ func newEnvWith(t *testing.T, opts []docker.Option, pools ...datastore.Pool) *en
 	ipm := ipam.New(ds, ipam.WithLogger(log))
 	host := netns.New(t, "dkh")
 	srv := docker.New(ds, ipm, node, append([]docker.Option{docker.WithLogger(log), docker.WithNetns(host.Do)}, opts...)...)
+	t.Cleanup(srv.Close)
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &env{ds: ds, ipam: ipm, host: host, url: ts.URL}
+	return &env{ds: ds, ipam: ipm, host: host, url: ts.URL, srv: srv}
 }
 
 func defaultEnv(t *testing.T) *env {

@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -143,9 +145,70 @@ func TestEndpointLifecycle(t *testing.T) {
 	if loc, err := e.ipam.Locate(ctx, ip.Addr()); err != nil || loc.Handle != "" {
 		t.Errorf("address after ReleaseAddress: %+v, %v", loc, err)
 	}
-	// The profile stays: other hosts' networks of the same name share it.
+	// The profile had no member left, but the operator edited it: it stays.
 	if _, err := e.ds.Profiles().Get(ctx, "net1"); err != nil {
-		t.Errorf("profile after the endpoint: %v", err)
+		t.Errorf("edited profile after its last member: %v", err)
+	}
+}
+
+// A network's profile goes with its last member on any node, and comes back with the next one.
+func TestProfileCollected(t *testing.T) {
+	e := newEnvWith(t, []docker.Option{docker.WithNetworkNamer(namer("net1"))}, pool("main", "198.18.0.0/16", 26, false))
+	ctx := t.Context()
+	eid2 := strings.Repeat("ab", 32)
+	create := func(id string) {
+		addr := e.ok(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-any"})["Address"].(string)
+		e.ok(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": id, "Interface": map[string]any{"Address": addr}})
+	}
+	exists := func() bool {
+		_, err := e.ds.Profiles().Get(ctx, "net1")
+		if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	create(eid)
+	create(eid2)
+	// A member on another node keeps it too.
+	other := datastore.Workload{Version: datastore.CurrentVersion, ID: "c1", Name: "c1", Node: "node-2", IfName: workload.HostVethName("c1"),
+		MAC: "02:42:c6:13:00:02", Network: "docker:net1", Profiles: []string{"net1"}}
+	if _, err := e.ds.Workloads("node-2").Create(ctx, "c1", other); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range []string{eid, eid2} {
+		e.ok(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": id})
+		if !exists() {
+			t.Fatalf("profile gone after deleting endpoint %d of 2 (node-2's member remains)", i+1)
+		}
+	}
+	if err := e.ds.Workloads("node-2").Delete(ctx, "c1", 0); err != nil {
+		t.Fatal(err)
+	}
+	create(eid)
+	e.ok(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid})
+	if exists() {
+		t.Fatal("profile left after its last member")
+	}
+	create(eid2)
+	if !exists() {
+		t.Fatal("no profile for a new member")
+	}
+}
+
+// Close stops the background retry of a neighbour entry whose namespace never comes, at once
+// rather than after its 30 s.
+func TestCloseStopsRetries(t *testing.T) {
+	e := newEnvWith(t, []docker.Option{docker.WithNetworkNamer(namer("net1"))}, pool("main", "198.18.0.0/16", 26, false))
+	addr := e.ok(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-any"})["Address"].(string)
+	e.ok(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]any{"Address": addr}})
+	e.ok(t, "/NetworkDriver.Join", map[string]any{"NetworkID": nid, "EndpointID": eid, "SandboxKey": filepath.Join(t.TempDir(), "never")})
+	e.ok(t, "/NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": nid, "EndpointID": eid})
+	closed := make(chan struct{})
+	go func() { e.srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not stop the neighbour retry")
 	}
 }
 

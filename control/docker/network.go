@@ -15,14 +15,14 @@ import (
 	"github.com/margaynet/margay/control/workload"
 )
 
-// TempVethName is the container side's name in the host namespace between CreateEndpoint and
-// Join, when dockerd moves it into the container and renames it: "tmp" and 11 hex digits of the
-// same hash as the host side's (workload.HostVethName), 14 bytes.
 // ContainerIfPrefix is Join's DstPrefix: dockerd names the container's interface cali0, as
 // Calico's Docker plugin did (the walkthrough's `docker exec … ip a` shows cali0); CNI pods keep
 // the runtime's eth0.
 const ContainerIfPrefix = "cali"
 
+// TempVethName is the container side's name in the host namespace between CreateEndpoint and
+// Join, when dockerd moves it into the container and renames it: "tmp" and 11 hex digits of the
+// same hash as the host side's (workload.HostVethName), 14 bytes.
 func TempVethName(endpointID string) string {
 	sum := sha1.Sum([]byte(endpointID))
 	return "tmp" + hex.EncodeToString(sum[:])[:11]
@@ -147,6 +147,11 @@ func (s *Server) createEndpoint(ctx context.Context, req createEndpointRequest) 
 	}); err != nil {
 		return none, err
 	}
+	// Again, now that the record names the profile: another host's DeleteEndpoint may have
+	// collected it in between (collectProfile).
+	if err := s.ensureProfile(ctx, name); err != nil {
+		s.log.Warn("ensure the network's profile after the endpoint's record", "profile", name, "err", err)
+	}
 	if h.Value.Workload == "" {
 		h.Value.Workload = key
 		if _, err := s.ds.Handles().Update(ctx, h.Name, h.Value, h.ModRevision); err != nil {
@@ -185,16 +190,29 @@ func (s *Server) endpointOperInfo(ctx context.Context, req endpointRequest) (ope
 	return operInfoResponse{Value: map[string]any{}}, nil
 }
 
-// deleteEndpoint removes the endpoint's veth and record (workload.Del); its address is
-// ReleaseAddress's. An endpoint that does not exist is deleted already.
+// deleteEndpoint removes the endpoint's veth and record (workload.Del), then its network's
+// profile if no member is left (collectProfile); its address is ReleaseAddress's. An endpoint
+// that does not exist is deleted already.
 func (s *Server) deleteEndpoint(ctx context.Context, req endpointRequest) (struct{}, error) {
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
 		return struct{}{}, err
 	}
+	var profiles []string
+	if it, err := s.ds.Workloads(s.node).Get(ctx, req.EndpointID); err == nil && strings.HasPrefix(it.Value.Network, NetworkPrefix) {
+		profiles = it.Value.Profiles
+	}
 	err := s.do(func() error {
 		return workload.Del(ctx, s.ds, s.ipam, workload.Spec{ID: req.EndpointID, Node: s.node, Log: s.log})
 	})
-	return struct{}{}, err
+	if err != nil {
+		return struct{}{}, err
+	}
+	for _, p := range profiles {
+		if err := s.collectProfile(ctx, p); err != nil {
+			s.log.Warn("collect the network's profile", "profile", p, "err", err)
+		}
+	}
+	return struct{}{}, nil
 }
 
 // join answers where the container's interface is and how it routes: dockerd moves TempVethName
@@ -275,7 +293,7 @@ func (s *Server) programExternal(ctx context.Context, req endpointRequest) (stru
 	}
 	err = workload.SetGatewayNeighbour(w.Netns, mac)
 	if notYet(err) {
-		go s.neighbourLater(req.EndpointID, w.Netns, mac)
+		s.background(func(ctx context.Context) { s.neighbourLater(ctx, req.EndpointID, w.Netns, mac) })
 		return struct{}{}, nil
 	}
 	return struct{}{}, err
@@ -286,9 +304,10 @@ func notYet(err error) bool {
 }
 
 // neighbourLater retries SetGatewayNeighbour until the container's namespace holds the
-// interface, the endpoint's record is gone or names another sandbox, or neighbourWait passed.
-func (s *Server) neighbourLater(eid, netnsPath string, mac net.HardwareAddr) {
-	ctx, cancel := context.WithTimeout(context.Background(), neighbourWait)
+// interface, the endpoint's record is gone or names another sandbox, neighbourWait passed, or
+// the server closes.
+func (s *Server) neighbourLater(ctx context.Context, eid, netnsPath string, mac net.HardwareAddr) {
+	ctx, cancel := context.WithTimeout(ctx, neighbourWait)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()

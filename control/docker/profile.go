@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
+	"slices"
 
 	"github.com/margaynet/margay/control/datastore"
 )
@@ -44,6 +46,55 @@ func (s *Server) ensureProfile(ctx context.Context, name string) error {
 		return nil
 	}
 	return err
+}
+
+// collectProfile deletes the Docker network profile name once no workload of any node names it,
+// so that `docker network rm` (after its containers) leaves no profile behind. The same-named
+// networks of other hosts share the profile, and CreateEndpoint writes it again for the next
+// member, so deleting it between members loses nothing: except an operator's edits, and a
+// profile that differs from Profile(name) is therefore kept. The delete is a transaction that
+// holds only while no workload record was written since the read that found no member, and
+// CreateEndpoint ensures the profile again after writing its record: a member created at the
+// same time on another host never ends up naming a missing profile.
+func (s *Server) collectProfile(ctx context.Context, name string) error {
+	var ws []datastore.Item[datastore.Workload]
+	var prof datastore.Item[datastore.Profile]
+	var perr error
+	rev, err := s.ds.Fetch(ctx, s.ds.AllWorkloads().ListRead(&ws), s.ds.Profiles().GetRead(name, &prof, &perr))
+	switch {
+	case err != nil:
+		return err
+	case errors.Is(perr, datastore.ErrNotFound):
+		return nil
+	case perr != nil:
+		return perr
+	}
+	for _, w := range ws {
+		if slices.Contains(w.Value.Profiles, name) {
+			return nil
+		}
+	}
+	if !reflect.DeepEqual(normalProfile(prof.Value), normalProfile(Profile(name))) {
+		s.log.Info("docker network profile has no member left; kept, since it was edited", "profile", name)
+		return nil
+	}
+	_, err = s.ds.Commit(ctx, s.ds.Profiles().DeleteWrite(name, prof.ModRevision), s.ds.AllWorkloads().UnchangedSince(rev))
+	if errors.Is(err, datastore.ErrConflict) {
+		return nil // a workload was written meanwhile: the next member's removal looks again
+	}
+	if err == nil {
+		s.log.Info("docker network profile deleted: no member left", "profile", name)
+	}
+	return err
+}
+
+// normalProfile is p as JSON decodes it, so that a stored profile compares equal to the value it
+// was written from.
+func normalProfile(p datastore.Profile) datastore.Profile {
+	b, _ := json.Marshal(p)
+	var n datastore.Profile
+	_ = json.Unmarshal(b, &n)
+	return n
 }
 
 // NetworkNamer returns the name of a Docker network from its ID.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/margaynet/margay/control/datastore"
@@ -32,6 +33,12 @@ type Server struct {
 	do func(fn func() error) error
 	// networkName tells a network's name, which names its profile.
 	networkName NetworkNamer
+
+	// bg is the context of the work a call leaves running (the neighbour entry written once
+	// the container's namespace exists); Close cancels it and waits for that work.
+	bg     context.Context
+	stop   context.CancelFunc
+	active sync.WaitGroup
 }
 
 // Option configures a Server.
@@ -51,6 +58,7 @@ func WithNetworkNamer(n NetworkNamer) Option { return func(s *Server) { s.networ
 // New returns the server of node, working on ds and ipm.
 func New(ds *datastore.Client, ipm *ipam.IPAM, node string, opts ...Option) *Server {
 	s := &Server{ds: ds, ipam: ipm, node: node, log: slog.Default(), do: func(fn func() error) error { return fn() }}
+	s.bg, s.stop = context.WithCancel(context.Background())
 	s.networkName = func(context.Context, string) (string, error) {
 		return "", errors.New("the plugin has no way to learn network names (no dockerd API socket given)")
 	}
@@ -58,6 +66,26 @@ func New(ds *datastore.Client, ipm *ipam.IPAM, node string, opts ...Option) *Ser
 		o(s)
 	}
 	return s
+}
+
+// Close stops the work calls left running in the background and waits for it; calls answered
+// after Close start none.
+func (s *Server) Close() {
+	s.stop()
+	s.active.Wait()
+}
+
+// background runs fn in a goroutine under the server's background context, unless the server
+// is closed.
+func (s *Server) background(fn func(ctx context.Context)) {
+	if s.bg.Err() != nil {
+		return
+	}
+	s.active.Add(1)
+	go func() {
+		defer s.active.Done()
+		fn(s.bg)
+	}()
 }
 
 // Handler returns the HTTP handler of both APIs: every call is a POST of a JSON body to its path;
