@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/ipam"
 )
 
 func TestIPAMCommands(t *testing.T) {
@@ -89,6 +90,22 @@ func TestIPAMCommands(t *testing.T) {
 					got.Problems[0] != "198.19.0.65 is allocated to handle w4, which does not exist" ||
 					!strings.Contains(got.Problems[1], "handle w3") {
 					t.Errorf("ipam check -o json = %s (%v)", out, err)
+				}
+			}},
+
+		{name: "check finds an address given out for a container that never came",
+			setup: func(t *testing.T) {
+				// Docker's RequestAddress writes a handle without a workload key; a plugin crash
+				// before CreateEndpoint leaves it so.
+				if _, err := e.ipam.Assign(ctx, ipam.Request{Handle: "docker-0a1b2c", Node: "vm1"}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			args: []string{"ipam", "check"}, wantErr: "3 problems;",
+			want: []string{"handle docker-0a1b2c holds 198.19.0.", " on node vm1 for no workload: given out before its workload existed"},
+			check: func(t *testing.T, _ string) {
+				if _, err := e.ipam.ReleaseHandle(ctx, "docker-0a1b2c"); err != nil {
+					t.Fatal(err)
 				}
 			}},
 

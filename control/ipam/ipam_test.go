@@ -377,6 +377,65 @@ func TestReleaseEmptyBlocksAndGC(t *testing.T) {
 	noProblems(t, i)
 }
 
+// A handle without a workload key (Docker's RequestAddress, before CreateEndpoint keys it) is
+// freed when it stayed so, unchanged, from one collection to the next and no record uses its
+// address; one keyed meanwhile, one a record uses and another node's (for a node's collector)
+// are kept.
+func TestCollectUnkeyed(t *testing.T) {
+	i, ds := newIPAM(t, pool("test", "198.19.0.0/24", 28))
+	ctx := context.Background()
+	unkeyed := func(handle, node string) Assignment {
+		t.Helper()
+		a, err := i.Assign(ctx, Request{Handle: handle, Node: node})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	leaked, used, other, keyed := unkeyed("docker-a", "vm100"), unkeyed("docker-b", "vm100"), unkeyed("docker-c", "vm101"), unkeyed("docker-d", "vm100")
+	records := map[string]datastore.Workload{"vm100/crashed": {IPv4: []netip.Prefix{netip.PrefixFrom(used.IP, 32)}}}
+	col := i.Collector("vm100")
+	if freed, err := col.Run(ctx, records); err != nil || len(freed) != 0 || col.Suspects() != 2 {
+		t.Fatalf("first look freed %v, %v with %d suspects; want nothing, and docker-a and docker-d suspected", freed, err, col.Suspects())
+	}
+	h, err := ds.Handles().Get(ctx, "docker-d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Value.Workload = "vm100/d"
+	if _, err := ds.Handles().Update(ctx, "docker-d", h.Value, h.ModRevision); err != nil {
+		t.Fatal(err)
+	}
+	records["vm100/d"] = datastore.Workload{IPv4: []netip.Prefix{netip.PrefixFrom(keyed.IP, 32)}}
+	if freed, err := col.Run(ctx, records); err != nil || !slices.Equal(freed, []netip.Addr{leaked.IP}) {
+		t.Fatalf("second look freed %v, %v; want %v", freed, err, leaked.IP)
+	}
+	for _, a := range []Assignment{used, other, keyed} {
+		if loc, err := i.Locate(ctx, a.IP); err != nil || loc.Handle == "" {
+			t.Errorf("%v freed: %+v, %v", a.IP, loc, err)
+		}
+	}
+	if _, err := ds.Handles().Get(ctx, "docker-a"); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("handle docker-a after its collection: %v", err)
+	}
+	// A handle that changed after it was read keeps its addresses.
+	stale, err := ds.Handles().Get(ctx, "docker-c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.ModRevision--
+	if freed, err := i.releaseHandleAt(ctx, stale); err != nil || len(freed) != 0 {
+		t.Errorf("release at a stale revision freed %v, %v", freed, err)
+	}
+	// Every node's collector takes vm101's at its second look.
+	all := i.Collector("")
+	for look, want := range [][]netip.Addr{nil, {other.IP}} {
+		if freed, err := all.Run(ctx, records); err != nil || !slices.Equal(freed, want) {
+			t.Errorf("every node's collector, look %d: freed %v, %v; want %v", look, freed, err, want)
+		}
+	}
+}
+
 func TestEnsureDefaultPool(t *testing.T) {
 	i, ds := newIPAM(t)
 	created, err := i.EnsureDefaultPool(context.Background(), datastore.DefaultPool())

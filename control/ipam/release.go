@@ -37,6 +37,25 @@ func (i *IPAM) ReleaseHandle(ctx context.Context, handle string) ([]netip.Addr, 
 	return released, nil
 }
 
+// releaseHandleAt frees a handle as it was read: its delete is a compare-and-swap on h's
+// ModRevision, made before its allocations are removed, so a handle that changed meanwhile (keyed
+// to its workload) keeps its addresses; it returns nothing then. Allocations left by a failure
+// after the delete have no handle, which the next collection frees.
+func (i *IPAM) releaseHandleAt(ctx context.Context, h datastore.Item[datastore.Handle]) ([]netip.Addr, error) {
+	err := i.ds.Handles().Delete(ctx, h.Name, h.ModRevision)
+	if errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("release handle %s: %w", h.Name, err)
+	}
+	released, err := i.removeAllocations(ctx, func(a datastore.Allocation) bool { return a.Handle == h.Name })
+	if err != nil {
+		return released, fmt.Errorf("release handle %s: %w", h.Name, err)
+	}
+	return released, nil
+}
+
 // ReleaseIP frees one address whoever holds it, and drops it from its handle.
 func (i *IPAM) ReleaseIP(ctx context.Context, ip netip.Addr) (string, error) {
 	var holder string
@@ -164,29 +183,37 @@ func (i *IPAM) ReleaseEmptyBlocks(ctx context.Context, node string, keep int) ([
 // of workloads whose record is gone and allocations without a handle. CNI ADD writes the handle
 // before the workload's record, so a workload counts as gone only when its record was missing at
 // the Collector's previous Run too: the time between two Runs is the grace an ADD in flight gets.
+//
+// A handle without a workload key is an address given out before its workload exists (Docker's
+// RequestAddress, which CreateEndpoint keys to the endpoint's record a moment later). One that
+// stayed unchanged and unkeyed from one Run to the next, its addresses used by no record, was
+// left by a failure between the two (a plugin crash, an endpoint dockerd never created): it is
+// freed then. A docker run in flight changes it (the key) long before the next Run.
 type Collector struct {
 	ipam     *IPAM
-	prefix   string          // "<node>/" of the workloads collected; "" for every node's
-	suspects map[string]bool // workloads whose record was missing at the last Run
+	prefix   string           // "<node>/" of the workloads collected; "" for every node's
+	suspects map[string]bool  // workloads whose record was missing at the last Run
+	unkeyed  map[string]int64 // handles without a workload key at the last Run: their ModRevision
 }
 
 // Collector returns a Collector of node's workloads, or of every node's for "".
 func (i *IPAM) Collector(node string) *Collector {
-	c := &Collector{ipam: i, suspects: map[string]bool{}}
+	c := &Collector{ipam: i, suspects: map[string]bool{}, unkeyed: map[string]int64{}}
 	if node != "" {
 		c.prefix = node + "/"
 	}
 	return c
 }
 
-// Suspects is how many workloads the last Run found without a record, to free at the next one
-// if their records are still missing.
-func (c *Collector) Suspects() int { return len(c.suspects) }
+// Suspects is how many workloads the last Run found without a record, and handles without a
+// workload key, to free at the next one if they are still so.
+func (c *Collector) Suspects() int { return len(c.suspects) + len(c.unkeyed) }
 
 // Run looks once, given every workload record by "<node>/<id>" (handles name them so): it frees
 // the handles of the workloads missing now and at the last Run, and the allocations whose handle
-// is gone unless a record uses the address (freeing it would hand it out twice). Handles without
-// a workload key are left alone: only their owner knows them. It returns the addresses freed.
+// is gone unless a record uses the address (freeing it would hand it out twice), and the handles
+// without a workload key that were so, unchanged, at the last Run too (see Collector). It returns
+// the addresses freed.
 func (c *Collector) Run(ctx context.Context, records map[string]datastore.Workload) ([]netip.Addr, error) {
 	i := c.ipam
 	handles, _, err := i.ds.Handles().List(ctx)
@@ -202,9 +229,27 @@ func (c *Collector) Run(ctx context.Context, records map[string]datastore.Worklo
 	var released []netip.Addr
 	known := map[string]bool{}
 	suspects := map[string]bool{}
+	unkeyed := map[string]int64{}
 	for _, h := range handles {
 		known[h.Name] = true
 		w := h.Value.Workload
+		if w == "" && (c.prefix == "" || h.Value.Node+"/" == c.prefix) && !slices.ContainsFunc(h.Value.IPs, func(a netip.Addr) bool { return inUse[a] }) {
+			if rev, seen := c.unkeyed[h.Name]; !seen || rev != h.ModRevision {
+				unkeyed[h.Name] = h.ModRevision
+				continue
+			}
+			ips, err := i.releaseHandleAt(ctx, h)
+			if err != nil {
+				c.suspects, c.unkeyed = suspects, unkeyed
+				return released, fmt.Errorf("ipam gc: %w", err)
+			}
+			if len(ips) > 0 {
+				i.log.Info("garbage-collected addresses given out for a workload that never came (a handle without a workload key, unchanged since the last collection)",
+					"handle", h.Name, "node", h.Value.Node, "ips", ips)
+			}
+			released = append(released, ips...)
+			continue
+		}
 		if _, live := records[w]; w == "" || live || !strings.HasPrefix(w, c.prefix) {
 			continue
 		}
@@ -214,13 +259,13 @@ func (c *Collector) Run(ctx context.Context, records map[string]datastore.Worklo
 		}
 		ips, err := i.ReleaseHandle(ctx, h.Name)
 		if err != nil {
-			c.suspects = suspects
+			c.suspects, c.unkeyed = suspects, unkeyed
 			return released, fmt.Errorf("ipam gc: %w", err)
 		}
 		i.log.Info("garbage-collected addresses of a workload that is gone", "handle", h.Name, "workload", w, "ips", ips)
 		released = append(released, ips...)
 	}
-	c.suspects = suspects
+	c.suspects, c.unkeyed = suspects, unkeyed
 	// The handle is written with its first allocation, in one transaction, so an allocation
 	// without a handle is a leftover of a hand edit or of a handle deleted out of band.
 	orphans, err := i.removeAllocations(ctx, func(a datastore.Allocation) bool {
@@ -308,8 +353,9 @@ type Problem struct {
 
 // Check looks for inconsistencies between blocks, handles and workloads: an address in two
 // blocks, an allocation without a handle, a handle listing an address no block gives it,
-// overlapping blocks, a handle whose workload's record is gone, a workload using an address IPAM
-// does not give it (which it may hand to someone else); and in the IPAM configuration: blocks
+// overlapping blocks, a handle whose workload's record is gone, a handle without a workload key
+// whose addresses no record uses (see Collector), a workload using an address IPAM does not give
+// it (which it may hand to someone else); and in the IPAM configuration: blocks
 // affine to a node that is not registered, pools that overlap a registered node's uplink subnet.
 // It reads everything at one revision, so a change under way is no inconsistency.
 func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
@@ -370,12 +416,20 @@ func (i *IPAM) Check(ctx context.Context) ([]Problem, error) {
 		}
 	}
 	records := make(map[string]bool, len(workloads))
+	used := make(map[netip.Addr]bool, len(workloads))
 	for _, w := range workloads {
 		records[w.Name] = true
+		if ip, ok := w.Value.Addr(); ok {
+			used[ip] = true
+		}
 	}
 	for _, h := range handles {
 		if w := h.Value.Workload; w != "" && !records[w] {
 			problems = append(problems, Problem{What: fmt.Sprintf("handle %s holds %s for workload %s, whose record is gone", h.Name, AddrList(h.Value.IPs), w), Records: true})
+		}
+		if h.Value.Workload == "" && !slices.ContainsFunc(h.Value.IPs, func(a netip.Addr) bool { return used[a] }) {
+			problems = append(problems, Problem{What: fmt.Sprintf("handle %s holds %s on node %s for no workload: given out before its workload existed "+
+				"(Docker's RequestAddress) and never claimed, unless a docker run is under way", h.Name, AddrList(h.Value.IPs), h.Value.Node), Records: true})
 		}
 	}
 	for _, w := range workloads {
