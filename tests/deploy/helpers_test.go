@@ -13,7 +13,8 @@ import (
 	"testing"
 )
 
-// binaries is the directory of margay-agent, margay-cni and margayctl, built by TestMain.
+// binaries is the directory of margay-agent, margay-cni, margay-cni-direct, margay-docker and
+// margayctl, built by TestMain.
 var binaries string
 
 func TestMain(m *testing.M) {
@@ -33,7 +34,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./cmd/margay-agent", "./cmd/margay-cni", "./cmd/margay-cni-direct", "./cmd/margayctl")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./cmd/margay-agent", "./cmd/margay-cni", "./cmd/margay-cni-direct", "./cmd/margay-docker", "./cmd/margayctl")
 	cmd.Dir = repoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -92,7 +92,7 @@ func TestSystemdUnit(t *testing.T) {
 	checkFlagValues(t, unitPath+" ExecStart with margay.env", "margay-agent", full)
 	agentEnv := help(t, "margay-agent").env
 	for k := range envAssignments(regexp.MustCompile(`(?m)^#`).ReplaceAllString(readRepoFile(t, "deploy/systemd/margay.env"), "")) {
-		if k != "MARGAY_AGENT_ARGS" && !agentEnv[k] {
+		if k != "MARGAY_AGENT_ARGS" && k != "MARGAY_DOCKER_ARGS" && !agentEnv[k] {
 			t.Errorf("margay.env sets %s, which margay-agent does not read (its --help names %v)", k, keys(agentEnv))
 		}
 	}
@@ -136,6 +136,43 @@ func TestSystemdUnit(t *testing.T) {
 	}
 }
 
+const dockerUnitPath = "deploy/systemd/margay-docker.service"
+
+// The Docker plugin's unit runs margay-docker with flags it has, with margay.env's
+// MARGAY_DOCKER_ARGS, before dockerd (which restores its containers' networks through it).
+func TestSystemdDockerUnit(t *testing.T) {
+	text := readRepoFile(t, dockerUnitPath)
+	u := unitSettings(text)
+	for key, want := range map[string]string{
+		"Service.Restart":         "always",
+		"Service.EnvironmentFile": "-/etc/margay/margay.env",
+		"Unit.Before":             "docker.service",
+		"Install.WantedBy":        "multi-user.target",
+	} {
+		if got := strings.Join(u[key], " "); got != want {
+			t.Errorf("%s: %s=%q, want %q", dockerUnitPath, key, got, want)
+		}
+	}
+	exec0 := strings.Fields(strings.Join(u["Service.ExecStart"], " "))
+	if len(exec0) == 0 || exec0[0] != "/usr/local/bin/margay-docker" || !slices.Contains(exec0, "$MARGAY_DOCKER_ARGS") {
+		t.Fatalf("%s: ExecStart %v, want /usr/local/bin/margay-docker … $MARGAY_DOCKER_ARGS", dockerUnitPath, exec0)
+	}
+	env := envAssignments(readRepoFile(t, "deploy/systemd/margay.env"))
+	if _, ok := env["MARGAY_DOCKER_ARGS"]; !ok {
+		t.Errorf("margay.env has no MARGAY_DOCKER_ARGS")
+	}
+	var full []string
+	for _, w := range exec0[1:] {
+		if w == "$MARGAY_DOCKER_ARGS" {
+			full = append(full, strings.Fields(env["MARGAY_DOCKER_ARGS"])...)
+		} else {
+			full = append(full, w)
+		}
+	}
+	checkInvocation(t, dockerUnitPath+" ExecStart", "margay-docker", full)
+	checkFlagValues(t, dockerUnitPath+" ExecStart with margay.env", "margay-docker", full)
+}
+
 func TestInstallScript(t *testing.T) {
 	root := t.TempDir()
 	// A systemctl that records its arguments, first on PATH, to see what install.sh asks of it.
@@ -162,17 +199,19 @@ func TestInstallScript(t *testing.T) {
 		src  string // repository file or binary it is a copy of
 		exec bool
 	}{
-		"usr/local/bin/margay-agent":              {filepath.Join(binaries, "margay-agent"), true},
-		"usr/local/bin/margay-cni":                {filepath.Join(binaries, "margay-cni"), true},
-		"usr/local/bin/margay-cni-direct":         {filepath.Join(binaries, "margay-cni-direct"), true},
-		"usr/local/bin/margayctl":                 {filepath.Join(binaries, "margayctl"), true},
-		"opt/cni/bin/margay-cni":                  {filepath.Join(binaries, "margay-cni"), true},
-		"opt/cni/bin/margay-cni-direct":           {filepath.Join(binaries, "margay-cni-direct"), true},
-		"etc/cni/net.d/10-margay.conflist":        {repoPath("deploy/cni/10-margay.conflist"), false},
-		"etc/systemd/system/margay-agent.service": {repoPath(unitPath), false},
-		"etc/margay/margay.env":                   {repoPath("deploy/systemd/margay.env"), false},
-		"etc/margay/datastore.yaml":               {repoPath("deploy/systemd/datastore.yaml"), false},
-		"etc/margay/margayctl.cfg":                {repoPath("deploy/systemd/margayctl.cfg"), false},
+		"usr/local/bin/margay-agent":               {filepath.Join(binaries, "margay-agent"), true},
+		"usr/local/bin/margay-cni":                 {filepath.Join(binaries, "margay-cni"), true},
+		"usr/local/bin/margay-cni-direct":          {filepath.Join(binaries, "margay-cni-direct"), true},
+		"usr/local/bin/margayctl":                  {filepath.Join(binaries, "margayctl"), true},
+		"usr/local/bin/margay-docker":              {filepath.Join(binaries, "margay-docker"), true},
+		"etc/systemd/system/margay-docker.service": {repoPath(dockerUnitPath), false},
+		"opt/cni/bin/margay-cni":                   {filepath.Join(binaries, "margay-cni"), true},
+		"opt/cni/bin/margay-cni-direct":            {filepath.Join(binaries, "margay-cni-direct"), true},
+		"etc/cni/net.d/10-margay.conflist":         {repoPath("deploy/cni/10-margay.conflist"), false},
+		"etc/systemd/system/margay-agent.service":  {repoPath(unitPath), false},
+		"etc/margay/margay.env":                    {repoPath("deploy/systemd/margay.env"), false},
+		"etc/margay/datastore.yaml":                {repoPath("deploy/systemd/datastore.yaml"), false},
+		"etc/margay/margayctl.cfg":                 {repoPath("deploy/systemd/margayctl.cfg"), false},
 	}
 	var files []string
 	_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
@@ -246,6 +285,19 @@ func TestInstallScript(t *testing.T) {
 	b, _ := os.ReadFile(calls)
 	if got, want := strings.TrimSpace(string(b)), "--root="+root+" enable margay-agent.service"; got != want {
 		t.Errorf("install.sh --root ran systemctl %q, want %q", got, want)
+	}
+	// A host with dockerd gets the Docker plugin's unit enabled too.
+	if err := os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr/sbin/dockerd"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Remove(calls)
+	install(cwd, "--root", root, "--no-start")
+	b, _ = os.ReadFile(calls)
+	if got, want := strings.TrimSpace(string(b)), "--root="+root+" enable margay-agent.service margay-docker.service"; got != want {
+		t.Errorf("install.sh --root on a Docker host ran systemctl %q, want %q", got, want)
 	}
 
 	// Bad arguments are refused before anything is written.
