@@ -66,7 +66,7 @@ func newCommand() *cobra.Command {
 	host, _ := os.Hostname()
 	f := cmd.Flags()
 	f.StringVar(&o.node, "node-name", host, "this node's name in the datastore")
-	f.StringVar(&o.listen, "listen", "unix", `"unix": serve on <plugin-dir>/margay.sock and margay-ipam.sock; "tcp://127.0.0.1:PORT": serve there and write <plugin-dir>/margay.spec and margay-ipam.spec (one dockerd per network namespace: each dials 127.0.0.1 in its own)`)
+	f.StringVar(&o.listen, "listen", "unix", `"unix": serve on <plugin-dir>/margay.sock and margay-ipam.sock; "tcp://127.0.0.1:PORT": serve there and write <plugin-dir>/margay.spec and margay-ipam.spec, which stay at exit (one dockerd per network namespace: each dials 127.0.0.1 in its own)`)
 	f.StringVar(&o.pluginDir, "plugin-dir", "", "where dockerd looks for the plugin (default: /run/docker/plugins for unix, /etc/docker/plugins for tcp)")
 	f.StringVar(&o.dockerSock, "docker-socket", "/var/run/docker.sock", "dockerd's API socket, asked for network names")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -182,14 +182,22 @@ func listen(o options) (lns []net.Listener, files []string, err error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return lns, nil, err
 		}
+		// The spec files stay when the plugin stops: with one dockerd per network namespace they
+		// are shared by the plugins of every namespace, which serve the same address in their own
+		// (and a stopped plugin's address refuses connections, as a missing socket would). They
+		// are written whole (a temporary file renamed), as several plugins may start at once.
 		for _, name := range pluginNames {
 			path := filepath.Join(dir, name+".spec")
-			if err := os.WriteFile(path, []byte("tcp://"+ln.Addr().String()+"\n"), 0o644); err != nil {
+			tmp := fmt.Sprintf("%s.tmp.%d", path, os.Getpid())
+			if err := os.WriteFile(tmp, []byte("tcp://"+ln.Addr().String()+"\n"), 0o644); err != nil {
 				return lns, files, err
 			}
-			files = append(files, path)
+			if err := os.Rename(tmp, path); err != nil {
+				_ = os.Remove(tmp)
+				return lns, files, err
+			}
 		}
-		return lns, files, nil
+		return lns, nil, nil
 	}
 	return nil, nil, fmt.Errorf("--listen %q: want unix or tcp://ADDRESS:PORT", o.listen)
 }
