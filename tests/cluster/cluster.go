@@ -38,8 +38,8 @@ var (
 	buildErr  error
 )
 
-// Binaries builds margay-agent, margay-cni and margayctl once per test process and returns their
-// directory.
+// Binaries builds margay-agent, margay-cni, margay-cni-direct, margay-docker and margayctl once per
+// test process and returns their directory (the lab's --docker mode runs margay-docker).
 func Binaries(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
@@ -49,7 +49,8 @@ func Binaries(tb testing.TB) string {
 		}
 		// Static, as make build and the image build them (no cgo resolver, no dynamic loader).
 		build := exec.Command("go", "build", "-o", binDir, "github.com/margaynet/margay/cmd/margay-agent",
-			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margay-cni-direct", "github.com/margaynet/margay/cmd/margayctl")
+			"github.com/margaynet/margay/cmd/margay-cni", "github.com/margaynet/margay/cmd/margay-cni-direct", "github.com/margaynet/margay/cmd/margay-docker",
+			"github.com/margaynet/margay/cmd/margayctl")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		out, err := build.CombinedOutput()
 		if err != nil {
