@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -57,6 +58,12 @@ func newLabCmd() *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), "\nlab check passed")
 				return nil
 			}
+			if cfg.Docker {
+				printDockerHelp(cmd.OutOrStdout(), cfg, l)
+				<-ctx.Done()
+				fmt.Fprintln(cmd.OutOrStdout(), "\ntaking the lab down")
+				return lab.Down(cfg)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), `
 The lab is up. Explore it from another shell:
   margayctl lab exec vm100 -- ip route
@@ -77,7 +84,8 @@ another shell: margayctl lab down).
 	}
 	up.Flags().IntVar(&cfg.Hosts, "hosts", 3, "number of hosts (vm100, vm101, …)")
 	up.Flags().BoolVar(&cfg.Gateway, "gateway", false, "add a gateway router (BIRD) peering with every host and an outside client behind it")
-	up.Flags().BoolVar(&check, "check", false, "verify (ping between every pair of workloads), take the lab down and exit non-zero on failure")
+	up.Flags().BoolVar(&cfg.Docker, "docker", false, "the walkthrough with Docker: a dockerd and margay-docker per host, networks net1 and net2 on every host, containers workload-A…E (docker run … busybox) instead of CNI workloads")
+	up.Flags().BoolVar(&check, "check", false, "verify (ping between every pair of workloads; with --docker also the routes and that networks do not reach each other), take the lab down and exit non-zero on failure")
 
 	down := &cobra.Command{
 		Use:   "down",
@@ -91,7 +99,7 @@ another shell: margayctl lab down).
 
 	execCmd := &cobra.Command{
 		Use:   "exec NAME -- COMMAND [ARGS…]",
-		Short: "Run a command inside a lab host or workload (vm100, w100, …); in a host margayctl uses the host's config file",
+		Short: "Run a command inside a lab host or workload (vm100, w100, …); in a host margayctl uses the host's config file, and docker the host's dockerd (--docker)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := cfg.Command(binDir(), args[0], args[1:]...)
@@ -125,4 +133,28 @@ another shell: margayctl lab down).
 
 	cmd.AddCommand(up, down, execCmd, etcd)
 	return cmd
+}
+
+// printDockerHelp tells how to follow the walkthrough in a Docker lab from another shell.
+func printDockerHelp(w io.Writer, cfg lab.Config, l *lab.Lab) {
+	example := "198.19.0.64"
+	for _, wl := range l.Workloads {
+		if wl.Name == "workload-B" {
+			example = wl.IP.String()
+		}
+	}
+	fmt.Fprintf(w, `
+The lab is up, with a dockerd per host. Follow the walkthrough from another shell:
+  margayctl lab exec vm100 -- docker ps
+  margayctl lab exec vm100 -- docker network ls
+  margayctl lab exec vm100 -- docker exec workload-A ip a
+  margayctl lab exec vm100 -- docker exec workload-A ping -c 1 %s    (workload-B, net1)
+  margayctl lab exec vm100 -- docker run --name x -tid --net net2 busybox
+  margayctl lab exec vm100 -- ip route
+  margayctl lab exec vm100 -- margayctl workload list
+lab exec runs in the host's network and mount namespaces (/run/docker/plugins there holds the
+host's margay-docker) with DOCKER_HOST=unix://%s/<host>/docker.sock, and MARGAYCTL_CONFIG set to
+%s/<host>/margayctl.cfg. Logs are in %s and %s/<host>. Ctrl-C takes the lab down (or,
+from another shell: margayctl lab down).
+`, example, cfg.StateDir, cfg.StateDir, cfg.StateDir, cfg.StateDir)
 }

@@ -39,14 +39,24 @@ func (l *Lab) writeHostConfig(h Host) error {
 // Command returns the command that runs argv inside the lab host or workload name (vm100, w100,
 // …), as `margayctl lab exec` does: in its network namespace (nsenter keeps /sys/fs/bpf visible),
 // with binDir first in PATH and, in a host, MARGAYCTL_CONFIG set to the host's config file, so
-// that margayctl there finds the lab's etcd, its node and its pins.
+// that margayctl there finds the lab's etcd, its node and its pins. In a host of a Docker lab
+// the command runs in the host's mount namespace too (DockerHost.Command: /run/docker/plugins is
+// the host's) with DOCKER_HOST naming the host's dockerd, so that `docker ps` there is the
+// host's.
 func (c Config) Command(binDir, name string, argv ...string) *exec.Cmd {
 	c.defaults()
-	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + c.Prefix + name, "--"}, argv...)...)
-	cmd.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
+	env := append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
 	if _, err := os.Stat(c.HostConfig(name)); err == nil {
-		cmd.Env = append(cmd.Env, "MARGAYCTL_CONFIG="+c.HostConfig(name))
+		env = append(env, "MARGAYCTL_CONFIG="+c.HostConfig(name))
 	}
+	if d := c.DockerHost(name); len(argv) > 0 && strings.HasPrefix(name, "vm") && isLabName(name) {
+		if cmd, err := d.Command(argv[0], argv[1:]...); err == nil {
+			cmd.Env = append(env, "DOCKER_HOST=unix://"+d.Sock())
+			return cmd
+		}
+	}
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + c.Prefix + name, "--"}, argv...)...)
+	cmd.Env = env
 	return cmd
 }
 

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -28,6 +29,11 @@ type Config struct {
 	// Gateway adds a gateway router (BIRD at 198.18.0.1, peering with every host) and an
 	// "outside" client behind it at 198.18.1.10 that reaches workload addresses directly.
 	Gateway bool
+	// Docker runs the Calico walkthrough with Docker instead of CNI workloads: a real dockerd
+	// with the margay-docker plugin in every host (DockerHost, under <StateDir>/<host>), the
+	// Docker networks net1 and net2 created on every host, and the containers of DockerWorkloads
+	// on them (docker run … busybox). BinDir must hold margay-docker.
+	Docker bool
 }
 
 const (
@@ -59,6 +65,9 @@ type Lab struct {
 	cfg       Config
 	Hosts     []Host
 	Workloads []Workload
+	// DockerHosts are the hosts' Docker sides, with Docker (in the order of Hosts).
+	DockerHosts []DockerHost
+	sayMu       sync.Mutex
 }
 
 // Host is one namespace host.
@@ -71,9 +80,12 @@ type Host struct {
 // Workload is a container on a host.
 type Workload struct {
 	Name string
-	NS   string
+	NS   string // its network namespace's name; "" for a Docker container
 	Host Host
 	IP   netip.Addr
+	// Network is the Docker network of a Docker container (docker exec runs commands in it),
+	// "" for a CNI workload.
+	Network string
 }
 
 func (c Config) etcdEndpoint() string { return "http://" + etcdAddr + ":2379" }
@@ -104,12 +116,26 @@ func In(ns string, name string, args ...string) (string, error) {
 	return run("nsenter", append([]string{"--net=/run/netns/" + ns, "--", name}, args...)...)
 }
 
-func (l *Lab) say(format string, args ...any) { fmt.Fprintf(l.cfg.Out, format+"\n", args...) }
+func (l *Lab) say(format string, args ...any) {
+	l.sayMu.Lock()
+	defer l.sayMu.Unlock()
+	fmt.Fprintf(l.cfg.Out, format+"\n", args...)
+}
 
 // Up builds the lab, first removing what an earlier one left.
 func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	cfg.defaults()
 	l := &Lab{cfg: cfg}
+	if cfg.Docker && cfg.Gateway {
+		// The outside client is no member of any Docker network, whose profiles admit only their
+		// members: it would reach no container.
+		return nil, errors.New("--docker and --gateway together are not supported")
+	}
+	if cfg.Docker {
+		if _, err := os.Stat(filepath.Join(cfg.BinDir, "margay-docker")); err != nil {
+			return nil, fmt.Errorf("--docker needs the plugin (make build): %w", err)
+		}
+	}
 	if err := Down(cfg); err != nil {
 		return nil, err
 	}
@@ -195,6 +221,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		}); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.Docker {
+		return l, l.upDocker(ctx)
 	}
 	for _, h := range l.Hosts {
 		w, err := l.addWorkload(h, "w"+strings.TrimPrefix(h.Name, "vm"))
@@ -342,8 +371,13 @@ func (l *Lab) addWorkload(h Host, name string) (Workload, error) {
 }
 
 // Check pings between every pair of workloads, and from the outside client to every workload
-// with Gateway, and returns the failures.
+// with Gateway, and returns the failures. With Docker it checks the hosts' routes, that the
+// containers of a network reach each other and that no container reaches another network's
+// (checkDocker).
 func (l *Lab) Check(ctx context.Context) error {
+	if l.cfg.Docker {
+		return l.checkDocker(ctx)
+	}
 	var errs []error
 	if l.cfg.Gateway {
 		for _, to := range l.Workloads {
@@ -376,6 +410,9 @@ func (l *Lab) Report(ctx context.Context, w io.Writer) {
 		out, _ := In(h.NS, ctl, "node", "status")
 		fmt.Fprintf(w, "\n━━ %s: margayctl node status\n%s", h.Name, out)
 	}
+	if l.cfg.Docker {
+		l.reportDockerNetworks(ctx, w)
+	}
 	for _, h := range l.Hosts {
 		out, _ := In(h.NS, "ip", "route")
 		fmt.Fprintf(w, "\n━━ %s: ip route\n%s", h.Name, out)
@@ -384,6 +421,11 @@ func (l *Lab) Report(ctx context.Context, w io.Writer) {
 		h := l.Hosts[0]
 		out, _ := In(h.NS, ctl, "routes", "--bpffs-root", l.cfg.bpffsRoot(h.Name))
 		fmt.Fprintf(w, "\n━━ %s: margayctl routes (the BPF routes map)\n%s", h.Name, out)
+	}
+	if l.cfg.Docker {
+		l.reportDockerWorkloads(ctx, w)
+		l.reportCounters(w)
+		return
 	}
 	fmt.Fprintf(w, "\n━━ ping matrix (from row to column; the outside client with --gateway)\n%-8s", "")
 	for _, to := range l.Workloads {
@@ -411,8 +453,12 @@ func (l *Lab) Report(ctx context.Context, w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	l.reportCounters(w)
+}
+
+func (l *Lab) reportCounters(w io.Writer) {
 	for _, h := range l.Hosts {
-		out, _ := In(h.NS, ctl, "counters", "--bpffs-root", l.cfg.bpffsRoot(h.Name))
+		out, _ := In(h.NS, filepath.Join(l.cfg.BinDir, "margayctl"), "counters", "--bpffs-root", l.cfg.bpffsRoot(h.Name))
 		fmt.Fprintf(w, "\n━━ %s: margayctl counters\n%s", h.Name, out)
 	}
 }
@@ -424,6 +470,11 @@ func Down(cfg Config) error {
 	cfg.defaults()
 	var errs []error
 	if err := stopUp(cfg); err != nil {
+		errs = append(errs, err)
+	}
+	// Docker first, while the agents and etcd still run (the plugin deletes each container's
+	// endpoint there) and before the namespaces go: dockerd stops its containers itself.
+	if err := downDocker(cfg); err != nil {
 		errs = append(errs, err)
 	}
 	pids, _ := filepath.Glob(filepath.Join(cfg.StateDir, "*.pid"))
