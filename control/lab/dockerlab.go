@@ -50,21 +50,34 @@ func (c Config) DockerHost(host string) DockerHost {
 		CgroupParent: c.Prefix + "margay-lab-" + host}
 }
 
-// upDocker starts every host's Docker (in parallel), creates the networks on each, runs the
-// containers and waits until each host's agent has programmed its containers.
-func (l *Lab) upDocker(ctx context.Context) error {
-	cfg := l.cfg
+// startDocker does the Docker part of Up in the background (none of it needs the BGP sessions):
+// every host's Docker started, all at once (startDockerHost), then the containers run
+// (runDockerWorkloads). The returned function waits until that is done.
+func (l *Lab) startDocker(ctx context.Context) (wait func() error) {
 	l.DockerHosts = make([]DockerHost, len(l.Hosts))
-	errs := make([]error, len(l.Hosts))
-	var wg sync.WaitGroup
 	for i, h := range l.Hosts {
-		l.DockerHosts[i] = cfg.DockerHost(h.Name)
-		wg.Go(func() { errs[i] = l.startDockerHost(ctx, l.DockerHosts[i]) })
+		l.DockerHosts[i] = l.cfg.DockerHost(h.Name)
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
+	done := make(chan error, 1)
+	go func() {
+		errs := make([]error, len(l.Hosts))
+		var wg sync.WaitGroup
+		for i := range l.Hosts {
+			wg.Go(func() { errs[i] = l.startDockerHost(ctx, l.DockerHosts[i]) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			done <- err
+			return
+		}
+		done <- l.runDockerWorkloads(ctx)
+	}()
+	return func() error { return <-done }
+}
+
+// runDockerWorkloads runs the containers of DockerWorkloads and waits until each host's agent
+// has programmed its containers.
+func (l *Lab) runDockerWorkloads(ctx context.Context) error {
 	// One after the other, so that the blocks go to the hosts in their order, as the CNI lab's.
 	for _, dw := range DockerWorkloads {
 		i := dw.Host % len(l.Hosts)
@@ -238,7 +251,7 @@ func (l *Lab) checkDocker(ctx context.Context) error {
 		}
 	}
 	results := make([]error, len(same))
-	parallel(len(same), 4, func(i int) {
+	parallel(len(same), 8, func(i int) {
 		p := same[i]
 		results[i] = l.wait(ctx, "ping "+p.String()+" (both on "+p.from.Network+")", 30*time.Second, func() error {
 			return l.dockerPing(ctx, p.from, p.to.IP)
@@ -246,7 +259,7 @@ func (l *Lab) checkDocker(ctx context.Context) error {
 	})
 	errs = append(errs, results...)
 	results = make([]error, len(cross))
-	parallel(len(cross), 6, func(i int) {
+	parallel(len(cross), 12, func(i int) {
 		p := cross[i]
 		switch err := l.dockerPing(ctx, p.from, p.to.IP); {
 		case err == nil:
@@ -326,7 +339,7 @@ func (l *Lab) reportDockerWorkloads(ctx context.Context, w io.Writer) {
 	cells := map[[2]string]string{}
 	var mu sync.Mutex
 	ps := l.pairs()
-	parallel(len(ps), 6, func(i int) {
+	parallel(len(ps), 12, func(i int) {
 		p := ps[i]
 		err := l.dockerPing(ctx, p.from, p.to.IP)
 		cell := "FAIL"

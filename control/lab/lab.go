@@ -204,6 +204,14 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			return nil, err
 		}
 	}
+	// Each host's Docker and the containers come up while the BGP sessions do.
+	dockerUp, stopDocker := func() error { return nil }, func() {}
+	if cfg.Docker {
+		var dctx context.Context
+		dctx, stopDocker = context.WithCancel(ctx)
+		defer stopDocker()
+		dockerUp = l.startDocker(dctx)
+	}
 	peers := len(l.Hosts) - 1
 	if cfg.Gateway {
 		peers++
@@ -219,11 +227,15 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			}
 			return nil
 		}); err != nil {
-			return nil, err
+			stopDocker()
+			return nil, errors.Join(err, dockerUp())
 		}
 	}
 	if cfg.Docker {
-		return l, l.upDocker(ctx)
+		if err := dockerUp(); err != nil {
+			return nil, err
+		}
+		return l, nil
 	}
 	for _, h := range l.Hosts {
 		w, err := l.addWorkload(h, "w"+strings.TrimPrefix(h.Name, "vm"))
