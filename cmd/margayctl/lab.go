@@ -137,24 +137,24 @@ another shell: margayctl lab down).
 
 // printDockerHelp tells how to follow the walkthrough in a Docker lab from another shell.
 func printDockerHelp(w io.Writer, cfg lab.Config, l *lab.Lab) {
-	example := "198.19.0.64"
+	ip := map[string]string{}
 	for _, wl := range l.Workloads {
-		if wl.Name == "workload-B" {
-			example = wl.IP.String()
-		}
+		ip[wl.Name] = wl.IP.String()
 	}
 	fmt.Fprintf(w, `
 The lab is up, with a dockerd per host. Follow the walkthrough from another shell:
   margayctl lab exec vm100 -- docker ps
   margayctl lab exec vm100 -- docker network ls
   margayctl lab exec vm100 -- docker exec workload-A ip a
-  margayctl lab exec vm100 -- docker exec workload-A ping -c 1 %s    (workload-B, net1)
-  margayctl lab exec vm100 -- docker run --name x -tid --net net2 busybox
+  margayctl lab exec vm100 -- docker exec workload-A ping -c 1 %s        # workload-B, net1 too
+  margayctl lab exec vm100 -- docker exec workload-A ping -c 1 -W 2 %s   # workload-D, net2: no answer
+  margayctl lab exec vm100 -- docker run --name workload-F -tid --net net2 busybox
   margayctl lab exec vm100 -- ip route
   margayctl lab exec vm100 -- margayctl workload list
-lab exec runs in the host's network and mount namespaces (/run/docker/plugins there holds the
-host's margay-docker) with DOCKER_HOST=unix://%s/<host>/docker.sock, and MARGAYCTL_CONFIG set to
-%s/<host>/margayctl.cfg. Logs are in %s and %s/<host>. Ctrl-C takes the lab down (or,
-from another shell: margayctl lab down).
-`, example, cfg.StateDir, cfg.StateDir, cfg.StateDir, cfg.StateDir)
+lab exec runs the command in the host's network and mount namespaces (its /run/docker/plugins
+holds the host's margay-docker) with DOCKER_HOST=unix://%s/<host>/docker.sock
+and MARGAYCTL_CONFIG=%s/<host>/margayctl.cfg.
+Logs: %s (etcd, agents) and %s/<host> (dockerd, margay-docker).
+Ctrl-C takes the lab down (or, from another shell: margayctl lab down).
+`, ip["workload-B"], ip["workload-D"], cfg.StateDir, cfg.StateDir, cfg.StateDir, cfg.StateDir)
 }
