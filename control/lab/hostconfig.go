@@ -93,7 +93,8 @@ func stopUp(cfg Config) error {
 	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("read %s: %w", upFile, err)
 	}
-	alive := func() bool { s, err := procStart(pid); return err == nil && s == start }
+	// A killed lab up whose parent has not reaped it yet is a zombie: gone for this purpose.
+	alive := func() bool { s, err := procStart(pid); return err == nil && s == start && !zombie(pid) }
 	if pid == os.Getpid() || !alive() {
 		return nil
 	}
@@ -128,4 +129,15 @@ func procStart(pid int) (uint64, error) {
 		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields after the name", pid, len(f))
 	}
 	return strconv.ParseUint(f[19], 10, 64) // field 22 is the 20th after the name
+}
+
+// zombie says whether process pid has exited and waits for its parent to reap it.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && len(s) > i+2 && s[i+2] == 'Z'
 }
