@@ -357,25 +357,23 @@ func (l *Lab) reportDockerWorkloads(ctx context.Context, w io.Writer) {
 	})
 	fmt.Fprintf(w, "\n━━ ping matrix: docker exec ROW ping -c 1 -W 2 COLUMN (same network: ok or FAIL; other network: blocked or LEAK)\n")
 	const first1, col = 24, 20
-	fmt.Fprintf(w, "%-*s", first1, "")
-	for _, to := range l.Workloads {
-		fmt.Fprintf(w, "%-*s", col, to.Name)
-	}
-	fmt.Fprintf(w, "\n%-*s", first1, "")
-	for _, to := range l.Workloads {
-		fmt.Fprintf(w, "%-*s", col, to.IP.String()+" "+to.Network)
-	}
-	fmt.Fprintln(w)
-	for _, from := range l.Workloads {
-		fmt.Fprintf(w, "%-*s", first1, from.Name+" "+from.Host.Name+" "+from.Network)
+	line := func(head string, cell func(to Workload) string) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%-*s", first1, head)
 		for _, to := range l.Workloads {
-			cell := "-"
-			if from.Name != to.Name {
-				cell = cells[[2]string{from.Name, to.Name}]
-			}
-			fmt.Fprintf(w, "%-*s", col, cell)
+			fmt.Fprintf(&b, "%-*s", col, cell(to))
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
+	line("", func(to Workload) string { return to.Name })
+	line("", func(to Workload) string { return to.IP.String() + " " + to.Network })
+	for _, from := range l.Workloads {
+		line(from.Name+" "+from.Host.Name+" "+from.Network, func(to Workload) string {
+			if from.Name == to.Name {
+				return "-"
+			}
+			return cells[[2]string{from.Name, to.Name}]
+		})
 	}
 }
 
