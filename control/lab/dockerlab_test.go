@@ -3,6 +3,7 @@ package lab_test
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,13 +53,20 @@ func TestLabDocker(t *testing.T) {
 	l.Report(ctx, &report)
 	rep := report.String()
 	t.Logf("report:\n%s", rep)
+	// Which host claims which block depends on the order in which the agents start.
+	a, b := l.Workloads[0], l.Workloads[1] // workload-A on vm100, workload-B on vm101
+	if a.Name != "workload-A" || a.Host.Name != "vm100" || b.Name != "workload-B" || b.Host.Name != "vm101" {
+		t.Fatalf("workloads: %+v", l.Workloads)
+	}
+	q := func(ip netip.Addr) string { return regexp.QuoteMeta(ip.String()) }
+	block := func(ip netip.Addr) string { return regexp.QuoteMeta(netip.PrefixFrom(ip, 26).Masked().String()) }
 	for _, want := range []string{
 		`(?m)^\S+\s+net1\s+margay\s+local$`, `(?m)^\S+\s+net2\s+margay\s+local$`, // docker network ls
-		`(?m)^blackhole 198\.19\.0\.0/26 proto (margay|77)`, `(?m)^blackhole 198\.19\.0\.64/26 proto (margay|77)`,
-		`(?m)^198\.19\.0\.0 dev cali[0-9a-f]{11} `, `(?m)^198\.19\.0\.64 dev cali[0-9a-f]{11} `,
-		`(?m)^198\.19\.0\.64/26 via 198\.18\.0\.101 dev ens32 proto (margay|77)`,
-		`(?m)^198\.19\.0\.0/26 via 198\.18\.0\.100 dev ens32 proto (margay|77)`,
-		`docker exec workload-A ip a\n(.*\n)*\d+: cali0@`, `inet 198\.19\.0\.0/32 scope global cali0`,
+		`(?m)^blackhole ` + block(a.IP) + ` proto (margay|77)`, `(?m)^blackhole ` + block(b.IP) + ` proto (margay|77)`,
+		`(?m)^` + q(a.IP) + ` dev cali[0-9a-f]{11} `, `(?m)^` + q(b.IP) + ` dev cali[0-9a-f]{11} `,
+		`(?m)^` + block(b.IP) + ` via 198\.18\.0\.101 dev ens32 proto (margay|77)`,
+		`(?m)^` + block(a.IP) + ` via 198\.18\.0\.100 dev ens32 proto (margay|77)`,
+		`docker exec workload-A ip a\n(.*\n)*\d+: cali0@`, `inet ` + q(a.IP) + `/32 scope global cali0`,
 		`default via 169\.254\.1\.1 dev cali0`,
 	} {
 		if !regexp.MustCompile(want).MatchString(rep) {
@@ -113,12 +121,6 @@ func TestLabDocker(t *testing.T) {
 	if ps := inHost("docker", "ps", "--format", "{{.Names}}"); !regexp.MustCompile(`(?m)^workload-A$`).MatchString(ps) ||
 		strings.Contains(ps, "workload-B") {
 		t.Errorf("lab exec vm100 -- docker ps: want vm100's containers (workload-A, not workload-B):\n%s", ps)
-	}
-	var b lab.Workload
-	for _, w := range l.Workloads {
-		if w.Name == "workload-B" {
-			b = w
-		}
 	}
 	if p := inHost("docker", "exec", "workload-A", "ping", "-c", "1", "-W", "2", b.IP.String()); !strings.Contains(p, "1 packets received") {
 		t.Errorf("lab exec vm100 -- docker exec workload-A ping %s:\n%s", b.IP, p)
