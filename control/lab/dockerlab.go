@@ -50,6 +50,21 @@ func (c Config) DockerHost(host string) DockerHost {
 		CgroupParent: c.Prefix + "margay-lab-" + host}
 }
 
+// checkDocker checks what the Docker mode needs before anything starts: the plugin's binary, and a
+// state directory short enough for dockerd's sockets.
+func (c Config) checkDocker() error {
+	if _, err := os.Stat(filepath.Join(c.BinDir, "margay-docker")); err != nil {
+		return fmt.Errorf("--docker needs the plugin (make build): %w", err)
+	}
+	// dockerd's containerd listens on <exec root>/containerd/containerd-debug.sock: a unix
+	// socket's path has at most 107 bytes.
+	if sock := filepath.Join(c.DockerHost(c.hostName(0)).Dir, "x", "containerd", "containerd-debug.sock"); len(sock) > 107 {
+		return fmt.Errorf("--docker: the state directory %s is too long for dockerd's sockets (%s: %d bytes, at most 107)",
+			c.StateDir, sock, len(sock))
+	}
+	return nil
+}
+
 // startDocker does the Docker part of Up in the background (none of it needs the BGP sessions):
 // every host's Docker started, all at once (startDockerHost), then the containers run
 // (runDockerWorkloads). The returned function waits until that is done.

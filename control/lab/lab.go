@@ -132,8 +132,8 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		return nil, errors.New("--docker and --gateway together are not supported")
 	}
 	if cfg.Docker {
-		if _, err := os.Stat(filepath.Join(cfg.BinDir, "margay-docker")); err != nil {
-			return nil, fmt.Errorf("--docker needs the plugin (make build): %w", err)
+		if err := cfg.checkDocker(); err != nil {
+			return nil, err
 		}
 	}
 	if err := Down(cfg); err != nil {
