@@ -122,6 +122,10 @@ func TestLabDocker(t *testing.T) {
 		strings.Contains(ps, "workload-B") {
 		t.Errorf("lab exec vm100 -- docker ps: want vm100's containers (workload-A, not workload-B):\n%s", ps)
 	}
+	// In the host's mount namespace, the caller's directory stays the working directory.
+	if wd, _ := os.Getwd(); strings.TrimSpace(inHost("pwd")) != wd {
+		t.Errorf("lab exec vm100 -- pwd: not %s", wd)
+	}
 	if p := inHost("docker", "exec", "workload-A", "ping", "-c", "1", "-W", "2", b.IP.String()); !strings.Contains(p, "1 packets received") {
 		t.Errorf("lab exec vm100 -- docker exec workload-A ping %s:\n%s", b.IP, p)
 	}

@@ -52,6 +52,11 @@ func (c Config) Command(binDir, name string, argv ...string) *exec.Cmd {
 	if d := c.DockerHost(name); len(argv) > 0 && strings.HasPrefix(name, "vm") && isLabName(name) {
 		if cmd, err := d.Command(argv[0], argv[1:]...); err == nil {
 			cmd.Env = append(env, "DOCKER_HOST=unix://"+d.Sock())
+			// Entering a mount namespace moves to its root: keep the caller's directory (the
+			// same file system there), so that relative paths (apply -f x.yaml) work.
+			if wd, err := os.Getwd(); err == nil {
+				cmd.Args = append([]string{cmd.Args[0], "--wd=" + wd}, cmd.Args[1:]...)
+			}
 			return cmd
 		}
 	}
