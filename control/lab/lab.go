@@ -484,8 +484,9 @@ func Down(cfg Config) error {
 	if err := stopUp(cfg); err != nil {
 		errs = append(errs, err)
 	}
-	// Docker first, while the agents and etcd still run (the plugin deletes each container's
-	// endpoint there) and before the namespaces go: dockerd stops its containers itself.
+	// Docker first: its containers removed through dockerd while the agents and etcd still run
+	// (the plugin deletes each container's endpoint there), dockerd and the plugin stopped
+	// properly before the namespaces they run in go.
 	if err := downDocker(cfg); err != nil {
 		errs = append(errs, err)
 	}
