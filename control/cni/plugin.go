@@ -33,6 +33,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/ipam"
 	"github.com/margaynet/margay/control/workload"
+	"github.com/margaynet/margay/control/workload/programmed"
 )
 
 // opTimeout bounds one command, etcd connection included.
@@ -235,7 +236,7 @@ func (p *Plugin) add(ctx context.Context, args *skel.CmdArgs, start time.Time) (
 		return nil, cniError(err)
 	}
 	if s.conf.policyTimeout > 0 {
-		if err := waitProgrammed(ctx, s.conf.BPFFSRoot, res, s.conf.policyTimeout); err != nil {
+		if err := programmed.Wait(ctx, s.conf.BPFFSRoot, res.HostVeth, res.IPv4.Addr(), s.conf.policyTimeout); err != nil {
 			// Undo the ADD: a failed ADD leaves nothing behind, and the runtime tries again.
 			s.log.Error("agent did not program the workload in time; undoing the ADD", "workload", ws.ID, "err", err)
 			if derr := workload.Del(ctx, s.ds, s.ipam(), ws); derr != nil {
