@@ -26,7 +26,7 @@ BINARIES := margay-agent margay-cni margay-cni-direct margay-docker margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?=
 
-.PHONY: help deps generate build test fuzz soak lint format bench bench-quick lab clean
+.PHONY: help deps generate build test fuzz soak lint format bench bench-quick bench-docker lab clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,9 +88,13 @@ lint: ## go vet, gofmt and staticcheck
 format: ## gofmt the Go code
 	gofmt -w $$(git ls-files '*.go')
 
-bench: deps ## The benchmark suite (writes BENCHMARKS.md and docs/bench/), then policy against iptables
+bench: deps ## The benchmark suite (writes BENCHMARKS.md and docs/bench/; docker run against Docker's bridge included), then policy against iptables
 	GO=$(GO) $(GO) test -run '^$$' -bench Suite -benchtime 1x -count 1 -timeout 60m ./tests/benchsuite/
 	$(GO) test -run '^$$' -bench . -count 1 -timeout 30m ./tests/policybench/
+
+bench-docker: deps ## Only `docker run` until reachable, Margay against Docker's bridge (docs/bench/docker-run.json), then BENCHMARKS.md rendered again
+	GO=$(GO) $(GO) test -run '^$$' -bench DockerRun -benchtime 1x -count 1 -timeout 40m ./tests/benchsuite/
+	BENCH_RENDER=1 $(GO) test -count 1 -run '^TestRenderBenchmarks$$' ./tests/benchsuite/
 
 bench-quick: deps ## One short round of every topology, written to bin/bench-quick/ (a check, not figures)
 	BENCH_ROUNDS=1 BENCH_STREAM_SECONDS=1 BENCH_RR_SECONDS=0.5 BENCH_CRR_SECONDS=0.5 BENCH_EXTRAS=0 BENCH_PERF=0 \

@@ -148,6 +148,13 @@ type Report struct {
 	ControlNote              string
 	Plots                    []string // paths relative to BENCHMARKS.md
 	Findings                 string   // the analysis of the shortfalls, markdown
+
+	// Docker is the `docker run` benchmark's last results (docker-run.json beside the plots,
+	// which BenchmarkDockerRun writes): kept in a file of their own so that the benchmark can
+	// run alone; DockerNote says what this run of the suite did about it.
+	Docker          *DockerRun `json:"-"`
+	DockerNote      string
+	DockerGenerated time.Time // the Generated of the results this run of the suite measured
 }
 
 // Save writes the report's data (not its findings) as JSON, so that BENCHMARKS.md can be

@@ -71,3 +71,34 @@ BenchmarkHostWorkloads-2           1  5 ns/op  30.5 ms-cni-nowait-p50
 		t.Fatalf("plot: %v", err)
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	v := make([]float64, 20)
+	for i := range v {
+		v[i] = float64(20 - i) // 20 … 1
+	}
+	if p50, p99 := Percentile(v, 50), Percentile(v, 99); p50 != 10 || p99 != 20 {
+		t.Fatalf("p50 %v p99 %v, want 10 and 20 (nearest rank)", p50, p99)
+	}
+	if p := Percentile([]float64{3}, 50); p != 3 {
+		t.Fatalf("one value: %v", p)
+	}
+}
+
+// The docker run figures are per round, and the ratios are taken within each round before their
+// median.
+func TestDockerRunRatios(t *testing.T) {
+	round := func(m, b float64) DockerRound {
+		return DockerRound{Samples: map[string][]DockerSample{"m": {{ReachMs: m, RunMs: m - 1}}, "b": {{ReachMs: b, RunMs: b - 1}}}}
+	}
+	d := &DockerRun{Drivers: []DockerDriver{{Key: "m"}, {Key: "b"}}, Rounds: []DockerRound{round(10, 5), round(30, 10), round(20, 40)}}
+	if got := Summarize(d.Ratios(DockerMeasures[0])); got != (Stats{2, 0.5, 3}) {
+		t.Fatalf("ratios %+v", got)
+	}
+	if got := Summarize(d.PerRound("m", DockerMeasures[0])); got != (Stats{20, 10, 30}) {
+		t.Fatalf("margay p50s %+v", got)
+	}
+	if got := d.FirstAnswers(); got != "m 0 of 3, b 0 of 3" {
+		t.Fatalf("first answers %q", got)
+	}
+}

@@ -3,7 +3,9 @@ package benchsuite_test
 import (
 	"cmp"
 	_ "embed"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -375,6 +377,7 @@ func BenchmarkSuite(b *testing.B) {
 	} else {
 		r.BPFNote = "Skipped in this run (BENCH_EXTRAS=0)."
 		r.ControlNote = "Skipped in this run (BENCH_EXTRAS=0); `make bench` runs: " + strings.Join(controlCommands, "; ")
+		r.DockerNote = "This run of the suite left it out (BENCH_EXTRAS=0)."
 	}
 	if err := os.MkdirAll(plots, 0o755); err != nil {
 		b.Fatal(err)
@@ -397,6 +400,19 @@ func render(tb testing.TB, r *benchsuite.Report, out, plots string) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			tb.Fatal(err)
 		}
+	}
+	// The docker run benchmark's last results, whichever run wrote them: they carry their own
+	// command and time.
+	r.Docker = nil
+	if d, err := benchsuite.LoadDockerRun(filepath.Join(plots, dockerResults)); err == nil {
+		r.Docker = d
+		if !d.Generated.Equal(r.DockerGenerated) {
+			// Measured alone (make bench-docker), not by the run the rest comes from.
+			r.DockerNote = fmt.Sprintf("Measured alone, not in the suite's run of %s that the rest of this file comes from.",
+				r.Generated.UTC().Format("2006-01-02 15:04 UTC"))
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		tb.Fatal(err)
 	}
 	if err := r.WritePlots(plots, rel); err != nil {
 		tb.Fatal(err)
@@ -429,6 +445,16 @@ func TestRenderBenchmarks(t *testing.T) {
 			Goals: []benchsuite.Goal{{Measure: "stream", Bound: 1}}, Findings: findings}
 		if _, err := r.Markdown(); err != nil {
 			t.Fatal(err)
+		}
+		r.Docker = &benchsuite.DockerRun{Command: "cmd", Containers: 1, Drivers: []benchsuite.DockerDriver{{Key: "m"}, {Key: "b"}},
+			Rounds: []benchsuite.DockerRound{{Order: []string{"m", "b"},
+				Samples: map[string][]benchsuite.DockerSample{"m": {{ReachMs: 2}}, "b": {{ReachMs: 1}}}}}}
+		md, err := r.Markdown()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(md), "| m / b (per-round ratio) | **2.00** (2.00–2.00) |") {
+			t.Fatalf("no ratio in the docker section:\n%s", md)
 		}
 		return
 	}
@@ -669,6 +695,9 @@ var controlCommands = []string{
 
 const bpfCommand = "go test -run '^$' -bench . -count 1 ./tests/bpfbench/"
 
+// dockerCommand is issue 21's benchmark, docker run until reachable (docker_test.go).
+const dockerCommand = "go test -run '^$' -bench DockerRun -benchtime 1x -count 1 -timeout 40m ./tests/benchsuite/"
+
 func goTest(command string) (string, error) {
 	// The go that runs this benchmark (make passes $(GO) through GO), else the one on PATH.
 	gobin := os.Getenv("GO")
@@ -694,6 +723,7 @@ func runExtras(tb testing.TB, r *benchsuite.Report) {
 	if err != nil || len(r.BPF) == 0 {
 		r.BPFNote = fmt.Sprintf("The benchmark failed: %v. %s", err, lastLines(out, 5))
 	}
+	runDocker(tb, r)
 	var notes []string
 	for _, c := range controlCommands {
 		if os.Getenv("BENCH_HOST") == "0" && strings.Contains(c, "HostWorkloads") {
@@ -711,6 +741,30 @@ func runExtras(tb testing.TB, r *benchsuite.Report) {
 		notes = append(notes, fmt.Sprintf("`%s` took %v.", c, time.Since(start).Round(time.Second)))
 	}
 	r.ControlNote = "CNI ADD: time from the plugin's start to its result, per pod (p50/p99); in HostWorkloads with 1,000 workloads present, without (nowait) and with (wait) policySetupTimeout. Event-to-map: time from a datastore write to the dataplane map entry (HostWorkloads: add and delete, under 1,000 workloads and policies). BGPScale: s is from the BGP session's establishment until every route is in the routes map and the kernel table, s-from-start from BIRD's start (BIRD's start-up and the session's set-up, about 0.9 s, included), MiB-RSS the agent's resident memory after. HostWorkloads: ms-full-pass and ms-compile are the means over the periodic full passes of a 30 s idle window, %CPU-idle the agent's CPU in it. " + strings.Join(notes, " ")
+}
+
+// runDocker runs the docker run benchmark (BenchmarkDockerRun) as a go test process, which
+// writes its results beside the plots for render; BENCH_DOCKER=0 leaves it out.
+func runDocker(tb testing.TB, r *benchsuite.Report) {
+	tb.Helper()
+	if os.Getenv("BENCH_DOCKER") == "0" {
+		r.DockerNote = "This run of the suite left it out (BENCH_DOCKER=0)."
+		return
+	}
+	start := time.Now()
+	out, err := goTest(dockerCommand)
+	if err != nil {
+		r.DockerNote = fmt.Sprintf("This run of the suite (%s) could not measure it: `%s` failed after %v: %v: %s",
+			r.Generated.UTC().Format("2006-01-02 15:04 UTC"), dockerCommand, time.Since(start).Round(time.Second), err, lastLines(out, 3))
+		return
+	}
+	d, err := benchsuite.LoadDockerRun(filepath.Join(plotsDir(), dockerResults))
+	if err != nil {
+		r.DockerNote = fmt.Sprintf("This run of the suite measured it but cannot read the results: %v", err)
+		return
+	}
+	r.DockerGenerated = d.Generated
+	r.DockerNote = fmt.Sprintf("It took %v in this run of the suite.", time.Since(start).Round(time.Second))
 }
 
 func lastLines(s string, n int) string {
