@@ -108,6 +108,9 @@ var DockerMeasures = []DockerMeasure{
 	{"endpoint joined, p50 [ms]", func(s []DockerSample) float64 {
 		return Percentile(field(s, func(x DockerSample) float64 { return x.JoinMs }), 50)
 	}},
+	{"joined → `docker run` returned, p50 [ms]", func(s []DockerSample) float64 {
+		return Percentile(field(s, func(x DockerSample) float64 { return x.RunMs - x.JoinMs }), 50)
+	}},
 	{"`docker run` returned, p50 [ms]", func(s []DockerSample) float64 {
 		return Percentile(field(s, func(x DockerSample) float64 { return x.RunMs }), 50)
 	}},

@@ -226,7 +226,8 @@ func newDockerBench(tb testing.TB) *dockerBench {
 			d.diagnose(tb, drv.Key, id)
 			tb.Fatalf("warm-up, %s: %v", drv.Key, err)
 		}
-		warm = append(warm, fmt.Sprintf("%s %.0f ms (`docker run` returned at %.0f ms, %d echo requests)", drv.Key, s.ReachMs, s.RunMs, s.Probes))
+		warm = append(warm, fmt.Sprintf("%s reachable at %.0f ms (endpoint joined at %.0f ms, `docker run` returned at %.0f ms, echo requests sent: %d)",
+			drv.Key, s.ReachMs, s.JoinMs, s.RunMs, s.Probes))
 	}
 	d.notes = append(d.notes, "Warm-up, not counted: "+strings.Join(warm, "; ")+".")
 	ports := d.bridgePorts(tb)
@@ -476,7 +477,7 @@ func (d *dockerBench) run(tb testing.TB, rounds, n int) *benchsuite.DockerRun {
 					d.diagnose(tb, drv, id)
 					tb.Fatalf("round %d, container %d: %v", r+1, i+1, err)
 				}
-				tb.Logf("round %d #%02d %-6s joined %6.0f ms, run returned %6.0f ms, address %6.0f ms, reachable %6.0f ms (%d echo requests)",
+				tb.Logf("round %d #%02d %-6s joined %6.0f ms, run returned %6.0f ms, address %6.0f ms, reachable %6.0f ms (echo requests sent: %d)",
 					r+1, i+1, drv, s.JoinMs, s.RunMs, s.AddrMs, s.ReachMs, s.Probes)
 				round.Samples[drv] = append(round.Samples[drv], s)
 			}
