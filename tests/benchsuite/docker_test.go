@@ -218,6 +218,26 @@ func newDockerBench(tb testing.TB) *dockerBench {
 	d.vm101.NS.RouteVia(tb, bridgeSubnet, vm100Addr.String(), "ens32")
 	d.prober = newICMPProber(tb, d.vm101, vm101Addr, 5*time.Millisecond)
 
+	// vm101 routes vm100's block, which vm100's agent claimed at its start, as BGP announced it.
+	var block string
+	poll.Until(tb, "vm101 has a BGP route to vm100's block", 60*time.Second, func() error {
+		bs, _, err := d.c.DS.Blocks().List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, b := range bs {
+			if b.Value.Node() == d.vm100.Name {
+				block = b.Value.CIDR.String()
+				out, err := d.vm101.NS.Run("ip", "-4", "route", "show", block)
+				if err != nil || !strings.Contains(out, "via "+vm100Addr.String()) {
+					return fmt.Errorf("route to %s in vm101: %q %v", block, out, err)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("vm100 has no block yet")
+	})
+
 	// Warm-up, not counted: a container per driver, reached from vm101.
 	var warm []string
 	for _, drv := range dockerDrivers {
@@ -239,6 +259,7 @@ func newDockerBench(tb testing.TB) *dockerBench {
 		fmt.Sprintf("`%s` made the Linux bridge %s with 198.18.72.1/24 inside vm100's network namespace (where dockerd runs), and the warm-up container's host-side veth %s is its port there; vm100's namespace has net.ipv4.ip_forward=1, vm101's a route to %s via 198.18.0.100.", dockerDrivers[1].Create, d.bridge, ports[0], bridgeSubnet),
 		"The machine's own network namespace was compared before the set-up and with both networks and the warm-up containers in place (and again after the last round): no new link named br-*, veth*, docker*, cali* or tmp*, no route or iptables rule naming 198.18.* or Docker, and the same net.ipv4.ip_forward.",
 		fmt.Sprintf("The profile %s was written before the network was used: the plugin's own rules (docker.Profile: ingress from the network's members, egress anywhere) and `allow icmp from %s`, the hosts' segment; without it Margay's policy drops vm101's echo requests, which do not come from a member. The bridge network has no policy (`--iptables=false`).", margayNet, hostsNet),
+		fmt.Sprintf("vm101 had its BGP route to vm100's block %s before the first container.", block),
 		"Both warm-up containers answered vm101's echo requests (below); then they were removed and Margay's record was gone before the first round.")
 	d.removeAll(ctx)
 	d.waitClean(tb)
@@ -497,8 +518,26 @@ func (d *dockerBench) run(tb testing.TB, rounds, n int) *benchsuite.DockerRun {
 	}
 	res.Finished = time.Now().UTC()
 	d.checkRoot(tb)
-	res.Checks, res.Notes = d.checks, d.notes
+	res.Checks, res.Notes = d.checks, append(d.notes, d.pluginComplaints())
 	return res
+}
+
+// pluginComplaints says what margay-docker logged at level WARN or ERROR during the run.
+func (d *dockerBench) pluginComplaints() string {
+	b, err := os.ReadFile(d.dh.LogFile("margay-docker"))
+	if err != nil {
+		return fmt.Sprintf("margay-docker's log could not be read: %v.", err)
+	}
+	var bad []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			bad = append(bad, l)
+		}
+	}
+	if len(bad) == 0 {
+		return "margay-docker logged no warning and no error during the run."
+	}
+	return fmt.Sprintf("margay-docker logged %d warnings or errors during the run; the first: `%s`.", len(bad), bad[0])
 }
 
 func load1() float64 {
@@ -685,7 +724,7 @@ func TestDockerRunReachable(t *testing.T) {
 			t.Fatalf("%s: %d containers answered, want 2", drv.Key, got)
 		}
 	}
-	t.Logf("\n%s", res.Table())
+	t.Logf("\n%s\n%s", res.Table(), strings.Join(res.Notes, "\n"))
 }
 
 // BenchmarkDockerRun is issue 21's benchmark: `docker run` until the container answers a ping
