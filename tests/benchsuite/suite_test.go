@@ -759,8 +759,10 @@ func runDocker(tb testing.TB, r *benchsuite.Report) {
 		return
 	}
 	d, err := benchsuite.LoadDockerRun(filepath.Join(plotsDir(), dockerResults))
-	if err != nil {
-		r.DockerNote = fmt.Sprintf("This run of the suite measured it but cannot read the results: %v", err)
+	if err != nil || d.Generated.Before(start) {
+		// Skipped (no dockerd), or its results could not be written or read.
+		r.DockerNote = fmt.Sprintf("This run of the suite (%s) has no results from `%s` (%v): %s",
+			r.Generated.UTC().Format("2006-01-02 15:04 UTC"), dockerCommand, err, lastLines(out, 3))
 		return
 	}
 	r.DockerGenerated = d.Generated
