@@ -82,29 +82,10 @@ func dockerClient() string {
 	return "docker"
 }
 
-var (
-	pluginOnce sync.Once
-	pluginBin  string
-	pluginErr  error
-)
-
-// margayDockerBinary builds cmd/margay-docker (static, as make build does) beside the cluster's
-// binaries.
+// margayDockerBinary is cmd/margay-docker, built with the cluster's binaries.
 func margayDockerBinary(tb testing.TB) string {
 	tb.Helper()
-	dir := cluster.Binaries(tb)
-	pluginOnce.Do(func() {
-		pluginBin = filepath.Join(dir, "margay-docker")
-		build := exec.Command("go", "build", "-o", pluginBin, "github.com/margaynet/margay/cmd/margay-docker")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			pluginErr = fmt.Errorf("go build margay-docker: %w\n%s", err, out)
-		}
-	})
-	if pluginErr != nil {
-		tb.Fatal(pluginErr)
-	}
-	return pluginBin
+	return filepath.Join(cluster.Binaries(tb), "margay-docker")
 }
 
 // dockerBench is the set-up: two hosts with their agents (BGP mesh), vm100's dockerd and
@@ -127,7 +108,7 @@ type dockerBench struct {
 func newDockerBench(tb testing.TB) *dockerBench {
 	tb.Helper()
 	if _, err := exec.LookPath("dockerd"); err != nil {
-		tb.Skip("no dockerd (make deps installs docker.io)")
+		tb.Fatal("no dockerd: make deps installs docker.io")
 	}
 	ctx := context.Background()
 	bin := margayDockerBinary(tb)
