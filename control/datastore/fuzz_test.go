@@ -19,6 +19,9 @@ var decoders = []func(t *testing.T, name string, data []byte){
 	func(t *testing.T, name string, data []byte) { roundTrip(t, policyKind, name, data) },
 	func(t *testing.T, name string, data []byte) { roundTrip(t, tierKind, name, data) },
 	func(t *testing.T, name string, data []byte) { roundTrip(t, profileKind, name, data) },
+	func(t *testing.T, name string, data []byte) {
+		roundTrip(t, nodeDockerNetworksKind("host1"), name, data)
+	},
 }
 
 // roundTrip checks that whatever decode accepts passes Validate, encodes, and decodes to the same
@@ -84,6 +87,8 @@ func FuzzDecode(f *testing.F) {
 		{10, "p", `{"version":1,"ingress":[{"action":"pass"}]}`},
 		{6, "host1/w4", `{"version":1,"id":"w4","name":"web","node":"host1","ifName":"cali0b7f49da20d","mac":"02:42:c6:13:00:04","profiles":["net1","kns.prod"],"ports":[{"name":"http","protocol":"tcp","port":8080}]}`},
 		{6, "host1/w5", `{"version":1,"id":"w5","name":"web","node":"host1","ifName":"cali0b7f49da20e","mac":"02:42:c6:13:00:05","profiles":["a","a"],"ports":[{"name":"HTTP","protocol":"icmp","port":0}]}`},
+		{11, "5a6f2f4e0d7c", `{"version":1,"node":"host1","id":"5a6f2f4e0d7c","name":"net1"}`},
+		{11, "5a6f2f4e0d7c", `{"version":1,"name":"../x"}`},
 		{0, "p", `null`},
 		{0, "p", `{"version":1.5}`},
 		{4, "198.19.0.0-26", `{"version":1,"cidr":"198.19.0.0/26","allocations":[{"ip":"198.19.0.1","handle":"h"},{"ip":"198.19.0.1","handle":"h"}]}`},

@@ -185,6 +185,25 @@ func TestStores(t *testing.T) {
 			t.Fatalf("Workloads(\"a/b\").List = %v, want ErrInvalid", err)
 		}
 	})
+	t.Run("dockernetworks", func(t *testing.T) {
+		s := c.DockerNetworks("host1")
+		if _, err := s.Create(ctx, "5a6f2f4e0d7c", datastore.DockerNetwork{Name: "net1"}); err != nil {
+			t.Fatal(err)
+		}
+		check(t, p+"docker/networks/host1/5a6f2f4e0d7c")
+		got, err := s.Get(ctx, "5a6f2f4e0d7c")
+		if err != nil || got.Value != (datastore.DockerNetwork{Version: 1, Node: "host1", ID: "5a6f2f4e0d7c", Name: "net1"}) {
+			t.Fatalf("Get = %+v, %v; want net1 of host1", got, err)
+		}
+		for _, bad := range []datastore.DockerNetwork{{Name: ""}, {Name: "a/b"}, {Node: "host2", Name: "net1"}} {
+			if _, err := s.Put(ctx, "5a6f2f4e0d7d", bad); !errors.Is(err, datastore.ErrInvalid) {
+				t.Errorf("Put %+v = %v, want ErrInvalid", bad, err)
+			}
+		}
+		if _, _, err := c.DockerNetworks("a/b").List(ctx); !errors.Is(err, datastore.ErrInvalid) {
+			t.Fatalf("DockerNetworks(\"a/b\").List = %v, want ErrInvalid", err)
+		}
+	})
 }
 
 // TestWriteRefusesInvalid checks that nothing is written for an invalid name or value.
