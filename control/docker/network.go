@@ -78,10 +78,13 @@ func (s *Server) createNetwork(_ context.Context, req createNetworkRequest) (str
 	return struct{}{}, nil
 }
 
-// deleteNetwork removes nothing: the network's profile is shared with the same-named networks of
-// the other hosts (docs/docker.md).
-func (s *Server) deleteNetwork(_ context.Context, req networkRequest) (struct{}, error) {
+// deleteNetwork removes the network's record (its name), not its profile: that is shared with the
+// same-named networks of the other hosts (docs/docker.md).
+func (s *Server) deleteNetwork(ctx context.Context, req networkRequest) (struct{}, error) {
 	if err := checkNetworkID(req.NetworkID); err != nil {
+		return struct{}{}, err
+	}
+	if err := s.forgetNetwork(ctx, req.NetworkID); err != nil {
 		return struct{}{}, err
 	}
 	s.log.Info("docker network deleted", "network", req.NetworkID)
@@ -96,7 +99,7 @@ func (s *Server) swarmOnly(_ context.Context, _ networkRequest) (struct{}, error
 const NetworkPrefix = "docker:"
 
 // createEndpoint makes the endpoint a workload: the address must be one RequestAddress gave out
-// on this node; the network's profile is ensured; workload.AddHost makes the veth pair in the host
+// on this node; the network's profile is ensured (and its name recorded, networkNameOf); workload.AddHost makes the veth pair in the host
 // namespace (container side TempVethName) and the record, with the network's profile; last the
 // address's handle is keyed to the record, so IPAM's garbage collection frees it with the record.
 func (s *Server) createEndpoint(ctx context.Context, req createEndpointRequest) (createEndpointResponse, error) {
@@ -132,12 +135,15 @@ func (s *Server) createEndpoint(ctx context.Context, req createEndpointRequest) 
 	if h.Value.Node != s.node || (h.Value.Workload != "" && h.Value.Workload != key) {
 		return none, fmt.Errorf("address %s belongs to %q on node %s, not to endpoint %s here", ip, h.Value.Workload, h.Value.Node, req.EndpointID)
 	}
-	name, err := s.networkName(ctx, req.NetworkID)
+	name, recorded, err := s.networkNameOf(ctx, req.NetworkID)
 	if err != nil {
 		return none, fmt.Errorf("network %s: %w", req.NetworkID, err)
 	}
 	if err := s.ensureProfile(ctx, name); err != nil {
 		return none, err
+	}
+	if !recorded {
+		s.recordNetworkName(ctx, req.NetworkID, name)
 	}
 	spec := workload.HostSpec{ID: req.EndpointID, Node: s.node, Network: NetworkPrefix + name, PeerName: TempVethName(req.EndpointID),
 		IP: netip.PrefixFrom(ip, 32), Profiles: []string{name}, Log: s.log}
