@@ -30,13 +30,14 @@ import (
 var pluginNames = []string{"margay", "margay-ipam"}
 
 type options struct {
-	node       string
-	listen     string
-	pluginDir  string
-	dockerSock string
-	logLevel   string
-	configFile string
-	ds         datastore.Config
+	node        string
+	listen      string
+	pluginDir   string
+	dockerSock  string
+	logLevel    string
+	configFile  string
+	callTimeout time.Duration
+	ds          datastore.Config
 }
 
 func main() {
@@ -71,6 +72,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.dockerSock, "docker-socket", "/var/run/docker.sock", "dockerd's API socket, asked for network names")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
+	f.DurationVar(&o.callTimeout, "call-timeout", docker.DefaultCallTimeout, "how long one of dockerd's calls may take, e.g. waiting for etcd, before it fails (dockerd itself waits without a limit)")
 	o.ds.BindFlags(f)
 	return cmd
 }
@@ -98,13 +100,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err := datastore.ValidateName(o.node); err != nil {
 		return fmt.Errorf("--node-name: %w", err)
 	}
+	if o.callTimeout <= 0 {
+		o.callTimeout = docker.DefaultCallTimeout
+	}
 	ds, err := datastore.New(ctx, cfg, datastore.WithLogger(log))
 	if err != nil {
 		return err
 	}
 	defer ds.Close()
 	srv := docker.New(ds, ipam.New(ds, ipam.WithLogger(log)), o.node, docker.WithLogger(log),
-		docker.WithNetworkNamer(docker.DockerAPINamer(o.dockerSock)))
+		docker.WithNetworkNamer(docker.DockerAPINamer(o.dockerSock)), docker.WithCallTimeout(o.callTimeout))
 	defer srv.Close()
 	listeners, files, err := listen(o)
 	if err != nil {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -110,5 +112,54 @@ func TestBadListen(t *testing.T) {
 		t.Errorf("bad datastore config accepted")
 	} else if errors.Is(err, context.Canceled) {
 		t.Errorf("got %v", err)
+	}
+}
+
+// With etcd down, a call fails after --call-timeout with an error that names etcd, instead of
+// "context deadline exceeded" after a minute (dockerd waits for the plugin as long as it takes).
+func TestCallTimeoutEtcdDown(t *testing.T) {
+	etcd := datastoretest.Start(t)
+	ds := datastoretest.Connect(t, datastore.Config{Endpoints: etcd.Endpoints()})
+	if _, err := ds.Pools().Create(t.Context(), "p", datastore.Pool{Name: "p", CIDR: netip.MustParsePrefix("198.19.0.0/16"), BlockSize: 26}); err != nil {
+		t.Fatal(err)
+	}
+	datastoretest.RegisterNodes(t, ds, "node-1")
+	dir := t.TempDir()
+	o := options{node: "node-1", listen: "unix", pluginDir: dir, dockerSock: filepath.Join(dir, "none.sock"),
+		callTimeout: time.Second, ds: datastore.Config{Endpoints: etcd.Endpoints()}}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, o, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	t.Cleanup(func() { cancel(); <-done })
+	sock := filepath.Join(dir, "margay-ipam.sock")
+	c := &http.Client{Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+		return net.Dial("unix", sock)
+	}}}
+	request := func() (int, string, time.Duration, error) {
+		start := time.Now()
+		resp, err := c.Post("http://plugin/IpamDriver.RequestAddress", "application/json", strings.NewReader(`{"PoolID": "margay-any"}`))
+		if err != nil {
+			return 0, "", 0, err
+		}
+		defer resp.Body.Close()
+		var out struct{ Address, Err string }
+		err = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out.Err + out.Address, time.Since(start), err
+	}
+	poll.Until(t, "the plugin serves", 10*time.Second, func() error {
+		status, out, _, err := request()
+		if err == nil && status != http.StatusOK {
+			err = fmt.Errorf("%d %s", status, out)
+		}
+		return err
+	})
+
+	etcd.Close()
+	status, msg, took, err := request()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status == http.StatusOK || !strings.Contains(msg, "gave up after 1s") || !strings.Contains(msg, "is etcd up and reachable") || took > 10*time.Second {
+		t.Errorf("RequestAddress with etcd down: %d %q after %s; want an error naming etcd after about 1s", status, msg, took)
 	}
 }

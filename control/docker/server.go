@@ -19,9 +19,6 @@ import (
 // maxBody bounds a request body; dockerd's largest (CreateNetwork with options) is a few KiB.
 const maxBody = 1 << 20
 
-// callTimeout bounds one call's work; dockerd's plugin client gives up after its own timeout.
-const callTimeout = 60 * time.Second
-
 // Server answers dockerd's calls of both drivers for one node.
 type Server struct {
 	ds   *datastore.Client
@@ -33,6 +30,8 @@ type Server struct {
 	do func(fn func() error) error
 	// networkName tells a network's name, which names its profile.
 	networkName NetworkNamer
+	// callTimeout bounds one call's work (WithCallTimeout).
+	callTimeout time.Duration
 
 	// bg is the context of the work a call leaves running (the neighbour entry written once
 	// the container's namespace exists); Close cancels it and waits for that work.
@@ -57,7 +56,8 @@ func WithNetworkNamer(n NetworkNamer) Option { return func(s *Server) { s.networ
 
 // New returns the server of node, working on ds and ipm.
 func New(ds *datastore.Client, ipm *ipam.IPAM, node string, opts ...Option) *Server {
-	s := &Server{ds: ds, ipam: ipm, node: node, log: slog.Default(), do: func(fn func() error) error { return fn() }}
+	s := &Server{ds: ds, ipam: ipm, node: node, log: slog.Default(), do: func(fn func() error) error { return fn() },
+		callTimeout: DefaultCallTimeout}
 	s.bg, s.stop = context.WithCancel(context.Background())
 	s.networkName = func(context.Context, string) (string, error) {
 		return "", errors.New("the plugin has no way to learn network names (no dockerd API socket given)")
@@ -159,10 +159,11 @@ func (s *Server) wrap(path string, fn func(context.Context, []byte) (any, error)
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("%s: read request: %w", path, err))
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), s.callTimeout)
 		defer cancel()
 		resp, err := fn(ctx, body)
 		if err != nil {
+			err = s.explainTimeout(ctx, err)
 			status := http.StatusInternalServerError
 			var bad *badRequest
 			if errors.As(err, &bad) {
