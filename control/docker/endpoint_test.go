@@ -134,8 +134,6 @@ func TestEndpointLifecycle(t *testing.T) {
 		t.Errorf("netns after Leave: %q", r.Value.Netns)
 	}
 
-	// The address is not released while the endpoint's record claims it.
-	e.fails(t, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": "margay-any", "Address": addr}, "still used by endpoint "+eid)
 	e.ok(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid})
 	e.host.AssertLinkGone(t, hostName)
 	if _, err := e.ds.Workloads(node).Get(ctx, eid); !errors.Is(err, datastore.ErrNotFound) {

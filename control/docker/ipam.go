@@ -195,7 +195,8 @@ const requestAddressType = "RequestAddressType"
 
 // releaseAddress frees the address's docker-… handle. An address that is free already is not an
 // error (dockerd repeats releases after a crash); one held by a CNI workload, or by a container of
-// another node, is refused.
+// another node, is refused; one whose endpoint still exists has the endpoint deleted first
+// (deleteUndeleted).
 func (s *Server) releaseAddress(ctx context.Context, req releaseAddressRequest) (struct{}, error) {
 	ref, err := parsePoolID(req.PoolID)
 	if err != nil {
@@ -230,10 +231,10 @@ func (s *Server) releaseAddress(ctx context.Context, req releaseAddressRequest) 
 		return struct{}{}, fmt.Errorf("address %s is held by a container of node %s, not %s; left alone", ip, h.Value.Node, s.node)
 	}
 	if eid, keyed := strings.CutPrefix(h.Value.Workload, s.node+"/"); err == nil && keyed {
-		// An endpoint whose record still claims the address: freeing it would hand it out twice.
-		// (dockerd deletes the endpoint first; IPAM GC frees the handle once the record is gone.)
 		if _, rerr := s.ds.Workloads(s.node).Get(ctx, eid); rerr == nil {
-			return struct{}{}, fmt.Errorf("address %s is still used by endpoint %s; delete the endpoint first", ip, eid)
+			if err := s.deleteUndeleted(ctx, ip, eid); err != nil {
+				return struct{}{}, err
+			}
 		} else if !errors.Is(rerr, datastore.ErrNotFound) && !errors.Is(rerr, datastore.ErrMalformed) {
 			return struct{}{}, rerr
 		}
@@ -244,6 +245,24 @@ func (s *Server) releaseAddress(ctx context.Context, req releaseAddressRequest) 
 	}
 	s.log.Info("docker address released", "ip", ip, "handle", loc.Handle, "freed", ipam.AddrList(freed))
 	return struct{}{}, nil
+}
+
+// deleteUndeleted deletes the endpoint eid whose record still claims the address ip that dockerd
+// releases: freeing the address first would hand it out twice. dockerd releases an address only
+// for an endpoint it deletes, and normally calls DeleteEndpoint first; but its clean-up of stale
+// sandboxes when it starts (after a crash, say) deletes their endpoints by force, and does not
+// call a network driver it has not loaded yet, which the plugin's is then (the IPAM driver it
+// does load): the endpoint's record, veth and address would stay until the agent's orphan
+// collection, minutes later.
+func (s *Server) deleteUndeleted(ctx context.Context, ip netip.Addr, eid string) error {
+	s.log.Warn("address released of an endpoint dockerd did not delete through the plugin (its clean-up of stale sandboxes); deleting the endpoint",
+		"ip", ip, "endpoint", eid)
+	if err := s.do(func() error {
+		return workload.Del(ctx, s.ds, s.ipam, workload.Spec{ID: eid, Node: s.node, Log: s.log})
+	}); err != nil {
+		return fmt.Errorf("address %s is still used by endpoint %s, which could not be deleted: %w", ip, eid, err)
+	}
+	return nil
 }
 
 // parseAddress takes an address as dockerd gives it: bare, or with a prefix length.
