@@ -342,6 +342,10 @@ type endpointInfo struct {
 	ip                     netip.Addr
 }
 
+func (ep endpointInfo) String() string {
+	return fmt.Sprintf("%s on %s: %s (endpoint %.12s)", ep.container, ep.network, ep.ip, ep.id)
+}
+
 // endpoints inspects containers (through dockerd's API) and returns their attachments.
 func (h *host) endpoints(t *testing.T, names ...string) []endpointInfo {
 	t.Helper()
@@ -492,11 +496,11 @@ func (r reach) mustReach(t *testing.T) {
 		return poll.Every(200*time.Millisecond, reachWithin, func() error {
 			_, no, err := c.probe(t, ips...)
 			if err == nil && len(no) > 0 {
-				err = fmt.Errorf("no answer to %v", no)
+				err = fmt.Errorf("no answer within %s to %v", reachWithin, no)
 			}
 			return err
 		})
-	}, "reaches its targets within "+reachWithin.String())
+	})
 }
 
 // mustNotReach checks that no container reaches any of its targets, by ICMP or TCP. Call it once
@@ -507,14 +511,14 @@ func (r reach) mustNotReach(t *testing.T) {
 	r.each(t, func(c ctr, ips []netip.Addr) error {
 		ok, _, err := c.probe(t, ips...)
 		if err == nil && len(ok) > 0 {
-			err = fmt.Errorf("reaches %v, another network's", ok)
+			err = fmt.Errorf("answers from another network's containers: %v", ok)
 		}
 		return err
-	}, "is isolated from its targets")
+	})
 }
 
 // each runs fn for every container at once and fails the test with the errors.
-func (r reach) each(t *testing.T, fn func(ctr, []netip.Addr) error, what string) {
+func (r reach) each(t *testing.T, fn func(ctr, []netip.Addr) error) {
 	t.Helper()
 	var (
 		mu   sync.Mutex
@@ -525,7 +529,7 @@ func (r reach) each(t *testing.T, fn func(ctr, []netip.Addr) error, what string)
 		wg.Go(func() {
 			if err := fn(c, ips); err != nil {
 				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s %s (%v): %w", c, what, ips, err))
+				errs = append(errs, fmt.Errorf("%s probing %v: %w", c, ips, err))
 				mu.Unlock()
 			}
 		})
