@@ -257,9 +257,7 @@ func (s *Server) releaseAddress(ctx context.Context, req releaseAddressRequest) 
 func (s *Server) deleteUndeleted(ctx context.Context, ip netip.Addr, eid string) error {
 	s.log.Warn("address released of an endpoint dockerd did not delete through the plugin (its clean-up of stale sandboxes); deleting the endpoint",
 		"ip", ip, "endpoint", eid)
-	if err := s.do(func() error {
-		return workload.Del(ctx, s.ds, s.ipam, workload.Spec{ID: eid, Node: s.node, Log: s.log})
-	}); err != nil {
+	if err := s.removeEndpoint(ctx, eid); err != nil {
 		return fmt.Errorf("address %s is still used by endpoint %s, which could not be deleted: %w", ip, eid, err)
 	}
 	return nil

@@ -196,33 +196,37 @@ func (s *Server) endpointOperInfo(ctx context.Context, req endpointRequest) (ope
 	return operInfoResponse{Value: map[string]any{}}, nil
 }
 
-// deleteEndpoint removes the endpoint's veth and record (workload.Del), then its network's
-// profile if no member is left (collectProfile); its address is ReleaseAddress's. An endpoint
-// that does not exist is deleted already.
+// deleteEndpoint removes the endpoint (removeEndpoint); its address is ReleaseAddress's. An
+// endpoint that does not exist is deleted already.
 func (s *Server) deleteEndpoint(ctx context.Context, req endpointRequest) (struct{}, error) {
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
 		return struct{}{}, err
 	}
+	return struct{}{}, s.removeEndpoint(ctx, req.EndpointID)
+}
+
+// removeEndpoint removes the endpoint's veth and record (workload.Del), then its network's
+// profile if no member is left (collectProfile).
+func (s *Server) removeEndpoint(ctx context.Context, eid string) error {
 	var profiles []string
-	if it, err := s.ds.Workloads(s.node).Get(ctx, req.EndpointID); err == nil && strings.HasPrefix(it.Value.Network, NetworkPrefix) {
+	if it, err := s.ds.Workloads(s.node).Get(ctx, eid); err == nil && strings.HasPrefix(it.Value.Network, NetworkPrefix) {
 		profiles = it.Value.Profiles
 	}
-	err := s.do(func() error {
-		return workload.Del(ctx, s.ds, s.ipam, workload.Spec{ID: req.EndpointID, Node: s.node, Log: s.log})
-	})
-	if err != nil {
-		return struct{}{}, err
+	if err := s.do(func() error {
+		return workload.Del(ctx, s.ds, s.ipam, workload.Spec{ID: eid, Node: s.node, Log: s.log})
+	}); err != nil {
+		return err
 	}
 	for _, p := range profiles {
 		if err := s.collectProfile(ctx, p); err != nil {
 			s.log.Warn("collect the network's profile", "profile", p, "err", err)
 		}
 	}
-	return struct{}{}, nil
+	return nil
 }
 
 // join answers where the container's interface is and how it routes: dockerd moves TempVethName
-// into the sandbox, names it eth<n>, gives it its address, the connected route to 169.254.1.1 and
+// into the sandbox, names it cali<n>, gives it its address, the connected route to 169.254.1.1 and
 // the default route via it.
 func (s *Server) join(ctx context.Context, req joinRequest) (joinResponse, error) {
 	if err := checkEndpoint(req.NetworkID, req.EndpointID); err != nil {
