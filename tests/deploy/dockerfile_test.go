@@ -179,6 +179,7 @@ func TestDockerfile(t *testing.T) {
 		"/usr/local/bin/margay-cni":                      "",
 		"/usr/local/bin/margay-cni-direct":               "",
 		"/usr/local/bin/margayctl":                       "",
+		"/usr/local/bin/margay-docker":                   "",
 		defs["MARGAY_BIN_DIR"] + "/margay-cni":           "",
 		defs["MARGAY_BIN_DIR"] + "/margay-cni-direct":    "",
 		defs["MARGAY_SHARE_DIR"] + "/10-margay.conflist": "deploy/cni/10-margay.conflist",
