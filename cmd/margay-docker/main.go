@@ -24,6 +24,7 @@ import (
 	"github.com/margaynet/margay/control/datastore"
 	"github.com/margaynet/margay/control/docker"
 	"github.com/margaynet/margay/control/ipam"
+	"github.com/margaynet/margay/loader"
 )
 
 // The plugin names dockerd knows the drivers by: --driver margay --ipam-driver margay-ipam.
@@ -37,6 +38,8 @@ type options struct {
 	logLevel    string
 	configFile  string
 	callTimeout time.Duration
+	policyWait  time.Duration
+	bpffsRoot   string
 	ds          datastore.Config
 }
 
@@ -72,6 +75,8 @@ func newCommand() *cobra.Command {
 	f.StringVar(&o.dockerSock, "docker-socket", "/var/run/docker.sock", "dockerd's API socket, asked for network names")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.configFile, "config", "", "datastore config file (YAML or JSON), below flags and MARGAY_* variables")
+	f.DurationVar(&o.policyWait, "policy-setup-timeout", 0, "wait up to this long, before dockerd starts a container, until this host's margay-agent has programmed it (its policy in force), and fail the start otherwise; 0: do not wait (as margay-cni's policySetupTimeout)")
+	f.StringVar(&o.bpffsRoot, "bpffs-root", loader.DefaultRoot, "where this host's margay-agent pins its maps and links (its --bpffs-root), for --policy-setup-timeout")
 	f.DurationVar(&o.callTimeout, "call-timeout", docker.DefaultCallTimeout, "how long one of dockerd's calls may take, e.g. waiting for etcd, before it fails (dockerd itself waits without a limit)")
 	o.ds.BindFlags(f)
 	return cmd
@@ -103,13 +108,17 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.callTimeout <= 0 {
 		o.callTimeout = docker.DefaultCallTimeout
 	}
+	if o.policyWait < 0 || o.policyWait >= o.callTimeout {
+		return fmt.Errorf("--policy-setup-timeout %s: want 0 (no wait) up to less than --call-timeout (%s)", o.policyWait, o.callTimeout)
+	}
 	ds, err := datastore.New(ctx, cfg, datastore.WithLogger(log))
 	if err != nil {
 		return err
 	}
 	defer ds.Close()
 	srv := docker.New(ds, ipam.New(ds, ipam.WithLogger(log)), o.node, docker.WithLogger(log),
-		docker.WithNetworkNamer(docker.DockerAPINamer(o.dockerSock)), docker.WithCallTimeout(o.callTimeout))
+		docker.WithNetworkNamer(docker.DockerAPINamer(o.dockerSock)), docker.WithCallTimeout(o.callTimeout),
+		docker.WithPolicySetup(o.bpffsRoot, o.policyWait))
 	defer srv.Close()
 	listeners, files, err := listen(o)
 	if err != nil {

@@ -267,3 +267,17 @@ func TestDockerAPINamer(t *testing.T) {
 		t.Errorf("no dockerd: no error")
 	}
 }
+
+// With a policy setup wait, ProgramExternalConnectivity fails when the agent never programs the
+// endpoint (here: no agent pins under the root), naming what it waited for.
+func TestPolicySetupWait(t *testing.T) {
+	e := newEnvWith(t, []docker.Option{docker.WithNetworkNamer(namer("net1")), docker.WithPolicySetup(t.TempDir(), 300*time.Millisecond)},
+		pool("main", "198.18.0.0/16", 26, false))
+	addr := e.ok(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": "margay-any"})["Address"].(string)
+	e.ok(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": nid, "EndpointID": eid, "Interface": map[string]any{"Address": addr}})
+	e.ok(t, "/NetworkDriver.Join", map[string]any{"NetworkID": nid, "EndpointID": eid, "SandboxKey": filepath.Join(t.TempDir(), "later")})
+	e.fails(t, "/NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": nid, "EndpointID": eid},
+		"the agent did not program endpoint "+eid)
+	e.fails(t, "/NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": nid, "EndpointID": eid},
+		"no endpoints map under")
+}

@@ -304,9 +304,12 @@ func (s *Server) programExternal(ctx context.Context, req endpointRequest) (stru
 	err = workload.SetGatewayNeighbour(w.Netns, mac)
 	if notYet(err) {
 		s.background(func(ctx context.Context) { s.neighbourLater(ctx, req.EndpointID, w.Netns, mac) })
-		return struct{}{}, nil
+		err = nil
 	}
-	return struct{}{}, err
+	if err != nil {
+		return struct{}{}, err
+	}
+	return struct{}{}, s.waitProgrammed(ctx, req.EndpointID, w)
 }
 
 func notYet(err error) bool {

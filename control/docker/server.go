@@ -32,6 +32,10 @@ type Server struct {
 	networkName NetworkNamer
 	// callTimeout bounds one call's work (WithCallTimeout).
 	callTimeout time.Duration
+	// bpffsRoot and policyTimeout: ProgramExternalConnectivity's wait for the agent
+	// (WithPolicySetup).
+	bpffsRoot     string
+	policyTimeout time.Duration
 
 	// bg is the context of the work a call leaves running (the neighbour entry written once
 	// the container's namespace exists); Close cancels it and waits for that work.

@@ -137,7 +137,8 @@ func (l *Lab) startDockerHost(ctx context.Context, d DockerHost) error {
 	if err := d.ImportBusybox(ctx, busyboxTag); err != nil {
 		return err
 	}
-	if err := d.StartPlugin(ctx, filepath.Join(l.cfg.BinDir, "margay-docker"), "--etcd-endpoints", l.cfg.etcdEndpoint()); err != nil {
+	if err := d.StartPlugin(ctx, filepath.Join(l.cfg.BinDir, "margay-docker"), "--etcd-endpoints", l.cfg.etcdEndpoint(),
+		"--policy-setup-timeout", "20s", "--bpffs-root", l.cfg.bpffsRoot(d.Name)); err != nil {
 		return fmt.Errorf("%w (log: %s)", err, d.LogFile("margay-docker"))
 	}
 	for _, n := range DockerNetworks {

@@ -145,7 +145,8 @@ func newDockerBench(tb testing.TB) *dockerBench {
 		b, _ := os.ReadFile(d.dh.LogFile("dockerd"))
 		tb.Fatalf("%v\n%s", err, b)
 	}
-	if err := d.dh.StartPlugin(ctx, bin, "--etcd-endpoints", d.c.Endpoint(d.vm100)); err != nil {
+	if err := d.dh.StartPlugin(ctx, bin, "--etcd-endpoints", d.c.Endpoint(d.vm100),
+		"--policy-setup-timeout", "20s", "--bpffs-root", d.vm100.Root); err != nil {
 		tb.Fatal(err)
 	}
 	if err := d.dh.ImportBusybox(ctx, dockerImage); err != nil {

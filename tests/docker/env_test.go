@@ -167,7 +167,7 @@ func (h *host) stop(t *testing.T) {
 // startPlugin starts the host's margay-docker with the cluster's etcd.
 func (h *host) startPlugin(ctx context.Context) error {
 	if err := h.d.StartPlugin(ctx, h.env.bin, "--etcd-endpoints", h.env.c.Endpoint(h.Host), "--log-level", "debug",
-		"--call-timeout", callTimeout.String()); err != nil {
+		"--call-timeout", callTimeout.String(), "--policy-setup-timeout", policySetupTimeout.String(), "--bpffs-root", h.Root); err != nil {
 		return fmt.Errorf("%w\n%s", err, tail(h.d.LogFile("margay-docker"), 40))
 	}
 	return nil
@@ -248,7 +248,11 @@ func tail(file string, n int) string {
 }
 
 // callTimeout is the plugins' --call-timeout: how long docker run waits for an etcd that is down.
-const callTimeout = 10 * time.Second
+const callTimeout = 15 * time.Second
+
+// policySetupTimeout is the plugin's wait for the agent before each container starts: a
+// container runs only once its policy is in force, as in production.
+const policySetupTimeout = 12 * time.Second
 
 // dockerTimeout bounds one docker command; dockerd waits for the plugin without a limit of its own.
 const dockerTimeout = 2 * time.Minute
