@@ -83,18 +83,7 @@ func newCommand() *cobra.Command {
 }
 
 func (o options) datastoreConfig() (datastore.Config, error) {
-	cfg := o.ds
-	if err := cfg.ApplyEnv(os.Getenv); err != nil {
-		return cfg, err
-	}
-	if o.configFile != "" {
-		fileCfg, err := datastore.LoadConfigFile(o.configFile)
-		if err != nil {
-			return cfg, err
-		}
-		cfg.FillFrom(fileCfg)
-	}
-	return cfg, cfg.Validate()
+	return o.ds.Resolve(os.Getenv, o.configFile)
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {

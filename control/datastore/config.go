@@ -128,6 +128,23 @@ type FileConfig struct {
 	DialTimeout string   `json:"dialTimeout,omitempty"` // Go duration, e.g. "5s"
 }
 
+// Resolve completes c, as flags set it, in the order the Config comment gives: the MARGAY_*
+// variables of getenv, then the config file at path unless it is "", then validates it: what a
+// daemon's command line (margay-agent, margay-docker) does with --config.
+func (c Config) Resolve(getenv func(string) string, path string) (Config, error) {
+	if err := c.ApplyEnv(getenv); err != nil {
+		return c, err
+	}
+	if path != "" {
+		file, err := LoadConfigFile(path)
+		if err != nil {
+			return c, err
+		}
+		c.FillFrom(file)
+	}
+	return c, c.Validate()
+}
+
 // LoadConfigFile reads a Config from a YAML or JSON file with the fields endpoints, caFile,
 // certFile, keyFile, username, password, prefix and dialTimeout ("5s"). Unknown or repeated
 // fields are an error. Relative TLS file names are taken relative to the file's directory.

@@ -49,14 +49,14 @@ dialTimeout: 7s
 	if err := fs.Parse([]string{"--etcd-endpoints=https://flag:2379", "--etcd-username=flaguser"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.ApplyEnv(func(k string) string { return env[k] }); err != nil {
+	cfg, err := cfg.Resolve(func(k string) string { return env[k] }, path)
+	if err != nil {
 		t.Fatal(err)
 	}
 	file, err := datastore.LoadConfigFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.FillFrom(file)
 
 	want := datastore.Config{
 		Endpoints:   []string{"https://flag:2379"}, // flag
@@ -70,8 +70,8 @@ dialTimeout: 7s
 		cfg.Password != want.Password || cfg.Prefix != want.Prefix || cfg.DialTimeout != want.DialTimeout {
 		t.Fatalf("config = %+v\nwant %+v", cfg, want)
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("Validate: %v", err)
+	if _, err := (datastore.Config{}).Resolve(func(string) string { return "" }, filepath.Join(dir, "missing.yaml")); err == nil {
+		t.Error("Resolve with a missing config file: no error")
 	}
 
 	// Without the flag, the environment's list wins over the file's.
