@@ -111,9 +111,9 @@ func (l *Lab) runDockerWorkloads(ctx context.Context) error {
 		}
 		l.Workloads = append(l.Workloads, Workload{Name: dw.Name, Host: h, IP: ip, Network: dw.Network})
 	}
-	// margay-docker answers dockerd before the agent has programmed the container (CNI's
-	// policySetupTimeout has no counterpart there): the lab waits, so that no packet is counted
-	// before the container's policy is in force.
+	// margay-docker starts a container only once the agent has programmed it
+	// (--policy-setup-timeout); the lab checks that again from the pins, as the CNI lab's ADD
+	// does, before it reports anything.
 	for _, w := range l.Workloads {
 		if err := l.wait(ctx, w.Name+" programmed by "+w.Host.Name+"'s agent", 60*time.Second, func() error {
 			return l.programmed(w)
