@@ -10,6 +10,8 @@ state() {
 	find /sys/fs/bpf -maxdepth 2 -name '*margay*' 2>/dev/null | sed 's/^/pin /'
 	pgrep -a -f 'margay-agent|margay-docker|margayctl lab|bird -f|dockerd|containerd' 2>/dev/null | grep -v -e leftovers.sh -e pgrep | awk '{print "process " $2}' || true
 	# The containers' cgroups of the lab's dockerds (<prefix>margay-lab-<host>) and DockerHost tests' (mgyd…).
+	# The binaries test processes build (tests/cluster.Binaries; cluster.Main removes them).
+	find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'margay-bin-*' 2>/dev/null | sed 's/^/file /'
 	find /sys/fs/cgroup -maxdepth 2 \( -name '*margay-lab-*' -o -name 'mgyd*' \) 2>/dev/null | sed 's/^/cgroup /'
 }
 case "${1:-}" in

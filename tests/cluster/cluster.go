@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,10 +39,29 @@ var (
 	buildErr  error
 )
 
+// Main runs a test package that uses Binaries, then removes the binaries: call it from the
+// package's TestMain. Without it every test process would leave its ≈200 MB in the temporary
+// directory.
+func Main(m *testing.M) {
+	mainRuns.Store(true)
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// mainRuns: Main runs the package's tests, and so removes what Binaries builds.
+var mainRuns atomic.Bool
+
 // Binaries builds margay-agent, margay-cni, margay-cni-direct, margay-docker and margayctl once per
-// test process and returns their directory (the lab's --docker mode runs margay-docker).
+// test process and returns their directory (the lab's --docker mode runs margay-docker). The
+// package's TestMain must be Main, which removes them at the end.
 func Binaries(tb testing.TB) string {
 	tb.Helper()
+	if !mainRuns.Load() {
+		tb.Fatal("cluster.Binaries: the package's TestMain must call cluster.Main, which removes the binaries at exit")
+	}
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "margay-bin-")
 		if buildErr != nil {
