@@ -58,16 +58,18 @@ func (h DockerHost) Sock() string { return filepath.Join(h.Dir, "docker.sock") }
 // the host's it is /run/docker/plugins.
 func (h DockerHost) PluginDir() string { return filepath.Join(h.Dir, "run", "plugins") }
 
-func (h DockerHost) pidFile(name string) string { return filepath.Join(h.Dir, name+".pid") }
+// ns is the host's mount namespace: /run/docker is a bind mount of <Dir>/run in it.
+func (h DockerHost) ns() HostNS {
+	return HostNS{Name: h.Name, Netns: h.Netns, Dir: h.Dir, Setup: `mount --bind "$1/run" /run/docker`}
+}
+
+func (h DockerHost) pidFile(name string) string { return h.ns().pidFile(name) }
 
 // LogFile is the log of one of the host's processes: "dockerd" or "margay-docker".
 func (h DockerHost) LogFile(name string) string { return filepath.Join(h.Dir, name+".log") }
 
 // StartNamespace creates the host's mount namespace (idempotent while its holder lives).
 func (h DockerHost) StartNamespace() error {
-	if _, ok := alivePid(h.pidFile("mntns")); ok {
-		return nil
-	}
 	if err := os.MkdirAll(h.PluginDir(), 0o755); err != nil {
 		return err
 	}
@@ -76,43 +78,12 @@ func (h DockerHost) StartNamespace() error {
 	if err := os.MkdirAll("/run/docker", 0o700); err != nil {
 		return err
 	}
-	ready := filepath.Join(h.Dir, "mntns.ready")
-	_ = os.Remove(ready)
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-		`mount --bind "$1" /run/docker && touch "$2" && exec sleep infinity`, "sh", filepath.Join(h.Dir, "run"), ready)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("%s: mount namespace: %w", h.Name, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	for end := time.Now().Add(10 * time.Second); ; {
-		if _, err := os.Stat(ready); err == nil {
-			break
-		}
-		select {
-		case err := <-done:
-			return fmt.Errorf("%s: mount namespace: %v: %s", h.Name, err, out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(end) {
-			_ = cmd.Process.Kill()
-			return fmt.Errorf("%s: mount namespace not ready within 10s: %s", h.Name, out.String())
-		}
-	}
-	return os.WriteFile(h.pidFile("mntns"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	return h.ns().StartNamespace()
 }
 
 // Command is a command run inside the host: its network and mount namespaces.
 func (h DockerHost) Command(name string, args ...string) (*exec.Cmd, error) {
-	pid, ok := alivePid(h.pidFile("mntns"))
-	if !ok {
-		return nil, fmt.Errorf("%s: no mount namespace (StartNamespace first)", h.Name)
-	}
-	return exec.Command("nsenter", append([]string{"--mount=/proc/" + strconv.Itoa(pid) + "/ns/mnt",
-		"--net=" + h.Netns, "--", name}, args...)...), nil
+	return h.ns().Command(name, args...)
 }
 
 // StartDockerd starts the host's dockerd (Debian's docker.io) and waits until its API answers.
@@ -148,7 +119,7 @@ func (h DockerHost) StartPlugin(ctx context.Context, bin string, args ...string)
 	return waitFor(ctx, h.Name+": margay-docker serves", 30*time.Second, func() error {
 		if _, ok := alivePid(h.pidFile("margay-docker")); !ok {
 			b, _ := os.ReadFile(h.LogFile("margay-docker"))
-			return errors.Join(errStopped, fmt.Errorf("margay-docker exited: %s", b))
+			return errors.Join(ErrStopped, fmt.Errorf("margay-docker exited: %s", b))
 		}
 		for _, s := range []string{"margay.sock", "margay-ipam.sock"} {
 			if _, err := os.Stat(filepath.Join(h.PluginDir(), s)); err != nil {
@@ -192,7 +163,9 @@ func (h DockerHost) StopDocker(ctx context.Context) error {
 	if h.CgroupParent != "" {
 		errs = append(errs, killCgroup(h.CgroupParent))
 	}
-	stopPid(h.pidFile("mntns"), syscall.SIGKILL, 5*time.Second)
+	// What the daemons left in the namespace (containerd's shims after a crash).
+	h.ns().KillAll()
+	h.ns().StopNamespace()
 	return errors.Join(errs...)
 }
 
@@ -257,27 +230,10 @@ func (h DockerHost) ImportBusybox(ctx context.Context, tag string) error {
 // startProcess runs bin inside the host, in its own process group, logging to LogFile(name),
 // with its pid in a pid file.
 func (h DockerHost) startProcess(name, bin string, args ...string) error {
-	cmd, err := h.Command(bin, args...)
-	if err != nil {
-		return err
-	}
-	logf, err := os.OpenFile(h.LogFile(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("%s: start %s: %w", h.Name, name, err)
-	}
-	go func() { _ = cmd.Wait() }()
-	return os.WriteFile(h.pidFile(name), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	return h.ns().StartProcess(name, bin, args...)
 }
 
-var errStopped = errors.New("stopped")
-
-// waitFor polls cond every 100 ms until it succeeds, fails with errStopped, or within passes.
+// waitFor polls cond every 100 ms until it succeeds, fails with ErrStopped, or within passes.
 func waitFor(ctx context.Context, what string, within time.Duration, cond func() error) error {
 	deadline := time.Now().Add(within)
 	for {
@@ -285,7 +241,7 @@ func waitFor(ctx context.Context, what string, within time.Duration, cond func()
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, errStopped) || time.Now().After(deadline) {
+		if errors.Is(err, ErrStopped) || time.Now().After(deadline) {
 			return fmt.Errorf("%s: not within %s: %w", what, within, err)
 		}
 		select {

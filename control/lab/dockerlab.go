@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/margaynet/margay/loader"
@@ -393,7 +394,7 @@ func (l *Lab) reportDockerWorkloads(ctx context.Context, w io.Writer) {
 	}
 }
 
-// downDocker takes down the Docker of every host a lab of cfg may have left, from what is on
+// downDocker takes down the Docker (or the Kubernetes node) of every host a lab of cfg may have left, from what is on
 // disk alone (after a crash or kill of lab up too): each host directory <StateDir>/vm1NN and each
 // cgroup named <Prefix>margay-lab-vm1NN. DockerHost.StopDocker removes the containers while
 // dockerd answers, stops dockerd and margay-docker, kills what is left in the cgroups and ends
@@ -425,7 +426,15 @@ func downDocker(cfg Config) error {
 	defer cancel()
 	for name := range names {
 		wg.Go(func() {
-			if err := cfg.DockerHost(name).StopDocker(ctx); err != nil {
+			// A Kubernetes node's daemons (kube.Node) first: kubelet, kube-proxy, containerd.
+			d := cfg.DockerHost(name)
+			pids, _ := filepath.Glob(filepath.Join(d.Dir, "*.pid"))
+			for _, p := range pids {
+				if n := strings.TrimSuffix(filepath.Base(p), ".pid"); n != "mntns" && n != "dockerd" && n != "margay-docker" {
+					stopPid(p, syscall.SIGTERM, 10*time.Second)
+				}
+			}
+			if err := d.StopDocker(ctx); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()

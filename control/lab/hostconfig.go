@@ -14,6 +14,7 @@ import (
 
 	"github.com/margaynet/margay/control/ctlconfig"
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/loader"
 )
 
 // HostConfig is the margayctl config file of a lab host (vm100, …): its etcd endpoint, node name
@@ -31,9 +32,25 @@ func (l *Lab) writeHostConfig(h Host) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return ctlconfig.Write(path, ctlconfig.File{NodeName: h.Name, BPFFSRoot: l.cfg.bpffsRoot(h.Name),
+	root := l.cfg.bpffsRoot(h.Name)
+	if l.cfg.K8s {
+		// A Kubernetes node's agent pins where it does by default, in the node's own bpffs
+		// (kube.Node), which Command's mount namespace shows.
+		root = loader.DefaultRoot
+	}
+	return ctlconfig.Write(path, ctlconfig.File{NodeName: h.Name, BPFFSRoot: root,
 		Datastore: datastore.Config{Endpoints: []string{l.cfg.etcdEndpoint()}}},
 		fmt.Sprintf("margayctl's settings inside lab host %s (margayctl lab exec %s sets MARGAYCTL_CONFIG to this file)", h.Name, h.Name))
+}
+
+// K8sBinLink links to the Kubernetes binaries of a lab with K8s (package kube makes it), and
+// AdminKubeconfig is its user's kubeconfig: Command puts both in a command's environment.
+func (c Config) K8sBinLink() string { c.defaults(); return filepath.Join(c.StateDir, "k8s", "bin") }
+
+// AdminKubeconfig is the kubeconfig of a lab with K8s (system:masters).
+func (c Config) AdminKubeconfig() string {
+	c.defaults()
+	return filepath.Join(c.StateDir, "k8s", "pki", "admin.kubeconfig")
 }
 
 // Command returns the command that runs argv inside the lab host or workload name (vm100, w100,
@@ -42,16 +59,27 @@ func (l *Lab) writeHostConfig(h Host) error {
 // that margayctl there finds the lab's etcd, its node and its pins. In a host of a Docker lab
 // the command runs in the host's mount namespace too (DockerHost.Command: /run/docker/plugins is
 // the host's) with DOCKER_HOST naming the host's dockerd, so that `docker ps` there is the
-// host's.
+// host's; in a Kubernetes node likewise (its /sys/fs/bpf, /etc/cni/net.d, … are the node's),
+// with kubectl in PATH and KUBECONFIG set.
 func (c Config) Command(binDir, name string, argv ...string) *exec.Cmd {
 	c.defaults()
-	env := append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"))
+	path := binDir
+	if _, err := os.Stat(c.K8sBinLink()); err == nil {
+		path += ":" + c.K8sBinLink()
+	}
+	env := append(os.Environ(), "PATH="+path+":"+os.Getenv("PATH"))
 	if _, err := os.Stat(c.HostConfig(name)); err == nil {
 		env = append(env, "MARGAYCTL_CONFIG="+c.HostConfig(name))
 	}
+	if _, err := os.Stat(c.AdminKubeconfig()); err == nil {
+		env = append(env, "KUBECONFIG="+c.AdminKubeconfig())
+	}
 	if d := c.DockerHost(name); len(argv) > 0 && strings.HasPrefix(name, "vm") && isLabName(name) {
 		if cmd, err := d.Command(argv[0], argv[1:]...); err == nil {
-			cmd.Env = append(env, "DOCKER_HOST=unix://"+d.Sock())
+			cmd.Env = env
+			if _, err := os.Stat(d.Sock()); err == nil {
+				cmd.Env = append(env, "DOCKER_HOST=unix://"+d.Sock())
+			}
 			// Entering a mount namespace moves to its root: keep the caller's directory (the
 			// same file system there), so that relative paths (apply -f x.yaml) work.
 			if wd, err := os.Getwd(); err == nil {

@@ -34,6 +34,10 @@ type Config struct {
 	// Docker networks net1 and net2 created on every host, and the containers of DockerWorkloads
 	// on them (docker run … busybox). BinDir must hold margay-docker.
 	Docker bool
+	// K8s leaves the hosts without agents and workloads, and adds a namespace on the segment for
+	// a Kubernetes control plane (ControlPlaneNS, at ControlPlaneAddr): package kube sets up the
+	// cluster on them, whose DaemonSet runs the agents.
+	K8s bool
 }
 
 const (
@@ -43,6 +47,11 @@ const (
 	outsideNet  = "198.18.1.0/24"
 	// OutsideAddr is the outside client's address, seen unchanged by workloads (no NAT).
 	OutsideAddr = "198.18.1.10"
+	// EtcdAddr is the lab's etcd's address (port 2379); Pool the workloads' pool.
+	EtcdAddr = etcdAddr
+	Pool     = pool
+	// ControlPlaneAddr is the Kubernetes control plane's address, with K8s.
+	ControlPlaneAddr = "198.18.0.3"
 )
 
 func (c *Config) defaults() {
@@ -93,6 +102,9 @@ func (c Config) segNS() string        { return c.Prefix + "margay-seg" }
 func (c Config) etcdNS() string       { return c.Prefix + "margay-etcd" }
 func (c Config) gatewayNS() string    { return c.Prefix + "margay-gw" }
 
+// ControlPlaneNS is the Kubernetes control plane's namespace, with K8s.
+func (c Config) ControlPlaneNS() string { return c.Prefix + "margay-k8s" }
+
 // OutsideNS is the namespace of the outside client, with Gateway.
 func (c Config) OutsideNS() string { return c.Prefix + "margay-outside" }
 func (c Config) hostName(i int) string {
@@ -126,6 +138,9 @@ func (l *Lab) say(format string, args ...any) {
 func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	cfg.defaults()
 	l := &Lab{cfg: cfg}
+	if cfg.K8s && cfg.Docker {
+		return nil, errors.New("--k8s and --docker together are not supported")
+	}
 	if cfg.Docker && cfg.Gateway {
 		// The outside client is no member of any Docker network, whose profiles admit only their
 		// members: it would reach no container.
@@ -179,8 +194,24 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 			return nil, err
 		}
 	}
+	if cfg.K8s {
+		if err := l.attach(cfg.ControlPlaneNS(), "eth0", ControlPlaneAddr+"/24", 98); err != nil {
+			return nil, err
+		}
+	}
 	for i := range cfg.Hosts {
 		h := Host{Name: cfg.hostName(i), NS: cfg.Prefix + cfg.hostName(i), Addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(100 + i)})}
+		if cfg.K8s {
+			l.say("▸ host %s: ens32 %s/24", h.Name, h.Addr)
+			if err := l.attach(h.NS, "ens32", h.Addr.String()+"/24", i+1); err != nil {
+				return nil, err
+			}
+			if err := l.writeHostConfig(h); err != nil {
+				return nil, err
+			}
+			l.Hosts = append(l.Hosts, h)
+			continue
+		}
 		l.say("▸ host %s: ens32 %s/24, margay-agent", h.Name, h.Addr)
 		if err := l.attach(h.NS, "ens32", h.Addr.String()+"/24", i+1); err != nil {
 			return nil, err
@@ -211,6 +242,9 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 		dctx, stopDocker = context.WithCancel(ctx)
 		defer stopDocker()
 		dockerUp = l.startDocker(dctx)
+	}
+	if cfg.K8s {
+		return l, nil
 	}
 	peers := len(l.Hosts) - 1
 	if cfg.Gateway {
@@ -517,7 +551,7 @@ func Down(cfg Config) error {
 		if !strings.HasPrefix(f[0], cfg.Prefix) {
 			continue
 		}
-		if name == "margay-seg" || name == "margay-etcd" || name == "margay-gw" || name == "margay-outside" || isLabName(name) {
+		if name == "margay-seg" || name == "margay-etcd" || name == "margay-gw" || name == "margay-outside" || name == "margay-k8s" || isLabName(name) {
 			nss = append(nss, f[0])
 		}
 	}

@@ -39,12 +39,15 @@ var (
 	buildErr  error
 )
 
-// Main runs a test package that uses Binaries, then removes the binaries: call it from the
-// package's TestMain. Without it every test process would leave its ≈200 MB in the temporary
-// directory.
-func Main(m *testing.M) {
+// Main runs a test package that uses Binaries, then the package's own clean-ups (a lab its tests
+// share, say), then removes the binaries: call it from the package's TestMain. Without it every
+// test process would leave its ≈200 MB in the temporary directory.
+func Main(m *testing.M, cleanups ...func()) {
 	mainRuns.Store(true)
 	code := m.Run()
+	for _, c := range cleanups {
+		c()
+	}
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
