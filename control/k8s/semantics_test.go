@@ -12,17 +12,16 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/margaynet/margay/control/datastore"
+	"github.com/margaynet/margay/control/k8s/podlabels"
 	"github.com/margaynet/margay/control/policy"
 )
 
 // The semantics tests hold Margay's reading of converted NetworkPolicies (control/policy's
-// reference evaluator, over endpoints labelled by WorkloadLabels) against Kubernetes's own
-// meaning of the NetworkPolicies, computed here straight from the Kubernetes objects with
+// reference evaluator, over endpoints labelled as margay-cni labels them) against Kubernetes's
+// own meaning of the NetworkPolicies, computed here straight from the Kubernetes objects with
 // apimachinery's label selectors.
 
 type kpod struct {
@@ -39,8 +38,9 @@ type cluster struct {
 	namespaces []string
 }
 
-// newCluster builds the pods, and the Margay endpoints with the labels WorkloadLabels reads from
-// a (fake) API server, as margay-cni writes them.
+// newCluster builds the pods, and the Margay endpoints with the labels margay-cni gives them
+// (podlabels.Of, what WorkloadLabels reads them into; its reading from a real API server is
+// tested in labels_test.go, under the k8s build tag).
 func newCluster(t testing.TB) *cluster {
 	t.Helper()
 	nsLabels := map[string]map[string]string{
@@ -63,9 +63,7 @@ func newCluster(t testing.TB) *cluster {
 		world:     &policy.World{Endpoints: map[netip.Addr]*policy.Endpoint{}},
 		externals: []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.77"), netip.MustParseAddr("10.0.9.9")},
 	}
-	var objs []runtime.Object
 	for ns, l := range nsLabels {
-		objs = append(objs, namespace(ns, l))
 		c.namespaces = append(c.namespaces, ns)
 		kl := map[string]string{"kubernetes.io/metadata.name": ns}
 		for k, v := range l {
@@ -75,17 +73,22 @@ func newCluster(t testing.TB) *cluster {
 	}
 	slices.Sort(c.namespaces)
 	for _, p := range c.pods {
-		objs = append(objs, pod(p.ns, p.name, "default", p.labels))
-	}
-	cs := fake.NewClientset(objs...)
-	for _, p := range c.pods {
-		l, err := WorkloadLabels(t.Context(), cs, p.ns, p.name)
+		l, err := podlabels.Of(pod(p.ns, p.name, "default", p.labels), namespace(p.ns, nsLabels[p.ns]), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.world.Endpoints[p.ip] = &policy.Endpoint{Key: "node-1/" + p.ns + "." + p.name, Node: "node-1", Addr: p.ip, Labels: l}
 	}
 	return c
+}
+
+func namespace(name string, labels map[string]string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+}
+
+func pod(ns, name, sa string, labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: corev1.PodSpec{ServiceAccountName: sa}}
 }
 
 func (c *cluster) podAt(a netip.Addr) *kpod {
