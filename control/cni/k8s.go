@@ -34,11 +34,11 @@ const maxObject = 4 << 20
 // account.
 type kubeAPI = podlabels.Source
 
-// newKubeAPI returns the API server client of the kubeconfig file; tests replace it. It speaks
-// plain HTTP through client-go's transport (TLS, tokens, client certificates and exec plugins as
-// the kubeconfig says) and decodes into the API types: client-go's clientset and its scheme of
-// every API group would double the plugin's start-up time, which every ADD pays.
-var newKubeAPI = func(kubeconfig string) (kubeAPI, error) {
+// newKubeAPI returns the API server client of the kubeconfig file. It speaks plain HTTP through
+// client-go's transport (TLS, tokens, client certificates and exec plugins as the kubeconfig
+// says) and decodes into the API types: client-go's clientset and its scheme of every API group
+// would double the plugin's start-up time, which every ADD pays.
+func newKubeAPI(kubeconfig string) (kubeAPI, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, err
