@@ -1,21 +1,12 @@
 package main
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
-
-	"github.com/margaynet/margay/control/datastore/datastoretest"
-	"github.com/margaynet/margay/tests/poll"
 )
 
 func TestKubeClientFlags(t *testing.T) {
@@ -53,23 +44,5 @@ current-context: x
 	}
 	if c, err := (options{k8sSync: true, kubeconfig: kc}).kubeClient(log); c == nil || err != nil {
 		t.Errorf("--k8s-policy-sync --kubeconfig %s: %v, %v", kc, c, err)
-	}
-}
-
-// The syncer the agent starts writes the NetworkPolicies' policies and stops when asked.
-func TestPolicySyncStartStop(t *testing.T) {
-	ds := datastoretest.New(t)
-	cs := fake.NewClientset(&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "deny"}})
-	stop := startPolicySync(context.Background(), cs, ds, datastoretest.Logger(t))
-	poll.Until(t, "policy of NetworkPolicy prod/deny written", 10*time.Second, func() error {
-		_, err := ds.Policies().Get(t.Context(), "knp.default.prod.deny")
-		return err
-	})
-	stopped := make(chan struct{})
-	go func() { stop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the syncer did not stop within 10s")
 	}
 }
