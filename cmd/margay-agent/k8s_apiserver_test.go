@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,7 +40,20 @@ func TestPolicySyncStartStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := startPolicySync(context.Background(), client, ds, log)
-	defer stop()
+	// Stopped once, in the background: a stop that hangs fails the test instead of hanging it.
+	stopped := make(chan struct{})
+	var once sync.Once
+	stopOnce := func() { once.Do(func() { go func() { stop(); close(stopped) }() }) }
+	waitStopped := func() error {
+		stopOnce()
+		select {
+		case <-stopped:
+			return nil
+		case <-time.After(10 * time.Second):
+			return errors.New("the syncer did not stop within 10s")
+		}
+	}
+	t.Cleanup(func() { _ = waitStopped() })
 	exists := func(name string) func() error {
 		return func() error {
 			_, err := ds.Policies().Get(t.Context(), name)
@@ -62,11 +76,7 @@ func TestPolicySyncStartStop(t *testing.T) {
 		return nil
 	})
 
-	stopped := make(chan struct{})
-	go func() { stop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the syncer did not stop within 10s")
+	if err := waitStopped(); err != nil {
+		t.Fatal(err)
 	}
 }
