@@ -192,8 +192,9 @@ func (b ImageBuild) Build(ctx context.Context) (Images, error) {
 type inputs struct {
 	goVersion, goroot, goproxy, gosumdb string
 	pauseSrc                            string
-	source                              string // hash of deploy/Dockerfile's build context
-	debian, golang, key                 string // cache keys: the base images' and the archive's
+	localCAs                            map[string][]byte // the machine's /usr/local/share/ca-certificates/*.crt
+	source                              string            // hash of deploy/Dockerfile's build context
+	debian, golang, key                 string            // cache keys: the base images' and the archive's
 }
 
 func (b ImageBuild) inputs(ctx context.Context) (inputs, error) {
@@ -228,8 +229,19 @@ func (b ImageBuild) inputs(ctx context.Context) (inputs, error) {
 	if in.source, err = contextHash(b.Repo, "deploy/Dockerfile"); err != nil {
 		return in, fmt.Errorf("hash the build context: %w", err)
 	}
+	in.localCAs = map[string][]byte{}
+	cas, _ := filepath.Glob("/usr/local/share/ca-certificates/*.crt")
+	var caHash []string
+	for _, f := range cas {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return in, fmt.Errorf("local certificate authorities: %w", err)
+		}
+		in.localCAs[filepath.Base(f)] = b
+		caHash = append(caHash, filepath.Base(f), string(b))
+	}
 	in.debian = hashOf(recipe, "debian", suite, b.Mirror, b.SecurityMirror, goarch)
-	in.golang = hashOf(in.debian, "golang", in.goVersion, in.goproxy, in.gosumdb)
+	in.golang = hashOf(in.debian, "golang", in.goVersion, in.goproxy, in.gosumdb, hashOf(caHash...))
 	in.key = hashOf(in.golang, in.source, hashOf(string(pause)), pauseVersion, hashOf(string(busybox)),
 		strings.Join(BusyboxApplets, " "))
 	return in, nil
@@ -495,24 +507,99 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 }
 
 // golang makes golang:1.26-bookworm as the official image is (its ENV included), with this
-// machine's Go toolchain at /usr/local/go and the machine's module proxy settings.
+// machine's Go toolchain at /usr/local/go and its module proxy settings. It also trusts the
+// certificate authorities this machine's administrator added (/usr/local/share/ca-certificates,
+// Debian's place for them): where egress goes through a TLS-inspecting proxy, `go mod download`
+// in the build reaches the module proxy only so. Only the build stage gets them, not the node
+// image.
 func (b ImageBuild) golang(ctx context.Context, log io.Writer, h lab.DockerHost, in inputs) error {
 	return b.loadBase(ctx, log, h, golangRef, "golang-1.26-bookworm-", in.golang, func() error {
 		dockerfile := fmt.Sprintf(`FROM %s
+COPY local-ca/ /usr/local/share/ca-certificates/
 RUN apt-get update \
 	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
 	&& rm -rf /var/lib/apt/lists/*
 ENV GOLANG_VERSION=%s GOTOOLCHAIN=local GOPATH=/go GOPROXY=%q GOSUMDB=%q
 ENV PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-COPY . /usr/local/go/
+COPY go/ /usr/local/go/
 RUN mkdir -p /go/src /go/bin && chmod -R 1777 /go
 WORKDIR /go
 LABEL %s=%s
 `, debianRef, in.goVersion, in.goproxy, in.gosumdb, baseLabel, in.golang)
-		fmt.Fprintf(log, "Dockerfile (context %s):\n%s\n", in.goroot, dockerfile)
-		return b.docker(ctx, log, h, strings.NewReader(dockerfile), "build", "--progress", "plain", "--network", "host",
-			"-f", "-", "-t", golangRef, in.goroot)
+		fmt.Fprintf(log, "Dockerfile (context: local-ca/ %v, go/ %s):\n%s\n", slices.Sorted(maps.Keys(in.localCAs)), in.goroot, dockerfile)
+		// The context is a tar written as docker reads it: GOROOT is not copied anywhere first.
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(golangContext(pw, dockerfile, in.localCAs, in.goroot)) }()
+		defer pr.Close() // a writer that docker stopped reading from ends
+		return b.docker(ctx, log, h, pr, "build", "--progress", "plain", "--network", "host", "-t", golangRef, "-")
 	})
+}
+
+// golangContext writes the build context of the golang image: its Dockerfile, local-ca/ and go/.
+func golangContext(w io.Writer, dockerfile string, cas map[string][]byte, goroot string) error {
+	tw := tar.NewWriter(w)
+	add := func(hd *tar.Header, body []byte) error {
+		hd.Uid, hd.Gid, hd.Uname, hd.Gname = 0, 0, "", ""
+		if err := tw.WriteHeader(hd); err != nil {
+			return err
+		}
+		_, err := tw.Write(body)
+		return err
+	}
+	if err := add(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(dockerfile)), Typeflag: tar.TypeReg}, []byte(dockerfile)); err != nil {
+		return err
+	}
+	if err := add(&tar.Header{Name: "local-ca/", Mode: 0o755, Typeflag: tar.TypeDir}, nil); err != nil {
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(cas)) {
+		if err := add(&tar.Header{Name: "local-ca/" + name, Mode: 0o644, Size: int64(len(cas[name])), Typeflag: tar.TypeReg}, cas[name]); err != nil {
+			return err
+		}
+	}
+	err := filepath.WalkDir(goroot, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(goroot, p)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		var link string
+		if info.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		} else if !info.IsDir() && !info.Mode().IsRegular() {
+			return nil
+		}
+		hd, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		hd.Name = path.Join("go", filepath.ToSlash(rel))
+		if info.IsDir() {
+			hd.Name += "/"
+		}
+		if err := add(hd, nil); err != nil || !info.Mode().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
 }
 
 // busybox imports BusyboxImage's kind of root file system with BusyboxApplets and the files a
