@@ -54,7 +54,8 @@ const (
 	// recipe names the way this file makes the images: change it when that changes, so that no
 	// cached image of the old way is used.
 	recipe = "margay-images-1"
-	// cgroupParent is where the build's containers go: leftovers.sh looks for *margay-lab-*.
+	// cgroupParent is where the build's containers go (leftovers.sh looks for *margay-lab-*),
+	// with a hash of CacheDir unless that is the default.
 	cgroupParent = "margay-lab-images"
 	pauseVersion = "margay-k8s-" + KubernetesVersion
 	logTail      = 40
@@ -142,8 +143,14 @@ func (b ImageBuild) withDefaults() ImageBuild {
 // nothing — pid 1's namespace links are not readable on every machine.
 func (b ImageBuild) DockerHost() lab.DockerHost {
 	b = b.withDefaults()
+	cgroup := cgroupParent
+	if filepath.Clean(b.CacheDir) != DefaultCacheDir {
+		// Builds in other cache directories may run at the same time: StopDocker kills what is
+		// in its cgroup.
+		cgroup += "-" + hashOf(filepath.Clean(b.CacheDir))[:8]
+	}
 	return lab.DockerHost{Name: "images", Netns: "/proc/self/ns/net", Dir: filepath.Join(b.CacheDir, "dockerd"),
-		CgroupParent: cgroupParent, Client: b.Docker}
+		CgroupParent: cgroup, Client: b.Docker}
 }
 
 func (b ImageBuild) logf(format string, args ...any) {
@@ -266,9 +273,16 @@ func (b ImageBuild) build(ctx context.Context, in inputs, archive string) (err e
 	if err := h.StopDocker(ctx); err != nil {
 		return fmt.Errorf("images: stop what an earlier build left: %w", err)
 	}
+	// dockerd's BuildKit runs runc with its default state directory, /run/runc, which is the
+	// machine's: if the build makes it, the build removes it (only when empty, so never while
+	// another runc uses it).
+	_, runcErr := os.Stat("/run/runc")
 	defer func() {
 		if e := h.StopDocker(context.Background()); e != nil {
 			err = errors.Join(err, fmt.Errorf("images: stop the build's dockerd: %w", e))
+		}
+		if errors.Is(runcErr, fs.ErrNotExist) {
+			_ = os.Remove("/run/runc")
 		}
 		b.logf("build dockerd stopped")
 	}()

@@ -120,6 +120,40 @@ func TestImageBuild(t *testing.T) {
 	checkNothingLeft(t, b)
 }
 
+// Failures name their step and show the tail of its output, and leave nothing running: an
+// unreachable mirror (in a cache directory of its own, so that debootstrap is due), a Dockerfile
+// whose RUN fails (beside the real build's cache: its base images are there).
+func TestImageBuildErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cache, err := os.MkdirTemp("", "mgyimg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(cache) })
+	b := ImageBuild{Repo: repoRoot(t), CacheDir: cache, Mirror: "http://127.0.0.1:9/debian", Out: logWriter{t}}
+	_, err = b.Build(ctx)
+	if err == nil || !strings.Contains(err.Error(), "images: debian base image: debian mirror http://127.0.0.1:9/debian unreachable") {
+		t.Errorf("Build with an unreachable mirror: %v", err)
+	}
+	checkNothingLeft(t, b)
+
+	repo := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(repo, "deploy"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(repo, "deploy", "Dockerfile"), []byte("FROM debian:bookworm-slim\nRUN echo the last words; exit 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b = ImageBuild{Repo: repo, Out: logWriter{t}}
+	_, err = b.Build(ctx)
+	if err == nil || !strings.Contains(err.Error(), "images: node image: docker build: exit status 1") ||
+		!strings.Contains(err.Error(), "the last words") || !strings.Contains(err.Error(), "exit code: 3") {
+		t.Errorf("Build of a failing Dockerfile: %v", err)
+	}
+	checkNothingLeft(t, b)
+}
+
 // The build context's hash follows deploy/Dockerfile.dockerignore as docker does.
 func TestDockerignore(t *testing.T) {
 	repo := t.TempDir()
