@@ -240,12 +240,12 @@ func (b ImageBuild) inputs(ctx context.Context) (inputs, error) {
 	cas, _ := filepath.Glob("/usr/local/share/ca-certificates/*.crt")
 	var caHash []string
 	for _, f := range cas {
-		b, err := os.ReadFile(f)
+		crt, err := os.ReadFile(f)
 		if err != nil {
 			return in, fmt.Errorf("local certificate authorities: %w", err)
 		}
-		in.localCAs[filepath.Base(f)] = b
-		caHash = append(caHash, filepath.Base(f), string(b))
+		in.localCAs[filepath.Base(f)] = crt
+		caHash = append(caHash, filepath.Base(f), string(crt))
 	}
 	in.debian = hashOf(recipe, "debian", suite, b.Mirror, b.SecurityMirror, goarch)
 	in.golang = hashOf(in.debian, "golang", in.goVersion, in.goproxy, in.gosumdb, hashOf(caHash...))
@@ -318,9 +318,13 @@ func (b ImageBuild) build(ctx context.Context, in inputs, archive string) (err e
 			return nil
 		}},
 		{"prune", func(ctx context.Context, log io.Writer) error {
-			// Earlier builds' images lose their tags; the build cache keeps its newest 4 GB.
-			return errors.Join(b.docker(ctx, log, h, nil, "image", "prune", "-f"),
-				b.docker(ctx, log, h, nil, "builder", "prune", "-f", "--keep-storage", "4GB"))
+			// Earlier builds' images lose their tags; the build cache keeps its newest 4 GB. The
+			// archive is made: a failure here costs disk space only.
+			if err := errors.Join(b.docker(ctx, log, h, nil, "image", "prune", "-f"),
+				b.docker(ctx, log, h, nil, "builder", "prune", "-f", "--keep-storage", "4GB")); err != nil {
+				b.logf("prune (ignored): %v", err)
+			}
+			return nil
 		}},
 	}
 	for _, s := range steps {
