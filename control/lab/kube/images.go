@@ -445,7 +445,7 @@ func (b ImageBuild) debian(ctx context.Context, log io.Writer, h lab.DockerHost,
 		// go with it, also when debootstrap fails or is killed.
 		if err := run(ctx, log, nil, nil, "unshare", "--mount", "--propagation", "private", "--",
 			"debootstrap", "--variant=minbase", suite, root, b.Mirror); err != nil {
-			return err
+			return fmt.Errorf("debootstrap: %w", errors.Unwrap(err))
 		}
 		if err := b.slim(ctx, log, root); err != nil {
 			return err
