@@ -299,9 +299,9 @@ func (b ImageBuild) build(ctx context.Context, in inputs, archive string) (err e
 				"-t", NodeRef, b.Repo)
 		}},
 		{"node-next image", func(ctx context.Context, log io.Writer) error {
-			return b.docker(ctx, log, h, nil, "build", "--progress", "plain", "--network", "host",
-				"-f", filepath.Join(b.Repo, "deploy", "Dockerfile"), "--label", SourceLabel+"="+in.source,
-				"--label", RevisionLabel+"=next", "-t", NodeNextRef, b.Repo)
+			// The node image with one more label: its layers, another image ID.
+			return b.docker(ctx, log, h, strings.NewReader("FROM "+NodeRef+"\n"), "build", "--progress", "plain",
+				"--label", RevisionLabel+"=next", "-t", NodeNextRef, "-")
 		}},
 		{"busybox image", func(ctx context.Context, log io.Writer) error { return b.busybox(ctx, log, h) }},
 		{"pause image", func(ctx context.Context, log io.Writer) error { return b.pause(ctx, log, h, in) }},
@@ -815,18 +815,6 @@ func noMountsBelow(dir string) error {
 	return nil
 }
 
-// tail is the last n lines of a file.
-func tail(file string, n int) string {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 // contextHash hashes the build context of dockerfile as docker sees it: the files of repo that
 // its ignore file (<dockerfile>.dockerignore, else .dockerignore) lets through, with the
