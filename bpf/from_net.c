@@ -46,6 +46,18 @@ static __always_inline int from_net_handle(struct __sk_buff *skb, enum reason *r
 			*reason = REASON_DROP_SPOOFED;
 			return TC_ACT_SHOT;
 		}
+		/*
+		 * From a host (another node's own address: its processes, or what its kernel translated
+		 * with SNAT, such as a NodePort whose pod is here): the kernel's, both ways. The reply is
+		 * for a host, which from_wep leaves to the kernel; its conntrack must have seen the
+		 * request, or the reply is INVALID and kube-proxy's KUBE-FORWARD drops it. to_wep checks
+		 * the receiver's ingress policy on the way in. An ICMP error a host (a router) sends
+		 * about a flow eBPF forwards stays with that flow, below.
+		 */
+		if (!(fc.parsed && fc.f.icmp_error) && flow_from_host(&fc, pkt.ip->saddr)) {
+			*reason = REASON_PASS_KERNEL;
+			return TC_ACT_OK;
+		}
 		/* The receiver's ingress policy; what goes to the kernel instead meets it in to_wep. */
 		verdict = tc_policy_forward(skb, &pkt, &fc, HOOK_FROM_NET, reason);
 		if (verdict != TC_ACT_UNSPEC)

@@ -133,6 +133,14 @@ static __always_inline bool flow_spoofed_from_network(struct flow_ctx *fc, __be3
 	return martian_route(flow_route(fc, SIDE_SRC, saddr));
 }
 
+/* Whether the source is a host's own address (ROUTE_HOST), not a workload's. */
+static __always_inline bool flow_from_host(struct flow_ctx *fc, __be32 saddr)
+{
+	struct route_value *rt = flow_route(fc, SIDE_SRC, saddr);
+
+	return rt && (rt->flags & ROUTE_HOST);
+}
+
 /* Whether eBPF may forward the packet past the kernel's ip_rcv() checks (see tc_forwardable). */
 static __always_inline bool ipv4_forwardable(const struct iphdr *ip)
 {

@@ -28,7 +28,7 @@ enum reason : __u16 {
 	/* Handed to the kernel unchanged. */
 	REASON_PASS_NOT_IPV4 = 10,    /* ARP, IPv6, anything not IPv4 */
 	REASON_PASS_NO_ROUTE = 11,    /* no entry in the routes map */
-	REASON_PASS_KERNEL = 12,      /* the route is the kernel's job: host address, unused local address, transit */
+	REASON_PASS_KERNEL = 12,      /* the kernel's job: to a host address, an unused local address, transit; from a host */
 	REASON_PASS_TTL = 13,         /* TTL <= 1: the kernel sends ICMP time exceeded */
 	REASON_PASS_IP_OPTIONS = 14,  /* IHL > 5 */
 	REASON_PASS_FRAGMENT = 15,    /* MF set or offset non-zero */

@@ -226,7 +226,9 @@ func TestKernelNATServices(t *testing.T) {
 			[]path{{"vm100", "from_wep PASS_NO_ROUTE"}, {"vm100", "nf_policy PASS_NAT"}, {"vm100", "to_wep PASS_DELIVER"},
 				{"vm100", "from_wep PASS_KERNEL"}}},
 		{"NodePort, externalTrafficPolicy Cluster (SNAT to the node)", client, netip.AddrPortFrom(vm100IP, nodePortRemote), vm100IP,
-			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net FWD_LOCAL"},
+			// vm101 sees vm100's address: the kernel's both ways (its conntrack must know the
+			// request, or kube-proxy's KUBE-FORWARD drops the TCP reply as INVALID).
+			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm101", "from_net PASS_KERNEL"}, {"vm101", "to_wep PASS_DELIVER"},
 				{"vm101", "from_wep PASS_KERNEL"}, {"vm101", "nf_policy PASS_KERNEL"}}},
 		{"NodePort, externalTrafficPolicy Local (no SNAT)", client, netip.AddrPortFrom(vm100IP, nodePortLocal), clientIP,
 			[]path{{"vm100", "from_net PASS_KERNEL"}, {"vm100", "to_wep PASS_DELIVER"},
@@ -247,7 +249,7 @@ func TestKernelNATServices(t *testing.T) {
 			[]path{{"vm100", "from_wep FWD_REMOTE"}, {"vm101", "from_net FWD_LOCAL"},
 				{"vm101", "from_wep FWD_REMOTE"}, {"vm100", "from_net FWD_LOCAL"}}},
 		{"host-networked client, backend on another host", vm100.NS, netip.AddrPortFrom(svcRemote, svcPort), vm100IP,
-			[]path{{"vm101", "from_net FWD_LOCAL"},
+			[]path{{"vm101", "from_net PASS_KERNEL"}, {"vm101", "to_wep PASS_DELIVER"},
 				{"vm101", "from_wep PASS_KERNEL"}, {"vm101", "nf_policy PASS_KERNEL"}, {"vm100", "from_net PASS_KERNEL"}}},
 		{"host-networked client, backend on the same host", vm100.NS, netip.AddrPortFrom(svcLocal, svcPort), vm100IP,
 			[]path{{"vm100", "to_wep PASS_DELIVER"},

@@ -18,7 +18,7 @@ type Service struct {
 	OnNode    bool           // the endpoint runs on the node the rules are for
 }
 
-// Rules is the iptables-restore input of the nat table kube-proxy's iptables mode writes for
+// Rules is the iptables-restore input of the nat and filter tables kube-proxy's iptables mode writes for
 // svcs on one node, with clusterCIDR the pod network (one endpoint per Service, so no statistic
 // match).
 func Rules(clusterCIDR string, svcs []Service) string {
@@ -66,5 +66,16 @@ func Rules(clusterCIDR string, svcs []Service) string {
 		}
 	}
 	b.WriteString("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\nCOMMIT\n")
+	// The filter table's KUBE-FORWARD: what conntrack finds INVALID is dropped (a TCP reply
+	// whose request the kernel never saw, say), and forwarding is allowed to marked and
+	// established flows.
+	b.WriteString(`*filter
+:KUBE-FORWARD - [0:0]
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+`)
 	return b.String()
 }

@@ -27,6 +27,7 @@ func TestRules(t *testing.T) {
 		"-A KUBE-EXT-A-TCP -m comment --comment \"masquerade traffic for default/a-tcp external destinations\" -j KUBE-MARK-MASQ",
 		"-A KUBE-SVL-B-UDP -j KUBE-SEP-B-UDP",
 		"-A KUBE-EXT-C-TCP -j KUBE-SVL-C-TCP",
+		"-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
 	} {
 		if !strings.Contains(rules, want) {
 			t.Errorf("rules lack %q:\n%s", want, rules)

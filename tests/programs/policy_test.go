@@ -986,10 +986,12 @@ func TestPolicyFailsafeAndHosts(t *testing.T) {
 		w.send(t, "this host pings B", kernelToB, echoPkt(thisHost, wepB, icmpEcho, 1), passDeliver)
 
 		w.send(t, "another host to B: denied", kernelToB, tcpPkt(otherHost, 40000, wepB, 8080, tcpSYN), dropPolicyIngress)
-		w.send(t, "another host to B from the network: denied", fromUplink,
-			tcpPkt(otherHost, 40001, wepB, 8080, tcpSYN), dropPolicyIngress)
+		// From another host, the network hands it to the kernel (both ways through its
+		// conntrack); to_wep checks B's ingress policy then, as kernelToB above.
+		w.send(t, "another host to B from the network: the kernel's", fromUplink,
+			tcpPkt(otherHost, 40001, wepB, 8080, tcpSYN), passKernel)
 		w.send(t, "another host to B's DNS: outbound failsafe", kernelToB, udpPkt(otherHost, 40002, wepB, 53), passDeliver)
-		w.send(t, "another host to B's DNS from the network", fromUplink, udpPkt(otherHost, 40003, wepB, 53), fwdLocal)
+		w.send(t, "another host to B's DNS from the network", fromUplink, udpPkt(otherHost, 40003, wepB, 53), passKernel)
 		w.send(t, "another host to B's SSH: inbound only", kernelToB, tcpPkt(otherHost, 40004, wepB, 22, tcpSYN), dropPolicyIngress)
 		w.send(t, "a remote workload to B's DNS: not a host", fromUplink, udpPkt(remoteDst, 40005, wepB, 53), dropPolicyIngress)
 		w.send(t, "workload A to B's DNS: not a host", sentByA, udpPkt(wepA, 40006, wepB, 53), dropPolicyIngress)
@@ -1162,6 +1164,8 @@ func TestPolicyHostAddressFromNetwork(t *testing.T) {
 	w.setPrograms(t, caliB, prog, 0)
 	spoofed := tcpPkt(thisHost, 40000, wepB, 8080, tcpSYN)
 	w.send(t, "XDP drops this host's address as a source", hop{xdpFromNet, uplink, peerMAC, uplinkMAC}, spoofed, dropSpoofed)
-	// Another host's address is no more than any peer's: B's ingress policy applies.
-	w.send(t, "another host's address to B", fromUplink, tcpPkt(otherHost, 40000, wepB, 8080, tcpSYN), dropPolicyIngress)
+	// Another host's address is no more than any peer's: B's ingress policy applies, in to_wep
+	// once the kernel delivers (from_net leaves what a host sends to the kernel).
+	w.send(t, "another host's address to B", fromUplink, tcpPkt(otherHost, 40000, wepB, 8080, tcpSYN), passKernel)
+	w.send(t, "another host's address to B, delivered", kernelToB, tcpPkt(otherHost, 40000, wepB, 8080, tcpSYN), dropPolicyIngress)
 }

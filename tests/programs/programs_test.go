@@ -127,8 +127,12 @@ func fromNetFixtures() []fixture {
 	fs := []fixture{
 		{name: "ICMP to a local workload", in: fromNetwork(),
 			verdict: tcActRedirect, reason: fwdLocal, out: delivered(wepBMAC)},
-		{name: "TCP to a local workload", in: fromNetwork(tcp(), dontFragment(), from(otherHost)),
+		{name: "TCP to a local workload", in: fromNetwork(tcp(), dontFragment(), from(remoteWep)),
 			verdict: tcActRedirect, reason: fwdLocal, out: delivered(wepBMAC)},
+		// The reply will go to the kernel (to a host): the request does too, so that the kernel's
+		// conntrack sees both (kube-proxy drops what it finds INVALID).
+		{name: "TCP from another host to a local workload", in: fromNetwork(tcp(), dontFragment(), from(otherHost)),
+			verdict: tcActOK, reason: passKernel},
 		{name: "UDP to the other local workload", in: fromNetwork(udp(), to(wepA)),
 			verdict: tcActRedirect, reason: fwdLocal, out: delivered(wepAMAC)},
 		{name: "TTL 2 is the lowest forwarded", in: fromNetwork(ttl(2)),
