@@ -104,7 +104,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&o.interval, "reconcile-interval", 10*time.Second, "full reconcile pass at least this often")
 	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often workloads whose veth and netns are gone, and addresses no workload holds, are collected")
 	f.StringVar(&o.defaultPool, "default-pool", datastore.DefaultPoolCIDR.String(), "pool created when none exists (empty: none)")
-	f.BoolVar(&o.cleanup, "cleanup", false, "detach every Margay program, remove all pins and exit")
+	f.BoolVar(&o.cleanup, "cleanup", false, "detach every Margay program, remove all pins and Margay's routes (proto margay), and exit")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&o.bgp, "bgp", false, "run the BGP speaker (mesh, reflectors, explicit peers) for remote routes; without it they come from the datastore")
 	f.IntVar(&o.bgpPort, "bgp-port", 179, "TCP port of the BGP speaker")
@@ -191,7 +191,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		if err := loader.Cleanup(o.root, log); err != nil {
 			return fmt.Errorf("clean up: %w", err)
 		}
-		log.Info("dataplane removed", "root", o.root)
+		n, err := dataplane.RemoveRoutes()
+		if err != nil {
+			return fmt.Errorf("clean up: %w", err)
+		}
+		log.Info("dataplane removed", "root", o.root, "routes", n)
 		return nil
 	}
 	cfg, err := o.agentConfig()

@@ -67,6 +67,12 @@ func TestAgentLifecycle(t *testing.T) {
 	if progs := ingress(); len(progs) != 1 {
 		t.Fatalf("after the agent stopped, the uplink runs %d programs, want from_net still attached", len(progs))
 	}
+	// Its block's blackhole stays too; a route of another protocol is no business of --cleanup.
+	margayRoutes := func() string { return host.MustRun(t, "ip", "route", "show", "proto", "77") }
+	if r := margayRoutes(); !strings.Contains(r, "blackhole 198.19.") {
+		t.Fatalf("after the agent stopped, Margay's routes are %q, want its block's blackhole still there", r)
+	}
+	host.MustRun(t, "ip", "route", "add", "198.18.5.0/24", "dev", "ens32", "proto", "static")
 
 	if err := host.Do(func() error { return run(context.Background(), options{root: root, cleanup: true}, log) }); err != nil {
 		t.Fatal(err)
@@ -76,6 +82,12 @@ func TestAgentLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(root); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins left after --cleanup: %v", err)
+	}
+	if r := margayRoutes(); r != "" {
+		t.Errorf("routes left after --cleanup: %q", r)
+	}
+	if r := host.MustRun(t, "ip", "route", "show", "proto", "static"); !strings.Contains(r, "198.18.5.0/24") {
+		t.Errorf("--cleanup removed another protocol's route: %q", r)
 	}
 }
 
