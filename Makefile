@@ -16,12 +16,14 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 # Debian packages the build, the tests and the lab need (prometheus: tests/observability runs it on a
 # port of its own; the Debian service is not needed; iperf3, ethtool and linux-perf: the benchmarks;
-# docker.io and busybox-static: a dockerd per lab host and the containers' image). No package's
-# service is started: a policy-rc.d that refuses (Debian's mechanism, which container images ship)
+# docker.io and busybox-static: a dockerd per lab host and the containers' image; containerd and
+# containernetworking-plugins (its loopback plugin): the Kubernetes lab's nodes; debootstrap, gcc
+# and libc6-dev: the base images of its node image and the static pause). No package's service
+# is started: a policy-rc.d that refuses (Debian's mechanism, which container images ship)
 # is put in place for the install when the machine has none, so that no system dockerd makes a
 # docker0 bridge and firewall rules in the machine's own namespace.
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev linux-libc-dev bpftool iproute2 iptables iputils-ping bird2 prometheus \
-	iperf3 ethtool linux-perf docker.io busybox-static
+	iperf3 ethtool linux-perf docker.io busybox-static containerd containernetworking-plugins debootstrap gcc libc6-dev
 BINARIES := margay-agent margay-cni margay-cni-direct margay-docker margayctl
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?=
@@ -81,7 +83,8 @@ k8s-bins: ## Build Kubernetes v1.37.2 (apiserver, controller manager, scheduler,
 
 test-k8s: deps build k8s-bins ## Kubernetes for real (tests/k8s and the tests against a real apiserver): a cluster on the lab hosts, Margay's DaemonSet, CNI, NetworkPolicy, Services
 	@tests/leftovers.sh snapshot /tmp/margay-before-k8s.txt
-	MARGAY_K8S_BIN_DIR=$(K8S_BIN_DIR) $(GO) test -tags k8s -count=1 -timeout $(K8S_TEST_TIMEOUT) ./control/lab/kube/ ./tests/k8s/
+	MARGAY_K8S_BIN_DIR=$(K8S_BIN_DIR) $(GO) test -tags k8s -p 1 -count=1 -timeout $(K8S_TEST_TIMEOUT) \
+		./control/k8s/... ./control/cni/ ./cmd/margay-agent/ ./control/lab/kube/ ./tests/k8s/
 	@tests/leftovers.sh check /tmp/margay-before-k8s.txt
 
 # Fuzz budgets are execution counts (about 15 s each on two loaded cores), not durations: with a

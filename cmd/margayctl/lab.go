@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/margaynet/margay/control/datastore/etcdembed"
 	"github.com/margaynet/margay/control/lab"
+	"github.com/margaynet/margay/control/lab/kube"
 )
 
 func newLabCmd() *cobra.Command {
@@ -34,7 +36,10 @@ func newLabCmd() *cobra.Command {
 		return filepath.Dir(exe)
 	}
 
-	var check bool
+	var (
+		check         bool
+		kubeBin, repo string
+	)
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Build the lab, show it, and keep it up until Ctrl-C (or exit after --check)",
@@ -43,6 +48,9 @@ func newLabCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			cfg.BinDir, cfg.Out = binDir(), cmd.OutOrStdout()
+			if cfg.K8s {
+				return upK8s(ctx, cmd.OutOrStdout(), kube.LabConfig{Lab: cfg, KubeBin: kubeBin, Repo: repo, Workloads: true}, check)
+			}
 			l, err := lab.Up(ctx, cfg)
 			if err != nil {
 				_ = lab.Down(cfg)
@@ -85,6 +93,9 @@ another shell: margayctl lab down).
 	up.Flags().IntVar(&cfg.Hosts, "hosts", 3, "number of hosts (vm100, vm101, …)")
 	up.Flags().BoolVar(&cfg.Gateway, "gateway", false, "add a gateway router (BIRD) peering with every host and an outside client behind it")
 	up.Flags().BoolVar(&cfg.Docker, "docker", false, "the walkthrough with Docker: a dockerd and margay-docker per host, networks net1 and net2 on every host, containers workload-A…E (docker run … busybox) instead of CNI workloads")
+	up.Flags().BoolVar(&cfg.K8s, "k8s", false, "Kubernetes: a control plane and a node (containerd, kubelet, kube-proxy) per host, Margay's DaemonSet from deploy/k8s/margay.yaml with the node image built here, and a Deployment with a pod per node (needs make k8s-bins)")
+	up.Flags().StringVar(&kubeBin, "kube-bin", kube.DefaultBinDir, "with --k8s: the Kubernetes binaries (make k8s-bins)")
+	up.Flags().StringVar(&repo, "repo", ".", "with --k8s: Margay's repository (deploy/Dockerfile, deploy/k8s/margay.yaml)")
 	up.Flags().BoolVar(&check, "check", false, "verify (ping between every pair of workloads; with --docker also the routes and that networks do not reach each other), take the lab down and exit non-zero on failure")
 
 	down := &cobra.Command{
@@ -93,7 +104,8 @@ another shell: margayctl lab down).
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.BinDir, cfg.Out = binDir(), cmd.OutOrStdout()
-			return lab.Down(cfg)
+			// Kubernetes nodes first (a lab of any kind: kube.Down does what lab.Down does).
+			return kube.Down(kube.LabConfig{Lab: cfg})
 		},
 	}
 
@@ -157,4 +169,37 @@ and MARGAYCTL_CONFIG=%s/<host>/margayctl.cfg.
 Logs: %s (etcd, agents) and %s/<host> (dockerd, margay-docker).
 Ctrl-C takes the lab down (or, from another shell: margayctl lab down).
 `, ip["workload-B"], ip["workload-D"], cfg.StateDir, cfg.StateDir, cfg.StateDir, cfg.StateDir)
+}
+
+// upK8s is lab up --k8s: the lab, its report, then --check or waiting for Ctrl-C.
+func upK8s(ctx context.Context, w io.Writer, cfg kube.LabConfig, check bool) error {
+	l, err := kube.Up(ctx, cfg)
+	if err != nil {
+		_ = kube.Down(cfg)
+		return fmt.Errorf("lab up: %w", err)
+	}
+	l.Report(ctx, w)
+	if check {
+		err := l.Check(ctx)
+		_ = kube.Down(cfg)
+		if err != nil {
+			return fmt.Errorf("lab check: %w", err)
+		}
+		fmt.Fprintln(w, "\nlab check passed")
+		return nil
+	}
+	fmt.Fprintf(w, `
+The Kubernetes lab is up. Explore it from another shell:
+  margayctl lab exec vm100 -- kubectl get pods -A -o wide
+  margayctl lab exec vm100 -- kubectl exec deploy/%s -- ip a
+  margayctl lab exec vm100 -- margayctl workload list
+  margayctl lab exec vm100 -- bpftool map dump pinned /sys/fs/bpf/margay/routes
+  margayctl lab exec vm100 -- ip route
+Inside a host, kubectl uses the lab's admin kubeconfig (%s) and /sys/fs/bpf, /etc/cni/net.d
+and /var/log are the node's own. Logs are in %s and %s/<host>. Ctrl-C takes the lab down (or,
+from another shell: margayctl lab down).
+`, kube.LabDeployment, cfg.Lab.AdminKubeconfig(), cfg.Lab.StateDir, cfg.Lab.StateDir)
+	<-ctx.Done()
+	fmt.Fprintln(w, "\ntaking the lab down")
+	return kube.Down(cfg)
 }

@@ -815,7 +815,6 @@ func noMountsBelow(dir string) error {
 	return nil
 }
 
-
 // contextHash hashes the build context of dockerfile as docker sees it: the files of repo that
 // its ignore file (<dockerfile>.dockerignore, else .dockerignore) lets through, with the
 // Dockerfile and the ignore file themselves.

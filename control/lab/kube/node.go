@@ -36,6 +36,12 @@ type Node struct {
 	c     Cluster
 }
 
+// loopbackPlugin is Debian's (containernetworking-plugins).
+const loopbackPlugin = "/usr/lib/cni/loopback"
+
+// Uplink is the lab hosts' uplink.
+const Uplink = "ens32"
+
 // Node is the node on a lab host.
 func (c Cluster) Node(name, netns string, addr netip.Addr) Node {
 	return Node{Name: name, Netns: netns, Addr: addr, c: c}
@@ -99,6 +105,11 @@ func (n Node) Start(ctx context.Context, archive string) error {
 		return err
 	}
 	n.c.say("▸ node %s: containerd, kubelet %s, kube-proxy", n.Name, Version)
+	// containerd 1.6 brings a pod's lo up with the loopback CNI plugin, which a node has from its
+	// distribution (Debian's containernetworking-plugins, kubeadm's kubernetes-cni).
+	if _, err := h.Run(ctx, "sh", "-c", "mkdir -p /opt/cni/bin && install -m 0755 "+loopbackPlugin+" /opt/cni/bin/loopback"); err != nil {
+		return fmt.Errorf("%w (make deps installs containernetworking-plugins)", err)
+	}
 	if err := h.StartProcess("containerd", "containerd", "--config", filepath.Join(n.Dir(), "containerd.toml")); err != nil {
 		return err
 	}
@@ -126,6 +137,12 @@ func (n Node) Start(ctx context.Context, archive string) error {
 	}
 	if err := h.StartProcess("kubelet", n.c.bin("kubelet"), "--config="+filepath.Join(n.Dir(), "kubelet.yaml"),
 		"--kubeconfig="+kc, "--hostname-override="+n.Name, "--node-ip="+n.Addr.String()); err != nil {
+		return err
+	}
+	// The lab's hosts have no default route: without a route to the Service CIDR, a connection
+	// from the node to a ClusterIP (margay-cni and the agent to the kubernetes Service) fails
+	// with ENETUNREACH before kube-proxy's DNAT in OUTPUT can translate it.
+	if _, err := h.Run(ctx, "ip", "route", "replace", n.c.ServiceCIDR.String(), "dev", Uplink); err != nil {
 		return err
 	}
 	if err := h.StartProcess("kube-proxy", n.c.bin("kube-proxy"), "--config="+filepath.Join(n.Dir(), "kube-proxy.yaml")); err != nil {
