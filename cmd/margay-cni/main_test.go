@@ -720,17 +720,33 @@ func benchCNIAdd(b *testing.B, otherNodes int) {
 }
 
 // TestShippedConflist drives the plugin through libcni, the library containerd and CRI-O use, with
-// deploy/cni/10-margay.conflist pointed at the test's etcd.
+// deploy/cni/10-margay.conflist pointed at the test's etcd: as shipped (cniVersion 1.0.0, which
+// containerd 1.6 and 1.7 read too), and raised to 1.1.0, as a containerd 2 user may set it, for
+// STATUS and GC.
 func TestShippedConflist(t *testing.T) {
-	w := newWorld(t, "198.19.0.0/16")
 	raw, err := os.ReadFile("../../deploy/cni/10-margay.conflist")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var shipped map[string]any
+	if err := json.Unmarshal(raw, &shipped); err != nil {
+		t.Fatal(err)
+	}
+	if v := shipped["cniVersion"]; v != "1.0.0" {
+		t.Errorf("the shipped conflist's cniVersion is %v, want 1.0.0 (containerd 1.6 and 1.7 refuse a 1.1.0 result)", v)
+	}
+	for _, version := range []string{"1.0.0", "1.1.0"} {
+		t.Run(version, func(t *testing.T) { testShippedConflist(t, raw, version) })
+	}
+}
+
+func testShippedConflist(t *testing.T, raw []byte, version string) {
+	w := newWorld(t, "198.19.0.0/16")
 	var doc map[string]any
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		t.Fatal(err)
 	}
+	doc["cniVersion"] = version
 	dir := t.TempDir()
 	dsFile := filepath.Join(dir, "datastore.yaml")
 	if err := os.WriteFile(dsFile, []byte("endpoints: ["+w.endpoint+"]\ndialTimeout: 2s\n"), 0o600); err != nil {
@@ -743,7 +759,7 @@ func TestShippedConflist(t *testing.T) {
 		t.Errorf("the shipped conflist waits %v for policy setup, want 10s", plugin["policySetupTimeout"])
 	}
 	plugin["policySetupTimeout"] = "0" // no agent runs here; tests/cluster waits with real ones
-	raw, err = json.Marshal(doc)
+	raw, err := json.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -769,7 +785,7 @@ func TestShippedConflist(t *testing.T) {
 		if err != nil {
 			return fmt.Errorf("add: %w", err)
 		}
-		if res.Version() != "1.1.0" {
+		if res.Version() != version {
 			return fmt.Errorf("add returned a %s result", res.Version())
 		}
 		if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
