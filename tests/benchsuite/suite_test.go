@@ -760,7 +760,7 @@ func runDocker(tb testing.TB, r *benchsuite.Report) {
 	}
 	d, err := benchsuite.LoadDockerRun(filepath.Join(plotsDir(), dockerResults))
 	if err != nil || d.Generated.Before(start) {
-		// Skipped (no dockerd), or its results could not be written or read.
+		// The benchmark passed but its results could not be written or read (or are older than this run).
 		r.DockerNote = fmt.Sprintf("This run of the suite (%s) has no results from `%s` (%v): %s",
 			r.Generated.UTC().Format("2006-01-02 15:04 UTC"), dockerCommand, err, lastLines(out, 3))
 		return
