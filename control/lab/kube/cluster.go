@@ -207,7 +207,7 @@ func (c Cluster) KubectlIn(ctx context.Context, stdin io.Reader, args ...string)
 	return out.String(), nil
 }
 
-// Stop stops the control plane (nodes first: StopNode) and removes nothing of Dir.
+// Stop stops the control plane (stop the nodes first: Node.Stop) and removes none of its files.
 func (c Cluster) Stop() {
 	cp := c.controlPlane()
 	for _, n := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver"} {
