@@ -92,10 +92,11 @@ func Up(ctx context.Context, cfg LabConfig) (*Lab, error) {
 		return nil, err
 	}
 	l := &Lab{Lab: base, cfg: cfg, Cluster: c, Images: imgs}
-	if err := os.MkdirAll(filepath.Dir(cfg.Lab.K8sBinLink()), 0o755); err != nil {
+	link := cfg.Lab.K8sBinLink()
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
 		return nil, err
 	}
-	if err := os.Symlink(c.BinDir, lab.Config{StateDir: c.StateDir}.K8sBinLink()); err != nil {
+	if err := os.Symlink(c.BinDir, link); err != nil {
 		return nil, err
 	}
 	if err := c.StartControlPlane(ctx); err != nil {
